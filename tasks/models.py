@@ -1,0 +1,145 @@
+"""Model zoo and the model <-> artifact round trip (architecture config + safetensors weights).
+
+Architectures take their per-layer widths as explicit lists, so a structurally pruned model
+is described by the same constructor with smaller widths and reloads without pickle.
+Any other ``nn.Module`` can be used through ``_target_`` (its kwargs must be JSON values).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+
+import torch
+from torch import nn
+
+from tasks.types import ModelArtifact
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> ReLU]* -> Linear."""
+
+    def __init__(self, input_shape: list[int], num_classes: int, hidden: list[int] = (256, 256)):
+        super().__init__()
+        dims = [int(torch.tensor(input_shape).prod())] + list(hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN1D(nn.Module):
+    """1-D CNN in the style of the MNIST-1D paper: Conv1d(+BN)+ReLU blocks, then a linear head.
+
+    ``channels`` lists each conv layer's width; ``stride`` downsamples every layer but the first.
+    Input ``[N, L]`` or ``[N, C, L]``.
+    """
+
+    def __init__(self, input_shape: list[int], num_classes: int, channels: list[int] = (32, 32, 32),
+                 kernel_size: int = 5, stride: int = 2, batch_norm: bool = True):
+        super().__init__()
+        shape = list(input_shape)
+        in_ch, length = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
+        layers: list[nn.Module] = []
+        for i, ch in enumerate(channels):
+            s = 1 if i == 0 else stride
+            layers.append(nn.Conv1d(in_ch, ch, kernel_size, stride=s, padding=kernel_size // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(ch))
+            layers.append(nn.ReLU())
+            length = (length + 2 * (kernel_size // 2) - kernel_size) // s + 1
+            in_ch = ch
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_ch * length, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x).flatten(1))
+
+
+class ResBlock2D(nn.Module):
+    def __init__(self, ch: int, mid: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, mid, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(ch)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(y)))
+
+
+class ResCNN2D(nn.Module):
+    """Small residual CNN for 2-D images ``[N, C, H, W]`` (or ``[N, H, W]``).
+
+    ``stem`` is the stem width, ``mids`` the inner width of each residual block (prunable).
+    """
+
+    def __init__(self, input_shape: list[int], num_classes: int, stem: int = 32,
+                 mids: list[int] = (32, 32)):
+        super().__init__()
+        in_ch = 1 if len(input_shape) == 2 else input_shape[0]
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, stem, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(stem), nn.ReLU())
+        self.blocks = nn.Sequential(*[ResBlock2D(stem, m) for m in mids])
+        self.head = nn.Linear(stem, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        y = self.blocks(self.stem(x))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def _resolve(target: str) -> type:
+    module, _, name = target.rpartition(".")
+    if not module:
+        raise ValueError(f"model _target_ '{target}' must be a dotted path like tasks.models.CNN1D")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"model _target_ '{target}' cannot be imported: {e}") from None
+
+
+def build_model(arch: dict) -> nn.Module:
+    """Instantiate ``arch = {"_target_": "pkg.Class", **kwargs}``."""
+    if "_target_" not in arch:
+        raise ValueError(f"model config has no _target_: {sorted(arch)}")
+    kwargs = {k: v for k, v in arch.items() if k != "_target_"}
+    return _resolve(arch["_target_"])(**kwargs)
+
+
+def complete_arch(arch: dict, input_shape: list[int], num_classes: int) -> dict:
+    """Fill the data-dependent constructor arguments (input shape, classes) into an arch config."""
+    out = copy.deepcopy(dict(arch))
+    out.setdefault("input_shape", list(input_shape))
+    out.setdefault("num_classes", int(num_classes))
+    return out
+
+
+def load_model(art: ModelArtifact) -> nn.Module:
+    """Rebuild a model from its artifact (config + weights, strict), in eval mode."""
+    model = build_model(art.arch)
+    model.load_state_dict(art.state_dict, strict=True)
+    return model.eval()
+
+
+def make_artifact(model: nn.Module, arch: dict, *, name: str, kind: str, parent: str | None = None,
+                  metrics: dict | None = None, onnx: bytes | None = None) -> ModelArtifact:
+    """Snapshot a model (CPU, contiguous, detached weights) into an artifact."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    return ModelArtifact(name=name, kind=kind, arch=copy.deepcopy(dict(arch)), state_dict=state,
+                         parent=parent, metrics=dict(metrics or {}), onnx=onnx)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in model.parameters())

@@ -1,0 +1,141 @@
+"""One training loop with a pluggable loss, shared by teacher training, distillation,
+fine-tuning after pruning and QAT (composition, not inheritance).
+
+``fit`` takes input tensor ``x`` and a tuple of per-sample ``targets`` (hard labels, teacher
+logits, ...); ``loss_fn(logits, *target_batches)`` turns them into a scalar. Early stopping and
+model selection read the validation split only.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.context import StepContext
+from tasks.models import build_model, complete_arch, count_params, make_artifact
+from tasks.types import Dataset, ModelArtifact
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine | none
+    patience: int = 0  # epochs without val improvement before stopping; 0 = never stop early
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class TrainConfig:
+    model: Any = field(default_factory=lambda: {"_target_": "tasks.models.CNN1D"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    kind: str = "teacher"  # teacher | student_scratch
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    raise ValueError(f"optim.optimizer: unknown value '{cfg.optimizer}' (adamw | sgd)")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> torch.Tensor:
+    """Logits of ``model`` over ``x`` in eval mode, returned on the CPU."""
+    model.eval()
+    outs = []
+    use_bf16 = device.startswith("cuda")
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             device: str = "cpu") -> float:
+    if len(x) == 0:
+        return float("nan")
+    return float((predict(model, x, batch_size, device).argmax(1) == y).float().mean())
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
+        loss_fn: Callable[..., torch.Tensor], cfg: OptimConfig, ctx: StepContext,
+        val: tuple[torch.Tensor, torch.Tensor], extra_params: list[nn.Parameter] = (),
+        after_step: Callable[[nn.Module], None] | None = None, prefix: str = "") -> dict[str, float]:
+    """Train ``model`` in place; keep the weights of the best val accuracy epoch.
+
+    ``after_step`` runs after every optimizer step (e.g. to re-apply pruning masks).
+    Logs ``{prefix}train_loss`` and ``{prefix}val_acc`` per epoch. Returns the best metrics.
+    """
+    device = ctx.device
+    model.to(device)
+    if device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    gen = ctx.seed_everything()
+    opt = make_optimizer(list(model.parameters()) + list(extra_params), cfg)
+    steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+             if cfg.scheduler == "cosine" else None)
+    best = {"val_acc": -1.0, "epoch": -1}
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total_loss = 0.0
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb = x[idx].to(device)
+            tb = [t[idx].to(device) for t in targets]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                loss = loss_fn(model(xb).float(), *tb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if after_step is not None:
+                after_step(model)
+            total_loss += float(loss) * len(idx)
+        val_acc = accuracy(model, val[0], val[1], cfg.eval_batch_size, device)
+        ctx.log_metrics({f"{prefix}train_loss": total_loss / len(x), f"{prefix}val_acc": val_acc}, step=epoch)
+        ctx.progress(f"epoch {epoch + 1}/{cfg.epochs} val_acc={val_acc:.4f}")
+        if val_acc > best["val_acc"]:
+            best = {"val_acc": val_acc, "epoch": epoch}
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if cfg.patience and stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    return {"val_acc": best["val_acc"], "best_epoch": float(best["epoch"])}
+
+
+def run(data: Dataset, *, cfg: TrainConfig, ctx: StepContext) -> ModelArtifact:
+    """Train a model from scratch on the labeled data (teacher or scratch student)."""
+    arch = complete_arch(cfg.model, data.input_shape, data.num_classes)
+    model = build_model(arch)
+    best = fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
+               val=(data.x_val, data.y_val))
+    metrics = {"val_acc": best["val_acc"], "params": float(count_params(model))}
+    ctx.log_metrics({"params": metrics["params"]})
+    return make_artifact(model, arch, name=ctx.step, kind=cfg.kind, metrics=metrics)
