@@ -1,0 +1,92 @@
+"""The ``slimray`` command: compose the Hydra config, validate it, run it.
+
+    slimray [pipeline=compress] [experiment=smoke] [KEY=VALUE ...] [--cfg] [--dry-run]
+
+Config errors print one line naming the config path and exit with code 2, before Ray starts
+or any MLflow run is created. A failed step exits 1; Ctrl-C exits 130.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from pipelines import schemas
+from pipelines.spec import SpecError
+
+USAGE = __doc__.strip().splitlines()[2]
+
+
+def conf_dir() -> Path:
+    """``SLIMRAY_CONF``, else ./conf, else the conf/ folder beside the installed packages."""
+    for candidate in (os.environ.get("SLIMRAY_CONF"), Path.cwd() / "conf", Path(__file__).resolve().parents[1] / "conf"):
+        if candidate and (Path(candidate) / "config.yaml").exists():
+            return Path(candidate).resolve()
+    raise SpecError("conf", "no conf/config.yaml found (set SLIMRAY_CONF)")
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra/OmegaConf messages span lines and chain causes; the user gets one line."""
+    parts, key = [], None
+    while e is not None:
+        text = str(e).split("Config search path")[0]
+        found = re.search(r"full_key:\s*(\S+)", text)
+        key = key or (found.group(1) if found else None)
+        parts += [ln.strip().rstrip(".") for ln in text.splitlines()
+                  if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))]
+        e = e.__cause__ or e.__context__
+    msg = "; ".join(dict.fromkeys(p for p in parts if p and "$VALUE" not in p))
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load_config(overrides: list[str], config_dir: Path | None = None):
+    schemas.register()
+    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__.strip())
+        return 0
+    flags = {a for a in args if a.startswith("--")}
+    unknown = flags - {"--cfg", "--dry-run"}
+    overrides = [a for a in args if not a.startswith("--")]
+    err = Console(stderr=True)
+    if unknown:
+        print(f"error: unknown option {sorted(unknown)[0]} (usage: {USAGE.strip()})", file=sys.stderr)
+        return 2
+    from pipelines import session  # imports ray/mlflow lazily, after argument checks
+
+    try:
+        cfg = load_config(overrides)
+        spec, ray_cfg, tracking = session.validate(cfg)
+    except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if "--cfg" in flags:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+        return 0
+    if "--dry-run" in flags:
+        for s in spec.steps.values():
+            err.print(f"{s.name}: {s.task} <- {s.upstream or '-'} ({len(s.trials)} trial(s))", markup=False)
+        return 0
+    try:
+        outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
+    except KeyboardInterrupt:
+        err.print("interrupted: Ray tasks cancelled, MLflow runs marked KILLED", markup=False)
+        return 130
+    session.summary(outcome, err)
+    return outcome.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Pipeline schema and validation: everything that can be checked runs before Ray starts.
+
+A pipeline config (``cfg.pipeline``) is ``{name, steps: {step_name: step}}`` where a step is::
+
+    task: prune                      # a key of tasks.TASKS
+    inputs: {model: student_kd, data: data, models: [teacher, prune[*]]}
+    params: {...}                    # the task's typed config (its dataclass)
+    resources: {num_cpus: 1, num_gpus: 0, memory: null, custom: {}}
+    retries: 0
+    sweep: {params.amount: [0.5, 0.7], params.method: [magnitude, channel]}
+    max_concurrency: 0               # 0 = as many as Ray can place
+    select: {metric: throughput, mode: max, where: "val_acc >= student_kd.val_acc - 0.01"}
+    cache: true
+
+``name[*]`` asks for the outputs of every trial of a sweep step (a list); plain ``name`` is
+the selected trial. Errors are ``SpecError``: one line, ``<config path>: <problem>``.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tasks import TASKS
+
+STEP_KEYS = {"task", "inputs", "params", "resources", "retries", "sweep", "max_concurrency",
+             "select", "cache"}
+RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory", "custom"}
+SELECT_KEYS = {"metric", "mode", "where"}
+REF_RE = re.compile(r"^([A-Za-z_][\w-]*)(\[\*\])?$")
+WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
+OPERAND_RE = re.compile(r"^(?:([A-Za-z_][\w-]*)\.([\w]+)|(-?[\d.eE+-]+))(?:\s*([+-])\s*([\d.eE+-]+))?$")
+
+
+class SpecError(ValueError):
+    """A config problem, reported as one line naming the config path."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Ref:
+    step: str
+    all_trials: bool = False
+
+
+@dataclass
+class Where:
+    metric: str
+    op: str
+    ref_step: str | None  # compare against an upstream step's metric ...
+    ref_metric: str | None
+    constant: float  # ... plus this constant (or the constant alone)
+
+
+@dataclass
+class Select:
+    metric: str
+    mode: str = "max"
+    where: Where | None = None
+
+
+@dataclass
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory: int | None = None
+    custom: dict = field(default_factory=dict)
+
+
+@dataclass
+class Trial:
+    label: str  # "amount=0.5,method=channel" ("" for a plain step)
+    params: dict
+
+
+@dataclass
+class StepSpec:
+    name: str
+    task: str
+    inputs: dict[str, list[Ref]]  # task parameter -> refs
+    list_inputs: set[str]  # parameters annotated list[...] (refs are concatenated)
+    params: dict
+    trials: list[Trial]
+    resources: Resources
+    retries: int = 0
+    max_concurrency: int = 0
+    select: Select | None = None
+    cache: bool = True
+
+    @property
+    def is_sweep(self) -> bool:
+        return len(self.trials) > 1 or bool(self.trials and self.trials[0].label)
+
+    @property
+    def upstream(self) -> list[str]:
+        return sorted({r.step for refs in self.inputs.values() for r in refs})
+
+
+@dataclass
+class PipelineSpec:
+    name: str
+    steps: dict[str, StepSpec]  # in topological order
+
+    def consumers(self, name: str) -> list[str]:
+        return [s.name for s in self.steps.values() if name in s.upstream]
+
+
+def _container(node, path: str) -> dict:
+    if node is None:
+        return {}
+    if isinstance(node, DictConfig):
+        try:
+            return OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as e:
+            raise SpecError(path, _omega_msg(e)) from None
+    if not isinstance(node, dict):
+        raise SpecError(path, f"expected a mapping, got {type(node).__name__} '{node}'")
+    return node
+
+
+def _omega_msg(e: OmegaConfBaseException) -> str:
+    return str(e).splitlines()[0].strip()
+
+
+def task_signature(task: str) -> tuple[dict[str, typing.Any], set[str], type, type]:
+    """(input annotations, required inputs, config dataclass, return type) of a task."""
+    fn = TASKS[task]
+    hints = typing.get_type_hints(fn)
+    sig = inspect.signature(fn)
+    inputs = {n: hints[n] for n, p in sig.parameters.items()
+              if p.kind is not inspect.Parameter.KEYWORD_ONLY}
+    required = {n for n, p in sig.parameters.items()
+                if n in inputs and p.default is inspect.Parameter.empty}
+    return inputs, required, hints["cfg"], hints["return"]
+
+
+def typed_params(task: str, params: dict, path: str) -> DictConfig:
+    """Merge params into the task's config dataclass: unknown keys and wrong types fail here."""
+    return typed_params_of(task_signature(task)[2], params, path)
+
+
+def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
+    """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), params)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise SpecError(f"{path}.{key}" if key else path, _omega_msg(e)) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise SpecError(f"{path}.{missing[0]}", "missing required value (???)")
+    return OmegaConf.to_object(merged) if as_object else merged
+
+
+def build_config(task: str, params: dict):
+    """The task's config object (a dataclass instance) from validated params."""
+    return OmegaConf.to_object(typed_params(task, params, "params"))
+
+
+def _strip_optional(ann):
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return ann
+
+
+def _parse_refs(value, path: str) -> list[Ref]:
+    raw = value if isinstance(value, list) else [value]
+    refs = []
+    for item in raw:
+        m = REF_RE.match(str(item)) if isinstance(item, str) else None
+        if not m:
+            raise SpecError(path, f"bad input reference '{item}' (use 'step' or 'step[*]')")
+        refs.append(Ref(m.group(1), bool(m.group(2))))
+    return refs
+
+
+def _parse_where(text: str, path: str) -> Where:
+    m = WHERE_RE.match(text)
+    o = OPERAND_RE.match(m.group(3)) if m else None
+    if not m or not o:
+        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or "
+                              f"'val_acc >= student.val_acc - 0.01')")
+    const = float(o.group(3)) if o.group(3) else 0.0
+    if o.group(4):
+        const += float(o.group(5)) * (1 if o.group(4) == "+" else -1)
+    return Where(m.group(1), m.group(2), o.group(1), o.group(2), const)
+
+
+def _parse_select(node: dict, path: str) -> Select:
+    extra = set(node) - SELECT_KEYS
+    if extra:
+        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(SELECT_KEYS)})")
+    if not node.get("metric"):
+        raise SpecError(f"{path}.metric", "missing required value")
+    if node.get("mode", "max") not in ("max", "min"):
+        raise SpecError(f"{path}.mode", f"must be max or min, got '{node['mode']}'")
+    where = _parse_where(node["where"], f"{path}.where") if node.get("where") else None
+    return Select(node["metric"], node.get("mode", "max"), where)
+
+
+def _parse_resources(node: dict, path: str) -> Resources:
+    extra = set(node) - RESOURCE_KEYS
+    if extra:
+        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(RESOURCE_KEYS)})")
+    try:
+        res = Resources(num_cpus=float(node.get("num_cpus", 1.0)), num_gpus=float(node.get("num_gpus", 0.0)),
+                        memory=None if node.get("memory") is None else int(node["memory"]),
+                        custom={str(k): float(v) for k, v in (node.get("custom") or {}).items()})
+    except (TypeError, ValueError) as e:
+        raise SpecError(path, f"resources must be numbers: {e}") from None
+    if res.num_cpus < 0 or res.num_gpus < 0:
+        raise SpecError(path, "resources cannot be negative")
+    return res
+
+
+def _set_dotted(d: dict, dotted: str, value) -> dict:
+    out = OmegaConf.create(d)
+    OmegaConf.update(out, dotted, value, force_add=True)
+    return OmegaConf.to_container(out)
+
+
+def _expand_sweep(task: str, params: dict, sweep: dict, path: str) -> list[Trial]:
+    if not sweep:
+        return [Trial("", params)]
+    keys = sorted(sweep)
+    for k in keys:
+        if not k.startswith("params."):
+            raise SpecError(f"{path}.sweep.{k}", "sweep keys must start with 'params.'")
+        if not isinstance(sweep[k], list) or not sweep[k]:
+            raise SpecError(f"{path}.sweep.{k}", "must be a non-empty list of values")
+    trials = []
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        p = params
+        for k, v in zip(keys, combo):
+            p = _set_dotted(p, k[len("params."):], v)
+        label = ",".join(f"{k[len('params.'):].split('.')[-1]}={v}" for k, v in zip(keys, combo))
+        typed_params(task, p, f"{path}.sweep[{label}].params")
+        trials.append(Trial(label, p))
+    return trials
+
+
+def _check_inputs(name: str, task: str, inputs: dict, path: str) -> tuple[dict[str, list[Ref]], set[str]]:
+    annotations, required, _, _ = task_signature(task)
+    refs: dict[str, list[Ref]] = {}
+    for param, value in inputs.items():
+        if param not in annotations:
+            raise SpecError(f"{path}.inputs.{param}",
+                            f"task '{task}' has no input '{param}' (inputs: {sorted(annotations)})")
+        refs[param] = _parse_refs(value, f"{path}.inputs.{param}")
+    for param in sorted(required - set(refs)):
+        raise SpecError(f"{path}.inputs.{param}", f"missing required input of task '{task}'")
+    list_inputs = {p for p in refs if typing.get_origin(_strip_optional(annotations[p])) is list}
+    return refs, list_inputs
+
+
+def _check_types(spec: dict[str, StepSpec]) -> None:
+    for s in spec.values():
+        annotations = task_signature(s.task)[0]
+        for param, refs in s.inputs.items():
+            path = f"pipeline.steps.{s.name}.inputs.{param}"
+            ann = _strip_optional(annotations[param])
+            is_list = param in s.list_inputs
+            want = typing.get_args(ann)[0] if is_list else ann
+            for ref in refs:
+                if ref.step not in spec:
+                    raise SpecError(path, f"unknown step '{ref.step}' (steps: {sorted(spec)})")
+                if ref.all_trials and not spec[ref.step].is_sweep:
+                    raise SpecError(path, f"'{ref.step}[*]' but step '{ref.step}' has no sweep")
+                if spec[ref.step].is_sweep and not ref.all_trials and spec[ref.step].select is None:
+                    raise SpecError(path, f"sweep step '{ref.step}' has no select rule: add one or use '{ref.step}[*]'")
+                if not is_list and (len(refs) > 1 or ref.all_trials):
+                    raise SpecError(path, f"input '{param}' takes one {want.__name__}, not a list")
+                got = task_signature(spec[ref.step].task)[3]
+                if isinstance(want, type) and not (isinstance(got, type) and issubclass(got, want)):
+                    raise SpecError(path, f"step '{ref.step}' gives {getattr(got, '__name__', got)} "
+                                          f"but input '{param}' of task '{s.task}' needs {want.__name__}")
+
+
+def _toposort(steps: dict[str, StepSpec]) -> list[str]:
+    indeg = {n: len([u for u in s.upstream if u in steps]) for n, s in steps.items()}
+    order, ready = [], [n for n in steps if indeg[n] == 0]
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for m, s in steps.items():
+            if n in s.upstream:
+                indeg[m] -= 1
+                if indeg[m] == 0:
+                    ready.append(m)
+    if len(order) < len(steps):
+        cyc = sorted(set(steps) - set(order))
+        raise SpecError("pipeline.steps", f"cycle among steps {cyc}")
+    return order
+
+
+def _ancestors(steps: dict[str, StepSpec], name: str) -> set[str]:
+    seen, todo = set(), list(steps[name].upstream)
+    while todo:
+        n = todo.pop()
+        if n not in seen and n in steps:
+            seen.add(n)
+            todo.extend(steps[n].upstream)
+    return seen
+
+
+def _parse_step(name: str, node: dict) -> StepSpec:
+    path = f"pipeline.steps.{name}"
+    if not isinstance(node, dict):
+        raise SpecError(path, "a step must be a mapping with at least 'task'")
+    extra = set(node) - STEP_KEYS
+    if extra:
+        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown step key (allowed: {sorted(STEP_KEYS)})")
+    task = node.get("task")
+    if task not in TASKS:
+        raise SpecError(f"{path}.task", f"unknown task '{task}' (known: {sorted(TASKS)})")
+    inputs, list_inputs = _check_inputs(name, task, node.get("inputs") or {}, path)
+    params = node.get("params") or {}
+    typed_params(task, params, f"{path}.params")
+    trials = _expand_sweep(task, params, node.get("sweep") or {}, path)
+    select = _parse_select(node["select"], f"{path}.select") if node.get("select") else None
+    if select and not node.get("sweep"):
+        raise SpecError(f"{path}.select", "select needs a sweep")
+    retries = node.get("retries", 0)
+    if not isinstance(retries, int) or retries < 0:
+        raise SpecError(f"{path}.retries", f"must be a non-negative integer, got '{retries}'")
+    return StepSpec(name=name, task=task, inputs=inputs, list_inputs=list_inputs, params=params,
+                    trials=trials, resources=_parse_resources(node.get("resources") or {}, f"{path}.resources"),
+                    retries=retries, max_concurrency=int(node.get("max_concurrency") or 0),
+                    select=select,
+                    cache=bool(node.get("cache", True)))
+
+
+def build_spec(pipeline_cfg) -> PipelineSpec:
+    """Validate ``cfg.pipeline`` and return the executable spec (raises ``SpecError``)."""
+    node = _container(pipeline_cfg, "pipeline")
+    if not node.get("name"):
+        raise SpecError("pipeline.name", "missing required value")
+    raw_steps = node.get("steps")
+    if not isinstance(raw_steps, dict) or not raw_steps:
+        raise SpecError("pipeline.steps", "a pipeline needs at least one step")
+    extra = set(node) - {"name", "steps", "description"}
+    if extra:
+        raise SpecError(f"pipeline.{sorted(extra)[0]}", "unknown key (allowed: name, steps, description)")
+    steps = {n: _parse_step(n, s) for n, s in raw_steps.items()}
+    _check_types(steps)
+    order = _toposort(steps)
+    for s in steps.values():
+        w = s.select.where if s.select else None
+        if w and w.ref_step and w.ref_step not in _ancestors(steps, s.name):
+            raise SpecError(f"pipeline.steps.{s.name}.select.where",
+                            f"'{w.ref_step}' is not an upstream step of '{s.name}'")
+    return PipelineSpec(name=str(node["name"]), steps={n: steps[n] for n in order})

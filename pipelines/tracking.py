@@ -1,0 +1,156 @@
+"""MLflow layout: experiment per pipeline, a parent run per execution, a child run per step,
+a grandchild per sweep trial. Step outputs are artifacts of their step run (``output/``),
+found again by the ``slimray.cache_key`` tag.
+
+The driver and the Ray workers both talk to MLflow through ``MlflowClient`` with an explicit
+tracking URI, so nothing depends on process-global MLflow state.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipelines import artifacts
+
+TAG = "slimray."
+OUTPUT_DIR = "output"
+
+
+def resolve_uri(configured: str | None) -> str:
+    """``MLFLOW_TRACKING_URI`` wins, then the config, then ``sqlite:///<cwd>/mlflow.db`` (MLflow's default)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name)
+
+
+def flatten(d, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(d, list) and any(isinstance(v, (dict, list)) for v in d):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = str(d)[:6000]
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(k, v) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+
+
+def create_run(client: MlflowClient, experiment_id: str, name: str, parent: str | None,
+               tags: dict[str, str]) -> str:
+    all_tags = {"mlflow.runName": name, **tags}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    return client.create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
+
+
+def find_cached(client: MlflowClient, experiment_id: str, key: str):
+    """The newest finished, non-cached run that stored the output for ``key``, or None."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{TAG}cache_key` = '{key}' and tags.`{TAG}cached` = 'false' "
+                       f"and tags.`{TAG}stored` = 'true' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def open_runs(client: MlflowClient, experiment_id: str, root: str) -> list[str]:
+    runs = client.search_runs([experiment_id], max_results=5000,
+                              filter_string=f"tags.`{TAG}root` = '{root}' and attributes.status = 'RUNNING'")
+    return [r.info.run_id for r in runs]
+
+
+class StepTracker:
+    """What a running step's ``ctx.tracker`` is: metrics, files, outputs, registry for one run.
+
+    Metrics are buffered and sent with ``log_batch`` (per-call logging over HTTP is slow).
+    """
+
+    def __init__(self, uri: str, run_id: str, root_run: str, flush_every_s: float = 2.0):
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        self.run_id = run_id
+        self.root_run = root_run
+        self.flush_every_s = flush_every_s
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        if time.monotonic() - self._last_flush > self.flush_every_s or len(self._buffer) >= 900:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:900], self._buffer[900:]
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        self._last_flush = time.monotonic()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_file(self, name: str, data: bytes, parent: bool = False) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.root_run if parent else self.run_id, str(path))
+
+    def register_onnx(self, name: str, onnx_bytes: bytes, alias: str = "candidate") -> None:
+        """Log the ONNX model to this step's run and register it under ``name`` with ``alias``."""
+        import mlflow
+        import onnx
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
+                                         registered_model_name=name, pip_requirements=["onnxruntime"])
+        version = info.registered_model_version
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def map_batches(self, make_fn, x, batch_size: int, workers: int, gpus_per_worker: float):
+        from pipelines.parallel import map_batches
+        return map_batches(make_fn, x, batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker)
+
+    def save_output(self, value) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts.save(value, tmp)
+            self.client.log_artifacts(self.run_id, tmp, OUTPUT_DIR)
+        self.set_tags({f"{TAG}stored": "true"})
+
+    def load_output(self, run_id: str):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, OUTPUT_DIR, tmp)
+            return artifacts.load(local)
+
+    def finish(self, status: str) -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status)

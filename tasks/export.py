@@ -1,0 +1,73 @@
+"""Task ``export``: turn a torch model artifact into a deployable ONNX file, gated on parity.
+
+The ONNX logits on the test split are compared with the torch model's: the largest absolute
+difference and the top-1 agreement are logged; if they miss ``cfg.atol`` / ``cfg.min_agreement``
+the step fails with ``ValueError`` (a silently wrong deployable is worse than none).
+
+Decisions:
+* The output keeps the input's ``name``/``kind``/``parent``: export changes the format of a
+  model, not the model, so benchmark/selection keep matching it by name.
+* A model that already carries ONNX and is ``kind == "quantized"`` (an ORT INT8 model) is passed
+  through unchanged: there is no torch twin to be bit-compatible with (its ``state_dict`` holds
+  the FP32 weights it came from). Its agreement and max |diff| with those FP32 weights are
+  logged for information (``fp32_agreement``, ``fp32_max_abs_diff``) but not gated: the
+  quantize step already measured its accuracy.
+* Any other model is (re-)exported from its ``state_dict``: the torch weights are the truth.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tasks.context import StepContext
+from tasks.models import load_model
+from tasks.onnx_utils import ort_predict, ort_session, to_onnx
+from tasks.train import predict
+from tasks.types import Dataset, ModelArtifact
+
+
+@dataclass
+class ExportConfig:
+    atol: float = 1e-4  # max |torch - onnx| over all test logits
+    min_agreement: float = 0.999  # min fraction of test samples with the same top-1 class
+    batch_size: int = 1024
+    threads: int = 1  # ORT intra-op threads for the parity run
+    dynamo: bool = True  # torch.export-based exporter (False: deprecated TorchScript exporter)
+
+
+def parity(torch_logits: torch.Tensor, onnx_logits: np.ndarray) -> dict[str, float]:
+    """Max absolute logit difference and top-1 agreement between two sets of logits."""
+    ref = torch_logits.numpy()
+    if ref.shape != onnx_logits.shape:
+        raise ValueError(f"onnx output shape {onnx_logits.shape} != torch output shape {ref.shape}")
+    if len(ref) == 0:
+        raise ValueError("data.x_test is empty: nothing to check export parity on")
+    return {"max_abs_diff": float(np.abs(ref - onnx_logits).max()),
+            "agreement": float((ref.argmax(1) == onnx_logits.argmax(1)).mean())}
+
+
+def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepContext) -> ModelArtifact:
+    """Export ``model`` to ONNX (one file, dynamic batch) and check it against torch on ``data.x_test``."""
+    if cfg.atol < 0 or not 0.0 <= cfg.min_agreement <= 1.0:
+        raise ValueError(f"export.atol must be >= 0 and min_agreement in [0, 1], got {cfg.atol}, {cfg.min_agreement}")
+    net = load_model(model)
+    ref = predict(net, data.x_test, cfg.batch_size)
+    if model.onnx is not None and model.kind == "quantized":
+        stats = parity(ref, ort_predict(ort_session(model.onnx, cfg.threads), data.x_test, cfg.batch_size))
+        metrics = {"fp32_max_abs_diff": stats["max_abs_diff"], "fp32_agreement": stats["agreement"],
+                   "size_bytes": float(len(model.onnx))}
+        ctx.log_metrics(metrics)
+        return dataclasses.replace(model, metrics={**model.metrics, **metrics})
+    onnx_bytes = to_onnx(net, data.x_test[:2], dynamo=cfg.dynamo)
+    stats = parity(ref, ort_predict(ort_session(onnx_bytes, cfg.threads), data.x_test, cfg.batch_size))
+    metrics = {**stats, "size_bytes": float(len(onnx_bytes))}
+    ctx.log_metrics(metrics)
+    if stats["max_abs_diff"] > cfg.atol:
+        raise ValueError(f"export parity: max_abs_diff={stats['max_abs_diff']:.3g} > atol={cfg.atol} for '{model.name}'")
+    if stats["agreement"] < cfg.min_agreement:
+        raise ValueError(f"export parity: agreement={stats['agreement']:.4f} < min_agreement={cfg.min_agreement} "
+                         f"for '{model.name}'")
+    return dataclasses.replace(model, onnx=onnx_bytes, metrics={**model.metrics, **metrics})

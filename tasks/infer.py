@@ -1,0 +1,99 @@
+"""The ``infer`` task: a teacher's logits (and optional intermediate features) over the training
+inputs and the transfer pool, computed once so that distillation runs never rerun the teacher.
+
+Small inputs run in-process on ``ctx.device``; from ``parallel_min_rows`` rows on (and with
+``workers > 1``) the batches go through ``ctx.map_batches``, which the engine runs on a Ray Data
+actor pool where each actor loads the model once (``TeacherBatchFn``). Ray Data's fixed start-up
+cost of a few seconds only pays off on large data.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tasks.context import StepContext
+from tasks.models import load_model
+from tasks.types import Dataset, Logits, ModelArtifact
+
+
+@dataclass
+class InferConfig:
+    batch_size: int = 1024
+    features: list[str] = field(default_factory=list)  # module names to capture, e.g. ["features.8"]
+    parallel_min_rows: int = 200_000  # below this many rows, run in-process
+    workers: int = 2  # actor pool size for the parallel path
+    gpus_per_worker: float = 0.0
+
+
+def capture(model: nn.Module, names: list[str]) -> tuple[dict[str, torch.Tensor], list]:
+    """Register forward hooks storing the outputs of modules ``names``; return (store, handles)."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"features: no module named {unknown} in {type(model).__name__} "
+                         f"(modules: {[n for n in modules if n][:12]})")
+    store: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):
+        def hook(_module, _inputs, output):
+            store[name] = output
+        return hook
+
+    return store, [modules[n].register_forward_hook(hook_for(n)) for n in names]
+
+
+class TeacherBatchFn:
+    """Picklable factory: ``TeacherBatchFn(...)()`` loads the model once (per worker) and returns a
+    function mapping a batch to ``[B, num_classes + sum(feature sizes)]`` (logits, then flattened
+    features), so one tensor carries everything through ``map_batches``."""
+
+    def __init__(self, model: ModelArtifact, features: list[str], device: str = "cpu"):
+        self.model, self.features, self.device = model, list(features), device
+
+    def __call__(self):
+        model = load_model(self.model).to(self.device)
+        store, _ = capture(model, self.features)
+
+        @torch.no_grad()
+        def apply(xb: torch.Tensor) -> torch.Tensor:
+            out = model(xb.to(self.device))
+            parts = [out] + [store[n].flatten(1) for n in self.features]
+            return torch.cat(parts, dim=1).float().cpu()
+
+        return apply
+
+
+def _feature_shapes(model: ModelArtifact, features: list[str], x: torch.Tensor) -> dict[str, list[int]]:
+    """Per-row shapes of the requested features (one row through the model on the CPU)."""
+    net = load_model(model)
+    store, handles = capture(net, features)
+    with torch.no_grad():
+        net(x[:1])
+    for h in handles:
+        h.remove()
+    return {n: list(store[n].shape[1:]) for n in features}
+
+
+def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepContext) -> Logits:
+    """Teacher logits over ``x_train`` (+ ``x_transfer``) and the features named in ``cfg.features``."""
+    if cfg.batch_size < 1:
+        raise ValueError(f"infer.batch_size must be >= 1, got {cfg.batch_size}")
+    parts = [data.x_train] + ([data.x_transfer] if data.x_transfer is not None else [])
+    x = torch.cat(parts)
+    parallel = len(x) >= cfg.parallel_min_rows and cfg.workers > 1
+    device = ("cuda" if cfg.gpus_per_worker > 0 else "cpu") if parallel else ctx.device
+    make_fn = TeacherBatchFn(model, cfg.features, device)
+    out = ctx.map_batches(make_fn, x, batch_size=cfg.batch_size, workers=cfg.workers if parallel else 1,
+                          gpus_per_worker=cfg.gpus_per_worker)
+    shapes = _feature_shapes(model, cfg.features, x) if cfg.features else {}
+    sizes = [out.shape[1] - sum(math.prod(s) for s in shapes.values())] + [math.prod(s) for s in shapes.values()]
+    logits, *feats = out.split(sizes, dim=1)
+    n = len(data.x_train)
+    ctx.log_metrics({"rows": len(x), "parallel": float(parallel),
+                     "train_acc": float((logits[:n].argmax(1) == data.y_train).float().mean())})
+    return Logits(train=logits[:n].contiguous(), transfer=logits[n:].contiguous() if len(parts) > 1 else None,
+                  features={k: f.reshape(-1, *shapes[k]).contiguous() for k, f in zip(shapes, feats)},
+                  teacher=model.name)

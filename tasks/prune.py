@@ -1,0 +1,319 @@
+"""Task ``prune``: make a trained model sparse (unstructured) or really smaller (structured).
+
+Methods (``cfg.method``):
+
+* ``magnitude`` -- unstructured L1 magnitude pruning of conv/linear weights (``torch.nn.utils.prune``),
+  global or per layer; masks are folded into the weights and re-applied after every fine-tune
+  step, so the zeros stay zero. Dense kernels do not run faster: this buys size, not speed.
+* ``channel`` -- structured channel pruning with Torch-Pruning's ``DependencyGraph`` /
+  ``MetaPruner`` (Fang et al., "DepGraph", CVPR 2023): coupled layers are pruned together and
+  the model really shrinks. The new widths are read back into the arch config, so the result
+  reloads as ``build_model(arch)`` + strict safetensors weights (never a pickled module).
+* ``gradual`` -- Automated Gradual Pruning (Zhu & Gupta 2017, "To prune, or not to prune"):
+  over ``n = cfg.steps`` prune/fine-tune rounds the target sparsity follows the cubic schedule
+  ``s_t = s_f + (s_i - s_f) * (1 - t/n)^3``, pruning fast while redundancy is high and slowly
+  near the end; the base pruner is ``cfg.gradual_base`` (magnitude | channel).
+
+Fine-tuning reuses ``tasks.train.fit`` with cross-entropy, or Hinton knowledge distillation
+from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from tasks.context import StepContext
+from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
+from tasks.train import OptimConfig, accuracy, ce_loss, fit
+from tasks.types import Dataset, Logits, ModelArtifact
+
+METHODS = ("magnitude", "channel", "gradual")
+SCOPES = ("global", "layer")
+IMPORTANCES = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+@dataclass
+class PruneConfig:
+    method: str = "channel"  # magnitude | channel | gradual
+    amount: float = 0.5  # final sparsity (magnitude) or channel pruning ratio (channel)
+    scope: str = "layer"  # global | layer: one threshold/ranking for all layers, or per layer
+    importance: str = "l2"  # channel importance: l1 | l2 | bn_scale | lamp | fpgm | random
+    max_layer_amount: float = 0.9  # channel + global scope: cap per layer (avoids layer collapse)
+    round_to: int = 0  # channel: keep widths multiples of this (0 = any width)
+    gradual_base: str = "magnitude"  # gradual: magnitude | channel
+    steps: int = 4  # gradual: number of prune/fine-tune rounds n
+    initial_amount: float = 0.0  # gradual: s_i
+    step_epochs: int = 1  # gradual: fine-tune epochs between rounds
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=1e-3))
+    kd_alpha: float = 0.0  # > 0 and logits given: Hinton KD fine-tune
+    kd_temperature: float = 4.0
+    use_transfer: bool = False  # KD: also fit the teacher logits on data.x_transfer
+    throughput_batch: int = 256
+    throughput_iters: int = 20
+
+
+# ---------------------------------------------------------------- schedules and losses
+
+def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
+    """AGP target at round ``t`` of ``n`` (Zhu & Gupta 2017): s_f + (s_i - s_f)(1 - t/n)^3."""
+    return final + (initial - final) * (1.0 - t / n) ** 3
+
+
+def agp_schedule(final: float, n: int, initial: float = 0.0) -> list[float]:
+    """Targets for rounds 0..n (round 0 = ``initial``); the shape Torch-Pruning's schedulers return."""
+    return [agp_sparsity(t, n, final, initial) for t in range(n + 1)]
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, *, alpha: float,
+            temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+
+    The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones.
+    Rows with ``y < 0`` (unlabeled transfer inputs) contribute to the KL term only.
+    """
+    T = temperature
+    kl = F.kl_div(F.log_softmax(student / T, dim=1), F.log_softmax(teacher / T, dim=1),
+                  reduction="batchmean", log_target=True)
+    labeled = y >= 0
+    ce = F.cross_entropy(student[labeled], y[labeled]) if labeled.any() else student.sum() * 0.0
+    return alpha * T * T * kl + (1.0 - alpha) * ce
+
+
+# ---------------------------------------------------------------- unstructured (magnitude)
+
+def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """The (module, "weight") pairs that magnitude pruning touches: all conv and linear weights."""
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+def magnitude_prune(model: nn.Module, amount: float, scope: str) -> dict[str, torch.Tensor]:
+    """L1 magnitude pruning to ``amount`` sparsity (of the prunable weights); returns the masks.
+
+    Masks are folded into the weights (``prune.remove``), so the model stays a plain module.
+    Already-zero weights have the smallest magnitude and are counted first, which makes
+    repeated calls with growing ``amount`` (AGP) nested.
+    """
+    params = prunable(model)
+    if scope == "global":
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=amount)
+    else:
+        for module, name in params:
+            tprune.l1_unstructured(module, name, amount=amount)
+    for module, name in params:
+        tprune.remove(module, name)
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names[id(m)]: (m.weight != 0).to(m.weight.dtype) for m, _ in params}
+
+
+def mask_applier(masks: dict[str, torch.Tensor]):
+    """``after_step`` hook for ``fit``: zero the pruned weights again after each optimizer step."""
+    def apply(model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name, mask in masks.items():
+                w = modules[name].weight
+                w.mul_(mask.to(w.device))
+    return apply
+
+
+def weight_sparsity(model: nn.Module) -> float:
+    """Fraction of exact zeros among the prunable (conv/linear) weights."""
+    ws = [m.weight for m, _ in prunable(model)]
+    total = sum(w.numel() for w in ws)
+    return float(sum(int((w == 0).sum()) for w in ws)) / max(total, 1)
+
+
+# ---------------------------------------------------------------- structured (channel)
+
+def _widths_cnn1d(m: CNN1D) -> dict:
+    return {"channels": [c.out_channels for c in m.features if isinstance(c, nn.Conv1d)]}
+
+
+def _widths_mlp(m: MLP) -> dict:
+    return {"hidden": [lin.out_features for lin in m.net if isinstance(lin, nn.Linear)][:-1]}
+
+
+def _widths_rescnn2d(m: ResCNN2D) -> dict:
+    return {"stem": m.stem[0].out_channels, "mids": [b.conv1.out_channels for b in m.blocks]}
+
+
+WIDTH_READERS = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
+"""Architectures whose pruned widths can be written back into their constructor arguments."""
+
+
+def check_readable(model: nn.Module, arch: dict) -> None:
+    """Fail before pruning when the widths of ``arch``'s class cannot be read back afterwards."""
+    if type(model) not in WIDTH_READERS:
+        known = ", ".join(f"{c.__module__}.{c.__name__}" for c in WIDTH_READERS)
+        raise ValueError(f"prune: channel pruning cannot read widths back for _target_ "
+                         f"'{arch.get('_target_')}' (supported: {known}); use method=magnitude")
+
+
+def pruned_arch(model: nn.Module, arch: dict) -> dict:
+    """Arch config with the pruned model's real widths; verified to rebuild the same shapes."""
+    check_readable(model, arch)
+    new = {**copy.deepcopy(arch), **WIDTH_READERS[type(model)](model)}
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in build_model(new).state_dict().items()}
+    if want != got:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise ValueError(f"prune: widths read back for '{arch.get('_target_')}' do not rebuild the "
+                         f"pruned model (mismatched: {bad[:4]})")
+    return new
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The classifier head (the last linear/conv layer): its outputs are the classes, never pruned."""
+    return [[m for m, _ in prunable(model)][-1]]
+
+
+def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, amount: float,
+                   steps: int = 1, initial: float = 0.0) -> tp.pruner.MetaPruner:
+    """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds."""
+    if cfg.importance not in IMPORTANCES:
+        raise ValueError(f"prune.importance: unknown value '{cfg.importance}' ({' | '.join(IMPORTANCES)})")
+    return tp.pruner.MetaPruner(
+        model, example, importance=IMPORTANCES[cfg.importance](), pruning_ratio=amount,
+        global_pruning=cfg.scope == "global",
+        max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
+        iterative_steps=steps, iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
+        ignored_layers=output_layers(model), round_to=cfg.round_to or None)
+
+
+# ---------------------------------------------------------------- measurements
+
+def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 256, iters: int = 20) -> float:
+    """CPU samples/s at ``batch`` on one thread: median of ``iters`` timed calls after 5 warm-up calls.
+
+    One thread makes the number comparable between candidates and machines with other load;
+    the caller's thread count is restored. This is the value the pipeline's sweep maximises.
+    """
+    x = torch.randn(batch, *input_shape)
+    model = model.to("cpu").eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        with torch.inference_mode():
+            for i in range(iters + 5):
+                t0 = time.perf_counter()
+                model(x)
+                if i >= 5:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return batch / statistics.median(times)
+
+
+def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
+    """val_acc, params, nonzero_params, sparsity (conv/linear weights), macs and throughput."""
+    macs, _ = tp.utils.count_ops_and_params(model.cpu().eval(), data.x_train[:1])
+    return {"val_acc": accuracy(model, data.x_val, data.y_val), "params": float(count_params(model)),
+            "nonzero_params": float(count_nonzero(model)), "sparsity": weight_sparsity(model),
+            "macs": float(macs),
+            "throughput": measure_throughput(model, data.input_shape, cfg.throughput_batch, cfg.throughput_iters)}
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, optim: OptimConfig,
+              ctx: StepContext, after_step=None, prefix: str = "ft_") -> None:
+    """Fine-tune in place: CE on labels, or Hinton KD on cached teacher logits (+ transfer pool)."""
+    if optim.epochs <= 0:
+        return
+    val = (data.x_val, data.y_val)
+    if logits is None or cfg.kd_alpha <= 0:
+        fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=optim, ctx=ctx, val=val,
+            after_step=after_step, prefix=prefix)
+        return
+    x, t, y = data.x_train, logits.train, data.y_train
+    if cfg.use_transfer:
+        x = torch.cat([x, data.x_transfer])
+        t = torch.cat([t, logits.transfer])
+        y = torch.cat([y, torch.full((len(data.x_transfer),), -1, dtype=y.dtype)])
+
+    def loss(s, tb, yb):
+        return kd_loss(s, tb, yb, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+    fit(model, x, (t, y), loss_fn=loss, cfg=optim, ctx=ctx, val=val, after_step=after_step, prefix=prefix)
+
+
+# ---------------------------------------------------------------- the task
+
+def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: PruneConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ValueError(f"prune.method: unknown value '{cfg.method}' ({' | '.join(METHODS)})")
+    if cfg.scope not in SCOPES:
+        raise ValueError(f"prune.scope: unknown value '{cfg.scope}' ({' | '.join(SCOPES)})")
+    if cfg.gradual_base not in ("magnitude", "channel"):
+        raise ValueError(f"prune.gradual_base: unknown value '{cfg.gradual_base}' (magnitude | channel)")
+    if not 0.0 <= cfg.amount < 1.0:
+        raise ValueError(f"prune.amount: {cfg.amount} is not in [0, 1)")
+    if cfg.steps < 1:
+        raise ValueError(f"prune.steps: {cfg.steps} must be >= 1")
+    if model.onnx is not None and not model.state_dict:
+        raise ValueError(f"prune: model '{model.name}' has no torch weights (kind {model.kind})")
+    if logits is not None and cfg.kd_alpha > 0:
+        if len(logits.train) != len(data.x_train):
+            raise ValueError(f"prune: logits.train has {len(logits.train)} rows, data.x_train {len(data.x_train)}")
+        if cfg.use_transfer and (logits.transfer is None or data.x_transfer is None
+                                 or len(logits.transfer) != len(data.x_transfer)):
+            raise ValueError("prune.use_transfer: needs data.x_transfer and logits.transfer of equal length")
+
+
+def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig,
+                  ctx: StepContext):
+    """Prune ``net`` in place to ``cfg.amount``; returns the masks to keep (unstructured) or None."""
+    base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
+    n = cfg.steps if cfg.method == "gradual" else 1
+    targets = agp_schedule(cfg.amount, n, cfg.initial_amount if n > 1 else 0.0)
+    between = replace(cfg.finetune, epochs=cfg.step_epochs)
+    pruner = channel_pruner(net, data.x_train[:2], cfg, cfg.amount, n, targets[0]) if base == "channel" else None
+    masks = None
+    for t in range(1, n + 1):
+        if pruner is not None:
+            pruner.step()
+        else:
+            masks = magnitude_prune(net, targets[t], cfg.scope)
+        ctx.log_metrics({"target_amount": targets[t], "round_params": float(count_params(net)),
+                         "round_sparsity": weight_sparsity(net)}, step=t)
+        if t < n:
+            fine_tune(net, data, logits, cfg, between, ctx, mask_applier(masks) if masks else None,
+                      prefix=f"round{t}_")
+    return masks
+
+
+def run(model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cfg: PruneConfig,
+        ctx: StepContext) -> ModelArtifact:
+    """Prune ``model`` (``cfg.method``), fine-tune it, measure it; returns a ``pruned`` artifact."""
+    _validate(model, data, logits, cfg)
+    ctx.seed_everything()
+    net = load_model(model)
+    base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
+    if base == "channel":
+        check_readable(net, model.arch)
+    before = model_metrics(net, data, cfg)
+    ctx.log_metrics({f"base_{k}": v for k, v in before.items()})
+    masks = _prune_rounds(net, data, logits, cfg, ctx)
+    ctx.log_metrics({"val_acc_pruned": accuracy(net, data.x_val, data.y_val)})
+    fine_tune(net, data, logits, cfg, cfg.finetune, ctx, mask_applier(masks) if masks else None)
+    arch = pruned_arch(net, model.arch) if base == "channel" else model.arch
+    metrics = model_metrics(net, data, cfg)
+    metrics["param_ratio"] = metrics["params"] / before["params"]
+    metrics["speedup"] = metrics["throughput"] / before["throughput"]
+    ctx.log_metrics(metrics)
+    return make_artifact(net, arch, name=ctx.step, kind="pruned", parent=model.name, metrics=metrics)

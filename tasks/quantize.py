@@ -1,0 +1,218 @@
+"""Task ``quantize``: k-bit fake quantization of the weights, ONNX Runtime INT8 (dynamic / static
+QDQ) and quantization-aware training (QAT) followed by static INT8.
+
+Methods (``cfg.method``):
+
+* ``fake_kbit`` - symmetric per-output-channel uniform quantizer on every Conv/Linear weight,
+  ``y = round(w / s) * s`` with ``s = max|w_c| / (2^(k-1) - 1)`` and round-half-to-even
+  (``torch.round``), so each channel holds at most ``2^k - 1`` distinct values. E.g. with
+  ``s = 0.1``, ``-0.02 -> round(-0.2) * 0.1 = 0`` (not ``-0.1``). Biases and BatchNorm stay FP32.
+  Returns a torch model (weights replaced by their quantized values); sweep ``bits`` to get
+  accuracy vs bits.
+* ``dynamic_int8`` - ``onnxruntime.quantization.quantize_dynamic`` on the FP32 ONNX: INT8
+  weights, activations quantized on the fly. Measured slower than FP32 for a small Conv1d net.
+* ``static_int8`` - ``quantize_static`` in QDQ format, activations calibrated on
+  ``calib_batches`` training batches (after ``quant_pre_process``). The fast CPU path.
+* ``qat`` - fine-tune with fake-quantized weights (per-channel, ``bits``; straight-through
+  estimator, Bengio et al. 2013 / Jacob et al. 2018) and optionally fake-quantized ReLU
+  outputs, then bake the weights onto their grid and deploy via ``static_int8``. The deployed
+  artifact is the ORT static INT8 model; ``state_dict`` holds the baked QAT weights. Since
+  export folds BatchNorm into Conv by scaling each output channel, and ORT's symmetric
+  per-channel INT8 grid scales with the channel, 8-bit QAT weights stay exactly representable.
+
+ONNX methods store the INT8 model in ``ModelArtifact.onnx`` and keep FP32 weights in
+``state_dict`` (so params/FLOPs can still be counted); ``val_acc`` is measured with ORT.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_dynamic, quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from tasks.context import StepContext
+from tasks.models import load_model, make_artifact
+from tasks.onnx_utils import INPUT_NAME, ort_accuracy, ort_session, to_onnx
+from tasks.train import OptimConfig, accuracy, ce_loss, fit
+from tasks.types import Dataset, ModelArtifact
+
+METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class QuantizeConfig:
+    method: str = "static_int8"  # fake_kbit | dynamic_int8 | static_int8 | qat
+    bits: int = 8  # weight bits for fake_kbit and qat (2..8)
+    per_channel: bool = True  # static_int8 / qat: per-output-channel weight scales in ORT
+    calib_batches: int = 8  # training batches used to calibrate activation ranges
+    calib_batch_size: int = 128
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    preprocess: bool = True  # run ORT's quant_pre_process (shape inference + graph optimization)
+    qat_activations: bool = False  # qat: also fake-quantize ReLU outputs to uint8
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=5e-4, scheduler="cosine"))
+    threads: int = 1  # ORT intra-op threads for the val_acc evaluation
+    eval_batch_size: int = 1024
+
+
+def quantize_weight(w: Tensor, bits: int) -> Tensor:
+    """Symmetric per-output-channel (dim 0) uniform quantization: ``round(w / s) * s``.
+
+    ``s_c = max|w_c| / (2^(bits-1) - 1)``; an all-zero channel stays zero. ``torch.round``
+    rounds half to even.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = scale.reshape(-1, *([1] * (w.dim() - 1)))
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+
+class FakeQuantWeight(nn.Module):
+    """Parametrization ``w -> quantize_weight(w)`` with a straight-through gradient (d/dw = 1)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w + (quantize_weight(w, self.bits) - w).detach()
+
+
+class ActFakeQuant:
+    """Forward hook fake-quantizing a non-negative activation (ReLU output) to ``bits`` unsigned.
+
+    The range is an EMA of the batch maximum, updated in training mode only (as ORT's static
+    calibration fixes it at deploy time); gradients pass straight through.
+    """
+
+    def __init__(self, bits: int = 8, momentum: float = 0.1):
+        self.levels, self.momentum, self.max_val = 2 ** bits - 1, momentum, None
+
+    def __call__(self, module: nn.Module, inputs, out: Tensor) -> Tensor:
+        if module.training:
+            batch_max = out.detach().max()
+            self.max_val = batch_max if self.max_val is None else \
+                (1 - self.momentum) * self.max_val + self.momentum * batch_max
+        if self.max_val is None or float(self.max_val) <= 0:
+            return out
+        scale = self.max_val / self.levels
+        q = torch.clamp(torch.round(out / scale), 0, self.levels) * scale
+        return out + (q - out).detach()
+
+
+def _quant_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+
+
+def fake_quantize_model(model: nn.Module, bits: int) -> nn.Module:
+    """Replace every Conv/Linear weight in place by its ``bits``-bit per-channel quantized value."""
+    with torch.no_grad():
+        for layer in _quant_layers(model):
+            layer.weight.copy_(quantize_weight(layer.weight, bits))
+    return model
+
+
+class _CalibReader(CalibrationDataReader):
+    """ORT ``CalibrationDataReader``: yields ``{"input": batch}`` dicts, then ``None``."""
+
+    def __init__(self, batches: list):
+        self.batches, self.i = batches, 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {INPUT_NAME: self.batches[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def _calib_batches(x: Tensor, cfg: QuantizeConfig, seed: int) -> list:
+    """``calib_batches`` random training batches (seeded) as float32 numpy arrays."""
+    n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    xs = x[idx].float().numpy()
+    return [xs[i:i + cfg.calib_batch_size] for i in range(0, n, cfg.calib_batch_size)]
+
+
+def ort_quantize(fp32: bytes, x_train: Tensor, cfg: QuantizeConfig, seed: int, static: bool) -> bytes:
+    """INT8 ONNX from FP32 ONNX bytes with ORT (static QDQ with calibration, or dynamic)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        if cfg.preprocess:
+            quant_pre_process(str(src), str(Path(tmp) / "pre.onnx"))
+            src = Path(tmp) / "pre.onnx"
+        if static:
+            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                      "percentile": CalibrationMethod.Percentile}[cfg.calibration]
+            quantize_static(str(src), str(out), _CalibReader(_calib_batches(x_train, cfg, seed)),
+                            quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method)
+        else:
+            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
+        return out.read_bytes()
+
+
+def _validate(model: ModelArtifact, cfg: QuantizeConfig) -> None:
+    if cfg.method not in METHODS:
+        raise ValueError(f"quantize.method: unknown value '{cfg.method}' ({' | '.join(METHODS)})")
+    if cfg.method in ("fake_kbit", "qat") and not 2 <= cfg.bits <= 8:
+        raise ValueError(f"quantize.bits: {cfg.bits} is outside 2..8")
+    if cfg.calibration not in CALIBRATIONS:
+        raise ValueError(f"quantize.calibration: unknown value '{cfg.calibration}' ({' | '.join(CALIBRATIONS)})")
+    if cfg.calib_batches < 1 or cfg.calib_batch_size < 1:
+        raise ValueError(f"quantize.calib_batches/calib_batch_size must be >= 1, got "
+                         f"{cfg.calib_batches}/{cfg.calib_batch_size}")
+    if model.kind == "quantized":
+        raise ValueError(f"model '{model.name}' is already quantized (kind=quantized); quantize its parent")
+
+
+def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepContext) -> dict:
+    """Fine-tune ``net`` in place with fake-quantized weights (and ReLU outputs), then bake the weights."""
+    for layer in _quant_layers(net):
+        parametrize.register_parametrization(layer, "weight", FakeQuantWeight(cfg.bits))
+    hooks = [m.register_forward_hook(ActFakeQuant()) for m in net.modules()
+             if cfg.qat_activations and isinstance(m, nn.ReLU)]
+    best = fit(net, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
+               val=(data.x_val, data.y_val), prefix="qat_")
+    for h in hooks:
+        h.remove()
+    for layer in _quant_layers(net):
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return best
+
+
+def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepContext) -> ModelArtifact:
+    """Quantize ``model`` with ``cfg.method``; returns a ``quantized`` artifact whose parent is ``model``."""
+    _validate(model, cfg)
+    ctx.seed_everything()
+    net = load_model(model)
+    fp32_val_acc = accuracy(net, data.x_val, data.y_val, cfg.eval_batch_size)
+    metrics: dict[str, float] = {"fp32_val_acc": fp32_val_acc}
+    onnx_bytes = None
+    if cfg.method == "fake_kbit":
+        fake_quantize_model(net, cfg.bits)
+        metrics.update(val_acc=accuracy(net, data.x_val, data.y_val, cfg.eval_batch_size), bits=float(cfg.bits))
+    else:
+        if cfg.method == "qat":
+            metrics["qat_best_val_acc"] = _qat_finetune(net, data, cfg, ctx)["val_acc"]
+            metrics["bits"] = float(cfg.bits)
+        fp32 = model.onnx if (model.onnx is not None and cfg.method != "qat") else to_onnx(net, data.x_val)
+        onnx_bytes = ort_quantize(fp32, data.x_train, cfg, ctx.seed, static=cfg.method != "dynamic_int8")
+        session = ort_session(onnx_bytes, cfg.threads)
+        metrics.update(val_acc=ort_accuracy(session, data.x_val, data.y_val, cfg.eval_batch_size),
+                       size_bytes=float(len(onnx_bytes)), fp32_size_bytes=float(len(fp32)))
+    metrics["val_acc_delta"] = metrics["val_acc"] - fp32_val_acc
+    ctx.log_metrics(metrics)
+    return make_artifact(net, model.arch, name=ctx.step, kind="quantized", parent=model.name,
+                         metrics=metrics, onnx=onnx_bytes)
