@@ -70,7 +70,7 @@ def start_ray(rc: RayConfig) -> bool:
         return False
     kwargs = dict(runtime_env=rc.runtime_env or None, log_to_driver=True, logging_level="WARNING")
     if rc.address is None:
-        ray.init(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, include_dashboard=rc.include_dashboard, **kwargs)
+        ray.init(address="local", num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, include_dashboard=rc.include_dashboard, **kwargs)
     else:
         ray.init(address=rc.address, **kwargs)
     return True

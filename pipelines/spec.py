@@ -119,9 +119,11 @@ def _container(node, path: str) -> dict:
         return {}
     if isinstance(node, DictConfig):
         try:
-            return OmegaConf.to_container(node, resolve=True)
+            return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as e:
-            raise SpecError(path, _omega_msg(e)) from None
+            key = getattr(e, "full_key", None)
+            msg = "missing required value (???)" if "Missing mandatory value" in str(e) else _omega_msg(e)
+            raise SpecError(f"{path}.{key}" if key else path, msg) from None
     if not isinstance(node, dict):
         raise SpecError(path, f"expected a mapping, got {type(node).__name__} '{node}'")
     return node
@@ -299,8 +301,11 @@ def _toposort(steps: dict[str, StepSpec]) -> list[str]:
                 if indeg[m] == 0:
                     ready.append(m)
     if len(order) < len(steps):
-        cyc = sorted(set(steps) - set(order))
-        raise SpecError("pipeline.steps", f"cycle among steps {cyc}")
+        left = set(steps) - set(order)
+        # drop steps that merely hang below the cycle (nothing in the cycle consumes them)
+        while drop := {n for n in left if not any(n in steps[m].upstream for m in left)}:
+            left -= drop
+        raise SpecError("pipeline.steps", f"cycle among steps {sorted(left)}")
     return order
 
 

@@ -113,7 +113,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
                 sched.step()
             if after_step is not None:
                 after_step(model)
-            total_loss += float(loss) * len(idx)
+            total_loss += float(loss.detach()) * len(idx)
         val_acc = accuracy(model, val[0], val[1], cfg.eval_batch_size, device)
         ctx.log_metrics({f"{prefix}train_loss": total_loss / len(x), f"{prefix}val_acc": val_acc}, step=epoch)
         ctx.progress(f"epoch {epoch + 1}/{cfg.epochs} val_acc={val_acc:.4f}")
