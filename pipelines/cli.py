@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = flags - {"--cfg", "--dry-run"}
     overrides = [a for a in args if not a.startswith("--")]
     err = Console(stderr=True)
+    if not err.is_terminal:
+        err = Console(stderr=True, width=160)  # logs: wide enough that the table does not wrap
     if unknown:
         print(f"error: unknown option {sorted(unknown)[0]} (usage: {USAGE.strip()})", file=sys.stderr)
         return 2

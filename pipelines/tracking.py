@@ -8,6 +8,7 @@ tracking URI, so nothing depends on process-global MLflow state.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,11 @@ from pipelines import artifacts
 
 TAG = "slimray."
 OUTPUT_DIR = "output"
+
+
+def metric_name(key: str) -> str:
+    """MLflow allows alphanumerics, ``_ - . : /`` and spaces in metric names; map the rest to ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", key)
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -105,7 +111,7 @@ class StepTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         ts = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self._buffer += [Metric(metric_name(k), float(v), ts, step or 0) for k, v in metrics.items()]
         if time.monotonic() - self._last_flush > self.flush_every_s or len(self._buffer) >= 900:
             self.flush()
 

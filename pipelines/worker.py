@@ -7,6 +7,7 @@ the small meta goes to the driver.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -55,10 +56,16 @@ def assemble(layout: list[tuple[str, bool, int]], args: tuple) -> dict:
     return kwargs
 
 
+def _quiet_logs() -> None:
+    # the ONNX exporter warns once per export about every torchvision op it cannot find
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+
 def execute(job: StepJob, *args):
     import ray
     import torch
 
+    _quiet_logs()
     node_id = ray.get_runtime_context().get_node_id()
     client = MlflowClient(tracking_uri=job.uri)
     tags = {**job.tags, "slimray.node_id": node_id, "slimray.cached": str(job.cached_from is not None).lower()}

@@ -1,9 +1,18 @@
 """The task table: every task a pipeline step may name. A literal table, checked by a test
 against the modules in this package (no decorator registry)."""
-from tasks import toy, train
+from tasks import benchmark, data, distill, export, infer, prune, quantize, report, teacher, toy, train
 
 TASKS = {
+    "data": data.run,
     "train": train.run,
+    "load_model": teacher.run,
+    "infer": infer.run,
+    "distill": distill.run,
+    "prune": prune.run,
+    "export": export.run,
+    "quantize": quantize.run,
+    "benchmark": benchmark.run,
+    "report": report.run,
     # the engine's own fixtures (used by the `demo` pipeline and the engine tests)
     "toy_source": toy.source,
     "toy_add": toy.add,

@@ -14,6 +14,7 @@ the project's goals are stated in: selected vs teacher, and each INT8 model vs i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import onnxruntime as ort
@@ -110,19 +111,27 @@ def _flag_no_speedup(rows: list[dict], teacher: dict | None, cfg: BenchmarkConfi
         r["no_speedup"] = bool(flops_red >= cfg.no_speedup_flops_ratio and speedup < cfg.no_speedup_throughput_ratio)
 
 
+def metric_key(name: str, key: str) -> str:
+    """``<candidate>/<key>`` with characters MLflow rejects in metric names (``[``, ``]``, ``=``, ...) as ``_``."""
+    return re.sub(r"[^\w./\- :]", "_", name) + "/" + key
+
+
 def _markdown(report: dict) -> str:
     cols = ["name", "kind", "test_acc", "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report["candidates"]:
         cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + (" | ← selected" if r["selected"] else " |"))
-    return f"Benchmark on {report['dataset']} ({report['runtime']}, {report['threads']} thread(s))\n\n" + "\n".join(lines) + "\n"
+    title = f"Benchmark on {report['dataset']} ({report['runtime']}, {report['threads']} thread(s))"
+    return title + "\n\n" + "\n".join(lines) + "\n"
 
 
 def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | None = None, *,
         cfg: BenchmarkConfig, ctx: StepContext) -> Report:
     """Benchmark ``models`` (plus ``selected`` if it is not among them) on ``data.x_test``."""
-    cands = list(models) + ([selected] if selected is not None and selected.name not in {m.name for m in models} else [])
+    cands = list(models)
+    if selected is not None and selected.name not in {m.name for m in models}:
+        cands.append(selected)
     names = [m.name for m in cands]
     if not cands or len(set(names)) != len(names):
         raise ValueError(f"benchmark.models: need >= 1 candidates with unique names, got {names}")
@@ -141,7 +150,7 @@ def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | No
     report = {"dataset": data.name, "threads": cfg.threads, "runtime": f"onnxruntime {ort.__version__} CPU",
               "candidates": rows, "targets": targets(rows, teacher, sel, cfg)}
     for r in rows:
-        ctx.log_metrics({f"{r['name']}/{k}": float(r[k]) for k in
+        ctx.log_metrics({metric_key(r["name"], k): float(r[k]) for k in
                          ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")})
     blob = json.dumps(report, indent=2).encode()
     ctx.log_file("benchmark.json", blob)

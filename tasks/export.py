@@ -66,7 +66,8 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
     metrics = {**stats, "size_bytes": float(len(onnx_bytes))}
     ctx.log_metrics(metrics)
     if stats["max_abs_diff"] > cfg.atol:
-        raise ValueError(f"export parity: max_abs_diff={stats['max_abs_diff']:.3g} > atol={cfg.atol} for '{model.name}'")
+        raise ValueError(f"export parity: max_abs_diff={stats['max_abs_diff']:.3g} > atol={cfg.atol} "
+                         f"for '{model.name}'")
     if stats["agreement"] < cfg.min_agreement:
         raise ValueError(f"export parity: agreement={stats['agreement']:.4f} < min_agreement={cfg.min_agreement} "
                          f"for '{model.name}'")

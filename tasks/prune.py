@@ -67,8 +67,6 @@ class PruneConfig:
     throughput_iters: int = 20
 
 
-# ---------------------------------------------------------------- schedules and losses
-
 def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
     """AGP target at round ``t`` of ``n`` (Zhu & Gupta 2017): s_f + (s_i - s_f)(1 - t/n)^3."""
     return final + (initial - final) * (1.0 - t / n) ** 3
@@ -93,8 +91,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, *, al
     ce = F.cross_entropy(student[labeled], y[labeled]) if labeled.any() else student.sum() * 0.0
     return alpha * T * T * kl + (1.0 - alpha) * ce
 
-
-# ---------------------------------------------------------------- unstructured (magnitude)
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """The (module, "weight") pairs that magnitude pruning touches: all conv and linear weights."""
@@ -137,8 +133,6 @@ def weight_sparsity(model: nn.Module) -> float:
     total = sum(w.numel() for w in ws)
     return float(sum(int((w == 0).sum()) for w in ws)) / max(total, 1)
 
-
-# ---------------------------------------------------------------- structured (channel)
 
 def _widths_cnn1d(m: CNN1D) -> dict:
     return {"channels": [c.out_channels for c in m.features if isinstance(c, nn.Conv1d)]}
@@ -184,9 +178,12 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
 
 def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, amount: float,
                    steps: int = 1, initial: float = 0.0) -> tp.pruner.MetaPruner:
-    """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds."""
-    if cfg.importance not in IMPORTANCES:
-        raise ValueError(f"prune.importance: unknown value '{cfg.importance}' ({' | '.join(IMPORTANCES)})")
+    """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds.
+
+    ``scope=global`` ranks channels of all layers together (capped at ``max_layer_amount`` per
+    layer); ``layer`` removes the same fraction from every layer. The classifier head keeps its
+    outputs; its inputs shrink with the layer before it (the dependency graph couples them).
+    """
     return tp.pruner.MetaPruner(
         model, example, importance=IMPORTANCES[cfg.importance](), pruning_ratio=amount,
         global_pruning=cfg.scope == "global",
@@ -194,8 +191,6 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, am
         iterative_steps=steps, iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
         ignored_layers=output_layers(model), round_to=cfg.round_to or None)
 
-
-# ---------------------------------------------------------------- measurements
 
 def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 256, iters: int = 20) -> float:
     """CPU samples/s at ``batch`` on one thread: median of ``iters`` timed calls after 5 warm-up calls.
@@ -229,8 +224,6 @@ def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str
             "throughput": measure_throughput(model, data.input_shape, cfg.throughput_batch, cfg.throughput_iters)}
 
 
-# ---------------------------------------------------------------- fine-tuning
-
 def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, optim: OptimConfig,
               ctx: StepContext, after_step=None, prefix: str = "ft_") -> None:
     """Fine-tune in place: CE on labels, or Hinton KD on cached teacher logits (+ transfer pool)."""
@@ -252,8 +245,6 @@ def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: Prune
     fit(model, x, (t, y), loss_fn=loss, cfg=optim, ctx=ctx, val=val, after_step=after_step, prefix=prefix)
 
 
-# ---------------------------------------------------------------- the task
-
 def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: PruneConfig) -> None:
     if cfg.method not in METHODS:
         raise ValueError(f"prune.method: unknown value '{cfg.method}' ({' | '.join(METHODS)})")
@@ -265,6 +256,10 @@ def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: P
         raise ValueError(f"prune.amount: {cfg.amount} is not in [0, 1)")
     if cfg.steps < 1:
         raise ValueError(f"prune.steps: {cfg.steps} must be >= 1")
+    if not 0.0 <= cfg.initial_amount <= cfg.amount:
+        raise ValueError(f"prune.initial_amount: {cfg.initial_amount} is not in [0, amount={cfg.amount}]")
+    if cfg.importance not in IMPORTANCES:
+        raise ValueError(f"prune.importance: unknown value '{cfg.importance}' ({' | '.join(IMPORTANCES)})")
     if model.onnx is not None and not model.state_dict:
         raise ValueError(f"prune: model '{model.name}' has no torch weights (kind {model.kind})")
     if logits is not None and cfg.kd_alpha > 0:

@@ -91,6 +91,10 @@ def test_without_teacher_ratios_are_null_and_fake_kbit_is_exported(data, models)
     assert rep.data["targets"]["selected_vs_teacher"] is None and rep.data["targets"]["int8_vs_fp32"] == []
 
 
+def test_metric_keys_are_valid_mlflow_names():
+    assert benchmark.metric_key("prune[amount=0.5]", "test_acc") == "prune_amount_0.5_/test_acc"
+
+
 def test_rejects_duplicate_names(data, models):
     with pytest.raises(ValueError, match="unique names"):
         benchmark.run([models[0], models[0]], data, cfg=FAST, ctx=StepContext())

@@ -149,7 +149,8 @@ def test_kd_finetune_with_transfer_pool_runs():
 
 @pytest.mark.parametrize("bad, match", [({"method": "svd"}, "prune.method"), ({"amount": 1.5}, "prune.amount"),
                                         ({"importance": "taylorx"}, "prune.importance"),
-                                        ({"scope": "all"}, "prune.scope")])
+                                        ({"scope": "all"}, "prune.scope"),
+                                        ({"initial_amount": 0.9}, "prune.initial_amount")])
 def test_bad_config_raises_value_error(bad, match):
     data = make_data([40])
     with pytest.raises(ValueError, match=match):

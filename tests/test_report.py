@@ -105,3 +105,14 @@ def test_config_file_composes_against_the_schema():
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         c = OmegaConf.to_object(compose(config_name="task/report/default").task.report)
     assert c == report.ReportConfig()
+
+
+def test_selected_without_onnx_is_exported_then_registered():
+    import onnx
+
+    sel = selected_artifact()
+    sel.onnx = None
+    ctx = StepContext()
+    report.run(Report(data=BENCH), sel, cfg=report.ReportConfig(), ctx=ctx)
+    model = onnx.load_from_string(ctx.registered["compress-mnist1d@candidate"])
+    assert len(model.graph.node) > 0
