@@ -1,0 +1,69 @@
+"""Every config file composes and validates; the task table matches the task modules."""
+from __future__ import annotations
+
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import tasks
+from pipelines import schemas, session
+from pipelines.cli import load_config
+from pipelines.spec import build_config, task_signature
+from tasks import TASKS
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[f"pipeline={p}"] for p in _options("pipeline")]
+                         + [[f"experiment={e}"] for e in _options("experiment")])
+def test_every_pipeline_and_experiment_validates(overrides):
+    cfg = load_config(overrides)
+    spec, _, _ = session.validate(cfg)
+    assert spec.steps
+    for step in spec.steps.values():
+        for trial in step.trials:
+            build_config(step.task, trial.params)  # the task's dataclass is fully built
+
+
+@pytest.mark.parametrize("group", ["data", "ray", "tracking"])
+def test_every_group_option_composes(group):
+    for option in _options(group):
+        cfg = load_config([f"{group}={option}"])
+        session.validate(cfg)
+
+
+def test_every_model_option_builds_with_the_default_pipeline():
+    for option in _options("model"):
+        cfg = load_config([f"model@teacher_model={option}"])
+        session.validate(cfg)
+
+
+def test_every_task_option_file_composes_against_its_schema():
+    schemas.register()
+    files = sorted((CONF / "task").glob("*/*.yaml"))
+    assert files
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for f in files:
+            task = f.parent.name
+            assert task in TASKS, f"conf/task/{task} has no task in tasks.TASKS"
+            cfg = compose(config_name=f"task/{task}/{f.stem}")
+            node = cfg.task[task]
+            build_config(task, dict(node))
+
+
+def test_task_table_covers_every_task_module():
+    modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)}
+    helpers = {"context", "types", "models", "onnx_utils"}
+    registered = {fn.__module__.split(".")[-1] for fn in TASKS.values()}
+    assert modules - helpers == registered
+    for name, fn in TASKS.items():
+        params = inspect.signature(fn).parameters
+        assert "cfg" in params and "ctx" in params, name
+        task_signature(name)  # annotations resolve
