@@ -3,8 +3,10 @@
 Trains the teacher (conf/model/cnn1d_teacher.yaml), computes its logits over the labeled train
 split and the 25k-row unlabeled transfer pool, then for each seed trains the same student
 architecture twice with the same epochs and seed: from scratch on the labeled rows (cross-entropy)
-and by distillation (tasks/distill.py defaults: labeled rows + transfer pool). Prints ONE JSON
-object; the goal is a mean gain of at least +1.0 accuracy point.
+and by distillation (tasks/distill.py defaults: labeled rows + transfer pool). Because KD sees
+~8x more rows per epoch, the scratch student is also trained with as many optimizer steps as the
+KD student (``scratch_steps``), and the gain is taken against the better of the two scratch runs.
+Prints ONE JSON object; the goal is a mean gain of at least +1.0 accuracy point.
 
     .venv/bin/python benchmarks/kd_gain.py [--seeds 0 1 2] [--epochs N] [--temperature T] ...
 """
@@ -13,16 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from tasks import data as data_task, distill, infer
 from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, count_params
+from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -54,14 +56,12 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--n-transfer", type=int, default=25000)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     t0 = time.perf_counter()
     data = data_task.run(cfg=data_task.DataConfig(source="mnist1d", n_transfer=args.n_transfer), ctx=StepContext())
     data_s = time.perf_counter() - t0
     t_arch = complete_arch(_model(args.teacher), data.input_shape, data.num_classes)
     teacher, teacher_s = _train(t_arch, data.x_train, data.y_train, data, OptimConfig(epochs=args.teacher_epochs), 0)
-    from tasks.models import make_artifact
     t_art = make_artifact(teacher, t_arch, name="teacher", kind="teacher")
     logits = infer.run(t_art, data, cfg=infer.InferConfig(), ctx=StepContext())
 
@@ -69,27 +69,34 @@ def main() -> None:
     optim = dataclasses.replace(defaults.optim, epochs=args.epochs)
     kd_cfg = dataclasses.replace(defaults, student=_model(args.student), optim=optim,
                                  temperature=args.temperature, alpha=args.alpha)
+    n_kd = len(data.x_train) + (0 if data.x_transfer is None else len(data.x_transfer))
+    per_epoch = [math.ceil(n / optim.batch_size) for n in (n_kd, len(data.x_train))]
+    optim_steps = dataclasses.replace(optim, epochs=args.epochs * per_epoch[0] // per_epoch[1])
     runs = []
     for seed in args.seeds:
         scratch, scratch_s = _train(s_arch, data.x_train, data.y_train, data, optim, seed)
+        scratch_long, long_s = _train(s_arch, data.x_train, data.y_train, data, optim_steps, seed)
         start = time.perf_counter()
         kd_art = distill.run(data, logits, cfg=kd_cfg, ctx=StepContext(step="kd", seed=seed))
         kd_s = time.perf_counter() - start
-        kd = build_model(kd_art.arch)
-        kd.load_state_dict(kd_art.state_dict)
+        kd = load_model(kd_art)
         runs.append({"seed": seed, "scratch_test_acc": accuracy(scratch, data.x_test, data.y_test),
+                     "scratch_steps_test_acc": accuracy(scratch_long, data.x_test, data.y_test),
                      "kd_test_acc": accuracy(kd, data.x_test, data.y_test),
-                     "scratch_s": round(scratch_s, 1), "kd_s": round(kd_s, 1)})
-    gains = [100 * (r["kd_test_acc"] - r["scratch_test_acc"]) for r in runs]
+                     "scratch_s": round(scratch_s, 1), "scratch_steps_s": round(long_s, 1), "kd_s": round(kd_s, 1)})
+    best_scratch = [max(r["scratch_test_acc"], r["scratch_steps_test_acc"]) for r in runs]
+    gains = [100 * (r["kd_test_acc"] - b) for r, b in zip(runs, best_scratch)]
     print(json.dumps({
         "benchmark": "kd_gain", "dataset": "mnist1d",
         "n_train": len(data.x_train), "n_transfer": 0 if data.x_transfer is None else len(data.x_transfer),
         "teacher": {"arch": t_arch, "params": count_params(teacher), "epochs": args.teacher_epochs,
                     "test_acc": accuracy(teacher, data.x_test, data.y_test), "train_s": round(teacher_s, 1)},
         "student": {"arch": s_arch, "params": count_params(scratch), "epochs": args.epochs,
+                    "scratch_steps_epochs": optim_steps.epochs, "batch_size": optim.batch_size, "lr": optim.lr,
                     "temperature": args.temperature, "alpha": args.alpha},
         "runs": runs,
         "scratch_mean": statistics.mean(r["scratch_test_acc"] for r in runs),
+        "scratch_steps_mean": statistics.mean(r["scratch_steps_test_acc"] for r in runs),
         "kd_mean": statistics.mean(r["kd_test_acc"] for r in runs),
         "gain_points_mean": statistics.mean(gains), "gain_points_min": min(gains),
         "target_gain_points": 1.0, "met": statistics.mean(gains) >= 1.0,

@@ -24,6 +24,8 @@ def map_batches(make_fn, x: torch.Tensor, *, batch_size: int, workers: int, gpus
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ds = ray.data.from_numpy(x.numpy()).repartition(max(workers * 2, 2))
     out = ds.map_batches(_Apply, fn_constructor_args=(make_fn,), batch_size=batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus_per_worker)
+                         # min_size=1: the calling step already holds a CPU; never wait for all actors
+                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+                         num_gpus=gpus_per_worker)
     parts = [b["y"] for b in out.iter_batches(batch_size=None, batch_format="numpy")]
     return torch.from_numpy(np.concatenate(parts))

@@ -23,6 +23,34 @@ TAG = "slimray."
 OUTPUT_DIR = "output"
 
 
+def _sqlite_wal(dbapi_connection, _record) -> None:
+    """MLflow's sqlite store commits each call (and each part of a ``log_batch``) with a full
+    fsync: ~20 ms per commit on an ordinary disk, most of a step's engine overhead, and ~5 s to
+    create a new store. WAL with ``synchronous=NORMAL`` makes commits ~4x cheaper and is still
+    safe for concurrent local processes; a power cut may drop the last commits, never corrupts
+    the file. Set ``SLIMRAY_SQLITE_WAL=0`` to keep sqlite's defaults."""
+    if type(dbapi_connection).__module__.split(".")[0] != "sqlite3":
+        return
+    import sqlite3
+
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:  # e.g. a read-only database: keep its defaults
+        pass
+    finally:
+        cursor.close()
+
+
+if os.environ.get("SLIMRAY_SQLITE_WAL", "1") != "0":
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_wal):
+        event.listen(Engine, "connect", _sqlite_wal)
+
+
 def metric_name(key: str) -> str:
     """MLflow allows alphanumerics, ``_ - . : /`` and spaces in metric names; map the rest to ``_``."""
     return re.sub(r"[^\w\-. :/]", "_", key)

@@ -54,3 +54,40 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
     statuses = {n: st.status for n, st in out.states.items()}
     assert statuses == {"source": "cached", "left": "cached", "right": "cached", "sweep": "cached",
                         "join": "cached", "slow": "done"}
+
+
+def _runs(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("demo")
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    address = ray_local.get_runtime_context().gcs_address
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    hang = "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}"
+    cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}", hang]
+    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)):
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the 'hang' step never started"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        driver.wait(timeout=60)
+        err = driver.stderr.read().decode()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stderr.close()
+    assert driver.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    runs = _runs(uri)
+    hang_run = next(r for r in runs if r.data.tags.get("slimray.step") == "hang")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert hang_run.info.status == "KILLED" and parent.info.status == "KILLED"
+    assert not [r for r in runs if r.info.status == "RUNNING"]

@@ -1,0 +1,88 @@
+"""What does the engine cost on a real pipeline? `compress` through the engine (Ray start,
+MLflow tracking, artifact storage, cache off) against the same task functions called one after
+another in a plain script with the same configs and the same trial selection.
+
+Prints ONE JSON object; the goal is engine / plain <= 1.10.
+
+    .venv/bin/python benchmarks/pipeline_overhead.py [overrides...]   # e.g. experiment=smoke
+"""
+from __future__ import annotations
+
+import json
+import operator
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+def plain(spec, seed: int) -> float:
+    """Run the spec's tasks in topological order in this process; select trials like the engine."""
+    from pipelines.spec import build_config
+    from tasks import TASKS
+    from tasks.context import StepContext
+
+    outputs, summaries = {}, {}
+    start = time.perf_counter()
+    for s in spec.steps.values():
+        trials = []
+        for t in s.trials:
+            kwargs = {}
+            for param, refs in s.inputs.items():
+                vals = [v for r in refs for v in (outputs[r.step]["all"] if r.all_trials else [outputs[r.step]["sel"]])]
+                kwargs[param] = vals if param in s.list_inputs else vals[0]
+            ctx = StepContext(step=f"{s.name}[{t.label}]" if t.label else s.name, seed=seed)
+            trials.append((TASKS[s.task](**kwargs, cfg=build_config(s.task, t.params), ctx=ctx), ctx.summary))
+        best = _select(s, trials, summaries)
+        outputs[s.name] = {"all": [o for o, _ in trials], "sel": trials[best][0]}
+        summaries[s.name] = trials[best][1]
+    return time.perf_counter() - start
+
+
+def _select(s, trials, summaries) -> int:
+    rule = s.select
+    if rule is None:
+        return 0
+    idx = list(range(len(trials)))
+    if rule.where is not None:
+        w = rule.where
+        bound = w.constant + (summaries[w.ref_step].get(w.ref_metric, float("nan")) if w.ref_step else 0.0)
+        ok = [i for i in idx if OPS[w.op](trials[i][1].get(w.metric, float("nan")), bound)]
+        if not ok:
+            return max(idx, key=lambda i: trials[i][1].get(w.metric, float("-inf")))
+        idx = ok
+    pick = max if rule.mode == "max" else min
+    return pick(idx, key=lambda i: trials[i][1].get(rule.metric, float("nan")))
+
+
+def engine(cfg, spec, ray_cfg, tracking, overrides) -> tuple[float, int]:
+    from pipelines import session
+
+    start = time.perf_counter()
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    return time.perf_counter() - start, out.exit_code
+
+
+def main() -> None:
+    from pipelines import session
+    from pipelines.cli import load_config
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    overrides = [*sys.argv[1:], "cache=false"]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        cfg = load_config([*overrides, f"tracking.uri=sqlite:///{Path(tmp) / 'mlflow.db'}"])
+        spec, ray_cfg, tracking = session.validate(cfg)
+        engine_s, code = engine(cfg, spec, ray_cfg, tracking, overrides)
+        plain_s = plain(spec, int(cfg.seed))
+    ratio = engine_s / plain_s
+    print(json.dumps({"pipeline": spec.name, "overrides": sys.argv[1:], "engine_s": round(engine_s, 1),
+                      "plain_s": round(plain_s, 1), "ratio": round(ratio, 3), "target": 1.10,
+                      "ok": ratio <= 1.10 and code == 0}))
+
+
+if __name__ == "__main__":
+    main()
