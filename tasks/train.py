@@ -133,6 +133,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
 def run(data: Dataset, *, cfg: TrainConfig, ctx: StepContext) -> ModelArtifact:
     """Train a model from scratch on the labeled data (teacher or scratch student)."""
     arch = complete_arch(cfg.model, data.input_shape, data.num_classes)
+    ctx.seed_everything()  # seeded initial weights: reruns and the KD student start alike
     model = build_model(arch)
     best = fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
                val=(data.x_val, data.y_val))
