@@ -145,6 +145,7 @@ def main() -> None:
 
     import ray
 
+    load_at_start = os.getloadavg()[0]
     n_steps = 1 + args.chains * args.length + 1
     with tempfile.TemporaryDirectory(prefix="slimray-overhead-") as tmp_s:
         tmp = Path(tmp_s)
@@ -192,6 +193,8 @@ def main() -> None:
     result = {
         "steps": n_steps,
         "cpus": os.cpu_count(),
+        "load_avg_1m_at_start": round(load_at_start, 2),  # other processes on the machine skew timings
+        "sqlite_wal": os.environ.get("SLIMRAY_SQLITE_WAL", "1") != "0",
         "fixed_cost_s": round(fixed["fixed_cost_s"], 3),
         "ray_start_s": round(fixed["ray_start_s"], 3),
         "tracking_setup_s": round(fixed["tracking_setup_s"], 3),

@@ -33,7 +33,8 @@ def table(states: dict) -> Table:
     for col in ("step", "task", "status", "trials", "time", "node", "note"):
         t.add_column(col)
     for name, st in states.items():
-        sel = f" -> {st.trials[st.selected].label}" if st.spec.is_sweep and st.selected is not None else ""
+        picked = st.spec.is_sweep and st.spec.select is not None and st.selected is not None
+        sel = f" -> {st.trials[st.selected].label}" if picked else ""
         t.add_row(name, st.spec.task, f"[{STYLE[st.status]}]{st.status}[/]", _trials(st), _duration(st),
                   ",".join(sorted(st.nodes)), (st.note or sel.strip())[:80])
     return t

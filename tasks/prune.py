@@ -20,7 +20,6 @@ from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from dataclasses import dataclass, field, replace
 
@@ -193,9 +192,10 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, am
 
 
 def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 256, iters: int = 20) -> float:
-    """CPU samples/s at ``batch`` on one thread: median of ``iters`` timed calls after 5 warm-up calls.
+    """CPU samples/s at ``batch`` on one thread: best of ``iters`` timed calls after 5 warm-up calls.
 
-    One thread makes the number comparable between candidates and machines with other load;
+    The best time (as ``timeit`` advises) is the least disturbed by other work on the machine —
+    sweep trials run side by side — and one thread keeps candidates comparable;
     the caller's thread count is restored. This is the value the pipeline's sweep maximises.
     """
     x = torch.randn(batch, *input_shape)
@@ -212,7 +212,7 @@ def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 25
                     times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
-    return batch / statistics.median(times)
+    return batch / min(times)
 
 
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
