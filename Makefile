@@ -29,8 +29,11 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
-bench: install
+bench: install  ## every benchmark, one JSON object per line (about 15 minutes on 2 cores)
 	$(PY) benchmarks/engine_overhead.py
+	$(PY) benchmarks/sweep_scaling.py
+	$(PY) benchmarks/pipeline_overhead.py
+	$(PY) benchmarks/kd_gain.py
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

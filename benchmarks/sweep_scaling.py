@@ -70,9 +70,11 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     spec = pipeline(args.epochs)
+    home = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         engine_s, _ = through_engine(spec, Path(tmp))
+        os.chdir(home)
     import ray
     ray.shutdown()
     seq_s = sequential(spec)

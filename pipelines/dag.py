@@ -139,7 +139,8 @@ class Executor:
                       parent_run=st.run_id or self.ctx.root_run, root_run=self.ctx.root_run,
                       tags={**self._tags(st, t.key), **({"slimray.trial": t.label} if t.label else {})},
                       layout=layout, cached_from=t.hit.info.run_id if t.hit is not None else None,
-                      cached_summary=_cached_summary(t.hit), use_gpu=s.resources.num_gpus > 0)
+                      cached_summary=_cached_summary(t.hit), use_gpu=s.resources.num_gpus > 0,
+                      threads=max(1, int(s.resources.num_cpus)))
         r = s.resources
         remote = ray.remote(execute).options(
             num_returns=2, num_cpus=r.num_cpus, num_gpus=r.num_gpus, memory=r.memory,

@@ -76,6 +76,23 @@ def start_ray(rc: RayConfig) -> bool:
     return True
 
 
+def _warm_up() -> None:
+    """Import the task stack (torch, mlflow, onnx) in a worker, ahead of the first steps."""
+    import pipelines.worker  # noqa: F401
+    import tasks  # noqa: F401
+
+
+def warm_workers() -> None:
+    """A fresh local Ray has bare worker processes; importing torch & co costs seconds per
+    process. Start that in every worker now, overlapped with the driver's tracking set-up,
+    instead of on the critical path of the first steps. Fire and forget."""
+    import ray
+
+    remote = ray.remote(_warm_up).options(num_cpus=1, name="slimray:warm-up")
+    for _ in range(int(ray.cluster_resources().get("CPU", 1))):
+        remote.remote()
+
+
 def _open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec,
                  overrides: list[str], commit: str) -> str:
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -118,6 +135,8 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
 
     console = console or Console(stderr=True)
     started_ray = start_ray(ray_cfg)
+    if started_ray and ray_cfg.address is None:
+        warm_workers()
     uri = resolve_uri(tracking.uri)
     client = MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, tracking.experiment or spec.name)

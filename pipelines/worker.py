@@ -35,6 +35,7 @@ class StepJob:
     cached_from: str | None = None  # run id holding the stored output of a cache hit
     cached_summary: dict[str, float] = field(default_factory=dict)
     use_gpu: bool = False
+    threads: int = 1
 
 
 @dataclass
@@ -79,6 +80,7 @@ def execute(job: StepJob, *args):
         else:
             log_params(client, run_id, job.params)
             device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
+            torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
             ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker)
             output = TASKS[job.task](**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
             summary = dict(ctx.summary)

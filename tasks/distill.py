@@ -68,7 +68,7 @@ def average_logits(teachers: list[Logits]) -> Logits:
                   features=first.features, teacher="+".join(t.teacher for t in teachers))
 
 
-def _training_rows(data: Dataset, teacher: Logits, use_transfer: bool):
+def training_rows(data: Dataset, teacher: Logits, use_transfer: bool):
     """Inputs, labels (-1 = unlabeled) and teacher logits over train (+ transfer pool)."""
     n = len(data.x_train)
     if len(teacher.train) != n:
@@ -111,7 +111,7 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
     teacher = average_logits([logits] + list(extra_logits or []))
-    x, labels, t_logits = _training_rows(data, teacher, cfg.use_transfer)
+    x, labels, t_logits = training_rows(data, teacher, cfg.use_transfer)
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from tasks.context import StepContext
+from tasks.distill import kd_loss, training_rows
 from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
@@ -74,21 +75,6 @@ def agp_sparsity(t: int, n: int, final: float, initial: float = 0.0) -> float:
 def agp_schedule(final: float, n: int, initial: float = 0.0) -> list[float]:
     """Targets for rounds 0..n (round 0 = ``initial``); the shape Torch-Pruning's schedulers return."""
     return [agp_sparsity(t, n, final, initial) for t in range(n + 1)]
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, *, alpha: float,
-            temperature: float) -> torch.Tensor:
-    """Hinton et al. 2015: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
-
-    The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones.
-    Rows with ``y < 0`` (unlabeled transfer inputs) contribute to the KL term only.
-    """
-    T = temperature
-    kl = F.kl_div(F.log_softmax(student / T, dim=1), F.log_softmax(teacher / T, dim=1),
-                  reduction="batchmean", log_target=True)
-    labeled = y >= 0
-    ce = F.cross_entropy(student[labeled], y[labeled]) if labeled.any() else student.sum() * 0.0
-    return alpha * T * T * kl + (1.0 - alpha) * ce
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -234,15 +220,11 @@ def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: Prune
         fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=optim, ctx=ctx, val=val,
             after_step=after_step, prefix=prefix)
         return
-    x, t, y = data.x_train, logits.train, data.y_train
-    if cfg.use_transfer:
-        x = torch.cat([x, data.x_transfer])
-        t = torch.cat([t, logits.transfer])
-        y = torch.cat([y, torch.full((len(data.x_transfer),), -1, dtype=y.dtype)])
+    x, y, t = training_rows(data, logits, cfg.use_transfer)  # the same rows and loss as `distill`
 
-    def loss(s, tb, yb):
+    def loss(s, yb, tb):
         return kd_loss(s, tb, yb, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
-    fit(model, x, (t, y), loss_fn=loss, cfg=optim, ctx=ctx, val=val, after_step=after_step, prefix=prefix)
+    fit(model, x, (y, t), loss_fn=loss, cfg=optim, ctx=ctx, val=val, after_step=after_step, prefix=prefix)
 
 
 def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: PruneConfig) -> None:
