@@ -9,18 +9,15 @@ Prints ONE JSON object; the goal is engine / plain <= 1.10.
 from __future__ import annotations
 
 import json
-import operator
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-
-
 def plain(spec, seed: int, per_step: dict) -> float:
     """Run the spec's tasks in topological order in this process; select trials like the engine."""
+    from pipelines.select import choose
     from pipelines.spec import build_config
     from tasks import TASKS
     from tasks.context import StepContext
@@ -37,27 +34,11 @@ def plain(spec, seed: int, per_step: dict) -> float:
                 kwargs[param] = vals if param in s.list_inputs else vals[0]
             ctx = StepContext(step=f"{s.name}[{t.label}]" if t.label else s.name, seed=seed)
             trials.append((TASKS[s.task](**kwargs, cfg=build_config(s.task, t.params), ctx=ctx), ctx.summary))
-        best = _select(s, trials, summaries)
+        best, _ = choose(s.select, {i: summary for i, (_, summary) in enumerate(trials)}, summaries)
         outputs[s.name] = {"all": [o for o, _ in trials], "sel": trials[best][0]}
         summaries[s.name] = trials[best][1]
         per_step[s.name] = round(time.perf_counter() - step_start, 1)
     return time.perf_counter() - start
-
-
-def _select(s, trials, summaries) -> int:
-    rule = s.select
-    if rule is None:
-        return 0
-    idx = list(range(len(trials)))
-    if rule.where is not None:
-        w = rule.where
-        bound = w.constant + (summaries[w.ref_step].get(w.ref_metric, float("nan")) if w.ref_step else 0.0)
-        ok = [i for i in idx if OPS[w.op](trials[i][1].get(w.metric, float("nan")), bound)]
-        if not ok:
-            return max(idx, key=lambda i: trials[i][1].get(w.metric, float("-inf")))
-        idx = ok
-    pick = max if rule.mode == "max" else min
-    return pick(idx, key=lambda i: trials[i][1].get(rule.metric, float("nan")))
 
 
 def engine(cfg, spec, ray_cfg, tracking, overrides, per_step: dict) -> tuple[float, int]:

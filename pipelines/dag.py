@@ -7,7 +7,6 @@ hits, selection and skips, and keeps the console board and MLflow in step.
 """
 from __future__ import annotations
 
-import operator
 import time
 from dataclasses import dataclass, field
 
@@ -15,11 +14,10 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from pipelines.cache import step_keys
-from pipelines.spec import PipelineSpec, Select, StepSpec
+from pipelines.select import choose
+from pipelines.spec import PipelineSpec, StepSpec
 from pipelines.tracking import create_run, find_cached, open_runs
 from pipelines.worker import StepJob, StepMeta, execute
-
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 
 
 @dataclass
@@ -198,24 +196,10 @@ class Executor:
             self._close_sweep_run(st)
 
     def _select(self, st: StepState, ok: list[int]) -> int:
-        rule: Select | None = st.spec.select
-        if rule is None or not rule.metric:
-            return ok[0]
-        metric = lambda i: st.trials[i].meta.summary.get(rule.metric, float("nan"))  # noqa: E731
-        eligible = [i for i in ok if metric(i) == metric(i)]
-        if rule.where is not None:
-            w = rule.where
-            bound = w.constant + (self.states[w.ref_step].summary.get(w.ref_metric, float("nan")) if w.ref_step else 0.0)
-            passing = [i for i in eligible if OPS[w.op](st.trials[i].meta.summary.get(w.metric, float("nan")), bound)]
-            if not passing:  # nothing meets the constraint: take the one closest to it, and say so
-                best = max if w.op in (">=", ">") else min
-                pick = best(ok, key=lambda i: st.trials[i].meta.summary.get(w.metric, float("-inf")))
-                st.note = f"no trial meets '{w.metric} {w.op} {bound:.4g}': took the closest"
-                return pick
-            eligible = passing
-        if not eligible:
-            return ok[0]
-        return (max if rule.mode == "max" else min)(eligible, key=metric)
+        upstream = {name: self.states[name].summary for name in self.spec.steps if self.states[name].selected is not None}
+        index, note = choose(st.spec.select, {i: st.trials[i].meta.summary for i in ok}, upstream)
+        st.note = st.note or note
+        return index
 
     def _close_sweep_run(self, st: StepState) -> None:
         from mlflow.entities import Metric, RunTag

@@ -27,45 +27,20 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipelines.errors import SpecError
+from pipelines.select import Select, parse_select
 from tasks import TASKS
 
 STEP_KEYS = {"task", "inputs", "params", "resources", "retries", "sweep", "max_concurrency",
              "select", "cache"}
 RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory", "custom"}
-SELECT_KEYS = {"metric", "mode", "where"}
 REF_RE = re.compile(r"^([A-Za-z_][\w-]*)(\[\*\])?$")
-WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
-OPERAND_RE = re.compile(r"^(?:([A-Za-z_][\w-]*)\.([\w]+)|(-?[\d.eE+-]+))(?:\s*([+-])\s*([\d.eE+-]+))?$")
-
-
-class SpecError(ValueError):
-    """A config problem, reported as one line naming the config path."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = path
 
 
 @dataclass(frozen=True)
 class Ref:
     step: str
     all_trials: bool = False
-
-
-@dataclass
-class Where:
-    metric: str
-    op: str
-    ref_step: str | None  # compare against an upstream step's metric ...
-    ref_metric: str | None
-    constant: float  # ... plus this constant (or the constant alone)
-
-
-@dataclass
-class Select:
-    metric: str
-    mode: str = "max"
-    where: Where | None = None
 
 
 @dataclass
@@ -185,30 +160,6 @@ def _parse_refs(value, path: str) -> list[Ref]:
             raise SpecError(path, f"bad input reference '{item}' (use 'step' or 'step[*]')")
         refs.append(Ref(m.group(1), bool(m.group(2))))
     return refs
-
-
-def _parse_where(text: str, path: str) -> Where:
-    m = WHERE_RE.match(text)
-    o = OPERAND_RE.match(m.group(3)) if m else None
-    if not m or not o:
-        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or "
-                              f"'val_acc >= student.val_acc - 0.01')")
-    const = float(o.group(3)) if o.group(3) else 0.0
-    if o.group(4):
-        const += float(o.group(5)) * (1 if o.group(4) == "+" else -1)
-    return Where(m.group(1), m.group(2), o.group(1), o.group(2), const)
-
-
-def _parse_select(node: dict, path: str) -> Select:
-    extra = set(node) - SELECT_KEYS
-    if extra:
-        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(SELECT_KEYS)})")
-    if not node.get("metric"):
-        raise SpecError(f"{path}.metric", "missing required value")
-    if node.get("mode", "max") not in ("max", "min"):
-        raise SpecError(f"{path}.mode", f"must be max or min, got '{node['mode']}'")
-    where = _parse_where(node["where"], f"{path}.where") if node.get("where") else None
-    return Select(node["metric"], node.get("mode", "max"), where)
 
 
 def _parse_resources(node: dict, path: str) -> Resources:
@@ -333,7 +284,7 @@ def _parse_step(name: str, node: dict) -> StepSpec:
     params = node.get("params") or {}
     typed_params(task, params, f"{path}.params")
     trials = _expand_sweep(task, params, node.get("sweep") or {}, path)
-    select = _parse_select(node["select"], f"{path}.select") if node.get("select") else None
+    select = parse_select(node["select"], f"{path}.select") if node.get("select") else None
     if select and not node.get("sweep"):
         raise SpecError(f"{path}.select", "select needs a sweep")
     retries = node.get("retries", 0)

@@ -1,0 +1,87 @@
+"""Sweep selection: which trial a sweep step hands downstream.
+
+    select: {metric: throughput, mode: max, where: "val_acc >= student_kd.val_acc - 0.01"}
+
+``where`` compares a trial metric with a number, or with an upstream step's metric plus or
+minus a number. If no trial meets it, the trial closest to meeting it is taken and the note
+says so: the pipeline goes on, and the reason is visible in the console and in MLflow.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+from pipelines.errors import SpecError
+
+KEYS = {"metric", "mode", "where"}
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
+OPERAND_RE = re.compile(r"^(?:([A-Za-z_][\w-]*)\.(\w+)|(-?[\d.eE+-]+))(?:\s*([+-])\s*([\d.eE+-]+))?$")
+
+
+@dataclass
+class Where:
+    metric: str
+    op: str
+    ref_step: str | None  # compare against an upstream step's metric ...
+    ref_metric: str | None
+    constant: float  # ... plus this constant (or the constant alone)
+
+    def bound(self, upstream: dict[str, dict]) -> float:
+        ref = upstream.get(self.ref_step, {}).get(self.ref_metric, math.nan) if self.ref_step else 0.0
+        return self.constant + ref
+
+
+@dataclass
+class Select:
+    metric: str
+    mode: str = "max"
+    where: Where | None = None
+
+
+def parse_where(text: str, path: str) -> Where:
+    m = WHERE_RE.match(text)
+    o = OPERAND_RE.match(m.group(3)) if m else None
+    if not m or not o:
+        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or "
+                              f"'val_acc >= student.val_acc - 0.01')")
+    const = float(o.group(3)) if o.group(3) else 0.0
+    if o.group(4):
+        const += float(o.group(5)) * (1 if o.group(4) == "+" else -1)
+    return Where(m.group(1), m.group(2), o.group(1), o.group(2), const)
+
+
+def parse_select(node: dict, path: str) -> Select:
+    extra = set(node) - KEYS
+    if extra:
+        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(KEYS)})")
+    if not node.get("metric"):
+        raise SpecError(f"{path}.metric", "missing required value")
+    if node.get("mode", "max") not in ("max", "min"):
+        raise SpecError(f"{path}.mode", f"must be max or min, got '{node['mode']}'")
+    where = parse_where(node["where"], f"{path}.where") if node.get("where") else None
+    return Select(node["metric"], node.get("mode", "max"), where)
+
+
+def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
+    """(index of the chosen trial, note) among finished trials ``{index: metric summary}``."""
+    ok = sorted(summaries)
+    if rule is None:
+        return ok[0], ""
+    value = lambda i, key: summaries[i].get(key, math.nan)  # noqa: E731
+    eligible = [i for i in ok if not math.isnan(value(i, rule.metric))]
+    note = ""
+    if rule.where is not None:
+        w, bound = rule.where, rule.where.bound(upstream)
+        passing = [i for i in eligible if OPS[w.op](value(i, w.metric), bound)]
+        if not passing:
+            has = [i for i in ok if not math.isnan(value(i, w.metric))] or ok
+            closest = min(has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf)
+            return closest, f"no trial meets '{w.metric} {w.op} {bound:.4g}': took the closest"
+        eligible = passing
+    if not eligible:
+        return ok[0], f"no trial reported '{rule.metric}': took the first"
+    pick = max if rule.mode == "max" else min
+    return pick(eligible, key=lambda i: value(i, rule.metric)), note
