@@ -57,16 +57,24 @@ def assemble(layout: list[tuple[str, bool, int]], args: tuple) -> dict:
     return kwargs
 
 
-def _quiet_logs() -> None:
+def _setup_logs() -> None:
     # the ONNX exporter warns once per export about every torchvision op it cannot find
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    # ctx.progress() lines (rate-limited) reach the driver's console through Ray's log forwarding
+    progress = logging.getLogger("slimray")
+    if not progress.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
 
 
 def execute(job: StepJob, *args):
     import ray
     import torch
 
-    _quiet_logs()
+    _setup_logs()
     node_id = ray.get_runtime_context().get_node_id()
     client = MlflowClient(tracking_uri=job.uri)
     tags = {**job.tags, "slimray.node_id": node_id, "slimray.cached": str(job.cached_from is not None).lower()}
