@@ -128,7 +128,9 @@ def typed_params(task: str, params: dict, path: str) -> DictConfig:
 def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
     """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), params)
+        base = OmegaConf.structured(cls)
+        _clear_swapped_parts(base, params)
+        merged = OmegaConf.merge(base, params)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise SpecError(f"{path}.{key}" if key else path, _omega_msg(e)) from None
@@ -136,6 +138,18 @@ def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False)
     if missing:
         raise SpecError(f"{path}.{missing[0]}", "missing required value (???)")
     return OmegaConf.to_object(merged) if as_object else merged
+
+
+def _clear_swapped_parts(base: DictConfig, params: dict) -> None:
+    """A ``_target_`` node in params replaces the schema's default part whole (a different
+    model is a different set of kwargs); merging would leak the default's kwargs into it."""
+    for key, value in params.items():
+        if not isinstance(value, dict) or key not in base:
+            continue
+        if "_target_" in value:
+            base[key] = None
+        elif isinstance(base[key], DictConfig):
+            _clear_swapped_parts(base[key], value)
 
 
 def build_config(task: str, params: dict):

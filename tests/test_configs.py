@@ -67,3 +67,10 @@ def test_task_table_covers_every_task_module():
         params = inspect.signature(fn).parameters
         assert "cfg" in params and "ctx" in params, name
         task_signature(name)  # annotations resolve
+
+
+def test_a_target_part_replaces_the_default_instead_of_merging():
+    cfg = build_config("distill", {"student": {"_target_": "tasks.models.MLP", "hidden": [16]}})
+    assert cfg.student == {"_target_": "tasks.models.MLP", "hidden": [16]}  # no 'channels' from the default
+    kept = build_config("distill", {"optim": {"epochs": 3}})
+    assert kept.student["_target_"] == "tasks.models.CNN1D" and kept.optim.epochs == 3
