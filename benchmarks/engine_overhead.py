@@ -73,23 +73,30 @@ def quiet_console():
     return Console(file=io.StringIO(), force_terminal=False)
 
 
+def load(conf: Path, workdir: Path, cache: bool):
+    """(cfg, spec, ray config, tracking config, overrides) of the overhead DAG."""
+    from pipelines import session
+    from pipelines.cli import load_config
+
+    overrides = overrides_for(workdir, cache)
+    cfg = load_config(overrides, conf)
+    return (cfg, *session.validate(cfg), overrides)
+
+
 def measure_fixed(conf: Path, workdir: Path) -> dict:
     """start_ray + MlflowClient + experiment + parent run, in a fresh dir and sqlite store."""
     from mlflow.tracking import MlflowClient
 
     from pipelines import session
-    from pipelines.cli import load_config
     from pipelines.tracking import ensure_experiment, git_commit, resolve_uri
 
-    overrides = overrides_for(workdir, cache=True)
-    cfg = load_config(overrides, conf)
-    spec, ray_cfg, tracking = session.validate(cfg)
+    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
     t0 = time.perf_counter()
     session.start_ray(ray_cfg)
     t1 = time.perf_counter()
     client = MlflowClient(tracking_uri=resolve_uri(tracking.uri))
     exp = ensure_experiment(client, "fixed-cost")
-    run_id = session._open_parent(client, exp, cfg, spec, overrides, git_commit())
+    run_id = session.open_parent(client, exp, cfg, spec, overrides, git_commit())
     t2 = time.perf_counter()
     client.set_terminated(run_id, "FINISHED")
     return {"ray_start_s": t1 - t0, "tracking_setup_s": t2 - t1, "fixed_cost_s": t2 - t0}
@@ -97,11 +104,8 @@ def measure_fixed(conf: Path, workdir: Path) -> dict:
 
 def run_dag(conf: Path, workdir: Path, cache: bool):
     from pipelines import session
-    from pipelines.cli import load_config
 
-    overrides = overrides_for(workdir, cache)
-    cfg = load_config(overrides, conf)
-    spec, ray_cfg, tracking = session.validate(cfg)
+    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache)
     t0 = time.perf_counter()
     out = session.execute(cfg, spec, ray_cfg, tracking, overrides, quiet_console())
     wall = time.perf_counter() - t0
@@ -115,12 +119,9 @@ def child_rerun(conf: Path, workdir: Path) -> None:
     import ray
 
     from pipelines import session
-    from pipelines.cli import load_config
     imports = time.perf_counter() - t_import
     os.chdir(workdir)
-    overrides = overrides_for(workdir, cache=True)
-    cfg = load_config(overrides, conf)
-    spec, ray_cfg, tracking = session.validate(cfg)
+    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
     t0 = time.perf_counter()
     session.start_ray(ray_cfg)
     t1 = time.perf_counter()

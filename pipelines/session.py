@@ -93,7 +93,7 @@ def warm_workers() -> None:
         remote.remote()
 
 
-def _open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec,
+def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec,
                  overrides: list[str], commit: str) -> str:
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = create_run(client, experiment_id, name, None, {
@@ -141,7 +141,7 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
     client = MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
     commit = git_commit()
-    root = _open_parent(client, experiment_id, cfg, spec, overrides, commit)
+    root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
     ctx = Context(uri, experiment_id, root, int(cfg.seed), commit, bool(cfg.cache))
     status = "KILLED"
     try:
