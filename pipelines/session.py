@@ -162,7 +162,8 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
 
 
 def summary(outcome: Outcome, console: Console) -> None:
-    console.print(table(outcome.states))
+    if not console.is_terminal:  # on a terminal the live table is still on screen
+        console.print(table(outcome.states))
     for name, st in outcome.states.items():
         if st.status in ("failed", "skipped") or (st.note and st.status != "pending"):
             console.print(f"{st.status}: {name}: {st.note}", markup=False, highlight=False)
