@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 import ray
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipelines.cache import step_keys
@@ -157,7 +158,6 @@ class Executor:
             tags["slimray.trial"] = t.label
         run_id = create_run(self.client, self.ctx.experiment_id, run_name, st.run_id or self.ctx.root_run, tags)
         summary = _cached_summary(t.hit)
-        from mlflow.entities import Metric
         ts = int(time.time() * 1000)
         if summary:
             self.client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v in summary.items()])
@@ -202,7 +202,6 @@ class Executor:
         return index
 
     def _close_sweep_run(self, st: StepState) -> None:
-        from mlflow.entities import Metric, RunTag
         tags = [RunTag("slimray.trials", str(len(st.trials)))]
         metrics = []
         if st.selected is not None:

@@ -13,10 +13,12 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from pipelines import artifacts
 from pipelines.console import Board, table
 from pipelines.dag import Context, Executor
 from pipelines.spec import PipelineSpec, SpecError, build_spec, typed_params_of
 from pipelines.tracking import OUTPUT_DIR, create_run, ensure_experiment, git_commit, log_params, resolve_uri
+from tasks import TASKS
 from tasks.types import Report
 
 ROOT_KEYS = {"pipeline", "data", "teacher_model", "student_model", "ray", "tracking", "seed", "cache"}
@@ -114,7 +116,7 @@ def _console_reports(ex: Executor, client: MlflowClient) -> list[str]:
 
     out = []
     for name, st in ex.states.items():
-        ret = typing.get_type_hints(__import__("tasks").TASKS[st.spec.task]).get("return")
+        ret = typing.get_type_hints(TASKS[st.spec.task]).get("return")
         if ret is not Report or ex.spec.consumers(name) or st.selected is None:
             continue
         t = st.trials[st.selected]
@@ -122,7 +124,6 @@ def _console_reports(ex: Executor, client: MlflowClient) -> list[str]:
             value = ray.get(t.output)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                from pipelines import artifacts
                 value = artifacts.load(client.download_artifacts(t.hit.info.run_id, OUTPUT_DIR, tmp))
         if value.data.get("console"):
             out.append(str(value.data["console"]))
