@@ -29,7 +29,7 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
-bench: install  ## every benchmark, one JSON object per line (about 15 minutes on 2 cores)
+bench: install  ## every benchmark, one JSON object per line (about 6 minutes on 2 cores)
 	$(PY) benchmarks/engine_overhead.py
 	$(PY) benchmarks/sweep_scaling.py
 	$(PY) benchmarks/pipeline_overhead.py

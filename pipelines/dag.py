@@ -61,6 +61,9 @@ class Context:
     use_cache: bool
 
 
+_execute = ray.remote(execute)  # defined once: Ray exports a remote function to the cluster once
+
+
 def _cached_summary(run) -> dict[str, float]:
     return dict(run.data.metrics) if run is not None else {}
 
@@ -93,6 +96,13 @@ class Executor:
     def _tags(self, st: StepState, key: str) -> dict[str, str]:
         return {"slimray.step": st.spec.name, "slimray.task": st.spec.task, "slimray.cache_key": key,
                 "slimray.root": self.ctx.root_run, "mlflow.source.git.commit": self.ctx.commit}
+
+    def _trial_tags(self, st: StepState, t: Trial) -> dict[str, str]:
+        return {**self._tags(st, t.key), **({"slimray.trial": t.label} if t.label else {})}
+
+    @staticmethod
+    def _run_name(st: StepState, t: Trial) -> str:
+        return f"{st.spec.name}[{t.label}]" if t.label else st.spec.name
 
     def _input_refs(self, st: StepState) -> tuple[list, list]:
         args, layout = [], []
@@ -132,16 +142,16 @@ class Executor:
 
     def _submit(self, st: StepState, i: int, t: Trial, args: list, layout: list) -> None:
         s = st.spec
-        run_name = f"{s.name}[{t.label}]" if t.label else s.name
+        run_name = self._run_name(st, t)
         job = StepJob(step=s.name, task=s.task, run_name=run_name, params=t.params, seed=self.ctx.seed,
                       uri=self.ctx.uri, experiment_id=self.ctx.experiment_id,
                       parent_run=st.run_id or self.ctx.root_run, root_run=self.ctx.root_run,
-                      tags={**self._tags(st, t.key), **({"slimray.trial": t.label} if t.label else {})},
+                      tags=self._trial_tags(st, t),
                       layout=layout, cached_from=t.hit.info.run_id if t.hit is not None else None,
                       cached_summary=_cached_summary(t.hit), use_gpu=s.resources.num_gpus > 0,
                       threads=max(1, int(s.resources.num_cpus)))
         r = s.resources
-        remote = ray.remote(execute).options(
+        remote = _execute.options(
             num_returns=2, num_cpus=r.num_cpus, num_gpus=r.num_gpus, memory=r.memory,
             resources=r.custom or None, max_retries=s.retries, retry_exceptions=s.retries > 0,
             name=f"slimray:{run_name}")
@@ -151,12 +161,10 @@ class Executor:
 
     def _record_cached(self, st: StepState, t: Trial) -> None:
         """A cache hit nobody downstream needs to load: record the run, run nothing."""
-        run_name = f"{st.spec.name}[{t.label}]" if t.label else st.spec.name
-        tags = {**self._tags(st, t.key), "slimray.cached": "true", "slimray.cache_source": t.hit.info.run_id,
+        tags = {**self._trial_tags(st, t), "slimray.cached": "true", "slimray.cache_source": t.hit.info.run_id,
                 "slimray.node_id": ray.get_runtime_context().get_node_id()}
-        if t.label:
-            tags["slimray.trial"] = t.label
-        run_id = create_run(self.client, self.ctx.experiment_id, run_name, st.run_id or self.ctx.root_run, tags)
+        run_id = create_run(self.client, self.ctx.experiment_id, self._run_name(st, t),
+                            st.run_id or self.ctx.root_run, tags)
         summary = _cached_summary(t.hit)
         ts = int(time.time() * 1000)
         if summary:

@@ -23,6 +23,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -108,6 +109,7 @@ def _omega_msg(e: OmegaConfBaseException) -> str:
     return str(e).splitlines()[0].strip()
 
 
+@lru_cache(maxsize=None)
 def task_signature(task: str) -> tuple[dict[str, typing.Any], set[str], type, type]:
     """(input annotations, required inputs, config dataclass, return type) of a task."""
     fn = TASKS[task]

@@ -128,9 +128,9 @@ class StepTracker:
     Metrics are buffered and sent with ``log_batch`` (per-call logging over HTTP is slow).
     """
 
-    def __init__(self, uri: str, run_id: str, root_run: str, flush_every_s: float = 2.0):
-        self.client = MlflowClient(tracking_uri=uri)
-        self.uri = uri
+    def __init__(self, client: MlflowClient, run_id: str, root_run: str, flush_every_s: float = 2.0):
+        self.client = client
+        self.uri = client.tracking_uri
         self.run_id = run_id
         self.root_run = root_run
         self.flush_every_s = flush_every_s

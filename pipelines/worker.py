@@ -79,7 +79,7 @@ def execute(job: StepJob, *args):
     client = MlflowClient(tracking_uri=job.uri)
     tags = {**job.tags, "slimray.node_id": node_id, "slimray.cached": str(job.cached_from is not None).lower()}
     run_id = create_run(client, job.experiment_id, job.run_name, job.parent_run, tags)
-    tracker = StepTracker(job.uri, run_id, job.root_run)
+    tracker = StepTracker(client, run_id, job.root_run)
     start = time.time()
     try:
         if job.cached_from:

@@ -21,7 +21,8 @@ class StepContext:
     step: str = "local"
     seed: int = 0
     device: str = "cpu"  # "cuda" when the step was given a GPU
-    tracker: Any = None  # engine-side: log_metrics(d, step), log_file(name, data, parent), register_onnx(...), map_batches(...)
+    # engine side: log_metrics(d, step), log_file(name, data, parent), register_onnx(...), map_batches(...)
+    tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
     registered: dict[str, bytes] = field(default_factory=dict)
     history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
