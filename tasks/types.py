@@ -71,13 +71,39 @@ class Logits:
 
 
 @dataclass
+class Registration:
+    """A model a step wants in the model registry: ``name@alias`` pointing at these ONNX bytes."""
+
+    name: str
+    onnx: bytes
+    alias: str = "candidate"
+
+
+@dataclass
+class Publication:
+    """What a step wants shown on the pipeline's parent run.
+
+    Tasks never write to a run other than their own: they return this inside their output
+    (``Report.publish``) and the engine publishes it on the parent run, on the computed path
+    and on the cache-hit path alike.
+    """
+
+    files: dict[str, bytes] = field(default_factory=dict)  # artifacts of the parent run
+    metrics: dict[str, float] = field(default_factory=dict)  # headline metrics of the parent run
+    description: str = ""  # Markdown: the parent run's description
+    console: str = ""  # text shown after the step table
+    models: list[Registration] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """Any step's documents: JSON results plus files (PNG, Markdown) by name."""
 
     data: dict
     files: dict[str, bytes] = field(default_factory=dict)
+    publish: Publication | None = None
 
 
 ARTIFACT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Value, Dataset, ModelArtifact, Logits, Report)
+    cls.__name__: cls for cls in (Value, Dataset, ModelArtifact, Logits, Registration, Publication, Report)
 }
