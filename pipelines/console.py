@@ -41,10 +41,20 @@ def table(states: dict) -> Table:
 
 
 class Board:
+    """A listener of the executor's step events (``pipelines.dag``): the live table on a
+    terminal, one plain line per status change elsewhere (no ANSI escapes in logs)."""
+
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=False) if self.console.is_terminal else None
+        self.states: dict = {}
+        self.live = (Live(console=self.console, refresh_per_second=4, transient=False,
+                          get_renderable=lambda: table(self.states))
+                     if self.console.is_terminal else None)
         self._seen: dict[str, str] = {}
+
+    def on_event(self, event: str, st, trial) -> None:  # noqa: ARG002 - the listener signature
+        self.states.setdefault(st.spec.name, st)
+        self.update(self.states)
 
     def __enter__(self):
         if self.live:
@@ -57,7 +67,7 @@ class Board:
 
     def update(self, states: dict) -> None:
         if self.live:
-            self.live.update(table(states))
+            self.live.refresh()
             return
         for name, st in states.items():
             key = f"{st.status}:{_trials(st)}"
@@ -65,4 +75,4 @@ class Board:
                 self._seen[name] = key
                 extra = f" ({_trials(st)})" if _trials(st) else ""
                 note = f" - {st.note}" if st.note and st.status in ("failed", "skipped", "done") else ""
-                self.console.print(f"[{STYLE[st.status]}]{st.status:>8}[/] {name}{extra}{note}", highlight=False)
+                self.console.print(f"{st.status:>8} {name}{extra}{note}", markup=False, highlight=False)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,13 +13,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from pipelines import artifacts
+from pipelines.cache import step_keys
 from pipelines.console import Board, table
 from pipelines.dag import Context, Executor
+from pipelines.interrupt import INTERRUPT
+from pipelines.recorder import RunRecorder
 from pipelines.spec import PipelineSpec, SpecError, build_spec, typed_params_of
-from pipelines.tracking import OUTPUT_DIR, create_run, ensure_experiment, git_commit, log_params, resolve_uri
-from tasks import TASKS
-from tasks.types import Report
+from pipelines.tracking import create_run, ensure_experiment, find_cached, git_commit, log_params, resolve_uri
 
 ROOT_KEYS = {"pipeline", "data", "teacher_model", "student_model", "ray", "tracking", "seed", "cache"}
 
@@ -47,6 +47,7 @@ class Outcome:
     experiment_id: str
     uri: str
     exit_code: int
+    registered: list[str] = field(default_factory=list)  # "name@alias vN" of models registered
 
 
 def validate(cfg: DictConfig) -> tuple[PipelineSpec, RayConfig, TrackingConfig]:
@@ -110,55 +111,80 @@ def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec:
     return run_id
 
 
-def _console_reports(ex: Executor, client: MlflowClient) -> list[str]:
-    """Text that leaf Report steps want shown (``data["console"]``)."""
-    import ray
+def trusted_targets(cfg: DictConfig) -> tuple[str, ...]:
+    """Every ``_target_`` named in the composed config: stored models may name these (and the zoo)."""
+    found: set[str] = set()
 
-    out = []
-    for name, st in ex.states.items():
-        ret = typing.get_type_hints(TASKS[st.spec.task]).get("return")
-        if ret is not Report or ex.spec.consumers(name) or st.selected is None:
-            continue
-        t = st.trials[st.selected]
-        if t.output is not None:
-            value = ray.get(t.output)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                value = artifacts.load(client.download_artifacts(t.hit.info.run_id, OUTPUT_DIR, tmp))
-        if value.data.get("console"):
-            out.append(str(value.data["console"]))
-    return out
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_target_"), str):
+                found.add(node["_target_"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(OmegaConf.to_container(cfg, resolve=True))
+    return tuple(sorted(found))
+
+
+def lookup_cache(client: MlflowClient, experiment_id: str, spec: PipelineSpec, keys: dict[str, list[str]],
+                 use_cache: bool) -> dict[str, list]:
+    """The stored run of every trial's key (None where there is none, or caching is off)."""
+    return {name: [find_cached(client, experiment_id, k) if use_cache and s.cache else None for k in keys[name]]
+            for name, s in spec.steps.items()}
+
+
+def _node_id(ray_started: bool) -> str:
+    if ray_started:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    return f"driver:{socket.gethostname()}"
 
 
 def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: TrackingConfig,
             overrides: list[str], console: Console | None = None) -> Outcome:
-    import ray
-
+    """Run one execution. Cache hits are resolved from MLflow first: Ray is started (or joined)
+    only when some step has to run, so an unchanged rerun costs imports plus a few queries."""
     console = console or Console(stderr=True)
-    started_ray = start_ray(ray_cfg)
-    if started_ray and ray_cfg.address is None:
-        warm_workers()
+    INTERRUPT.install()
     uri = resolve_uri(tracking.uri)
     client = MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
+    keys = step_keys(spec, int(cfg.seed))
+    hits = lookup_cache(client, experiment_id, spec, keys, bool(cfg.cache))
+    must_run = any(h is None for trial_hits in hits.values() for h in trial_hits)
     commit = git_commit()
     root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
-    ctx = Context(uri, experiment_id, root, int(cfg.seed), commit, bool(cfg.cache))
-    status = "KILLED"
+    ctx = Context(uri, experiment_id, root, int(cfg.seed), commit, trusted_targets(cfg))
+    started_ray, status, recorder = False, "KILLED", None
     try:
+        INTERRUPT.check()
+        if must_run:
+            started_ray = start_ray(ray_cfg)
+            if started_ray and ray_cfg.address is None:
+                warm_workers()
+        INTERRUPT.check()
+        recorder = RunRecorder(client, ctx, _node_id(must_run))
         with Board(console) as board:
-            ex = Executor(spec, ctx, board)
+            ex = Executor(spec, ctx, keys, hits, [recorder, board])
+            recorder.executor, board.states = ex, ex.states
             states = ex.run()
         failed = [n for n, st in states.items() if st.status == "failed" or
                   any(t.status == "failed" for t in st.trials)]
         status = "FAILED" if failed else "FINISHED"
-        for text in _console_reports(ex, client):
+        for text in recorder.console:
             console.print(text, markup=False, highlight=False)
-        return Outcome(spec, states, root, experiment_id, uri, 1 if failed else 0)
+        return Outcome(spec, states, root, experiment_id, uri, 1 if failed else 0, recorder.registered)
     finally:
+        if status == "KILLED" and recorder is not None:
+            recorder.kill_open_runs()
         client.log_batch(root, tags=[RunTag("slimray.status", status.lower())])
         client.set_terminated(root, status)
         if started_ray:
+            import ray
+
             ray.shutdown()
 
 

@@ -7,6 +7,7 @@ tracking URI, so nothing depends on process-global MLflow state.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -21,6 +22,8 @@ from pipelines import artifacts
 
 TAG = "slimray."
 OUTPUT_DIR = "output"
+PUBLISH_DIR = "publish"  # a step's Publication (tasks.types), published on the parent run by the engine
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on training runs
 
 
 def _sqlite_wal(dbapi_connection, _record) -> None:
@@ -71,12 +74,16 @@ def git_commit() -> str:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment's id (created, or restored if deleted), marked as a model-training
+    experiment so that MLflow 3's UI opens it on runs rather than on GenAI traces."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name)
+    if exp is None:
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def flatten(d, prefix: str = "") -> dict[str, str]:
@@ -152,33 +159,33 @@ class StepTracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
-    def log_file(self, name: str, data: bytes, parent: bool = False) -> None:
+    def log_file(self, name: str, data: bytes) -> None:
+        """A document (PNG, Markdown, JSON) attached to this step's own run."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_bytes(data)
-            self.client.log_artifact(self.root_run if parent else self.run_id, str(path))
-
-    def register_onnx(self, name: str, onnx_bytes: bytes, alias: str = "candidate") -> None:
-        """Log the ONNX model to this step's run and register it under ``name`` with ``alias``."""
-        import mlflow
-        import onnx
-
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
-                                         registered_model_name=name, pip_requirements=["onnxruntime"])
-        version = info.registered_model_version
-        self.client.set_registered_model_alias(name, alias, str(version))
+            self.client.log_artifact(self.run_id, str(path))
 
     def map_batches(self, make_fn, x, batch_size: int, workers: int, gpus_per_worker: float):
         from pipelines.parallel import map_batches
         return map_batches(make_fn, x, batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker)
 
-    def save_output(self, value) -> None:
+    def save_output(self, value) -> bool:
+        """Store the output under ``output/``; its ``publish`` part (if any) separately under
+        ``publish/``, so the engine can publish it without loading the whole output. Returns
+        whether there was something to publish. ``stored=true`` is set last: a run without it is
+        never trusted by a cache lookup."""
+        pub = getattr(value, "publish", None)
+        if pub is not None:
+            value = dataclasses.replace(value, publish=None)
+            with tempfile.TemporaryDirectory() as tmp:
+                artifacts.save(pub, tmp)
+                self.client.log_artifacts(self.run_id, tmp, PUBLISH_DIR)
         with tempfile.TemporaryDirectory() as tmp:
             artifacts.save(value, tmp)
             self.client.log_artifacts(self.run_id, tmp, OUTPUT_DIR)
-        self.set_tags({f"{TAG}stored": "true"})
+        self.set_tags({f"{TAG}stored": "true", **({f"{TAG}publishes": "true"} if pub is not None else {})})
+        return pub is not None
 
     def load_output(self, run_id: str):
         with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ the small meta goes to the driver.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ class StepJob:
     layout: list[tuple[str, bool, int]]  # (task parameter, is list, number of positional args)
     cached_from: str | None = None  # run id holding the stored output of a cache hit
     cached_summary: dict[str, float] = field(default_factory=dict)
+    cached_publishes: bool = False  # the cached run holds a Publication under publish/
     use_gpu: bool = False
     threads: int = 1
+    trusted_targets: tuple[str, ...] = ()  # model _target_s a stored arch may name, beyond the zoo
 
 
 @dataclass
@@ -45,6 +48,7 @@ class StepMeta:
     seconds: float
     summary: dict[str, float]
     cached: bool
+    publishes: bool = False  # the step returned a Publication for the parent run
 
 
 def assemble(layout: list[tuple[str, bool, int]], args: tuple) -> dict:
@@ -85,6 +89,7 @@ def execute(job: StepJob, *args):
         if job.cached_from:
             output, summary = tracker.load_output(job.cached_from), dict(job.cached_summary)
             tracker.log_metrics(summary)
+            publishes = job.cached_publishes
         else:
             log_params(client, run_id, job.params)
             device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
@@ -92,10 +97,12 @@ def execute(job: StepJob, *args):
             ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker)
             output = TASKS[job.task](**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
             summary = dict(ctx.summary)
-            tracker.save_output(output)
+            publishes = tracker.save_output(output)
         tracker.finish("FINISHED")
     except BaseException as e:
         tracker.set_tags({"slimray.error": f"{type(e).__name__}: {e}"[:500]})
         tracker.finish("FAILED")
         raise
-    return output, StepMeta(run_id, node_id, time.time() - start, summary, job.cached_from is not None)
+    if getattr(output, "publish", None) is not None:  # published by the engine, not passed downstream
+        output = dataclasses.replace(output, publish=None)
+    return output, StepMeta(run_id, node_id, time.time() - start, summary, job.cached_from is not None, publishes)

@@ -19,4 +19,5 @@ TASKS = {
     "toy_sleep": toy.sleep,
     "toy_fail": toy.fail,
     "toy_sum": toy.total,
+    "toy_publish": toy.publish,
 }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from tasks.context import StepContext
-from tasks.types import Value
+from tasks.types import Publication, Registration, Report, Value
 
 
 @dataclass
@@ -28,6 +28,7 @@ class AddConfig:
 @dataclass
 class SleepConfig:
     seconds: float = 1.0
+    busy: bool = False  # spin a CPU instead of sleeping (a loaded machine, for interrupt tests)
 
 
 @dataclass
@@ -58,7 +59,10 @@ def add(x: Value, *, cfg: AddConfig, ctx: StepContext) -> Value:
 
 def sleep(x: Value, *, cfg: SleepConfig, ctx: StepContext) -> Value:
     """Waits, then passes ``x`` on: two of these prove steps run concurrently."""
-    time.sleep(cfg.seconds)
+    end = time.monotonic() + cfg.seconds
+    while cfg.busy and time.monotonic() < end:
+        sum(i * i for i in range(10_000))
+    time.sleep(max(0.0, end - time.monotonic()))
     ctx.log_metrics({"slept": cfg.seconds})
     return Value(x.value.clone(), {"from": ctx.step})
 
@@ -72,3 +76,31 @@ def total(xs: list[Value], *, cfg: SumConfig, ctx: StepContext) -> Value:
     out = torch.stack([x.value for x in xs]).sum(0)
     ctx.log_metrics({cfg.metric: float(out.sum()), "n_inputs": len(xs)})
     return Value(out, {"n": len(xs)})
+
+
+@dataclass
+class PublishConfig:
+    registry_name: str = "demo-model"
+    alias: str = "candidate"
+
+
+def _identity_onnx(width: int) -> bytes:
+    """The smallest deployable model: y = x, batch x ``width`` floats."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "identity", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def publish(x: Value, *, cfg: PublishConfig, ctx: StepContext) -> Report:
+    """A leaf step that publishes on the parent run (the engine's publishing contract, in small):
+    a file, a headline metric, a description, console text and a registered model."""
+    total = float(x.value.sum())
+    ctx.log_metrics({"total": total})
+    pub = Publication(files={"summary.md": f"total = {total}\n".encode()}, metrics={"headline.total": total},
+                      description=f"## Demo\n\nThe total is **{total}**.", console=f"demo total: {total}",
+                      models=[Registration(cfg.registry_name, _identity_onnx(len(x.value)), cfg.alias)])
+    return Report(data={"total": total}, publish=pub)
