@@ -52,6 +52,16 @@ def load_config(overrides: list[str], config_dir: Path | None = None):
         return compose(config_name="config", overrides=overrides)
 
 
+def quiet_ray_logs() -> None:
+    """Ray forwards worker output to the driver with coloured ``(task pid=..)`` prefixes and
+    folds repeats into ``[repeated 4x across cluster]`` lines. slimray's progress lines are
+    rate-limited and distinct, so the folding only adds noise: off. Colours only on a terminal.
+    Both are read when Ray is imported / prints, so set them first (a user's setting wins)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(args):
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = {a for a in args if a.startswith("--")}
     unknown = flags - {"--cfg", "--dry-run"}
     overrides = [a for a in args if not a.startswith("--")]
+    quiet_ray_logs()
     err = Console(stderr=True)
     if not err.is_terminal:
         err = Console(stderr=True, width=160)  # logs: wide enough that the table does not wrap

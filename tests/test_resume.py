@@ -68,7 +68,9 @@ def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
     address = ray_local.get_runtime_context().gcs_address
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     hang = "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}"
-    cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}", hang]
+    burn = "+pipeline.steps.burn={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0, busy: true}}"
+    cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}",
+           hang, burn]
     driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
@@ -77,7 +79,9 @@ def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
             assert time.time() < deadline, "the 'hang' step never started"
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
-        driver.wait(timeout=60)
+        t0 = time.time()
+        driver.wait(timeout=30)
+        exit_s = time.time() - t0
         err = driver.stderr.read().decode()
     finally:
         if driver.poll() is None:
@@ -85,6 +89,7 @@ def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
             driver.wait()
         driver.stderr.close()
     assert driver.returncode == 130, err[-2000:]
+    assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
     assert "interrupted" in err
     runs = _runs(uri)
     hang_run = next(r for r in runs if r.data.tags.get("slimray.step") == "hang")
