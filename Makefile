@@ -5,35 +5,46 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Exact versions of everything CI tested (torch excepted: TORCH_SPEC picks the build). `make lock` refreshes it.
+LOCK := constraints.txt
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-fast bench ui clean
+.PHONY: install run test test-fast lint bench figures lock ui clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 run: install
 	$(VENV)/bin/slimray $(ARGS)
 
-test: install
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install  ## ruff (lint + format check) and mypy on the two packages
+	$(VENV)/bin/ruff check pipelines tasks tests benchmarks
+	$(VENV)/bin/ruff format --check pipelines tasks
+	$(VENV)/bin/mypy pipelines tasks
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
-bench: install  ## every benchmark, one JSON object per line (about 6 minutes on 2 cores)
-	$(PY) benchmarks/engine_overhead.py
-	$(PY) benchmarks/sweep_scaling.py
-	$(PY) benchmarks/pipeline_overhead.py
-	$(PY) benchmarks/kd_gain.py
+bench: install  ## measure every figure into docs/figures.json, then rewrite the README tables (~30 min)
+	$(PY) benchmarks/figures.py run --all
+	$(PY) benchmarks/figures.py readme
+
+figures: install  ## README tables from docs/figures.json (no measuring)
+	$(PY) benchmarks/figures.py readme
+
+lock: install  ## refresh constraints.txt from the installed environment (after changing dependencies)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -11,11 +11,12 @@ Prints ONE JSON object (progress goes to stderr):
   ``cache=false``, Ray already running and its workers warm, divided by the number of steps.
   (It includes the parent run's set-up, so it slightly overstates the per-step cost.)
 - ``cached_rerun_s``: the same DAG again with the cache on, as a user re-invoking it: in a fresh
-  Python process, ``start_ray`` + tracking set-up + cache look-up + recording every step as
-  cached. ``cached_rerun_cli_s`` is the whole ``python -m pipelines ...`` command for reference
+  Python process, tracking set-up + cache look-up + recording every step as cached (Ray is not
+  started: nothing has to run). ``cached_rerun_cli_s`` is the whole ``python -m pipelines ...`` command for reference
   (adds interpreter start, imports, Hydra compose and ``ray.shutdown``).
 
-Targets: fixed <= 10 s, per step <= 100 ms, cached rerun <= fixed + 2 s.
+Targets: fixed <= 10 s, per step <= 100 ms, cached rerun <= fixed + 2 s, whole CLI command of
+a cached rerun <= 8 s.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine_info  # benchmarks/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -122,12 +125,10 @@ def child_rerun(conf: Path, workdir: Path) -> None:
     imports = time.perf_counter() - t_import
     os.chdir(workdir)
     cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
-    t0 = time.perf_counter()
-    session.start_ray(ray_cfg)
-    t1 = time.perf_counter()
+    t0 = t1 = time.perf_counter()  # execute starts Ray only if a step must run: none here
     out = session.execute(cfg, spec, ray_cfg, tracking, overrides, quiet_console())
     t2 = time.perf_counter()
-    ray.shutdown()
+    assert not ray.is_initialized(), "a fully cached rerun started Ray"
     statuses = sorted({st.status for st in out.states.values()})
     print(json.dumps({"imports_s": imports, "ray_start_s": t1 - t0, "execute_s": t2 - t1,
                       "cached_rerun_s": t2 - t0, "statuses": statuses, "exit_code": out.exit_code}))
@@ -192,8 +193,8 @@ def main() -> None:
 
     per_step_ms = 1000 * wall / n_steps
     result = {
+        **machine_info(),
         "steps": n_steps,
-        "cpus": os.cpu_count(),
         "load_avg_1m_at_start": round(load_at_start, 2),  # other processes on the machine skew timings
         "sqlite_wal": os.environ.get("SLIMRAY_SQLITE_WAL", "1") != "0",
         "fixed_cost_s": round(fixed["fixed_cost_s"], 3),
@@ -206,10 +207,12 @@ def main() -> None:
         "cached_rerun_s": round(rerun["cached_rerun_s"], 3),
         "cached_rerun_parts_s": {k: round(rerun[k], 3) for k in ("imports_s", "ray_start_s", "execute_s")},
         "cached_rerun_cli_s": round(cli_s, 3),
-        "targets": {"fixed_cost_s": 10.0, "per_step_ms": 100.0, "cached_rerun_s": "fixed_cost_s + 2"},
+        "targets": {"fixed_cost_s": 10.0, "per_step_ms": 100.0, "cached_rerun_s": "fixed_cost_s + 2",
+                    "cached_rerun_cli_s": 8.0},
         "fixed_cost_ok": fixed["fixed_cost_s"] <= 10.0,
         "per_step_ok": per_step_ms <= 100.0,
         "cached_rerun_ok": rerun["cached_rerun_s"] <= fixed["fixed_cost_s"] + 2.0,
+        "cached_rerun_cli_ok": cli_s <= 8.0,
     }
     print(json.dumps(result))
 

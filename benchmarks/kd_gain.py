@@ -20,7 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from machine import machine_info  # benchmarks/ is the script's directory
 
 from tasks import data as data_task, distill, infer
 from tasks.context import StepContext
@@ -87,6 +89,7 @@ def main() -> None:
     best_scratch = [max(r["scratch_test_acc"], r["scratch_steps_test_acc"]) for r in runs]
     gains = [100 * (r["kd_test_acc"] - b) for r, b in zip(runs, best_scratch)]
     print(json.dumps({
+        **machine_info(threads=torch.get_num_threads()),
         "benchmark": "kd_gain", "dataset": "mnist1d",
         "n_train": len(data.x_train), "n_transfer": 0 if data.x_transfer is None else len(data.x_transfer),
         "teacher": {"arch": t_arch, "params": count_params(teacher), "epochs": args.teacher_epochs,

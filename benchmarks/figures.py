@@ -1,0 +1,146 @@
+"""Figures that cannot go stale: every measured number in the README comes from here.
+
+    .venv/bin/python benchmarks/figures.py run NAME [NAME ...] | --all   # measure, store in docs/figures.json
+    .venv/bin/python benchmarks/figures.py readme                        # rewrite the README tables
+    .venv/bin/python benchmarks/figures.py check                         # exit 1 if README != figures.json
+
+`run` executes the benchmark script registered under NAME (``FIGURES``), parses the JSON
+object it prints last, and stores it with the command and the date in ``docs/figures.json``.
+`readme` renders every ``<!-- figures:TABLE -->`` ... ``<!-- /figures:TABLE -->`` block of the
+README from that file (``TABLES``); a test checks they match, so a figure in the README is
+always the one a script wrote, with the CPU model and threads it was measured on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "docs" / "figures.json"
+README = ROOT / "README.md"
+PY = ".venv/bin/python"
+
+# name -> the command (from the repo root) that measures it; its last stdout line is one JSON object
+FIGURES: dict[str, list[str]] = {
+    "default_run": [PY, "benchmarks/default_run.py"],
+    "engine_overhead": [PY, "benchmarks/engine_overhead.py"],
+    "cached_rerun_smoke": [PY, "benchmarks/cached_rerun.py", "--experiment", "smoke"],
+    "kd_gain": [PY, "benchmarks/kd_gain.py"],
+    "pipeline_overhead": [PY, "benchmarks/pipeline_overhead.py"],
+    "sweep_scaling_small_batch": [PY, "benchmarks/sweep_scaling.py", "--epochs", "4", "--batch-size", "32"],
+    "sweep_scaling": [PY, "benchmarks/sweep_scaling.py"],
+    "ctrl_c": [PY, "benchmarks/ctrl_c.py", "--runs", "10"],
+}
+
+# table -> rows of (measure, figure, dotted path in its JSON, format, target)
+TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
+    "compress": [
+        ("`make run` wall time (default `compress`, empty directory)", "default_run", "wall_s", "{:.0f} s", "≤ 10 min"),
+        ("teacher test accuracy", "default_run", "teacher_test_acc", "{:.3f}", "≥ 0.94"),
+        ("selected model: file size vs teacher FP32 ONNX", "default_run", "size_reduction", "{:.1f}× smaller", "≥ 20×"),
+        ("selected model: batch-256 throughput vs teacher", "default_run", "throughput_speedup", "{:.1f}×", "≥ 5×"),
+        ("selected model: test accuracy vs teacher", "default_run", "test_acc_delta", "{:+.3f}", "≥ −0.01"),
+        ("INT8 vs FP32 of the same model: throughput", "default_run", "int8_throughput_speedup", "{:.2f}×", "≥ 1.5×"),
+        ("INT8 vs FP32 of the same model: accuracy", "default_run", "int8_test_acc_delta", "{:+.3f}", "≥ −0.005"),
+    ],
+    "engine": [
+        ("fixed cost (Ray start + tracking set-up)", "engine_overhead", "fixed_cost_s", "{:.1f} s", "≤ 10 s"),
+        ("cost per step (26 trivial steps)", "engine_overhead", "per_step_ms", "{:.0f} ms", "≤ 100 ms"),
+        ("cached rerun, whole CLI command (26-step DAG)", "engine_overhead", "cached_rerun_cli_s", "{:.1f} s", "≤ 8 s"),
+        ("cached rerun, whole CLI command (`experiment=smoke`)", "cached_rerun_smoke", "cached_rerun_cli_s", "{:.1f} s",
+         "≤ 8 s"),
+        ("engine vs plain script on `compress` (cache off)", "pipeline_overhead", "ratio", "{:.2f}×", "≤ 1.10×"),
+        ("8-trial pruning sweep vs one after another (batch 32)", "sweep_scaling_small_batch", "speedup", "{:.2f}×",
+         "≥ 1.7×"),
+        ("8-trial pruning sweep vs one after another (batch 128)", "sweep_scaling", "speedup", "{:.2f}×", "≥ 1.7×"),
+        ("KD gain over the better scratch baseline (3 seeds)", "kd_gain", "gain_points_mean", "{:+.1f} points",
+         "≥ +1.0"),
+        ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
+    ],
+}
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    return obj
+
+
+def _where(entry: dict) -> str:
+    m = entry["measured"]
+    threads = f", {m['threads']} thread(s)" if m.get("threads") is not None else ""
+    return f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores{threads}, {m.get('date', entry.get('date', '?'))}"
+
+
+def render(table: str, figures: dict) -> str:
+    """The Markdown of one README block: the table, then the command and machine of each figure."""
+    lines = ["| measure | measured | target |", "|---|---|---|"]
+    used: list[str] = []
+    for label, name, path, fmt, target in TABLES[table]:
+        entry = figures.get(name)
+        try:
+            value = fmt.format(_get(entry["measured"], path)) if entry else "not measured"
+        except (KeyError, IndexError, TypeError, ValueError):
+            value = "not measured"
+        lines.append(f"| {label} | {value} | {target} |")
+        if entry and name not in used:
+            used.append(name)
+    lines.append("")
+    for name in used:
+        lines.append(f"- `{' '.join(figures[name]['command'])}`: {_where(figures[name])}")
+    return "\n".join(lines)
+
+
+def rewrite(text: str, figures: dict) -> str:
+    for table in TABLES:
+        pattern = re.compile(rf"(<!-- figures:{table} -->\n).*?(<!-- /figures:{table} -->)", re.DOTALL)
+        text = pattern.sub(lambda m, t=table: m.group(1) + render(t, figures) + "\n" + m.group(2), text)
+    return text
+
+
+def load() -> dict:
+    return json.loads(STORE.read_text()) if STORE.exists() else {}
+
+
+def run(names: list[str]) -> None:
+    figures = load()
+    for name in names:
+        cmd = FIGURES[name]
+        print(f"[figures] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        figures[name] = {"command": cmd, "date": time.strftime("%Y-%m-%d"), "measured": measured}
+        STORE.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")  # after each: keep what ran
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("action", choices=["run", "readme", "check"])
+    ap.add_argument("names", nargs="*")
+    ap.add_argument("--all", action="store_true")
+    args = ap.parse_args()
+    if args.action == "run":
+        unknown = [n for n in args.names if n not in FIGURES]
+        if unknown or not (args.names or args.all):
+            print(f"error: name one or more of {sorted(FIGURES)} or --all (unknown: {unknown})", file=sys.stderr)
+            return 2
+        run(list(FIGURES) if args.all else args.names)
+        return 0
+    current = README.read_text()
+    wanted = rewrite(current, load())
+    if args.action == "readme":
+        README.write_text(wanted)
+        return 0
+    if wanted != current:
+        print("README figures differ from docs/figures.json: run `make figures`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
