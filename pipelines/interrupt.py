@@ -1,10 +1,10 @@
 """Ctrl-C that always works.
 
 Python's default SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread is,
-also inside an MLflow/SQLAlchemy commit or inside ``ray.init``. Interrupted there, a sqlite
-transaction can stay open and hold the database's write lock; the clean-up that follows (mark
-runs KILLED) then waits on that lock with SQLAlchemy's retries, and the driver looks dead
-while it waits. So the handler here only *records* the request; the driver raises
+also inside an MLflow/SQLAlchemy commit, inside ``ray.init`` or ``ray.shutdown``. Interrupted
+there, the clean-up that follows (mark runs KILLED, disconnect from Ray) can block, e.g. on a
+sqlite write lock the interrupted transaction still holds, and the driver looks dead while it
+waits. So the handler here only *records* the request; the driver raises
 ``KeyboardInterrupt`` at safe points (``INTERRUPT.check()``: between set-up phases and in
 every turn of the executor loop, at most 0.5 s apart). A watchdog guarantees the promise
 anyway: if clean-up has not finished ``grace_s`` seconds after Ctrl-C, the process exits with
