@@ -24,7 +24,8 @@ import torch
 import yaml
 from machine import machine_info  # benchmarks/ is the script's directory
 
-from tasks import data as data_task, distill, infer
+from tasks import data as data_task
+from tasks import distill, infer
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.train import OptimConfig, accuracy, ce_loss, fit

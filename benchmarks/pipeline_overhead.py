@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def plain(spec, seed: int, per_step: dict) -> float:
     """Run the spec's tasks in topological order in this process; select trials like the engine."""
     from pipelines.select import choose

@@ -35,10 +35,10 @@ def pipeline(epochs: int, batch_size: int) -> dict:
 
 
 def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
+    import ray
+
     from pipelines import session
     from pipelines.cli import load_config
-
-    import ray
 
     cfg = load_config(["pipeline=demo", f"tracking.uri=sqlite:///{workdir}/mlflow.db"])
     cfg.pipeline = OmegaConf.create(spec_dict)
@@ -55,7 +55,8 @@ def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
 def sequential(spec_dict: dict) -> float:
     """The same task functions, called one after another in this process."""
     from pipelines.spec import build_config
-    from tasks import data as data_task, prune, train
+    from tasks import data as data_task
+    from tasks import prune, train
     from tasks.context import StepContext
 
     steps = spec_dict["steps"]

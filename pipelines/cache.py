@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import types
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from pipelines.spec import PipelineSpec, StepSpec
@@ -62,7 +62,7 @@ def _task_sources(task: str) -> dict[str, str]:
     return {name: inspect.getsource(sys.modules[name]) for name in sorted(_task_modules(module))}
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_fingerprint(task: str) -> str:
     return _sha(_task_sources(task))
 
@@ -78,7 +78,7 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_libraries(task: str) -> tuple[str, ...]:
     """The distributions in ``LIBRARIES`` that the task's code imports (lazily or not)."""
     text = "\n".join(_task_sources(task).values())

@@ -32,7 +32,7 @@ def conf_dir() -> Path:
     raise SpecError("conf", "no conf/config.yaml found (set SLIMRAY_CONF)")
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException | None) -> str:
     """Hydra/OmegaConf messages span lines and chain causes; the user gets one line."""
     parts, key = [], None
     while e is not None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from mlflow.entities import Run
 
 from pipelines.interrupt import INTERRUPT
 from pipelines.select import choose
@@ -30,9 +32,9 @@ class Trial:
     key: str
     label: str
     params: dict
-    hit: object = None  # the cached MLflow run, if any
+    hit: Run | None = None  # the cached MLflow run, if any
     status: str = "pending"  # pending | running | cached | done | failed
-    output: object = None  # ObjectRef of the output (None when not loaded)
+    output: Any = None  # ObjectRef of the output (None when not loaded)
     meta: StepMeta | None = None
     error: str = ""
 
@@ -85,15 +87,14 @@ def _execute_remote():
     return _remote
 
 
-def cached_meta(hit, run_id: str, node_id: str) -> StepMeta:
-    summary = dict(hit.data.metrics) if hit is not None else {}
-    return StepMeta(run_id, node_id, 0.0, summary, True, hit.data.tags.get("slimray.publishes") == "true")
+def cached_meta(hit: Run, run_id: str, node_id: str) -> StepMeta:
+    return StepMeta(run_id, node_id, 0.0, dict(hit.data.metrics), True, hit.data.tags.get("slimray.publishes") == "true")
 
 
 class Executor:
     def __init__(self, spec: PipelineSpec, ctx: Context, keys: dict[str, list[str]], hits: dict[str, list],
-                 listeners: list[Listener] = ()):
-        self.spec, self.ctx, self.listeners = spec, ctx, list(listeners)
+                 listeners: list[Listener] | None = None):
+        self.spec, self.ctx, self.listeners = spec, ctx, list(listeners or [])
         self.states = {n: StepState(s, [Trial(k, t.label, t.params, h)
                                         for k, t, h in zip(keys[n], s.trials, hits[n])])
                        for n, s in spec.steps.items()}
@@ -125,8 +126,8 @@ class Executor:
         for param, refs in st.spec.inputs.items():
             for ref in refs:
                 up = self.states[ref.step]
-                outs = ([t.output for t in up.trials if t.status in ("done", "cached")] if ref.all_trials
-                        else [up.trials[up.selected].output])
+                chosen = up.trials if ref.all_trials else [up.trials[up.selected or 0]]
+                outs = [t.output for t in chosen if t.status in ("done", "cached")]
                 args += outs
                 layout.append((param, param in st.spec.list_inputs, len(outs)))
         return args, layout
@@ -139,7 +140,7 @@ class Executor:
     def _submit_trials(self, st: StepState) -> None:
         limit = st.spec.max_concurrency or len(st.trials)
         running = sum(t.status == "running" for t in st.trials)
-        args, layout = None, None
+        inputs: tuple[list, list] | None = None
         for i, t in enumerate(st.trials):
             if t.status != "pending" or running >= limit:
                 continue
@@ -148,9 +149,8 @@ class Executor:
                 self.emit("trial_cached", st, t)  # the recorder records the run and sets t.meta
                 self._maybe_finish(st)
                 continue
-            if args is None:
-                args, layout = self._input_refs(st)
-            self._submit(st, i, t, args, layout)
+            inputs = inputs or self._input_refs(st)
+            self._submit(st, i, t, *inputs)
             running += 1
 
     def _submit(self, st: StepState, i: int, t: Trial, args: list, layout: list) -> None:
@@ -210,7 +210,8 @@ class Executor:
 
     def _select(self, st: StepState, ok: list[int]) -> int:
         upstream = {name: self.states[name].summary for name in self.spec.steps if self.states[name].selected is not None}
-        index, note = choose(st.spec.select, {i: st.trials[i].meta.summary for i in ok}, upstream)
+        summaries = {i: meta.summary for i in ok if (meta := st.trials[i].meta) is not None}
+        index, note = choose(st.spec.select, summaries, upstream)
         st.note = st.note or note
         return index
 

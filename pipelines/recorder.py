@@ -58,7 +58,7 @@ class RunRecorder:
 
     def _record_cached(self, st: StepState, t: Trial) -> None:
         """A cache hit nobody downstream needs to load: record the run, run nothing."""
-        assert self.executor is not None
+        assert self.executor is not None and t.hit is not None
         tags = {**self.executor.tags(st, t), "slimray.cached": "true", "slimray.cache_source": t.hit.info.run_id,
                 "slimray.node_id": self.node_id}
         run_id = create_run(self.client, self.ctx.experiment_id, self.executor.run_name(st, t),
@@ -70,6 +70,7 @@ class RunRecorder:
         self.client.set_terminated(run_id, "FINISHED")
 
     def _close_sweep_run(self, st: StepState) -> None:
+        assert st.run_id is not None
         tags = [RunTag("slimray.trials", str(len(st.trials)))]
         metrics = []
         if st.selected is not None:

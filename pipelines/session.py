@@ -7,6 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
@@ -71,7 +72,7 @@ def start_ray(rc: RayConfig) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
-    kwargs = dict(runtime_env=rc.runtime_env or None, log_to_driver=True, logging_level="WARNING")
+    kwargs: dict[str, Any] = dict(runtime_env=rc.runtime_env or None, log_to_driver=True, logging_level="WARNING")
     if rc.address is None:
         ray.init(address="local", num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, include_dashboard=rc.include_dashboard, **kwargs)
     else:
@@ -103,6 +104,7 @@ def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec:
         "slimray.pipeline": spec.name, "slimray.overrides": " ".join(overrides)[:5000],
         "mlflow.source.git.commit": commit})
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
     log_params(client, run_id, resolved)
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
@@ -53,7 +55,8 @@ class StepMeta:
 
 def assemble(layout: list[tuple[str, bool, int]], args: tuple) -> dict:
     """Positional Ray arguments back into the task's keyword inputs."""
-    kwargs, i = {}, 0
+    kwargs: dict = {}
+    i = 0
     for param, is_list, n in layout:
         chunk = list(args[i:i + n])
         i += n
@@ -95,7 +98,8 @@ def execute(job: StepJob, *args):
             device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
             torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
             ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker)
-            output = TASKS[job.task](**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
+            task: Callable[..., Any] = TASKS[job.task]
+            output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
             summary = dict(ctx.summary)
             publishes = tracker.save_output(output)
         tracker.finish("FINISHED")

@@ -7,9 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from engine_helpers import run_pipeline
+from mlflow.tracking import MlflowClient
 
 PIPELINE = {"name": "publishing", "steps": {
     "source": {"task": "toy_source", "params": {"value": 2.0, "size": 3}},
