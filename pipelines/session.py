@@ -5,7 +5,7 @@ import os
 import tempfile
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import RunTag
@@ -14,29 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from pipelines import artifacts
+from pipelines.config import RayConfig, TrackingConfig, check_root
 from pipelines.console import Board, table
 from pipelines.dag import Context, Executor
-from pipelines.spec import PipelineSpec, SpecError, build_spec, typed_params_of
+from pipelines.spec import PipelineSpec, build_spec
 from pipelines.tracking import OUTPUT_DIR, create_run, ensure_experiment, git_commit, log_params, resolve_uri
 from tasks import TASKS
 from tasks.types import Report
-
-ROOT_KEYS = {"pipeline", "data", "teacher_model", "student_model", "ray", "tracking", "seed", "cache"}
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None  # null: start an embedded local Ray; "auto", "host:port", "ray://..." join
-    num_cpus: int | None = None  # local Ray only (null: all cores)
-    num_gpus: int | None = None
-    include_dashboard: bool = False
-    runtime_env: dict = field(default_factory=dict)
-
-
-@dataclass
-class TrackingConfig:
-    uri: str | None = None  # MLFLOW_TRACKING_URI wins; null: sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # null: the pipeline name
 
 
 @dataclass
@@ -50,17 +34,10 @@ class Outcome:
 
 
 def validate(cfg: DictConfig) -> tuple[PipelineSpec, RayConfig, TrackingConfig]:
-    """Everything checked before Ray starts; raises SpecError (one line)."""
-    extra = set(cfg.keys()) - ROOT_KEYS
-    if extra:
-        raise SpecError(sorted(extra)[0], f"unknown top-level key (allowed: {sorted(ROOT_KEYS)})")
-    if not isinstance(cfg.get("seed"), int):
-        raise SpecError("seed", f"must be an integer, got '{cfg.get('seed')}'")
-    if not isinstance(cfg.get("cache"), bool):
-        raise SpecError("cache", f"must be true or false, got '{cfg.get('cache')}'")
-    ray_cfg = typed_params_of(RayConfig, OmegaConf.to_container(cfg.ray, resolve=True), "ray", as_object=True)
-    tracking = typed_params_of(TrackingConfig, OmegaConf.to_container(cfg.tracking, resolve=True), "tracking", as_object=True)
-    return build_spec(cfg.pipeline), ray_cfg, tracking
+    """Everything checked before Ray starts: the composed config against ``RootConfig``, then the
+    pipeline (task params, sweeps, inputs, model parts); raises SpecError (one line)."""
+    root = check_root(cfg)
+    return build_spec(root.pipeline, root.trusted_models), root.ray, root.tracking
 
 
 def start_ray(rc: RayConfig) -> bool:
