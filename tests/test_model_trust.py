@@ -79,3 +79,21 @@ def test_a_model_named_in_the_config_is_trusted_and_trusted_models_extends_it(wo
     art = make_artifact(build_model(arch, spec.trusted_targets), arch, name="s", kind="student_kd")
     assert isinstance(load_model(art, spec.trusted_targets), torch.nn.Module)
     assert not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.slow  # ~35 s on 2 cores: Ray, digits, one epoch and an ONNX export
+def test_a_user_model_named_in_the_config_trains_and_exports_on_ray(workdir, ray_local):
+    """The allow-list reaches the task through the engine: train builds the user's model and
+    export reloads it from the stored artifact (load_model with ctx.trusted_targets)."""
+    from tests.engine_helpers import run_pipeline
+
+    model = {"_target_": USER_NET, "hidden": 8}
+    pipeline = {"name": "own_model", "steps": {
+        "data": {"task": "data", "params": {"source": "digits", "n_transfer": 0}},
+        "train": {"task": "train", "inputs": {"data": "data"},
+                  "params": {"model": model, "kind": "teacher", "optim": {"epochs": 1}}},
+        "export": {"task": "export", "inputs": {"model": "train", "data": "data"}}}}
+    out = run_pipeline(workdir, pipeline=pipeline)
+    assert out.exit_code == 0, {n: st.note for n, st in out.states.items()}
+    exported = ray_local.get(out.states["export"].trials[0].output)
+    assert exported.arch["_target_"] == USER_NET and exported.onnx is not None
