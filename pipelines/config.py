@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -23,8 +23,8 @@ from tasks.data import DataConfig
 class ResourcesConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    memory: Optional[int] = None  # bytes
-    custom: Dict[str, float] = field(default_factory=dict)  # Ray custom resources
+    memory: int | None = None  # bytes
+    custom: dict[str, float] = field(default_factory=dict)  # Ray custom resources
 
 
 class SelectMode(StrEnum):
@@ -36,19 +36,19 @@ class SelectMode(StrEnum):
 class SelectConfig:
     metric: str = MISSING
     mode: SelectMode = SelectMode.max
-    where: Optional[str] = None  # "val_acc >= student_kd.val_acc - 0.01" (pipelines.select)
+    where: str | None = None  # "val_acc >= student_kd.val_acc - 0.01" (pipelines.select)
 
 
 @dataclass
 class StepConfig:
     task: str = MISSING  # a key of tasks.TASKS
-    inputs: Dict[str, Any] = field(default_factory=dict)  # task parameter -> 'step' | 'step[*]' | list
+    inputs: dict[str, Any] = field(default_factory=dict)  # task parameter -> 'step' | 'step[*]' | list
     params: Any = field(default_factory=dict)  # the task's config dataclass (checked per task)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     retries: int = 0
-    sweep: Dict[str, List[Any]] = field(default_factory=dict)  # "params.<dotted key>": [values]
+    sweep: dict[str, list[Any]] = field(default_factory=dict)  # "params.<dotted key>": [values]
     max_concurrency: int = 0  # 0 = as many trials at once as Ray can place
-    select: Optional[SelectConfig] = None
+    select: SelectConfig | None = None
     cache: bool = True
 
 
@@ -56,22 +56,22 @@ class StepConfig:
 class PipelineConfig:
     name: str = MISSING
     description: str = ""
-    steps: Dict[str, StepConfig] = field(default_factory=dict)
+    steps: dict[str, StepConfig] = field(default_factory=dict)
 
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # null: start an embedded local Ray; "auto", "host:port", "ray://..." join
-    num_cpus: Optional[int] = None  # local Ray only (null: all cores)
-    num_gpus: Optional[int] = None
+    address: str | None = None  # null: start an embedded local Ray; "auto", "host:port", "ray://..." join
+    num_cpus: int | None = None  # local Ray only (null: all cores)
+    num_gpus: int | None = None
     include_dashboard: bool = False
-    runtime_env: Dict[str, Any] = field(default_factory=dict)
+    runtime_env: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # MLFLOW_TRACKING_URI wins; null: sqlite:///<cwd>/mlflow.db
-    experiment: Optional[str] = None  # null: the pipeline name
+    uri: str | None = None  # MLFLOW_TRACKING_URI wins; null: sqlite:///<cwd>/mlflow.db
+    experiment: str | None = None  # null: the pipeline name
 
 
 @dataclass
@@ -84,7 +84,7 @@ class RootConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
     cache: bool = True  # false: run every step, ignoring stored outputs
-    trusted_models: List[str] = field(default_factory=list)  # extra model _target_s loadable from artifacts
+    trusted_models: list[str] = field(default_factory=list)  # extra model _target_s loadable from artifacts
 
 
 def omega_message(e: OmegaConfBaseException) -> str:

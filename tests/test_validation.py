@@ -74,16 +74,20 @@ COMPRESS_CASES = [
      ["pipeline.steps.teacher.params.model.chanels: tasks.models.CNN1D has no argument 'chanels'"]),
     (["student_model._target_=tasks.models.MLP"],  # the compact CNN's kwargs do not fit an MLP
      ["pipeline.steps.scratch.params.model.", "tasks.models.MLP has no argument"]),
-    (["teacher_model._target_=tests.user_models.NeedsDepth", "~teacher_model.channels", "~teacher_model.kernel_size",
-      "~teacher_model.stride", "~teacher_model.batch_norm"],
+    (["teacher_model._target_=tests.user_models.NeedsDepth", "~teacher_model.channels",
+      "~teacher_model.kernel_size", "~teacher_model.stride", "~teacher_model.batch_norm"],
      ["pipeline.steps.teacher.params.model.depth: missing required argument of tests.user_models.NeedsDepth"]),
-    (["teacher_model._target_=tests.user_models.NoSuchNet"], ["pipeline.steps.teacher.params.model._target_", "cannot be imported"]),
-    (["teacher_model._target_=os.path.join"], ["pipeline.steps.teacher.params.model._target_", "not an nn.Module subclass"]),
+    (["teacher_model._target_=tests.user_models.NoSuchNet"],
+     ["pipeline.steps.teacher.params.model._target_", "cannot be imported"]),
+    (["teacher_model._target_=os.path.join"],
+     ["pipeline.steps.teacher.params.model._target_", "not an nn.Module subclass"]),
     (["+pipeline.steps.teacher.retires=2"], ["pipeline.steps.teacher.retires: Key 'retires' not in 'StepConfig'"]),
     (["pipeline.steps.teacher.resources.num_cpus=two"], ["pipeline.steps.teacher.resources.num_cpus", "'two'"]),
-    (["+pipeline.steps.teacher.resources.cpus=2"], ["pipeline.steps.teacher.resources.cpus: Key 'cpus' not in 'ResourcesConfig'"]),
+    (["+pipeline.steps.teacher.resources.cpus=2"],
+     ["pipeline.steps.teacher.resources.cpus: Key 'cpus' not in 'ResourcesConfig'"]),
     (["pipeline.steps.prune.select.mode=maxx"], ["pipeline.steps.prune.select.mode", "expected one of [max, min]"]),
-    (["+pipeline.steps.prune.select.metricc=x"], ["pipeline.steps.prune.select.metricc: Key 'metricc' not in 'SelectConfig'"]),
+    (["+pipeline.steps.prune.select.metricc=x"],
+     ["pipeline.steps.prune.select.metricc: Key 'metricc' not in 'SelectConfig'"]),
     (["+ray.adress=auto"], ["ray.adress: Key 'adress' not in 'RayConfig'"]),
     (["ray=cluster", "+ray.num_cpu=2"], ["ray.num_cpu: Key 'num_cpu' not in 'RayConfig'"]),
     (["+tracking.urii=http://127.0.0.1:5000"], ["tracking.urii: Key 'urii' not in 'TrackingConfig'"]),
@@ -100,7 +104,8 @@ def _assert_config_error(code: int, err: str, expected: list[str], workdir) -> N
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
 
 
-@pytest.mark.parametrize("overrides,expected", COMPRESS_CASES, ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
+@pytest.mark.parametrize("overrides,expected", COMPRESS_CASES,
+                         ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
 def test_typo_in_the_default_pipeline_fails_at_validation(overrides, expected, workdir, capsys):
     import ray
 
