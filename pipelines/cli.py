@@ -39,9 +39,9 @@ def one_line(e: BaseException | None) -> str:
         text = str(e).split("Config search path")[0]
         found = re.search(r"full_key:\s*(\S+)", text)
         key = key or (found.group(1) if found else None)
-        parts += [ln.strip().rstrip(".") for ln in text.splitlines()
+        parts += [ln.strip().rstrip(".:") for ln in text.splitlines()
                   if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))]
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)  # 'from None' ends it
     msg = "; ".join(dict.fromkeys(p for p in parts if p and "$VALUE" not in p))
     return f"{key}: {msg}" if key and key not in msg else msg
 

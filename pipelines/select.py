@@ -13,9 +13,9 @@ import operator
 import re
 from dataclasses import dataclass
 
+from pipelines.config import SelectConfig, container, typed
 from pipelines.errors import SpecError
 
-KEYS = {"metric", "mode", "where"}
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
 OPERAND_RE = re.compile(r"^(?:([A-Za-z_][\w-]*)\.(\w+)|(-?[\d.eE+-]+))(?:\s*([+-])\s*([\d.eE+-]+))?$")
@@ -53,16 +53,12 @@ def parse_where(text: str, path: str) -> Where:
     return Where(m.group(1), m.group(2), o.group(1), o.group(2), const)
 
 
-def parse_select(node: dict, path: str) -> Select:
-    extra = set(node) - KEYS
-    if extra:
-        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(KEYS)})")
-    if not node.get("metric"):
-        raise SpecError(f"{path}.metric", "missing required value")
-    if node.get("mode", "max") not in ("max", "min"):
-        raise SpecError(f"{path}.mode", f"must be max or min, got '{node['mode']}'")
-    where = parse_where(node["where"], f"{path}.where") if node.get("where") else None
-    return Select(node["metric"], node.get("mode", "max"), where)
+def parse_select(node, path: str) -> Select:
+    """A select rule from a mapping or ``SelectConfig`` (unknown keys, a missing metric and a
+    mode other than max/min are ``SpecError``s naming the key)."""
+    rule = node if isinstance(node, SelectConfig) else typed(SelectConfig, container(node, path), path, as_object=True)
+    where = parse_where(rule.where, f"{path}.where") if rule.where else None
+    return Select(rule.metric, rule.mode.value, where)
 
 
 def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:

@@ -15,29 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from pipelines.cache import step_keys
+from pipelines.config import RayConfig, TrackingConfig, check_root
 from pipelines.console import Board, table
 from pipelines.dag import Context, Executor
 from pipelines.interrupt import INTERRUPT
 from pipelines.recorder import RunRecorder
-from pipelines.spec import PipelineSpec, SpecError, build_spec, typed_params_of
+from pipelines.spec import PipelineSpec, build_spec
 from pipelines.tracking import create_run, ensure_experiment, find_cached, git_commit, log_params, resolve_uri
-
-ROOT_KEYS = {"pipeline", "data", "teacher_model", "student_model", "ray", "tracking", "seed", "cache"}
-
-
-@dataclass
-class RayConfig:
-    address: str | None = None  # null: start an embedded local Ray; "auto", "host:port", "ray://..." join
-    num_cpus: int | None = None  # local Ray only (null: all cores)
-    num_gpus: int | None = None
-    include_dashboard: bool = False
-    runtime_env: dict = field(default_factory=dict)
-
-
-@dataclass
-class TrackingConfig:
-    uri: str | None = None  # MLFLOW_TRACKING_URI wins; null: sqlite:///<cwd>/mlflow.db
-    experiment: str | None = None  # null: the pipeline name
 
 
 @dataclass
@@ -52,17 +36,10 @@ class Outcome:
 
 
 def validate(cfg: DictConfig) -> tuple[PipelineSpec, RayConfig, TrackingConfig]:
-    """Everything checked before Ray starts; raises SpecError (one line)."""
-    extra = set(cfg.keys()) - ROOT_KEYS
-    if extra:
-        raise SpecError(sorted(extra)[0], f"unknown top-level key (allowed: {sorted(ROOT_KEYS)})")
-    if not isinstance(cfg.get("seed"), int):
-        raise SpecError("seed", f"must be an integer, got '{cfg.get('seed')}'")
-    if not isinstance(cfg.get("cache"), bool):
-        raise SpecError("cache", f"must be true or false, got '{cfg.get('cache')}'")
-    ray_cfg = typed_params_of(RayConfig, OmegaConf.to_container(cfg.ray, resolve=True), "ray", as_object=True)
-    tracking = typed_params_of(TrackingConfig, OmegaConf.to_container(cfg.tracking, resolve=True), "tracking", as_object=True)
-    return build_spec(cfg.pipeline), ray_cfg, tracking
+    """Everything checked before Ray starts: the composed config against ``RootConfig``, then the
+    pipeline (task params, sweeps, inputs, model parts); raises SpecError (one line)."""
+    root = check_root(cfg)
+    return build_spec(root.pipeline, root.trusted_models), root.ray, root.tracking
 
 
 def start_ray(rc: RayConfig) -> bool:
@@ -113,23 +90,6 @@ def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec:
     return run_id
 
 
-def trusted_targets(cfg: DictConfig) -> tuple[str, ...]:
-    """Every ``_target_`` named in the composed config: stored models may name these (and the zoo)."""
-    found: set[str] = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("_target_"), str):
-                found.add(node["_target_"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(OmegaConf.to_container(cfg, resolve=True))
-    return tuple(sorted(found))
-
-
 def lookup_cache(client: MlflowClient, experiment_id: str, spec: PipelineSpec, keys: dict[str, list[str]],
                  use_cache: bool) -> dict[str, list]:
     """The stored run of every trial's key (None where there is none, or caching is off)."""
@@ -159,7 +119,7 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
     must_run = any(h is None for trial_hits in hits.values() for h in trial_hits)
     commit = git_commit()
     root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
-    ctx = Context(uri, experiment_id, root, int(cfg.seed), commit, trusted_targets(cfg))
+    ctx = Context(uri, experiment_id, root, int(cfg.seed), commit)
     started_ray, status, recorder = False, "KILLED", None
     try:
         INTERRUPT.check()

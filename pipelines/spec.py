@@ -14,6 +14,11 @@ A pipeline config (``cfg.pipeline``) is ``{name, steps: {step_name: step}}`` whe
 
 ``name[*]`` asks for the outputs of every trial of a sweep step (a list); plain ``name`` is
 the selected trial. Errors are ``SpecError``: one line, ``<config path>: <problem>``.
+
+The step layout itself is the structured config ``pipelines.config.StepConfig``; this module
+checks what a schema cannot: params against the step's task dataclass (every sweep trial too),
+inputs against the task's signature and the upstream steps' output types, model parts
+(``_target_`` nodes) against their constructors, and the DAG (cycles, select references).
 """
 from __future__ import annotations
 
@@ -22,19 +27,19 @@ import itertools
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipelines.config import PipelineConfig, ResourcesConfig, StepConfig, container, omega_message, typed
 from pipelines.errors import SpecError
 from pipelines.select import Select, parse_select
+from pipelines.targets import check_model_parts, model_targets, trusted_models
 from tasks import TASKS
 
-STEP_KEYS = {"task", "inputs", "params", "resources", "retries", "sweep", "max_concurrency",
-             "select", "cache"}
-RESOURCE_KEYS = {"num_cpus", "num_gpus", "memory", "custom"}
+Resources = ResourcesConfig  # a step's Ray resources (num_cpus, num_gpus, memory, custom)
 REF_RE = re.compile(r"^([A-Za-z_][\w-]*)(\[\*\])?$")
 
 
@@ -42,14 +47,6 @@ REF_RE = re.compile(r"^([A-Za-z_][\w-]*)(\[\*\])?$")
 class Ref:
     step: str
     all_trials: bool = False
-
-
-@dataclass
-class Resources:
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    memory: int | None = None
-    custom: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -85,28 +82,12 @@ class StepSpec:
 class PipelineSpec:
     name: str
     steps: dict[str, StepSpec]  # in topological order
+    # model _target_s beyond the zoo that steps may load from artifacts: the ones the config
+    # names plus its trusted_models (tasks.models.load_model refuses any other)
+    trusted_targets: tuple[str, ...] = ()
 
     def consumers(self, name: str) -> list[str]:
         return [s.name for s in self.steps.values() if name in s.upstream]
-
-
-def _container(node, path: str) -> dict:
-    if node is None:
-        return {}
-    if isinstance(node, DictConfig):
-        try:
-            return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", None)
-            msg = "missing required value (???)" if "Missing mandatory value" in str(e) else _omega_msg(e)
-            raise SpecError(f"{path}.{key}" if key else path, msg) from None
-    if not isinstance(node, dict):
-        raise SpecError(path, f"expected a mapping, got {type(node).__name__} '{node}'")
-    return node
-
-
-def _omega_msg(e: OmegaConfBaseException) -> str:
-    return str(e).splitlines()[0].strip()
 
 
 @lru_cache(maxsize=None)
@@ -132,14 +113,9 @@ def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False)
     try:
         base = OmegaConf.structured(cls)
         _clear_swapped_parts(base, params)
-        merged = OmegaConf.merge(base, params)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise SpecError(f"{path}.{key}" if key else path, _omega_msg(e)) from None
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise SpecError(f"{path}.{missing[0]}", "missing required value (???)")
-    return OmegaConf.to_object(merged) if as_object else merged
+        raise SpecError(path, omega_message(e)) from None
+    return typed(base, params, path, as_object)
 
 
 def _clear_swapped_parts(base: DictConfig, params: dict) -> None:
@@ -178,16 +154,7 @@ def _parse_refs(value, path: str) -> list[Ref]:
     return refs
 
 
-def _parse_resources(node: dict, path: str) -> Resources:
-    extra = set(node) - RESOURCE_KEYS
-    if extra:
-        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown key (allowed: {sorted(RESOURCE_KEYS)})")
-    try:
-        res = Resources(num_cpus=float(node.get("num_cpus", 1.0)), num_gpus=float(node.get("num_gpus", 0.0)),
-                        memory=None if node.get("memory") is None else int(node["memory"]),
-                        custom={str(k): float(v) for k, v in (node.get("custom") or {}).items()})
-    except (TypeError, ValueError) as e:
-        raise SpecError(path, f"resources must be numbers: {e}") from None
+def _check_resources(res: Resources, path: str) -> Resources:
     if res.num_cpus < 0 or res.num_gpus < 0:
         raise SpecError(path, "resources cannot be negative")
     return res
@@ -206,7 +173,7 @@ def _expand_sweep(task: str, params: dict, sweep: dict, path: str) -> list[Trial
     for k in keys:
         if not k.startswith("params."):
             raise SpecError(f"{path}.sweep.{k}", "sweep keys must start with 'params.'")
-        if not isinstance(sweep[k], list) or not sweep[k]:
+        if not sweep[k]:
             raise SpecError(f"{path}.sweep.{k}", "must be a non-empty list of values")
     trials = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
@@ -215,6 +182,7 @@ def _expand_sweep(task: str, params: dict, sweep: dict, path: str) -> list[Trial
             p = _set_dotted(p, k[len("params."):], v)
         label = ",".join(f"{k[len('params.'):].split('.')[-1]}={v}" for k, v in zip(keys, combo))
         typed_params(task, p, f"{path}.sweep[{label}].params")
+        check_model_parts(p, f"{path}.sweep[{label}].params")
         trials.append(Trial(label, p))
     return trials
 
@@ -286,45 +254,37 @@ def _ancestors(steps: dict[str, StepSpec], name: str) -> set[str]:
     return seen
 
 
-def _parse_step(name: str, node: dict) -> StepSpec:
+def _parse_step(name: str, node: StepConfig) -> StepSpec:
     path = f"pipeline.steps.{name}"
-    if not isinstance(node, dict):
-        raise SpecError(path, "a step must be a mapping with at least 'task'")
-    extra = set(node) - STEP_KEYS
-    if extra:
-        raise SpecError(f"{path}.{sorted(extra)[0]}", f"unknown step key (allowed: {sorted(STEP_KEYS)})")
-    task = node.get("task")
-    if task not in TASKS:
-        raise SpecError(f"{path}.task", f"unknown task '{task}' (known: {sorted(TASKS)})")
-    inputs, list_inputs = _check_inputs(name, task, node.get("inputs") or {}, path)
-    params = node.get("params") or {}
-    typed_params(task, params, f"{path}.params")
-    trials = _expand_sweep(task, params, node.get("sweep") or {}, path)
-    select = parse_select(node["select"], f"{path}.select") if node.get("select") else None
-    if select and not node.get("sweep"):
+    if node.task not in TASKS:
+        raise SpecError(f"{path}.task", f"unknown task '{node.task}' (known: {sorted(TASKS)})")
+    inputs, list_inputs = _check_inputs(name, node.task, node.inputs, path)
+    params = container(node.params, f"{path}.params")
+    typed_params(node.task, params, f"{path}.params")
+    check_model_parts(params, f"{path}.params")
+    trials = _expand_sweep(node.task, params, node.sweep, path)
+    select = parse_select(node.select, f"{path}.select") if node.select else None
+    if select and not node.sweep:
         raise SpecError(f"{path}.select", "select needs a sweep")
-    retries = node.get("retries", 0)
-    if not isinstance(retries, int) or retries < 0:
-        raise SpecError(f"{path}.retries", f"must be a non-negative integer, got '{retries}'")
-    return StepSpec(name=name, task=task, inputs=inputs, list_inputs=list_inputs, params=params,
-                    trials=trials, resources=_parse_resources(node.get("resources") or {}, f"{path}.resources"),
-                    retries=retries, max_concurrency=int(node.get("max_concurrency") or 0),
-                    select=select,
-                    cache=bool(node.get("cache", True)))
+    if node.retries < 0:
+        raise SpecError(f"{path}.retries", f"must be a non-negative integer, got '{node.retries}'")
+    return StepSpec(name=name, task=node.task, inputs=inputs, list_inputs=list_inputs, params=params,
+                    trials=trials, resources=_check_resources(node.resources, f"{path}.resources"),
+                    retries=node.retries, max_concurrency=node.max_concurrency, select=select, cache=node.cache)
 
 
-def build_spec(pipeline_cfg) -> PipelineSpec:
-    """Validate ``cfg.pipeline`` and return the executable spec (raises ``SpecError``)."""
-    node = _container(pipeline_cfg, "pipeline")
-    if not node.get("name"):
+def build_spec(pipeline_cfg, trusted: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
+    """Validate ``cfg.pipeline`` and return the executable spec (raises ``SpecError``).
+
+    ``trusted`` is the config's ``trusted_models``: extra model targets steps may load.
+    """
+    node = pipeline_cfg if isinstance(pipeline_cfg, PipelineConfig) else \
+        typed(PipelineConfig, container(pipeline_cfg, "pipeline"), "pipeline", as_object=True)
+    if not node.name:
         raise SpecError("pipeline.name", "missing required value")
-    raw_steps = node.get("steps")
-    if not isinstance(raw_steps, dict) or not raw_steps:
+    if not node.steps:
         raise SpecError("pipeline.steps", "a pipeline needs at least one step")
-    extra = set(node) - {"name", "steps", "description"}
-    if extra:
-        raise SpecError(f"pipeline.{sorted(extra)[0]}", "unknown key (allowed: name, steps, description)")
-    steps = {n: _parse_step(n, s) for n, s in raw_steps.items()}
+    steps = {n: _parse_step(n, s) for n, s in node.steps.items()}
     _check_types(steps)
     order = _toposort(steps)
     for s in steps.values():
@@ -332,4 +292,6 @@ def build_spec(pipeline_cfg) -> PipelineSpec:
         if w and w.ref_step and w.ref_step not in _ancestors(steps, s.name):
             raise SpecError(f"pipeline.steps.{s.name}.select.where",
                             f"'{w.ref_step}' is not an upstream step of '{s.name}'")
-    return PipelineSpec(name=str(node["name"]), steps={n: steps[n] for n in order})
+    named = {t for st in steps.values() for trial in st.trials for t in model_targets(trial.params)}
+    return PipelineSpec(name=str(node.name), steps={n: steps[n] for n in order},
+                        trusted_targets=tuple(sorted(named | trusted_models(trusted))))

@@ -97,7 +97,8 @@ def execute(job: StepJob, *args):
             log_params(client, run_id, job.params)
             device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
             torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
-            ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker)
+            ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker,
+                              trusted_targets=job.trusted_targets)
             task: Callable[..., Any] = TASKS[job.task]
             output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
             summary = dict(ctx.summary)

@@ -49,10 +49,10 @@ def flops_one_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig) -> dict:
+def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = ()) -> dict:
     """One candidate's row: accuracy (ORT), size, params, FLOPs, batch-1 latency, batch-N throughput."""
     try:
-        net = load_model(art)
+        net = load_model(art, trusted)
     except Exception as e:  # noqa: BLE001 - a broken artifact is bad input, name it
         raise ValueError(f"benchmark: candidate '{art.name}' cannot be rebuilt from arch/state_dict: {e}") from None
     onnx_bytes = art.onnx if art.onnx is not None else to_onnx(net, data.x_test[:2])
@@ -141,7 +141,7 @@ def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | No
     rows = []
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        rows.append(measure(art, data, cfg))
+        rows.append(measure(art, data, cfg, ctx.trusted_targets))
     for r in rows:
         r["selected"] = selected is not None and r["name"] == selected.name
     teacher = next((r for r in rows if r["kind"] == "teacher"), None)

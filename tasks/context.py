@@ -21,6 +21,9 @@ class StepContext:
     step: str = "local"
     seed: int = 0
     device: str = "cpu"  # "cuda" when the step was given a GPU
+    # model _target_s beyond the zoo that may be loaded from artifacts (tasks.models.load_model):
+    # the engine fills it with the targets the config names plus its trusted_models list
+    trusted_targets: tuple[str, ...] = ()
     # engine side: log_metrics(d, step), log_file(name, data, parent), register_onnx(...), map_batches(...)
     tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker

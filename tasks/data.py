@@ -30,11 +30,12 @@ import torch
 
 from tasks.context import StepContext
 from tasks.types import Dataset
+from tasks.options import DataSource, Normalize
 
 
 @dataclass
 class DataConfig:
-    source: str = "mnist1d"  # mnist1d | digits | cifar10 | npz
+    source: DataSource = DataSource.mnist1d
     path: str = ""  # cifar10: batch directory; npz: the .npz file
     val_fraction: float = 0.1  # of train, when the source has no validation split
     test_fraction: float = 0.2  # digits only (the other sources have a fixed test split)
@@ -42,7 +43,7 @@ class DataConfig:
     seed: int = 0  # split and transfer-pool seed
     max_train: int = 0  # keep at most this many train rows (smoke runs); 0 = all
     num_classes: int = 0  # npz: 0 = infer from the labels; other sources fix it
-    normalize: str = "channel"  # channel (per channel; scalar for [N, L]) | feature | none
+    normalize: Normalize = Normalize.channel  # channel (per channel; scalar for [N, L]) | feature | none
     mnist1d_seed: int = 42  # generator seed of the standard MNIST-1D split
     shift: int = 1  # digits/cifar10 transfer pool: max random shift in pixels
 
@@ -248,6 +249,6 @@ def run(*, cfg: DataConfig, ctx: StepContext) -> Dataset:
     x_transfer = t.get("x_transfer")
     ctx.log_metrics({"n_train": len(t["x_train"]), "n_val": len(t["x_val"]), "n_test": len(t["x_test"]),
                      "n_transfer": 0 if x_transfer is None else len(x_transfer)})
-    return Dataset(name=cfg.source, x_train=t["x_train"], y_train=t["y_train"], x_val=t["x_val"],
+    return Dataset(name=str(cfg.source), x_train=t["x_train"], y_train=t["y_train"], x_val=t["x_val"],
                    y_val=t["y_val"], x_test=t["x_test"], y_test=t["y_test"], num_classes=num_classes,
                    x_transfer=x_transfer)

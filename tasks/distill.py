@@ -28,6 +28,7 @@ from tasks.context import StepContext
 from tasks.infer import capture
 from tasks.models import build_model, complete_arch, count_params, make_artifact
 from tasks.train import OptimConfig, fit
+from tasks.options import ModelKind
 from tasks.types import Dataset, Logits, ModelArtifact
 
 
@@ -42,7 +43,7 @@ class DistillConfig:
     hint_layer: str = ""  # FitNets: student module name whose output is regressed ...
     teacher_feature: str = ""  # ... onto this key of Logits.features
     beta: float = 1.0  # weight of the FitNets hint loss
-    kind: str = "student_kd"
+    kind: ModelKind = ModelKind.student_kd
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *,
@@ -114,7 +115,7 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
     x, labels, t_logits = training_rows(data, teacher, cfg.use_transfer)
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
-    student = build_model(arch)
+    student = build_model(arch, ctx.trusted_targets)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
     extra: list[nn.Parameter] = []
     hint = None

@@ -53,7 +53,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
     """Export ``model`` to ONNX (one file, dynamic batch) and check it against torch on ``data.x_test``."""
     if cfg.atol < 0 or not 0.0 <= cfg.min_agreement <= 1.0:
         raise ValueError(f"export.atol must be >= 0 and min_agreement in [0, 1], got {cfg.atol}, {cfg.min_agreement}")
-    net = load_model(model)
+    net = load_model(model, ctx.trusted_targets)
     ref = predict(net, data.x_test, cfg.batch_size)
     if model.onnx is not None and model.kind == "quantized":
         stats = parity(ref, ort_predict(ort_session(model.onnx, cfg.threads), data.x_test, cfg.batch_size))

@@ -50,11 +50,12 @@ class TeacherBatchFn:
     function mapping a batch to ``[B, num_classes + sum(feature sizes)]`` (logits, then flattened
     features), so one tensor carries everything through ``map_batches``."""
 
-    def __init__(self, model: ModelArtifact, features: list[str], device: str = "cpu"):
-        self.model, self.features, self.device = model, list(features), device
+    def __init__(self, model: ModelArtifact, features: list[str], device: str = "cpu",
+                 trusted: tuple[str, ...] = ()):
+        self.model, self.features, self.device, self.trusted = model, list(features), device, tuple(trusted)
 
     def __call__(self):
-        model = load_model(self.model).to(self.device)
+        model = load_model(self.model, self.trusted).to(self.device)
         store, _ = capture(model, self.features)
 
         @torch.no_grad()
@@ -66,9 +67,10 @@ class TeacherBatchFn:
         return apply
 
 
-def _feature_shapes(model: ModelArtifact, features: list[str], x: torch.Tensor) -> dict[str, list[int]]:
+def _feature_shapes(model: ModelArtifact, features: list[str], x: torch.Tensor,
+                    trusted: tuple[str, ...] = ()) -> dict[str, list[int]]:
     """Per-row shapes of the requested features (one row through the model on the CPU)."""
-    net = load_model(model)
+    net = load_model(model, trusted)
     store, handles = capture(net, features)
     with torch.no_grad():
         net(x[:1])
@@ -85,10 +87,10 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepConte
     x = torch.cat(parts)
     parallel = len(x) >= cfg.parallel_min_rows and cfg.workers > 1
     device = ("cuda" if cfg.gpus_per_worker > 0 else "cpu") if parallel else ctx.device
-    make_fn = TeacherBatchFn(model, cfg.features, device)
+    make_fn = TeacherBatchFn(model, cfg.features, device, ctx.trusted_targets)
     out = ctx.map_batches(make_fn, x, batch_size=cfg.batch_size, workers=cfg.workers if parallel else 1,
                           gpus_per_worker=cfg.gpus_per_worker)
-    shapes = _feature_shapes(model, cfg.features, x) if cfg.features else {}
+    shapes = _feature_shapes(model, cfg.features, x, ctx.trusted_targets) if cfg.features else {}
     sizes = [out.shape[1] - sum(math.prod(s) for s in shapes.values())] + [math.prod(s) for s in shapes.values()]
     logits, *feats = out.split(sizes, dim=1)
     n = len(data.x_train)

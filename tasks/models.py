@@ -3,11 +3,18 @@
 Architectures take their per-layer widths as explicit lists, so a structurally pruned model
 is described by the same constructor with smaller widths and reloads without pickle.
 Any other ``nn.Module`` can be used through ``_target_`` (its kwargs must be JSON values).
+
+A stored ``arch`` is data from elsewhere (another run, a shared folder), so its ``_target_`` is
+never imported blindly: it must be a model of this zoo or one of the ``trusted`` targets the
+engine passes (the targets named in the current config plus its ``trusted_models`` list).
+Anything else is refused *before* its module is imported, so a hostile ``arch.json`` naming
+``os.system`` runs nothing.
 """
 from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -96,22 +103,49 @@ class ResCNN2D(nn.Module):
         return self.head(y.mean(dim=(2, 3)))
 
 
-def _resolve(target: str) -> type:
+DATA_KWARGS = ("input_shape", "num_classes")  # constructor arguments filled from the data
+
+
+class UntrustedModelError(ValueError):
+    """A ``_target_`` outside the model allow-list (nothing was imported or called)."""
+
+
+def _zoo_class(target: str) -> type | None:
+    """The model class ``tasks.models.<Name>`` names, else None (no import happens)."""
     module, _, name = target.rpartition(".")
-    if not module:
-        raise ValueError(f"model _target_ '{target}' must be a dotted path like tasks.models.CNN1D")
+    value = globals().get(name) if module == __name__ else None
+    return value if isinstance(value, type) and issubclass(value, nn.Module) else None
+
+
+def resolve_model(target: str, trusted: Iterable[str] = ()) -> type[nn.Module]:
+    """The ``nn.Module`` class of ``target`` if it is allowed: a zoo model or in ``trusted``.
+
+    The allow-list check runs before any import, so an untrusted target executes no code.
+    """
+    target = str(target)
+    zoo = _zoo_class(target)
+    if zoo is not None:
+        return zoo
+    if target not in set(trusted):
+        raise UntrustedModelError(
+            f"model _target_ '{target}' is not allowed: only the model zoo (tasks.models.*) and models "
+            f"named in the config load; to trust it add it to the config: trusted_models: ['{target}']")
+    module, _, name = target.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name) if module else None
     except (ImportError, AttributeError) as e:
         raise ValueError(f"model _target_ '{target}' cannot be imported: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UntrustedModelError(f"model _target_ '{target}' is not an nn.Module subclass")
+    return cls
 
 
-def build_model(arch: dict) -> nn.Module:
-    """Instantiate ``arch = {"_target_": "pkg.Class", **kwargs}``."""
+def build_model(arch: dict, trusted: Iterable[str] = ()) -> nn.Module:
+    """Instantiate ``arch = {"_target_": "pkg.Class", **kwargs}`` (zoo or ``trusted`` targets only)."""
     if "_target_" not in arch:
         raise ValueError(f"model config has no _target_: {sorted(arch)}")
     kwargs = {k: v for k, v in arch.items() if k != "_target_"}
-    return _resolve(arch["_target_"])(**kwargs)
+    return resolve_model(arch["_target_"], trusted)(**kwargs)
 
 
 def complete_arch(arch: dict, input_shape: list[int], num_classes: int) -> dict:
@@ -122,9 +156,12 @@ def complete_arch(arch: dict, input_shape: list[int], num_classes: int) -> dict:
     return out
 
 
-def load_model(art: ModelArtifact) -> nn.Module:
-    """Rebuild a model from its artifact (config + weights, strict), in eval mode."""
-    model = build_model(art.arch)
+def load_model(art: ModelArtifact, trusted: Iterable[str] = ()) -> nn.Module:
+    """Rebuild a model from its artifact (config + weights, strict), in eval mode.
+
+    ``art.arch["_target_"]`` must be a zoo model or in ``trusted`` (pass ``ctx.trusted_targets``).
+    """
+    model = build_model(art.arch, trusted)
     model.load_state_dict(art.state_dict, strict=True)
     return model.eval()
 
@@ -133,7 +170,7 @@ def make_artifact(model: nn.Module, arch: dict, *, name: str, kind: str, parent:
                   metrics: dict | None = None, onnx: bytes | None = None) -> ModelArtifact:
     """Snapshot a model (CPU, contiguous, detached weights) into an artifact."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return ModelArtifact(name=name, kind=kind, arch=copy.deepcopy(dict(arch)), state_dict=state,
+    return ModelArtifact(name=name, kind=str(kind), arch=copy.deepcopy(dict(arch)), state_dict=state,
                          parent=parent, metrics=dict(metrics or {}), onnx=onnx)
 
 

@@ -31,6 +31,7 @@ from torch.nn.utils import prune as tprune
 from tasks.context import StepContext
 from tasks.distill import kd_loss, training_rows
 from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
+from tasks.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -48,13 +49,13 @@ IMPORTANCES = {
 
 @dataclass
 class PruneConfig:
-    method: str = "channel"  # magnitude | channel | gradual
+    method: PruneMethod = PruneMethod.channel
     amount: float = 0.5  # final sparsity (magnitude) or channel pruning ratio (channel)
-    scope: str = "layer"  # global | layer: one threshold/ranking for all layers, or per layer
-    importance: str = "l2"  # channel importance: l1 | l2 | bn_scale | lamp | fpgm | random
+    scope: PruneScope = PruneScope.layer  # one threshold/ranking for all layers, or per layer
+    importance: Importance = Importance.l2  # channel importance
     max_layer_amount: float = 0.9  # channel + global scope: cap per layer (avoids layer collapse)
     round_to: int = 0  # channel: keep widths multiples of this (0 = any width)
-    gradual_base: str = "magnitude"  # gradual: magnitude | channel
+    gradual_base: GradualBase = GradualBase.magnitude  # gradual: the pruner of each round
     steps: int = 4  # gradual: number of prune/fine-tune rounds n
     initial_amount: float = 0.0  # gradual: s_i
     step_epochs: int = 1  # gradual: fine-tune epochs between rounds
@@ -278,7 +279,7 @@ def run(model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cf
     """Prune ``model`` (``cfg.method``), fine-tune it, measure it; returns a ``pruned`` artifact."""
     _validate(model, data, logits, cfg)
     ctx.seed_everything()
-    net = load_model(model)
+    net = load_model(model, ctx.trusted_targets)
     base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
     if base == "channel":
         check_readable(net, model.arch)

@@ -39,6 +39,7 @@ from torch.nn.utils import parametrize
 from tasks.context import StepContext
 from tasks.models import load_model, make_artifact
 from tasks.onnx_utils import INPUT_NAME, ort_accuracy, ort_session, to_onnx
+from tasks.options import Calibration, QuantMethod, Scheduler
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, ModelArtifact
 
@@ -48,15 +49,15 @@ CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 @dataclass
 class QuantizeConfig:
-    method: str = "static_int8"  # fake_kbit | dynamic_int8 | static_int8 | qat
+    method: QuantMethod = QuantMethod.static_int8
     bits: int = 8  # weight bits for fake_kbit and qat (2..8)
     per_channel: bool = True  # static_int8 / qat: per-output-channel weight scales in ORT
     calib_batches: int = 8  # training batches used to calibrate activation ranges
     calib_batch_size: int = 128
-    calibration: str = "minmax"  # minmax | entropy | percentile
+    calibration: Calibration = Calibration.minmax
     preprocess: bool = True  # run ORT's quant_pre_process (shape inference + graph optimization)
     qat_activations: bool = False  # qat: also fake-quantize ReLU outputs to uint8
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=5e-4, scheduler="cosine"))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=5e-4, scheduler=Scheduler.cosine))
     threads: int = 1  # ORT intra-op threads for the val_acc evaluation
     eval_batch_size: int = 1024
 
@@ -196,7 +197,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepCo
     """Quantize ``model`` with ``cfg.method``; returns a ``quantized`` artifact whose parent is ``model``."""
     _validate(model, cfg)
     ctx.seed_everything()
-    net = load_model(model)
+    net = load_model(model, ctx.trusted_targets)
     fp32_val_acc = accuracy(net, data.x_val, data.y_val, cfg.eval_batch_size)
     metrics: dict[str, float] = {"fp32_val_acc": fp32_val_acc}
     onnx_bytes = None

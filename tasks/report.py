@@ -145,14 +145,14 @@ def pareto_png(bench: dict, front_speed: list[str], front_size: list[str], dpi: 
     return buf.getvalue()
 
 
-def _onnx_bytes(selected: ModelArtifact) -> bytes:
+def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes:
     """The artifact's ONNX, or an export of its torch model at batch 1 when it has none."""
     if selected.onnx is not None:
         return selected.onnx
     from tasks.models import load_model
     from tasks.onnx_utils import to_onnx  # written alongside; imported only when needed
     example = torch.zeros(1, *selected.arch["input_shape"])
-    return to_onnx(load_model(selected), example)
+    return to_onnx(load_model(selected, trusted), example)
 
 
 def _validate(bench: Report) -> list[dict]:
@@ -177,7 +177,7 @@ def run(bench: Report, selected: ModelArtifact | None = None, *, cfg: ReportConf
     registered = None
     if selected is not None:
         registered = cfg.registry_name or f"{cfg.pipeline}-{bench.data.get('dataset', 'data')}"
-        ctx.register_onnx(registered, _onnx_bytes(selected), alias=cfg.alias)
+        ctx.register_onnx(registered, _onnx_bytes(selected, ctx.trusted_targets), alias=cfg.alias)
     ctx.log_metrics({"candidates": len(cands), "pareto_size": len(front)})
     data = {"table_md": md, "pareto_front": front, "pareto_front_size": front_size, "console": md,
             "registered": f"{registered}@{cfg.alias}" if registered else None}

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from tasks.context import StepContext
 from tasks.models import build_model, count_params, make_artifact
+from tasks.options import ModelKind
 from tasks.types import ModelArtifact
 
 ARCH_FILE = "arch.json"
@@ -24,7 +25,7 @@ WEIGHTS_FILE = "model.safetensors"
 class LoadModelConfig:
     arch_path: str = ""  # JSON: {"_target_": "tasks.models.CNN1D", "input_shape": [...], ...}
     weights_path: str = ""  # safetensors state dict of that architecture
-    kind: str = "teacher"
+    kind: ModelKind = ModelKind.teacher
 
 
 def save_model(art: ModelArtifact, directory: str | Path) -> Path:
@@ -74,7 +75,7 @@ def run(*, cfg: LoadModelConfig, ctx: StepContext) -> ModelArtifact:
     """Build the architecture, check and load the weights, and return the model as an artifact."""
     arch = _read_arch(Path(cfg.arch_path))
     weights = _read_weights(Path(cfg.weights_path))
-    model = build_model(arch)
+    model = build_model(arch, ctx.trusted_targets)
     _check_state(model.state_dict(), weights, Path(cfg.weights_path))
     model.load_state_dict(weights, strict=True)
     params = float(count_params(model))

@@ -18,6 +18,7 @@ from torch import nn
 
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, count_params, make_artifact
+from tasks.options import ModelKind, Optimizer, Scheduler
 from tasks.types import Dataset, ModelArtifact
 
 
@@ -27,9 +28,9 @@ class OptimConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: Optimizer = Optimizer.adamw
     momentum: float = 0.9
-    scheduler: str = "cosine"  # cosine | none
+    scheduler: Scheduler = Scheduler.cosine
     patience: int = 0  # epochs without val improvement before stopping; 0 = never stop early
     eval_batch_size: int = 1024
 
@@ -38,7 +39,7 @@ class OptimConfig:
 class TrainConfig:
     model: Any = field(default_factory=lambda: {"_target_": "tasks.models.CNN1D"})
     optim: OptimConfig = field(default_factory=OptimConfig)
-    kind: str = "teacher"  # teacher | student_scratch
+    kind: ModelKind = ModelKind.teacher
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -134,7 +135,7 @@ def run(data: Dataset, *, cfg: TrainConfig, ctx: StepContext) -> ModelArtifact:
     """Train a model from scratch on the labeled data (teacher or scratch student)."""
     arch = complete_arch(cfg.model, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded initial weights: reruns and the KD student start alike
-    model = build_model(arch)
+    model = build_model(arch, ctx.trusted_targets)
     best = fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
                val=(data.x_val, data.y_val))
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(model))}

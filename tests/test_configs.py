@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 import tasks
 from pipelines import schemas, session
@@ -60,7 +62,7 @@ def test_every_task_option_file_composes_against_its_schema():
 
 def test_task_table_covers_every_task_module():
     modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)}
-    helpers = {"context", "types", "models", "onnx_utils"}
+    helpers = {"context", "types", "models", "onnx_utils", "options"}
     registered = {fn.__module__.split(".")[-1] for fn in TASKS.values()}
     assert modules - helpers == registered
     for name, fn in TASKS.items():
@@ -74,3 +76,28 @@ def test_a_target_part_replaces_the_default_instead_of_merging():
     assert cfg.student == {"_target_": "tasks.models.MLP", "hidden": [16]}  # no 'channels' from the default
     kept = build_config("distill", {"optim": {"epochs": 3}})
     assert kept.student["_target_"] == "tasks.models.CNN1D" and kept.optim.epochs == 3
+
+
+@pytest.mark.parametrize("group,schema", [("ray", "RayConfig"), ("tracking", "TrackingConfig")])
+def test_engine_option_files_compose_against_their_schema(group, schema):
+    """conf/ray/* and conf/tracking/* are typed like task option files: a typo fails at compose."""
+    schemas.register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for option in _options(group):
+            cfg = compose(config_name=f"{group}/{option}")
+            assert OmegaConf.get_type(cfg[group]).__name__ == schema, option
+            if group == "ray":  # untyped, `num_cpus: null` would take any string
+                with pytest.raises(ConfigCompositionException, match="ray.num_cpus=two") as info:
+                    compose(config_name=f"{group}/{option}", overrides=["ray.num_cpus=two"])
+                assert "could not be converted to Integer" in str(info.value.__cause__)
+
+
+def test_every_option_value_in_conf_is_an_enum_member():
+    """Options reach tasks as Enum members, also from the shipped option files."""
+    from tasks.options import PruneMethod, QuantMethod
+
+    schemas.register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        prune_cfg = build_config("prune", dict(compose(config_name="task/prune/agp").task.prune))
+        quant_cfg = build_config("quantize", dict(compose(config_name="task/quantize/qat").task.quantize))
+    assert prune_cfg.method is PruneMethod.gradual and quant_cfg.method is QuantMethod.qat

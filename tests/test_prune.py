@@ -92,9 +92,9 @@ def test_pruned_arch_reads_back_widths_and_rejects_unknown_targets():
     pruner.step()
     assert prune.pruned_arch(net, art.arch)["hidden"] == [24, 12]
     arch = {"_target_": "torch.nn.Linear", "in_features": 40, "out_features": 4}
-    other = make_artifact(build_model(arch), arch, name="linear", kind="teacher")
-    with pytest.raises(ValueError, match="torch.nn.Linear"):
-        prune.run(other, data, cfg=cfg(method="channel"), ctx=StepContext())
+    other = make_artifact(build_model(arch, trusted=["torch.nn.Linear"]), arch, name="linear", kind="teacher")
+    with pytest.raises(ValueError, match="channel pruning cannot read widths back for _target_ 'torch.nn.Linear'"):
+        prune.run(other, data, cfg=cfg(method="channel"), ctx=StepContext(trusted_targets=("torch.nn.Linear",)))
 
 
 def test_agp_cubic_schedule_values():

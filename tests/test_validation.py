@@ -2,9 +2,17 @@
 started (no Ray, no MLflow store) — checked through the real CLI entry point."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 CASES = [
     (["pipeline.steps.left.task=nope"], "pipeline.steps.left.task: unknown task 'nope'"),
@@ -18,13 +26,13 @@ CASES = [
     (["pipeline.steps.left.params.amountt=3"], "pipeline.steps.left.params.amountt"),
     (["pipeline.steps.left.params.amount=abc"], "pipeline.steps.left.params.amount=abc"),
     (["pipeline.steps.left.params.amount='???'"], "pipeline.steps.left.params.amount: missing required value"),
-    (["+pipeline.steps.left.retires=2"], "pipeline.steps.left.retires: unknown step key"),
+    (["+pipeline.steps.left.retires=2"], "pipeline.steps.left.retires: Key 'retires' not in 'StepConfig'"),
     (["~pipeline.steps.sweep.sweep", "+pipeline.steps.sweep.sweep={params.nope: [1, 2]}"], "pipeline.steps.sweep.sweep[nope=1].params.nope"),
     (["pipeline.steps.join.inputs.xs=[sweep, left]", "~pipeline.steps.sweep.select"],
      "pipeline.steps.join.inputs.xs: sweep step 'sweep' has no select rule"),
     (["pipeline.steps.sweep.select.where='score >> 3'"], "pipeline.steps.sweep.select.where: cannot parse"),
     (["pipeline=nope"], "Could not find 'pipeline/nope'"),
-    (["+foo=1"], "foo: unknown top-level key"),
+    (["+foo=1"], "foo: Key 'foo' not in 'RootConfig'"),
     (["ray.adress=auto"], "ray.adress"),
 ]
 
@@ -52,3 +60,104 @@ def test_valid_config_dry_run_starts_nothing(workdir, capsys):
 def test_unknown_flag(workdir, capsys):
     assert main(["--nope"]) == 2
     assert "unknown option --nope" in capsys.readouterr().err
+
+
+# --- typos in the default (compress) pipeline: options are Enums, engine keys are schemas ---
+
+COMPRESS_CASES = [
+    (["pipeline.steps.teacher.params.kind=teacer"], ["pipeline.steps.teacher.params.kind", "'teacer'"]),
+    (["pipeline.steps.prune.params.method=chanel"], ["pipeline.steps.prune.params.method", "'chanel'"]),
+    (["pipeline.steps.quantize.params.calibration=minmaxx"], ["pipeline.steps.quantize.params.calibration"]),
+    (["data.source=mnist"], ["data.source", "expected one of [mnist1d, digits, cifar10, npz]"]),
+    (["pipeline.steps.teacher.params.optim.optimizer=adam"], ["pipeline.steps.teacher.params.optim.optimizer"]),
+    (["+teacher_model.chanels=[3]"],
+     ["pipeline.steps.teacher.params.model.chanels: tasks.models.CNN1D has no argument 'chanels'"]),
+    (["student_model._target_=tasks.models.MLP"],  # the compact CNN's kwargs do not fit an MLP
+     ["pipeline.steps.scratch.params.model.", "tasks.models.MLP has no argument"]),
+    (["teacher_model._target_=tests.user_models.NeedsDepth", "~teacher_model.channels",
+      "~teacher_model.kernel_size", "~teacher_model.stride", "~teacher_model.batch_norm"],
+     ["pipeline.steps.teacher.params.model.depth: missing required argument of tests.user_models.NeedsDepth"]),
+    (["teacher_model._target_=tests.user_models.NoSuchNet"],
+     ["pipeline.steps.teacher.params.model._target_", "cannot be imported"]),
+    (["teacher_model._target_=os.path.join"],
+     ["pipeline.steps.teacher.params.model._target_", "not an nn.Module subclass"]),
+    (["+pipeline.steps.teacher.retires=2"], ["pipeline.steps.teacher.retires: Key 'retires' not in 'StepConfig'"]),
+    (["pipeline.steps.teacher.resources.num_cpus=two"], ["pipeline.steps.teacher.resources.num_cpus", "'two'"]),
+    (["+pipeline.steps.teacher.resources.cpus=2"],
+     ["pipeline.steps.teacher.resources.cpus: Key 'cpus' not in 'ResourcesConfig'"]),
+    (["pipeline.steps.prune.select.mode=maxx"], ["pipeline.steps.prune.select.mode", "expected one of [max, min]"]),
+    (["+pipeline.steps.prune.select.metricc=x"],
+     ["pipeline.steps.prune.select.metricc: Key 'metricc' not in 'SelectConfig'"]),
+    (["+ray.adress=auto"], ["ray.adress: Key 'adress' not in 'RayConfig'"]),
+    (["ray=cluster", "+ray.num_cpu=2"], ["ray.num_cpu: Key 'num_cpu' not in 'RayConfig'"]),
+    (["+tracking.urii=http://127.0.0.1:5000"], ["tracking.urii: Key 'urii' not in 'TrackingConfig'"]),
+    (["seed=abc"], ["seed", "'abc'"]),
+    (["trusted_models=[os.system]"], ["trusted_models[0]", "not an nn.Module subclass"]),
+]
+
+
+def _assert_config_error(code: int, err: str, expected: list[str], workdir) -> None:
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    for part in expected:
+        assert part in err, err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+
+
+@pytest.mark.parametrize("overrides,expected", COMPRESS_CASES,
+                         ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
+def test_typo_in_the_default_pipeline_fails_at_validation(overrides, expected, workdir, capsys):
+    import ray
+
+    was_running = ray.is_initialized()
+    code = main([*overrides, "--dry-run"])
+    _assert_config_error(code, capsys.readouterr().err.strip(), expected, workdir)
+    assert ray.is_initialized() == was_running
+
+
+def _conf_with_experiment(workdir, text: str) -> None:
+    """The project's conf/ in the working directory plus ``experiment=typo`` (a user's file)."""
+    shutil.copytree(REPO / "conf", workdir / "conf")
+    (workdir / "conf" / "experiment" / "typo.yaml").write_text("# @package _global_\n" + text)
+
+
+YAML_CASES = [
+    ("pipeline:\n  steps:\n    prune:\n      sweep: {params.method: [channel, chanel]}\n",
+     ["pipeline.steps.prune.sweep[amount=0.3,method=chanel].params.method", "'chanel'"]),
+    ("pipeline:\n  steps:\n    teacher:\n      params: {kind: teacer}\n",
+     ["pipeline.steps.teacher.params.kind", "'teacer'"]),
+    ("pipeline:\n  steps:\n    teacher:\n      resources: {num_cpus: 1, num_gpu: 1}\n",
+     ["pipeline.steps.teacher.resources.num_gpu", "not in 'ResourcesConfig'"]),
+]
+
+
+@pytest.mark.parametrize("text,expected", YAML_CASES, ids=["sweep-value", "kind", "resources-key"])
+def test_typo_in_a_yaml_file_fails_at_validation(text, expected, workdir, capsys):
+    _conf_with_experiment(workdir, text)
+    code = main(["experiment=typo", "--dry-run"])
+    _assert_config_error(code, capsys.readouterr().err.strip(), expected, workdir)
+
+
+def test_sweep_typo_exits_2_through_the_console_command(workdir):
+    """The real entry point in a fresh process: `python -m pipelines experiment=typo --dry-run`."""
+    _conf_with_experiment(workdir, YAML_CASES[0][0])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "experiment=typo", "--dry-run"], cwd=workdir,
+                          env=env, capture_output=True, text=True, timeout=120)
+    err = proc.stderr.strip()
+    _assert_config_error(proc.returncode, err, YAML_CASES[0][1], workdir)
+
+
+def test_the_composed_config_is_typed(workdir):
+    """Options reach tasks as Enum members (str-valued, so comparisons with strings still hold)."""
+    from pipelines import session
+    from pipelines.cli import load_config
+    from pipelines.spec import build_config
+    from tasks.options import ModelKind, PruneMethod
+
+    spec, ray_cfg, _ = session.validate(load_config([]))
+    prune_cfg = build_config("prune", spec.steps["prune"].trials[0].params)
+    assert prune_cfg.method is PruneMethod.channel and prune_cfg.method == "channel"
+    assert build_config("train", spec.steps["teacher"].params).kind is ModelKind.teacher
+    assert f"{prune_cfg.scope}" == "layer" and ray_cfg.address is None
+    assert spec.steps["prune"].select.mode == "max"
