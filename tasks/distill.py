@@ -68,6 +68,22 @@ def average_logits(teachers: list[Logits]) -> Logits:
                   features=first.features, teacher="+".join(t.teacher for t in teachers))
 
 
+def use_pool(data: Dataset, use_transfer: bool, ctx: StepContext) -> bool:
+    """Whether to distill over the transfer pool; without one, say so once and use the labeled rows.
+
+    The pool is optional (an ``.npz`` need not hold ``x_unlabeled``): a step asked to use it falls
+    back to the labeled training inputs instead of failing, and records ``transfer_rows = 0``.
+    """
+    if not use_transfer:
+        return False
+    rows = 0 if data.x_transfer is None else len(data.x_transfer)
+    ctx.log_metrics({"transfer_rows": float(rows)})
+    if rows == 0:
+        ctx.note("use_transfer: the data has no transfer pool (x_transfer); "
+                 "distilling over the labeled training inputs only")
+    return rows > 0
+
+
 def training_rows(data: Dataset, teacher: Logits, use_transfer: bool):
     """Inputs, labels (-1 = unlabeled) and teacher logits over train (+ transfer pool)."""
     n = len(data.x_train)
@@ -111,7 +127,7 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
     teacher = average_logits([logits] + list(extra_logits or []))
-    x, labels, t_logits = training_rows(data, teacher, cfg.use_transfer)
+    x, labels, t_logits = training_rows(data, teacher, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch)

@@ -20,7 +20,6 @@ from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -28,9 +27,11 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
-from tasks.distill import kd_loss, training_rows
+from tasks.distill import kd_loss, training_rows, use_pool
 from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
+from tasks.onnx_utils import deployed_speed
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -176,37 +177,21 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, am
         ignored_layers=output_layers(model), round_to=cfg.round_to or None)
 
 
-def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 256, iters: int = 20) -> float:
-    """CPU samples/s at ``batch`` on one thread: best of ``iters`` timed calls after 5 warm-up calls.
-
-    The best time (as ``timeit`` advises) is the least disturbed by other work on the machine —
-    sweep trials run side by side — and one thread keeps candidates comparable;
-    the caller's thread count is restored. This is the value the pipeline's sweep maximises.
-    """
-    x = torch.randn(batch, *input_shape)
-    model = model.to("cpu").eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        with torch.inference_mode():
-            for i in range(iters + 5):
-                t0 = time.perf_counter()
-                model(x)
-                if i >= 5:
-                    times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    return batch / min(times)
-
-
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
-    """val_acc, params, nonzero_params, sparsity (conv/linear weights), macs and throughput."""
-    macs, _ = tp.utils.count_ops_and_params(model.cpu().eval(), data.x_train[:1])
+    """val_acc, params, nonzero_params, sparsity (conv/linear weights), flops, size_bytes and throughput.
+
+    ``flops`` is the benchmark's counter (``torch.utils.flop_counter``, one sample) and
+    ``throughput`` the benchmark's measure on the deployed runtime: samples/s at the median
+    latency of a batch of ``cfg.throughput_batch`` on ONNX Runtime, one thread. So the sweep
+    selects on the number the benchmark later reports, not on torch-eager speed.
+    """
+    model = model.cpu().eval()
+    speed, onnx_bytes = deployed_speed(model, data.x_train, cfg.throughput_batch, threads=1,
+                                       iters=cfg.throughput_iters)
     return {"val_acc": accuracy(model, data.x_val, data.y_val), "params": float(count_params(model)),
             "nonzero_params": float(count_nonzero(model)), "sparsity": weight_sparsity(model),
-            "macs": float(macs),
-            "throughput": measure_throughput(model, data.input_shape, cfg.throughput_batch, cfg.throughput_iters)}
+            "flops": float(flops_one_sample(model, data.x_train)), "size_bytes": float(len(onnx_bytes)),
+            "throughput": speed["throughput"]}
 
 
 def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, optim: OptimConfig,
@@ -246,9 +231,11 @@ def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: P
     if logits is not None and cfg.kd_alpha > 0:
         if len(logits.train) != len(data.x_train):
             raise ValueError(f"prune: logits.train has {len(logits.train)} rows, data.x_train {len(data.x_train)}")
-        if cfg.use_transfer and (logits.transfer is None or data.x_transfer is None
-                                 or len(logits.transfer) != len(data.x_transfer)):
-            raise ValueError("prune.use_transfer: needs data.x_transfer and logits.transfer of equal length")
+        if cfg.use_transfer and data.x_transfer is not None and (
+                logits.transfer is None or len(logits.transfer) != len(data.x_transfer)):
+            got = None if logits.transfer is None else len(logits.transfer)
+            raise ValueError(f"prune.use_transfer: logits.transfer has {got} rows, "
+                             f"data.x_transfer {len(data.x_transfer)}")
 
 
 def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig,
@@ -277,6 +264,8 @@ def run(model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cf
         ctx: StepContext) -> ModelArtifact:
     """Prune ``model`` (``cfg.method``), fine-tune it, measure it; returns a ``pruned`` artifact."""
     _validate(model, data, logits, cfg)
+    if logits is not None and cfg.kd_alpha > 0:  # no pool in the data: KD on the labeled rows only
+        cfg = replace(cfg, use_transfer=use_pool(data, cfg.use_transfer, ctx))
     ctx.seed_everything()
     net = load_model(model)
     base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
