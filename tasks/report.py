@@ -144,7 +144,10 @@ def markdown(bench: BenchmarkReport, front: list[str]) -> str:
 
 def summary_markdown(bench: BenchmarkReport, front: list[str]) -> str:
     """The run description: ratios first, then only the teacher, the selected model and the frontier."""
-    keep = [r for r in _sorted(bench.candidates) if r.selected or r.kind == "teacher" or r.name in front]
+    rows = _sorted(bench.candidates)
+    must = [r for r in rows if r.selected or r.kind == "teacher"]
+    on = [r for r in rows if r.name in front and r not in must][:max(MAX_LABELS - len(must), 0)]
+    keep = [r for r in rows if r in must or r in on]  # bounded: MLflow caps a description at 8000 chars
     rest = len(bench.candidates) - len(keep)
     tail = [f"{rest} more candidate(s) in `report.md` and `pareto.png`." if rest else ""]
     return "\n".join([f"## Compression report: {bench.dataset}", ""] + _ratios(bench) + [""]

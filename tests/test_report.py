@@ -205,4 +205,6 @@ def test_labels_are_capped_when_everything_is_on_the_frontier():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert len(texts) == report.MAX_LABELS and {"m20", "teacher", "m0", "m34"} <= set(texts)
     report.png_bytes(fig, 50)  # closes the figure
+    description = report.summary_markdown(b, front)
+    assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
 
