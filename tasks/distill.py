@@ -59,11 +59,14 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, 
 def average_logits(teachers: list[Logits]) -> Logits:
     """One ensemble teacher: the mean of the teachers' logits (features from the first teacher)."""
     first = teachers[0]
+
+    def shapes(t: Logits) -> tuple:
+        return tuple(t.train.shape), None if t.transfer is None else tuple(t.transfer.shape)
     for other in teachers[1:]:
-        if other.train.shape != first.train.shape or (other.transfer is None) != (first.transfer is None) \
-                or (other.transfer is not None and other.transfer.shape != first.transfer.shape):
+        if shapes(other) != shapes(first):
             raise ValueError(f"distill: teacher '{other.teacher}' logits do not match '{first.teacher}' in shape")
-    transfer = None if first.transfer is None else torch.stack([t.transfer for t in teachers]).mean(0)
+    pools = [t.transfer for t in teachers if t.transfer is not None]
+    transfer = torch.stack(pools).mean(0) if pools else None
     return Logits(train=torch.stack([t.train for t in teachers]).mean(0), transfer=transfer,
                   features=first.features, teacher="+".join(t.teacher for t in teachers))
 

@@ -41,6 +41,8 @@ def _export_dynamo(model: nn.Module, x: Tensor) -> bytes:
         program = torch.onnx.export(model, (x,), dynamo=True, external_data=False, opset_version=OPSET,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    if program is None:  # only when an output file is given, which we never do
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     return program.model_proto.SerializeToString()
 
 
@@ -48,7 +50,7 @@ def _export_torchscript(model: nn.Module, x: Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     return buf.getvalue()

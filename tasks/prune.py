@@ -20,7 +20,9 @@ from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -77,6 +79,10 @@ def agp_schedule(final: float, n: int, initial: float = 0.0) -> list[float]:
     return [agp_sparsity(t, n, final, initial) for t in range(n + 1)]
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)
+
+
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """The (module, "weight") pairs that magnitude pruning touches: all conv and linear weights."""
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
@@ -98,7 +104,7 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str) -> dict[str, to
     for module, name in params:
         tprune.remove(module, name)
     names = {id(m): n for n, m in model.named_modules()}
-    return {names[id(m)]: (m.weight != 0).to(m.weight.dtype) for m, _ in params}
+    return {names[id(m)]: (_weight(m) != 0).to(_weight(m).dtype) for m, _ in params}
 
 
 def mask_applier(masks: dict[str, torch.Tensor]):
@@ -107,14 +113,14 @@ def mask_applier(masks: dict[str, torch.Tensor]):
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, mask in masks.items():
-                w = modules[name].weight
+                w = _weight(modules[name])
                 w.mul_(mask.to(w.device))
     return apply
 
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exact zeros among the prunable (conv/linear) weights."""
-    ws = [m.weight for m, _ in prunable(model)]
+    ws = [_weight(m) for m, _ in prunable(model)]
     total = sum(w.numel() for w in ws)
     return float(sum(int((w == 0).sum()) for w in ws)) / max(total, 1)
 
@@ -128,10 +134,11 @@ def _widths_mlp(m: MLP) -> dict:
 
 
 def _widths_rescnn2d(m: ResCNN2D) -> dict:
-    return {"stem": m.stem[0].out_channels, "mids": [b.conv1.out_channels for b in m.blocks]}
+    return {"stem": cast(nn.Conv2d, m.stem[0]).out_channels,
+            "mids": [cast(nn.Conv2d, b.conv1).out_channels for b in m.blocks]}
 
 
-WIDTH_READERS = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
+WIDTH_READERS: dict[type, Callable[[Any], dict]] = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
 """Architectures whose pruned widths can be written back into their constructor arguments."""
 
 

@@ -30,10 +30,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
-import torch  # noqa: E402
 
 from tasks.context import StepContext  # noqa: E402
 from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report  # noqa: E402
@@ -114,7 +114,8 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
 
     def x(v: float | None, word: str) -> str:
         return f"{v:.2f}× {word}" if v is not None else "–"
-    return [f"Selected **{c.candidate}** ({bench.selected.kind}) vs teacher **{c.reference}**:", "",
+    kind = bench.selected.kind if bench.selected is not None else "?"
+    return [f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:", "",
             f"- test accuracy: {100 * c.test_acc_delta:+.2f} points",
             f"- size: {x(c.size_reduction, 'smaller')}",
             f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",

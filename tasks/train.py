@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
         loss_fn: Callable[..., torch.Tensor], cfg: OptimConfig, ctx: StepContext,
-        val: tuple[torch.Tensor, torch.Tensor], extra_params: list[nn.Parameter] = (),
+        val: tuple[torch.Tensor, torch.Tensor], extra_params: Sequence[nn.Parameter] = (),
         after_step: Callable[[nn.Module], None] | None = None, prefix: str = "") -> dict[str, float]:
     """Train ``model`` in place; keep the weights of the best val accuracy epoch.
 

@@ -9,7 +9,8 @@ import torch
 
 from tasks.context import StepContext
 from tasks.distill import DistillConfig, average_logits, kd_loss, make_regressor, run
-from tasks.infer import InferConfig, run as infer
+from tasks.infer import InferConfig
+from tasks.infer import run as infer
 from tasks.models import build_model, complete_arch, load_model, make_artifact
 from tasks.train import OptimConfig, TrainConfig, accuracy
 from tasks.train import run as train
