@@ -97,7 +97,11 @@ class Publication:
 
 @dataclass
 class Report:
-    """Any step's documents: JSON results plus files (PNG, Markdown) by name."""
+    """Any step's documents: JSON results plus files (PNG, Markdown) by name.
+
+    ``publish`` is what the step wants on the pipeline's parent run and in the model registry;
+    the engine publishes it (the step itself writes only to its own run).
+    """
 
     data: dict
     files: dict[str, bytes] = field(default_factory=dict)
