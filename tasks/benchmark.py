@@ -9,7 +9,11 @@ were quantized from): params, nonzero params and FLOPs of one sample
 
 ``no_speedup`` flags a candidate with >= 2x fewer FLOPs than the teacher but < 1.2x its
 throughput (e.g. unstructured sparsity on dense kernels). ``targets`` holds the ratios that
-the project's goals are stated in: selected vs teacher, and each INT8 model vs its FP32 parent.
+the project's goals are stated in: selected vs teacher, and each INT8 model vs its FP32 parent,
+all computed by ``Comparison.between``.
+
+The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/types.py``):
+``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tasks.context import StepContext
 from tasks.models import count_nonzero, count_params, load_model
 from tasks.onnx_utils import ort_accuracy, ort_session, time_ort, to_onnx
-from tasks.types import Dataset, ModelArtifact, Report
+from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact, Targets
 
 
 @dataclass
@@ -42,14 +46,17 @@ class BenchmarkConfig:
 
 
 def flops_one_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass on one sample (``FlopCounterMode`` counts a multiply-add as 2)."""
+    """FLOPs of one forward pass on one sample (``FlopCounterMode`` counts a multiply-add as 2).
+
+    The project's one FLOP counter: ``prune`` reports its ``flops`` with it too.
+    """
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x[:1])
+        model.cpu().eval()(x[:1].cpu())
     return int(counter.get_total_flops())
 
 
-def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = ()) -> dict:
+def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = ()) -> BenchmarkRow:
     """One candidate's row: accuracy (ORT), size, params, FLOPs, batch-1 latency, batch-N throughput."""
     try:
         net = load_model(art, trusted)
@@ -59,56 +66,41 @@ def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tu
     sess = ort_session(onnx_bytes, cfg.threads)
     b1 = time_ort(sess, data.x_test, 1, cfg.warmup, cfg.iters_b1)
     bn = time_ort(sess, data.x_test, cfg.throughput_batch, cfg.warmup, cfg.iters_b256)
-    return {"name": art.name, "kind": art.kind, "parent": art.parent,
-            "test_acc": ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size),
-            "val_acc": ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size),
-            "params": count_params(net), "nonzero_params": count_nonzero(net),
-            "flops": flops_one_sample(net, data.x_test), "size_bytes": len(onnx_bytes),
-            "latency_ms_p50_b1": b1["p50_ms"], "latency_ms_p95_b1": b1["p95_ms"],
-            "throughput_b256": bn["throughput"], "int8_onnx": art.onnx is not None and art.kind == "quantized"}
+    return BenchmarkRow(
+        name=art.name, kind=art.kind, parent=art.parent,
+        test_acc=ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size),
+        val_acc=ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size),
+        params=count_params(net), nonzero_params=count_nonzero(net), flops=flops_one_sample(net, data.x_test),
+        size_bytes=len(onnx_bytes), latency_ms_p50_b1=b1["p50_ms"], latency_ms_p95_b1=b1["p95_ms"],
+        throughput_b256=bn["throughput"], int8_onnx=art.onnx is not None and art.kind == "quantized")
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else float(a) / float(b)
-
-
-def compare(row: dict, ref: dict) -> dict:
-    """``row`` vs ``ref``: speed-up and size/params/FLOPs reductions (ref / row) and accuracy delta."""
-    return {"candidate": row["name"], "reference": ref["name"],
-            "throughput_speedup": _ratio(row["throughput_b256"], ref["throughput_b256"]),
-            "latency_speedup_b1": _ratio(ref["latency_ms_p50_b1"], row["latency_ms_p50_b1"]),
-            "size_reduction": _ratio(ref["size_bytes"], row["size_bytes"]),
-            "params_reduction": _ratio(ref["params"], row["params"]),
-            "flops_reduction": _ratio(ref["flops"], row["flops"]),
-            "test_acc_delta": row["test_acc"] - ref["test_acc"]}
-
-
-def targets(rows: list[dict], teacher: dict | None, selected: dict | None, cfg: BenchmarkConfig) -> dict:
-    """Selected-vs-teacher ratios (null without either) and INT8-vs-FP32-parent checks."""
-    by_name = {r["name"]: r for r in rows}
+def targets(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: BenchmarkRow | None,
+            cfg: BenchmarkConfig) -> Targets:
+    """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks."""
+    by_name = {r.name: r for r in rows}
     int8 = []
     for r in rows:
-        parent = by_name.get(r["parent"]) if r["int8_onnx"] else None
+        parent = by_name.get(r.parent) if r.int8_onnx and r.parent else None
         if parent is not None:
-            c = compare(r, parent)
-            c["meets_target"] = bool(c["throughput_speedup"] >= cfg.int8_min_speedup
-                                     and c["test_acc_delta"] >= -cfg.int8_max_acc_drop)
+            c = Comparison.between(r, parent)
+            c.meets_target = bool((c.throughput_speedup or 0.0) >= cfg.int8_min_speedup
+                                  and c.test_acc_delta >= -cfg.int8_max_acc_drop)
             int8.append(c)
-    return {"teacher": teacher["name"] if teacher else None,
-            "selected": selected["name"] if selected else None,
-            "selected_vs_teacher": compare(selected, teacher) if teacher and selected else None,
-            "int8_vs_fp32": int8,
-            "int8_target": {"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop}}
+    return Targets(teacher=teacher.name if teacher else None, selected=selected.name if selected else None,
+                   selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
+                   int8_vs_fp32=int8,
+                   int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop})
 
 
-def _flag_no_speedup(rows: list[dict], teacher: dict | None, cfg: BenchmarkConfig) -> None:
+def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: BenchmarkConfig) -> None:
     for r in rows:
         if teacher is None or r is teacher:
-            r["no_speedup"] = None if teacher is None else False
+            r.no_speedup = None if teacher is None else False
             continue
-        flops_red = _ratio(teacher["flops"], r["flops"]) or 0.0
-        speedup = _ratio(r["throughput_b256"], teacher["throughput_b256"]) or 0.0
-        r["no_speedup"] = bool(flops_red >= cfg.no_speedup_flops_ratio and speedup < cfg.no_speedup_throughput_ratio)
+        c = Comparison.between(r, teacher)
+        r.no_speedup = bool((c.flops_reduction or 0.0) >= cfg.no_speedup_flops_ratio
+                            and (c.throughput_speedup or 0.0) < cfg.no_speedup_throughput_ratio)
 
 
 def metric_key(name: str, key: str) -> str:
@@ -116,18 +108,18 @@ def metric_key(name: str, key: str) -> str:
     return re.sub(r"[^\w./\- :]", "_", name) + "/" + key
 
 
-def _markdown(report: dict) -> str:
+def _markdown(report: BenchmarkReport) -> str:
     cols = ["name", "kind", "test_acc", "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in report["candidates"]:
-        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
-        lines.append("| " + " | ".join(cells) + (" | ← selected" if r["selected"] else " |"))
-    title = f"Benchmark on {report['dataset']} ({report['runtime']}, {report['threads']} thread(s))"
+    for r in report.candidates:
+        cells = [f"{getattr(r, c):.4g}" if isinstance(getattr(r, c), float) else str(getattr(r, c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + (" | ← selected" if r.selected else " |"))
+    title = f"Benchmark on {report.dataset} ({report.runtime}, {report.threads} thread(s))"
     return title + "\n\n" + "\n".join(lines) + "\n"
 
 
 def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | None = None, *,
-        cfg: BenchmarkConfig, ctx: StepContext) -> Report:
+        cfg: BenchmarkConfig, ctx: StepContext) -> BenchmarkReport:
     """Benchmark ``models`` (plus ``selected`` if it is not among them) on ``data.x_test``."""
     cands = list(models)
     if selected is not None and selected.name not in {m.name for m in models}:
@@ -143,16 +135,16 @@ def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | No
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
         rows.append(measure(art, data, cfg, ctx.trusted_targets))
     for r in rows:
-        r["selected"] = selected is not None and r["name"] == selected.name
-    teacher = next((r for r in rows if r["kind"] == "teacher"), None)
+        r.selected = selected is not None and r.name == selected.name
+    teacher = next((r for r in rows if r.kind == "teacher"), None)
     _flag_no_speedup(rows, teacher, cfg)
-    sel = next((r for r in rows if r["selected"]), None)
-    report = {"dataset": data.name, "threads": cfg.threads, "runtime": f"onnxruntime {ort.__version__} CPU",
-              "candidates": rows, "targets": targets(rows, teacher, sel, cfg)}
+    sel = next((r for r in rows if r.selected), None)
+    report = BenchmarkReport(dataset=data.name, threads=cfg.threads, runtime=f"onnxruntime {ort.__version__} CPU",
+                             candidates=rows, targets=targets(rows, teacher, sel, cfg))
     for r in rows:
-        ctx.log_metrics({metric_key(r["name"], k): float(r[k]) for k in
-                         ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")})
-    blob = json.dumps(report, indent=2).encode()
-    ctx.log_file("benchmark.json", blob)
+        ctx.log_metrics({metric_key(r.name, k): float(getattr(r, k)) for k in
+                         ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
+                         if getattr(r, k) is not None})
+    ctx.log_file("benchmark.json", json.dumps(report.to_dict(), indent=2).encode())
     ctx.log_file("benchmark.md", _markdown(report).encode())
-    return Report(data=report, files={"benchmark.json": blob, "benchmark.md": _markdown(report).encode()})
+    return report

@@ -3,13 +3,18 @@
 Tasks never import ray or mlflow. The engine passes a ``StepContext`` whose ``tracker``
 forwards metrics to MLflow; unit tests and plain scripts use ``StepContext()`` which
 keeps metrics in memory.
+
+A task writes to its own step run only (metrics, files). Whatever it wants on the pipeline's
+parent run or in the model registry it returns in its output (``Report.publish``), so the
+engine can publish it on the computed and the cache-hit path alike.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -24,10 +29,9 @@ class StepContext:
     # model _target_s beyond the zoo that may be loaded from artifacts (tasks.models.load_model):
     # the engine fills it with the targets the config names plus its trusted_models list
     trusted_targets: tuple[str, ...] = ()
-    # engine side: log_metrics(d, step), log_file(name, data, parent), register_onnx(...), map_batches(...)
+    # engine side: log_metrics(d, step), log_file(name, data), map_batches(...)
     tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
-    registered: dict[str, bytes] = field(default_factory=dict)
     history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)  # last value of every metric
     _last_progress: float = 0.0
@@ -40,19 +44,16 @@ class StepContext:
         if self.tracker is not None:
             self.tracker.log_metrics(clean, step)
 
-    def log_file(self, name: str, data: bytes, parent: bool = False) -> None:
-        """Attach a document (PNG, Markdown, JSON) to the step's run, or to the pipeline run."""
+    def log_file(self, name: str, data: bytes) -> None:
+        """Attach a document (PNG, Markdown, JSON) to this step's own run."""
         if self.tracker is not None:
-            self.tracker.log_file(name, data, parent)
+            self.tracker.log_file(name, data)
         else:
             self.files[name] = data
 
-    def register_onnx(self, name: str, onnx: bytes, alias: str = "candidate") -> None:
-        """Register an ONNX model in the model registry under ``name`` with ``alias``."""
-        if self.tracker is not None:
-            self.tracker.register_onnx(name, onnx, alias)
-        else:
-            self.registered[f"{name}@{alias}"] = onnx
+    def note(self, message: str) -> None:
+        """A one-off remark about how the step ran (e.g. a fallback it took), always shown."""
+        log.warning("[%s] %s", self.step, message)
 
     def map_batches(self, make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
                     *, batch_size: int = 1024, workers: int = 1, gpus_per_worker: float = 0.0) -> torch.Tensor:

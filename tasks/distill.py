@@ -60,13 +60,32 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, 
 def average_logits(teachers: list[Logits]) -> Logits:
     """One ensemble teacher: the mean of the teachers' logits (features from the first teacher)."""
     first = teachers[0]
+
+    def shapes(t: Logits) -> tuple:
+        return tuple(t.train.shape), None if t.transfer is None else tuple(t.transfer.shape)
     for other in teachers[1:]:
-        if other.train.shape != first.train.shape or (other.transfer is None) != (first.transfer is None) \
-                or (other.transfer is not None and other.transfer.shape != first.transfer.shape):
+        if shapes(other) != shapes(first):
             raise ValueError(f"distill: teacher '{other.teacher}' logits do not match '{first.teacher}' in shape")
-    transfer = None if first.transfer is None else torch.stack([t.transfer for t in teachers]).mean(0)
+    pools = [t.transfer for t in teachers if t.transfer is not None]
+    transfer = torch.stack(pools).mean(0) if pools else None
     return Logits(train=torch.stack([t.train for t in teachers]).mean(0), transfer=transfer,
                   features=first.features, teacher="+".join(t.teacher for t in teachers))
+
+
+def use_pool(data: Dataset, use_transfer: bool, ctx: StepContext) -> bool:
+    """Whether to distill over the transfer pool; without one, say so once and use the labeled rows.
+
+    The pool is optional (an ``.npz`` need not hold ``x_unlabeled``): a step asked to use it falls
+    back to the labeled training inputs instead of failing, and records ``transfer_rows = 0``.
+    """
+    if not use_transfer:
+        return False
+    rows = 0 if data.x_transfer is None else len(data.x_transfer)
+    ctx.log_metrics({"transfer_rows": float(rows)})
+    if rows == 0:
+        ctx.note("use_transfer: the data has no transfer pool (x_transfer); "
+                 "distilling over the labeled training inputs only")
+    return rows > 0
 
 
 def training_rows(data: Dataset, teacher: Logits, use_transfer: bool):
@@ -112,7 +131,7 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
     teacher = average_logits([logits] + list(extra_logits or []))
-    x, labels, t_logits = training_rows(data, teacher, cfg.use_transfer)
+    x, labels, t_logits = training_rows(data, teacher, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)

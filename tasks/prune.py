@@ -20,18 +20,21 @@ from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 from __future__ import annotations
 
 import copy
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
-from tasks.distill import kd_loss, training_rows
+from tasks.distill import kd_loss, training_rows, use_pool
 from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
 from tasks.options import GradualBase, Importance, PruneMethod, PruneScope
+from tasks.onnx_utils import deployed_speed
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -77,6 +80,10 @@ def agp_schedule(final: float, n: int, initial: float = 0.0) -> list[float]:
     return [agp_sparsity(t, n, final, initial) for t in range(n + 1)]
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, m.weight)
+
+
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """The (module, "weight") pairs that magnitude pruning touches: all conv and linear weights."""
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
@@ -98,7 +105,7 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str) -> dict[str, to
     for module, name in params:
         tprune.remove(module, name)
     names = {id(m): n for n, m in model.named_modules()}
-    return {names[id(m)]: (m.weight != 0).to(m.weight.dtype) for m, _ in params}
+    return {names[id(m)]: (_weight(m) != 0).to(_weight(m).dtype) for m, _ in params}
 
 
 def mask_applier(masks: dict[str, torch.Tensor]):
@@ -107,14 +114,14 @@ def mask_applier(masks: dict[str, torch.Tensor]):
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, mask in masks.items():
-                w = modules[name].weight
+                w = _weight(modules[name])
                 w.mul_(mask.to(w.device))
     return apply
 
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of exact zeros among the prunable (conv/linear) weights."""
-    ws = [m.weight for m, _ in prunable(model)]
+    ws = [_weight(m) for m, _ in prunable(model)]
     total = sum(w.numel() for w in ws)
     return float(sum(int((w == 0).sum()) for w in ws)) / max(total, 1)
 
@@ -128,10 +135,11 @@ def _widths_mlp(m: MLP) -> dict:
 
 
 def _widths_rescnn2d(m: ResCNN2D) -> dict:
-    return {"stem": m.stem[0].out_channels, "mids": [b.conv1.out_channels for b in m.blocks]}
+    return {"stem": cast(nn.Conv2d, m.stem[0]).out_channels,
+            "mids": [cast(nn.Conv2d, b.conv1).out_channels for b in m.blocks]}
 
 
-WIDTH_READERS = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
+WIDTH_READERS: dict[type, Callable[[Any], dict]] = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
 """Architectures whose pruned widths can be written back into their constructor arguments."""
 
 
@@ -177,37 +185,21 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, am
         ignored_layers=output_layers(model), round_to=cfg.round_to or None)
 
 
-def measure_throughput(model: nn.Module, input_shape: list[int], batch: int = 256, iters: int = 20) -> float:
-    """CPU samples/s at ``batch`` on one thread: best of ``iters`` timed calls after 5 warm-up calls.
-
-    The best time (as ``timeit`` advises) is the least disturbed by other work on the machine —
-    sweep trials run side by side — and one thread keeps candidates comparable;
-    the caller's thread count is restored. This is the value the pipeline's sweep maximises.
-    """
-    x = torch.randn(batch, *input_shape)
-    model = model.to("cpu").eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
-        with torch.inference_mode():
-            for i in range(iters + 5):
-                t0 = time.perf_counter()
-                model(x)
-                if i >= 5:
-                    times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
-    return batch / min(times)
-
-
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
-    """val_acc, params, nonzero_params, sparsity (conv/linear weights), macs and throughput."""
-    macs, _ = tp.utils.count_ops_and_params(model.cpu().eval(), data.x_train[:1])
+    """val_acc, params, nonzero_params, sparsity (conv/linear weights), flops, size_bytes and throughput.
+
+    ``flops`` is the benchmark's counter (``torch.utils.flop_counter``, one sample) and
+    ``throughput`` the benchmark's measure on the deployed runtime: samples/s at the median
+    latency of a batch of ``cfg.throughput_batch`` on ONNX Runtime, one thread. So the sweep
+    selects on the number the benchmark later reports, not on torch-eager speed.
+    """
+    model = model.cpu().eval()
+    speed, onnx_bytes = deployed_speed(model, data.x_train, cfg.throughput_batch, threads=1,
+                                       iters=cfg.throughput_iters)
     return {"val_acc": accuracy(model, data.x_val, data.y_val), "params": float(count_params(model)),
             "nonzero_params": float(count_nonzero(model)), "sparsity": weight_sparsity(model),
-            "macs": float(macs),
-            "throughput": measure_throughput(model, data.input_shape, cfg.throughput_batch, cfg.throughput_iters)}
+            "flops": float(flops_one_sample(model, data.x_train)), "size_bytes": float(len(onnx_bytes)),
+            "throughput": speed["throughput"]}
 
 
 def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, optim: OptimConfig,
@@ -247,9 +239,11 @@ def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: P
     if logits is not None and cfg.kd_alpha > 0:
         if len(logits.train) != len(data.x_train):
             raise ValueError(f"prune: logits.train has {len(logits.train)} rows, data.x_train {len(data.x_train)}")
-        if cfg.use_transfer and (logits.transfer is None or data.x_transfer is None
-                                 or len(logits.transfer) != len(data.x_transfer)):
-            raise ValueError("prune.use_transfer: needs data.x_transfer and logits.transfer of equal length")
+        if cfg.use_transfer and data.x_transfer is not None and (
+                logits.transfer is None or len(logits.transfer) != len(data.x_transfer)):
+            got = None if logits.transfer is None else len(logits.transfer)
+            raise ValueError(f"prune.use_transfer: logits.transfer has {got} rows, "
+                             f"data.x_transfer {len(data.x_transfer)}")
 
 
 def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig,
@@ -278,6 +272,8 @@ def run(model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cf
         ctx: StepContext) -> ModelArtifact:
     """Prune ``model`` (``cfg.method``), fine-tune it, measure it; returns a ``pruned`` artifact."""
     _validate(model, data, logits, cfg)
+    if logits is not None and cfg.kd_alpha > 0:  # no pool in the data: KD on the labeled rows only
+        cfg = replace(cfg, use_transfer=use_pool(data, cfg.use_transfer, ctx))
     ctx.seed_everything()
     net = load_model(model, ctx.trusted_targets)
     base = cfg.gradual_base if cfg.method == "gradual" else cfg.method

@@ -1,25 +1,42 @@
-"""Task ``report``: turn the benchmark JSON into a Pareto plot, a Markdown table and a registered model.
+"""Task ``report``: turn the benchmark into a Pareto plot, a Markdown table, headline metrics and a
+model to register, all returned in ``Report.publish`` for the engine to put on the pipeline's run.
 
 The benchmark lists every candidate (teacher, students, pruned, quantized) with accuracy, size and
 speed. A candidate is on the Pareto frontier when no other candidate is at least as good on every
-objective and strictly better on one; the plot shows accuracy against throughput and against size,
-so the trade-off the pipeline's selection made is visible at a glance. The selected model's ONNX
-is registered in the model registry under alias ``candidate``; promotion is a human's call.
+objective and strictly better on one; the plot shows accuracy against throughput and against size
+(both log axes), so the trade-off the pipeline's selection made is visible at a glance. Only the
+frontier, the selected model and the teacher are labelled; the others are told apart by their
+kind's colour (legend) and listed in the table.
+
+Headline metrics (``Publication.metrics``, shown in MLflow's runs table so executions compare at a
+glance; a metric is left out when its value is unknown):
+
+* ``selected.<field>`` and ``teacher.<field>`` for ``test_acc``, ``val_acc``, ``size_bytes``,
+  ``throughput_b256`` and ``latency_ms_p50_b1`` of the selected model and of the teacher;
+* ``selected_vs_teacher.<ratio>`` for every ratio of ``tasks.types.Comparison``
+  (``test_acc_delta``, ``throughput_speedup``, ``latency_speedup_b1``, ``size_reduction``,
+  ``params_reduction``, ``nonzero_params_reduction``, ``flops_reduction``; > 1 is better), the
+  same numbers as ``targets.selected_vs_teacher`` in ``benchmark.json``.
+
+The selected model's ONNX is returned as a ``Registration`` under alias ``candidate``; promotion
+is a human's call.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import NullFormatter  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from tasks.context import StepContext  # noqa: E402
-from tasks.types import ModelArtifact, Report  # noqa: E402
+from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report  # noqa: E402
 
 KINDS = ("teacher", "student_scratch", "student_kd", "pruned", "quantized")
 COLORS = {"teacher": "tab:blue", "student_scratch": "tab:gray", "student_kd": "tab:green",
@@ -28,6 +45,8 @@ COLUMNS = [("name", "model"), ("kind", "kind"), ("test_acc", "test acc"), ("val_
            ("params", "params"), ("nonzero_params", "nonzero"), ("flops", "FLOPs"), ("size_bytes", "size"),
            ("latency_ms_p50_b1", "p50 ms (b1)"), ("latency_ms_p95_b1", "p95 ms (b1)"),
            ("throughput_b256", "samples/s (b256)")]
+HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1")
+MAX_LABELS = 12  # per panel: beyond this, labels overlap on a 11-inch figure
 
 
 @dataclass
@@ -38,19 +57,33 @@ class ReportConfig:
     dpi: int = 110
 
 
-def pareto_front(points: list[dict], objectives: dict[str, str]) -> list[str]:
-    """Names of the non-dominated points; ``objectives`` maps a key to "max" or "min".
+def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
+    """Names of the non-dominated points; ``objectives`` maps an attribute to "max" or "min".
 
     ``a`` dominates ``b`` when it is no worse on every objective and better on at least one.
     Points missing an objective value (None) are left out. Input order is kept.
     """
     sign = {k: 1.0 if d == "max" else -1.0 for k, d in objectives.items()}
-    pts = [p for p in points if all(p.get(k) is not None for k in objectives)]
-    vals = [tuple(sign[k] * float(p[k]) for k in objectives) for p in pts]
+    pts = [p for p in points if all(getattr(p, k) is not None for k in objectives)]
+    vals = [tuple(sign[k] * float(getattr(p, k)) for k in objectives) for p in pts]
 
     def dominates(a, b):
         return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-    return [p["name"] for p, v in zip(pts, vals) if not any(dominates(w, v) for w in vals)]
+    return [p.name for p, v in zip(pts, vals) if not any(dominates(w, v) for w in vals)]
+
+
+def headline_metrics(bench: BenchmarkReport) -> dict[str, float]:
+    """The selected model's and the teacher's numbers and their ratios (see the module docstring)."""
+    out: dict[str, float] = {}
+    for prefix, row in (("selected", bench.selected), ("teacher", bench.teacher)):
+        for key in HEADLINE_FIELDS if row is not None else ():
+            if getattr(row, key) is not None:
+                out[f"{prefix}.{key}"] = float(getattr(row, key))
+    cmp = bench.targets.selected_vs_teacher
+    for key, value in (asdict(cmp) if cmp is not None else {}).items():
+        if key not in ("candidate", "reference", "meets_target") and value is not None:
+            out[f"selected_vs_teacher.{key}"] = float(value)
+    return out
 
 
 def _fmt(key: str, v) -> str:
@@ -67,78 +100,121 @@ def _fmt(key: str, v) -> str:
     return str(v)
 
 
-def _sorted(cands: list[dict]) -> list[dict]:
+def _sorted(rows: list[BenchmarkRow]) -> list[BenchmarkRow]:
     """Teacher first, then by kind in pipeline order, best test accuracy first within a kind."""
     order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(cands, key=lambda c: (order.get(c.get("kind"), len(KINDS)), -float(c.get("test_acc") or 0)))
+    return sorted(rows, key=lambda r: (order.get(r.kind, len(KINDS)), -r.test_acc))
 
 
-def _ratios(sel: dict | None, teacher: dict | None) -> list[str]:
-    """Selected vs teacher: accuracy change, x smaller, x faster (throughput and p50 latency)."""
-    if sel is None or teacher is None:
+def _ratios(bench: BenchmarkReport) -> list[str]:
+    """Selected vs teacher, from ``targets.selected_vs_teacher`` (computed once, by the benchmark)."""
+    c = bench.targets.selected_vs_teacher
+    if c is None:
         return ["No selected model or no teacher among the candidates: no ratios."]
 
-    def ratio(a, b):
-        return f"{float(a) / float(b):.2f}×" if a is not None and b not in (None, 0) else "–"
-    d_acc = (f"{100 * (float(sel['test_acc']) - float(teacher['test_acc'])):+.2f} points"
-             if sel.get("test_acc") is not None and teacher.get("test_acc") is not None else "–")
-    return [f"Selected **{sel['name']}** ({sel.get('kind')}) vs teacher **{teacher['name']}**:", "",
-            f"- test accuracy: {d_acc}",
-            f"- size: {ratio(teacher.get('size_bytes'), sel.get('size_bytes'))} smaller",
-            f"- params (nonzero): {ratio(teacher.get('nonzero_params'), sel.get('nonzero_params'))} fewer",
-            f"- throughput (b256): {ratio(sel.get('throughput_b256'), teacher.get('throughput_b256'))} higher",
-            f"- latency p50 (b1): {ratio(teacher.get('latency_ms_p50_b1'), sel.get('latency_ms_p50_b1'))} lower"]
+    def x(v: float | None, word: str) -> str:
+        return f"{v:.2f}× {word}" if v is not None else "–"
+    kind = bench.selected.kind if bench.selected is not None else "?"
+    return [f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:", "",
+            f"- test accuracy: {100 * c.test_acc_delta:+.2f} points",
+            f"- size: {x(c.size_reduction, 'smaller')}",
+            f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
+            f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
+            f"- throughput (b256): {x(c.throughput_speedup, 'higher')}",
+            f"- latency p50 (b1): {x(c.latency_speedup_b1, 'lower')}"]
 
 
-def markdown(bench: dict, front: list[str]) -> str:
-    """A table of every candidate (★ selected, ◆ on the accuracy/throughput frontier) + ratios."""
-    cands = _sorted(bench["candidates"])
+def _table(rows: list[BenchmarkRow], front: list[str]) -> list[str]:
     head = [label for _, label in COLUMNS] + ["note"]
-    lines = [f"# Compression report: {bench.get('dataset', '?')}", "",
-             f"Benchmark threads: {bench.get('threads', '?')}. ★ selected, ◆ Pareto frontier "
-             "(test accuracy vs throughput).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c in cands:
-        marks = ("★ " if c.get("selected") else "") + ("◆ " if c["name"] in front else "")
-        cells = [marks + _fmt(k, c.get(k)) if k == "name" else _fmt(k, c.get(k)) for k, _ in COLUMNS]
-        cells.append("no speedup" if c.get("no_speedup") else "")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        marks = ("★ " if r.selected else "") + ("◆ " if r.name in front else "")
+        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else _fmt(k, getattr(r, k)) for k, _ in COLUMNS]
+        cells.append("no speedup" if r.no_speedup else "")
         lines.append("| " + " | ".join(cells) + " |")
-    sel = next((c for c in cands if c.get("selected")), None)
-    teacher = next((c for c in cands if c.get("kind") == "teacher"), None)
-    return "\n".join(lines + [""] + _ratios(sel, teacher)) + "\n"
+    return lines
 
 
-def _panel(ax, cands: list[dict], xkey: str, front: list[str], xlabel: str, logx: bool) -> None:
-    pts = [c for c in cands if c.get(xkey) is not None and c.get("test_acc") is not None]
-    for kind in sorted({c.get("kind") for c in pts}, key=str):
-        sub = [c for c in pts if c.get("kind") == kind]
-        ax.scatter([c[xkey] for c in sub], [c["test_acc"] for c in sub], s=36, alpha=0.8,
-                   color=COLORS.get(kind, "black"), label=kind)
-    on = sorted((c for c in pts if c["name"] in front), key=lambda c: c[xkey])
-    ax.plot([c[xkey] for c in on], [c["test_acc"] for c in on], "k--", lw=1, label="Pareto frontier")
-    ax.scatter([c[xkey] for c in on], [c["test_acc"] for c in on], s=80, facecolors="none", edgecolors="k")
-    for c in pts:
-        if c.get("selected"):
-            ax.scatter([c[xkey]], [c["test_acc"]], marker="*", s=260, color="red", zorder=5, label="selected")
-        ax.annotate(c["name"], (c[xkey], c["test_acc"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    if logx:
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+def markdown(bench: BenchmarkReport, front: list[str]) -> str:
+    """A table of every candidate (★ selected, ◆ on the accuracy/throughput frontier) + ratios."""
+    lines = [f"# Compression report: {bench.dataset}", "",
+             f"Benchmark: {bench.runtime}, {bench.threads} thread(s). ★ selected, ◆ Pareto frontier "
+             "(test accuracy vs throughput).", ""]
+    return "\n".join(lines + _table(_sorted(bench.candidates), front) + [""] + _ratios(bench)) + "\n"
+
+
+def summary_markdown(bench: BenchmarkReport, front: list[str]) -> str:
+    """The run description: ratios first, then only the teacher, the selected model and the frontier."""
+    rows = _sorted(bench.candidates)
+    must = [r for r in rows if r.selected or r.kind == "teacher"]
+    on = [r for r in rows if r.name in front and r not in must][:max(MAX_LABELS - len(must), 0)]
+    keep = [r for r in rows if r in must or r in on]  # bounded: MLflow caps a description at 8000 chars
+    rest = len(bench.candidates) - len(keep)
+    tail = [f"{rest} more candidate(s) in `report.md` and `pareto.png`." if rest else ""]
+    return "\n".join([f"## Compression report: {bench.dataset}", ""] + _ratios(bench) + [""]
+                     + _table(keep, front) + [""] + tail).rstrip() + "\n"
+
+
+def _labelled(pts: list[BenchmarkRow], front: list[str]) -> list[BenchmarkRow]:
+    """Rows that get a text label: selected, teacher, then frontier points (evenly, up to MAX_LABELS)."""
+    must = [r for r in pts if r.selected or r.kind == "teacher"]
+    on = [r for r in pts if r.name in front and r not in must]
+    room = max(MAX_LABELS - len(must), 0)
+    if len(on) > room:
+        on = [on[round(i * (len(on) - 1) / max(room - 1, 1))] for i in range(room)] if room else []
+    return must + on
+
+
+def _panel(ax, rows: list[BenchmarkRow], xkey: str, front: list[str], xlabel: str) -> None:
+    pts = [r for r in rows if getattr(r, xkey) is not None]
+    for kind in sorted({r.kind for r in pts}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
+        sub = [r for r in pts if r.kind == kind]
+        ax.scatter([getattr(r, xkey) for r in sub], [r.test_acc for r in sub], s=30, alpha=0.75,
+                   color=COLORS.get(kind, "black"), zorder=3)
+    on = sorted((r for r in pts if r.name in front), key=lambda r: getattr(r, xkey))
+    ax.plot([getattr(r, xkey) for r in on], [r.test_acc for r in on], "k--", lw=1, zorder=2)
+    ax.scatter([getattr(r, xkey) for r in on], [r.test_acc for r in on], s=80, facecolors="none",
+               edgecolors="k", zorder=4)
+    for r in pts:
+        if r.selected:
+            ax.scatter([getattr(r, xkey)], [r.test_acc], marker="*", s=260, color="red", zorder=5)
+    for i, r in enumerate(_labelled(pts, front)):
+        ax.annotate(r.name, (getattr(r, xkey), r.test_acc), fontsize=7, xytext=(4, 4 if i % 2 else -9),
+                    textcoords="offset points", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    ax.set_xscale("log")  # 1-2-5 ticks with SI prefixes (20k, 50k, 100k): readable over any range
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(unit="B" if xkey == "size_bytes" else "", sep=""))
+    ax.margins(x=0.08)  # room for the labels of the outermost points
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
 
 
-def pareto_png(bench: dict, front_speed: list[str], front_size: list[str], dpi: int) -> bytes:
-    """Two panels: accuracy vs throughput (b256) and vs size (log x); frontier dashed, selected ★."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
+def _legend_handles(rows: list[BenchmarkRow]) -> list[Line2D]:
+    kinds = [k for k in KINDS if any(r.kind == k for r in rows)] + sorted({r.kind for r in rows} - set(KINDS))
+    handles = [Line2D([], [], ls="", marker="o", color=COLORS.get(k, "black"), label=k) for k in kinds]
+    return handles + [Line2D([], [], ls="--", color="k", marker="o", mfc="none", label="Pareto frontier"),
+                      Line2D([], [], ls="", marker="*", ms=14, color="red", label="selected")]
+
+
+def pareto_figure(bench: BenchmarkReport, front_speed: list[str], front_size: list[str]) -> Figure:
+    """Two panels: test accuracy vs throughput (b256) and vs size, both log x; legend below."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
+    _panel(a, bench.candidates, "throughput_b256", front_speed, "throughput, samples/s (batch 256, log)")
+    _panel(b, bench.candidates, "size_bytes", front_size, "model size, bytes (log)")
+    handles = _legend_handles(bench.candidates)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(f"Accuracy / speed / size trade-off: {bench.dataset} ({len(bench.candidates)} candidates; "
+                 "labels: frontier, selected, teacher)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int) -> bytes:
+    buf = io.BytesIO()
     try:
-        _panel(a, bench["candidates"], "throughput_b256", front_speed, "throughput, samples/s (batch 256)", False)
-        _panel(b, bench["candidates"], "size_bytes", front_size, "model size, bytes (log)", True)
-        a.legend(fontsize=7, loc="lower right")
-        fig.suptitle(f"Accuracy / speed / size trade-off: {bench.get('dataset', '?')}")
-        fig.tight_layout()
-        buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
@@ -150,35 +226,27 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
     if selected.onnx is not None:
         return selected.onnx
     from tasks.models import load_model
-    from tasks.onnx_utils import to_onnx  # written alongside; imported only when needed
+    from tasks.onnx_utils import to_onnx  # imported only when needed
     example = torch.zeros(1, *selected.arch["input_shape"])
     return to_onnx(load_model(selected, trusted), example)
 
 
-def _validate(bench: Report) -> list[dict]:
-    cands = bench.data.get("candidates")
-    if not isinstance(cands, list) or not cands:
-        raise ValueError("report: bench.data['candidates'] must be a non-empty list")
-    for c in cands:
-        if "name" not in c or "kind" not in c:
-            raise ValueError(f"report: candidate without 'name'/'kind': {sorted(c)}")
-    return cands
-
-
-def run(bench: Report, selected: ModelArtifact | None = None, *, cfg: ReportConfig, ctx: StepContext) -> Report:
-    """Write pareto.png + report.md to the pipeline run and register ``selected``'s ONNX."""
-    cands = _validate(bench)
-    front = pareto_front(cands, {"test_acc": "max", "throughput_b256": "max"})
-    front_size = pareto_front(cands, {"test_acc": "max", "size_bytes": "min"})
-    md = markdown(bench.data, front)
-    png = pareto_png(bench.data, front, front_size, cfg.dpi)
-    ctx.log_file("pareto.png", png, parent=True)
-    ctx.log_file("report.md", md.encode(), parent=True)
-    registered = None
+def run(bench: BenchmarkReport, selected: ModelArtifact | None = None, *, cfg: ReportConfig,
+        ctx: StepContext) -> Report:
+    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run."""
+    if not bench.candidates:
+        raise ValueError("report.bench: the benchmark has no candidates")
+    front = pareto_front(bench.candidates, {"test_acc": "max", "throughput_b256": "max"})
+    front_size = pareto_front(bench.candidates, {"test_acc": "max", "size_bytes": "min"})
+    md = markdown(bench, front)
+    files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
+    models, registered = [], None
     if selected is not None:
-        registered = cfg.registry_name or f"{cfg.pipeline}-{bench.data.get('dataset', 'data')}"
-        ctx.register_onnx(registered, _onnx_bytes(selected, ctx.trusted_targets), alias=cfg.alias)
-    ctx.log_metrics({"candidates": len(cands), "pareto_size": len(front)})
-    data = {"table_md": md, "pareto_front": front, "pareto_front_size": front_size, "console": md,
-            "registered": f"{registered}@{cfg.alias}" if registered else None}
-    return Report(data=data, files={"pareto.png": png, "report.md": md.encode()})
+        name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
+        models, registered = [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)], f"{name}@{cfg.alias}"
+    headline = headline_metrics(bench)
+    ctx.log_metrics({"candidates": len(bench.candidates), "pareto_size": len(front), **headline})
+    publish = Publication(files=dict(files), metrics=headline, description=summary_markdown(bench, front),
+                          console=md, models=models)
+    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered}
+    return Report(data=data, files=files, publish=publish)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,12 +78,15 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
         loss_fn: Callable[..., torch.Tensor], cfg: OptimConfig, ctx: StepContext,
-        val: tuple[torch.Tensor, torch.Tensor], extra_params: list[nn.Parameter] = (),
+        val: tuple[torch.Tensor, torch.Tensor], extra_params: Sequence[nn.Parameter] = (),
         after_step: Callable[[nn.Module], None] | None = None, prefix: str = "") -> dict[str, float]:
     """Train ``model`` in place; keep the weights of the best val accuracy epoch.
 
     ``after_step`` runs after every optimizer step (e.g. to re-apply pruning masks).
-    Logs ``{prefix}train_loss`` and ``{prefix}val_acc`` per epoch. Returns the best metrics.
+    Logs ``{prefix}train_loss`` and ``{prefix}epoch_val_acc`` per epoch, then once
+    ``{prefix}val_acc`` and ``{prefix}best_epoch``: the val accuracy of the weights the model is
+    left with, so a step's ``val_acc`` (what selection rules read, on the computed and the
+    cached path alike) is that of the model it returns, never the last epoch's. Returns them.
     """
     device = ctx.device
     model.to(device)
@@ -116,9 +120,9 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
                 after_step(model)
             total_loss += float(loss.detach()) * len(idx)
         val_acc = accuracy(model, val[0], val[1], cfg.eval_batch_size, device)
-        ctx.log_metrics({f"{prefix}train_loss": total_loss / len(x), f"{prefix}val_acc": val_acc}, step=epoch)
+        ctx.log_metrics({f"{prefix}train_loss": total_loss / len(x), f"{prefix}epoch_val_acc": val_acc}, step=epoch)
         ctx.progress(f"epoch {epoch + 1}/{cfg.epochs} val_acc={val_acc:.4f}")
-        if val_acc > best["val_acc"]:
+        if val_acc > best["val_acc"] or math.isnan(val_acc):  # no val rows: keep the latest weights
             best = {"val_acc": val_acc, "epoch": epoch}
             best_state = copy.deepcopy(model.state_dict())
             stale = 0
@@ -128,7 +132,9 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
                 break
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"val_acc": best["val_acc"], "best_epoch": float(best["epoch"])}
+    result = {"val_acc": best["val_acc"], "best_epoch": float(best["epoch"])}
+    ctx.log_metrics({f"{prefix}{k}": v for k, v in result.items()})
+    return result
 
 
 def run(data: Dataset, *, cfg: TrainConfig, ctx: StepContext) -> ModelArtifact:

@@ -7,7 +7,7 @@ Add a new type here and to ``ARTIFACT_TYPES`` so the codec can restore it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from torch import Tensor
 
@@ -97,13 +97,147 @@ class Publication:
 
 @dataclass
 class Report:
-    """Any step's documents: JSON results plus files (PNG, Markdown) by name."""
+    """Any step's documents: JSON results plus files (PNG, Markdown) by name.
+
+    ``publish`` is what the step wants on the pipeline's parent run and in the model registry;
+    the engine publishes it (the step itself writes only to its own run).
+    """
 
     data: dict
     files: dict[str, bytes] = field(default_factory=dict)
     publish: Publication | None = None
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else float(a) / float(b)
+
+
+@dataclass
+class BenchmarkRow:
+    """One candidate measured by ``benchmark``: the row of ``benchmark.json`` and of the report table.
+
+    Speed is measured on the deployed runtime (ONNX Runtime, CPU, ``BenchmarkReport.threads``
+    intra-op threads): ``throughput_b256`` is samples/s at the median latency of a batch of 256
+    (``tasks.onnx_utils.time_ort``), the same definition ``prune`` uses for its ``throughput``.
+    ``flops`` counts one sample's forward pass with ``torch.utils.flop_counter`` (a multiply-add is
+    2 FLOPs); ``size_bytes`` is the length of the ONNX file that is deployed. ``params``,
+    ``nonzero_params`` and ``flops`` come from the torch architecture (an INT8 model counts the FP32
+    weights it was quantized from) and are None for a candidate that exists only as ONNX.
+    """
+
+    name: str
+    kind: str
+    parent: str | None
+    test_acc: float
+    val_acc: float
+    params: int | None
+    nonzero_params: int | None
+    flops: int | None
+    size_bytes: int
+    latency_ms_p50_b1: float
+    latency_ms_p95_b1: float
+    throughput_b256: float
+    int8_onnx: bool = False
+    no_speedup: bool | None = None  # >= 2x fewer FLOPs than the teacher, < 1.2x its throughput
+    selected: bool = False
+
+
+@dataclass
+class Comparison:
+    """``candidate`` against ``reference``: the ratios the project's goals are stated in.
+
+    Every ratio is oriented so that > 1 is better for the candidate: ``throughput_speedup`` =
+    cand/ref throughput, ``latency_speedup_b1`` = ref/cand p50 latency, ``*_reduction`` = ref/cand
+    size, params, nonzero params, FLOPs. ``test_acc_delta`` = cand - ref (accuracy points as a
+    fraction). A ratio is None when either side lacks the value.
+    """
+
+    candidate: str
+    reference: str
+    throughput_speedup: float | None
+    latency_speedup_b1: float | None
+    size_reduction: float | None
+    params_reduction: float | None
+    nonzero_params_reduction: float | None
+    flops_reduction: float | None
+    test_acc_delta: float
+    meets_target: bool | None = None  # INT8 vs its FP32 parent: does it meet the INT8 target
+
+    @classmethod
+    def between(cls, row: BenchmarkRow, ref: BenchmarkRow) -> Comparison:
+        """The one place the candidate-vs-reference ratios are computed."""
+        return cls(candidate=row.name, reference=ref.name,
+                   throughput_speedup=_ratio(row.throughput_b256, ref.throughput_b256),
+                   latency_speedup_b1=_ratio(ref.latency_ms_p50_b1, row.latency_ms_p50_b1),
+                   size_reduction=_ratio(ref.size_bytes, row.size_bytes),
+                   params_reduction=_ratio(ref.params, row.params),
+                   nonzero_params_reduction=_ratio(ref.nonzero_params, row.nonzero_params),
+                   flops_reduction=_ratio(ref.flops, row.flops),
+                   test_acc_delta=float(row.test_acc) - float(ref.test_acc))
+
+
+@dataclass
+class Targets:
+    """Selected vs teacher (None without either) and each INT8 model vs its FP32 parent."""
+
+    teacher: str | None
+    selected: str | None
+    selected_vs_teacher: Comparison | None
+    int8_vs_fp32: list[Comparison] = field(default_factory=list)
+    int8_target: dict[str, float] = field(default_factory=dict)  # min_speedup, max_acc_drop
+
+
+@dataclass
+class BenchmarkReport:
+    """What ``benchmark`` returns and ``report`` reads; ``benchmark.json`` is ``to_dict()`` of it."""
+
+    dataset: str
+    threads: int
+    runtime: str
+    candidates: list[BenchmarkRow]
+    targets: Targets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BenchmarkReport:
+        """Rebuild from ``benchmark.json``; a missing field raises ``ValueError`` naming it."""
+        t = _build(Targets, d.get("targets"), "targets")
+        t.selected_vs_teacher = (None if t.selected_vs_teacher is None
+                                 else _build(Comparison, t.selected_vs_teacher, "targets.selected_vs_teacher"))
+        t.int8_vs_fp32 = [_build(Comparison, c, f"targets.int8_vs_fp32[{i}]") for i, c in enumerate(t.int8_vs_fp32)]
+        rows = d.get("candidates")
+        if not isinstance(rows, list) or not rows:
+            raise ValueError("benchmark report: 'candidates' must be a non-empty list")
+        report = _build(cls, {**d, "targets": t}, "benchmark report")
+        report.candidates = [_build(BenchmarkRow, r, f"candidates[{i}]") for i, r in enumerate(rows)]
+        return report
+
+    def row(self, name: str | None) -> BenchmarkRow | None:
+        return next((r for r in self.candidates if r.name == name), None) if name else None
+
+    @property
+    def teacher(self) -> BenchmarkRow | None:
+        return self.row(self.targets.teacher)
+
+    @property
+    def selected(self) -> BenchmarkRow | None:
+        return self.row(self.targets.selected)
+
+
+def _build(cls: type, d, where: str):
+    """``cls(**d)`` with known fields only; a missing required field raises a one-line ValueError."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - set(d))
+    if missing:
+        raise ValueError(f"{where}{' ' + repr(d['name']) if 'name' in d else ''}: missing field(s) {missing}")
+    return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
 ARTIFACT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Value, Dataset, ModelArtifact, Logits, Registration, Publication, Report)
+    cls.__name__: cls for cls in (Value, Dataset, ModelArtifact, Logits, Registration, Publication, Report,
+                                  BenchmarkRow, Comparison, Targets, BenchmarkReport)
 }

@@ -9,7 +9,7 @@ import torch
 from tasks import benchmark, quantize
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, make_artifact
-from tasks.types import Dataset, ModelArtifact
+from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact
 
 FAST = benchmark.BenchmarkConfig(warmup=1, iters_b1=10, iters_b256=3)
 ROW_KEYS = {"name", "kind", "parent", "test_acc", "val_acc", "params", "nonzero_params", "flops", "size_bytes",
@@ -46,38 +46,47 @@ def test_rows_targets_and_files(data, models):
     teacher, student, int8 = models
     ctx = StepContext(step="benchmark")
     rep = benchmark.run(models, data, selected=student, cfg=FAST, ctx=ctx)
-    rows = {r["name"]: r for r in rep.data["candidates"]}
-    assert list(rows) == ["teacher", "student", "int8"] and rep.data["threads"] == 1
-    assert all(ROW_KEYS <= set(r) for r in rows.values())
+    assert isinstance(rep, BenchmarkReport) and all(isinstance(r, BenchmarkRow) for r in rep.candidates)
+    rows = {r.name: r for r in rep.candidates}
+    assert list(rows) == ["teacher", "student", "int8"] and rep.threads == 1
     # static measures come from the torch architecture; an INT8 model counts its FP32 parent's
-    assert rows["teacher"]["params"] == sum(p.numel() for p in build_model(teacher.arch).parameters())
-    assert rows["int8"]["params"] == rows["teacher"]["params"]
-    assert rows["int8"]["flops"] == rows["teacher"]["flops"] > rows["student"]["flops"] > 0
-    assert rows["int8"]["size_bytes"] == len(int8.onnx) < rows["teacher"]["size_bytes"]
-    assert rows["int8"]["val_acc"] == pytest.approx(int8.metrics["val_acc"])
+    assert rows["teacher"].params == sum(p.numel() for p in build_model(teacher.arch).parameters())
+    assert rows["int8"].params == rows["teacher"].params
+    assert rows["int8"].flops == rows["teacher"].flops > rows["student"].flops > 0
+    assert rows["int8"].size_bytes == len(int8.onnx) < rows["teacher"].size_bytes
+    assert rows["int8"].val_acc == pytest.approx(int8.metrics["val_acc"])
     for r in rows.values():
-        assert 0 <= r["test_acc"] <= 1 and r["latency_ms_p50_b1"] <= r["latency_ms_p95_b1"]
-        assert r["throughput_b256"] > 0
-    assert [r["selected"] for r in rows.values()] == [False, True, False]
-    assert rows["teacher"]["no_speedup"] is False and isinstance(rows["student"]["no_speedup"], bool)
-    t = rep.data["targets"]
-    assert (t["teacher"], t["selected"]) == ("teacher", "student")
-    sel = t["selected_vs_teacher"]
-    assert sel["flops_reduction"] == pytest.approx(rows["teacher"]["flops"] / rows["student"]["flops"])
-    assert sel["test_acc_delta"] == pytest.approx(rows["student"]["test_acc"] - rows["teacher"]["test_acc"])
-    assert [c["candidate"] for c in t["int8_vs_fp32"]] == ["int8"]
-    assert isinstance(t["int8_vs_fp32"][0]["meets_target"], bool)
-    assert json.loads(rep.files["benchmark.json"]) == rep.data == json.loads(ctx.files["benchmark.json"])
-    assert ctx.summary["student/test_acc"] == rows["student"]["test_acc"]
+        assert 0 <= r.test_acc <= 1 and r.latency_ms_p50_b1 <= r.latency_ms_p95_b1
+        assert r.throughput_b256 > 0
+    assert [r.selected for r in rows.values()] == [False, True, False]
+    assert rows["teacher"].no_speedup is False and isinstance(rows["student"].no_speedup, bool)
+    t = rep.targets
+    assert (t.teacher, t.selected) == ("teacher", "student") and (rep.teacher, rep.selected) == (
+        rows["teacher"], rows["student"])
+    sel = t.selected_vs_teacher
+    assert sel == Comparison.between(rows["student"], rows["teacher"])
+    assert sel.flops_reduction == pytest.approx(rows["teacher"].flops / rows["student"].flops)
+    assert sel.params_reduction == pytest.approx(rows["teacher"].params / rows["student"].params)
+    assert sel.test_acc_delta == pytest.approx(rows["student"].test_acc - rows["teacher"].test_acc)
+    assert [c.candidate for c in t.int8_vs_fp32] == ["int8"]
+    assert isinstance(t.int8_vs_fp32[0].meets_target, bool)
+    # benchmark.json on the step's own run: the report's fields, a superset of the former keys
+    blob = json.loads(ctx.files["benchmark.json"])
+    assert blob == rep.to_dict() and BenchmarkReport.from_dict(blob) == rep
+    assert all(ROW_KEYS <= set(r) for r in blob["candidates"])
+    assert {"teacher", "selected", "selected_vs_teacher", "int8_vs_fp32", "int8_target"} <= set(blob["targets"])
+    assert {"throughput_speedup", "latency_speedup_b1", "size_reduction", "params_reduction", "flops_reduction",
+            "test_acc_delta"} <= set(blob["targets"]["selected_vs_teacher"])
+    assert ctx.summary["student/test_acc"] == rows["student"].test_acc
 
 
 def test_no_speedup_flag_follows_its_definition(data, models):
     rep = benchmark.run(models[:2], data, cfg=FAST, ctx=StepContext())
-    teacher, student = rep.data["candidates"]
-    flops_ratio = teacher["flops"] / student["flops"]
-    speedup = student["throughput_b256"] / teacher["throughput_b256"]
+    teacher, student = rep.candidates
+    flops_ratio = teacher.flops / student.flops
+    speedup = student.throughput_b256 / teacher.throughput_b256
     assert flops_ratio >= 2
-    assert student["no_speedup"] == (speedup < 1.2)
+    assert student.no_speedup == (speedup < 1.2)
 
 
 def test_without_teacher_ratios_are_null_and_fake_kbit_is_exported(data, models):
@@ -85,10 +94,10 @@ def test_without_teacher_ratios_are_null_and_fake_kbit_is_exported(data, models)
     q4 = quantize.run(student, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4),
                       ctx=StepContext(step="q4"))
     rep = benchmark.run([student], data, selected=q4, cfg=FAST, ctx=StepContext())  # selected joins the list
-    rows = rep.data["candidates"]
-    assert [r["name"] for r in rows] == ["student", "q4"] and rows[1]["selected"]
-    assert rows[1]["size_bytes"] > 0 and rows[1]["no_speedup"] is None
-    assert rep.data["targets"]["selected_vs_teacher"] is None and rep.data["targets"]["int8_vs_fp32"] == []
+    rows = rep.candidates
+    assert [r.name for r in rows] == ["student", "q4"] and rows[1].selected
+    assert rows[1].size_bytes > 0 and rows[1].no_speedup is None
+    assert rep.targets.selected_vs_teacher is None and rep.targets.int8_vs_fp32 == []
 
 
 def test_metric_keys_are_valid_mlflow_names():

@@ -9,9 +9,11 @@ import torch
 
 from tasks.context import StepContext
 from tasks.distill import DistillConfig, average_logits, kd_loss, make_regressor, run
-from tasks.infer import InferConfig, run as infer
+from tasks.infer import InferConfig
+from tasks.infer import run as infer
 from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.train import OptimConfig, accuracy
+from tasks.train import OptimConfig, TrainConfig, accuracy
+from tasks.train import run as train
 from tasks.types import Dataset, Logits
 
 
@@ -124,7 +126,7 @@ def test_fitnets_hint_trains_a_regressor_onto_teacher_features():
         ctx = StepContext()
         run(data, teacher, cfg=_cfg(student=student, optim=optim, hint_layer="features.5",
                                     teacher_feature="features.5", beta=beta), ctx=ctx)
-        logged[beta] = ctx.history[0][1]["train_loss"]
+        logged[beta] = next(m["train_loss"] for _, m in ctx.history if "train_loss" in m)
     assert logged[10.0] > logged[0.0]  # the hint term is part of the optimized loss
     reg = make_regressor(torch.zeros(2, 3, 8), torch.zeros(2, 6, 4))
     assert reg(torch.zeros(2, 3, 8)).shape == (2, 6, 4)
@@ -144,6 +146,43 @@ def test_bad_input():
         run(data, logits, cfg=_cfg(hint_layer="net.1"), ctx=StepContext())
     with pytest.raises(ValueError, match="temperature > 0"):
         run(data, logits, cfg=_cfg(temperature=0.0), ctx=StepContext())
+
+
+NOISY = {  # settings under which the val accuracy goes up and down (checked below)
+    "distill": OptimConfig(epochs=6, batch_size=32, lr=0.3, scheduler="none"),
+    "train": OptimConfig(epochs=6, batch_size=8, lr=0.3, scheduler="none")}
+
+
+@pytest.mark.parametrize("task", ["distill", "train"])
+def test_reported_val_acc_is_that_of_the_returned_best_epoch_weights(task):
+    """Selection reads a step's ``val_acc``: it must be the returned model's, not the last epoch's."""
+    data, logits = _problem()
+    ctx = StepContext(step=task, seed=0)
+    if task == "distill":
+        art = run(data, logits, cfg=_cfg(optim=NOISY[task]), ctx=ctx)
+    else:
+        student = {"_target_": "tasks.models.MLP", "hidden": [16]}
+        art = train(data, cfg=TrainConfig(model=student, optim=NOISY[task]), ctx=ctx)
+    curve = [m["epoch_val_acc"] for _, m in ctx.history if "epoch_val_acc" in m]
+    assert len(curve) == 6 and curve[-1] < max(curve)  # the case that matters: the last epoch is not the best
+    returned = accuracy(load_model(art), data.x_val, data.y_val)
+    assert returned == pytest.approx(max(curve))
+    assert ctx.summary["val_acc"] == art.metrics["val_acc"] == pytest.approx(returned)
+    assert ctx.summary["best_epoch"] == curve.index(max(curve))
+    assert [m for _, m in ctx.history if "val_acc" in m] == [{"val_acc": ctx.summary["val_acc"],
+                                                             "best_epoch": ctx.summary["best_epoch"]}]
+
+
+def test_no_transfer_pool_falls_back_to_the_labeled_rows(caplog):
+    data, logits = _problem()
+    data.x_transfer = None
+    ctx = StepContext(step="kd")
+    with caplog.at_level("WARNING", logger="slimray"):
+        art = run(data, Logits(train=logits.train, teacher="oracle"), cfg=_cfg(use_transfer=True), ctx=ctx)
+    assert art.metrics["rows"] == len(data.x_train) and ctx.summary["transfer_rows"] == 0
+    notes = [r.getMessage() for r in caplog.records if "no transfer pool" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].startswith("[kd] use_transfer")
+    assert accuracy(load_model(art), data.x_test, data.y_test) > 0.5  # chance: 1/3
 
 
 @pytest.mark.parametrize("name, shape", [("cnn1d_teacher", [40]), ("cnn1d_student", [40]), ("mlp", [40]),

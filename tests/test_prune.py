@@ -7,6 +7,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from tasks import prune
+from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.train import OptimConfig
@@ -61,9 +62,12 @@ def test_channel_pruning_shrinks_params_and_reports_metrics():
     # conv weights shrink ~4x (in and out halved), the head's input 2x, the first conv 2x
     assert 0.2 < out.metrics["param_ratio"] < 0.35
     assert out.metrics["params"] == count_params(load_model(out))
-    for key in ("val_acc", "params", "nonzero_params", "sparsity", "macs", "throughput"):
+    for key in ("val_acc", "params", "nonzero_params", "sparsity", "flops", "size_bytes", "throughput"):
         assert key in out.metrics and key in ctx.summary
-    assert out.metrics["macs"] < 0.4 * ctx.summary["base_macs"]
+    assert "macs" not in out.metrics  # one FLOP counter in the project: the benchmark's
+    assert out.metrics["flops"] == flops_one_sample(load_model(out), data.x_val)
+    assert out.metrics["flops"] < 0.4 * ctx.summary["base_flops"]
+    assert out.metrics["size_bytes"] < 0.5 * ctx.summary["base_size_bytes"]
 
 
 @pytest.mark.parametrize("target, shape, kw, width_key", [
@@ -136,6 +140,23 @@ def test_kd_finetune_with_transfer_pool_runs():
     assert "ft_train_loss" in ctx.summary and out.metrics["val_acc"] >= 0.0
     with pytest.raises(ValueError, match="logits.train"):
         prune.run(art, data, Logits(train=logits.train[:10]), cfg=cfg(kd_alpha=0.5), ctx=ctx)
+
+
+def test_kd_finetune_without_transfer_pool_falls_back_to_labeled_rows(caplog):
+    """An npz without x_unlabeled: use_transfer=true must not fail the step (the default pipeline's case)."""
+    data = make_data([40])
+    assert data.x_transfer is None
+    art = make_model("tasks.models.CNN1D", data)
+    with torch.no_grad():
+        logits = Logits(train=load_model(art)(data.x_train), transfer=None)
+    ctx = StepContext(step="kd")
+    with caplog.at_level("WARNING", logger="slimray"):
+        out = prune.run(art, data, logits, cfg=cfg(method="channel", kd_alpha=0.5, use_transfer=True), ctx=ctx)
+    assert out.kind == "pruned" and ctx.summary["transfer_rows"] == 0 and "ft_train_loss" in ctx.summary
+    assert sum("no transfer pool" in r.getMessage() for r in caplog.records) == 1
+    pool = make_data([40], transfer=64)  # a pool whose logits are missing is still an inconsistency
+    with pytest.raises(ValueError, match="logits.transfer has None rows, data.x_transfer 64"):
+        prune.run(art, pool, logits, cfg=cfg(kd_alpha=0.5, use_transfer=True), ctx=StepContext())
 
 
 @pytest.mark.parametrize("bad, match", [({"method": "svd"}, "prune.method"), ({"amount": 1.5}, "prune.amount"),

@@ -1,32 +1,45 @@
-"""Behaviour of the ``report`` task: Pareto frontier, PNG, Markdown table, ONNX registration."""
+"""Behaviour of the ``report`` task: Pareto frontier, PNG, Markdown table, and the Publication it returns
+(files, headline metrics, description, console text, model registration) instead of writing to runs."""
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tasks import report
+from pipelines import artifacts
+from tasks import benchmark, report
 from tasks.context import StepContext
 from tasks.models import MLP, make_artifact
-from tasks.types import Report
+from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
 
 
-def cand(name, kind, acc, thr, size, selected=False, **kw):
-    return {"name": name, "kind": kind, "parent": None if kind == "teacher" else "teacher", "test_acc": acc,
-            "val_acc": acc, "params": size // 4, "nonzero_params": size // 4, "flops": 1e6, "size_bytes": size,
-            "latency_ms_p50_b1": 1e3 / thr, "latency_ms_p95_b1": 2e3 / thr, "throughput_b256": thr,
-            "no_speedup": False, "selected": selected, **kw}
+def cand(name, kind, acc, thr, size, selected=False, **kw) -> BenchmarkRow:
+    fields = dict(name=name, kind=kind, parent=None if kind == "teacher" else "teacher", test_acc=acc,
+                  val_acc=acc, params=size // 4, nonzero_params=size // 4, flops=1_000_000, size_bytes=size,
+                  latency_ms_p50_b1=1e3 / thr, latency_ms_p95_b1=2e3 / thr, throughput_b256=thr,
+                  no_speedup=False, selected=selected)
+    return BenchmarkRow(**{**fields, **kw})
 
 
-BENCH = {"dataset": "mnist1d", "threads": 1, "candidates": [
-    cand("teacher", "teacher", 0.94, 40_000, 400_000),
-    cand("kd_small", "student_kd", 0.90, 150_000, 40_000),
-    cand("scratch_small", "student_scratch", 0.85, 150_000, 40_000),  # dominated by kd_small
-    cand("pruned_50", "pruned", 0.92, 120_000, 100_000, selected=True),
-    cand("sparse_80", "pruned", 0.93, 39_000, 400_000, no_speedup=True),  # dominated by teacher (both axes)
-    cand("int8", "quantized", 0.89, 300_000, 12_000, params=None, nonzero_params=None),
-]}
+def bench_of(rows: list[BenchmarkRow], dataset: str = "mnist1d") -> BenchmarkReport:
+    """A benchmark report whose targets come from the benchmark's own function."""
+    teacher = next((r for r in rows if r.kind == "teacher"), None)
+    sel = next((r for r in rows if r.selected), None)
+    return BenchmarkReport(dataset, 1, "onnxruntime CPU", rows,
+                           benchmark.targets(rows, teacher, sel, benchmark.BenchmarkConfig()))
+
+
+def bench() -> BenchmarkReport:
+    return bench_of([
+        cand("teacher", "teacher", 0.94, 40_000, 400_000),
+        cand("kd_small", "student_kd", 0.90, 150_000, 40_000),
+        cand("scratch_small", "student_scratch", 0.85, 150_000, 40_000),  # dominated by kd_small
+        cand("pruned_50", "pruned", 0.92, 120_000, 100_000, selected=True),
+        cand("sparse_80", "pruned", 0.93, 39_000, 400_000, no_speedup=True),  # dominated by teacher (both axes)
+        cand("int8", "quantized", 0.89, 300_000, 12_000, params=None, nonzero_params=None),
+    ])
 
 
 def selected_artifact():
@@ -39,58 +52,95 @@ def selected_artifact():
 
 
 def test_pareto_front_on_hand_example():
-    pts = [{"name": "a", "acc": 0.9, "speed": 1.0}, {"name": "b", "acc": 0.8, "speed": 2.0},
-           {"name": "c", "acc": 0.7, "speed": 1.5},  # dominated by b
-           {"name": "d", "acc": 0.9, "speed": 0.5},  # dominated by a (tie on acc)
-           {"name": "e", "acc": 0.95, "speed": None},  # missing value: left out
-           {"name": "f", "acc": 0.6, "speed": 3.0}]
-    assert report.pareto_front(pts, {"acc": "max", "speed": "max"}) == ["a", "b", "f"]
-    sizes = [{"name": "x", "acc": 0.9, "size": 10}, {"name": "y", "acc": 0.9, "size": 5},
-             {"name": "z", "acc": 0.5, "size": 1}]
+    def pts(*rows):
+        return [SimpleNamespace(**r) for r in rows]
+    p = pts({"name": "a", "acc": 0.9, "speed": 1.0}, {"name": "b", "acc": 0.8, "speed": 2.0},
+            {"name": "c", "acc": 0.7, "speed": 1.5},  # dominated by b
+            {"name": "d", "acc": 0.9, "speed": 0.5},  # dominated by a (tie on acc)
+            {"name": "e", "acc": 0.95, "speed": None},  # missing value: left out
+            {"name": "f", "acc": 0.6, "speed": 3.0})
+    assert report.pareto_front(p, {"acc": "max", "speed": "max"}) == ["a", "b", "f"]
+    sizes = pts({"name": "x", "acc": 0.9, "size": 10}, {"name": "y", "acc": 0.9, "size": 5},
+                {"name": "z", "acc": 0.5, "size": 1})
     assert report.pareto_front(sizes, {"acc": "max", "size": "min"}) == ["y", "z"]
-    twins = [{"name": "p", "acc": 1, "size": 1}, {"name": "q", "acc": 1, "size": 1}]
+    twins = pts({"name": "p", "acc": 1, "size": 1}, {"name": "q", "acc": 1, "size": 1})
     assert report.pareto_front(twins, {"acc": "max", "size": "min"}) == ["p", "q"]  # equal: neither dominates
 
 
-def test_report_writes_png_table_and_registers_selected_onnx():
+def test_report_returns_everything_it_publishes_and_writes_to_no_run():
     ctx = StepContext(step="report")
     sel = selected_artifact()
-    out = report.run(Report(data=BENCH), sel, cfg=report.ReportConfig(), ctx=ctx)
-    png = ctx.files["pareto.png"]
+    b = bench()
+    out = report.run(b, sel, cfg=report.ReportConfig(), ctx=ctx)
+    assert ctx.files == {}  # nothing attached anywhere by the task itself
+    pub = out.publish
+    assert isinstance(pub, Publication) and set(pub.files) == {"pareto.png", "report.md"}
+    png, md = pub.files["pareto.png"], pub.files["report.md"].decode()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    assert out.files["pareto.png"] == png and out.files["report.md"] == ctx.files["report.md"]
-    md = out.data["table_md"]
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert len(rows) == len(BENCH["candidates"])
+    assert len(rows) == len(b.candidates)
     assert rows[0].split("|")[1].strip().endswith("teacher")  # teacher first
     assert sum("★" in r for r in rows) == 1 and "★ ◆ pruned_50" in md
-    assert "no speedup" in md and "10.00× smaller" not in md and "4.00× smaller" in md  # 400 kB / 100 kB
+    assert "no speedup" in md and "4.00× smaller" in md  # 400 kB / 100 kB
+    assert pub.console == md and "4.00× smaller" in pub.description and "### " not in pub.description
+    assert pub.models == [Registration("compress-mnist1d", sel.onnx, "candidate")]
+    assert out.data["registered"] == "compress-mnist1d@candidate"
     assert out.data["pareto_front"] == ["teacher", "kd_small", "pruned_50", "int8"]
     assert out.data["pareto_front_size"] == ["teacher", "kd_small", "pruned_50", "int8"]
-    assert out.data["console"] == md
-    assert ctx.registered == {"compress-mnist1d@candidate": sel.onnx}
+    assert "console" not in out.data
+
+
+def test_headline_metrics_are_the_benchmarks_one_comparison():
+    b = bench()
+    pub = report.run(b, cfg=report.ReportConfig(), ctx=StepContext()).publish
+    m = pub.metrics
+    assert m["selected.test_acc"] == 0.92 and m["teacher.test_acc"] == 0.94
+    assert m["selected_vs_teacher.test_acc_delta"] == pytest.approx(-0.02)
+    assert m["selected_vs_teacher.size_reduction"] == pytest.approx(4.0)
+    assert m["selected_vs_teacher.throughput_speedup"] == pytest.approx(3.0)
+    assert m["selected_vs_teacher.latency_speedup_b1"] == pytest.approx(3.0)
+    assert m["selected_vs_teacher.flops_reduction"] == pytest.approx(1.0)
+    cmp = Comparison.between(b.selected, b.teacher)
+    assert cmp == b.targets.selected_vs_teacher
+    assert {k: v for k, v in m.items() if k.startswith("selected_vs_teacher.")} == {
+        f"selected_vs_teacher.{k}": v for k, v in vars(cmp).items()
+        if k not in ("candidate", "reference", "meets_target")}
+    assert all(isinstance(v, float) for v in m.values())
 
 
 def test_registry_name_override_and_no_selected_model():
-    ctx = StepContext()
-    report.run(Report(data=BENCH), selected_artifact(), cfg=report.ReportConfig(registry_name="m1", alias="c"),
-               ctx=ctx)
-    assert list(ctx.registered) == ["m1@c"]
-    ctx = StepContext()
-    out = report.run(Report(data=BENCH), cfg=report.ReportConfig(), ctx=ctx)
-    assert ctx.registered == {} and out.data["registered"] is None
+    out = report.run(bench(), selected_artifact(), cfg=report.ReportConfig(registry_name="m1", alias="c"),
+                     ctx=StepContext())
+    assert [(r.name, r.alias) for r in out.publish.models] == [("m1", "c")]
+    out = report.run(bench(), cfg=report.ReportConfig(), ctx=StepContext())
+    assert out.publish.models == [] and out.data["registered"] is None
 
 
 def test_report_without_teacher_or_selection_still_renders():
-    bench = {"dataset": "d", "candidates": [cand("a", "pruned", 0.5, 10.0, 100)]}
-    out = report.run(Report(data=bench), cfg=report.ReportConfig(), ctx=StepContext())
-    assert "no ratios" in out.data["table_md"] and out.data["pareto_front"] == ["a"]
+    out = report.run(bench_of([cand("a", "pruned", 0.5, 10.0, 100)], "d"), cfg=report.ReportConfig(),
+                     ctx=StepContext())
+    assert "no ratios" in out.publish.description and out.data["pareto_front"] == ["a"]
+    assert out.publish.metrics == {}
 
 
-@pytest.mark.parametrize("data", [{}, {"candidates": []}, {"candidates": [{"name": "x"}]}])
-def test_bad_benchmark_raises_value_error(data):
-    with pytest.raises(ValueError, match="candidate"):
-        report.run(Report(data=data), cfg=report.ReportConfig(), ctx=StepContext())
+def test_benchmark_json_round_trip_and_missing_fields_are_named():
+    b = bench()
+    assert BenchmarkReport.from_dict(b.to_dict()) == b
+    d = b.to_dict()
+    del d["candidates"][1]["throughput_b256"]
+    with pytest.raises(ValueError, match=r"candidates\[1\] 'kd_small': missing field\(s\) \['throughput_b256'\]"):
+        BenchmarkReport.from_dict(d)
+    with pytest.raises(ValueError, match="candidates"):
+        BenchmarkReport.from_dict({**b.to_dict(), "candidates": []})
+
+
+def test_outputs_survive_the_engine_codec(tmp_path):
+    """Report + Publication + Registration and the typed benchmark are stored without pickle."""
+    b = bench()
+    out = report.run(b, selected_artifact(), cfg=report.ReportConfig(), ctx=StepContext())
+    assert artifacts.load(artifacts.save(b, tmp_path / "b")) == b
+    back = artifacts.load(artifacts.save(out, tmp_path / "r"))
+    assert isinstance(back, Report) and back.publish == out.publish and back.data == out.data
 
 
 def test_config_file_composes_against_the_schema():
@@ -112,7 +162,49 @@ def test_selected_without_onnx_is_exported_then_registered():
 
     sel = selected_artifact()
     sel.onnx = None
-    ctx = StepContext()
-    report.run(Report(data=BENCH), sel, cfg=report.ReportConfig(), ctx=ctx)
-    model = onnx.load_from_string(ctx.registered["compress-mnist1d@candidate"])
+    out = report.run(bench(), sel, cfg=report.ReportConfig(), ctx=StepContext())
+    model = onnx.load_from_string(out.publish.models[0].onnx)
     assert len(model.graph.node) > 0
+
+
+def many_candidates(n: int = 35) -> BenchmarkReport:
+    """``n`` candidates: a teacher, a 6-point frontier (one selected) and dominated points of every kind."""
+    rows = [cand("teacher", "teacher", 0.95, 20_000, 400_000)]
+    for i in range(6):  # faster and smaller, less accurate: the frontier
+        rows.append(cand(f"front_{i}", "pruned", 0.94 - 0.02 * i, 40_000 * 1.6 ** i, 200_000 // (i + 1),
+                         selected=i == 2))
+    kinds = ["student_kd", "student_scratch", "pruned", "quantized"]
+    for i in range(n - len(rows)):  # each worse than front_0 on both axes
+        rows.append(cand(f"prune[amount={i / 100:.2f},method=channel]", kinds[i % 4], 0.80 - 0.005 * i,
+                         30_000 + 200 * i, 250_000 + 1000 * i))
+    return bench_of(rows)
+
+
+def test_plot_stays_legible_with_35_candidates(tmp_path):
+    b = many_candidates(35)
+    front = report.pareto_front(b.candidates, {"test_acc": "max", "throughput_b256": "max"})
+    front_size = report.pareto_front(b.candidates, {"test_acc": "max", "size_bytes": "min"})
+    fig = report.pareto_figure(b, front, front_size)
+    speed, size = fig.axes
+    assert speed.get_xscale() == "log" and size.get_xscale() == "log"
+    labels = {t.get_text() for t in speed.texts}
+    assert labels == set(front) | {"teacher"} and len(labels) == 7  # not 35
+    assert len(size.texts) <= report.MAX_LABELS and not any("method=" in t.get_text() for t in size.texts)
+    legend = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    assert {"teacher", "student_kd", "student_scratch", "pruned", "quantized", "selected"} <= legend
+    (tmp_path / "pareto35.png").write_bytes(report.png_bytes(fig, 110))
+
+
+def test_labels_are_capped_when_everything_is_on_the_frontier():
+    rows = [cand(f"m{i}", "pruned", 0.95 - 0.01 * i, 1000 * (i + 1), 100_000 - 2000 * i, selected=i == 20)
+            for i in range(35)] + [cand("teacher", "teacher", 0.5, 10, 1_000_000)]
+    b = bench_of(rows)
+    front = report.pareto_front(b.candidates, {"test_acc": "max", "throughput_b256": "max"})
+    assert len(front) == 35
+    fig = report.pareto_figure(b, front, front)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(texts) == report.MAX_LABELS and {"m20", "teacher", "m0", "m34"} <= set(texts)
+    report.png_bytes(fig, 50)  # closes the figure
+    description = report.summary_markdown(b, front)
+    assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
+

@@ -53,7 +53,8 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     arch = json.loads((tmp_path / "arch.json").read_text())
     arch["channels"] = [4, 6]
     (tmp_path / "arch.json").write_text(json.dumps(arch))
-    with pytest.raises(ValueError, match=r"'features.3.weight' has shape \[4, 4, 5\], the architecture expects \[6, 4, 5\]"):
+    expected = r"'features.3.weight' has shape \[4, 4, 5\], the architecture expects \[6, 4, 5\]"
+    with pytest.raises(ValueError, match=expected):
         _load(tmp_path)
     arch["channels"] = [4, 4, 4]
     (tmp_path / "arch.json").write_text(json.dumps(arch))
