@@ -28,7 +28,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -90,7 +90,7 @@ class PipelineSpec:
         return [s.name for s in self.steps.values() if name in s.upstream]
 
 
-@lru_cache(maxsize=None)
+@cache
 def task_signature(task: str) -> tuple[dict[str, typing.Any], set[str], type, type]:
     """(input annotations, required inputs, config dataclass, return type) of a task."""
     fn = TASKS[task]

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from tasks.context import StepContext
-from tasks.types import Dataset
 from tasks.options import DataSource, Normalize
+from tasks.types import Dataset
 
 
 @dataclass

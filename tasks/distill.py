@@ -27,8 +27,8 @@ from torch import nn
 from tasks.context import StepContext
 from tasks.infer import capture
 from tasks.models import build_model, complete_arch, count_params, make_artifact
-from tasks.train import OptimConfig, fit
 from tasks.options import ModelKind
+from tasks.train import OptimConfig, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
 

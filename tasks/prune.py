@@ -33,8 +33,8 @@ from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
 from tasks.distill import kd_loss, training_rows, use_pool
 from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
-from tasks.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.onnx_utils import deployed_speed
+from tasks.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 

@@ -86,7 +86,6 @@ class PublishConfig:
 
 def _identity_onnx(width: int) -> bytes:
     """The smallest deployable model: y = x, batch x ``width`` floats."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])

@@ -72,7 +72,21 @@ def test_compress_smoke(workdir):
     assert selected[0]["size_bytes"] < teacher["size_bytes"]
     typed, _ = check_report(client, out, workdir / "out")
     assert typed == BenchmarkReport.from_dict(bench)
-    assert {"config.yaml"} <= {a.path for a in client.list_artifacts(out.run_id)}
+    check_parent(client, out, typed)
+    again, _ = run_compress(workdir)  # fully cached: the parent run must carry the same
+    assert {st.status for st in again.states.values()} == {"cached"}
+    check_parent(client, again, typed)
+
+
+def check_parent(client: MlflowClient, out, typed: BenchmarkReport) -> None:
+    """What the engine publishes from the report's Publication on the parent run."""
+    run = client.get_run(out.run_id)
+    assert {"pareto.png", "report.md", "config.yaml"} <= {a.path for a in client.list_artifacts(out.run_id)}
+    assert HEADLINE <= set(run.data.metrics)
+    assert run.data.metrics["selected.test_acc"] == pytest.approx(typed.selected.test_acc)
+    assert run.data.tags["mlflow.note.content"].startswith("## Compression report: mnist1d")
+    version = client.get_model_version_by_alias("compress-mnist1d", "candidate")
+    assert version.run_id == out.run_id
 
 
 def labeled_only_npz(path, n_train: int = 1200, n_test: int = 300, dim: int = 40, classes: int = 10) -> None:
