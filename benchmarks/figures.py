@@ -103,6 +103,17 @@ def rewrite(text: str, figures: dict) -> str:
     return text
 
 
+def last_json(stdout: str, name: str) -> dict:
+    """The last line of ``stdout`` that is a JSON object (libraries may print after it)."""
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise SystemExit(f"{name}: no JSON object in its output; last lines:\n{stdout[-2000:]}")
+
+
 def load() -> dict:
     return json.loads(STORE.read_text()) if STORE.exists() else {}
 
@@ -113,7 +124,7 @@ def run(names: list[str]) -> None:
         cmd = FIGURES[name]
         print(f"[figures] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
-        measured = json.loads(out.stdout.strip().splitlines()[-1])
+        measured = last_json(out.stdout, name)
         figures[name] = {"command": cmd, "date": time.strftime("%Y-%m-%d"), "measured": measured}
         STORE.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")  # after each: keep what ran
 
