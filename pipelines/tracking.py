@@ -170,9 +170,9 @@ class StepTracker:
         version = info.registered_model_version
         self.client.set_registered_model_alias(name, alias, str(version))
 
-    def map_batches(self, make_fn, x, batch_size: int, workers: int, gpus_per_worker: float):
-        from pipelines.parallel import map_batches
-        return map_batches(make_fn, x, batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker)
+    def map_batches(self, stage_fns, x, **options):
+        from pipelines.scale.pool import map_batches
+        return map_batches(stage_fns, x, **options)
 
     def save_output(self, value) -> None:
         with tempfile.TemporaryDirectory() as tmp:
