@@ -132,7 +132,7 @@ def plan_stages(model: nn.Module, k: int, sample: torch.Tensor, split_points: li
     else:
         cuts = balanced_cuts(module_times(chain, sample), k)
     bounds = [0] + cuts + [len(chain)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def stage_module(model: nn.Module, span: tuple[int, int]) -> nn.Sequential:

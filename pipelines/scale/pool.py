@@ -182,8 +182,16 @@ class ChainPool:
                 else:
                     results[b] = out
         stats.wall_s = time.perf_counter() - start
-        stats.actor_stats = [ray.get([a.stats.remote() for a in c.actors]) for c in self.chains]
+        stats.actor_stats = [[self._stats(a) for a in c.actors] for c in self.chains]
         return np.concatenate(results) if results else np.zeros((0,)), stats
+
+    @staticmethod
+    def _stats(actor) -> dict:
+        """An actor's busy time and call count (zeros for one that died after its last batch)."""
+        try:
+            return ray.get(actor.stats.remote())
+        except RayActorError:
+            return {"busy_s": 0.0, "calls": 0, "first": 0.0, "last": 0.0}
 
     def shutdown(self) -> None:
         for chain in self.chains:
