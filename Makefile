@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-fast bench ui clean
+.PHONY: install run serve test test-fast bench ui clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(VENV)/bin/slimray $(ARGS)
+
+serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
+	$(VENV)/bin/slimray serve $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

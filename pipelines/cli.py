@@ -54,6 +54,9 @@ def load_config(overrides: list[str], config_dir: Path | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        from pipelines.scale.serve import main as serve
+        return serve(args[1:])
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())
         return 0
