@@ -25,12 +25,13 @@ def _free_port() -> int:
 
 
 def _register(uri: str) -> MLP:
-    """A tiny MLP registered as ``tiny@candidate`` (ONNX) in the MLflow store at ``uri``."""
+    """A small MLP registered as ``tiny@candidate`` (ONNX) in the MLflow store at ``uri``; its first
+    weight (6 x 64 floats) is large enough that MLflow stores it as external data."""
     import mlflow
     import onnx
 
     torch.manual_seed(0)
-    model = MLP([6], 3, [8]).eval()
+    model = MLP([6], 3, [64]).eval()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
         info = mlflow.onnx.log_model(onnx.load_from_string(to_onnx(model, torch.randn(2, 6))), name="model",

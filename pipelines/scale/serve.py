@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,16 +88,15 @@ def parse_inputs(body: bytes, sample_shape: list, max_rows: int) -> np.ndarray:
 
 
 def fetch_onnx(model_uri: str, tracking_uri: str) -> bytes:
-    """The ``.onnx`` file of a registered model (``models:/...``), read through MLflow."""
+    """The ONNX graph of a registered model (``models:/...``) as one self-contained byte string.
+
+    ``mlflow.onnx.log_model`` stores large initializers as external data beside the graph;
+    ``mlflow.onnx.load_model`` reads them back in, so the bytes carry every weight.
+    """
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        files = sorted(local.rglob("*.onnx")) if local.is_dir() else [local]
-        if not files:
-            raise ValueError(f"model: {model_uri} holds no .onnx file")
-        return files[0].read_bytes()
+    return mlflow.onnx.load_model(model_uri).SerializeToString()
 
 
 def check_model(model_uri: str, tracking_uri: str) -> None:
