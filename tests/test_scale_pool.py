@@ -136,3 +136,24 @@ def test_split_plan_errors_name_the_problem():
     cnn = build_model(complete_arch({"_target_": "tasks.models.CNN1D"}, [40], 10))
     with pytest.raises(ValueError, match="CNN1D is not a chain of modules"):
         plan_stages(cnn, 2, torch.randn(4, 40))
+
+
+@pytest.mark.slow
+def test_inference_pipeline_runs_hybrid_and_logs_utilisation(ray_local, workdir):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import session
+    from pipelines.cli import load_config
+
+    overrides = ["pipeline=inference", "data=digits", f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+                 "pipeline.steps.model.params.model.hidden=[32,32,32]",
+                 "pipeline.steps.inference.params.stages=2", "pipeline.steps.inference.params.rows=3000",
+                 "pipeline.steps.inference.params.micro_batch=100", "pipeline.steps.inference.params.cpus_per_actor=0.5"]
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert outcome.exit_code == 0
+    runs = MlflowClient(outcome.uri).search_runs([outcome.experiment_id], filter_string="tags.mlflow.runName = 'inference'")
+    metrics = runs[0].data.metrics
+    assert metrics["rows"] == 3000 and metrics["rows_per_s"] > 0 and 0 <= metrics["bubble_fraction"] < 1
+    assert metrics["util_replica1_stage1"] > 0  # 2 replicas x 2 stages all worked

@@ -40,6 +40,12 @@ class StageWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def where(self) -> dict:
+        """Where this actor runs: process, node, the GPUs Ray gave it and its model's device."""
+        ctx = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "device": str(getattr(self.fn, "device", "cpu"))}
+
     def run(self, x: np.ndarray) -> np.ndarray:
         start = time.time()
         with warnings.catch_warnings():
@@ -128,6 +134,9 @@ class ChainPool:
                                f"({self.options} each; free: {ray.available_resources()}); lower replicas/stages "
                                f"or give the calling step resources.num_cpus: 0")
         ray.get(ready)  # raises the model-loading error of an actor, if any
+
+    def placement(self) -> list[list[dict]]:
+        return [ray.get([a.where.remote() for a in c.actors]) for c in self.chains]
 
     def pids(self) -> list[list[int]]:
         return [ray.get([a.pid.remote() for a in c.actors]) for c in self.chains]
