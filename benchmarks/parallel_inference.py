@@ -9,9 +9,11 @@ Prints ONE JSON object (progress on stderr):
   with 1 replica), ``dp2_rows_per_s`` (2 replicas), and a 2-replica run in which one replica is
   SIGKILLed mid-run: ``rows_lost`` / ``rows_duplicated`` against the plain loop's outputs.
 - pipeline parallel, on the zoo's deep MLP (conf/model/mlp_deep.yaml, ~34M parameters) over
-  ``pp_rows`` rows in micro-batches of 128: ``pp2_unsplit_rows_per_s`` (whole model on one actor),
+  ``pp_rows`` rows in micro-batches of ``--micro-batch`` (256): ``pp2_unsplit_rows_per_s`` (whole model on one actor),
   ``pp2_rows_per_s`` (2 stages balanced by measured module time), ``pp2_bubble_fraction`` and
-  ``max_abs_diff`` (pipeline vs unsplit outputs).
+  ``max_abs_diff`` (pipeline vs unsplit outputs); ``pp_model_dp2_rows_per_s`` (two whole-model
+  replicas side by side) gives the ceiling of any two-actor speed-up for this model on this machine
+  (memory bandwidth and other load bound it, not the pipeline).
 
 Targets (2 cores): dp2/single >= 1.8, single/plain >= 0.9, pp2/unsplit >= 1.6, 0 lost / 0 duplicated.
 Rates exclude actor start-up (model loading), which is reported as ``*_startup_s``.
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--pp-rows", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--micro-batch", type=int, default=256)
     args = ap.parse_args()
     import ray
 
@@ -125,12 +128,15 @@ def main() -> None:
 
     deep = artifact([2048] * 9)
     xp = torch.randn(args.pp_rows, 40, generator=g)
-    spans = plan_stages(load_model(deep), 2, xp[:128])
+    mb = args.micro_batch
+    spans = plan_stages(load_model(deep), 2, xp[:mb])
     stages = [functools.partial(Predictor, deep, "torch", "cpu", args.threads, s) for s in spans]
     whole = [functools.partial(Predictor, deep, "torch", "cpu", args.threads)]
-    res["pp2_unsplit_rows_per_s"], unsplit, _, _ = pooled(whole, xp.numpy(), 128, 1, args.threads)
+    res["pp2_unsplit_rows_per_s"], unsplit, _, _ = pooled(whole, xp.numpy(), mb, 1, args.threads)
     log(f"pp unsplit {res['pp2_unsplit_rows_per_s']:.0f} rows/s")
-    res["pp2_rows_per_s"], piped, st, res["pp2_startup_s"] = pooled(stages, xp.numpy(), 128, 1, args.threads)
+    res["pp2_rows_per_s"], piped, st, res["pp2_startup_s"] = pooled(stages, xp.numpy(), mb, 1, args.threads)
+    # the ceiling of any 2-actor speed-up on this model here: 2 whole-model replicas side by side
+    res["pp_model_dp2_rows_per_s"], _, _, _ = pooled(whole, xp.numpy(), mb, 2, args.threads)
     res["pp2_bubble_fraction"] = st.summary()["bubble_fraction"]
     res["pp2_spans"] = [[int(a), int(b)] for a, b in spans]
     res["max_abs_diff"] = float(np.abs(piped - unsplit).max())
@@ -138,6 +144,8 @@ def main() -> None:
     res["ratio_dp2_vs_single"] = res["dp2_rows_per_s"] / res["single_rows_per_s"]
     res["ratio_single_vs_plain"] = res["single_rows_per_s"] / res["plain_rows_per_s"]
     res["ratio_pp2_vs_unsplit"] = res["pp2_rows_per_s"] / res["pp2_unsplit_rows_per_s"]
+    res["ceiling_two_actors_vs_one_pp_model"] = res["pp_model_dp2_rows_per_s"] / res["pp2_unsplit_rows_per_s"]
+    res["micro_batch"] = mb
     ray.shutdown()
     print(json.dumps(res))
 
