@@ -157,3 +157,31 @@ def test_inference_pipeline_runs_hybrid_and_logs_utilisation(ray_local, workdir)
     metrics = runs[0].data.metrics
     assert metrics["rows"] == 3000 and metrics["rows_per_s"] > 0 and 0 <= metrics["bubble_fraction"] < 1
     assert metrics["util_replica1_stage1"] > 0  # 2 replicas x 2 stages all worked
+
+
+def test_inference_in_process_with_stages_and_the_ort_backend():
+    art, data = _mlp(), _data(200)
+    ctx = StepContext()
+    rep = run(art, data, cfg=InferenceConfig(replicas=1, stages=3, micro_batch=64, rows=500), ctx=ctx)
+    assert rep.data["rows"] == 500 and len(rep.data["spans"]) == 3
+    assert {"rows_per_s", "batch_latency_p50_ms", "bubble_fraction", "util_replica0_stage2"} <= set(ctx.summary)
+    x = data.x_test[:64]
+    with torch.no_grad():
+        ref = load_model(art)(x)
+    assert torch.allclose(Predictor(art, "onnxruntime", "cpu", 1)(x), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="pipeline stages need backend=torch"):
+        run(art, data, cfg=InferenceConfig(stages=2, backend="onnxruntime"), ctx=StepContext())
+
+
+def test_inference_options_are_enums_checked_at_compose():
+    from pipelines.cli import load_config
+    from pipelines.spec import SpecError
+
+    from pipelines import session
+
+    cfg = load_config(["pipeline=inference", "pipeline.steps.inference.params.backend=onnxruntime"])
+    session.validate(cfg)
+    with pytest.raises(Exception, match="tensorflow"):
+        session.validate(load_config(["pipeline=inference", "pipeline.steps.inference.params.backend=tensorflow"]))
+    with pytest.raises((SpecError, Exception), match="device"):
+        session.validate(load_config(["pipeline=inference", "pipeline.steps.inference.params.device=tpu"]))
