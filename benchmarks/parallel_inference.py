@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     res: dict = {"rows": args.rows, "pp_rows": args.pp_rows, "threads": args.threads, "cpu_model": cpu_model(),
                  "cores": os.cpu_count(), "dp_model": "MLP 40-512x4-10", "pp_model": "mlp_deep (MLP 40-2048x9-10)"}
     g = torch.Generator().manual_seed(0)

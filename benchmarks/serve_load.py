@@ -141,7 +141,7 @@ def main() -> None:
     res: dict = {"cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
                                     if ln.startswith("Model name")), "?"), "cores": os.cpu_count(), "threads": 1,
                  "requests_per_level": args.requests, "cap_s": args.cap_s}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     curves: dict = {}
     try:
