@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run serve test test-fast bench ui clean
+.PHONY: install run serve test test-fast bench bench-scale ui clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: install  ## every benchmark, one JSON object per line (about 6 minutes on
 	$(PY) benchmarks/sweep_scaling.py
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/kd_gain.py
+
+bench-scale: install  ## parallel inference and the Serve load test (about 8 minutes on 2 cores)
+	$(PY) benchmarks/parallel_inference.py
+	$(PY) benchmarks/serve_load.py
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
