@@ -185,3 +185,23 @@ def test_inference_options_are_enums_checked_at_compose():
         session.validate(load_config(["pipeline=inference", "pipeline.steps.inference.params.backend=tensorflow"]))
     with pytest.raises((SpecError, Exception), match="device"):
         session.validate(load_config(["pipeline=inference", "pipeline.steps.inference.params.device=tpu"]))
+
+
+def test_a_replica_that_always_dies_fails_after_bounded_restarts(ray_local):
+    class DiesOnSecondBatch:
+        def __call__(self):
+            calls = []
+
+            def apply(xb):
+                calls.append(1)
+                if len(calls) > 1:
+                    os._exit(1)  # a crash (segfault, OOM kill) on every replica, every time
+                return xb
+            return apply
+
+    pool = ChainPool([DiesOnSecondBatch()], replicas=1, num_cpus=0.5, window=1)
+    try:
+        with pytest.raises(RuntimeError, match="replicas died 3 times"):
+            pool.map(np.zeros((40, 1), np.float32), 4)
+    finally:
+        pool.shutdown()

@@ -27,6 +27,7 @@ import torch
 from ray.exceptions import RayActorError
 
 READY_TIMEOUT_S = 120.0
+MAX_RESTARTS_PER_REPLICA = 3  # per map() call: a model that kills every actor fails instead of looping
 
 
 @ray.remote(max_restarts=0)
@@ -181,8 +182,10 @@ class ChainPool:
                     pending.appendleft(b)
                     stats.resubmitted += 1
                     if chain in self.chains:  # first failure seen from this chain: replace it
-                        index = self.chains.index(chain)
-                        self._replace(index)
+                        if stats.restarts >= MAX_RESTARTS_PER_REPLICA * len(self.chains):
+                            raise RuntimeError(f"inference: replicas died {stats.restarts} times (batch {b} "
+                                               f"last); giving up instead of restarting forever")
+                        self._replace(self.chains.index(chain))
                         stats.restarts += 1
                     continue
                 stats.latencies_s.append(time.perf_counter() - t0)
