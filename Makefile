@@ -11,7 +11,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test test-fast lint bench figures lock ui clean
+.PHONY: install run serve test test-fast lint bench bench-scale figures lock ui clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml $(LOCK)
 
 run: install
 	$(VENV)/bin/slimray $(ARGS)
+
+serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
+	$(VENV)/bin/slimray serve $(ARGS)
 
 test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,6 +48,10 @@ figures: install  ## README tables from docs/figures.json (no measuring)
 
 lock: install  ## refresh constraints.txt from the installed environment (after changing dependencies)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
+
+bench-scale: install  ## parallel inference and the Serve load test (about 8 minutes on 2 cores)
+	$(PY) benchmarks/parallel_inference.py
+	$(PY) benchmarks/serve_load.py
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -64,6 +64,9 @@ def quiet_ray_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["serve"]:
+        from pipelines.scale.serve import main as serve
+        return serve(args[1:])
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())
         return 0

@@ -166,9 +166,9 @@ class StepTracker:
             path.write_bytes(data)
             self.client.log_artifact(self.run_id, str(path))
 
-    def map_batches(self, make_fn, x, batch_size: int, workers: int, gpus_per_worker: float):
-        from pipelines.parallel import map_batches
-        return map_batches(make_fn, x, batch_size=batch_size, workers=workers, gpus_per_worker=gpus_per_worker)
+    def map_batches(self, stage_fns, x, **options):
+        from pipelines.scale.pool import map_batches
+        return map_batches(stage_fns, x, **options)
 
     def save_output(self, value) -> bool:
         """Store the output under ``output/``; its ``publish`` part (if any) separately under

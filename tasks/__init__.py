@@ -1,12 +1,13 @@
 """The task table: every task a pipeline step may name. A literal table, checked by a test
 against the modules in this package (no decorator registry)."""
-from tasks import benchmark, data, distill, export, infer, prune, quantize, report, teacher, toy, train
+from tasks import benchmark, data, distill, export, infer, inference, prune, quantize, report, teacher, toy, train
 
 TASKS = {
     "data": data.run,
     "train": train.run,
     "load_model": teacher.run,
     "infer": infer.run,
+    "inference": inference.run,
     "distill": distill.run,
     "prune": prune.run,
     "export": export.run,

@@ -1,10 +1,11 @@
 """The ``infer`` task: a teacher's logits (and optional intermediate features) over the training
 inputs and the transfer pool, computed once so that distillation runs never rerun the teacher.
 
-Small inputs run in-process on ``ctx.device``; from ``parallel_min_rows`` rows on (and with
-``workers > 1``) the batches go through ``ctx.map_batches``, which the engine runs on a Ray Data
-actor pool where each actor loads the model once (``TeacherBatchFn``). Ray Data's fixed start-up
-cost of a few seconds only pays off on large data.
+With ``replicas: 1`` it runs in-process on ``ctx.device``; with ``replicas > 1`` the batches go
+through ``ctx.map_batches``, which the engine runs on a pool of replica actors (each loads the
+model once, ``TeacherBatchFn``) with a bounded number of batches in flight and recovery from a
+dead replica (pipelines/scale/pool.py). An actor call costs ~1 ms, so the pool pays off at any
+size where a batch takes longer than that.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from tasks.types import Dataset, Logits, ModelArtifact
 class InferConfig:
     batch_size: int = 1024
     features: list[str] = field(default_factory=list)  # module names to capture, e.g. ["features.8"]
-    parallel_min_rows: int = 200_000  # below this many rows, run in-process
-    workers: int = 2  # actor pool size for the parallel path
-    gpus_per_worker: float = 0.0
+    replicas: int = 1  # > 1: data-parallel replica actors (each loads the model once)
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0  # fractional: 0.5 puts two replicas on one GPU
 
 
 def capture(model: nn.Module, names: list[str]) -> tuple[dict[str, torch.Tensor], list]:
@@ -85,11 +86,13 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepConte
         raise ValueError(f"infer.batch_size must be >= 1, got {cfg.batch_size}")
     parts = [data.x_train] + ([data.x_transfer] if data.x_transfer is not None else [])
     x = torch.cat(parts)
-    parallel = len(x) >= cfg.parallel_min_rows and cfg.workers > 1
-    device = ("cuda" if cfg.gpus_per_worker > 0 else "cpu") if parallel else ctx.device
+    if cfg.replicas < 1:
+        raise ValueError(f"infer.replicas must be >= 1, got {cfg.replicas}")
+    parallel = cfg.replicas > 1
+    device = ("cuda" if cfg.gpus_per_replica > 0 else "cpu") if parallel else ctx.device
     make_fn = TeacherBatchFn(model, cfg.features, device, ctx.trusted_targets)
-    out = ctx.map_batches(make_fn, x, batch_size=cfg.batch_size, workers=cfg.workers if parallel else 1,
-                          gpus_per_worker=cfg.gpus_per_worker)
+    out = ctx.map_batches(make_fn, x, batch_size=cfg.batch_size, replicas=cfg.replicas,
+                          cpus_per_replica=cfg.cpus_per_replica, gpus_per_replica=cfg.gpus_per_replica)
     shapes = _feature_shapes(model, cfg.features, x, ctx.trusted_targets) if cfg.features else {}
     sizes = [out.shape[1] - sum(math.prod(s) for s in shapes.values())] + [math.prod(s) for s in shapes.values()]
     logits, *feats = out.split(sizes, dim=1)

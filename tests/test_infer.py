@@ -61,8 +61,7 @@ def test_parallel_path_gives_the_same_logits():
     data, teacher = _data(), _teacher()
     local = run(teacher, data, cfg=InferConfig(features=["features.5"]), ctx=StepContext())
     ctx = StepContext()
-    par = run(teacher, data, cfg=InferConfig(features=["features.5"], parallel_min_rows=10, workers=2,
-                                             batch_size=8), ctx=ctx)
+    par = run(teacher, data, cfg=InferConfig(features=["features.5"], replicas=2, batch_size=8), ctx=ctx)
     assert ctx.summary["parallel"] == 1.0
     assert torch.allclose(par.train, local.train, atol=1e-6)
     assert torch.allclose(par.transfer, local.transfer, atol=1e-6)

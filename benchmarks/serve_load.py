@@ -1,0 +1,196 @@
+"""Load test of ``slimray serve`` on loopback: a bounded async client (a fixed number of requests
+and a time cap per level) at concurrency 1, 8, 32 and 64, with and without dynamic batching.
+
+    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--cap-s 20] [--models large,small]
+
+Models (registered as ONNX in a temporary MLflow registry, one sample per request):
+``large`` is the zoo's deep MLP (conf/model/mlp_deep.yaml, ~34M parameters: compute dominates),
+``small`` the compress student architecture (conf/model/cnn1d_compact.yaml, ~14k parameters:
+the HTTP path dominates). One replica, one ORT thread.
+
+Prints ONE JSON object: per model and mode, per concurrency level p50/p99 latency (ms), req/s
+and errors; ``batching_speedup_c32`` (req/s with / without batching at concurrency 32) and
+``p50_c1_minus_direct_ms`` (serve p50 at concurrency 1 minus an in-process ORT call on the same
+model). The results and a latency-vs-load plot are logged to MLflow (experiment ``serve-load``,
+store from MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup >= 3 (large), overhead <= 5 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+LEVELS = (1, 8, 32, 64)
+ARCHS = {"large": {"_target_": "tasks.models.MLP", "hidden": [2048] * 9},
+         "small": {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]}}
+
+
+def log(msg: str) -> None:
+    print(f"[serve_load] {msg}", file=sys.stderr, flush=True)
+
+
+def register(name: str, arch: dict, uri: str) -> bytes:
+    import mlflow
+    import onnx
+
+    from tasks.models import build_model, complete_arch
+    from tasks.onnx_utils import to_onnx
+
+    torch.manual_seed(0)
+    model = build_model(complete_arch(arch, [40], 10)).eval()
+    data = to_onnx(model, torch.randn(2, 40))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onnx.load_from_string(data), name="model", registered_model_name=name,
+                                     pip_requirements=["onnxruntime"])
+    mlflow.MlflowClient(uri).set_registered_model_alias(name, "bench", str(info.registered_model_version))
+    return data
+
+
+async def level(url: str, concurrency: int, requests: int, cap_s: float) -> dict:
+    """``requests`` POSTs of one sample by ``concurrency`` workers, stopping at ``cap_s``."""
+    import aiohttp
+
+    body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()})
+    latencies, errors, counter = [], 0, iter(range(requests))
+    deadline = time.perf_counter() + cap_s
+
+    async def worker(session):
+        nonlocal errors
+        for _ in counter:
+            if time.perf_counter() > deadline:
+                return
+            t = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            latencies.append(time.perf_counter() - t) if ok else None
+            errors += not ok
+
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*[worker(session) for _ in range(concurrency)])
+    wall = time.perf_counter() - start
+    lat = np.array(latencies or [np.nan]) * 1e3
+    return {"concurrency": concurrency, "requests": len(latencies) + errors, "errors": errors,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "req_per_s": len(latencies) / wall}
+
+
+def direct_p50_ms(onnx_bytes: bytes) -> float:
+    from tasks.onnx_utils import ort_session, time_ort
+
+    return time_ort(ort_session(onnx_bytes, 1), np.zeros((1, 40), np.float32), 1, warmup=20, iters=200)["p50_ms"]
+
+
+def plot(results: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key, levels in results.items():
+        c = [r["concurrency"] for r in levels]
+        axes[0].plot(c, [r["p50_ms"] for r in levels], marker="o", label=f"{key} p50")
+        axes[1].plot(c, [r["req_per_s"] for r in levels], marker="o", label=key)
+    for ax, label in zip(axes, ("latency p50 (ms)", "requests/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--cap-s", type=float, default=20.0)
+    ap.add_argument("--models", default="large,small")
+    args = ap.parse_args()
+    import ray
+    from ray import serve
+
+    from pipelines.scale.serve import ServeConfig, build_app
+
+    tmp = tempfile.mkdtemp(prefix="serve_load_")
+    registry = f"sqlite:///{tmp}/mlflow.db"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    res: dict = {"cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
+                                    if ln.startswith("Model name")), "?"), "cores": os.cpu_count(), "threads": 1,
+                 "requests_per_level": args.requests, "cap_s": args.cap_s}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    curves: dict = {}
+    try:
+        for name in args.models.split(","):
+            onnx_bytes = register(f"bench-{name}", ARCHS[name], registry)
+            res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
+            for batching in (True, False):
+                key = f"{name}_{'batch' if batching else 'nobatch'}"
+                cfg = ServeConfig(model=f"models:/bench-{name}@bench", port=port, batching=batching,
+                                  max_batch_size=64, batch_wait_timeout_s=0.002)
+                serve.run(build_app(cfg, registry), name="bench", route_prefix="/")
+                url = f"http://127.0.0.1:{port}/predict"
+                asyncio.run(level(url, 4, 20, 10))  # warm-up
+                curves[key] = [asyncio.run(level(url, c, args.requests, args.cap_s)) for c in LEVELS]
+                log(f"{key}: " + ", ".join(f"c{r['concurrency']} {r['req_per_s']:.0f} req/s p50 {r['p50_ms']:.1f} ms"
+                                           for r in curves[key]))
+                serve.delete("bench")
+            by_c = {k: {r["concurrency"]: r for r in v} for k, v in curves.items()}
+            res[f"{name}_batching_speedup_c32"] = by_c[f"{name}_batch"][32]["req_per_s"] / by_c[f"{name}_nobatch"][32]["req_per_s"]
+            res[f"{name}_p50_c1_minus_direct_ms"] = by_c[f"{name}_nobatch"][1]["p50_ms"] - res[f"{name}_direct_p50_ms"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    res["levels"] = curves
+    res["errors_total"] = sum(r["errors"] for v in curves.values() for r in v)
+    log_to_mlflow(res, plot(curves))
+    print(json.dumps(res))
+
+
+def log_to_mlflow(res: dict, png: bytes) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import ensure_experiment, resolve_uri
+
+    client = MlflowClient(tracking_uri=resolve_uri(None))
+    run = client.create_run(ensure_experiment(client, "serve-load"), run_name="serve_load")
+    ts = int(time.time() * 1000)
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, float(v), ts, 0) for k, v in res.items() if isinstance(v, (int, float))]
+    metrics += [Metric(f"{k}_{m}", float(r[m]), ts, r["concurrency"]) for k, v in res["levels"].items()
+                for r in v for m in ("p50_ms", "p99_ms", "req_per_s", "errors")]
+    client.log_batch(run.info.run_id, metrics=metrics)
+    client.log_text(run.info.run_id, json.dumps(res, indent=2), "serve_load.json")
+    client.log_image(run.info.run_id, __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(png)),
+                     "latency_vs_load.png")
+    client.set_terminated(run.info.run_id)
+    res["mlflow_run_id"] = run.info.run_id
+
+
+if __name__ == "__main__":
+    main()

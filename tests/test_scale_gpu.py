@@ -1,0 +1,69 @@
+"""GPU paths of the scale rooms: one device per actor, fractional GPUs (2 replicas on 1 GPU),
+pipeline stages on their own CUDA streams, the ORT CUDA execution provider. Skipped without CUDA.
+
+On a GPU machine: ``.venv/bin/python -m pytest tests/test_scale_gpu.py -q -rA`` (it prints where
+each actor ran)."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from pipelines.scale.pool import ChainPool
+from tasks.inference import Predictor, plan_stages
+from tasks.models import build_model, complete_arch, load_model, make_artifact
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _art():
+    arch = complete_arch({"_target_": "tasks.models.MLP", "hidden": [512] * 6}, [40], 10)
+    torch.manual_seed(0)
+    return make_artifact(build_model(arch), arch, name="mlp", kind="teacher")
+
+
+def test_two_replicas_share_one_gpu_with_fractional_num_gpus(ray_local):
+    art, x = _art(), torch.randn(4096, 40)
+    pool = ChainPool([functools.partial(Predictor, art, "torch", "auto", 1)], replicas=2, num_cpus=0.5, num_gpus=0.5)
+    try:
+        where = pool.placement()
+        out, stats = pool.map(x.numpy(), 256)
+    finally:
+        pool.shutdown()
+    print("replica placement:", where)
+    assert all(w[0]["device"] == "cuda" and w[0]["gpu_ids"] for w in where)
+    with torch.no_grad():
+        ref = load_model(art)(x)
+    assert torch.allclose(torch.from_numpy(out), ref, atol=1e-3) and stats.restarts == 0
+
+
+def test_pipeline_stages_each_on_a_gpu_with_their_own_stream(ray_local):
+    art, x = _art(), torch.randn(2048, 40)
+    spans = plan_stages(load_model(art), 2, x[:128])
+    stages = [functools.partial(Predictor, art, "torch", "cuda", 1, s) for s in spans]
+    pool = ChainPool(stages, replicas=1, num_cpus=0.5, num_gpus=0.5)
+    try:
+        where = pool.placement()
+        out, _ = pool.map(x.numpy(), 128)
+    finally:
+        pool.shutdown()
+    print("stage placement:", where)
+    assert [w["device"] for w in where[0]] == ["cuda", "cuda"]
+    p = Predictor(art, "torch", "cuda", 1, spans[0])
+    assert p.stream is not None and p.stream != torch.cuda.current_stream()
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), load_model(art)(x), atol=1e-3)
+
+
+def test_ort_replica_uses_the_cuda_execution_provider():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA provider (install onnxruntime-gpu)")
+    art = _art()
+    p = Predictor(art, "onnxruntime", "cuda", 1)
+    assert p.session.get_providers()[0] == "CUDAExecutionProvider"
+    x = torch.randn(64, 40)
+    with torch.no_grad():
+        assert torch.allclose(p(x), load_model(art)(x), atol=1e-3)
