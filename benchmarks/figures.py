@@ -104,11 +104,12 @@ def rewrite(text: str, figures: dict) -> str:
 
 
 def last_json(stdout: str, name: str) -> dict:
-    """The last line of ``stdout`` that is a JSON object (libraries may print after it)."""
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
+    """The last JSON object in ``stdout``, one line or indented (libraries may print around it)."""
+    lines = stdout.strip().splitlines()
+    for start in reversed([i for i, line in enumerate(lines) if line.startswith("{")]):
+        for end in range(len(lines), start, -1):
             try:
-                return json.loads(line)
+                return json.loads("\n".join(lines[start:end]))
             except ValueError:
                 continue
     raise SystemExit(f"{name}: no JSON object in its output; last lines:\n{stdout[-2000:]}")
