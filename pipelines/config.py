@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -109,7 +109,7 @@ def container(node, path: str) -> dict:
             raise SpecError(path, f"expected a mapping, got {type(node).__name__} '{node}'")
         node = OmegaConf.create(node)
     try:
-        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True, enum_to_str=True)
+        return cast(dict, OmegaConf.to_container(node, resolve=True, throw_on_missing=True, enum_to_str=True))
     except OmegaConfBaseException as e:
         missing = "Missing mandatory value" in str(e)
         raise SpecError(_join(path, getattr(e, "full_key", None)),

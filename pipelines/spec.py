@@ -27,6 +27,7 @@ import itertools
 import re
 import types
 import typing
+from typing import cast
 from dataclasses import dataclass
 from functools import cache
 
@@ -163,7 +164,7 @@ def _check_resources(res: Resources, path: str) -> Resources:
 def _set_dotted(d: dict, dotted: str, value) -> dict:
     out = OmegaConf.create(d)
     OmegaConf.update(out, dotted, value, force_add=True)
-    return OmegaConf.to_container(out)
+    return cast(dict, OmegaConf.to_container(out))
 
 
 def _expand_sweep(task: str, params: dict, sweep: dict, path: str) -> list[Trial]:

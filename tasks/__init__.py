@@ -1,8 +1,11 @@
 """The task table: every task a pipeline step may name. A literal table, checked by a test
 against the modules in this package (no decorator registry)."""
+from collections.abc import Callable
+from typing import Any
+
 from tasks import benchmark, data, distill, export, infer, inference, prune, quantize, report, teacher, toy, train
 
-TASKS = {
+TASKS: dict[str, Callable[..., Any]] = {
     "data": data.run,
     "train": train.run,
     "load_model": teacher.run,

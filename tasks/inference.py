@@ -8,6 +8,8 @@ per batch, per-replica and per-stage utilisation and the pipeline bubble fractio
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import functools
 import time
 from dataclasses import dataclass, field
@@ -119,7 +121,7 @@ def balanced_cuts(costs: list[float], k: int) -> list[int]:
     return sorted(cuts)[1:]
 
 
-def plan_stages(model: nn.Module, k: int, sample: torch.Tensor, split_points: list[str] = ()) -> list[tuple[int, int]]:
+def plan_stages(model: nn.Module, k: int, sample: torch.Tensor, split_points: Sequence[str] = ()) -> list[tuple[int, int]]:
     """``k`` contiguous module ranges ``[(start, end), ...]`` of the model's chain: cut at the named
     ``split_points`` when given, else balanced by measured per-module time on ``sample``."""
     chain = module_chain(model)

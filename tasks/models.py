@@ -12,6 +12,8 @@ Anything else is refused *before* its module is imported, so a hostile ``arch.js
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import copy
 import importlib
 from collections.abc import Iterable
@@ -25,7 +27,7 @@ from tasks.types import ModelArtifact
 class MLP(nn.Module):
     """Flatten -> [Linear -> ReLU]* -> Linear."""
 
-    def __init__(self, input_shape: list[int], num_classes: int, hidden: list[int] = (256, 256)):
+    def __init__(self, input_shape: list[int], num_classes: int, hidden: Sequence[int] = (256, 256)):
         super().__init__()
         dims = [int(torch.tensor(input_shape).prod())] + list(hidden)
         layers: list[nn.Module] = [nn.Flatten()]
@@ -45,7 +47,7 @@ class CNN1D(nn.Module):
     Input ``[N, L]`` or ``[N, C, L]``.
     """
 
-    def __init__(self, input_shape: list[int], num_classes: int, channels: list[int] = (32, 32, 32),
+    def __init__(self, input_shape: list[int], num_classes: int, channels: Sequence[int] = (32, 32, 32),
                  kernel_size: int = 5, stride: int = 2, batch_norm: bool = True):
         super().__init__()
         shape = list(input_shape)
@@ -88,7 +90,7 @@ class ResCNN2D(nn.Module):
     """
 
     def __init__(self, input_shape: list[int], num_classes: int, stem: int = 32,
-                 mids: list[int] = (32, 32)):
+                 mids: Sequence[int] = (32, 32)):
         super().__init__()
         in_ch = 1 if len(input_shape) == 2 else input_shape[0]
         self.stem = nn.Sequential(nn.Conv2d(in_ch, stem, 3, padding=1, bias=False),

@@ -26,6 +26,7 @@ ONNX methods store the INT8 model in ``ModelArtifact.onnx`` and keep FP32 weight
 from __future__ import annotations
 
 import tempfile
+from typing import cast
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +101,8 @@ class ActFakeQuant:
     """
 
     def __init__(self, bits: int = 8, momentum: float = 0.1):
-        self.levels, self.momentum, self.max_val = 2 ** bits - 1, momentum, None
+        self.levels, self.momentum = 2 ** bits - 1, momentum
+        self.max_val: Tensor | None = None
 
     def __call__(self, module: nn.Module, inputs, out: Tensor) -> Tensor:
         if module.training:
@@ -122,7 +124,8 @@ def fake_quantize_model(model: nn.Module, bits: int) -> nn.Module:
     """Replace every Conv/Linear weight in place by its ``bits``-bit per-channel quantized value."""
     with torch.no_grad():
         for layer in _quant_layers(model):
-            layer.weight.copy_(quantize_weight(layer.weight, bits))
+            weight = cast(Tensor, layer.weight)
+            weight.copy_(quantize_weight(weight, bits))
     return model
 
 

@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -36,7 +36,8 @@ class StageWorker:
 
     def __init__(self, make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]]):
         self.fn = make_fn()
-        self.busy_s, self.calls, self.first, self.last = 0.0, 0, None, 0.0
+        self.busy_s, self.calls, self.last = 0.0, 0, 0.0
+        self.first: float | None = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -124,7 +125,8 @@ class ChainPool:
 
     def _new_chain(self) -> Chain:
         self.generation += 1
-        return Chain([StageWorker.options(**self.options).remote(fn) for fn in self.stage_fns], self.generation)
+        remote: Any = StageWorker  # a Ray actor class: .options() is added by @ray.remote
+        return Chain([remote.options(**self.options).remote(fn) for fn in self.stage_fns], self.generation)
 
     def _wait_ready(self, chains: list[Chain]) -> None:
         """Block until every actor is up (models loaded); a one-line error if they cannot be placed."""

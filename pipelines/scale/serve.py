@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
 import signal
 import sys
 import time
+from typing import cast
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -132,7 +134,7 @@ def build_app(cfg: ServeConfig, tracking_uri: str):
 
     scaling = ({"autoscaling_config": {k: v for k, v in asdict(cfg.autoscaling).items() if k != "enabled"}}
                if cfg.autoscaling.enabled else {"num_replicas": cfg.replicas})
-    deployment = ModelServer.options(
+    deployment = ModelServer.options(  # type: ignore[attr-defined]
         max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}, **scaling)
     return deployment.bind(asdict(cfg), tracking_uri)
@@ -148,7 +150,7 @@ def load_config(overrides: list[str]) -> ServeConfig:
 
     ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
     with initialize_config_dir(config_dir=str(conf_dir() / "serve"), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose(config_name="default", overrides=overrides))
+        cfg = cast(ServeConfig, OmegaConf.to_object(compose(config_name="default", overrides=overrides)))
     for key in ("port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
@@ -177,7 +179,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})

@@ -39,8 +39,8 @@ class ModelServer:
                                    providers=providers_for(device))
         first = self.session.get_inputs()[0]
         self.input_name, self.sample_shape = first.name, list(first.shape[1:])
-        self.batched.set_max_batch_size(self.cfg.max_batch_size)
-        self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
+        self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
