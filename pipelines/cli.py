@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown option {sorted(unknown)[0]} (usage: {USAGE.strip()})", file=sys.stderr)
         return 2
-    from pipelines import session  # imports ray/mlflow lazily, after argument checks
+    from pipelines import preflight, session  # imports ray/mlflow lazily, after argument checks
+    from pipelines.tracking import resolve_uri
 
     try:
         cfg = load_config(overrides)
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in spec.steps.values():
             err.print(f"{s.name}: {s.task} <- {s.upstream or '-'} ({len(s.trials)} trial(s))", markup=False)
         return 0
+    try:  # tracking store reachable? one line within seconds, before any Ray work (exit 2)
+        preflight.check_tracking(resolve_uri(tracking.uri))
+    except preflight.PreflightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
     except KeyboardInterrupt:
