@@ -149,7 +149,7 @@ class Executor:
                       tags=self._trial_tags(st, t),
                       layout=layout, cached_from=t.hit.info.run_id if t.hit is not None else None,
                       cached_summary=_cached_summary(t.hit), use_gpu=s.resources.num_gpus > 0,
-                      threads=max(1, int(s.resources.num_cpus)))
+                      threads=max(1, int(s.resources.num_cpus)), retries=s.retries)
         r = s.resources
         remote = _execute.options(
             num_returns=2, num_cpus=r.num_cpus, num_gpus=r.num_gpus, memory=r.memory,
