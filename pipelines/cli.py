@@ -1,6 +1,7 @@
 """The ``slimray`` command: compose the Hydra config, validate it, run it.
 
     slimray [pipeline=compress] [experiment=smoke] [KEY=VALUE ...] [--cfg] [--dry-run]
+    slimray submit [KEY=VALUE ...]    (a Ray Job on the cluster in RAY_API_SERVER_ADDRESS)
 
 Config errors print one line naming the config path and exit with code 2, before Ray starts
 or any MLflow run is created. A failed step exits 1; Ctrl-C exits 130.
@@ -54,6 +55,9 @@ def load_config(overrides: list[str], config_dir: Path | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["submit"]:  # `slimray submit [overrides]`: the same pipeline as a Ray Job
+        from pipelines import submit
+        return submit.main(args[1:])
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())
         return 0
