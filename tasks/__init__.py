@@ -17,6 +17,7 @@ TASKS = {
     "toy_source": toy.source,
     "toy_add": toy.add,
     "toy_sleep": toy.sleep,
+    "toy_log": toy.log,
     "toy_fail": toy.fail,
     "toy_sum": toy.total,
 }
