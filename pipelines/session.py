@@ -17,7 +17,7 @@ from pipelines import artifacts
 from pipelines.console import Board, table
 from pipelines.dag import Context, Executor
 from pipelines.spec import PipelineSpec, SpecError, build_spec, typed_params_of
-from pipelines.tracking import OUTPUT_DIR, create_run, ensure_experiment, git_commit, log_params, resolve_uri
+from pipelines.tracking import OUTPUT_DIR, create_run, ensure_experiment, git_commit, log_params, open_runs, resolve_uri
 from tasks import TASKS
 from tasks.types import Report
 
@@ -156,6 +156,8 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
             console.print(text, markup=False, highlight=False)
         return Outcome(spec, states, root, experiment_id, uri, 1 if failed else 0)
     finally:
+        for run_id in open_runs(client, experiment_id, root):  # attempts whose Ray worker died for good
+            client.set_terminated(run_id, "FAILED" if status != "KILLED" else "KILLED")
         client.log_batch(root, tags=[RunTag("slimray.status", status.lower())])
         client.set_terminated(root, status)
         if started_ray:

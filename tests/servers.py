@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,13 +22,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def private_dir(prefix: str) -> Path:
+    """A directory directly under /tmp that the ``postgres`` user may traverse (pytest's own
+    tmp dirs sit below a mode-700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o711)
+    return d
+
+
 def pg_bin() -> Path:
     found = shutil.which("pg_ctl")
     return Path(found).parent if found else Path("/usr/lib/postgresql/15/bin")
 
 
 class Postgres:
-    """``initdb`` + ``pg_ctl start/stop/restart`` on 127.0.0.1 (as the ``postgres`` user when root)."""
+    """``initdb`` + ``pg_ctl start/stop`` on 127.0.0.1 (as the ``postgres`` user when root, so
+    ``root`` and every directory above it must be traversable: use ``private_dir``)."""
 
     def __init__(self, root: Path):
         self.dir = root / "pg"
@@ -40,7 +50,9 @@ class Postgres:
         self._pg("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "slimray")
 
     def _pg(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.run_as, str(pg_bin() / tool), *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*self.run_as, str(pg_bin() / tool), *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]}")
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.dir / "data"), "-o", f"-k {self.dir} -h 127.0.0.1 -p {self.port}",

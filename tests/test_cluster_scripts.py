@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import private_dir
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +68,10 @@ def _submit(env: dict, *overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=420)
 
 
-def test_up_submit_postgres_down(tmp_path):
+def test_up_submit_postgres_down():
     import psycopg2
 
-    state = tmp_path / "cluster"
+    state = private_dir("slimray-cluster-") / "cluster"  # PostgreSQL's user must reach it
     base = {**os.environ, "SLIMRAY_CLUSTER_DIR": str(state), "SLIMRAY_VENV": str(BIN.parent),
             "PATH": f"{BIN}:{os.environ['PATH']}"}
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
@@ -135,4 +137,8 @@ def test_up_submit_postgres_down(tmp_path):
         down = subprocess.run([str(ROOT / "cluster/down.sh")], env=base, capture_output=True, text=True, timeout=180)
     assert down.returncode == 0, down.stderr
     assert not _cluster_processes(state, ray_tmp), _cluster_processes(state, ray_tmp)
-    assert not (state / "env").exists()
+    assert not (state / "env").exists() and not list((state / "pids").iterdir())
+    assert "stopped postgres" in down.stdout
+    purge = subprocess.run([str(ROOT / "cluster/down.sh"), "--purge"], env=base, capture_output=True, text=True, timeout=60)
+    assert purge.returncode == 0 and not state.exists() and not Path(ray_tmp).exists()
+    state.parent.rmdir()

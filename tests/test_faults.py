@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from pipelines import session
 from pipelines.cli import load_config
 from tests.engine_helpers import all_runs, run_pipeline
-from tests.servers import MlflowServer, Postgres
+from tests.servers import MlflowServer, Postgres, private_dir
 
 GiB = 1024 ** 3
 
@@ -207,8 +208,8 @@ def _trial_runs_of(uri: str, step: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def mlflow_on_postgres(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pgml")
+def mlflow_on_postgres():
+    root = private_dir("slimray-pg-")
     pg = Postgres(root)
     pg.start()
     server = None
@@ -220,6 +221,7 @@ def mlflow_on_postgres(tmp_path_factory):
         if server is not None:
             server.stop()
         pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _ticks(uri: str, run_id: str) -> list[int]:
