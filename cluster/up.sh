@@ -99,8 +99,10 @@ admin_password = $(cat "$STATE/admin_password")
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
     chmod 600 "$STATE/basic_auth.ini" "$STATE/admin_password"
+    [[ -f $STATE/flask_secret ]] || python -c 'import secrets; print(secrets.token_hex(24))' > "$STATE/flask_secret"
+    chmod 600 "$STATE/flask_secret"
     MLFLOW_ARGS+=(--app-name basic-auth)
-    AUTH_ENV=(MLFLOW_AUTH_CONFIG_PATH="$STATE/basic_auth.ini")
+    AUTH_ENV=(MLFLOW_AUTH_CONFIG_PATH="$STATE/basic_auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$STATE/flask_secret")")
 fi
 start_group mlflow env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true "${AUTH_ENV[@]}" \
     "$VENV/bin/mlflow" "${MLFLOW_ARGS[@]}"

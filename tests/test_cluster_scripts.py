@@ -129,8 +129,11 @@ def test_up_submit_postgres_down():
             cur.execute("SELECT value, count(*) FROM tags WHERE key = 'slimray.cached' GROUP BY value")
             assert dict(cur.fetchall()) == {"false": 11, "true": 11}
         pg.close()
-        # a failing pipeline: the job fails with the pipeline's exit code
-        failing = _submit(env, "pipeline=demo", "pipeline.steps.join.task=toy_fail", "~pipeline.steps.join.params")
+        # the job ends with the pipeline's exit code: 2 for a config error, 1 for a failed step
+        bad_config = _submit(env, "pipeline=demo", "pipeline.steps.join.task=toy_fail")
+        assert bad_config.returncode == 2, bad_config.stdout[-3000:] + bad_config.stderr[-3000:]
+        assert "error: pipeline.steps.join.inputs.xs: task 'toy_fail' has no input 'xs'" in bad_config.stdout
+        failing = _submit(env, "pipeline=demo", "+pipeline.steps.boom={task: toy_fail, inputs: {x: source}}")
         assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
         assert "this step fails on purpose" in failing.stdout
     finally:
