@@ -51,8 +51,11 @@ def _check_http(uri: str, timeout: float) -> None:
         if e.code in (401, 403):
             raise PreflightError(f"MLflow server {uri} refused the request (HTTP {e.code}): set "
                                  f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
-        raise PreflightError(f"MLflow server {uri} answered HTTP {e.code} ({e.reason}); "
-                             f"is its backend store up?") from None
+        if e.code >= 500:
+            raise PreflightError(f"MLflow server {uri} answered HTTP {e.code} ({e.reason}); "
+                                 f"is its backend store up?") from None
+        raise PreflightError(f"{uri} is not an MLflow tracking server (HTTP {e.code} {e.reason} for its "
+                             f"REST API); check MLFLOW_TRACKING_URI / tracking.uri") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         reason = getattr(reason, "strerror", None) or reason

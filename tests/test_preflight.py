@@ -56,7 +56,7 @@ def test_unusable_store_is_one_line_exit_2_and_starts_no_ray(workdir, capsys, ur
 
 class _NotMlflow(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        self.send_response(200 if self.path.startswith("/ok") else 503)
+        self.send_response(200 if self.path.startswith("/ok") else 404 if self.path.startswith("/nf") else 503)
         self.end_headers()
         self.wfile.write(b"<html>hello</html>")
 
@@ -82,6 +82,8 @@ def test_server_whose_backend_is_down_or_not_mlflow(plain_http):
         check_tracking(plain_http)
     with pytest.raises(PreflightError, match="does not answer like an MLflow server"):
         check_tracking(plain_http + "/ok")
+    with pytest.raises(PreflightError, match=r"is not an MLflow tracking server \(HTTP 404"):
+        check_tracking(plain_http + "/nf")
 
 
 def test_usable_local_stores_pass(tmp_path):
