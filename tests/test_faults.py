@@ -72,6 +72,7 @@ def _in_background(fn):
     return thread, errors
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_worker_process_sigkilled_mid_step_is_retried(workdir, ray_local):
     killed: list[int] = []
