@@ -1,6 +1,7 @@
 """The ``slimray`` command: compose the Hydra config, validate it, run it.
 
     slimray [pipeline=compress] [experiment=smoke] [KEY=VALUE ...] [--cfg] [--dry-run]
+    slimray submit [KEY=VALUE ...]    (a Ray Job on the cluster in RAY_API_SERVER_ADDRESS)
 
 Config errors print one line naming the config path and exit with code 2, before Ray starts
 or any MLflow run is created. A failed step exits 1; Ctrl-C exits 130.
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["serve"]:
         from pipelines.scale.serve import main as serve
         return serve(args[1:])
+    if args[:1] == ["submit"]:  # `slimray submit [overrides]`: the same pipeline as a Ray Job
+        from pipelines import submit
+        return submit.main(args[1:])
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())
         return 0
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown option {sorted(unknown)[0]} (usage: {USAGE.strip()})", file=sys.stderr)
         return 2
-    from pipelines import session  # imports ray/mlflow lazily, after argument checks
+    from pipelines import preflight, session  # imports ray/mlflow lazily, after argument checks
+    from pipelines.tracking import resolve_uri
 
     try:
         cfg = load_config(overrides)
@@ -95,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         for s in spec.steps.values():
             err.print(f"{s.name}: {s.task} <- {s.upstream or '-'} ({len(s.trials)} trial(s))", markup=False)
         return 0
+    try:  # tracking store reachable? one line within seconds, before any Ray work (exit 2)
+        preflight.check_tracking(resolve_uri(tracking.uri))
+    except preflight.PreflightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
     except KeyboardInterrupt:

@@ -163,7 +163,7 @@ class Executor:
                       cached_summary=dict(t.hit.data.metrics) if t.hit is not None else {},
                       cached_publishes=t.hit is not None and t.hit.data.tags.get("slimray.publishes") == "true",
                       use_gpu=s.resources.num_gpus > 0, threads=max(1, int(s.resources.num_cpus)),
-                      trusted_targets=self.spec.trusted_targets)
+                      trusted_targets=self.spec.trusted_targets, retries=s.retries)
         r = s.resources
         remote = _execute_remote().options(
             num_returns=2, num_cpus=r.num_cpus, num_gpus=r.num_gpus, memory=r.memory,

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import artifacts
 from pipelines.dag import Context, Executor, StepState, Trial, cached_meta
-from pipelines.tracking import PUBLISH_DIR, create_run, metric_name, open_runs
+from pipelines.tracking import PUBLISH_DIR, create_run, metric_name
 from tasks.types import Publication
 
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
@@ -82,11 +82,6 @@ class RunRecorder:
         self.client.log_batch(st.run_id, metrics=metrics, tags=tags)
         status = "FAILED" if st.status == "failed" else "KILLED" if st.note == "cancelled" else "FINISHED"
         self.client.set_terminated(st.run_id, status)
-
-    def kill_open_runs(self) -> None:
-        """Ctrl-C: every run of this execution still RUNNING becomes KILLED (the parent too)."""
-        for run_id in open_runs(self.client, self.ctx.experiment_id, self.ctx.root_run):
-            self.client.set_terminated(run_id, "KILLED")
 
     # ---- publishing --------------------------------------------------------------------
     def _publish_trial(self, t: Trial) -> None:

@@ -21,7 +21,7 @@ from pipelines.dag import Context, Executor
 from pipelines.interrupt import INTERRUPT
 from pipelines.recorder import RunRecorder
 from pipelines.spec import PipelineSpec, build_spec
-from pipelines.tracking import create_run, ensure_experiment, find_cached, git_commit, log_params, resolve_uri
+from pipelines.tracking import create_run, ensure_experiment, find_cached, git_commit, log_params, open_runs, resolve_uri
 
 
 @dataclass
@@ -120,7 +120,7 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
     commit = git_commit()
     root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
     ctx = Context(uri, experiment_id, root, int(cfg.seed), commit)
-    started_ray, status, recorder = False, "KILLED", None
+    started_ray, status, recorder = False, "FAILED", None
     try:
         INTERRUPT.check()
         if must_run:
@@ -139,9 +139,12 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
         for text in recorder.console:
             console.print(text, markup=False, highlight=False)
         return Outcome(spec, states, root, experiment_id, uri, 1 if failed else 0, recorder.registered)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        if status == "KILLED" and recorder is not None:
-            recorder.kill_open_runs()
+        for run_id in open_runs(client, experiment_id, root):  # attempts whose Ray worker died for good
+            client.set_terminated(run_id, "FAILED" if status != "KILLED" else "KILLED")
         client.log_batch(root, tags=[RunTag("slimray.status", status.lower())])
         client.set_terminated(root, status)
         if started_ray:

@@ -190,7 +190,7 @@ class StepTracker:
     def load_output(self, run_id: str):
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, OUTPUT_DIR, tmp)
-            return artifacts.load(local)
+            return artifacts.load(local, origin=f"cached output of run {run_id}")
 
     def finish(self, status: str) -> None:
         self.flush()

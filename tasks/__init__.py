@@ -21,6 +21,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "toy_source": toy.source,
     "toy_add": toy.add,
     "toy_sleep": toy.sleep,
+    "toy_log": toy.log,
     "toy_fail": toy.fail,
     "toy_sum": toy.total,
     "toy_publish": toy.publish,

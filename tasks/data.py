@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,15 +129,37 @@ def _cifar10(cfg: DataConfig) -> tuple[dict, int]:
             "x_test": x_test, "y_test": y_test}, 10
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, never unpickling: an object array is refused by name, a
+    truncated or corrupt archive (``BadZipFile``, CRC or EOF errors) is named by file."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz archive, truncated or corrupt "
+                         f"({type(e).__name__}: {e})".replace("\n", " ")) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array (.npy), expected an .npz archive with named arrays")
+    arrays = {}
+    with z:
+        for key in z.files:
+            try:
+                arrays[key] = z[key]
+            except ValueError as e:
+                if "allow_pickle" in str(e):
+                    raise ValueError(f"{path}: array '{key}' holds Python objects (dtype=object); "
+                                     f"store numeric arrays (pickles are never loaded)") from None
+                raise ValueError(f"{path}: array '{key}' is unreadable ({e})".replace("\n", " ")) from None
+            except (zipfile.BadZipFile, EOFError, OSError) as e:
+                raise ValueError(f"{path}: array '{key}' is truncated or corrupt ({type(e).__name__}: {e})"
+                                 .replace("\n", " ")) from None
+    return arrays
+
+
 def _npz(cfg: DataConfig) -> tuple[dict, int]:
     path = Path(cfg.path)
     if not cfg.path or not path.is_file():
         raise ValueError(f"data.path: npz file '{cfg.path}' does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise ValueError(f"{path}: cannot load ({e})") from None
+    arrays = _read_npz(path)
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise ValueError(f"{path}: missing required array(s) {missing}")
@@ -145,34 +168,59 @@ def _npz(cfg: DataConfig) -> tuple[dict, int]:
     raw = {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val") if k in arrays}
     if "x_unlabeled" in arrays and cfg.n_transfer > 0:
         raw["x_transfer"] = arrays["x_unlabeled"][:cfg.n_transfer]
-    labels = [raw[k] for k in ("y_train", "y_val", "y_test") if k in raw]
-    k = cfg.num_classes or int(max(int(y.max()) for y in labels if y.size)) + 1
-    return raw, k
+    return raw, cfg.num_classes or _infer_classes(raw, path)
+
+
+def _infer_classes(raw: dict, path: Path) -> int:
+    """``max label + 1``, only when the labels are exactly ``0..K-1`` (each class present): a
+    stray label far outside the range (1000 among 0..9) would otherwise silently make a
+    1001-class problem. Missing classes are legitimate only when ``data.num_classes`` says so."""
+    keys = [k for k in ("y_train", "y_val", "y_test") if k in raw]
+    labels = [raw[k] for k in keys]
+    for key, y in zip(keys, labels):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            return 0  # _validate names the array and the problem
+        if y.size and y.min() < 0:
+            raise ValueError(f"{path}: {key} has negative labels (min {y.min()})")
+    values = np.unique(np.concatenate([y for y in labels if y.size])) if any(y.size for y in labels) else np.array([0])
+    k = int(values.max()) + 1
+    if len(values) != k:
+        raise ValueError(f"{path}: labels are not 0..{k - 1}: {k - len(values)} of those classes never occur "
+                         f"(max label {k - 1}); set data.num_classes if that is intended")
+    return k
 
 
 LOADERS = {"mnist1d": _mnist1d, "digits": _digits, "cifar10": _cifar10, "npz": _npz}
 
 
-def _validate(raw: dict, num_classes: int, origin: str) -> None:
-    """Same lengths, finite inputs, integer labels in [0, num_classes), one input shape."""
+def _validate(raw: dict, num_classes: int, origin: str, names: dict | None = None) -> None:
+    """Same lengths, finite inputs, integer labels in [0, num_classes), one input shape of at
+    least one dimension per row. ``names`` maps keys to the names the user's file uses."""
+    names = names or {}
+    if raw["x_train"].ndim < 2:
+        raise ValueError(f"{origin}: x_train has shape {list(raw['x_train'].shape)}, expected [N, features...] "
+                         f"(one row per sample)")
     shape = raw["x_train"].shape[1:]
     for split in ("train", "val", "test", "transfer"):
         x, y = raw.get(f"x_{split}"), raw.get(f"y_{split}")
         if x is None:
             continue
-        if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{origin}: x_{split} has non-numeric dtype {x.dtype}")
+        xn = names.get(f"x_{split}", f"x_{split}")
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise ValueError(f"{origin}: {xn} has non-numeric dtype {x.dtype}")
         if x.shape[1:] != shape:
-            raise ValueError(f"{origin}: x_{split} rows have shape {list(x.shape[1:])}, x_train {list(shape)}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{origin}: x_{split} contains NaN or inf")
+            raise ValueError(f"{origin}: {xn} rows have shape {list(x.shape[1:])}, x_train {list(shape)}")
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
+        if bad.any():
+            raise ValueError(f"{origin}: {xn} contains NaN or inf ({int(bad.sum())} row(s), first row "
+                             f"{int(bad.argmax())})")
         if y is None:
             continue
         if y.ndim != 1 or len(y) != len(x):
             raise ValueError(f"{origin}: y_{split} has shape {list(y.shape)}, expected [{len(x)}] like x_{split}")
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{origin}: y_{split} must hold integer labels, got dtype {y.dtype}")
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
+        if num_classes and y.size and (y.min() < 0 or y.max() >= num_classes):  # 0: not inferable
             raise ValueError(f"{origin}: y_{split} has labels outside [0, {num_classes}): "
                              f"min {y.min()}, max {y.max()}")
     if len(raw["x_train"]) == 0 or len(raw["x_test"]) == 0:
@@ -235,7 +283,7 @@ def run(*, cfg: DataConfig, ctx: StepContext) -> Dataset:
     """Load ``cfg.source``, validate, split train/val, build the transfer pool and standardize."""
     _check_config(cfg)
     raw, num_classes = LOADERS[cfg.source](cfg)
-    _validate(raw, num_classes, cfg.path or cfg.source)
+    _validate(raw, num_classes, cfg.path or cfg.source, {"x_transfer": "x_unlabeled"} if cfg.source == "npz" else None)
     _split_val(raw, cfg)
     if cfg.max_train:
         raw["x_train"], raw["y_train"] = raw["x_train"][:cfg.max_train], raw["y_train"][:cfg.max_train]

@@ -32,6 +32,12 @@ class SleepConfig:
 
 
 @dataclass
+class LogConfig:
+    count: int = 20  # metric values to log, one per `every` seconds
+    every: float = 0.1
+
+
+@dataclass
 class FailConfig:
     message: str = "this step fails on purpose"
 
@@ -64,6 +70,16 @@ def sleep(x: Value, *, cfg: SleepConfig, ctx: StepContext) -> Value:
         sum(i * i for i in range(10_000))
     time.sleep(max(0.0, end - time.monotonic()))
     ctx.log_metrics({"slept": cfg.seconds})
+    return Value(x.value.clone(), {"from": ctx.step})
+
+
+def log(x: Value, *, cfg: LogConfig, ctx: StepContext) -> Value:
+    """Logs ``count`` values of ``tick`` (steps 0..count-1) over time: the fault tests count
+    every one of them in MLflow after servers went away and came back mid-step."""
+    for i in range(cfg.count):
+        ctx.log_metrics({"tick": float(i)}, step=i)
+        time.sleep(cfg.every)
+    ctx.log_metrics({"logged": float(cfg.count)})
     return Value(x.value.clone(), {"from": ctx.step})
 
 

@@ -1,0 +1,147 @@
+"""``cluster/up.sh`` -> ``slimray submit`` -> results on PostgreSQL -> ``cluster/down.sh``,
+end to end on a real local cluster: PostgreSQL, MLflow (basic auth) on it, a token-authenticated
+Ray head and two worker nodes, all started by the script, stopped by the script, nothing left.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.servers import private_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _env_file(state: Path) -> dict:
+    env = {}
+    for line in (state / "env").read_text().splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return env
+
+
+def _group_pids(state: Path) -> dict[str, int]:
+    return {p.name: int(p.read_text()) for p in (state / "pids").iterdir()}
+
+
+def _cluster_processes(state: Path, ray_tmp: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if (str(state) in ln or ray_tmp in ln) and "ps -eo" not in ln]
+
+
+def _listeners(pids: set[int]) -> set[str]:
+    """Local addresses of TCP sockets listened on by ``pids`` (from ``ss``)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    found = set()
+    for ln in out.splitlines():
+        if any(f"pid={p}," in ln for p in pids):
+            found.add(ln.split()[3])
+    return found
+
+
+def _tree(pids: set[int]) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid,pgid"], capture_output=True, text=True).stdout
+    return {int(a) for a, b in (ln.split() for ln in out.splitlines()[1:]) if int(b) in pids}
+
+
+def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _submit(env: dict, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines", "submit", *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=420)
+
+
+def test_up_submit_postgres_down():
+    import psycopg2
+
+    state = private_dir("slimray-cluster-") / "cluster"  # PostgreSQL's user must reach it
+    base = {**os.environ, "SLIMRAY_CLUSTER_DIR": str(state), "SLIMRAY_VENV": str(BIN.parent),
+            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
+        base.pop(k, None)
+    up = subprocess.run([str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"], env=base,
+                        capture_output=True, text=True, timeout=600)
+    ray_tmp = (state / "ray_tmp").read_text().strip() if (state / "ray_tmp").exists() else "/nonexistent"
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
+        groups = _group_pids(state)
+        assert set(groups) == {"postgres", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2"}
+        # idempotent: a second up.sh starts nothing
+        again = subprocess.run([str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"], env=base,
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
+        assert _group_pids(state) == groups
+        cenv = _env_file(state)
+        env = {**base, **cenv}
+        uri = cenv["MLFLOW_TRACKING_URI"]
+
+        # exposure: MLflow's basic-auth app refuses anonymous requests; everything on 127.0.0.1
+        search = uri + "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _http_status(search) == 401
+        assert _http_status(search, ("admin", "wrong")) == 401
+        assert _http_status(search, ("admin", cenv["MLFLOW_TRACKING_PASSWORD"])) == 200
+        anonymous = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_P")}
+        refused = _submit(anonymous, "pipeline=demo")
+        assert refused.returncode == 2 and "HTTP 401" in refused.stderr, refused.stderr[-2000:]
+        addresses = _listeners(_tree(set(groups.values())))
+        assert addresses, "no listening sockets found for the cluster's processes"
+        # the HTTP services and PostgreSQL listen on loopback only. Ray 2.60's own gRPC ports
+        # (GCS, raylet, agents, client server) bind all interfaces whatever --node-ip-address
+        # says; they require the token (documented in cluster/README.md)
+        ports = {cenv["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1], cenv["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1],
+                 cenv["SLIMRAY_POSTGRES_URI"].rsplit(":", 1)[1].split("/")[0]}
+        served = {a for a in addresses if a.rsplit(":", 1)[1] in ports}
+        assert {a.rsplit(":", 1)[1] for a in served} == ports, (served, ports)
+        assert all(a.startswith("127.0.0.1:") for a in served), served
+
+        # a pipeline as a Ray Job, tracked on the server (PostgreSQL behind it)
+        first = _submit(env, "pipeline=demo")
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "SUCCEEDED" in first.stderr and "join" in first.stdout and "Pipeline 'demo' finished" in first.stdout
+        pg = psycopg2.connect(cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""))
+        with pg, pg.cursor() as cur:
+            cur.execute("SELECT r.status, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                        "WHERE e.name = 'demo' GROUP BY r.status")
+            assert dict(cur.fetchall()) == {"FINISHED": 1 + 5 + 6}  # parent, 5 step runs, 6 sweep trials
+            cur.execute("SELECT count(DISTINCT value) FROM tags WHERE key = 'slimray.node_id'")
+            assert cur.fetchone()[0] >= 2  # steps ran on more than one node
+        # resubmission: served from the cache through the server
+        second = _submit(env, "pipeline=demo")
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        with pg, pg.cursor() as cur:
+            cur.execute("SELECT value, count(*) FROM tags WHERE key = 'slimray.cached' GROUP BY value")
+            assert dict(cur.fetchall()) == {"false": 11, "true": 11}
+        pg.close()
+        # the job ends with the pipeline's exit code: 2 for a config error, 1 for a failed step
+        bad_config = _submit(env, "pipeline=demo", "pipeline.steps.join.task=toy_fail")
+        assert bad_config.returncode == 2, bad_config.stdout[-3000:] + bad_config.stderr[-3000:]
+        assert "error: pipeline.steps.join.inputs.xs: task 'toy_fail' has no input 'xs'" in bad_config.stdout
+        failing = _submit(env, "pipeline=demo", "+pipeline.steps.boom={task: toy_fail, inputs: {x: source}}")
+        assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
+        assert "this step fails on purpose" in failing.stdout
+    finally:
+        down = subprocess.run([str(ROOT / "cluster/down.sh")], env=base, capture_output=True, text=True, timeout=180)
+    assert down.returncode == 0, down.stderr
+    assert not _cluster_processes(state, ray_tmp), _cluster_processes(state, ray_tmp)
+    assert not (state / "env").exists() and not list((state / "pids").iterdir())
+    assert "stopped postgres" in down.stdout
+    purge = subprocess.run([str(ROOT / "cluster/down.sh"), "--purge"], env=base, capture_output=True, text=True, timeout=60)
+    assert purge.returncode == 0 and not state.exists() and not Path(ray_tmp).exists()
+    state.parent.rmdir()

@@ -1,0 +1,150 @@
+"""The Dockerfile, the KubeRay manifests and the AWS autoscaler config, checked offline.
+
+Nothing here builds an image or talks to Kubernetes or AWS: the files are parsed, their
+required fields checked, every `ray start` / `mlflow server` flag checked against the installed
+Ray and MLflow command definitions, the RayJob's pipeline overrides composed and validated by
+slimray itself, and the autoscaler YAML accepted by Ray's own validator.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import session
+from pipelines.cli import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "cluster" / "k8s"
+IMAGE = "slimray:0.1.0"
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def _by_kind(kind: str) -> dict:
+    found = [d for f in K8S.glob("*.yaml") for d in _docs(f.name) if d["kind"] == kind]
+    assert len(found) == 1, (kind, found)
+    return found[0]
+
+
+def _containers(pod_template: dict) -> list[dict]:
+    return pod_template["spec"]["containers"]
+
+
+def _option_names(command) -> set[str]:
+    return {o for p in command.params for o in p.opts}
+
+
+def test_dockerfile_pins_the_stack_and_installs_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("#") and re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"TORCH_SPEC \?= (torch==[\d.]+)", makefile).group(1)
+    assert f"pip install {torch_pin} " in text  # the same torch as `make install`
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "cluster" in pyproject["project"]["optional-dependencies"]
+    assert 'pip install ".[cluster]"' in text
+    for package in ("pipelines", "tasks", "conf"):
+        assert f"COPY {package} ./{package}" in text
+    assert "slimray" in pyproject["project"]["scripts"] and 'CMD ["slimray"' in text
+    assert "ENV SLIMRAY_CONF=/app/conf" in text and "RAY_AUTH_MODE=token" in text
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
+    head = _by_kind("RayCluster")["spec"]["headGroupSpec"]["template"]
+    assert exposed == {p["containerPort"] for p in _containers(head)[0]["ports"]}
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".cluster", "mlruns"} <= set(ignored)
+
+
+def test_every_k8s_file_parses_with_required_fields():
+    kinds = {}
+    for f in sorted(K8S.glob("*.yaml")):
+        for d in _docs(f.name):
+            assert {"apiVersion", "kind", "metadata"} <= set(d), f
+            assert d["metadata"].get("name"), f
+            kinds[d["kind"]] = d["apiVersion"]
+    assert kinds == {"Secret": "v1", "Service": "v1", "StatefulSet": "apps/v1", "Deployment": "apps/v1",
+                     "PersistentVolumeClaim": "v1", "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1"}
+
+
+def test_raycluster_runs_the_project_image_with_token_auth():
+    from ray.scripts.scripts import start
+
+    rc = _by_kind("RayCluster")
+    spec = rc["spec"]
+    assert spec["rayVersion"] == __import__("ray").__version__
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    valid = _option_names(start)
+    for g in groups:
+        assert all(f"--{k}" in valid for k in g["rayStartParams"]), g["rayStartParams"]
+        for c in _containers(g["template"]):
+            assert c["image"] == IMAGE
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "slimray-secrets", "key": "ray-auth-token"}
+            assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
+    w = spec["workerGroupSpecs"][0]
+    assert w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]
+    secret = _by_kind("Secret")
+    assert {"ray-auth-token", "postgres-password"} <= set(secret["stringData"])
+
+
+def test_rayjob_runs_a_valid_slimray_pipeline_on_the_raycluster():
+    job = _by_kind("RayJob")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "pipelines"]
+    cfg = load_config(argv[3:])  # the overrides compose and validate, as `slimray` would
+    session.validate(cfg)
+    assert cfg.ray.address == "auto"
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == _by_kind("RayCluster")["metadata"]["name"]
+    env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert env == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "RAY_AUTH_MODE": "token"}
+    submitter = _containers(job["spec"]["submitterPodTemplate"])[0]
+    assert submitter["image"] == IMAGE and {e["name"] for e in submitter["env"]} >= {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}
+
+
+def test_mlflow_deployment_uses_postgres_and_valid_server_flags():
+    from mlflow.cli import server
+
+    dep, svc = _by_kind("Deployment"), [d for d in _docs("mlflow.yaml") if d["kind"] == "Service"][0]
+    c = _containers(dep["spec"]["template"])[0]
+    assert c["image"] == IMAGE and c["command"] == ["mlflow", "server"]
+    args = dict(a.removeprefix("--").split("=", 1) if "=" in a else (a.removeprefix("--"), "") for a in c["args"])
+    valid = _option_names(server)
+    assert all(f"--{k}" in valid for k in args), sorted(set(args) - {v.removeprefix("--") for v in valid})
+    assert int(args["port"]) == c["ports"][0]["containerPort"] == svc["spec"]["ports"][0]["targetPort"]
+    assert svc["spec"]["ports"][0]["port"] == 5000 and args["workers"] == "1"
+    pg_svc = [d for d in _docs("postgres.yaml") if d["kind"] == "Service"][0]
+    pg = _by_kind("StatefulSet")
+    uri = args["backend-store-uri"]
+    assert uri.startswith("postgresql+psycopg2://slimray:$(POSTGRES_PASSWORD)@")
+    assert f"@{pg_svc['metadata']['name']}:{pg_svc['spec']['ports'][0]['port']}/mlflow" in uri
+    pg_env = {e["name"]: e.get("value") for e in _containers(pg["spec"]["template"])[0]["env"]}
+    assert pg_env["POSTGRES_USER"] == "slimray" and pg_env["POSTGRES_DB"] == "mlflow"
+    assert "mlflow:5000" in args["allowed-hosts"].split(",")
+
+
+def test_aws_autoscaler_config_passes_rays_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    from ray.scripts.scripts import start
+
+    raw = yaml.safe_load((ROOT / "cluster" / "cloud" / "aws.yaml").read_text())
+    validate_config_input = prepare_config(copy.deepcopy(raw))  # fills Ray's AWS defaults, offline
+    validate_config(validate_config_input)
+    assert raw["provider"]["type"] == "aws" and raw["docker"]["image"] == IMAGE
+    assert raw["head_node_type"] in raw["available_node_types"]
+    valid = _option_names(start)
+    for cmd in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"]:
+        if "ray start" in cmd:
+            flags = [t.split("=")[0] for t in shlex.split(cmd.split("ray start", 1)[1]) if t.startswith("--")]
+            assert flags and all(f in valid for f in flags), flags
+    broken = copy.deepcopy(raw)
+    broken["available_node_types"]["head"]["no_such_field"] = 1
+    with pytest.raises(Exception, match="no_such_field"):
+        validate_config(prepare_config(broken))
