@@ -4,6 +4,7 @@ code, and whether any MLflow run is left RUNNING. Repeats N times; prints one JS
 
     .venv/bin/python benchmarks/ctrl_c.py [--runs 10] [--timeout 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,10 @@ import time
 from machine import machine_info
 from mlflow.tracking import MlflowClient
 
-STEPS = ("+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}",
-         "+pipeline.steps.burn={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0, busy: true}}")
+STEPS = (
+    "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}",
+    "+pipeline.steps.burn={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0, busy: true}}",
+)
 
 
 def _runs(uri: str):
@@ -35,8 +38,7 @@ def once(timeout: float) -> dict:
         driver = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.time() + 180
-            while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING"
-                          for r in _runs(uri)):
+            while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)):
                 if driver.poll() is not None or time.time() > deadline:
                     return {"ok": False, "error": "the long step never started"}
                 time.sleep(0.2)
@@ -63,10 +65,17 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args()
     results = [once(args.timeout) for _ in range(args.runs)]
-    print(json.dumps({"runs": args.runs, "passed": sum(r["ok"] for r in results),
-                      "max_exit_s": max((r.get("exit_s") or 1e9) for r in results),
-                      **machine_info(),
-                      "results": results}))
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "passed": sum(r["ok"] for r in results),
+                "max_exit_s": max((r.get("exit_s") or 1e9) for r in results),
+                **machine_info(),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ then the targets from the run's `benchmark.json`. Prints one JSON object.
 
     .venv/bin/python benchmarks/default_run.py [overrides...]     # e.g. experiment=smoke
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,12 @@ def benchmark_json(uri: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="tags.`slimray.step` = 'benchmark'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`slimray.step` = 'benchmark'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         raise SystemExit("no benchmark step run found")
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,8 +40,14 @@ def main() -> None:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("MLFLOW_TRACKING_URI", None)
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "pipelines", *overrides], cwd=wd, env=env,
-                             capture_output=True, text=True, timeout=3600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pipelines", *overrides],
+            cwd=wd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             sys.stderr.write(out.stderr[-4000:])
@@ -48,13 +58,23 @@ def main() -> None:
     rows = {r["name"]: r for r in bench["candidates"]}
     teacher = rows.get(t["teacher"] or "", {})
     int8 = max(t["int8_vs_fp32"], key=lambda c: c["throughput_speedup"] or 0, default={})
-    print(json.dumps({**machine_info(threads=bench.get("threads")), "overrides": overrides, "wall_s": round(wall, 1),
-                      "teacher_test_acc": teacher.get("test_acc"), "selected": t["selected"],
-                      "selected_test_acc": rows.get(t["selected"] or "", {}).get("test_acc"),
-                      "size_reduction": sel.get("size_reduction"), "throughput_speedup": sel.get("throughput_speedup"),
-                      "test_acc_delta": sel.get("test_acc_delta"),
-                      "int8_throughput_speedup": int8.get("throughput_speedup"),
-                      "int8_test_acc_delta": int8.get("test_acc_delta")}))
+    print(
+        json.dumps(
+            {
+                **machine_info(threads=bench.get("threads")),
+                "overrides": overrides,
+                "wall_s": round(wall, 1),
+                "teacher_test_acc": teacher.get("test_acc"),
+                "selected": t["selected"],
+                "selected_test_acc": rows.get(t["selected"] or "", {}).get("test_acc"),
+                "size_reduction": sel.get("size_reduction"),
+                "throughput_speedup": sel.get("throughput_speedup"),
+                "test_acc_delta": sel.get("test_acc_delta"),
+                "int8_throughput_speedup": int8.get("throughput_speedup"),
+                "int8_test_acc_delta": int8.get("test_acc_delta"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ object it prints last, and stores it with the command and the date in ``docs/fig
 README from that file (``TABLES``); a test checks they match, so a figure in the README is
 always the one a script wrote, with the CPU model and threads it was measured on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,14 +53,29 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
         ("fixed cost (Ray start + tracking set-up)", "engine_overhead", "fixed_cost_s", "{:.1f} s", "≤ 10 s"),
         ("cost per step (26 trivial steps)", "engine_overhead", "per_step_ms", "{:.0f} ms", "≤ 100 ms"),
         ("cached rerun, whole CLI command (26-step DAG)", "engine_overhead", "cached_rerun_cli_s", "{:.1f} s", "≤ 8 s"),
-        ("cached rerun, whole CLI command (`experiment=smoke`)", "cached_rerun_smoke", "cached_rerun_cli_s", "{:.1f} s",
-         "≤ 8 s"),
+        (
+            "cached rerun, whole CLI command (`experiment=smoke`)",
+            "cached_rerun_smoke",
+            "cached_rerun_cli_s",
+            "{:.1f} s",
+            "≤ 8 s",
+        ),
         ("engine vs plain script on `compress` (cache off)", "pipeline_overhead", "ratio", "{:.2f}×", "≤ 1.10×"),
-        ("8-trial pruning sweep vs one after another (batch 32)", "sweep_scaling_small_batch", "speedup", "{:.2f}×",
-         "≥ 1.7×"),
+        (
+            "8-trial pruning sweep vs one after another (batch 32)",
+            "sweep_scaling_small_batch",
+            "speedup",
+            "{:.2f}×",
+            "≥ 1.7×",
+        ),
         ("8-trial pruning sweep vs one after another (batch 128)", "sweep_scaling", "speedup", "{:.2f}×", "≥ 1.7×"),
-        ("KD gain over the better scratch baseline (3 seeds)", "kd_gain", "gain_points_mean", "{:+.1f} points",
-         "≥ +1.0"),
+        (
+            "KD gain over the better scratch baseline (3 seeds)",
+            "kd_gain",
+            "gain_points_mean",
+            "{:+.1f} points",
+            "≥ +1.0",
+        ),
         ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
     ],
 }

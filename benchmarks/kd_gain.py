@@ -10,6 +10,7 @@ Prints ONE JSON object; the goal is a mean gain of at least +1.0 accuracy point.
 
     .venv/bin/python benchmarks/kd_gain.py [--seeds 0 1 2] [--epochs N] [--temperature T] ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def main() -> None:
 
     s_arch = complete_arch(_model(args.student), data.input_shape, data.num_classes)
     optim = dataclasses.replace(defaults.optim, epochs=args.epochs)
-    kd_cfg = dataclasses.replace(defaults, student=_model(args.student), optim=optim,
-                                 temperature=args.temperature, alpha=args.alpha)
+    kd_cfg = dataclasses.replace(
+        defaults, student=_model(args.student), optim=optim, temperature=args.temperature, alpha=args.alpha
+    )
     n_kd = len(data.x_train) + (0 if data.x_transfer is None else len(data.x_transfer))
     per_epoch = [math.ceil(n / optim.batch_size) for n in (n_kd, len(data.x_train))]
     optim_steps = dataclasses.replace(optim, epochs=args.epochs * per_epoch[0] // per_epoch[1])
@@ -83,29 +85,58 @@ def main() -> None:
         kd_art = distill.run(data, logits, cfg=kd_cfg, ctx=StepContext(step="kd", seed=seed))
         kd_s = time.perf_counter() - start
         kd = load_model(kd_art)
-        runs.append({"seed": seed, "scratch_test_acc": accuracy(scratch, data.x_test, data.y_test),
-                     "scratch_steps_test_acc": accuracy(scratch_long, data.x_test, data.y_test),
-                     "kd_test_acc": accuracy(kd, data.x_test, data.y_test),
-                     "scratch_s": round(scratch_s, 1), "scratch_steps_s": round(long_s, 1), "kd_s": round(kd_s, 1)})
+        runs.append(
+            {
+                "seed": seed,
+                "scratch_test_acc": accuracy(scratch, data.x_test, data.y_test),
+                "scratch_steps_test_acc": accuracy(scratch_long, data.x_test, data.y_test),
+                "kd_test_acc": accuracy(kd, data.x_test, data.y_test),
+                "scratch_s": round(scratch_s, 1),
+                "scratch_steps_s": round(long_s, 1),
+                "kd_s": round(kd_s, 1),
+            }
+        )
     best_scratch = [max(r["scratch_test_acc"], r["scratch_steps_test_acc"]) for r in runs]
     gains = [100 * (r["kd_test_acc"] - b) for r, b in zip(runs, best_scratch)]
-    print(json.dumps({
-        **machine_info(threads=torch.get_num_threads()),
-        "benchmark": "kd_gain", "dataset": "mnist1d",
-        "n_train": len(data.x_train), "n_transfer": 0 if data.x_transfer is None else len(data.x_transfer),
-        "teacher": {"arch": t_arch, "params": count_params(teacher), "epochs": args.teacher_epochs,
-                    "test_acc": accuracy(teacher, data.x_test, data.y_test), "train_s": round(teacher_s, 1)},
-        "student": {"arch": s_arch, "params": count_params(scratch), "epochs": args.epochs,
-                    "scratch_steps_epochs": optim_steps.epochs, "batch_size": optim.batch_size, "lr": optim.lr,
-                    "temperature": args.temperature, "alpha": args.alpha},
-        "runs": runs,
-        "scratch_mean": statistics.mean(r["scratch_test_acc"] for r in runs),
-        "scratch_steps_mean": statistics.mean(r["scratch_steps_test_acc"] for r in runs),
-        "kd_mean": statistics.mean(r["kd_test_acc"] for r in runs),
-        "gain_points_mean": statistics.mean(gains), "gain_points_min": min(gains),
-        "target_gain_points": 1.0, "met": statistics.mean(gains) >= 1.0,
-        "data_s": round(data_s, 1), "total_s": round(time.perf_counter() - t0, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                **machine_info(threads=torch.get_num_threads()),
+                "benchmark": "kd_gain",
+                "dataset": "mnist1d",
+                "n_train": len(data.x_train),
+                "n_transfer": 0 if data.x_transfer is None else len(data.x_transfer),
+                "teacher": {
+                    "arch": t_arch,
+                    "params": count_params(teacher),
+                    "epochs": args.teacher_epochs,
+                    "test_acc": accuracy(teacher, data.x_test, data.y_test),
+                    "train_s": round(teacher_s, 1),
+                },
+                "student": {
+                    "arch": s_arch,
+                    "params": count_params(scratch),
+                    "epochs": args.epochs,
+                    "scratch_steps_epochs": optim_steps.epochs,
+                    "batch_size": optim.batch_size,
+                    "lr": optim.lr,
+                    "temperature": args.temperature,
+                    "alpha": args.alpha,
+                },
+                "runs": runs,
+                "scratch_mean": statistics.mean(r["scratch_test_acc"] for r in runs),
+                "scratch_steps_mean": statistics.mean(r["scratch_steps_test_acc"] for r in runs),
+                "kd_mean": statistics.mean(r["kd_test_acc"] for r in runs),
+                "gain_points_mean": statistics.mean(gains),
+                "gain_points_min": min(gains),
+                "target_gain_points": 1.0,
+                "met": statistics.mean(gains) >= 1.0,
+                "data_s": round(data_s, 1),
+                "total_s": round(time.perf_counter() - t0, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

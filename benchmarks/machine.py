@@ -1,5 +1,6 @@
 """What a figure was measured on: every benchmark's JSON carries this (CPU speed differs ~3x
 between machines of the same kind, so a figure without its CPU is not comparable)."""
+
 from __future__ import annotations
 
 import os

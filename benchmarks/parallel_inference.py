@@ -18,6 +18,7 @@ Prints ONE JSON object (progress on stderr):
 Targets (2 cores): dp2/single >= 1.8, single/plain >= 0.9, pp2/unsplit >= 1.6, 0 lost / 0 duplicated.
 Rates exclude actor start-up (model loading), which is reported as ``*_startup_s``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def log(msg: str) -> None:
 
 def cpu_model() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-                platform.processor())
+    return next(
+        (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), platform.processor()
+    )
 
 
 def artifact(hidden: list[int]):
@@ -63,7 +65,7 @@ def plain(art, x: torch.Tensor, batch: int, threads: int) -> tuple[float, torch.
     with torch.no_grad():
         model(x[:batch])  # warm-up
         t = time.perf_counter()
-        out = torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+        out = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
     return len(x) / (time.perf_counter() - t), out
 
 
@@ -73,8 +75,9 @@ def pooled(stage_fns, x: np.ndarray, batch: int, replicas: int, threads: int, ki
     pool = ChainPool(stage_fns, replicas, num_cpus=threads)
     startup = time.perf_counter() - t
     try:
-        pool.map(x[:batch * replicas * 2], batch)  # warm-up: first calls on every actor
+        pool.map(x[: batch * replicas * 2], batch)  # warm-up: first calls on every actor
         result = {}
+
         def work():
             try:
                 result["out_stats"] = pool.map(x, batch)
@@ -105,8 +108,15 @@ def main() -> None:
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    res: dict = {"rows": args.rows, "pp_rows": args.pp_rows, "threads": args.threads, "cpu_model": cpu_model(),
-                 "cores": os.cpu_count(), "dp_model": "MLP 40-512x4-10", "pp_model": "mlp_deep (MLP 40-2048x9-10)"}
+    res: dict = {
+        "rows": args.rows,
+        "pp_rows": args.pp_rows,
+        "threads": args.threads,
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "dp_model": "MLP 40-512x4-10",
+        "pp_model": "mlp_deep (MLP 40-2048x9-10)",
+    }
     g = torch.Generator().manual_seed(0)
     dp_art, x = artifact([512] * 4), torch.randn(args.rows, 40, generator=g)
     factory = [functools.partial(Predictor, dp_art, "torch", "cpu", args.threads)]
@@ -120,7 +130,7 @@ def main() -> None:
     log(f"dp2 {res['dp2_rows_per_s']:.0f} rows/s")
     kill_at = 0.4 * args.rows / res["dp2_rows_per_s"]
     _, out, st, _ = pooled(factory, xn, 1024, 2, args.threads, kill_after_s=kill_at)
-    same = np.isclose(out[:args.rows], ref.numpy(), atol=1e-5).all(axis=1) if len(out) >= args.rows else None
+    same = np.isclose(out[: args.rows], ref.numpy(), atol=1e-5).all(axis=1) if len(out) >= args.rows else None
     res["rows_lost"] = int(args.rows - (same.sum() if same is not None else 0))
     res["rows_duplicated"] = int(max(0, len(out) - args.rows) + st.duplicates_dropped * 1024)
     res["kill_restarts"], res["kill_resubmitted_batches"] = st.restarts, st.resubmitted

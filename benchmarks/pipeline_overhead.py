@@ -6,6 +6,7 @@ Prints ONE JSON object; the goal is engine / plain <= 1.10.
 
     .venv/bin/python benchmarks/pipeline_overhead.py [overrides...]   # e.g. experiment=smoke
 """
+
 from __future__ import annotations
 
 import json
@@ -68,10 +69,21 @@ def main() -> None:
         plain_s = plain(spec, int(cfg.seed), plain_steps)
         os.chdir(home)
     ratio = engine_s / plain_s
-    print(json.dumps({"pipeline": spec.name, "overrides": sys.argv[1:], "engine_s": round(engine_s, 1),
-                      "plain_s": round(plain_s, 1), "ratio": round(ratio, 3), "target": 1.10,
-                      "ok": ratio <= 1.10 and code == 0, "engine_steps_s": engine_steps,
-                      "plain_steps_s": plain_steps}))
+    print(
+        json.dumps(
+            {
+                "pipeline": spec.name,
+                "overrides": sys.argv[1:],
+                "engine_s": round(engine_s, 1),
+                "plain_s": round(plain_s, 1),
+                "ratio": round(ratio, 3),
+                "target": 1.10,
+                "ok": ratio <= 1.10 and code == 0,
+                "engine_steps_s": engine_steps,
+                "plain_steps_s": plain_steps,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ and errors; ``batching_speedup_c32`` (req/s with / without batching at concurren
 model). The results and a latency-vs-load plot are logged to MLflow (experiment ``serve-load``,
 store from MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup >= 3 (large), overhead <= 5 ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 LEVELS = (1, 8, 32, 64)
-ARCHS = {"large": {"_target_": "tasks.models.MLP", "hidden": [2048] * 9},
-         "small": {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]}}
+ARCHS = {
+    "large": {"_target_": "tasks.models.MLP", "hidden": [2048] * 9},
+    "small": {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]},
+}
 
 
 def log(msg: str) -> None:
@@ -54,8 +57,9 @@ def register(name: str, arch: dict, uri: str) -> bytes:
     data = to_onnx(model, torch.randn(2, 40))
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
-        info = mlflow.onnx.log_model(onnx.load_from_string(data), name="model", registered_model_name=name,
-                                     pip_requirements=["onnxruntime"])
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(data), name="model", registered_model_name=name, pip_requirements=["onnxruntime"]
+        )
     mlflow.MlflowClient(uri).set_registered_model_alias(name, "bench", str(info.registered_model_version))
     return data
 
@@ -88,9 +92,14 @@ async def level(url: str, concurrency: int, requests: int, cap_s: float) -> dict
         await asyncio.gather(*[worker(session) for _ in range(concurrency)])
     wall = time.perf_counter() - start
     lat = np.array(latencies or [np.nan]) * 1e3
-    return {"concurrency": concurrency, "requests": len(latencies) + errors, "errors": errors,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "req_per_s": len(latencies) / wall}
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies) + errors,
+        "errors": errors,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "req_per_s": len(latencies) / wall,
+    }
 
 
 def direct_p50_ms(onnx_bytes: bytes) -> float:
@@ -138,9 +147,13 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    res: dict = {"cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines()
-                                    if ln.startswith("Model name")), "?"), "cores": os.cpu_count(), "threads": 1,
-                 "requests_per_level": args.requests, "cap_s": args.cap_s}
+    res: dict = {
+        "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"),
+        "cores": os.cpu_count(),
+        "threads": 1,
+        "requests_per_level": args.requests,
+        "cap_s": args.cap_s,
+    }
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     curves: dict = {}
@@ -150,17 +163,28 @@ def main() -> None:
             res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
             for batching in (True, False):
                 key = f"{name}_{'batch' if batching else 'nobatch'}"
-                cfg = ServeConfig(model=f"models:/bench-{name}@bench", port=port, batching=batching,
-                                  max_batch_size=64, batch_wait_timeout_s=0.002)
+                cfg = ServeConfig(
+                    model=f"models:/bench-{name}@bench",
+                    port=port,
+                    batching=batching,
+                    max_batch_size=64,
+                    batch_wait_timeout_s=0.002,
+                )
                 serve.run(build_app(cfg, registry), name="bench", route_prefix="/")
                 url = f"http://127.0.0.1:{port}/predict"
                 asyncio.run(level(url, 4, 20, 10))  # warm-up
                 curves[key] = [asyncio.run(level(url, c, args.requests, args.cap_s)) for c in LEVELS]
-                log(f"{key}: " + ", ".join(f"c{r['concurrency']} {r['req_per_s']:.0f} req/s p50 {r['p50_ms']:.1f} ms"
-                                           for r in curves[key]))
+                log(
+                    f"{key}: "
+                    + ", ".join(
+                        f"c{r['concurrency']} {r['req_per_s']:.0f} req/s p50 {r['p50_ms']:.1f} ms" for r in curves[key]
+                    )
+                )
                 serve.delete("bench")
             by_c = {k: {r["concurrency"]: r for r in v} for k, v in curves.items()}
-            res[f"{name}_batching_speedup_c32"] = by_c[f"{name}_batch"][32]["req_per_s"] / by_c[f"{name}_nobatch"][32]["req_per_s"]
+            res[f"{name}_batching_speedup_c32"] = (
+                by_c[f"{name}_batch"][32]["req_per_s"] / by_c[f"{name}_nobatch"][32]["req_per_s"]
+            )
             res[f"{name}_p50_c1_minus_direct_ms"] = by_c[f"{name}_nobatch"][1]["p50_ms"] - res[f"{name}_direct_p50_ms"]
     finally:
         serve.shutdown()
@@ -182,12 +206,17 @@ def log_to_mlflow(res: dict, png: bytes) -> None:
     from mlflow.entities import Metric
 
     metrics = [Metric(k, float(v), ts, 0) for k, v in res.items() if isinstance(v, (int, float))]
-    metrics += [Metric(f"{k}_{m}", float(r[m]), ts, r["concurrency"]) for k, v in res["levels"].items()
-                for r in v for m in ("p50_ms", "p99_ms", "req_per_s", "errors")]
+    metrics += [
+        Metric(f"{k}_{m}", float(r[m]), ts, r["concurrency"])
+        for k, v in res["levels"].items()
+        for r in v
+        for m in ("p50_ms", "p99_ms", "req_per_s", "errors")
+    ]
     client.log_batch(run.info.run_id, metrics=metrics)
     client.log_text(run.info.run_id, json.dumps(res, indent=2), "serve_load.json")
-    client.log_image(run.info.run_id, __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(png)),
-                     "latency_vs_load.png")
+    client.log_image(
+        run.info.run_id, __import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(png)), "latency_vs_load.png"
+    )
     client.set_terminated(run.info.run_id)
     res["mlflow_run_id"] = run.info.run_id
 

@@ -5,6 +5,7 @@ Prints ONE JSON object; the goal is a speed-up of at least 1.7x on 2 cores.
 
     .venv/bin/python benchmarks/sweep_scaling.py [--epochs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,25 @@ AMOUNTS = [0.3, 0.5, 0.7, 0.9]
 
 def pipeline(epochs: int, batch_size: int) -> dict:
     student = {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]}
-    return {"name": "sweep_scaling", "steps": {
-        "data": {"task": "data", "params": {"source": "mnist1d", "n_transfer": 0}},
-        "student": {"task": "train", "inputs": {"data": "data"},
-                    "params": {"model": student, "kind": "student_scratch", "optim": {"epochs": 10}}},
-        "prune": {"task": "prune", "inputs": {"model": "student", "data": "data"}, "cache": False,
-                  "params": {"finetune": {"epochs": epochs, "batch_size": batch_size}},
-                  "sweep": {"params.method": METHODS, "params.amount": AMOUNTS},
-                  "select": {"metric": "val_acc", "mode": "max"}},
-    }}
+    return {
+        "name": "sweep_scaling",
+        "steps": {
+            "data": {"task": "data", "params": {"source": "mnist1d", "n_transfer": 0}},
+            "student": {
+                "task": "train",
+                "inputs": {"data": "data"},
+                "params": {"model": student, "kind": "student_scratch", "optim": {"epochs": 10}},
+            },
+            "prune": {
+                "task": "prune",
+                "inputs": {"model": "student", "data": "data"},
+                "cache": False,
+                "params": {"finetune": {"epochs": epochs, "batch_size": batch_size}},
+                "sweep": {"params.method": METHODS, "params.amount": AMOUNTS},
+                "select": {"metric": "val_acc", "mode": "max"},
+            },
+        },
+    }
 
 
 def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
@@ -82,14 +93,28 @@ def main() -> None:
         engine_s, _ = through_engine(spec, Path(tmp))
         os.chdir(home)
     import ray
+
     ray.shutdown()
     import torch
+
     seq_s = sequential(spec)
     speedup = seq_s / engine_s
-    print(json.dumps({"trials": len(METHODS) * len(AMOUNTS), "finetune_epochs": args.epochs,
-                      "finetune_batch_size": args.batch_size, "torch_threads_sequential": torch.get_num_threads(),
-                      "cores": os.cpu_count(), "sequential_s": round(seq_s, 2), "engine_sweep_s": round(engine_s, 2),
-                      "speedup": round(speedup, 2), "target": 1.7, "ok": speedup >= 1.7}))
+    print(
+        json.dumps(
+            {
+                "trials": len(METHODS) * len(AMOUNTS),
+                "finetune_epochs": args.epochs,
+                "finetune_batch_size": args.batch_size,
+                "torch_threads_sequential": torch.get_num_threads(),
+                "cores": os.cpu_count(),
+                "sequential_s": round(seq_s, 2),
+                "engine_sweep_s": round(engine_s, 2),
+                "speedup": round(speedup, 2),
+                "target": 1.7,
+                "ok": speedup >= 1.7,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ value.json) is one ``ArtifactError`` line naming the file, never a half-decoded 
 model that fails later inside ONNX Runtime. Outputs stored before the manifest existed still
 load; their decoding errors are reported the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,8 +64,13 @@ def _encode(obj, path: str, tensors: dict, blobs: dict):
         name = type(obj).__name__
         if ARTIFACT_TYPES.get(name) is not type(obj):
             raise TypeError(f"{name} is not a registered artifact type (tasks.types.ARTIFACT_TYPES)")
-        return {"__type__": name, "fields": {f.name: _encode(getattr(obj, f.name), f"{path}.{f.name}", tensors, blobs)
-                                             for f in dataclasses.fields(obj)}}
+        return {
+            "__type__": name,
+            "fields": {
+                f.name: _encode(getattr(obj, f.name), f"{path}.{f.name}", tensors, blobs)
+                for f in dataclasses.fields(obj)
+            },
+        }
     if isinstance(obj, dict):
         if not all(isinstance(k, str) for k in obj):
             raise TypeError(f"{path}: dict keys must be strings")
@@ -107,7 +113,7 @@ def _decode(node, tensors: dict, blob_dir: Path):
         return (blob_dir / Path(node["__bytes__"]).name).read_bytes()
     if "__dict__" in node:
         return {k: _decode(v, tensors, blob_dir) for k, v in node["__dict__"].items()}
-    cls = ARTIFACT_TYPES.get(node.get("__type__"))
+    cls = ARTIFACT_TYPES.get(str(node.get("__type__")))
     if cls is None:
         raise ValueError(f"unknown artifact type '{node.get('__type__')}' in stored output")
     return cls(**{k: _decode(v, tensors, blob_dir) for k, v in node["fields"].items()})

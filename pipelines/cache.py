@@ -14,6 +14,7 @@ the input steps, the seed). Same key => same output, so a stored output can be r
   place is a different key. Hashes are streamed and remembered by (path, mtime, size), in
   memory and in ``~/.cache/slimray/file-hashes.json`` (``SLIMRAY_CACHE_DIR``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,16 @@ from tasks import TASKS
 
 PROJECT = "slimray"
 # import name -> distribution name: the libraries whose version can change a step's numbers
-LIBRARIES = {"torch": "torch", "onnxruntime": "onnxruntime", "onnx": "onnx", "torch_pruning": "torch-pruning",
-             "numpy": "numpy", "sklearn": "scikit-learn", "mnist1d": "mnist1d", "transformers": "transformers"}
+LIBRARIES = {
+    "torch": "torch",
+    "onnxruntime": "onnxruntime",
+    "onnx": "onnx",
+    "torch_pruning": "torch-pruning",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+    "mnist1d": "mnist1d",
+    "transformers": "transformers",
+}
 FILE_HINT = re.compile(r"[/\\]|\.\w{1,10}$")  # looks like a path: has a separator or a file suffix
 
 
@@ -82,8 +91,11 @@ def library_versions() -> dict[str, str]:
 def task_libraries(task: str) -> tuple[str, ...]:
     """The distributions in ``LIBRARIES`` that the task's code imports (lazily or not)."""
     text = "\n".join(_task_sources(task).values())
-    return tuple(sorted(dist for mod, dist in LIBRARIES.items()
-                        if re.search(rf"^\s*(import|from)\s+{mod}\b", text, re.MULTILINE)))
+    return tuple(
+        sorted(
+            dist for mod, dist in LIBRARIES.items() if re.search(rf"^\s*(import|from)\s+{mod}\b", text, re.MULTILINE)
+        )
+    )
 
 
 def _hash_cache_path() -> Path:
@@ -145,15 +157,31 @@ def file_hashes(params, hasher: FileHasher) -> dict[str, str]:
                 walk(v, f"{prefix}{i}.")
         elif isinstance(node, str) and node and FILE_HINT.search(node) and os.path.exists(node):
             out[prefix[:-1]] = hasher.path(Path(node))
+
     walk(params, "")
     return out
 
 
-def trial_key(step: StepSpec, params: dict, input_keys: dict[str, list[str]], seed: int,
-              versions: dict[str, str], hasher: FileHasher) -> str:
+def trial_key(
+    step: StepSpec,
+    params: dict,
+    input_keys: dict[str, list[str]],
+    seed: int,
+    versions: dict[str, str],
+    hasher: FileHasher,
+) -> str:
     libs = {d: versions[d] for d in (*task_libraries(step.task), PROJECT)}
-    return _sha({"task": step.task, "code": code_fingerprint(step.task), "libraries": libs, "params": params,
-                 "files": file_hashes(params, hasher), "inputs": input_keys, "seed": seed})
+    return _sha(
+        {
+            "task": step.task,
+            "code": code_fingerprint(step.task),
+            "libraries": libs,
+            "params": params,
+            "files": file_hashes(params, hasher),
+            "inputs": input_keys,
+            "seed": seed,
+        }
+    )
 
 
 def step_keys(spec: PipelineSpec, seed: int, versions: dict[str, str] | None = None) -> dict[str, list[str]]:
@@ -163,8 +191,9 @@ def step_keys(spec: PipelineSpec, seed: int, versions: dict[str, str] | None = N
     keys: dict[str, list[str]] = {}
     summary: dict[str, str] = {}  # a step's key as seen by its consumers
     for s in spec.steps.values():
-        input_keys = {p: [summary[r.step] + ("[*]" if r.all_trials else "") for r in refs]
-                      for p, refs in s.inputs.items()}
+        input_keys = {
+            p: [summary[r.step] + ("[*]" if r.all_trials else "") for r in refs] for p, refs in s.inputs.items()
+        }
         keys[s.name] = [trial_key(s, t.params, input_keys, seed, versions, hasher) for t in s.trials]
         select = None if s.select is None else repr(s.select)
         summary[s.name] = keys[s.name][0] if not s.is_sweep else _sha({"trials": keys[s.name], "select": select})

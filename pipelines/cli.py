@@ -6,6 +6,7 @@
 Config errors print one line naming the config path and exit with code 2, before Ray starts
 or any MLflow run is created. A failed step exits 1; Ctrl-C exits 130.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,11 @@ USAGE = __doc__.strip().splitlines()[2]
 
 def conf_dir() -> Path:
     """``SLIMRAY_CONF``, else ./conf, else the conf/ folder beside the installed packages."""
-    for candidate in (os.environ.get("SLIMRAY_CONF"), Path.cwd() / "conf", Path(__file__).resolve().parents[1] / "conf"):
+    for candidate in (
+        os.environ.get("SLIMRAY_CONF"),
+        Path.cwd() / "conf",
+        Path(__file__).resolve().parents[1] / "conf",
+    ):
         if candidate and (Path(candidate) / "config.yaml").exists():
             return Path(candidate).resolve()
     raise SpecError("conf", "no conf/config.yaml found (set SLIMRAY_CONF)")
@@ -40,8 +45,11 @@ def one_line(e: BaseException | None) -> str:
         text = str(e).split("Config search path")[0]
         found = re.search(r"full_key:\s*(\S+)", text)
         key = key or (found.group(1) if found else None)
-        parts += [ln.strip().rstrip(".:") for ln in text.splitlines()
-                  if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))]
+        parts += [
+            ln.strip().rstrip(".:")
+            for ln in text.splitlines()
+            if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))
+        ]
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)  # 'from None' ends it
     msg = "; ".join(dict.fromkeys(p for p in parts if p and "$VALUE" not in p))
     return f"{key}: {msg}" if key and key not in msg else msg
@@ -67,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["serve"]:
         from pipelines.scale.serve import main as serve
+
         return serve(args[1:])
     if args[:1] == ["submit"]:  # `slimray submit [overrides]`: the same pipeline as a Ray Job
         from pipelines import submit
+
         return submit.main(args[1:])
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())

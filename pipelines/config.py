@@ -6,6 +6,7 @@ key or a wrong type anywhere (``ray.adress``, ``resources.num_cpus: two``, ``sel
 to a schema'd node; this merge is what catches them. Task params are checked against each
 task's own dataclass by ``pipelines.spec`` (they depend on the step's ``task``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -112,8 +113,9 @@ def container(node, path: str) -> dict:
         return cast(dict, OmegaConf.to_container(node, resolve=True, throw_on_missing=True, enum_to_str=True))
     except OmegaConfBaseException as e:
         missing = "Missing mandatory value" in str(e)
-        raise SpecError(_join(path, getattr(e, "full_key", None)),
-                        "missing required value (???)" if missing else omega_message(e)) from None
+        raise SpecError(
+            _join(path, getattr(e, "full_key", None)), "missing required value (???)" if missing else omega_message(e)
+        ) from None
 
 
 def typed(cls: type | DictConfig, node, path: str, as_object: bool = False):

@@ -3,6 +3,7 @@
 On a terminal the table redraws in place; elsewhere (CI logs, pipes) each change of a step's
 status is printed as one line, so logs stay readable.
 """
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-STYLE = {"pending": "dim", "running": "yellow", "cached": "cyan", "done": "green",
-         "failed": "bold red", "skipped": "magenta"}
+STYLE = {
+    "pending": "dim",
+    "running": "yellow",
+    "cached": "cyan",
+    "done": "green",
+    "failed": "bold red",
+    "skipped": "magenta",
+}
 
 
 def _duration(st) -> str:
@@ -35,8 +42,15 @@ def table(states: dict) -> Table:
     for name, st in states.items():
         picked = st.spec.is_sweep and st.spec.select is not None and st.selected is not None
         sel = f" -> {st.trials[st.selected].label}" if picked else ""
-        t.add_row(name, st.spec.task, f"[{STYLE[st.status]}]{st.status}[/]", _trials(st), _duration(st),
-                  ",".join(sorted(st.nodes)), (st.note or sel.strip())[:80])
+        t.add_row(
+            name,
+            st.spec.task,
+            f"[{STYLE[st.status]}]{st.status}[/]",
+            _trials(st),
+            _duration(st),
+            ",".join(sorted(st.nodes)),
+            (st.note or sel.strip())[:80],
+        )
     return t
 
 
@@ -47,9 +61,11 @@ class Board:
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
         self.states: dict = {}
-        self.live = (Live(console=self.console, refresh_per_second=4, transient=False,
-                          get_renderable=lambda: table(self.states))
-                     if self.console.is_terminal else None)
+        self.live = (
+            Live(console=self.console, refresh_per_second=4, transient=False, get_renderable=lambda: table(self.states))
+            if self.console.is_terminal
+            else None
+        )
         self._seen: dict[str, str] = {}
 
     def on_event(self, event: str, st, trial) -> None:  # noqa: ARG002 - the listener signature

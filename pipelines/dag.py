@@ -11,6 +11,7 @@ subscribe, as Kedro's runner hooks and Ray Tune's callbacks do. Events, in order
 life: ``step_started``, then per trial ``trial_cached`` (a hit nobody needs to load),
 ``trial_submitted``, ``trial_finished`` or ``trial_failed``, then ``step_finished``.
 """
+
 from __future__ import annotations
 
 import time
@@ -87,16 +88,25 @@ def _execute_remote():
 
 
 def cached_meta(hit: Run, run_id: str, node_id: str) -> StepMeta:
-    return StepMeta(run_id, node_id, 0.0, dict(hit.data.metrics), True, hit.data.tags.get("slimray.publishes") == "true")
+    return StepMeta(
+        run_id, node_id, 0.0, dict(hit.data.metrics), True, hit.data.tags.get("slimray.publishes") == "true"
+    )
 
 
 class Executor:
-    def __init__(self, spec: PipelineSpec, ctx: Context, keys: dict[str, list[str]], hits: dict[str, list],
-                 listeners: list[Listener] | None = None):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        ctx: Context,
+        keys: dict[str, list[str]],
+        hits: dict[str, list],
+        listeners: list[Listener] | None = None,
+    ):
         self.spec, self.ctx, self.listeners = spec, ctx, list(listeners or [])
-        self.states = {n: StepState(s, [Trial(k, t.label, t.params, h)
-                                        for k, t, h in zip(keys[n], s.trials, hits[n])])
-                       for n, s in spec.steps.items()}
+        self.states = {
+            n: StepState(s, [Trial(k, t.label, t.params, h) for k, t, h in zip(keys[n], s.trials, hits[n])])
+            for n, s in spec.steps.items()
+        }
         self.inflight: dict = {}  # meta ObjectRef -> (step, trial index)
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
@@ -112,9 +122,14 @@ class Executor:
 
     # ---- submission --------------------------------------------------------------------
     def tags(self, st: StepState, t: Trial) -> dict[str, str]:
-        return {"slimray.step": st.spec.name, "slimray.task": st.spec.task, "slimray.cache_key": t.key,
-                "slimray.root": self.ctx.root_run, "mlflow.source.git.commit": self.ctx.commit,
-                **({"slimray.trial": t.label} if t.label else {})}
+        return {
+            "slimray.step": st.spec.name,
+            "slimray.task": st.spec.task,
+            "slimray.cache_key": t.key,
+            "slimray.root": self.ctx.root_run,
+            "mlflow.source.git.commit": self.ctx.commit,
+            **({"slimray.trial": t.label} if t.label else {}),
+        }
 
     @staticmethod
     def run_name(st: StepState, t: Trial) -> str:
@@ -155,20 +170,37 @@ class Executor:
     def _submit(self, st: StepState, i: int, t: Trial, args: list, layout: list) -> None:
         s = st.spec
         run_name = self.run_name(st, t)
-        job = StepJob(step=s.name, task=s.task, run_name=run_name, params=t.params, seed=self.ctx.seed,
-                      uri=self.ctx.uri, experiment_id=self.ctx.experiment_id,
-                      parent_run=st.run_id or self.ctx.root_run, root_run=self.ctx.root_run,
-                      tags=self.tags(st, t), layout=layout,
-                      cached_from=t.hit.info.run_id if t.hit is not None else None,
-                      cached_summary=dict(t.hit.data.metrics) if t.hit is not None else {},
-                      cached_publishes=t.hit is not None and t.hit.data.tags.get("slimray.publishes") == "true",
-                      use_gpu=s.resources.num_gpus > 0, threads=max(1, int(s.resources.num_cpus)),
-                      trusted_targets=self.spec.trusted_targets, retries=s.retries)
+        job = StepJob(
+            step=s.name,
+            task=s.task,
+            run_name=run_name,
+            params=t.params,
+            seed=self.ctx.seed,
+            uri=self.ctx.uri,
+            experiment_id=self.ctx.experiment_id,
+            parent_run=st.run_id or self.ctx.root_run,
+            root_run=self.ctx.root_run,
+            tags=self.tags(st, t),
+            layout=layout,
+            cached_from=t.hit.info.run_id if t.hit is not None else None,
+            cached_summary=dict(t.hit.data.metrics) if t.hit is not None else {},
+            cached_publishes=t.hit is not None and t.hit.data.tags.get("slimray.publishes") == "true",
+            use_gpu=s.resources.num_gpus > 0,
+            threads=max(1, int(s.resources.num_cpus)),
+            trusted_targets=self.spec.trusted_targets,
+            retries=s.retries,
+        )
         r = s.resources
         remote = _execute_remote().options(
-            num_returns=2, num_cpus=r.num_cpus, num_gpus=r.num_gpus, memory=r.memory,
-            resources=r.custom or None, max_retries=s.retries, retry_exceptions=s.retries > 0,
-            name=f"slimray:{run_name}")
+            num_returns=2,
+            num_cpus=r.num_cpus,
+            num_gpus=r.num_gpus,
+            memory=r.memory,
+            resources=r.custom or None,
+            max_retries=s.retries,
+            retry_exceptions=s.retries > 0,
+            name=f"slimray:{run_name}",
+        )
         t.output, meta_ref = remote.remote(job, *args)
         t.status = "running"
         self.inflight[meta_ref] = (s.name, i)
@@ -208,7 +240,9 @@ class Executor:
         self.emit("step_finished", st)
 
     def _select(self, st: StepState, ok: list[int]) -> int:
-        upstream = {name: self.states[name].summary for name in self.spec.steps if self.states[name].selected is not None}
+        upstream = {
+            name: self.states[name].summary for name in self.spec.steps if self.states[name].selected is not None
+        }
         summaries = {i: meta.summary for i in ok if (meta := st.trials[i].meta) is not None}
         index, note = choose(st.spec.select, summaries, upstream)
         st.note = st.note or note

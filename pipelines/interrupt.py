@@ -10,6 +10,7 @@ every turn of the executor loop, at most 0.5 s apart). A watchdog guarantees the
 anyway: if clean-up has not finished ``grace_s`` seconds after Ctrl-C, the process exits with
 code 130; a second Ctrl-C exits at once.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,6 +13,7 @@ within seconds and nothing is started:
 - ``postgresql://`` and other database URIs used directly: a TCP connection to host:port.
 Other schemes (``databricks``, plugins) are left to MLflow.
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,18 +50,24 @@ def _check_http(uri: str, timeout: float) -> None:
             json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
-            raise PreflightError(f"MLflow server {uri} refused the request (HTTP {e.code}): set "
-                                 f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+            raise PreflightError(
+                f"MLflow server {uri} refused the request (HTTP {e.code}): set "
+                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
         if e.code >= 500:
-            raise PreflightError(f"MLflow server {uri} answered HTTP {e.code} ({e.reason}); "
-                                 f"is its backend store up?") from None
-        raise PreflightError(f"{uri} is not an MLflow tracking server (HTTP {e.code} {e.reason} for its "
-                             f"REST API); check MLFLOW_TRACKING_URI / tracking.uri") from None
+            raise PreflightError(
+                f"MLflow server {uri} answered HTTP {e.code} ({e.reason}); is its backend store up?"
+            ) from None
+        raise PreflightError(
+            f"{uri} is not an MLflow tracking server (HTTP {e.code} {e.reason} for its "
+            f"REST API); check MLFLOW_TRACKING_URI / tracking.uri"
+        ) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         reason = getattr(reason, "strerror", None) or reason
-        raise PreflightError(f"MLflow server {uri} is unreachable ({reason}); start it or fix "
-                             f"MLFLOW_TRACKING_URI / tracking.uri") from None
+        raise PreflightError(
+            f"MLflow server {uri} is unreachable ({reason}); start it or fix MLFLOW_TRACKING_URI / tracking.uri"
+        ) from None
     except ValueError:
         raise PreflightError(f"{uri} does not answer like an MLflow server (no JSON from the REST API)") from None
 
@@ -80,8 +87,9 @@ def _check_tcp(uri: str, host: str, port: int, timeout: float) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise PreflightError(f"tracking database {host}:{port} ({urlparse(uri).scheme}) is unreachable "
-                             f"({e.strerror or e})") from None
+        raise PreflightError(
+            f"tracking database {host}:{port} ({urlparse(uri).scheme}) is unreachable ({e.strerror or e})"
+        ) from None
 
 
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}

@@ -12,6 +12,7 @@
 Workers write their own step runs (``pipelines.worker``); nothing else in the engine writes to
 MLflow during execution.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -51,18 +52,25 @@ class RunRecorder:
     def _open_sweep_run(self, st: StepState) -> None:
         assert self.executor is not None
         keys = ",".join(t.key[:12] for t in st.trials)
-        tags = {**self.executor.tags(st, Trial(key="sweep:" + keys, label="", params={})),
-                "slimray.cached": str(all(t.hit is not None for t in st.trials)).lower(),
-                "slimray.node_id": self.node_id}
+        tags = {
+            **self.executor.tags(st, Trial(key="sweep:" + keys, label="", params={})),
+            "slimray.cached": str(all(t.hit is not None for t in st.trials)).lower(),
+            "slimray.node_id": self.node_id,
+        }
         st.run_id = create_run(self.client, self.ctx.experiment_id, st.spec.name, self.ctx.root_run, tags)
 
     def _record_cached(self, st: StepState, t: Trial) -> None:
         """A cache hit nobody downstream needs to load: record the run, run nothing."""
         assert self.executor is not None and t.hit is not None
-        tags = {**self.executor.tags(st, t), "slimray.cached": "true", "slimray.cache_source": t.hit.info.run_id,
-                "slimray.node_id": self.node_id}
-        run_id = create_run(self.client, self.ctx.experiment_id, self.executor.run_name(st, t),
-                            st.run_id or self.ctx.root_run, tags)
+        tags = {
+            **self.executor.tags(st, t),
+            "slimray.cached": "true",
+            "slimray.cache_source": t.hit.info.run_id,
+            "slimray.node_id": self.node_id,
+        }
+        run_id = create_run(
+            self.client, self.ctx.experiment_id, self.executor.run_name(st, t), st.run_id or self.ctx.root_run, tags
+        )
         t.meta = cached_meta(t.hit, run_id, self.node_id)
         ts = int(time.time() * 1000)
         metrics = [Metric(k, v, ts, 0) for k, v in t.meta.summary.items()]
@@ -118,9 +126,13 @@ class RunRecorder:
         import onnx
 
         mlflow.set_tracking_uri(self.ctx.uri)
-        info = mlflow.onnx.log_model(onnx.load_from_string(onnx_bytes), name="model",
-                                     registered_model_name=name, pip_requirements=["onnxruntime"],
-                                     run_id=self.ctx.root_run)
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(onnx_bytes),
+            name="model",
+            registered_model_name=name,
+            pip_requirements=["onnxruntime"],
+            run_id=self.ctx.root_run,
+        )
         version = str(info.registered_model_version)
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")

@@ -9,6 +9,7 @@
 A typo or a wrong type in those files fails when the config is composed; ``pipelines.config``
 checks the composed whole once more (``+key=`` overrides bypass Hydra's checks).
 """
+
 from __future__ import annotations
 
 import typing

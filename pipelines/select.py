@@ -6,6 +6,7 @@
 minus a number. If no trial meets it, the trial closest to meeting it is taken and the note
 says so: the pipeline goes on, and the reason is visible in the console and in MLflow.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,7 @@ def parse_where(text: str, path: str) -> Where:
     m = WHERE_RE.match(text)
     o = OPERAND_RE.match(m.group(3)) if m else None
     if not m or not o:
-        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or "
-                              f"'val_acc >= student.val_acc - 0.01')")
+        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or 'val_acc >= student.val_acc - 0.01')")
     const = float(o.group(3)) if o.group(3) else 0.0
     if o.group(4):
         const += float(o.group(5)) * (1 if o.group(4) == "+" else -1)
@@ -74,7 +74,9 @@ def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, 
         passing = [i for i in eligible if OPS[w.op](value(i, w.metric), bound)]
         if not passing:
             has = [i for i in ok if not math.isnan(value(i, w.metric))] or ok
-            closest = min(has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf)
+            closest = min(
+                has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf
+            )
             return closest, f"no trial meets '{w.metric} {w.op} {bound:.4g}': took the closest"
         eligible = passing
     if not eligible:

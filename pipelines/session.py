@@ -1,4 +1,5 @@
 """One pipeline execution: start (or join) Ray, open the MLflow parent run, execute, summarise."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,15 @@ from pipelines.dag import Context, Executor
 from pipelines.interrupt import INTERRUPT
 from pipelines.recorder import RunRecorder
 from pipelines.spec import PipelineSpec, build_spec
-from pipelines.tracking import create_run, ensure_experiment, find_cached, git_commit, log_params, open_runs, resolve_uri
+from pipelines.tracking import (
+    create_run,
+    ensure_experiment,
+    find_cached,
+    git_commit,
+    log_params,
+    open_runs,
+    resolve_uri,
+)
 
 
 @dataclass
@@ -51,7 +60,13 @@ def start_ray(rc: RayConfig) -> bool:
         return False
     kwargs: dict[str, Any] = dict(runtime_env=rc.runtime_env or None, log_to_driver=True, logging_level="WARNING")
     if rc.address is None:
-        ray.init(address="local", num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, include_dashboard=rc.include_dashboard, **kwargs)
+        ray.init(
+            address="local",
+            num_cpus=rc.num_cpus,
+            num_gpus=rc.num_gpus,
+            include_dashboard=rc.include_dashboard,
+            **kwargs,
+        )
     else:
         ray.init(address=rc.address, **kwargs)
     return True
@@ -74,12 +89,21 @@ def warm_workers() -> None:
         remote.remote()
 
 
-def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec,
-                 overrides: list[str], commit: str) -> str:
+def open_parent(
+    client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec, overrides: list[str], commit: str
+) -> str:
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = create_run(client, experiment_id, name, None, {
-        "slimray.pipeline": spec.name, "slimray.overrides": " ".join(overrides)[:5000],
-        "mlflow.source.git.commit": commit})
+    run_id = create_run(
+        client,
+        experiment_id,
+        name,
+        None,
+        {
+            "slimray.pipeline": spec.name,
+            "slimray.overrides": " ".join(overrides)[:5000],
+            "mlflow.source.git.commit": commit,
+        },
+    )
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     log_params(client, run_id, resolved)
@@ -90,11 +114,14 @@ def open_parent(client: MlflowClient, experiment_id: str, cfg: DictConfig, spec:
     return run_id
 
 
-def lookup_cache(client: MlflowClient, experiment_id: str, spec: PipelineSpec, keys: dict[str, list[str]],
-                 use_cache: bool) -> dict[str, list]:
+def lookup_cache(
+    client: MlflowClient, experiment_id: str, spec: PipelineSpec, keys: dict[str, list[str]], use_cache: bool
+) -> dict[str, list]:
     """The stored run of every trial's key (None where there is none, or caching is off)."""
-    return {name: [find_cached(client, experiment_id, k) if use_cache and s.cache else None for k in keys[name]]
-            for name, s in spec.steps.items()}
+    return {
+        name: [find_cached(client, experiment_id, k) if use_cache and s.cache else None for k in keys[name]]
+        for name, s in spec.steps.items()
+    }
 
 
 def _node_id(ray_started: bool) -> str:
@@ -105,8 +132,14 @@ def _node_id(ray_started: bool) -> str:
     return f"driver:{socket.gethostname()}"
 
 
-def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: TrackingConfig,
-            overrides: list[str], console: Console | None = None) -> Outcome:
+def execute(
+    cfg: DictConfig,
+    spec: PipelineSpec,
+    ray_cfg: RayConfig,
+    tracking: TrackingConfig,
+    overrides: list[str],
+    console: Console | None = None,
+) -> Outcome:
     """Run one execution. Cache hits are resolved from MLflow first: Ray is started (or joined)
     only when some step has to run, so an unchanged rerun costs imports plus a few queries."""
     console = console or Console(stderr=True)
@@ -133,8 +166,9 @@ def execute(cfg: DictConfig, spec: PipelineSpec, ray_cfg: RayConfig, tracking: T
             ex = Executor(spec, ctx, keys, hits, [recorder, board])
             recorder.executor, board.states = ex, ex.states
             states = ex.run()
-        failed = [n for n, st in states.items() if st.status == "failed" or
-                  any(t.status == "failed" for t in st.trials)]
+        failed = [
+            n for n, st in states.items() if st.status == "failed" or any(t.status == "failed" for t in st.trials)
+        ]
         status = "FAILED" if failed else "FINISHED"
         for text in recorder.console:
             console.print(text, markup=False, highlight=False)
@@ -160,8 +194,16 @@ def summary(outcome: Outcome, console: Console) -> None:
         if st.status in ("failed", "skipped") or (st.note and st.status != "pending"):
             console.print(f"{st.status}: {name}: {st.note}", markup=False, highlight=False)
     word = "finished" if outcome.exit_code == 0 else "FAILED"
-    console.print(f"Pipeline '{outcome.spec.name}' {word}. MLflow run {outcome.run_id} "
-                  f"(experiment {outcome.experiment_id}) in {outcome.uri}", markup=False, highlight=False)
-    console.print(f"Open it: mlflow ui --backend-store-uri {outcome.uri} --host 127.0.0.1 --port 5000"
-                  if outcome.uri.startswith("sqlite") else f"Open it: {outcome.uri}/#/experiments/"
-                  f"{outcome.experiment_id}/runs/{outcome.run_id}", markup=False, highlight=False)
+    console.print(
+        f"Pipeline '{outcome.spec.name}' {word}. MLflow run {outcome.run_id} "
+        f"(experiment {outcome.experiment_id}) in {outcome.uri}",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"Open it: mlflow ui --backend-store-uri {outcome.uri} --host 127.0.0.1 --port 5000"
+        if outcome.uri.startswith("sqlite")
+        else f"Open it: {outcome.uri}/#/experiments/{outcome.experiment_id}/runs/{outcome.run_id}",
+        markup=False,
+        highlight=False,
+    )

@@ -20,6 +20,7 @@ checks what a schema cannot: params against the step's task dataclass (every swe
 inputs against the task's signature and the upstream steps' output types, model parts
 (``_target_`` nodes) against their constructors, and the DAG (cycles, select references).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -27,9 +28,9 @@ import itertools
 import re
 import types
 import typing
-from typing import cast
 from dataclasses import dataclass
 from functools import cache
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -97,10 +98,8 @@ def task_signature(task: str) -> tuple[dict[str, typing.Any], set[str], type, ty
     fn = TASKS[task]
     hints = typing.get_type_hints(fn)
     sig = inspect.signature(fn)
-    inputs = {n: hints[n] for n, p in sig.parameters.items()
-              if p.kind is not inspect.Parameter.KEYWORD_ONLY}
-    required = {n for n, p in sig.parameters.items()
-                if n in inputs and p.default is inspect.Parameter.empty}
+    inputs = {n: hints[n] for n, p in sig.parameters.items() if p.kind is not inspect.Parameter.KEYWORD_ONLY}
+    required = {n for n, p in sig.parameters.items() if n in inputs and p.default is inspect.Parameter.empty}
     return inputs, required, hints["cfg"], hints["return"]
 
 
@@ -180,8 +179,8 @@ def _expand_sweep(task: str, params: dict, sweep: dict, path: str) -> list[Trial
     for combo in itertools.product(*(sweep[k] for k in keys)):
         p = params
         for k, v in zip(keys, combo):
-            p = _set_dotted(p, k[len("params."):], v)
-        label = ",".join(f"{k[len('params.'):].split('.')[-1]}={v}" for k, v in zip(keys, combo))
+            p = _set_dotted(p, k[len("params.") :], v)
+        label = ",".join(f"{k[len('params.') :].split('.')[-1]}={v}" for k, v in zip(keys, combo))
         typed_params(task, p, f"{path}.sweep[{label}].params")
         check_model_parts(p, f"{path}.sweep[{label}].params")
         trials.append(Trial(label, p))
@@ -193,8 +192,9 @@ def _check_inputs(name: str, task: str, inputs: dict, path: str) -> tuple[dict[s
     refs: dict[str, list[Ref]] = {}
     for param, value in inputs.items():
         if param not in annotations:
-            raise SpecError(f"{path}.inputs.{param}",
-                            f"task '{task}' has no input '{param}' (inputs: {sorted(annotations)})")
+            raise SpecError(
+                f"{path}.inputs.{param}", f"task '{task}' has no input '{param}' (inputs: {sorted(annotations)})"
+            )
         refs[param] = _parse_refs(value, f"{path}.inputs.{param}")
     for param in sorted(required - set(refs)):
         raise SpecError(f"{path}.inputs.{param}", f"missing required input of task '{task}'")
@@ -221,8 +221,11 @@ def _check_types(spec: dict[str, StepSpec]) -> None:
                     raise SpecError(path, f"input '{param}' takes one {want.__name__}, not a list")
                 got = task_signature(spec[ref.step].task)[3]
                 if isinstance(want, type) and not (isinstance(got, type) and issubclass(got, want)):
-                    raise SpecError(path, f"step '{ref.step}' gives {getattr(got, '__name__', got)} "
-                                          f"but input '{param}' of task '{s.task}' needs {want.__name__}")
+                    raise SpecError(
+                        path,
+                        f"step '{ref.step}' gives {getattr(got, '__name__', got)} "
+                        f"but input '{param}' of task '{s.task}' needs {want.__name__}",
+                    )
 
 
 def _toposort(steps: dict[str, StepSpec]) -> list[str]:
@@ -269,9 +272,19 @@ def _parse_step(name: str, node: StepConfig) -> StepSpec:
         raise SpecError(f"{path}.select", "select needs a sweep")
     if node.retries < 0:
         raise SpecError(f"{path}.retries", f"must be a non-negative integer, got '{node.retries}'")
-    return StepSpec(name=name, task=node.task, inputs=inputs, list_inputs=list_inputs, params=params,
-                    trials=trials, resources=_check_resources(node.resources, f"{path}.resources"),
-                    retries=node.retries, max_concurrency=node.max_concurrency, select=select, cache=node.cache)
+    return StepSpec(
+        name=name,
+        task=node.task,
+        inputs=inputs,
+        list_inputs=list_inputs,
+        params=params,
+        trials=trials,
+        resources=_check_resources(node.resources, f"{path}.resources"),
+        retries=node.retries,
+        max_concurrency=node.max_concurrency,
+        select=select,
+        cache=node.cache,
+    )
 
 
 def build_spec(pipeline_cfg, trusted: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
@@ -279,8 +292,11 @@ def build_spec(pipeline_cfg, trusted: list[str] | tuple[str, ...] = ()) -> Pipel
 
     ``trusted`` is the config's ``trusted_models``: extra model targets steps may load.
     """
-    node = pipeline_cfg if isinstance(pipeline_cfg, PipelineConfig) else \
-        typed(PipelineConfig, container(pipeline_cfg, "pipeline"), "pipeline", as_object=True)
+    node = (
+        pipeline_cfg
+        if isinstance(pipeline_cfg, PipelineConfig)
+        else typed(PipelineConfig, container(pipeline_cfg, "pipeline"), "pipeline", as_object=True)
+    )
     if not node.name:
         raise SpecError("pipeline.name", "missing required value")
     if not node.steps:
@@ -291,8 +307,12 @@ def build_spec(pipeline_cfg, trusted: list[str] | tuple[str, ...] = ()) -> Pipel
     for s in steps.values():
         w = s.select.where if s.select else None
         if w and w.ref_step and w.ref_step not in _ancestors(steps, s.name):
-            raise SpecError(f"pipeline.steps.{s.name}.select.where",
-                            f"'{w.ref_step}' is not an upstream step of '{s.name}'")
+            raise SpecError(
+                f"pipeline.steps.{s.name}.select.where", f"'{w.ref_step}' is not an upstream step of '{s.name}'"
+            )
     named = {t for st in steps.values() for trial in st.trials for t in model_targets(trial.params)}
-    return PipelineSpec(name=str(node.name), steps={n: steps[n] for n in order},
-                        trusted_targets=tuple(sorted(named | trusted_models(trusted))))
+    return PipelineSpec(
+        name=str(node.name),
+        steps={n: steps[n] for n in order},
+        trusted_targets=tuple(sorted(named | trusted_models(trusted))),
+    )

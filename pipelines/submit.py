@@ -12,6 +12,7 @@ and exits with the pipeline's exit code (Ctrl-C stops the job and exits 130).
 Environment: ``RAY_API_SERVER_ADDRESS`` (the dashboard's ``http://host:port``; else an
 ``http`` ``RAY_ADDRESS``), ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN``, ``MLFLOW_TRACKING_URI``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,29 @@ import sys
 import time
 from pathlib import Path
 
-EXCLUDES = [".venv", "venv", ".git", ".cluster", "mlruns", "mlartifacts", "mlflow.db", "mlflow.db-*",
-            "outputs", ".pytest_cache", "__pycache__", "*.pyc", ".hypothesis", "*.egg-info"]
-PASSED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-              "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_MODE")
+EXCLUDES = [
+    ".venv",
+    "venv",
+    ".git",
+    ".cluster",
+    "mlruns",
+    "mlartifacts",
+    "mlflow.db",
+    "mlflow.db-*",
+    "outputs",
+    ".pytest_cache",
+    "__pycache__",
+    "*.pyc",
+    ".hypothesis",
+    "*.egg-info",
+]
+PASSED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "RAY_AUTH_MODE",
+)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -35,22 +55,28 @@ class SubmitError(RuntimeError):
 def api_address() -> str:
     address = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS", "")
     if not address.startswith(("http://", "https://")):
-        raise SubmitError("set RAY_API_SERVER_ADDRESS to the Ray dashboard (http://host:8265), "
-                          "e.g. `source .cluster/env` after cluster/up.sh")
+        raise SubmitError(
+            "set RAY_API_SERVER_ADDRESS to the Ray dashboard (http://host:8265), "
+            "e.g. `source .cluster/env` after cluster/up.sh"
+        )
     return address
 
 
 def job_spec(overrides: list[str], project: Path) -> dict:
     """The submission: entrypoint, working dir with excludes, the environment the driver needs."""
     if not os.environ.get("MLFLOW_TRACKING_URI", "").startswith(("http://", "https://")):
-        raise SubmitError("set MLFLOW_TRACKING_URI to the tracking server (a Ray Job runs on the "
-                          "cluster: a local sqlite/file store would stay there)")
+        raise SubmitError(
+            "set MLFLOW_TRACKING_URI to the tracking server (a Ray Job runs on the "
+            "cluster: a local sqlite/file store would stay there)"
+        )
     env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
     entry = shlex.join(["python", "-m", "pipelines", "ray=cluster", *overrides])
-    return {"entrypoint": entry, "runtime_env": {"working_dir": str(project), "excludes": EXCLUDES,
-                                                 "env_vars": env},
-            "submission_id": f"slimray-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"}
+    return {
+        "entrypoint": entry,
+        "runtime_env": {"working_dir": str(project), "excludes": EXCLUDES, "env_vars": env},
+        "submission_id": f"slimray-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+    }
 
 
 async def _follow(client, job_id: str) -> None:
@@ -90,8 +116,10 @@ def main(argv: list[str]) -> int:
         client = JobSubmissionClient(address)
         job_id = client.submit_job(**spec)
     except Exception as e:  # connection refused, 401 without the token, ...
-        print(f"error: cannot submit to {address}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        print(
+            f"error: cannot submit to {address}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            file=sys.stderr,
+        )
         return 2
     print(f"Submitted Ray job {job_id} to {address} (logs: ray job logs {job_id})", file=sys.stderr)
     try:

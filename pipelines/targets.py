@@ -6,6 +6,7 @@ target must import and be an ``nn.Module`` subclass, and its kwargs must fit the
 signature (``inspect.signature``), with ``input_shape``/``num_classes`` filled from the data
 (``tasks.models.DATA_KWARGS``). So a typo in a model YAML fails at validation, not in a Ray task.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,8 +45,7 @@ def check_model_parts(params: dict, path: str) -> None:
     for where, part in _parts(params, path):
         cls = _model_class(part["_target_"], f"{where}._target_")
         sig = inspect.signature(cls)
-        accepted = {n: p for n, p in sig.parameters.items()
-                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        accepted = {n: p for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         open_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
         name = f"{cls.__module__}.{cls.__qualname__}"
         for key in part:

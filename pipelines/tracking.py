@@ -5,6 +5,7 @@ found again by the ``slimray.cache_key`` tag.
 The driver and the Ray workers both talk to MLflow through ``MlflowClient`` with an explicit
 tracking URI, so nothing depends on process-global MLflow state.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,11 +103,10 @@ def flatten(d, prefix: str = "") -> dict[str, str]:
 def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
     items = [Param(k, v) for k, v in flatten(params).items()]
     for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100], synchronous=True)
+        client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
 
 
-def create_run(client: MlflowClient, experiment_id: str, name: str, parent: str | None,
-               tags: dict[str, str]) -> str:
+def create_run(client: MlflowClient, experiment_id: str, name: str, parent: str | None, tags: dict[str, str]) -> str:
     all_tags = {"mlflow.runName": name, **tags}
     if parent:
         all_tags["mlflow.parentRunId"] = parent
@@ -117,15 +117,22 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str):
     """The newest finished, non-cached run that stored the output for ``key``, or None."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`{TAG}cache_key` = '{key}' and tags.`{TAG}cached` = 'false' "
-                       f"and tags.`{TAG}stored` = 'true' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
+        filter_string=(
+            f"tags.`{TAG}cache_key` = '{key}' and tags.`{TAG}cached` = 'false' "
+            f"and tags.`{TAG}stored` = 'true' and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return runs[0] if runs else None
 
 
 def open_runs(client: MlflowClient, experiment_id: str, root: str) -> list[str]:
-    runs = client.search_runs([experiment_id], max_results=5000,
-                              filter_string=f"tags.`{TAG}root` = '{root}' and attributes.status = 'RUNNING'")
+    runs = client.search_runs(
+        [experiment_id],
+        max_results=5000,
+        filter_string=f"tags.`{TAG}root` = '{root}' and attributes.status = 'RUNNING'",
+    )
     return [r.info.run_id for r in runs]
 
 
@@ -168,6 +175,7 @@ class StepTracker:
 
     def map_batches(self, stage_fns, x, **options):
         from pipelines.scale.pool import map_batches
+
         return map_batches(stage_fns, x, **options)
 
     def save_output(self, value) -> bool:

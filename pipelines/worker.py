@@ -5,6 +5,7 @@ It opens the step's MLflow run, either loads a cached output or calls the task w
 returns ``(output, StepMeta)``: the output stays in Ray's object store for downstream steps,
 the small meta goes to the driver.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,7 +61,7 @@ def assemble(layout: list[tuple[str, bool, int]], args: tuple) -> dict:
     kwargs: dict = {}
     i = 0
     for param, is_list, n in layout:
-        chunk = list(args[i:i + n])
+        chunk = list(args[i : i + n])
         i += n
         kwargs[param] = kwargs.get(param, []) + chunk if is_list else chunk[0]
     return kwargs
@@ -87,9 +88,14 @@ def fail_dead_attempts(client: MlflowClient, job: StepJob) -> None:
     that declare retries (one query), so plain steps pay nothing."""
     if job.retries <= 0:
         return
-    runs = client.search_runs([job.experiment_id], max_results=100, filter_string=(
-        f"tags.`{TAG}root` = '{job.root_run}' and tags.`{TAG}cache_key` = '{job.tags[TAG + 'cache_key']}' "
-        f"and attributes.run_name = '{job.run_name}' and attributes.status = 'RUNNING'"))
+    runs = client.search_runs(
+        [job.experiment_id],
+        max_results=100,
+        filter_string=(
+            f"tags.`{TAG}root` = '{job.root_run}' and tags.`{TAG}cache_key` = '{job.tags[TAG + 'cache_key']}' "
+            f"and attributes.run_name = '{job.run_name}' and attributes.status = 'RUNNING'"
+        ),
+    )
     for run in runs:
         client.set_tag(run.info.run_id, f"{TAG}error", "attempt lost: its Ray worker died; retried")
         client.set_terminated(run.info.run_id, "FAILED")
@@ -101,8 +107,9 @@ def _run_task(job: StepJob, args: tuple, client: MlflowClient, run_id: str, trac
     log_params(client, run_id, job.params)
     device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
-    ctx = StepContext(step=job.run_name, seed=job.seed, device=device, tracker=tracker,
-                      trusted_targets=job.trusted_targets)
+    ctx = StepContext(
+        step=job.run_name, seed=job.seed, device=device, tracker=tracker, trusted_targets=job.trusted_targets
+    )
     task: Callable[..., Any] = TASKS[job.task]
     output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
     publishes = tracker.save_output(output)

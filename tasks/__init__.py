@@ -1,5 +1,6 @@
 """The task table: every task a pipeline step may name. A literal table, checked by a test
 against the modules in this package (no decorator registry)."""
+
 from collections.abc import Callable
 from typing import Any
 

@@ -15,6 +15,7 @@ all computed by ``Comparison.between``.
 The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/types.py``):
 ``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,16 +68,25 @@ def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tu
     b1 = time_ort(sess, data.x_test, 1, cfg.warmup, cfg.iters_b1)
     bn = time_ort(sess, data.x_test, cfg.throughput_batch, cfg.warmup, cfg.iters_b256)
     return BenchmarkRow(
-        name=art.name, kind=art.kind, parent=art.parent,
+        name=art.name,
+        kind=art.kind,
+        parent=art.parent,
         test_acc=ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size),
         val_acc=ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size),
-        params=count_params(net), nonzero_params=count_nonzero(net), flops=flops_one_sample(net, data.x_test),
-        size_bytes=len(onnx_bytes), latency_ms_p50_b1=b1["p50_ms"], latency_ms_p95_b1=b1["p95_ms"],
-        throughput_b256=bn["throughput"], int8_onnx=art.onnx is not None and art.kind == "quantized")
+        params=count_params(net),
+        nonzero_params=count_nonzero(net),
+        flops=flops_one_sample(net, data.x_test),
+        size_bytes=len(onnx_bytes),
+        latency_ms_p50_b1=b1["p50_ms"],
+        latency_ms_p95_b1=b1["p95_ms"],
+        throughput_b256=bn["throughput"],
+        int8_onnx=art.onnx is not None and art.kind == "quantized",
+    )
 
 
-def targets(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: BenchmarkRow | None,
-            cfg: BenchmarkConfig) -> Targets:
+def targets(
+    rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: BenchmarkRow | None, cfg: BenchmarkConfig
+) -> Targets:
     """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks."""
     by_name = {r.name: r for r in rows}
     int8 = []
@@ -84,13 +94,17 @@ def targets(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: Be
         parent = by_name.get(r.parent) if r.int8_onnx and r.parent else None
         if parent is not None:
             c = Comparison.between(r, parent)
-            c.meets_target = bool((c.throughput_speedup or 0.0) >= cfg.int8_min_speedup
-                                  and c.test_acc_delta >= -cfg.int8_max_acc_drop)
+            c.meets_target = bool(
+                (c.throughput_speedup or 0.0) >= cfg.int8_min_speedup and c.test_acc_delta >= -cfg.int8_max_acc_drop
+            )
             int8.append(c)
-    return Targets(teacher=teacher.name if teacher else None, selected=selected.name if selected else None,
-                   selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
-                   int8_vs_fp32=int8,
-                   int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop})
+    return Targets(
+        teacher=teacher.name if teacher else None,
+        selected=selected.name if selected else None,
+        selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
+        int8_vs_fp32=int8,
+        int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop},
+    )
 
 
 def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: BenchmarkConfig) -> None:
@@ -99,8 +113,10 @@ def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg
             r.no_speedup = None if teacher is None else False
             continue
         c = Comparison.between(r, teacher)
-        r.no_speedup = bool((c.flops_reduction or 0.0) >= cfg.no_speedup_flops_ratio
-                            and (c.throughput_speedup or 0.0) < cfg.no_speedup_throughput_ratio)
+        r.no_speedup = bool(
+            (c.flops_reduction or 0.0) >= cfg.no_speedup_flops_ratio
+            and (c.throughput_speedup or 0.0) < cfg.no_speedup_throughput_ratio
+        )
 
 
 def metric_key(name: str, key: str) -> str:
@@ -118,8 +134,14 @@ def _markdown(report: BenchmarkReport) -> str:
     return title + "\n\n" + "\n".join(lines) + "\n"
 
 
-def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | None = None, *,
-        cfg: BenchmarkConfig, ctx: StepContext) -> BenchmarkReport:
+def run(
+    models: list[ModelArtifact],
+    data: Dataset,
+    selected: ModelArtifact | None = None,
+    *,
+    cfg: BenchmarkConfig,
+    ctx: StepContext,
+) -> BenchmarkReport:
     """Benchmark ``models`` (plus ``selected`` if it is not among them) on ``data.x_test``."""
     cands = list(models)
     if selected is not None and selected.name not in {m.name for m in models}:
@@ -139,12 +161,21 @@ def run(models: list[ModelArtifact], data: Dataset, selected: ModelArtifact | No
     teacher = next((r for r in rows if r.kind == "teacher"), None)
     _flag_no_speedup(rows, teacher, cfg)
     sel = next((r for r in rows if r.selected), None)
-    report = BenchmarkReport(dataset=data.name, threads=cfg.threads, runtime=f"onnxruntime {ort.__version__} CPU",
-                             candidates=rows, targets=targets(rows, teacher, sel, cfg))
+    report = BenchmarkReport(
+        dataset=data.name,
+        threads=cfg.threads,
+        runtime=f"onnxruntime {ort.__version__} CPU",
+        candidates=rows,
+        targets=targets(rows, teacher, sel, cfg),
+    )
     for r in rows:
-        ctx.log_metrics({metric_key(r.name, k): float(getattr(r, k)) for k in
-                         ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
-                         if getattr(r, k) is not None})
+        ctx.log_metrics(
+            {
+                metric_key(r.name, k): float(getattr(r, k))
+                for k in ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
+                if getattr(r, k) is not None
+            }
+        )
     ctx.log_file("benchmark.json", json.dumps(report.to_dict(), indent=2).encode())
     ctx.log_file("benchmark.md", _markdown(report).encode())
     return report

@@ -8,6 +8,7 @@ A task writes to its own step run only (metrics, files). Whatever it wants on th
 parent run or in the model registry it returns in its output (``Report.publish``), so the
 engine can publish it on the computed and the cache-hit path alike.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,20 +57,41 @@ class StepContext:
         """A one-off remark about how the step ran (e.g. a fallback it took), always shown."""
         log.warning("[%s] %s", self.step, message)
 
-    def map_batches(self, make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor,
-                    *, batch_size: int = 1024, replicas: int = 1, cpus_per_replica: float = 1.0,
-                    gpus_per_replica: float = 0.0) -> torch.Tensor:
+    def map_batches(
+        self,
+        make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
+        x: torch.Tensor,
+        *,
+        batch_size: int = 1024,
+        replicas: int = 1,
+        cpus_per_replica: float = 1.0,
+        gpus_per_replica: float = 0.0,
+    ) -> torch.Tensor:
         """Apply ``make_fn()`` (built once per replica, e.g. a loaded model) to ``x`` batch-wise.
 
         With an engine and ``replicas > 1`` this runs data-parallel on a pool of actors; here it
         runs in-process. ``make_fn`` must be picklable (a top-level class or functools.partial).
         """
-        return self.parallel_predict([make_fn], x, batch_size=batch_size, replicas=replicas,
-                                     cpus_per_actor=cpus_per_replica, gpus_per_actor=gpus_per_replica)[0]
+        return self.parallel_predict(
+            [make_fn],
+            x,
+            batch_size=batch_size,
+            replicas=replicas,
+            cpus_per_actor=cpus_per_replica,
+            gpus_per_actor=gpus_per_replica,
+        )[0]
 
-    def parallel_predict(self, stage_fns: list[Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
-                         x: torch.Tensor, *, batch_size: int, replicas: int = 1, cpus_per_actor: float = 1.0,
-                         gpus_per_actor: float = 0.0, window: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def parallel_predict(
+        self,
+        stage_fns: list[Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
+        x: torch.Tensor,
+        *,
+        batch_size: int,
+        replicas: int = 1,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        window: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """``x`` through ``replicas`` chains of pipeline stages (``stage_fns[i]()`` builds stage i):
         (outputs in input order, summary of throughput/latency/utilisation/bubble fraction).
 
@@ -77,12 +99,19 @@ class StepContext:
         engine (or with a single replica and stage) the chain runs here, batch after batch.
         """
         if self.tracker is not None and (replicas > 1 or len(stage_fns) > 1):
-            return self.tracker.map_batches(stage_fns, x, batch_size=batch_size, replicas=replicas,
-                                            num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, window=window)
+            return self.tracker.map_batches(
+                stage_fns,
+                x,
+                batch_size=batch_size,
+                replicas=replicas,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                window=window,
+            )
         fns = [make() for make in stage_fns]
         start, outs, lat, busy = time.perf_counter(), [], [], [0.0] * len(fns)
         for i in range(0, len(x), batch_size):
-            t0, y = time.perf_counter(), x[i:i + batch_size]
+            t0, y = time.perf_counter(), x[i : i + batch_size]
             for k, fn in enumerate(fns):
                 t = time.perf_counter()
                 y = fn(y)
@@ -90,9 +119,13 @@ class StepContext:
             outs.append(y)
             lat.append(time.perf_counter() - t0)
         wall = max(time.perf_counter() - start, 1e-9)
-        summary = {"rows": len(x), "wall_s": wall, "rows_per_s": len(x) / wall,
-                   "batch_latency_p50_ms": float(torch.tensor(lat or [0.0]).median()) * 1e3,
-                   "bubble_fraction": 1.0 - sum(busy) / (len(fns) * wall)}
+        summary = {
+            "rows": len(x),
+            "wall_s": wall,
+            "rows_per_s": len(x) / wall,
+            "batch_latency_p50_ms": float(torch.tensor(lat or [0.0]).median()) * 1e3,
+            "bubble_fraction": 1.0 - sum(busy) / (len(fns) * wall),
+        }
         summary.update({f"util_replica0_stage{k}": b / wall for k, b in enumerate(busy)})
         return (torch.cat(outs) if outs else x[:0]), summary
 

@@ -17,6 +17,7 @@ train inputs (random shifts of up to ``shift`` pixels plus Gaussian noise of 0.1
 Validation comes from the train split (seeded) unless the source provides it; inputs are
 standardized with train statistics only, so val/test/transfer never leak into them.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -75,7 +76,7 @@ def _mnist1d(cfg: DataConfig) -> tuple[dict, int]:
         pool.num_samples, pool.train_split = per_class * 10, 1.0
         pool.seed = cfg.mnist1d_seed + 1 + cfg.seed
         with _isolated_rng(pool.seed):
-            raw["x_transfer"] = make_dataset(pool)["x"][:cfg.n_transfer]
+            raw["x_transfer"] = make_dataset(pool)["x"][: cfg.n_transfer]
     return raw, 10
 
 
@@ -94,8 +95,10 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Admits only what a CIFAR batch needs (numpy array reconstruction); refuses any other global."""
 
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
-        (f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
-        for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))}
+        (f"numpy.{core}.{mod}", fn)
+        for core in ("core", "_core")
+        for mod, fn in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -125,8 +128,12 @@ def _cifar10(cfg: DataConfig) -> tuple[dict, int]:
         raise ValueError(f"data.path: CIFAR-10 directory '{cfg.path}' does not exist")
     parts = [_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = _cifar_batch(root / "test_batch")
-    return {"x_train": np.concatenate([p[0] for p in parts]), "y_train": np.concatenate([p[1] for p in parts]),
-            "x_test": x_test, "y_test": y_test}, 10
+    return {
+        "x_train": np.concatenate([p[0] for p in parts]),
+        "y_train": np.concatenate([p[1] for p in parts]),
+        "x_test": x_test,
+        "y_test": y_test,
+    }, 10
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -135,8 +142,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         z = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npz archive, truncated or corrupt "
-                         f"({type(e).__name__}: {e})".replace("\n", " ")) from None
+        raise ValueError(
+            f"{path}: not a readable .npz archive, truncated or corrupt ({type(e).__name__}: {e})".replace("\n", " ")
+        ) from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: holds a single array (.npy), expected an .npz archive with named arrays")
     arrays = {}
@@ -146,12 +154,15 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 arrays[key] = z[key]
             except ValueError as e:
                 if "allow_pickle" in str(e):
-                    raise ValueError(f"{path}: array '{key}' holds Python objects (dtype=object); "
-                                     f"store numeric arrays (pickles are never loaded)") from None
+                    raise ValueError(
+                        f"{path}: array '{key}' holds Python objects (dtype=object); "
+                        f"store numeric arrays (pickles are never loaded)"
+                    ) from None
                 raise ValueError(f"{path}: array '{key}' is unreadable ({e})".replace("\n", " ")) from None
             except (zipfile.BadZipFile, EOFError, OSError) as e:
-                raise ValueError(f"{path}: array '{key}' is truncated or corrupt ({type(e).__name__}: {e})"
-                                 .replace("\n", " ")) from None
+                raise ValueError(
+                    f"{path}: array '{key}' is truncated or corrupt ({type(e).__name__}: {e})".replace("\n", " ")
+                ) from None
     return arrays
 
 
@@ -165,9 +176,11 @@ def _npz(cfg: DataConfig) -> tuple[dict, int]:
         raise ValueError(f"{path}: missing required array(s) {missing}")
     if ("x_val" in arrays) != ("y_val" in arrays):
         raise ValueError(f"{path}: x_val and y_val must be given together")
-    raw = {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val") if k in arrays}
+    raw: dict[str, np.ndarray] = {
+        k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val") if k in arrays
+    }
     if "x_unlabeled" in arrays and cfg.n_transfer > 0:
-        raw["x_transfer"] = arrays["x_unlabeled"][:cfg.n_transfer]
+        raw["x_transfer"] = arrays["x_unlabeled"][: cfg.n_transfer]
     return raw, cfg.num_classes or _infer_classes(raw, path)
 
 
@@ -185,8 +198,10 @@ def _infer_classes(raw: dict, path: Path) -> int:
     values = np.unique(np.concatenate([y for y in labels if y.size])) if any(y.size for y in labels) else np.array([0])
     k = int(values.max()) + 1
     if len(values) != k:
-        raise ValueError(f"{path}: labels are not 0..{k - 1}: {k - len(values)} of those classes never occur "
-                         f"(max label {k - 1}); set data.num_classes if that is intended")
+        raise ValueError(
+            f"{path}: labels are not 0..{k - 1}: {k - len(values)} of those classes never occur "
+            f"(max label {k - 1}); set data.num_classes if that is intended"
+        )
     return k
 
 
@@ -198,8 +213,9 @@ def _validate(raw: dict, num_classes: int, origin: str, names: dict | None = Non
     least one dimension per row. ``names`` maps keys to the names the user's file uses."""
     names = names or {}
     if raw["x_train"].ndim < 2:
-        raise ValueError(f"{origin}: x_train has shape {list(raw['x_train'].shape)}, expected [N, features...] "
-                         f"(one row per sample)")
+        raise ValueError(
+            f"{origin}: x_train has shape {list(raw['x_train'].shape)}, expected [N, features...] (one row per sample)"
+        )
     shape = raw["x_train"].shape[1:]
     for split in ("train", "val", "test", "transfer"):
         x, y = raw.get(f"x_{split}"), raw.get(f"y_{split}")
@@ -212,8 +228,9 @@ def _validate(raw: dict, num_classes: int, origin: str, names: dict | None = Non
             raise ValueError(f"{origin}: {xn} rows have shape {list(x.shape[1:])}, x_train {list(shape)}")
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
         if bad.any():
-            raise ValueError(f"{origin}: {xn} contains NaN or inf ({int(bad.sum())} row(s), first row "
-                             f"{int(bad.argmax())})")
+            raise ValueError(
+                f"{origin}: {xn} contains NaN or inf ({int(bad.sum())} row(s), first row {int(bad.argmax())})"
+            )
         if y is None:
             continue
         if y.ndim != 1 or len(y) != len(x):
@@ -221,8 +238,7 @@ def _validate(raw: dict, num_classes: int, origin: str, names: dict | None = Non
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"{origin}: y_{split} must hold integer labels, got dtype {y.dtype}")
         if num_classes and y.size and (y.min() < 0 or y.max() >= num_classes):  # 0: not inferable
-            raise ValueError(f"{origin}: y_{split} has labels outside [0, {num_classes}): "
-                             f"min {y.min()}, max {y.max()}")
+            raise ValueError(f"{origin}: y_{split} has labels outside [0, {num_classes}): min {y.min()}, max {y.max()}")
     if len(raw["x_train"]) == 0 or len(raw["x_test"]) == 0:
         raise ValueError(f"{origin}: x_train and x_test must not be empty")
 
@@ -250,7 +266,7 @@ def augmented_pool(x: torch.Tensor, n: int, shift: int, seed: int) -> torch.Tens
     h, w = src.shape[-2:]
     for dy, dx in offsets.unique(dim=0).tolist():
         rows = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().squeeze(1)
-        out[rows] = padded[rows, :, shift + dy:shift + dy + h, shift + dx:shift + dx + w]
+        out[rows] = padded[rows, :, shift + dy : shift + dy + h, shift + dx : shift + dx + w]
     return out + 0.1 * float(x.std()) * torch.randn(out.shape, generator=gen)
 
 
@@ -273,8 +289,7 @@ def _check_config(cfg: DataConfig) -> None:
     if cfg.normalize not in ("channel", "feature", "none"):
         raise ValueError(f"data.normalize: unknown value '{cfg.normalize}' (channel | feature | none)")
     if not 0.0 < cfg.val_fraction < 1.0 or not 0.0 < cfg.test_fraction < 1.0:
-        raise ValueError(f"data.val_fraction/test_fraction must be in (0, 1): "
-                         f"{cfg.val_fraction}, {cfg.test_fraction}")
+        raise ValueError(f"data.val_fraction/test_fraction must be in (0, 1): {cfg.val_fraction}, {cfg.test_fraction}")
     if cfg.n_transfer < 0 or cfg.max_train < 0:
         raise ValueError(f"data.n_transfer/max_train must be >= 0: {cfg.n_transfer}, {cfg.max_train}")
 
@@ -286,17 +301,30 @@ def run(*, cfg: DataConfig, ctx: StepContext) -> Dataset:
     _validate(raw, num_classes, cfg.path or cfg.source, {"x_transfer": "x_unlabeled"} if cfg.source == "npz" else None)
     _split_val(raw, cfg)
     if cfg.max_train:
-        raw["x_train"], raw["y_train"] = raw["x_train"][:cfg.max_train], raw["y_train"][:cfg.max_train]
-    t = {k: torch.as_tensor(v, dtype=torch.long if k.startswith("y") else torch.float32)
-         for k, v in raw.items()}
+        raw["x_train"], raw["y_train"] = raw["x_train"][: cfg.max_train], raw["y_train"][: cfg.max_train]
+    t = {k: torch.as_tensor(v, dtype=torch.long if k.startswith("y") else torch.float32) for k, v in raw.items()}
     if cfg.source in ("digits", "cifar10") and cfg.n_transfer > 0:
         t["x_transfer"] = augmented_pool(t["x_train"], cfg.n_transfer, cfg.shift, cfg.seed)
     if cfg.normalize != "none":
         mean, std = _standardize(t["x_train"], cfg.normalize)
         t.update({k: (v - mean) / std for k, v in t.items() if k.startswith("x")})
     x_transfer = t.get("x_transfer")
-    ctx.log_metrics({"n_train": len(t["x_train"]), "n_val": len(t["x_val"]), "n_test": len(t["x_test"]),
-                     "n_transfer": 0 if x_transfer is None else len(x_transfer)})
-    return Dataset(name=str(cfg.source), x_train=t["x_train"], y_train=t["y_train"], x_val=t["x_val"],
-                   y_val=t["y_val"], x_test=t["x_test"], y_test=t["y_test"], num_classes=num_classes,
-                   x_transfer=x_transfer)
+    ctx.log_metrics(
+        {
+            "n_train": len(t["x_train"]),
+            "n_val": len(t["x_val"]),
+            "n_test": len(t["x_test"]),
+            "n_transfer": 0 if x_transfer is None else len(x_transfer),
+        }
+    )
+    return Dataset(
+        name=str(cfg.source),
+        x_train=t["x_train"],
+        y_train=t["y_train"],
+        x_val=t["x_val"],
+        y_val=t["y_val"],
+        x_test=t["x_test"],
+        y_test=t["y_test"],
+        num_classes=num_classes,
+        x_transfer=x_transfer,
+    )

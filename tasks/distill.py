@@ -15,6 +15,7 @@ r (1x1 convolution or linear map) takes the student's hint layer to the teacher'
 
 Several teachers (``extra_logits``) are combined by averaging their logits (an ensemble teacher).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,12 +47,14 @@ class DistillConfig:
     kind: ModelKind = ModelKind.student_kd
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *,
-            temperature: float, alpha: float) -> torch.Tensor:
+def kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float, alpha: float
+) -> torch.Tensor:
     """Hinton KD loss averaged over rows; rows with ``labels == -1`` get no CE term."""
     t = temperature
-    kl = (F.softmax(teacher / t, dim=1) * (F.log_softmax(teacher / t, dim=1)
-                                           - F.log_softmax(student / t, dim=1))).sum(dim=1)
+    kl = (F.softmax(teacher / t, dim=1) * (F.log_softmax(teacher / t, dim=1) - F.log_softmax(student / t, dim=1))).sum(
+        dim=1
+    )
     labeled = labels >= 0
     ce = F.cross_entropy(student, labels.clamp_min(0), reduction="none") * labeled
     return (alpha * t * t * kl + (1.0 - alpha) * ce).mean()
@@ -63,13 +66,18 @@ def average_logits(teachers: list[Logits]) -> Logits:
 
     def shapes(t: Logits) -> tuple:
         return tuple(t.train.shape), None if t.transfer is None else tuple(t.transfer.shape)
+
     for other in teachers[1:]:
         if shapes(other) != shapes(first):
             raise ValueError(f"distill: teacher '{other.teacher}' logits do not match '{first.teacher}' in shape")
     pools = [t.transfer for t in teachers if t.transfer is not None]
     transfer = torch.stack(pools).mean(0) if pools else None
-    return Logits(train=torch.stack([t.train for t in teachers]).mean(0), transfer=transfer,
-                  features=first.features, teacher="+".join(t.teacher for t in teachers))
+    return Logits(
+        train=torch.stack([t.train for t in teachers]).mean(0),
+        transfer=transfer,
+        features=first.features,
+        teacher="+".join(t.teacher for t in teachers),
+    )
 
 
 def use_pool(data: Dataset, use_transfer: bool, ctx: StepContext) -> bool:
@@ -83,8 +91,9 @@ def use_pool(data: Dataset, use_transfer: bool, ctx: StepContext) -> bool:
     rows = 0 if data.x_transfer is None else len(data.x_transfer)
     ctx.log_metrics({"transfer_rows": float(rows)})
     if rows == 0:
-        ctx.note("use_transfer: the data has no transfer pool (x_transfer); "
-                 "distilling over the labeled training inputs only")
+        ctx.note(
+            "use_transfer: the data has no transfer pool (x_transfer); distilling over the labeled training inputs only"
+        )
     return rows > 0
 
 
@@ -108,8 +117,10 @@ def make_regressor(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn
     if student_feat.dim() == 2:
         return nn.Linear(student_feat.shape[1], teacher_feat.shape[1])
     if student_feat.dim() not in (3, 4) or teacher_feat.dim() != student_feat.dim():
-        raise ValueError(f"distill: hint shape {list(student_feat.shape[1:])} cannot map to "
-                         f"teacher feature shape {list(teacher_feat.shape[1:])}")
+        raise ValueError(
+            f"distill: hint shape {list(student_feat.shape[1:])} cannot map to "
+            f"teacher feature shape {list(teacher_feat.shape[1:])}"
+        )
     conv = nn.Conv1d if student_feat.dim() == 3 else nn.Conv2d
     pool = nn.AdaptiveAvgPool1d if student_feat.dim() == 3 else nn.AdaptiveAvgPool2d
     return nn.Sequential(conv(student_feat.shape[1], teacher_feat.shape[1], 1), pool(teacher_feat.shape[2:]))
@@ -123,8 +134,9 @@ def _hint_setup(student: nn.Module, x: torch.Tensor, feats: torch.Tensor, cfg: D
     return store, make_regressor(store[cfg.hint_layer], feats[:2])
 
 
-def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None, *,
-        cfg: DistillConfig, ctx: StepContext) -> ModelArtifact:
+def run(
+    data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None, *, cfg: DistillConfig, ctx: StepContext
+) -> ModelArtifact:
     """Train ``cfg.student`` on the (averaged) teacher logits with the Hinton loss (+ FitNets hint)."""
     if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
@@ -140,9 +152,11 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
     hint = None
     if cfg.hint_layer:
         if cfg.teacher_feature not in teacher.features:
-            raise ValueError(f"distill.teacher_feature: '{cfg.teacher_feature}' not in logits.features "
-                             f"{sorted(teacher.features)} (set infer.features)")
-        feats = teacher.features[cfg.teacher_feature][:len(x)]
+            raise ValueError(
+                f"distill.teacher_feature: '{cfg.teacher_feature}' not in logits.features "
+                f"{sorted(teacher.features)} (set infer.features)"
+            )
+        feats = teacher.features[cfg.teacher_feature][: len(x)]
         store, regressor = _hint_setup(student, x, feats, cfg)
         regressor.to(ctx.device)
         extra, targets, hint = list(regressor.parameters()), targets + (feats,), (store, regressor)
@@ -153,8 +167,9 @@ def run(data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None,
             loss = loss + cfg.beta * F.mse_loss(hint[1](hint[0][cfg.hint_layer]), feat[0])
         return loss
 
-    best = fit(student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val),
-               extra_params=extra)
+    best = fit(
+        student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val), extra_params=extra
+    )
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
     return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=teacher.teacher, metrics=metrics)

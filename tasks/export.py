@@ -14,6 +14,7 @@ Decisions:
   quantize step already measured its accuracy.
 * Any other model is (re-)exported from its ``state_dict``: the torch weights are the truth.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,10 @@ def parity(torch_logits: torch.Tensor, onnx_logits: np.ndarray) -> dict[str, flo
         raise ValueError(f"onnx output shape {onnx_logits.shape} != torch output shape {ref.shape}")
     if len(ref) == 0:
         raise ValueError("data.x_test is empty: nothing to check export parity on")
-    return {"max_abs_diff": float(np.abs(ref - onnx_logits).max()),
-            "agreement": float((ref.argmax(1) == onnx_logits.argmax(1)).mean())}
+    return {
+        "max_abs_diff": float(np.abs(ref - onnx_logits).max()),
+        "agreement": float((ref.argmax(1) == onnx_logits.argmax(1)).mean()),
+    }
 
 
 def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepContext) -> ModelArtifact:
@@ -57,8 +60,11 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
     ref = predict(net, data.x_test, cfg.batch_size)
     if model.onnx is not None and model.kind == "quantized":
         stats = parity(ref, ort_predict(ort_session(model.onnx, cfg.threads), data.x_test, cfg.batch_size))
-        metrics = {"fp32_max_abs_diff": stats["max_abs_diff"], "fp32_agreement": stats["agreement"],
-                   "size_bytes": float(len(model.onnx))}
+        metrics = {
+            "fp32_max_abs_diff": stats["max_abs_diff"],
+            "fp32_agreement": stats["agreement"],
+            "size_bytes": float(len(model.onnx)),
+        }
         ctx.log_metrics(metrics)
         return dataclasses.replace(model, metrics={**model.metrics, **metrics})
     onnx_bytes = to_onnx(net, data.x_test[:2], dynamo=cfg.dynamo)
@@ -66,9 +72,11 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
     metrics = {**stats, "size_bytes": float(len(onnx_bytes))}
     ctx.log_metrics(metrics)
     if stats["max_abs_diff"] > cfg.atol:
-        raise ValueError(f"export parity: max_abs_diff={stats['max_abs_diff']:.3g} > atol={cfg.atol} "
-                         f"for '{model.name}'")
+        raise ValueError(
+            f"export parity: max_abs_diff={stats['max_abs_diff']:.3g} > atol={cfg.atol} for '{model.name}'"
+        )
     if stats["agreement"] < cfg.min_agreement:
-        raise ValueError(f"export parity: agreement={stats['agreement']:.4f} < min_agreement={cfg.min_agreement} "
-                         f"for '{model.name}'")
+        raise ValueError(
+            f"export parity: agreement={stats['agreement']:.4f} < min_agreement={cfg.min_agreement} for '{model.name}'"
+        )
     return dataclasses.replace(model, onnx=onnx_bytes, metrics={**model.metrics, **metrics})

@@ -7,6 +7,7 @@ model once, ``TeacherBatchFn``) with a bounded number of batches in flight and r
 dead replica (pipelines/scale/pool.py). An actor call costs ~1 ms, so the pool pays off at any
 size where a batch takes longer than that.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,13 +35,15 @@ def capture(model: nn.Module, names: list[str]) -> tuple[dict[str, torch.Tensor]
     modules = dict(model.named_modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
-        raise ValueError(f"features: no module named {unknown} in {type(model).__name__} "
-                         f"(modules: {[n for n in modules if n][:12]})")
+        raise ValueError(
+            f"features: no module named {unknown} in {type(model).__name__} (modules: {[n for n in modules if n][:12]})"
+        )
     store: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str):
         def hook(_module, _inputs, output):
             store[name] = output
+
         return hook
 
     return store, [modules[n].register_forward_hook(hook_for(n)) for n in names]
@@ -51,8 +54,7 @@ class TeacherBatchFn:
     function mapping a batch to ``[B, num_classes + sum(feature sizes)]`` (logits, then flattened
     features), so one tensor carries everything through ``map_batches``."""
 
-    def __init__(self, model: ModelArtifact, features: list[str], device: str = "cpu",
-                 trusted: tuple[str, ...] = ()):
+    def __init__(self, model: ModelArtifact, features: list[str], device: str = "cpu", trusted: tuple[str, ...] = ()):
         self.model, self.features, self.device, self.trusted = model, list(features), device, tuple(trusted)
 
     def __call__(self):
@@ -68,8 +70,9 @@ class TeacherBatchFn:
         return apply
 
 
-def _feature_shapes(model: ModelArtifact, features: list[str], x: torch.Tensor,
-                    trusted: tuple[str, ...] = ()) -> dict[str, list[int]]:
+def _feature_shapes(
+    model: ModelArtifact, features: list[str], x: torch.Tensor, trusted: tuple[str, ...] = ()
+) -> dict[str, list[int]]:
     """Per-row shapes of the requested features (one row through the model on the CPU)."""
     net = load_model(model, trusted)
     store, handles = capture(net, features)
@@ -91,14 +94,28 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepConte
     parallel = cfg.replicas > 1
     device = ("cuda" if cfg.gpus_per_replica > 0 else "cpu") if parallel else ctx.device
     make_fn = TeacherBatchFn(model, cfg.features, device, ctx.trusted_targets)
-    out = ctx.map_batches(make_fn, x, batch_size=cfg.batch_size, replicas=cfg.replicas,
-                          cpus_per_replica=cfg.cpus_per_replica, gpus_per_replica=cfg.gpus_per_replica)
+    out = ctx.map_batches(
+        make_fn,
+        x,
+        batch_size=cfg.batch_size,
+        replicas=cfg.replicas,
+        cpus_per_replica=cfg.cpus_per_replica,
+        gpus_per_replica=cfg.gpus_per_replica,
+    )
     shapes = _feature_shapes(model, cfg.features, x, ctx.trusted_targets) if cfg.features else {}
     sizes = [out.shape[1] - sum(math.prod(s) for s in shapes.values())] + [math.prod(s) for s in shapes.values()]
     logits, *feats = out.split(sizes, dim=1)
     n = len(data.x_train)
-    ctx.log_metrics({"rows": len(x), "parallel": float(parallel),
-                     "train_acc": float((logits[:n].argmax(1) == data.y_train).float().mean())})
-    return Logits(train=logits[:n].contiguous(), transfer=logits[n:].contiguous() if len(parts) > 1 else None,
-                  features={k: f.reshape(-1, *shapes[k]).contiguous() for k, f in zip(shapes, feats)},
-                  teacher=model.name)
+    ctx.log_metrics(
+        {
+            "rows": len(x),
+            "parallel": float(parallel),
+            "train_acc": float((logits[:n].argmax(1) == data.y_train).float().mean()),
+        }
+    )
+    return Logits(
+        train=logits[:n].contiguous(),
+        transfer=logits[n:].contiguous() if len(parts) > 1 else None,
+        features={k: f.reshape(-1, *shapes[k]).contiguous() for k, f in zip(shapes, feats)},
+        teacher=model.name,
+    )

@@ -6,12 +6,12 @@ The task runs a model over a data set with ``replicas`` data-parallel copies of 
 runs the chains on Ray actors, a plain context runs them in-process. It logs throughput, latency
 per batch, per-replica and per-stage utilisation and the pipeline bubble fraction.
 """
-from __future__ import annotations
 
-from collections.abc import Sequence
+from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -72,8 +72,10 @@ def module_chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Sequential) and len(children) == 1 and isinstance(children[0][1], nn.Sequential):
         prefix, root = f"{children[0][0]}.", children[0][1]
     if not isinstance(root, nn.Sequential):
-        raise ValueError(f"stages: {type(model).__name__} is not a chain of modules (use an nn.Sequential "
-                         f"model such as tasks.models.MLP to split it into stages)")
+        raise ValueError(
+            f"stages: {type(model).__name__} is not a chain of modules (use an nn.Sequential "
+            f"model such as tasks.models.MLP to split it into stages)"
+        )
     chain: list[tuple[str, nn.Module]] = []
     for name, mod in root.named_children():
         if isinstance(mod, nn.Sequential):
@@ -121,7 +123,9 @@ def balanced_cuts(costs: list[float], k: int) -> list[int]:
     return sorted(cuts)[1:]
 
 
-def plan_stages(model: nn.Module, k: int, sample: torch.Tensor, split_points: Sequence[str] = ()) -> list[tuple[int, int]]:
+def plan_stages(
+    model: nn.Module, k: int, sample: torch.Tensor, split_points: Sequence[str] = ()
+) -> list[tuple[int, int]]:
     """``k`` contiguous module ranges ``[(start, end), ...]`` of the model's chain: cut at the named
     ``split_points`` when given, else balanced by measured per-module time on ``sample``."""
     chain = module_chain(model)
@@ -139,7 +143,7 @@ def plan_stages(model: nn.Module, k: int, sample: torch.Tensor, split_points: Se
 
 def stage_module(model: nn.Module, span: tuple[int, int]) -> nn.Sequential:
     """The modules ``span`` of the model's chain as one ``nn.Sequential`` (shares the weights)."""
-    return nn.Sequential(*[m for _, m in module_chain(model)[span[0]:span[1]]]).eval()
+    return nn.Sequential(*[m for _, m in module_chain(model)[span[0] : span[1]]]).eval()
 
 
 class Predictor:
@@ -151,8 +155,15 @@ class Predictor:
     on its own stream, so stages in one process never serialise on the default stream.
     """
 
-    def __init__(self, art: ModelArtifact, backend: str = "torch", device: str = "auto", threads: int = 1,
-                 span: tuple[int, int] | None = None, trusted: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        art: ModelArtifact,
+        backend: str = "torch",
+        device: str = "auto",
+        threads: int = 1,
+        span: tuple[int, int] | None = None,
+        trusted: tuple[str, ...] = (),
+    ):
         self.backend, self.device = getattr(backend, "value", backend), resolve_device(device)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -189,8 +200,11 @@ class Predictor:
 
 def _inputs(data: Dataset, cfg: InferenceConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen split's inputs and labels, repeated up to ``cfg.rows`` rows when asked."""
-    splits = {"train": [(data.x_train, data.y_train)], "val": [(data.x_val, data.y_val)],
-              "test": [(data.x_test, data.y_test)]}
+    splits = {
+        "train": [(data.x_train, data.y_train)],
+        "val": [(data.x_val, data.y_val)],
+        "test": [(data.x_test, data.y_test)],
+    }
     splits["all"] = splits["train"] + splits["val"] + splits["test"]
     if cfg.split not in splits:
         raise ValueError(f"inference.split: expected one of {sorted(splits)}, got '{cfg.split}'")
@@ -198,7 +212,7 @@ def _inputs(data: Dataset, cfg: InferenceConfig) -> tuple[torch.Tensor, torch.Te
     y = torch.cat([p[1] for p in splits[cfg.split]])
     if cfg.rows > 0:
         reps = -(-cfg.rows // len(x))
-        x, y = x.repeat(reps, *[1] * (x.dim() - 1))[:cfg.rows], y.repeat(reps)[:cfg.rows]
+        x, y = x.repeat(reps, *[1] * (x.dim() - 1))[: cfg.rows], y.repeat(reps)[: cfg.rows]
     return x.contiguous(), y
 
 
@@ -221,14 +235,28 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferenceConfig, ctx: StepC
         if getattr(cfg, key) < 1:
             raise ValueError(f"inference.{key} must be >= 1, got {getattr(cfg, key)}")
     x, y = _inputs(data, cfg)
-    factories, spans = stage_factories(model, cfg, x[:cfg.micro_batch], ctx.trusted_targets)
-    out, summary = ctx.parallel_predict(factories, x, batch_size=cfg.micro_batch, replicas=cfg.replicas,
-                                        cpus_per_actor=cfg.cpus_per_actor or float(cfg.threads), gpus_per_actor=cfg.gpus_per_actor,
-                                        window=cfg.window)
+    factories, spans = stage_factories(model, cfg, x[: cfg.micro_batch], ctx.trusted_targets)
+    out, summary = ctx.parallel_predict(
+        factories,
+        x,
+        batch_size=cfg.micro_batch,
+        replicas=cfg.replicas,
+        cpus_per_actor=cfg.cpus_per_actor or float(cfg.threads),
+        gpus_per_actor=cfg.gpus_per_actor,
+        window=cfg.window,
+    )
     if out.shape[0] != len(x):
         raise RuntimeError(f"inference: {out.shape[0]} outputs for {len(x)} rows")
     summary = {**summary, "accuracy": float((out.argmax(1) == y).float().mean())}
     ctx.log_metrics(summary)
-    return Report(data={"model": model.name, "replicas": cfg.replicas, "stages": cfg.stages,
-                        "spans": [list(s) for s in spans], "micro_batch": cfg.micro_batch,
-                        "backend": getattr(cfg.backend, "value", cfg.backend), **summary})
+    return Report(
+        data={
+            "model": model.name,
+            "replicas": cfg.replicas,
+            "stages": cfg.stages,
+            "spans": [list(s) for s in spans],
+            "micro_batch": cfg.micro_batch,
+            "backend": getattr(cfg.backend, "value", cfg.backend),
+            **summary,
+        }
+    )

@@ -10,13 +10,12 @@ engine passes (the targets named in the current config plus its ``trusted_models
 Anything else is refused *before* its module is imported, so a hostile ``arch.json`` naming
 ``os.system`` runs nothing.
 """
-from __future__ import annotations
 
-from collections.abc import Sequence
+from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -47,8 +46,15 @@ class CNN1D(nn.Module):
     Input ``[N, L]`` or ``[N, C, L]``.
     """
 
-    def __init__(self, input_shape: list[int], num_classes: int, channels: Sequence[int] = (32, 32, 32),
-                 kernel_size: int = 5, stride: int = 2, batch_norm: bool = True):
+    def __init__(
+        self,
+        input_shape: list[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 32, 32),
+        kernel_size: int = 5,
+        stride: int = 2,
+        batch_norm: bool = True,
+    ):
         super().__init__()
         shape = list(input_shape)
         in_ch, length = (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])
@@ -89,12 +95,10 @@ class ResCNN2D(nn.Module):
     ``stem`` is the stem width, ``mids`` the inner width of each residual block (prunable).
     """
 
-    def __init__(self, input_shape: list[int], num_classes: int, stem: int = 32,
-                 mids: Sequence[int] = (32, 32)):
+    def __init__(self, input_shape: list[int], num_classes: int, stem: int = 32, mids: Sequence[int] = (32, 32)):
         super().__init__()
         in_ch = 1 if len(input_shape) == 2 else input_shape[0]
-        self.stem = nn.Sequential(nn.Conv2d(in_ch, stem, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(stem), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU())
         self.blocks = nn.Sequential(*[ResBlock2D(stem, m) for m in mids])
         self.head = nn.Linear(stem, num_classes)
 
@@ -131,7 +135,8 @@ def resolve_model(target: str, trusted: Iterable[str] = ()) -> type[nn.Module]:
     if target not in set(trusted):
         raise UntrustedModelError(
             f"model _target_ '{target}' is not allowed: only the model zoo (tasks.models.*) and models "
-            f"named in the config load; to trust it add it to the config: trusted_models: ['{target}']")
+            f"named in the config load; to trust it add it to the config: trusted_models: ['{target}']"
+        )
     module, _, name = target.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name) if module else None
@@ -168,12 +173,27 @@ def load_model(art: ModelArtifact, trusted: Iterable[str] = ()) -> nn.Module:
     return model.eval()
 
 
-def make_artifact(model: nn.Module, arch: dict, *, name: str, kind: str, parent: str | None = None,
-                  metrics: dict | None = None, onnx: bytes | None = None) -> ModelArtifact:
+def make_artifact(
+    model: nn.Module,
+    arch: dict,
+    *,
+    name: str,
+    kind: str,
+    parent: str | None = None,
+    metrics: dict | None = None,
+    onnx: bytes | None = None,
+) -> ModelArtifact:
     """Snapshot a model (CPU, contiguous, detached weights) into an artifact."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    return ModelArtifact(name=name, kind=str(kind), arch=copy.deepcopy(dict(arch)), state_dict=state,
-                         parent=parent, metrics=dict(metrics or {}), onnx=onnx)
+    return ModelArtifact(
+        name=name,
+        kind=str(kind),
+        arch=copy.deepcopy(dict(arch)),
+        state_dict=state,
+        parent=parent,
+        metrics=dict(metrics or {}),
+        onnx=onnx,
+    )
 
 
 def count_params(model: nn.Module) -> int:

@@ -9,6 +9,7 @@ call in a process) and folds BatchNorm into Conv just the same. We use ``dynamo=
 supported path) and fall back to the TorchScript exporter only when ``torch.export`` cannot
 trace a model, so an exotic ``_target_`` model still exports.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,9 +39,17 @@ def _example_batch(example: Tensor) -> Tensor:
 def _export_dynamo(model: nn.Module, x: Tensor) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export internals emit FutureWarnings
-        program = torch.onnx.export(model, (x,), dynamo=True, external_data=False, opset_version=OPSET,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        program = torch.onnx.export(
+            model,
+            (x,),
+            dynamo=True,
+            external_data=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     if program is None:  # only when an output file is given, which we never do
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no program")
     return program.model_proto.SerializeToString()
@@ -50,9 +59,16 @@ def _export_torchscript(model: nn.Module, x: Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,  # type: ignore[arg-type]  # a file-like object is accepted (the TorchScript exporter)
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     return buf.getvalue()
 
 
@@ -69,8 +85,11 @@ def to_onnx(model: nn.Module, example: Tensor, dynamo: bool = True) -> bytes:
         try:
             data = _export_dynamo(model, x)
         except Exception as e:  # noqa: BLE001 - any tracing failure -> try the other exporter
-            log.warning("torch.export-based ONNX export failed (%s: %s); using the TorchScript exporter",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log.warning(
+                "torch.export-based ONNX export failed (%s: %s); using the TorchScript exporter",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
     if data is None:
         data = _export_torchscript(model, x)
     onnx.checker.check_model(onnx.load_from_string(data))
@@ -113,7 +132,7 @@ def ort_predict(session: ort.InferenceSession, x: Tensor | np.ndarray, batch_siz
     """Logits of the ONNX model over ``x`` (float32), computed in batches of ``batch_size``."""
     arr = _as_numpy(x)
     name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: arr[i:i + batch_size]})[0] for i in range(0, len(arr), batch_size)]
+    outs = [session.run(None, {name: arr[i : i + batch_size]})[0] for i in range(0, len(arr), batch_size)]
     return np.concatenate(outs) if outs else np.empty((0,), dtype=np.float32)
 
 
@@ -125,8 +144,9 @@ def ort_accuracy(session: ort.InferenceSession, x: Tensor, y: Tensor, batch_size
     return float((pred == y.cpu().numpy()).mean())
 
 
-def time_ort(session: ort.InferenceSession, x: Tensor | np.ndarray, batch: int, warmup: int = 10,
-             iters: int = 50) -> dict[str, float]:
+def time_ort(
+    session: ort.InferenceSession, x: Tensor | np.ndarray, batch: int, warmup: int = 10, iters: int = 50
+) -> dict[str, float]:
     """Latency of one ``session.run`` on a batch of ``batch`` samples taken from ``x``.
 
     Rows are repeated when ``x`` has fewer than ``batch``. Returns the median and 95th percentile
@@ -149,8 +169,9 @@ def time_ort(session: ort.InferenceSession, x: Tensor | np.ndarray, batch: int, 
     return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3, "throughput": batch / p50}
 
 
-def deployed_speed(model: nn.Module, example: Tensor, batch: int, threads: int = 1, warmup: int = 5,
-                   iters: int = 20) -> tuple[dict[str, float], bytes]:
+def deployed_speed(
+    model: nn.Module, example: Tensor, batch: int, threads: int = 1, warmup: int = 5, iters: int = 20
+) -> tuple[dict[str, float], bytes]:
     """``time_ort`` of ``model`` exported to ONNX: the speed of the model as it is deployed.
 
     ``prune`` selects its candidates on this, so the selection metric and the benchmark's

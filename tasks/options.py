@@ -5,6 +5,7 @@ list of valid values before anything runs. Every member's name equals its value 
 classes are ``StrEnum``, so ``cfg.method == "channel"``, dict lookups and f-strings behave as
 with the plain strings they replace.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum
@@ -12,6 +13,7 @@ from enum import StrEnum
 
 class ModelKind(StrEnum):
     """What a model artifact is, for benchmark and report (``teacher`` is the reference)."""
+
     teacher = "teacher"
     student_scratch = "student_scratch"
     student_kd = "student_kd"
@@ -50,6 +52,7 @@ class PruneMethod(StrEnum):
 
 class GradualBase(StrEnum):
     """The pruner each round of ``gradual`` pruning uses."""
+
     magnitude = "magnitude"
     channel = "channel"
 
@@ -62,6 +65,7 @@ PruneScope.__doc__ = "One threshold/ranking for all layers (global) or one per l
 
 class Importance(StrEnum):
     """Channel importance criterion of structured pruning (Torch-Pruning)."""
+
     l1 = "l1"
     l2 = "l2"
     bn_scale = "bn_scale"
@@ -79,6 +83,7 @@ class QuantMethod(StrEnum):
 
 class Calibration(StrEnum):
     """ONNX Runtime static-quantization calibration method."""
+
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"

@@ -17,6 +17,7 @@ Methods (``cfg.method``):
 Fine-tuning reuses ``tasks.train.fit`` with cross-entropy, or Hinton knowledge distillation
 from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -110,12 +111,14 @@ def magnitude_prune(model: nn.Module, amount: float, scope: str) -> dict[str, to
 
 def mask_applier(masks: dict[str, torch.Tensor]):
     """``after_step`` hook for ``fit``: zero the pruned weights again after each optimizer step."""
+
     def apply(model: nn.Module) -> None:
         modules = dict(model.named_modules())
         with torch.no_grad():
             for name, mask in masks.items():
                 w = _weight(modules[name])
                 w.mul_(mask.to(w.device))
+
     return apply
 
 
@@ -135,8 +138,10 @@ def _widths_mlp(m: MLP) -> dict:
 
 
 def _widths_rescnn2d(m: ResCNN2D) -> dict:
-    return {"stem": cast(nn.Conv2d, m.stem[0]).out_channels,
-            "mids": [cast(nn.Conv2d, b.conv1).out_channels for b in m.blocks]}
+    return {
+        "stem": cast(nn.Conv2d, m.stem[0]).out_channels,
+        "mids": [cast(nn.Conv2d, b.conv1).out_channels for b in m.blocks],
+    }
 
 
 WIDTH_READERS: dict[type, Callable[[Any], dict]] = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
@@ -147,8 +152,10 @@ def check_readable(model: nn.Module, arch: dict) -> None:
     """Fail before pruning when the widths of ``arch``'s class cannot be read back afterwards."""
     if type(model) not in WIDTH_READERS:
         known = ", ".join(f"{c.__module__}.{c.__name__}" for c in WIDTH_READERS)
-        raise ValueError(f"prune: channel pruning cannot read widths back for _target_ "
-                         f"'{arch.get('_target_')}' (supported: {known}); use method=magnitude")
+        raise ValueError(
+            f"prune: channel pruning cannot read widths back for _target_ "
+            f"'{arch.get('_target_')}' (supported: {known}); use method=magnitude"
+        )
 
 
 def pruned_arch(model: nn.Module, arch: dict) -> dict:
@@ -159,8 +166,10 @@ def pruned_arch(model: nn.Module, arch: dict) -> dict:
     got = {k: tuple(v.shape) for k, v in build_model(new).state_dict().items()}
     if want != got:
         bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-        raise ValueError(f"prune: widths read back for '{arch.get('_target_')}' do not rebuild the "
-                         f"pruned model (mismatched: {bad[:4]})")
+        raise ValueError(
+            f"prune: widths read back for '{arch.get('_target_')}' do not rebuild the "
+            f"pruned model (mismatched: {bad[:4]})"
+        )
     return new
 
 
@@ -169,8 +178,9 @@ def output_layers(model: nn.Module) -> list[nn.Module]:
     return [[m for m, _ in prunable(model)][-1]]
 
 
-def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, amount: float,
-                   steps: int = 1, initial: float = 0.0) -> tp.pruner.MetaPruner:
+def channel_pruner(
+    model: nn.Module, example: torch.Tensor, cfg: PruneConfig, amount: float, steps: int = 1, initial: float = 0.0
+) -> tp.pruner.MetaPruner:
     """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds.
 
     ``scope=global`` ranks channels of all layers together (capped at ``max_layer_amount`` per
@@ -178,11 +188,17 @@ def channel_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, am
     outputs; its inputs shrink with the layer before it (the dependency graph couples them).
     """
     return tp.pruner.MetaPruner(
-        model, example, importance=IMPORTANCES[cfg.importance](), pruning_ratio=amount,
+        model,
+        example,
+        importance=IMPORTANCES[cfg.importance](),
+        pruning_ratio=amount,
         global_pruning=cfg.scope == "global",
         max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
-        iterative_steps=steps, iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
-        ignored_layers=output_layers(model), round_to=cfg.round_to or None)
+        iterative_steps=steps,
+        iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
+        ignored_layers=output_layers(model),
+        round_to=cfg.round_to or None,
+    )
 
 
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
@@ -194,28 +210,50 @@ def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str
     selects on the number the benchmark later reports, not on torch-eager speed.
     """
     model = model.cpu().eval()
-    speed, onnx_bytes = deployed_speed(model, data.x_train, cfg.throughput_batch, threads=1,
-                                       iters=cfg.throughput_iters)
-    return {"val_acc": accuracy(model, data.x_val, data.y_val), "params": float(count_params(model)),
-            "nonzero_params": float(count_nonzero(model)), "sparsity": weight_sparsity(model),
-            "flops": float(flops_one_sample(model, data.x_train)), "size_bytes": float(len(onnx_bytes)),
-            "throughput": speed["throughput"]}
+    speed, onnx_bytes = deployed_speed(model, data.x_train, cfg.throughput_batch, threads=1, iters=cfg.throughput_iters)
+    return {
+        "val_acc": accuracy(model, data.x_val, data.y_val),
+        "params": float(count_params(model)),
+        "nonzero_params": float(count_nonzero(model)),
+        "sparsity": weight_sparsity(model),
+        "flops": float(flops_one_sample(model, data.x_train)),
+        "size_bytes": float(len(onnx_bytes)),
+        "throughput": speed["throughput"],
+    }
 
 
-def fine_tune(model: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, optim: OptimConfig,
-              ctx: StepContext, after_step=None, prefix: str = "ft_") -> None:
+def fine_tune(
+    model: nn.Module,
+    data: Dataset,
+    logits: Logits | None,
+    cfg: PruneConfig,
+    optim: OptimConfig,
+    ctx: StepContext,
+    after_step=None,
+    prefix: str = "ft_",
+) -> None:
     """Fine-tune in place: CE on labels, or Hinton KD on cached teacher logits (+ transfer pool)."""
     if optim.epochs <= 0:
         return
     val = (data.x_val, data.y_val)
     if logits is None or cfg.kd_alpha <= 0:
-        fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=optim, ctx=ctx, val=val,
-            after_step=after_step, prefix=prefix)
+        fit(
+            model,
+            data.x_train,
+            (data.y_train,),
+            loss_fn=ce_loss,
+            cfg=optim,
+            ctx=ctx,
+            val=val,
+            after_step=after_step,
+            prefix=prefix,
+        )
         return
     x, y, t = training_rows(data, logits, cfg.use_transfer)  # the same rows and loss as `distill`
 
     def loss(s, yb, tb):
         return kd_loss(s, tb, yb, alpha=cfg.kd_alpha, temperature=cfg.kd_temperature)
+
     fit(model, x, (y, t), loss_fn=loss, cfg=optim, ctx=ctx, val=val, after_step=after_step, prefix=prefix)
 
 
@@ -239,15 +277,18 @@ def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: P
     if logits is not None and cfg.kd_alpha > 0:
         if len(logits.train) != len(data.x_train):
             raise ValueError(f"prune: logits.train has {len(logits.train)} rows, data.x_train {len(data.x_train)}")
-        if cfg.use_transfer and data.x_transfer is not None and (
-                logits.transfer is None or len(logits.transfer) != len(data.x_transfer)):
+        if (
+            cfg.use_transfer
+            and data.x_transfer is not None
+            and (logits.transfer is None or len(logits.transfer) != len(data.x_transfer))
+        ):
             got = None if logits.transfer is None else len(logits.transfer)
-            raise ValueError(f"prune.use_transfer: logits.transfer has {got} rows, "
-                             f"data.x_transfer {len(data.x_transfer)}")
+            raise ValueError(
+                f"prune.use_transfer: logits.transfer has {got} rows, data.x_transfer {len(data.x_transfer)}"
+            )
 
 
-def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig,
-                  ctx: StepContext):
+def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: PruneConfig, ctx: StepContext):
     """Prune ``net`` in place to ``cfg.amount``; returns the masks to keep (unstructured) or None."""
     base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
     n = cfg.steps if cfg.method == "gradual" else 1
@@ -260,16 +301,22 @@ def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: Pru
             pruner.step()
         else:
             masks = magnitude_prune(net, targets[t], cfg.scope)
-        ctx.log_metrics({"target_amount": targets[t], "round_params": float(count_params(net)),
-                         "round_sparsity": weight_sparsity(net)}, step=t)
+        ctx.log_metrics(
+            {
+                "target_amount": targets[t],
+                "round_params": float(count_params(net)),
+                "round_sparsity": weight_sparsity(net),
+            },
+            step=t,
+        )
         if t < n:
-            fine_tune(net, data, logits, cfg, between, ctx, mask_applier(masks) if masks else None,
-                      prefix=f"round{t}_")
+            fine_tune(net, data, logits, cfg, between, ctx, mask_applier(masks) if masks else None, prefix=f"round{t}_")
     return masks
 
 
-def run(model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cfg: PruneConfig,
-        ctx: StepContext) -> ModelArtifact:
+def run(
+    model: ModelArtifact, data: Dataset, logits: Logits | None = None, *, cfg: PruneConfig, ctx: StepContext
+) -> ModelArtifact:
     """Prune ``model`` (``cfg.method``), fine-tune it, measure it; returns a ``pruned`` artifact."""
     _validate(model, data, logits, cfg)
     if logits is not None and cfg.kd_alpha > 0:  # no pool in the data: KD on the labeled rows only

@@ -23,12 +23,13 @@ Methods (``cfg.method``):
 ONNX methods store the INT8 model in ``ModelArtifact.onnx`` and keep FP32 weights in
 ``state_dict`` (so params/FLOPs can still be counted); ``val_acc`` is measured with ORT.
 """
+
 from __future__ import annotations
 
 import tempfile
-from typing import cast
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from onnxruntime.quantization import (
@@ -101,14 +102,15 @@ class ActFakeQuant:
     """
 
     def __init__(self, bits: int = 8, momentum: float = 0.1):
-        self.levels, self.momentum = 2 ** bits - 1, momentum
+        self.levels, self.momentum = 2**bits - 1, momentum
         self.max_val: Tensor | None = None
 
     def __call__(self, module: nn.Module, inputs, out: Tensor) -> Tensor:
         if module.training:
             batch_max = out.detach().max()
-            self.max_val = batch_max if self.max_val is None else \
-                (1 - self.momentum) * self.max_val + self.momentum * batch_max
+            self.max_val = (
+                batch_max if self.max_val is None else (1 - self.momentum) * self.max_val + self.momentum * batch_max
+            )
         if self.max_val is None or float(self.max_val) <= 0:
             return out
         scale = self.max_val / self.levels
@@ -150,7 +152,7 @@ def _calib_batches(x: Tensor, cfg: QuantizeConfig, seed: int) -> list:
     n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     xs = x[idx].float().numpy()
-    return [xs[i:i + cfg.calib_batch_size] for i in range(0, n, cfg.calib_batch_size)]
+    return [xs[i : i + cfg.calib_batch_size] for i in range(0, n, cfg.calib_batch_size)]
 
 
 def ort_quantize(fp32: bytes, x_train: Tensor, cfg: QuantizeConfig, seed: int, static: bool) -> bytes:
@@ -162,12 +164,21 @@ def ort_quantize(fp32: bytes, x_train: Tensor, cfg: QuantizeConfig, seed: int, s
             quant_pre_process(str(src), str(Path(tmp) / "pre.onnx"))
             src = Path(tmp) / "pre.onnx"
         if static:
-            method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                      "percentile": CalibrationMethod.Percentile}[cfg.calibration]
-            quantize_static(str(src), str(out), _CalibReader(_calib_batches(x_train, cfg, seed)),
-                            quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method)
+            method = {
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[cfg.calibration]
+            quantize_static(
+                str(src),
+                str(out),
+                _CalibReader(_calib_batches(x_train, cfg, seed)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=cfg.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+            )
         else:
             quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
         return out.read_bytes()
@@ -181,8 +192,9 @@ def _validate(model: ModelArtifact, cfg: QuantizeConfig) -> None:
     if cfg.calibration not in CALIBRATIONS:
         raise ValueError(f"quantize.calibration: unknown value '{cfg.calibration}' ({' | '.join(CALIBRATIONS)})")
     if cfg.calib_batches < 1 or cfg.calib_batch_size < 1:
-        raise ValueError(f"quantize.calib_batches/calib_batch_size must be >= 1, got "
-                         f"{cfg.calib_batches}/{cfg.calib_batch_size}")
+        raise ValueError(
+            f"quantize.calib_batches/calib_batch_size must be >= 1, got {cfg.calib_batches}/{cfg.calib_batch_size}"
+        )
     if model.kind == "quantized":
         raise ValueError(f"model '{model.name}' is already quantized (kind=quantized); quantize its parent")
 
@@ -191,10 +203,19 @@ def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepC
     """Fine-tune ``net`` in place with fake-quantized weights (and ReLU outputs), then bake the weights."""
     for layer in _quant_layers(net):
         parametrize.register_parametrization(layer, "weight", FakeQuantWeight(cfg.bits))
-    hooks = [m.register_forward_hook(ActFakeQuant()) for m in net.modules()
-             if cfg.qat_activations and isinstance(m, nn.ReLU)]
-    best = fit(net, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
-               val=(data.x_val, data.y_val), prefix="qat_")
+    hooks = [
+        m.register_forward_hook(ActFakeQuant()) for m in net.modules() if cfg.qat_activations and isinstance(m, nn.ReLU)
+    ]
+    best = fit(
+        net,
+        data.x_train,
+        (data.y_train,),
+        loss_fn=ce_loss,
+        cfg=cfg.optim,
+        ctx=ctx,
+        val=(data.x_val, data.y_val),
+        prefix="qat_",
+    )
     for h in hooks:
         h.remove()
     for layer in _quant_layers(net):
@@ -220,9 +241,13 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepCo
         fp32 = model.onnx if (model.onnx is not None and cfg.method != "qat") else to_onnx(net, data.x_val)
         onnx_bytes = ort_quantize(fp32, data.x_train, cfg, ctx.seed, static=cfg.method != "dynamic_int8")
         session = ort_session(onnx_bytes, cfg.threads)
-        metrics.update(val_acc=ort_accuracy(session, data.x_val, data.y_val, cfg.eval_batch_size),
-                       size_bytes=float(len(onnx_bytes)), fp32_size_bytes=float(len(fp32)))
+        metrics.update(
+            val_acc=ort_accuracy(session, data.x_val, data.y_val, cfg.eval_batch_size),
+            size_bytes=float(len(onnx_bytes)),
+            fp32_size_bytes=float(len(fp32)),
+        )
     metrics["val_acc_delta"] = metrics["val_acc"] - fp32_val_acc
     ctx.log_metrics(metrics)
-    return make_artifact(net, model.arch, name=ctx.step, kind="quantized", parent=model.name,
-                         metrics=metrics, onnx=onnx_bytes)
+    return make_artifact(
+        net, model.arch, name=ctx.step, kind="quantized", parent=model.name, metrics=metrics, onnx=onnx_bytes
+    )

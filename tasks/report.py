@@ -21,6 +21,7 @@ glance; a metric is left out when its value is unknown):
 The selected model's ONNX is returned as a ``Registration`` under alias ``candidate``; promotion
 is a human's call.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,12 +40,26 @@ from tasks.context import StepContext  # noqa: E402
 from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report  # noqa: E402
 
 KINDS = ("teacher", "student_scratch", "student_kd", "pruned", "quantized")
-COLORS = {"teacher": "tab:blue", "student_scratch": "tab:gray", "student_kd": "tab:green",
-          "pruned": "tab:orange", "quantized": "tab:purple"}
-COLUMNS = [("name", "model"), ("kind", "kind"), ("test_acc", "test acc"), ("val_acc", "val acc"),
-           ("params", "params"), ("nonzero_params", "nonzero"), ("flops", "FLOPs"), ("size_bytes", "size"),
-           ("latency_ms_p50_b1", "p50 ms (b1)"), ("latency_ms_p95_b1", "p95 ms (b1)"),
-           ("throughput_b256", "samples/s (b256)")]
+COLORS = {
+    "teacher": "tab:blue",
+    "student_scratch": "tab:gray",
+    "student_kd": "tab:green",
+    "pruned": "tab:orange",
+    "quantized": "tab:purple",
+}
+COLUMNS = [
+    ("name", "model"),
+    ("kind", "kind"),
+    ("test_acc", "test acc"),
+    ("val_acc", "val acc"),
+    ("params", "params"),
+    ("nonzero_params", "nonzero"),
+    ("flops", "FLOPs"),
+    ("size_bytes", "size"),
+    ("latency_ms_p50_b1", "p50 ms (b1)"),
+    ("latency_ms_p95_b1", "p95 ms (b1)"),
+    ("throughput_b256", "samples/s (b256)"),
+]
 HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1")
 MAX_LABELS = 12  # per panel: beyond this, labels overlap on a 11-inch figure
 
@@ -69,6 +84,7 @@ def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
 
     def dominates(a, b):
         return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
     return [p.name for p, v in zip(pts, vals) if not any(dominates(w, v) for w in vals)]
 
 
@@ -114,14 +130,18 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
 
     def x(v: float | None, word: str) -> str:
         return f"{v:.2f}× {word}" if v is not None else "–"
+
     kind = bench.selected.kind if bench.selected is not None else "?"
-    return [f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:", "",
-            f"- test accuracy: {100 * c.test_acc_delta:+.2f} points",
-            f"- size: {x(c.size_reduction, 'smaller')}",
-            f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
-            f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
-            f"- throughput (b256): {x(c.throughput_speedup, 'higher')}",
-            f"- latency p50 (b1): {x(c.latency_speedup_b1, 'lower')}"]
+    return [
+        f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:",
+        "",
+        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points",
+        f"- size: {x(c.size_reduction, 'smaller')}",
+        f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
+        f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
+        f"- throughput (b256): {x(c.throughput_speedup, 'higher')}",
+        f"- latency p50 (b1): {x(c.latency_speedup_b1, 'lower')}",
+    ]
 
 
 def _table(rows: list[BenchmarkRow], front: list[str]) -> list[str]:
@@ -137,9 +157,13 @@ def _table(rows: list[BenchmarkRow], front: list[str]) -> list[str]:
 
 def markdown(bench: BenchmarkReport, front: list[str]) -> str:
     """A table of every candidate (★ selected, ◆ on the accuracy/throughput frontier) + ratios."""
-    lines = [f"# Compression report: {bench.dataset}", "",
-             f"Benchmark: {bench.runtime}, {bench.threads} thread(s). ★ selected, ◆ Pareto frontier "
-             "(test accuracy vs throughput).", ""]
+    lines = [
+        f"# Compression report: {bench.dataset}",
+        "",
+        f"Benchmark: {bench.runtime}, {bench.threads} thread(s). ★ selected, ◆ Pareto frontier "
+        "(test accuracy vs throughput).",
+        "",
+    ]
     return "\n".join(lines + _table(_sorted(bench.candidates), front) + [""] + _ratios(bench)) + "\n"
 
 
@@ -147,12 +171,16 @@ def summary_markdown(bench: BenchmarkReport, front: list[str]) -> str:
     """The run description: ratios first, then only the teacher, the selected model and the frontier."""
     rows = _sorted(bench.candidates)
     must = [r for r in rows if r.selected or r.kind == "teacher"]
-    on = [r for r in rows if r.name in front and r not in must][:max(MAX_LABELS - len(must), 0)]
+    on = [r for r in rows if r.name in front and r not in must][: max(MAX_LABELS - len(must), 0)]
     keep = [r for r in rows if r in must or r in on]  # bounded: MLflow caps a description at 8000 chars
     rest = len(bench.candidates) - len(keep)
     tail = [f"{rest} more candidate(s) in `report.md` and `pareto.png`." if rest else ""]
-    return "\n".join([f"## Compression report: {bench.dataset}", ""] + _ratios(bench) + [""]
-                     + _table(keep, front) + [""] + tail).rstrip() + "\n"
+    return (
+        "\n".join(
+            [f"## Compression report: {bench.dataset}", ""] + _ratios(bench) + [""] + _table(keep, front) + [""] + tail
+        ).rstrip()
+        + "\n"
+    )
 
 
 def _labelled(pts: list[BenchmarkRow], front: list[str]) -> list[BenchmarkRow]:
@@ -169,19 +197,32 @@ def _panel(ax, rows: list[BenchmarkRow], xkey: str, front: list[str], xlabel: st
     pts = [r for r in rows if getattr(r, xkey) is not None]
     for kind in sorted({r.kind for r in pts}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
         sub = [r for r in pts if r.kind == kind]
-        ax.scatter([getattr(r, xkey) for r in sub], [r.test_acc for r in sub], s=30, alpha=0.75,
-                   color=COLORS.get(kind, "black"), zorder=3)
+        ax.scatter(
+            [getattr(r, xkey) for r in sub],
+            [r.test_acc for r in sub],
+            s=30,
+            alpha=0.75,
+            color=COLORS.get(kind, "black"),
+            zorder=3,
+        )
     on = sorted((r for r in pts if r.name in front), key=lambda r: getattr(r, xkey))
     ax.plot([getattr(r, xkey) for r in on], [r.test_acc for r in on], "k--", lw=1, zorder=2)
-    ax.scatter([getattr(r, xkey) for r in on], [r.test_acc for r in on], s=80, facecolors="none",
-               edgecolors="k", zorder=4)
+    ax.scatter(
+        [getattr(r, xkey) for r in on], [r.test_acc for r in on], s=80, facecolors="none", edgecolors="k", zorder=4
+    )
     for r in pts:
         if r.selected:
             ax.scatter([getattr(r, xkey)], [r.test_acc], marker="*", s=260, color="red", zorder=5)
     for i, r in enumerate(_labelled(pts, front)):
-        ax.annotate(r.name, (getattr(r, xkey), r.test_acc), fontsize=7, xytext=(4, 4 if i % 2 else -9),
-                    textcoords="offset points", zorder=6,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+        ax.annotate(
+            r.name,
+            (getattr(r, xkey), r.test_acc),
+            fontsize=7,
+            xytext=(4, 4 if i % 2 else -9),
+            textcoords="offset points",
+            zorder=6,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7},
+        )
     ax.set_xscale("log")  # 1-2-5 ticks with SI prefixes (20k, 50k, 100k): readable over any range
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(EngFormatter(unit="B" if xkey == "size_bytes" else "", sep=""))
@@ -195,8 +236,10 @@ def _panel(ax, rows: list[BenchmarkRow], xkey: str, front: list[str], xlabel: st
 def _legend_handles(rows: list[BenchmarkRow]) -> list[Line2D]:
     kinds = [k for k in KINDS if any(r.kind == k for r in rows)] + sorted({r.kind for r in rows} - set(KINDS))
     handles = [Line2D([], [], ls="", marker="o", color=COLORS.get(k, "black"), label=k) for k in kinds]
-    return handles + [Line2D([], [], ls="--", color="k", marker="o", mfc="none", label="Pareto frontier"),
-                      Line2D([], [], ls="", marker="*", ms=14, color="red", label="selected")]
+    return handles + [
+        Line2D([], [], ls="--", color="k", marker="o", mfc="none", label="Pareto frontier"),
+        Line2D([], [], ls="", marker="*", ms=14, color="red", label="selected"),
+    ]
 
 
 def pareto_figure(bench: BenchmarkReport, front_speed: list[str], front_size: list[str]) -> Figure:
@@ -206,8 +249,11 @@ def pareto_figure(bench: BenchmarkReport, front_speed: list[str], front_size: li
     _panel(b, bench.candidates, "size_bytes", front_size, "model size, bytes (log)")
     handles = _legend_handles(bench.candidates)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(f"Accuracy / speed / size trade-off: {bench.dataset} ({len(bench.candidates)} candidates; "
-                 "labels: frontier, selected, teacher)", fontsize=10)
+    fig.suptitle(
+        f"Accuracy / speed / size trade-off: {bench.dataset} ({len(bench.candidates)} candidates; "
+        "labels: frontier, selected, teacher)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
@@ -227,12 +273,14 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
         return selected.onnx
     from tasks.models import load_model
     from tasks.onnx_utils import to_onnx  # imported only when needed
+
     example = torch.zeros(1, *selected.arch["input_shape"])
     return to_onnx(load_model(selected, trusted), example)
 
 
-def run(bench: BenchmarkReport, selected: ModelArtifact | None = None, *, cfg: ReportConfig,
-        ctx: StepContext) -> Report:
+def run(
+    bench: BenchmarkReport, selected: ModelArtifact | None = None, *, cfg: ReportConfig, ctx: StepContext
+) -> Report:
     """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run."""
     if not bench.candidates:
         raise ValueError("report.bench: the benchmark has no candidates")
@@ -243,10 +291,14 @@ def run(bench: BenchmarkReport, selected: ModelArtifact | None = None, *, cfg: R
     models, registered = [], None
     if selected is not None:
         name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
-        models, registered = [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)], f"{name}@{cfg.alias}"
+        models, registered = (
+            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)],
+            f"{name}@{cfg.alias}",
+        )
     headline = headline_metrics(bench)
     ctx.log_metrics({"candidates": len(bench.candidates), "pareto_size": len(front), **headline})
-    publish = Publication(files=dict(files), metrics=headline, description=summary_markdown(bench, front),
-                          console=md, models=models)
+    publish = Publication(
+        files=dict(files), metrics=headline, description=summary_markdown(bench, front), console=md, models=models
+    )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered}
     return Report(data=data, files=files, publish=publish)

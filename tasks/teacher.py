@@ -4,6 +4,7 @@ pipeline from an architecture JSON file plus a safetensors weights file — neve
 ``save_model`` writes the same pair (``arch.json`` + ``model.safetensors``) from an artifact,
 so a model trained in one pipeline can be exported and loaded by another.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,12 +64,14 @@ def _check_state(model_state: dict, weights: dict, origin: Path) -> None:
     missing = sorted(set(model_state) - set(weights))
     extra = sorted(set(weights) - set(model_state))
     if missing or extra:
-        raise ValueError(f"{origin}: weights do not match the architecture: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
+        raise ValueError(
+            f"{origin}: weights do not match the architecture: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for k, v in model_state.items():
         if tuple(weights[k].shape) != tuple(v.shape):
-            raise ValueError(f"{origin}: '{k}' has shape {list(weights[k].shape)}, "
-                             f"the architecture expects {list(v.shape)}")
+            raise ValueError(
+                f"{origin}: '{k}' has shape {list(weights[k].shape)}, the architecture expects {list(v.shape)}"
+            )
 
 
 def run(*, cfg: LoadModelConfig, ctx: StepContext) -> ModelArtifact:

@@ -2,6 +2,7 @@
 
 They follow the same contract as the real tasks: pure functions, a typed config, a context.
 """
+
 from __future__ import annotations
 
 import time
@@ -115,7 +116,11 @@ def publish(x: Value, *, cfg: PublishConfig, ctx: StepContext) -> Report:
     a file, a headline metric, a description, console text and a registered model."""
     total = float(x.value.sum())
     ctx.log_metrics({"total": total})
-    pub = Publication(files={"summary.md": f"total = {total}\n".encode()}, metrics={"headline.total": total},
-                      description=f"## Demo\n\nThe total is **{total}**.", console=f"demo total: {total}",
-                      models=[Registration(cfg.registry_name, _identity_onnx(len(x.value)), cfg.alias)])
+    pub = Publication(
+        files={"summary.md": f"total = {total}\n".encode()},
+        metrics={"headline.total": total},
+        description=f"## Demo\n\nThe total is **{total}**.",
+        console=f"demo total: {total}",
+        models=[Registration(cfg.registry_name, _identity_onnx(len(x.value)), cfg.alias)],
+    )
     return Report(data={"total": total}, publish=pub)

@@ -5,6 +5,7 @@ fine-tuning after pruning and QAT (composition, not inheritance).
 logits, ...); ``loss_fn(logits, *target_batches)`` turns them into a scalar. Early stopping and
 model selection read the validation split only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,7 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     raise ValueError(f"optim.optimizer: unknown value '{cfg.optimizer}' (adamw | sgd)")
 
 
@@ -59,14 +59,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: s
     outs = []
     use_bf16 = device.startswith("cuda")
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        xb = x[i : i + batch_size].to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
             outs.append(model(xb).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
-             device: str = "cpu") -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, device: str = "cpu") -> float:
     if len(x) == 0:
         return float("nan")
     return float((predict(model, x, batch_size, device).argmax(1) == y).float().mean())
@@ -76,10 +75,19 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
-        loss_fn: Callable[..., torch.Tensor], cfg: OptimConfig, ctx: StepContext,
-        val: tuple[torch.Tensor, torch.Tensor], extra_params: Sequence[nn.Parameter] = (),
-        after_step: Callable[[nn.Module], None] | None = None, prefix: str = "") -> dict[str, float]:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: tuple[torch.Tensor, ...],
+    *,
+    loss_fn: Callable[..., torch.Tensor],
+    cfg: OptimConfig,
+    ctx: StepContext,
+    val: tuple[torch.Tensor, torch.Tensor],
+    extra_params: Sequence[nn.Parameter] = (),
+    after_step: Callable[[nn.Module], None] | None = None,
+    prefix: str = "",
+) -> dict[str, float]:
     """Train ``model`` in place; keep the weights of the best val accuracy epoch.
 
     ``after_step`` runs after every optimizer step (e.g. to re-apply pruning masks).
@@ -96,8 +104,11 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
     opt = make_optimizer(list(model.parameters()) + list(extra_params), cfg)
     steps_per_epoch = max(1, math.ceil(len(x) / cfg.batch_size))
     total = max(1, cfg.epochs * steps_per_epoch)
-    sched = (torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-             if cfg.scheduler == "cosine" else None)
+    sched = (
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        if cfg.scheduler == "cosine"
+        else None
+    )
     best = {"val_acc": -1.0, "epoch": -1}
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
@@ -106,7 +117,7 @@ def fit(model: nn.Module, x: torch.Tensor, targets: tuple[torch.Tensor, ...], *,
         perm = torch.randperm(len(x), generator=gen)
         total_loss = 0.0
         for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size]
             xb = x[idx].to(device)
             tb = [t[idx].to(device) for t in targets]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
@@ -142,8 +153,9 @@ def run(data: Dataset, *, cfg: TrainConfig, ctx: StepContext) -> ModelArtifact:
     arch = complete_arch(cfg.model, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded initial weights: reruns and the KD student start alike
     model = build_model(arch, ctx.trusted_targets)
-    best = fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx,
-               val=(data.x_val, data.y_val))
+    best = fit(
+        model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val)
+    )
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(model))}
     ctx.log_metrics({"params": metrics["params"]})
     return make_artifact(model, arch, name=ctx.step, kind=cfg.kind, metrics=metrics)

@@ -5,6 +5,7 @@ metadata and (for deployable models) raw ONNX bytes, so the engine can move them
 Ray's object store and persist them with safe codecs (safetensors + JSON, never pickle).
 Add a new type here and to ``ARTIFACT_TYPES`` so the codec can restore it.
 """
+
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -166,14 +167,17 @@ class Comparison:
     @classmethod
     def between(cls, row: BenchmarkRow, ref: BenchmarkRow) -> Comparison:
         """The one place the candidate-vs-reference ratios are computed."""
-        return cls(candidate=row.name, reference=ref.name,
-                   throughput_speedup=_ratio(row.throughput_b256, ref.throughput_b256),
-                   latency_speedup_b1=_ratio(ref.latency_ms_p50_b1, row.latency_ms_p50_b1),
-                   size_reduction=_ratio(ref.size_bytes, row.size_bytes),
-                   params_reduction=_ratio(ref.params, row.params),
-                   nonzero_params_reduction=_ratio(ref.nonzero_params, row.nonzero_params),
-                   flops_reduction=_ratio(ref.flops, row.flops),
-                   test_acc_delta=float(row.test_acc) - float(ref.test_acc))
+        return cls(
+            candidate=row.name,
+            reference=ref.name,
+            throughput_speedup=_ratio(row.throughput_b256, ref.throughput_b256),
+            latency_speedup_b1=_ratio(ref.latency_ms_p50_b1, row.latency_ms_p50_b1),
+            size_reduction=_ratio(ref.size_bytes, row.size_bytes),
+            params_reduction=_ratio(ref.params, row.params),
+            nonzero_params_reduction=_ratio(ref.nonzero_params, row.nonzero_params),
+            flops_reduction=_ratio(ref.flops, row.flops),
+            test_acc_delta=float(row.test_acc) - float(ref.test_acc),
+        )
 
 
 @dataclass
@@ -204,8 +208,11 @@ class BenchmarkReport:
     def from_dict(cls, d: dict) -> BenchmarkReport:
         """Rebuild from ``benchmark.json``; a missing field raises ``ValueError`` naming it."""
         t = _build(Targets, d.get("targets"), "targets")
-        t.selected_vs_teacher = (None if t.selected_vs_teacher is None
-                                 else _build(Comparison, t.selected_vs_teacher, "targets.selected_vs_teacher"))
+        t.selected_vs_teacher = (
+            None
+            if t.selected_vs_teacher is None
+            else _build(Comparison, t.selected_vs_teacher, "targets.selected_vs_teacher")
+        )
         t.int8_vs_fp32 = [_build(Comparison, c, f"targets.int8_vs_fp32[{i}]") for i, c in enumerate(t.int8_vs_fp32)]
         rows = d.get("candidates")
         if not isinstance(rows, list) or not rows:
@@ -238,6 +245,18 @@ def _build(cls: type, d, where: str):
 
 
 ARTIFACT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Value, Dataset, ModelArtifact, Logits, Registration, Publication, Report,
-                                  BenchmarkRow, Comparison, Targets, BenchmarkReport)
+    cls.__name__: cls
+    for cls in (
+        Value,
+        Dataset,
+        ModelArtifact,
+        Logits,
+        Registration,
+        Publication,
+        Report,
+        BenchmarkRow,
+        Comparison,
+        Targets,
+        BenchmarkReport,
+    )
 }

@@ -1,4 +1,5 @@
 """Shared fixtures: a real local Ray (2 CPUs) and a real MLflow sqlite store per test."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Run pipelines in-process through the same path as the CLI (compose -> validate -> execute)."""
+
 from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
@@ -18,11 +19,15 @@ def run_pipeline(workdir, overrides=(), pipeline: dict | None = None):
 
 def child_runs(outcome, parent: str | None = None):
     client = MlflowClient(tracking_uri=outcome.uri)
-    return client.search_runs([outcome.experiment_id], max_results=1000,
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent or outcome.run_id}'")
+    return client.search_runs(
+        [outcome.experiment_id],
+        max_results=1000,
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent or outcome.run_id}'",
+    )
 
 
 def all_runs(outcome):
     client = MlflowClient(tracking_uri=outcome.uri)
-    return client.search_runs([outcome.experiment_id], max_results=1000,
-                              filter_string=f"tags.`slimray.root` = '{outcome.run_id}'")
+    return client.search_runs(
+        [outcome.experiment_id], max_results=1000, filter_string=f"tags.`slimray.root` = '{outcome.run_id}'"
+    )

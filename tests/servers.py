@@ -1,5 +1,6 @@
 """Real servers for the fault tests: a private PostgreSQL and an MLflow server on it, each
 started and stopped by handle (PostgreSQL by ``pg_ctl`` on its own data directory)."""
+
 from __future__ import annotations
 
 import os
@@ -55,16 +56,41 @@ class Postgres:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr[-2000:]}")
 
     def start(self) -> None:
-        self._pg("pg_ctl", "-D", str(self.dir / "data"), "-o", f"-k {self.dir} -h 127.0.0.1 -p {self.port}",
-                 "-l", str(self.dir / "log"), "-w", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.dir / "data"),
+            "-o",
+            f"-k {self.dir} -h 127.0.0.1 -p {self.port}",
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "start",
+        )
 
     def stop(self) -> None:
         if (self.dir / "data" / "postmaster.pid").exists():
             self._pg("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
 
     def create_db(self, name: str) -> str:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "slimray", "-d", "postgres",
-                        "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "slimray",
+                "-d",
+                "postgres",
+                "-qc",
+                f"CREATE DATABASE {name}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         return f"postgresql+psycopg2://slimray@127.0.0.1:{self.port}/{name}"
 
 
@@ -80,12 +106,27 @@ class MlflowServer:
     def start(self, timeout: float = 120.0) -> None:
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", self.backend, "--serve-artifacts",
-               "--artifacts-destination", str(self.root / "artifacts"), "--default-artifact-root", "mlflow-artifacts:/"]
+        cmd = [
+            str(MLFLOW),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            self.backend,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--default-artifact-root",
+            "mlflow-artifacts:/",
+        ]
         log = open(self.root / f"mlflow-{time.time():.0f}.log", "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"mlflow server exited {self.proc.returncode}"

@@ -1,5 +1,6 @@
 """Stored outputs: round trips for any value (hypothesis), one-line errors for any truncated or
 corrupt file, and a corrupt cache entry that the engine stops trusting."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,24 @@ from tests.engine_helpers import all_runs, run_pipeline
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 40, 2 ** 40), st.text(max_size=8),
-                      st.floats(allow_nan=False, allow_infinity=False))
-tensors = st.builds(lambda shape, seed, dtype: (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 10).to(dtype),
-                    st.lists(st.integers(0, 4), max_size=3), st.integers(0, 1000),
-                    st.sampled_from([torch.float32, torch.float16, torch.int64, torch.uint8]))
-meta = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                    max_leaves=8)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.text(max_size=8),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+tensors = st.builds(
+    lambda shape, seed, dtype: (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 10).to(dtype),
+    st.lists(st.integers(0, 4), max_size=3),
+    st.integers(0, 1000),
+    st.sampled_from([torch.float32, torch.float16, torch.int64, torch.uint8]),
+)
+meta = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8,
+)
 values = st.builds(lambda t, m, blob: Value(t, {"m": m, "blob": blob}), tensors, meta, st.binary(max_size=64))
 
 
@@ -53,8 +64,12 @@ def _stored(tmp_path) -> Path:
 
 
 @SETTINGS
-@given(which=st.sampled_from(["value.json", "tensors.safetensors", "blobs/value.meta.onnx"]),
-       cut=st.floats(0.0, 0.99), flip=st.booleans(), where=st.floats(0.0, 0.99))
+@given(
+    which=st.sampled_from(["value.json", "tensors.safetensors", "blobs/value.meta.onnx"]),
+    cut=st.floats(0.0, 0.99),
+    flip=st.booleans(),
+    where=st.floats(0.0, 0.99),
+)
 def test_any_truncated_or_corrupt_file_is_one_line_naming_it(tmp_path_factory, which, cut, flip, where):
     d = _stored(tmp_path_factory.mktemp("c"))
     path = d / which
@@ -62,7 +77,7 @@ def test_any_truncated_or_corrupt_file_is_one_line_naming_it(tmp_path_factory, w
     if flip:
         data[int(len(data) * where)] ^= 0xFF
     else:
-        data = data[:int(len(data) * cut)]
+        data = data[: int(len(data) * cut)]
     path.write_bytes(bytes(data))
     with pytest.raises(ArtifactError) as err:
         artifacts.load(d, origin="run abc")

@@ -4,6 +4,7 @@ Loader cases are checked on the data task directly, then (property-based, ``hypo
 over random shapes, corruptions and truncation points; one case goes through the whole
 engine: the run exits 1, the step's run is FAILED and nothing is stored for the cache.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,12 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 def _arrays(n_train=40, n_test=10, width=3, k=3, seed=0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"x_train": rng.normal(size=(n_train, width)), "y_train": np.arange(n_train) % k,
-            "x_test": rng.normal(size=(n_test, width)), "y_test": np.arange(n_test) % k}
+    return {
+        "x_train": rng.normal(size=(n_train, width)),
+        "y_train": np.arange(n_train) % k,
+        "x_test": rng.normal(size=(n_test, width)),
+        "y_test": np.arange(n_test) % k,
+    }
 
 
 def _write(path, arrays: dict) -> str:
@@ -96,13 +101,22 @@ def test_not_an_archive_and_missing_file(tmp_path):
 
 
 @SETTINGS
-@given(n_train=st.integers(1, 30), n_test=st.integers(1, 10), shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
-       k=st.integers(1, 5), seed=st.integers(0, 2 ** 16))
+@given(
+    n_train=st.integers(1, 30),
+    n_test=st.integers(1, 10),
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    k=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_any_valid_npz_loads_with_its_shapes(tmp_path, n_train, n_test, shape, k, seed):
     rng = np.random.default_rng(seed)
     n_train = max(n_train, k + 1)  # every class present in train (and one row left for val)
-    arrays = {"x_train": rng.normal(size=(n_train, *shape)), "y_train": np.arange(n_train) % k,
-              "x_test": rng.normal(size=(n_test, *shape)), "y_test": rng.integers(0, k, n_test)}
+    arrays = {
+        "x_train": rng.normal(size=(n_train, *shape)),
+        "y_train": np.arange(n_train) % k,
+        "x_test": rng.normal(size=(n_test, *shape)),
+        "y_test": rng.integers(0, k, n_test),
+    }
     path = _write(tmp_path / f"ok-{seed}.npz", arrays)
     d = _load(path, normalize="none")
     assert d.num_classes == k and list(d.x_train.shape[1:]) == shape
@@ -110,8 +124,12 @@ def test_any_valid_npz_loads_with_its_shapes(tmp_path, n_train, n_test, shape, k
 
 
 @SETTINGS
-@given(key=st.sampled_from(["x_train", "x_test"]), row=st.integers(0, 9), col=st.integers(0, 2),
-       bad=st.sampled_from([np.nan, np.inf, -np.inf]))
+@given(
+    key=st.sampled_from(["x_train", "x_test"]),
+    row=st.integers(0, 9),
+    col=st.integers(0, 2),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+)
 def test_any_non_finite_value_is_found_with_its_row(tmp_path, key, row, col, bad):
     arrays = _arrays()
     arrays[key] = arrays[key].copy()
@@ -129,7 +147,7 @@ def test_any_truncation_of_an_npz_is_named(tmp_path, cut):
     np.savez(buf, **_arrays())
     data = buf.getvalue()
     path = tmp_path / "cut.npz"
-    path.write_bytes(data[:int(len(data) * cut)])
+    path.write_bytes(data[: int(len(data) * cut)])
     with pytest.raises(ValueError) as err:
         _load(str(path))
     _assert_one_line(err, str(path))
@@ -163,8 +181,10 @@ def test_bad_data_step_fails_the_run_with_one_line_and_stores_nothing(workdir, r
     arrays["y_train"] = arrays["y_train"].copy()
     arrays["y_train"][5] = 1000
     path = _write(workdir / "labels.npz", arrays)
-    out = run_pipeline(workdir, pipeline={"name": "bad_data", "steps": {
-        "data": {"task": "data", "params": {"source": "npz", "path": path}}}})
+    out = run_pipeline(
+        workdir,
+        pipeline={"name": "bad_data", "steps": {"data": {"task": "data", "params": {"source": "npz", "path": path}}}},
+    )
     assert out.exit_code == 1
     st_data = out.states["data"]
     assert st_data.status == "failed"

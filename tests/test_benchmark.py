@@ -1,4 +1,5 @@
 """Behaviour of the ``benchmark`` task with 2-3 tiny models (teacher, student, INT8, fake k-bit)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,22 @@ from tasks.models import build_model, complete_arch, make_artifact
 from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact
 
 FAST = benchmark.BenchmarkConfig(warmup=1, iters_b1=10, iters_b256=3)
-ROW_KEYS = {"name", "kind", "parent", "test_acc", "val_acc", "params", "nonzero_params", "flops", "size_bytes",
-            "latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256", "no_speedup", "selected"}
+ROW_KEYS = {
+    "name",
+    "kind",
+    "parent",
+    "test_acc",
+    "val_acc",
+    "params",
+    "nonzero_params",
+    "flops",
+    "size_bytes",
+    "latency_ms_p50_b1",
+    "latency_ms_p95_b1",
+    "throughput_b256",
+    "no_speedup",
+    "selected",
+}
 
 
 def make_data(n: int = 600, classes: int = 10) -> Dataset:
@@ -62,7 +77,9 @@ def test_rows_targets_and_files(data, models):
     assert rows["teacher"].no_speedup is False and isinstance(rows["student"].no_speedup, bool)
     t = rep.targets
     assert (t.teacher, t.selected) == ("teacher", "student") and (rep.teacher, rep.selected) == (
-        rows["teacher"], rows["student"])
+        rows["teacher"],
+        rows["student"],
+    )
     sel = t.selected_vs_teacher
     assert sel == Comparison.between(rows["student"], rows["teacher"])
     assert sel.flops_reduction == pytest.approx(rows["teacher"].flops / rows["student"].flops)
@@ -75,8 +92,14 @@ def test_rows_targets_and_files(data, models):
     assert blob == rep.to_dict() and BenchmarkReport.from_dict(blob) == rep
     assert all(ROW_KEYS <= set(r) for r in blob["candidates"])
     assert {"teacher", "selected", "selected_vs_teacher", "int8_vs_fp32", "int8_target"} <= set(blob["targets"])
-    assert {"throughput_speedup", "latency_speedup_b1", "size_reduction", "params_reduction", "flops_reduction",
-            "test_acc_delta"} <= set(blob["targets"]["selected_vs_teacher"])
+    assert {
+        "throughput_speedup",
+        "latency_speedup_b1",
+        "size_reduction",
+        "params_reduction",
+        "flops_reduction",
+        "test_acc_delta",
+    } <= set(blob["targets"]["selected_vs_teacher"])
     assert ctx.summary["student/test_acc"] == rows["student"].test_acc
 
 
@@ -91,8 +114,9 @@ def test_no_speedup_flag_follows_its_definition(data, models):
 
 def test_without_teacher_ratios_are_null_and_fake_kbit_is_exported(data, models):
     student = models[1]
-    q4 = quantize.run(student, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4),
-                      ctx=StepContext(step="q4"))
+    q4 = quantize.run(
+        student, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4), ctx=StepContext(step="q4")
+    )
     rep = benchmark.run([student], data, selected=q4, cfg=FAST, ctx=StepContext())  # selected joins the list
     rows = rep.candidates
     assert [r.name for r in rows] == ["student", "q4"] and rows[1].selected

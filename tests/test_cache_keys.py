@@ -1,5 +1,6 @@
 """Complete cache keys: the contents of files a step reads and the versions of the libraries
 its code uses are part of the key, and change exactly the steps they affect."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,13 +26,21 @@ def test_editing_a_data_file_in_place_invalidates_it_and_its_descendants(tmp_pat
     monkeypatch.setenv("SLIMRAY_CACHE_DIR", str(tmp_path / "hashes"))
     npz = tmp_path / "mine.npz"
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.normal(size=(40, 8)).astype("float32"), "y_train": np.arange(40) % 2,
-              "x_test": rng.normal(size=(10, 8)).astype("float32"), "y_test": np.arange(10) % 2}
+    arrays = {
+        "x_train": rng.normal(size=(40, 8)).astype("float32"),
+        "y_train": np.arange(40) % 2,
+        "x_test": rng.normal(size=(10, 8)).astype("float32"),
+        "y_test": np.arange(10) % 2,
+    }
     np.savez(npz, **arrays)
-    pipeline = {"name": "files", "steps": {
-        "data": {"task": "data", "params": {"source": "npz", "path": str(npz)}},
-        "teacher": {"task": "train", "inputs": {"data": "data"}},
-        "other": {"task": "toy_source"}}}
+    pipeline = {
+        "name": "files",
+        "steps": {
+            "data": {"task": "data", "params": {"source": "npz", "path": str(npz)}},
+            "teacher": {"task": "train", "inputs": {"data": "data"}},
+            "other": {"task": "toy_source"},
+        },
+    }
     spec = _spec(pipeline=pipeline)
     before = step_keys(spec, 0)
     assert step_keys(spec, 0) == before  # deterministic, and the hash memo does not change it

@@ -7,6 +7,7 @@ another node can only get it from the server, never from a local path.
 Everything started here (server, cluster, driver connection) is stopped by handle in the
 fixtures' teardown, also when the test fails.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,7 @@ from tests.engine_helpers import all_runs
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def _free_port() -> int:
@@ -79,13 +80,25 @@ def mlflow_server(tmp_path):
     log = root / "server.log"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-           "--default-artifact-root", "mlflow-artifacts:/"]
+    cmd = [
+        str(MLFLOW),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--default-artifact-root",
+        "mlflow-artifacts:/",
+    ]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_until_up(url, proc, log)
@@ -102,7 +115,7 @@ def two_node_cluster():
 
     if ray.is_initialized():  # the session's embedded Ray (ray_local re-inits it when needed)
         ray.shutdown()
-    node_args = dict(num_cpus=1, memory=2 * GiB, object_store_memory=200 * 1024 ** 2)
+    node_args = dict(num_cpus=1, memory=2 * GiB, object_store_memory=200 * 1024**2)
     cluster = Cluster(initialize_head=True, head_node_args={**node_args, "resources": {"node_a": 1}})
     try:
         worker = cluster.add_node(**node_args, resources={"node_b": 1})
@@ -121,12 +134,19 @@ def _run(uri: str, pipeline: dict, overrides: tuple[str, ...] = ()):
     return session.execute(cfg, spec, ray_cfg, tracking, list(overrides))
 
 
-PIPELINE = {"name": "two_nodes", "steps": {
-    "source": {"task": "toy_source", "params": {"value": 1.0}, "resources": {"custom": {"node_a": 1}}},
-    "add": {"task": "toy_add", "inputs": {"x": "source"}, "params": {"amount": 2.0},
-            "resources": {"custom": {"node_b": 1}}},
-    "total": {"task": "toy_sum", "inputs": {"xs": ["source", "add"]}, "resources": {"custom": {"node_a": 1}}},
-}}
+PIPELINE = {
+    "name": "two_nodes",
+    "steps": {
+        "source": {"task": "toy_source", "params": {"value": 1.0}, "resources": {"custom": {"node_a": 1}}},
+        "add": {
+            "task": "toy_add",
+            "inputs": {"x": "source"},
+            "params": {"amount": 2.0},
+            "resources": {"custom": {"node_b": 1}},
+        },
+        "total": {"task": "toy_sum", "inputs": {"xs": ["source", "add"]}, "resources": {"custom": {"node_a": 1}}},
+    },
+}
 PINNED = {"source": "node_a", "add": "node_b", "total": "node_a"}
 
 

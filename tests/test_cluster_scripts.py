@@ -2,6 +2,7 @@
 end to end on a real local cluster: PostgreSQL, MLflow (basic auth) on it, a token-authenticated
 Ray head and two worker nodes, all started by the script, stopped by the script, nothing left.
 """
+
 from __future__ import annotations
 
 import base64
@@ -64,28 +65,48 @@ def _http_status(url: str, auth: tuple[str, str] | None = None) -> int:
 
 
 def _submit(env: dict, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines", "submit", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=420)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", "submit", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
 
 
 def test_up_submit_postgres_down():
     import psycopg2
 
     state = private_dir("slimray-cluster-") / "cluster"  # PostgreSQL's user must reach it
-    base = {**os.environ, "SLIMRAY_CLUSTER_DIR": str(state), "SLIMRAY_VENV": str(BIN.parent),
-            "PATH": f"{BIN}:{os.environ['PATH']}"}
+    base = {
+        **os.environ,
+        "SLIMRAY_CLUSTER_DIR": str(state),
+        "SLIMRAY_VENV": str(BIN.parent),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
         base.pop(k, None)
-    up = subprocess.run([str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"], env=base,
-                        capture_output=True, text=True, timeout=600)
+    up = subprocess.run(
+        [str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     ray_tmp = (state / "ray_tmp").read_text().strip() if (state / "ray_tmp").exists() else "/nonexistent"
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
         groups = _group_pids(state)
         assert set(groups) == {"postgres", "mlflow", "ray-head", "ray-worker-1", "ray-worker-2"}
         # idempotent: a second up.sh starts nothing
-        again = subprocess.run([str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"], env=base,
-                               capture_output=True, text=True, timeout=120)
+        again = subprocess.run(
+            [str(ROOT / "cluster/up.sh"), "--workers", "2", "--basic-auth"],
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
         assert _group_pids(state) == groups
         cenv = _env_file(state)
@@ -105,8 +126,11 @@ def test_up_submit_postgres_down():
         # the HTTP services and PostgreSQL listen on loopback only. Ray 2.60's own gRPC ports
         # (GCS, raylet, agents, client server) bind all interfaces whatever --node-ip-address
         # says; they require the token (documented in cluster/README.md)
-        ports = {cenv["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1], cenv["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1],
-                 cenv["SLIMRAY_POSTGRES_URI"].rsplit(":", 1)[1].split("/")[0]}
+        ports = {
+            cenv["MLFLOW_TRACKING_URI"].rsplit(":", 1)[1],
+            cenv["RAY_API_SERVER_ADDRESS"].rsplit(":", 1)[1],
+            cenv["SLIMRAY_POSTGRES_URI"].rsplit(":", 1)[1].split("/")[0],
+        }
         served = {a for a in addresses if a.rsplit(":", 1)[1] in ports}
         assert {a.rsplit(":", 1)[1] for a in served} == ports, (served, ports)
         assert all(a.startswith("127.0.0.1:") for a in served), served
@@ -117,8 +141,10 @@ def test_up_submit_postgres_down():
         assert "SUCCEEDED" in first.stderr and "join" in first.stdout and "Pipeline 'demo' finished" in first.stdout
         pg = psycopg2.connect(cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""))
         with pg, pg.cursor() as cur:
-            cur.execute("SELECT r.status, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
-                        "WHERE e.name = 'demo' GROUP BY r.status")
+            cur.execute(
+                "SELECT r.status, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+                "WHERE e.name = 'demo' GROUP BY r.status"
+            )
             assert dict(cur.fetchall()) == {"FINISHED": 1 + 5 + 6}  # parent, 5 step runs, 6 sweep trials
             cur.execute("SELECT count(DISTINCT value) FROM tags WHERE key = 'slimray.node_id'")
             assert cur.fetchone()[0] >= 2  # steps ran on more than one node
@@ -142,6 +168,8 @@ def test_up_submit_postgres_down():
     assert not _cluster_processes(state, ray_tmp), _cluster_processes(state, ray_tmp)
     assert not (state / "env").exists() and not list((state / "pids").iterdir())
     assert "stopped postgres" in down.stdout
-    purge = subprocess.run([str(ROOT / "cluster/down.sh"), "--purge"], env=base, capture_output=True, text=True, timeout=60)
+    purge = subprocess.run(
+        [str(ROOT / "cluster/down.sh"), "--purge"], env=base, capture_output=True, text=True, timeout=60
+    )
     assert purge.returncode == 0 and not state.exists() and not Path(ray_tmp).exists()
     state.parent.rmdir()

@@ -1,4 +1,5 @@
 """`compress` with experiment=smoke end to end through the engine (real Ray, real sqlite MLflow)."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,30 @@ from tasks.types import BenchmarkReport, Publication, Report
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-FIELDS = {"name", "kind", "parent", "test_acc", "val_acc", "params", "nonzero_params", "flops", "size_bytes",
-          "latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256", "no_speedup", "selected"}
-HEADLINE = {"selected.test_acc", "teacher.test_acc", "selected_vs_teacher.test_acc_delta",
-            "selected_vs_teacher.size_reduction", "selected_vs_teacher.throughput_speedup",
-            "selected_vs_teacher.latency_speedup_b1"}
+FIELDS = {
+    "name",
+    "kind",
+    "parent",
+    "test_acc",
+    "val_acc",
+    "params",
+    "nonzero_params",
+    "flops",
+    "size_bytes",
+    "latency_ms_p50_b1",
+    "latency_ms_p95_b1",
+    "throughput_b256",
+    "no_speedup",
+    "selected",
+}
+HEADLINE = {
+    "selected.test_acc",
+    "teacher.test_acc",
+    "selected_vs_teacher.test_acc_delta",
+    "selected_vs_teacher.size_reduction",
+    "selected_vs_teacher.throughput_speedup",
+    "selected_vs_teacher.latency_speedup_b1",
+}
 
 
 def run_compress(workdir, *extra: str):

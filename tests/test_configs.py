@@ -1,4 +1,5 @@
 """Every config file composes and validates; the task table matches the task modules."""
+
 from __future__ import annotations
 
 import inspect
@@ -23,8 +24,10 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("overrides", [[f"pipeline={p}"] for p in _options("pipeline")]
-                         + [[f"experiment={e}"] for e in _options("experiment")])
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"pipeline={p}"] for p in _options("pipeline")] + [[f"experiment={e}"] for e in _options("experiment")],
+)
 def test_every_pipeline_and_experiment_validates(overrides):
     cfg = load_config(overrides)
     spec, _, _ = session.validate(cfg)

@@ -1,4 +1,5 @@
 """The data task: every source, splits, standardization, the transfer pool and bad input."""
+
 from __future__ import annotations
 
 import pickle
@@ -65,9 +66,12 @@ def test_augmented_pool_shifts_within_bounds():
 def _write_cifar(root, n=6, protocol=2):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
-                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"filenames": [b"img.png"] * n}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, n).tolist(),
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"filenames": [b"img.png"] * n,
+        }
         (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
@@ -83,6 +87,7 @@ def test_cifar10_batches(tmp_path, protocol):
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch pwned",))
 
 
@@ -104,8 +109,12 @@ def test_cifar10_missing_batch(tmp_path):
 
 def _npz(tmp_path, **arrays):
     rng = np.random.default_rng(0)
-    base = {"x_train": rng.normal(size=(40, 3)), "y_train": rng.integers(0, 3, 40),
-            "x_test": rng.normal(size=(10, 3)), "y_test": rng.integers(0, 3, 10)}
+    base = {
+        "x_train": rng.normal(size=(40, 3)),
+        "y_train": rng.integers(0, 3, 40),
+        "x_test": rng.normal(size=(10, 3)),
+        "y_test": rng.integers(0, 3, 10),
+    }
     base.update(arrays)
     path = tmp_path / "d.npz"
     np.savez(path, **{k: v for k, v in base.items() if v is not None})
@@ -114,8 +123,9 @@ def _npz(tmp_path, **arrays):
 
 def test_npz_with_val_and_unlabeled_pool(tmp_path):
     rng = np.random.default_rng(1)
-    path = _npz(tmp_path, x_val=rng.normal(size=(5, 3)), y_val=np.array([0, 1, 2, 2, 1]),
-                x_unlabeled=rng.normal(size=(30, 3)))
+    path = _npz(
+        tmp_path, x_val=rng.normal(size=(5, 3)), y_val=np.array([0, 1, 2, 2, 1]), x_unlabeled=rng.normal(size=(30, 3))
+    )
     d, _ = _run(source="npz", path=path, n_transfer=20, normalize="feature")
     assert (len(d.x_train), len(d.x_val), len(d.x_test), len(d.x_transfer)) == (40, 5, 10, 20)
     assert d.num_classes == 3
@@ -124,15 +134,18 @@ def test_npz_with_val_and_unlabeled_pool(tmp_path):
     assert d2.x_transfer is None and d2.num_classes == 5
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x_test": None}, r"missing required array\(s\) \['x_test'\]"),
-    ({"x_train": np.full((40, 3), np.nan)}, "x_train contains NaN or inf"),
-    ({"y_train": np.zeros(39, dtype=int)}, r"y_train has shape \[39\], expected \[40\]"),
-    ({"y_test": np.full(10, 7)}, r"y_test has labels outside \[0, 3\)"),
-    ({"y_train": np.zeros(40)}, "y_train must hold integer labels"),
-    ({"x_test": np.zeros((10, 4))}, r"x_test rows have shape \[4\], x_train \[3\]"),
-    ({"x_val": np.zeros((5, 3))}, "x_val and y_val must be given together"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x_test": None}, r"missing required array\(s\) \['x_test'\]"),
+        ({"x_train": np.full((40, 3), np.nan)}, "x_train contains NaN or inf"),
+        ({"y_train": np.zeros(39, dtype=int)}, r"y_train has shape \[39\], expected \[40\]"),
+        ({"y_test": np.full(10, 7)}, r"y_test has labels outside \[0, 3\)"),
+        ({"y_train": np.zeros(40)}, "y_train must hold integer labels"),
+        ({"x_test": np.zeros((10, 4))}, r"x_test rows have shape \[4\], x_train \[3\]"),
+        ({"x_val": np.zeros((5, 3))}, "x_val and y_val must be given together"),
+    ],
+)
 def test_npz_bad_input(tmp_path, arrays, message):
     path = _npz(tmp_path, **arrays)
     with pytest.raises(ValueError, match=message) as err:
@@ -146,13 +159,16 @@ def test_npz_refuses_pickled_objects(tmp_path):
         _run(source="npz", path=path)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"source": "imagenet"}, "data.source: unknown value 'imagenet'"),
-    ({"source": "npz", "path": "/nonexistent.npz"}, "npz file '/nonexistent.npz' does not exist"),
-    ({"source": "cifar10", "path": "/nonexistent"}, "CIFAR-10 directory '/nonexistent' does not exist"),
-    ({"val_fraction": 1.5}, "val_fraction"),
-    ({"normalize": "zca"}, "data.normalize: unknown value 'zca'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"source": "imagenet"}, "data.source: unknown value 'imagenet'"),
+        ({"source": "npz", "path": "/nonexistent.npz"}, "npz file '/nonexistent.npz' does not exist"),
+        ({"source": "cifar10", "path": "/nonexistent"}, "CIFAR-10 directory '/nonexistent' does not exist"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"normalize": "zca"}, "data.normalize: unknown value 'zca'"),
+    ],
+)
 def test_bad_config(kw, message):
     with pytest.raises(ValueError, match=message):
         _run(**kw)

@@ -5,15 +5,16 @@ required fields checked, every `ray start` / `mlflow server` flag checked agains
 Ray and MLflow command definitions, the RayJob's pipeline overrides composed and validated by
 slimray itself, and the autoscaler YAML accepted by Ray's own validator.
 """
+
 from __future__ import annotations
 
 import copy
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from pipelines import session
@@ -69,8 +70,15 @@ def test_every_k8s_file_parses_with_required_fields():
             assert {"apiVersion", "kind", "metadata"} <= set(d), f
             assert d["metadata"].get("name"), f
             kinds[d["kind"]] = d["apiVersion"]
-    assert kinds == {"Secret": "v1", "Service": "v1", "StatefulSet": "apps/v1", "Deployment": "apps/v1",
-                     "PersistentVolumeClaim": "v1", "RayCluster": "ray.io/v1", "RayJob": "ray.io/v1"}
+    assert kinds == {
+        "Secret": "v1",
+        "Service": "v1",
+        "StatefulSet": "apps/v1",
+        "Deployment": "apps/v1",
+        "PersistentVolumeClaim": "v1",
+        "RayCluster": "ray.io/v1",
+        "RayJob": "ray.io/v1",
+    }
 
 
 def test_raycluster_runs_the_project_image_with_token_auth():
@@ -87,7 +95,10 @@ def test_raycluster_runs_the_project_image_with_token_auth():
             assert c["image"] == IMAGE
             env = {e["name"]: e for e in c["env"]}
             assert env["RAY_AUTH_MODE"]["value"] == "token"
-            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "slimray-secrets", "key": "ray-auth-token"}
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+                "name": "slimray-secrets",
+                "key": "ray-auth-token",
+            }
             assert env["MLFLOW_TRACKING_URI"]["value"] == "http://mlflow:5000"
     w = spec["workerGroupSpecs"][0]
     assert w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]

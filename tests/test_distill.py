@@ -1,5 +1,6 @@
 """The distill task: the Hinton KD loss against a hand computation, masking of unlabeled rows,
 multi-teacher averaging, FitNets hints and a tiny end-to-end run."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def _hand_loss(s, t, y, temperature, alpha):
         ps, pt = _softmax(si, temperature), _softmax(ti, temperature)
         kl = sum(b * (math.log(b) - math.log(a)) for a, b in zip(ps, pt))
         ce = -math.log(_softmax(si, 1.0)[yi]) if yi >= 0 else 0.0
-        total += alpha * temperature ** 2 * kl + (1 - alpha) * ce
+        total += alpha * temperature**2 * kl + (1 - alpha) * ce
     return total / len(y)
 
 
@@ -59,7 +60,7 @@ def test_unlabeled_rows_get_no_cross_entropy():
     # a mixed batch is the mean of the per-row losses; the -1 rows ignore what a label would say
     y = torch.tensor([2, -1, 0, -1])
     mixed = kd_loss(s, t, y, temperature=2.0, alpha=0.3)
-    rows = [kd_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], temperature=2.0, alpha=0.3) for i in range(4)]
+    rows = [kd_loss(s[i : i + 1], t[i : i + 1], y[i : i + 1], temperature=2.0, alpha=0.3) for i in range(4)]
     assert float(mixed) == pytest.approx(float(sum(rows) / 4), rel=1e-6)
     s_grad = s.clone().requires_grad_()
     kd_loss(s_grad, t, torch.tensor([-1, -1, -1, -1]), temperature=1.0, alpha=0.0).backward()
@@ -73,14 +74,24 @@ def _problem(n_train=60, n_transfer=300):
     x = torch.randn(n_train + n_transfer + 200, 16, generator=g)
     y = (x @ w).argmax(1)
     a, b = n_train, n_train + n_transfer
-    data = Dataset(name="blobs", x_train=x[:a], y_train=y[:a], x_val=x[b:b + 100], y_val=y[b:b + 100],
-                   x_test=x[b + 100:], y_test=y[b + 100:], num_classes=3, x_transfer=x[a:b])
+    data = Dataset(
+        name="blobs",
+        x_train=x[:a],
+        y_train=y[:a],
+        x_val=x[b : b + 100],
+        y_val=y[b : b + 100],
+        x_test=x[b + 100 :],
+        y_test=y[b + 100 :],
+        num_classes=3,
+        x_transfer=x[a:b],
+    )
     return data, Logits(train=3 * x[:a] @ w, transfer=3 * x[a:b] @ w, teacher="oracle")
 
 
 def _cfg(**kw):
-    base = dict(student={"_target_": "tasks.models.MLP", "hidden": [16]},
-                optim=OptimConfig(epochs=5, batch_size=32, lr=3e-2))
+    base = dict(
+        student={"_target_": "tasks.models.MLP", "hidden": [16]}, optim=OptimConfig(epochs=5, batch_size=32, lr=3e-2)
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -109,31 +120,48 @@ def test_multi_teacher_is_the_mean_of_the_logits():
     one = run(data, mean, cfg=cfg, ctx=StepContext())
     assert all(torch.allclose(two.state_dict[k], v) for k, v in one.state_dict.items())
     with pytest.raises(ValueError, match="teacher 'short' logits do not match 'oracle'"):
-        run(data, a, extra_logits=[Logits(train=a.train[:5], transfer=a.transfer, teacher="short")],
-            cfg=cfg, ctx=StepContext())
+        run(
+            data,
+            a,
+            extra_logits=[Logits(train=a.train[:5], transfer=a.transfer, teacher="short")],
+            cfg=cfg,
+            ctx=StepContext(),
+        )
 
 
 def test_fitnets_hint_trains_a_regressor_onto_teacher_features():
     data, _ = _problem()
     t_arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [6, 6]}, [16], 3)
     torch.manual_seed(0)
-    teacher = infer(make_artifact(build_model(t_arch), t_arch, name="t", kind="teacher"), data,
-                    cfg=InferConfig(features=["features.5"]), ctx=StepContext())
+    teacher = infer(
+        make_artifact(build_model(t_arch), t_arch, name="t", kind="teacher"),
+        data,
+        cfg=InferConfig(features=["features.5"]),
+        ctx=StepContext(),
+    )
     student = {"_target_": "tasks.models.CNN1D", "channels": [2, 3]}
     optim = OptimConfig(epochs=1, batch_size=64)
     logged = {}
     for beta in (0.0, 10.0):
         ctx = StepContext()
-        run(data, teacher, cfg=_cfg(student=student, optim=optim, hint_layer="features.5",
-                                    teacher_feature="features.5", beta=beta), ctx=ctx)
+        run(
+            data,
+            teacher,
+            cfg=_cfg(student=student, optim=optim, hint_layer="features.5", teacher_feature="features.5", beta=beta),
+            ctx=ctx,
+        )
         logged[beta] = next(m["train_loss"] for _, m in ctx.history if "train_loss" in m)
     assert logged[10.0] > logged[0.0]  # the hint term is part of the optimized loss
     reg = make_regressor(torch.zeros(2, 3, 8), torch.zeros(2, 6, 4))
     assert reg(torch.zeros(2, 3, 8)).shape == (2, 6, 4)
     assert make_regressor(torch.zeros(2, 5), torch.zeros(2, 7))(torch.zeros(2, 5)).shape == (2, 7)
     with pytest.raises(ValueError, match="teacher_feature: 'features.2' not in logits.features"):
-        run(data, teacher, cfg=_cfg(student=student, hint_layer="features.5", teacher_feature="features.2"),
-            ctx=StepContext())
+        run(
+            data,
+            teacher,
+            cfg=_cfg(student=student, hint_layer="features.5", teacher_feature="features.2"),
+            ctx=StepContext(),
+        )
 
 
 def test_bad_input():
@@ -150,7 +178,8 @@ def test_bad_input():
 
 NOISY = {  # settings under which the val accuracy goes up and down (checked below)
     "distill": OptimConfig(epochs=6, batch_size=32, lr=0.3, scheduler="none"),
-    "train": OptimConfig(epochs=6, batch_size=8, lr=0.3, scheduler="none")}
+    "train": OptimConfig(epochs=6, batch_size=8, lr=0.3, scheduler="none"),
+}
 
 
 @pytest.mark.parametrize("task", ["distill", "train"])
@@ -169,8 +198,9 @@ def test_reported_val_acc_is_that_of_the_returned_best_epoch_weights(task):
     assert returned == pytest.approx(max(curve))
     assert ctx.summary["val_acc"] == art.metrics["val_acc"] == pytest.approx(returned)
     assert ctx.summary["best_epoch"] == curve.index(max(curve))
-    assert [m for _, m in ctx.history if "val_acc" in m] == [{"val_acc": ctx.summary["val_acc"],
-                                                             "best_epoch": ctx.summary["best_epoch"]}]
+    assert [m for _, m in ctx.history if "val_acc" in m] == [
+        {"val_acc": ctx.summary["val_acc"], "best_epoch": ctx.summary["best_epoch"]}
+    ]
 
 
 def test_no_transfer_pool_falls_back_to_the_labeled_rows(caplog):
@@ -185,8 +215,9 @@ def test_no_transfer_pool_falls_back_to_the_labeled_rows(caplog):
     assert accuracy(load_model(art), data.x_test, data.y_test) > 0.5  # chance: 1/3
 
 
-@pytest.mark.parametrize("name, shape", [("cnn1d_teacher", [40]), ("cnn1d_student", [40]), ("mlp", [40]),
-                                         ("rescnn2d", [1, 8, 8])])
+@pytest.mark.parametrize(
+    "name, shape", [("cnn1d_teacher", [40]), ("cnn1d_student", [40]), ("mlp", [40]), ("rescnn2d", [1, 8, 8])]
+)
 def test_conf_model_files_build(name, shape):
     from pathlib import Path
 

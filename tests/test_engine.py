@@ -1,4 +1,5 @@
 """The engine end to end on real Ray and a real MLflow sqlite store, with the toy tasks."""
+
 from __future__ import annotations
 
 import time
@@ -38,8 +39,14 @@ def test_diamond_and_sweep_end_to_end(workdir, ray_local):
     trials = child_runs(out, children["sweep"].info.run_id)
     assert sorted(r.info.run_name for r in trials) == sorted(f"sweep[{t.label}]" for t in sweep.trials)
     for run in list(children.values()) + trials:
-        for tag in ("slimray.step", "slimray.task", "slimray.cache_key", "slimray.cached",
-                    "slimray.node_id", "mlflow.source.git.commit"):
+        for tag in (
+            "slimray.step",
+            "slimray.task",
+            "slimray.cache_key",
+            "slimray.cached",
+            "slimray.node_id",
+            "mlflow.source.git.commit",
+        ):
             assert tag in run.data.tags, (run.info.run_name, tag)
         assert run.data.tags["slimray.cached"] == "false"
     assert children["sweep"].data.tags["slimray.selected"] == "amount=1.0,scale=1.0"
@@ -51,11 +58,14 @@ def test_diamond_and_sweep_end_to_end(workdir, ray_local):
 
 
 def test_independent_steps_run_concurrently(workdir):
-    pipeline = {"name": "parallel", "steps": {
-        "source": {"task": "toy_source"},
-        "a": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 2.0}},
-        "b": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 2.0}},
-    }}
+    pipeline = {
+        "name": "parallel",
+        "steps": {
+            "source": {"task": "toy_source"},
+            "a": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 2.0}},
+            "b": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 2.0}},
+        },
+    }
     run_pipeline(workdir, ["cache=false"], pipeline)  # warm the two workers
     out = run_pipeline(workdir, ["cache=false"], pipeline)
     a, b = out.states["a"], out.states["b"]
@@ -72,8 +82,13 @@ def test_cache_hit_partial_invalidation_and_disable(workdir):
     assert again.states["sweep"].trials[again.states["sweep"].selected].label == "amount=1.0,scale=1.0"
 
     changed = run_pipeline(workdir, ["pipeline.steps.right.params.amount=5.0"])
-    assert _statuses(changed) == {"source": "cached", "left": "cached", "right": "done",
-                                  "sweep": "cached", "join": "done"}
+    assert _statuses(changed) == {
+        "source": "cached",
+        "left": "cached",
+        "right": "done",
+        "sweep": "cached",
+        "join": "done",
+    }
     value = ray_get(changed.states["join"].trials[0].output)
     assert torch.equal(value.value, torch.full((4,), 8.0 + 3.0))  # right went from 3 to 6
 
@@ -83,21 +98,30 @@ def test_cache_hit_partial_invalidation_and_disable(workdir):
 
 def ray_get(ref):
     import ray
+
     return ray.get(ref)
 
 
 def test_failed_step_skips_descendants_and_others_finish(workdir):
-    pipeline = {"name": "failing", "steps": {
-        "source": {"task": "toy_source"},
-        "bad": {"task": "toy_fail", "inputs": {"x": "source"}, "retries": 1, "params": {"message": "boom\nsecond"}},
-        "after_bad": {"task": "toy_add", "inputs": {"x": "bad"}},
-        "good": {"task": "toy_add", "inputs": {"x": "source"}},
-        "after_good": {"task": "toy_sleep", "inputs": {"x": "good"}, "params": {"seconds": 0.1}},
-    }}
+    pipeline = {
+        "name": "failing",
+        "steps": {
+            "source": {"task": "toy_source"},
+            "bad": {"task": "toy_fail", "inputs": {"x": "source"}, "retries": 1, "params": {"message": "boom\nsecond"}},
+            "after_bad": {"task": "toy_add", "inputs": {"x": "bad"}},
+            "good": {"task": "toy_add", "inputs": {"x": "source"}},
+            "after_good": {"task": "toy_sleep", "inputs": {"x": "good"}, "params": {"seconds": 0.1}},
+        },
+    }
     out = run_pipeline(workdir, ["cache=false"], pipeline)
     assert out.exit_code == 1
-    assert _statuses(out) == {"source": "done", "bad": "failed", "after_bad": "skipped",
-                              "good": "done", "after_good": "done"}
+    assert _statuses(out) == {
+        "source": "done",
+        "bad": "failed",
+        "after_bad": "skipped",
+        "good": "done",
+        "after_good": "done",
+    }
     assert out.states["bad"].note == "RuntimeError: boom"
     failed = [r for r in all_runs(out) if r.data.tags.get("slimray.step") == "bad"]
     assert len(failed) == 2 and {r.info.status for r in failed} == {"FAILED"}  # first try + 1 retry
@@ -105,11 +129,18 @@ def test_failed_step_skips_descendants_and_others_finish(workdir):
 
 
 def test_sweep_respects_max_concurrency(workdir):
-    pipeline = {"name": "bounded", "steps": {
-        "source": {"task": "toy_source"},
-        "s": {"task": "toy_sleep", "inputs": {"x": "source"}, "max_concurrency": 1,
-              "sweep": {"params.seconds": [0.5, 0.6, 0.7]}},
-    }}
+    pipeline = {
+        "name": "bounded",
+        "steps": {
+            "source": {"task": "toy_source"},
+            "s": {
+                "task": "toy_sleep",
+                "inputs": {"x": "source"},
+                "max_concurrency": 1,
+                "sweep": {"params.seconds": [0.5, 0.6, 0.7]},
+            },
+        },
+    }
     start = time.time()
     out = run_pipeline(workdir, ["cache=false"], pipeline)
     assert out.exit_code == 0

@@ -1,4 +1,5 @@
 """Behaviour of ``to_onnx`` / ORT helpers and the ``export`` task's parity gate on tiny models."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,9 +34,14 @@ def make_model(data: Dataset, target: str = "tasks.models.CNN1D", **kw) -> Model
     return make_artifact(model, arch, name="student", kind="student_kd", parent="teacher")
 
 
-@pytest.mark.parametrize("target,shape,kw", [("tasks.models.CNN1D", [40], {"channels": [8, 8]}),
-                                             ("tasks.models.MLP", [40], {"hidden": [16]}),
-                                             ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 8, "mids": [4]})])
+@pytest.mark.parametrize(
+    "target,shape,kw",
+    [
+        ("tasks.models.CNN1D", [40], {"channels": [8, 8]}),
+        ("tasks.models.MLP", [40], {"hidden": [16]}),
+        ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 8, "mids": [4]}),
+    ],
+)
 def test_to_onnx_matches_torch_with_dynamic_batch(target, shape, kw, caplog):
     data = make_data(shape)
     model = load_model(make_model(data, target, **kw))
@@ -46,8 +52,9 @@ def test_to_onnx_matches_torch_with_dynamic_batch(target, shape, kw, caplog):
     assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     sess = ort_session(blob, threads=1)
     for n in (1, 7, 32):
-        np.testing.assert_allclose(ort_predict(sess, data.x_test[:n], batch_size=5),
-                                   predict(model, data.x_test[:n]).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            ort_predict(sess, data.x_test[:n], batch_size=5), predict(model, data.x_test[:n]).numpy(), atol=1e-5
+        )
 
 
 def test_ort_session_and_timing():
@@ -85,8 +92,9 @@ def test_export_gate_fails_when_parity_is_missed():
 def test_export_passes_int8_through_and_reports_fp32_agreement():
     data = make_data([40], n=400)
     art = make_model(data, channels=[8, 8])
-    q = quantize.run(art, data, cfg=quantize.QuantizeConfig(method="static_int8", calib_batches=2),
-                     ctx=StepContext(step="int8"))
+    q = quantize.run(
+        art, data, cfg=quantize.QuantizeConfig(method="static_int8", calib_batches=2), ctx=StepContext(step="int8")
+    )
     ctx = StepContext()
     out = export.run(q, data, cfg=export.ExportConfig(), ctx=ctx)
     assert out.onnx == q.onnx and out.name == "int8"

@@ -6,6 +6,7 @@
 - the MLflow server and then PostgreSQL restarted mid-step: every metric value arrives;
 - a 32-trial sweep logging concurrently to one MLflow server on PostgreSQL: every value arrives.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ from pipelines.cli import load_config
 from tests.engine_helpers import all_runs, run_pipeline
 from tests.servers import MlflowServer, Postgres, private_dir
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
 def _run(uri: str, pipeline: dict):
@@ -53,8 +54,11 @@ def _runs_of(uri: str, experiment: str, step: str) -> list:
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        return [] if exp is None else client.search_runs(
-            [exp.experiment_id], f"tags.`slimray.step` = '{step}'", max_results=500)
+        return (
+            []
+            if exp is None
+            else client.search_runs([exp.experiment_id], f"tags.`slimray.step` = '{step}'", max_results=500)
+        )
     except Exception:  # the store may not exist yet
         return []
 
@@ -67,6 +71,7 @@ def _in_background(fn):
             fn()
         except BaseException as e:  # surfaced by the test after join
             errors.append(e)
+
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, errors
@@ -92,10 +97,17 @@ def test_worker_process_sigkilled_mid_step_is_retried(workdir, ray_local):
             time.sleep(0.1)
 
     thread, errors = _in_background(kill_once)
-    out = run_pipeline(workdir, pipeline={"name": "retry", "steps": {
-        "source": {"task": "toy_source"},
-        "slow": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 3.0}, "retries": 1},
-        "after": {"task": "toy_add", "inputs": {"x": "slow"}, "params": {"amount": 1.0}}}})
+    out = run_pipeline(
+        workdir,
+        pipeline={
+            "name": "retry",
+            "steps": {
+                "source": {"task": "toy_source"},
+                "slow": {"task": "toy_sleep", "inputs": {"x": "source"}, "params": {"seconds": 3.0}, "retries": 1},
+                "after": {"task": "toy_add", "inputs": {"x": "slow"}, "params": {"amount": 1.0}},
+            },
+        },
+    )
     thread.join(timeout=10)
     assert not errors and killed, errors
     assert out.exit_code == 0 and {st.status for st in out.states.values()} == {"done"}
@@ -121,8 +133,13 @@ def test_driver_sigkilled_mid_sweep_rerun_recomputes_no_finished_trial(workdir, 
     MlflowClient(tracking_uri=uri).search_experiments()
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}", SWEEP]
-    driver = subprocess.Popen(cmd, cwd=workdir, env={**os.environ, "RAY_AUTH_MODE": "token"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 150
         while sum(r.info.status == "FINISHED" for r in _trial_runs(uri)) < 2:
@@ -143,8 +160,11 @@ def test_driver_sigkilled_mid_sweep_rerun_recomputes_no_finished_trial(workdir, 
     trials = {t.label: t for t in out.states["nap"].trials}
     assert trials["seconds=0.1"].status == trials["seconds=0.2"].status == "cached"
     assert trials["seconds=12.0"].status == "done"
-    rerun = {r.data.tags["slimray.trial"]: r for r in all_runs(out) if r.data.tags.get("slimray.step") == "nap"
-             and "slimray.trial" in r.data.tags}
+    rerun = {
+        r.data.tags["slimray.trial"]: r
+        for r in all_runs(out)
+        if r.data.tags.get("slimray.step") == "nap" and "slimray.trial" in r.data.tags
+    }
     for label, run_id in finished.items():
         assert rerun[label].data.tags["slimray.cache_source"] == run_id
 
@@ -162,7 +182,7 @@ def test_worker_node_removed_mid_sweep(tmp_path, monkeypatch):
     MlflowClient(tracking_uri=uri).search_experiments()
     if ray.is_initialized():
         ray.shutdown()
-    args = dict(num_cpus=1, memory=2 * GiB, object_store_memory=200 * 1024 ** 2)
+    args = dict(num_cpus=1, memory=2 * GiB, object_store_memory=200 * 1024**2)
     cluster = Cluster(initialize_head=True, head_node_args=args)
     try:
         victim = cluster.add_node(**args)
@@ -174,8 +194,11 @@ def test_worker_node_removed_mid_sweep(tmp_path, monkeypatch):
         def remove_victim():
             deadline = time.time() + 180
             while time.time() < deadline:
-                runs = [r for r in _trial_runs_of(uri, "naps") if r.info.status == "RUNNING"
-                        and r.data.tags.get("slimray.node_id") == victim.node_id]
+                runs = [
+                    r
+                    for r in _trial_runs_of(uri, "naps")
+                    if r.info.status == "RUNNING" and r.data.tags.get("slimray.node_id") == victim.node_id
+                ]
                 if runs:
                     cluster.remove_node(victim)
                     removed.append(runs[0].data.tags["slimray.trial"])
@@ -183,10 +206,21 @@ def test_worker_node_removed_mid_sweep(tmp_path, monkeypatch):
                 time.sleep(0.1)
 
         thread, errors = _in_background(remove_victim)
-        out = _run(uri, {"name": "demo", "steps": {
-            "source": {"task": "toy_source"},
-            "naps": {"task": "toy_sleep", "inputs": {"x": "source"}, "retries": 2,
-                     "sweep": {"params.seconds": [3.0, 3.1, 3.2, 3.3, 3.4, 3.5]}}}})
+        out = _run(
+            uri,
+            {
+                "name": "demo",
+                "steps": {
+                    "source": {"task": "toy_source"},
+                    "naps": {
+                        "task": "toy_sleep",
+                        "inputs": {"x": "source"},
+                        "retries": 2,
+                        "sweep": {"params.seconds": [3.0, 3.1, 3.2, 3.3, 3.4, 3.5]},
+                    },
+                },
+            },
+        )
         thread.join(timeout=30)
         assert not errors and removed, errors
         assert out.exit_code == 0
@@ -197,8 +231,12 @@ def test_worker_node_removed_mid_sweep(tmp_path, monkeypatch):
         assert lost and all("worker died" in r.data.tags["slimray.error"] for r in lost)
         assert all(r.data.tags["slimray.node_id"] == victim.node_id for r in lost)
         assert not [r for r in runs if r.info.status == "RUNNING"]
-        assert victim.node_id not in {r.data.tags["slimray.node_id"] for r in runs if r.info.status == "FINISHED"
-                                      and r.data.tags["slimray.trial"] in {x.data.tags["slimray.trial"] for x in lost}}
+        assert victim.node_id not in {
+            r.data.tags["slimray.node_id"]
+            for r in runs
+            if r.info.status == "FINISHED"
+            and r.data.tags["slimray.trial"] in {x.data.tags["slimray.trial"] for x in lost}
+        }
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -257,9 +295,16 @@ def test_mlflow_then_postgres_restarted_mid_step_loses_no_metric(tmp_path, monke
 
     thread, errors = _in_background(restarts)
     count = 400
-    out = _run(server.url, {"name": "restarts", "steps": {
-        "source": {"task": "toy_source"},
-        "log": {"task": "toy_log", "inputs": {"x": "source"}, "params": {"count": count, "every": 0.08}}}})
+    out = _run(
+        server.url,
+        {
+            "name": "restarts",
+            "steps": {
+                "source": {"task": "toy_source"},
+                "log": {"task": "toy_log", "inputs": {"x": "source"}, "params": {"count": count, "every": 0.08}},
+            },
+        },
+    )
     thread.join(timeout=120)
     assert not errors and started.is_set(), errors
     assert out.exit_code == 0, {n: st.note for n, st in out.states.items()}
@@ -276,10 +321,20 @@ def test_32_trial_sweep_logging_concurrently_to_postgres(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     counts, everies = [20, 21, 22, 23], [0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007]
-    out = _run(server.url, {"name": "concurrent", "steps": {
-        "source": {"task": "toy_source"},
-        "fan": {"task": "toy_log", "inputs": {"x": "source"},
-                "sweep": {"params.count": counts, "params.every": everies}}}})
+    out = _run(
+        server.url,
+        {
+            "name": "concurrent",
+            "steps": {
+                "source": {"task": "toy_source"},
+                "fan": {
+                    "task": "toy_log",
+                    "inputs": {"x": "source"},
+                    "sweep": {"params.count": counts, "params.every": everies},
+                },
+            },
+        },
+    )
     assert out.exit_code == 0
     trials = out.states["fan"].trials
     assert len(trials) == 32 and {t.status for t in trials} == {"done"}

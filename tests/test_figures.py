@@ -1,4 +1,5 @@
 """Every figure in the README is the one a benchmark script wrote to docs/figures.json."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,8 +39,13 @@ def test_render_reports_missing_figures_instead_of_inventing_them():
     fig = _figures()
     text = fig.render("engine", {})
     assert "not measured" in text and not re.search(r"\d+\.\d+ s", text)
-    measured = {"engine_overhead": {"command": ["x"], "date": "2026-01-01",
-                                    "measured": {"fixed_cost_s": 3.25, "cpu_model": "CPU Z", "cpus": 2}}}
+    measured = {
+        "engine_overhead": {
+            "command": ["x"],
+            "date": "2026-01-01",
+            "measured": {"fixed_cost_s": 3.25, "cpu_model": "CPU Z", "cpus": 2},
+        }
+    }
     text = fig.render("engine", measured)
     assert "| 3.2 s |" in text or "| 3.3 s |" in text
     assert "CPU Z, 2 cores" in text

@@ -1,5 +1,6 @@
 """GPU paths (CUDA placement, bf16 autocast, ONNX Runtime CUDA provider). They run where a CUDA
 device exists and are skipped elsewhere; the CPU paths are covered by the other tests."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,7 @@ from tasks.context import StepContext
 from tasks.models import CNN1D
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_fit_on_cuda_with_bf16_autocast_learns():
@@ -18,8 +18,15 @@ def test_fit_on_cuda_with_bf16_autocast_learns():
     x = torch.randn(512, 40)
     y = (x[:, :20].sum(1) > 0).long()
     model = CNN1D([40], 2, [16, 16])
-    best = fit(model, x, (y,), loss_fn=ce_loss, cfg=OptimConfig(epochs=5, batch_size=64), ctx=StepContext(device="cuda"),
-               val=(x[:128], y[:128]))
+    best = fit(
+        model,
+        x,
+        (y,),
+        loss_fn=ce_loss,
+        cfg=OptimConfig(epochs=5, batch_size=64),
+        ctx=StepContext(device="cuda"),
+        val=(x[:128], y[:128]),
+    )
     assert best["val_acc"] > 0.8
     assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU
     assert accuracy(model.cuda(), x, y, device="cuda") > 0.8

@@ -1,5 +1,6 @@
 """The infer task: teacher logits (+ hooked features) over train and transfer pool, in-process and
 through ctx.map_batches."""
+
 from __future__ import annotations
 
 import pickle
@@ -16,9 +17,17 @@ from tasks.types import Dataset
 def _data(n_transfer=30):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 16, generator=g)
-    return Dataset(name="tiny", x_train=x[:20], y_train=torch.arange(20) % 3, x_val=x[20:25],
-                   y_val=torch.arange(5) % 3, x_test=x[25:30], y_test=torch.arange(5) % 3, num_classes=3,
-                   x_transfer=torch.randn(n_transfer, 16, generator=g) if n_transfer else None)
+    return Dataset(
+        name="tiny",
+        x_train=x[:20],
+        y_train=torch.arange(20) % 3,
+        x_val=x[20:25],
+        y_val=torch.arange(5) % 3,
+        x_test=x[25:30],
+        y_test=torch.arange(5) % 3,
+        num_classes=3,
+        x_transfer=torch.randn(n_transfer, 16, generator=g) if n_transfer else None,
+    )
 
 
 def _teacher():
@@ -43,8 +52,7 @@ def test_logits_match_the_model_and_split_train_transfer():
 
 def test_features_are_captured_with_hooks():
     data, teacher = _data(), _teacher()
-    out = run(teacher, data, cfg=InferConfig(features=["features.2", "features.5"], batch_size=16),
-              ctx=StepContext())
+    out = run(teacher, data, cfg=InferConfig(features=["features.2", "features.5"], batch_size=16), ctx=StepContext())
     model = load_model(teacher)
     x = torch.cat([data.x_train, data.x_transfer])
     with torch.no_grad():

@@ -1,5 +1,6 @@
 """No code execution from artifacts: a stored ``_target_`` resolves only to an nn.Module of the
 zoo or of the allow-list the config makes (its own model targets plus ``trusted_models``)."""
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,17 @@ def test_zoo_models_load_without_a_list_and_others_need_one():
 
 
 def test_a_model_named_in_the_config_is_trusted_and_trusted_models_extends_it(workdir):
-    cfg = load_config(["student_model._target_=" + USER_NET, "~student_model.channels", "~student_model.kernel_size",
-                       "~student_model.stride", "~student_model.batch_norm", "+student_model.hidden=4",
-                       "trusted_models=[tests.user_models.NeedsDepth]"])
+    cfg = load_config(
+        [
+            "student_model._target_=" + USER_NET,
+            "~student_model.channels",
+            "~student_model.kernel_size",
+            "~student_model.stride",
+            "~student_model.batch_norm",
+            "+student_model.hidden=4",
+            "trusted_models=[tests.user_models.NeedsDepth]",
+        ]
+    )
     spec, _, _ = session.validate(cfg)
     assert USER_NET in spec.trusted_targets and "tests.user_models.NeedsDepth" in spec.trusted_targets
     assert "tasks.models.CNN1D" in spec.trusted_targets and "os.system" not in spec.trusted_targets
@@ -88,11 +97,18 @@ def test_a_user_model_named_in_the_config_trains_and_exports_on_ray(workdir, ray
     from tests.engine_helpers import run_pipeline
 
     model = {"_target_": USER_NET, "hidden": 8}
-    pipeline = {"name": "own_model", "steps": {
-        "data": {"task": "data", "params": {"source": "digits", "n_transfer": 0}},
-        "train": {"task": "train", "inputs": {"data": "data"},
-                  "params": {"model": model, "kind": "teacher", "optim": {"epochs": 1}}},
-        "export": {"task": "export", "inputs": {"model": "train", "data": "data"}}}}
+    pipeline = {
+        "name": "own_model",
+        "steps": {
+            "data": {"task": "data", "params": {"source": "digits", "n_transfer": 0}},
+            "train": {
+                "task": "train",
+                "inputs": {"data": "data"},
+                "params": {"model": model, "kind": "teacher", "optim": {"epochs": 1}},
+            },
+            "export": {"task": "export", "inputs": {"model": "train", "data": "data"}},
+        },
+    }
     out = run_pipeline(workdir, pipeline=pipeline)
     assert out.exit_code == 0, {n: st.note for n, st in out.states.items()}
     exported = ray_local.get(out.states["export"].trials[0].output)

@@ -1,4 +1,5 @@
 """MLflow unreachable at start: one line within seconds, exit 2, before any Ray work."""
+
 from __future__ import annotations
 
 import http.server
@@ -26,8 +27,14 @@ def test_dead_server_fails_in_seconds_through_the_real_command(workdir):
     uri = f"http://127.0.0.1:{_free_port()}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "pipeline=demo"], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "pipeline=demo"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     elapsed = time.monotonic() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -36,12 +43,15 @@ def test_dead_server_fails_in_seconds_through_the_real_command(workdir):
     assert not list(workdir.iterdir())  # no mlflow.db, no mlruns, nothing half-written
 
 
-@pytest.mark.parametrize("uri_of, expected", [
-    (lambda d, p: f"http://127.0.0.1:{p}", "is unreachable (Connection refused"),
-    (lambda d, p: f"sqlite:///{d}/missing/dir/mlflow.db", "database directory"),
-    (lambda d, p: f"postgresql://slimray@127.0.0.1:{p}/mlflow", "(postgresql) is unreachable"),
-    (lambda d, p: f"file://{d}/nope/deeper/mlruns", "store directory"),
-])
+@pytest.mark.parametrize(
+    "uri_of, expected",
+    [
+        (lambda d, p: f"http://127.0.0.1:{p}", "is unreachable (Connection refused"),
+        (lambda d, p: f"sqlite:///{d}/missing/dir/mlflow.db", "database directory"),
+        (lambda d, p: f"postgresql://slimray@127.0.0.1:{p}/mlflow", "(postgresql) is unreachable"),
+        (lambda d, p: f"file://{d}/nope/deeper/mlruns", "store directory"),
+    ],
+)
 def test_unusable_store_is_one_line_exit_2_and_starts_no_ray(workdir, capsys, uri_of, expected):
     import ray
 

@@ -1,4 +1,5 @@
 """Behaviour of the ``prune`` task on tiny data: sparsity, real shrinkage, pickle-free reload, AGP, KD."""
+
 from __future__ import annotations
 
 import pytest
@@ -70,11 +71,14 @@ def test_channel_pruning_shrinks_params_and_reports_metrics():
     assert out.metrics["size_bytes"] < 0.5 * ctx.summary["base_size_bytes"]
 
 
-@pytest.mark.parametrize("target, shape, kw, width_key", [
-    ("tasks.models.CNN1D", [40], {"channels": [24, 16, 8]}, "channels"),
-    ("tasks.models.MLP", [5, 8], {"hidden": [32, 16]}, "hidden"),
-    ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 16, "mids": [12, 8]}, "mids"),
-])
+@pytest.mark.parametrize(
+    "target, shape, kw, width_key",
+    [
+        ("tasks.models.CNN1D", [40], {"channels": [24, 16, 8]}, "channels"),
+        ("tasks.models.MLP", [5, 8], {"hidden": [32, 16]}, "hidden"),
+        ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 16, "mids": [12, 8]}, "mids"),
+    ],
+)
 def test_channel_pruned_model_reloads_from_arch_and_safetensors_identically(target, shape, kw, width_key):
     data = make_data(shape)
     art = make_model(target, data, **kw)
@@ -159,10 +163,16 @@ def test_kd_finetune_without_transfer_pool_falls_back_to_labeled_rows(caplog):
         prune.run(art, pool, logits, cfg=cfg(kd_alpha=0.5, use_transfer=True), ctx=StepContext())
 
 
-@pytest.mark.parametrize("bad, match", [({"method": "svd"}, "prune.method"), ({"amount": 1.5}, "prune.amount"),
-                                        ({"importance": "taylorx"}, "prune.importance"),
-                                        ({"scope": "all"}, "prune.scope"),
-                                        ({"initial_amount": 0.9}, "prune.initial_amount")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"method": "svd"}, "prune.method"),
+        ({"amount": 1.5}, "prune.amount"),
+        ({"importance": "taylorx"}, "prune.importance"),
+        ({"scope": "all"}, "prune.scope"),
+        ({"initial_amount": 0.9}, "prune.initial_amount"),
+    ],
+)
 def test_bad_config_raises_value_error(bad, match):
     data = make_data([40])
     with pytest.raises(ValueError, match=match):

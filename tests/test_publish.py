@@ -2,6 +2,7 @@
 (files, headline metrics, description, registered model linked to the run) on the computed path
 and on the cache-hit path alike; the experiment is a model-training experiment; a fully cached
 rerun starts no Ray."""
+
 from __future__ import annotations
 
 import tempfile
@@ -10,18 +11,26 @@ from pathlib import Path
 from engine_helpers import run_pipeline
 from mlflow.tracking import MlflowClient
 
-PIPELINE = {"name": "publishing", "steps": {
-    "source": {"task": "toy_source", "params": {"value": 2.0, "size": 3}},
-    "publish": {"task": "toy_publish", "inputs": {"x": "source"}, "params": {"registry_name": "pub-demo"}}}}
+PIPELINE = {
+    "name": "publishing",
+    "steps": {
+        "source": {"task": "toy_source", "params": {"value": 2.0, "size": 3}},
+        "publish": {"task": "toy_publish", "inputs": {"x": "source"}, "params": {"registry_name": "pub-demo"}},
+    },
+}
 
 
 def _parent_view(client: MlflowClient, run_id: str) -> dict:
     run = client.get_run(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(client.download_artifacts(run_id, "summary.md", tmp)).read_text()
-    return {"metrics": run.data.metrics, "note": run.data.tags.get("mlflow.note.content", ""),
-            "registered": run.data.tags.get("slimray.registered", ""), "summary": summary,
-            "status": run.info.status}
+    return {
+        "metrics": run.data.metrics,
+        "note": run.data.tags.get("mlflow.note.content", ""),
+        "registered": run.data.tags.get("slimray.registered", ""),
+        "summary": summary,
+        "status": run.info.status,
+    }
 
 
 def _check(client: MlflowClient, outcome) -> str:

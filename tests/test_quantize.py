@@ -1,4 +1,5 @@
 """Behaviour of the ``quantize`` task on tiny data: exact k-bit grids, ORT INT8 accuracy, QAT."""
+
 from __future__ import annotations
 
 import onnx
@@ -35,36 +36,42 @@ def trained(data) -> ModelArtifact:
     """A small CNN1D trained for a few epochs (~1 s): accurate enough that INT8 error shows."""
     arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [16, 16]}, data.input_shape, data.num_classes)
     model = build_model(arch)
-    fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=OptimConfig(epochs=6, batch_size=64),
-        ctx=StepContext(), val=(data.x_val, data.y_val))
+    fit(
+        model,
+        data.x_train,
+        (data.y_train,),
+        loss_fn=ce_loss,
+        cfg=OptimConfig(epochs=6, batch_size=64),
+        ctx=StepContext(),
+        val=(data.x_val, data.y_val),
+    )
     return make_artifact(model, arch, name="teacher", kind="teacher")
 
 
 def test_quantize_weight_hand_example():
     # channel 0: s = 1.5 / 3 = 0.5 (3 bits): w/s = [3, -0.2, 0.5, -1.5, 2.5] -> round half to even
     # [3, 0, 0, -2, 2]; -0.2 rounds to 0, not -1. channel 1: s = 0.4 / 3; channel 2 all zero.
-    w = torch.tensor([[1.5, -0.1, 0.25, -0.75, 1.25],
-                      [0.4, -0.4, 0.1, 0.2, -0.3],
-                      [0.0, 0.0, 0.0, 0.0, 0.0]])
+    w = torch.tensor([[1.5, -0.1, 0.25, -0.75, 1.25], [0.4, -0.4, 0.1, 0.2, -0.3], [0.0, 0.0, 0.0, 0.0, 0.0]])
     q = quantize.quantize_weight(w, bits=3)
     s = 0.4 / 3
-    expected = torch.tensor([[1.5, 0.0, 0.0, -1.0, 1.0],
-                             [3 * s, -3 * s, 1 * s, 2 * s, -2 * s],
-                             [0.0, 0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor(
+        [[1.5, 0.0, 0.0, -1.0, 1.0], [3 * s, -3 * s, 1 * s, 2 * s, -2 * s], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
     torch.testing.assert_close(q, expected, rtol=0, atol=1e-7)
     assert quantize.quantize_weight(torch.tensor([[0.7, -0.02]]), bits=4)[0, 1] == 0.0  # s=0.1: -0.2 -> 0
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_fake_kbit_levels_per_channel(data, trained, bits):
-    out = quantize.run(trained, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=bits),
-                       ctx=StepContext(step=f"q{bits}"))
+    out = quantize.run(
+        trained, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=bits), ctx=StepContext(step=f"q{bits}")
+    )
     assert (out.name, out.kind, out.parent, out.onnx) == (f"q{bits}", "quantized", "teacher", None)
     model = load_model(out)
     for layer in quantize._quant_layers(model):
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         for row in w:
-            assert len(torch.unique(row)) <= 2 ** bits - 1
+            assert len(torch.unique(row)) <= 2**bits - 1
             scale = row.abs().max() / (2 ** (bits - 1) - 1)
             torch.testing.assert_close(row / scale, torch.round(row / scale), rtol=0, atol=1e-4)
     assert out.metrics["val_acc"] == pytest.approx(accuracy(model, data.x_val, data.y_val))
@@ -72,8 +79,12 @@ def test_fake_kbit_levels_per_channel(data, trained, bits):
 
 
 def test_fake_kbit_accuracy_grows_with_bits(data, trained):
-    acc = {b: quantize.run(trained, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=b),
-                           ctx=StepContext()).metrics["val_acc"] for b in (2, 8)}
+    acc = {
+        b: quantize.run(
+            trained, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=b), ctx=StepContext()
+        ).metrics["val_acc"]
+        for b in (2, 8)
+    }
     fp32 = accuracy(load_model(trained), data.x_val, data.y_val)
     assert acc[8] >= fp32 - 0.02
     assert acc[8] >= acc[2]
@@ -104,8 +115,9 @@ def test_dynamic_int8_runs(data, trained):
 
 
 def test_qat_deploys_int8_with_weights_on_grid(data, trained):
-    cfg = quantize.QuantizeConfig(method="qat", bits=4, qat_activations=True,
-                                  optim=OptimConfig(epochs=2, batch_size=64, lr=5e-4))
+    cfg = quantize.QuantizeConfig(
+        method="qat", bits=4, qat_activations=True, optim=OptimConfig(epochs=2, batch_size=64, lr=5e-4)
+    )
     ctx = StepContext(step="qat")
     out = quantize.run(trained, data, cfg=cfg, ctx=ctx)
     assert out.onnx is not None and "qat_val_acc" in ctx.summary

@@ -1,5 +1,6 @@
 """Behaviour of the ``report`` task: Pareto frontier, PNG, Markdown table, and the Publication it returns
 (files, headline metrics, description, console text, model registration) instead of writing to runs."""
+
 from __future__ import annotations
 
 import io
@@ -16,10 +17,22 @@ from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, 
 
 
 def cand(name, kind, acc, thr, size, selected=False, **kw) -> BenchmarkRow:
-    fields = dict(name=name, kind=kind, parent=None if kind == "teacher" else "teacher", test_acc=acc,
-                  val_acc=acc, params=size // 4, nonzero_params=size // 4, flops=1_000_000, size_bytes=size,
-                  latency_ms_p50_b1=1e3 / thr, latency_ms_p95_b1=2e3 / thr, throughput_b256=thr,
-                  no_speedup=False, selected=selected)
+    fields = dict(
+        name=name,
+        kind=kind,
+        parent=None if kind == "teacher" else "teacher",
+        test_acc=acc,
+        val_acc=acc,
+        params=size // 4,
+        nonzero_params=size // 4,
+        flops=1_000_000,
+        size_bytes=size,
+        latency_ms_p50_b1=1e3 / thr,
+        latency_ms_p95_b1=2e3 / thr,
+        throughput_b256=thr,
+        no_speedup=False,
+        selected=selected,
+    )
     return BenchmarkRow(**{**fields, **kw})
 
 
@@ -27,19 +40,22 @@ def bench_of(rows: list[BenchmarkRow], dataset: str = "mnist1d") -> BenchmarkRep
     """A benchmark report whose targets come from the benchmark's own function."""
     teacher = next((r for r in rows if r.kind == "teacher"), None)
     sel = next((r for r in rows if r.selected), None)
-    return BenchmarkReport(dataset, 1, "onnxruntime CPU", rows,
-                           benchmark.targets(rows, teacher, sel, benchmark.BenchmarkConfig()))
+    return BenchmarkReport(
+        dataset, 1, "onnxruntime CPU", rows, benchmark.targets(rows, teacher, sel, benchmark.BenchmarkConfig())
+    )
 
 
 def bench() -> BenchmarkReport:
-    return bench_of([
-        cand("teacher", "teacher", 0.94, 40_000, 400_000),
-        cand("kd_small", "student_kd", 0.90, 150_000, 40_000),
-        cand("scratch_small", "student_scratch", 0.85, 150_000, 40_000),  # dominated by kd_small
-        cand("pruned_50", "pruned", 0.92, 120_000, 100_000, selected=True),
-        cand("sparse_80", "pruned", 0.93, 39_000, 400_000, no_speedup=True),  # dominated by teacher (both axes)
-        cand("int8", "quantized", 0.89, 300_000, 12_000, params=None, nonzero_params=None),
-    ])
+    return bench_of(
+        [
+            cand("teacher", "teacher", 0.94, 40_000, 400_000),
+            cand("kd_small", "student_kd", 0.90, 150_000, 40_000),
+            cand("scratch_small", "student_scratch", 0.85, 150_000, 40_000),  # dominated by kd_small
+            cand("pruned_50", "pruned", 0.92, 120_000, 100_000, selected=True),
+            cand("sparse_80", "pruned", 0.93, 39_000, 400_000, no_speedup=True),  # dominated by teacher (both axes)
+            cand("int8", "quantized", 0.89, 300_000, 12_000, params=None, nonzero_params=None),
+        ]
+    )
 
 
 def selected_artifact():
@@ -54,14 +70,21 @@ def selected_artifact():
 def test_pareto_front_on_hand_example():
     def pts(*rows):
         return [SimpleNamespace(**r) for r in rows]
-    p = pts({"name": "a", "acc": 0.9, "speed": 1.0}, {"name": "b", "acc": 0.8, "speed": 2.0},
-            {"name": "c", "acc": 0.7, "speed": 1.5},  # dominated by b
-            {"name": "d", "acc": 0.9, "speed": 0.5},  # dominated by a (tie on acc)
-            {"name": "e", "acc": 0.95, "speed": None},  # missing value: left out
-            {"name": "f", "acc": 0.6, "speed": 3.0})
+
+    p = pts(
+        {"name": "a", "acc": 0.9, "speed": 1.0},
+        {"name": "b", "acc": 0.8, "speed": 2.0},
+        {"name": "c", "acc": 0.7, "speed": 1.5},  # dominated by b
+        {"name": "d", "acc": 0.9, "speed": 0.5},  # dominated by a (tie on acc)
+        {"name": "e", "acc": 0.95, "speed": None},  # missing value: left out
+        {"name": "f", "acc": 0.6, "speed": 3.0},
+    )
     assert report.pareto_front(p, {"acc": "max", "speed": "max"}) == ["a", "b", "f"]
-    sizes = pts({"name": "x", "acc": 0.9, "size": 10}, {"name": "y", "acc": 0.9, "size": 5},
-                {"name": "z", "acc": 0.5, "size": 1})
+    sizes = pts(
+        {"name": "x", "acc": 0.9, "size": 10},
+        {"name": "y", "acc": 0.9, "size": 5},
+        {"name": "z", "acc": 0.5, "size": 1},
+    )
     assert report.pareto_front(sizes, {"acc": "max", "size": "min"}) == ["y", "z"]
     twins = pts({"name": "p", "acc": 1, "size": 1}, {"name": "q", "acc": 1, "size": 1})
     assert report.pareto_front(twins, {"acc": "max", "size": "min"}) == ["p", "q"]  # equal: neither dominates
@@ -103,22 +126,24 @@ def test_headline_metrics_are_the_benchmarks_one_comparison():
     cmp = Comparison.between(b.selected, b.teacher)
     assert cmp == b.targets.selected_vs_teacher
     assert {k: v for k, v in m.items() if k.startswith("selected_vs_teacher.")} == {
-        f"selected_vs_teacher.{k}": v for k, v in vars(cmp).items()
-        if k not in ("candidate", "reference", "meets_target")}
+        f"selected_vs_teacher.{k}": v
+        for k, v in vars(cmp).items()
+        if k not in ("candidate", "reference", "meets_target")
+    }
     assert all(isinstance(v, float) for v in m.values())
 
 
 def test_registry_name_override_and_no_selected_model():
-    out = report.run(bench(), selected_artifact(), cfg=report.ReportConfig(registry_name="m1", alias="c"),
-                     ctx=StepContext())
+    out = report.run(
+        bench(), selected_artifact(), cfg=report.ReportConfig(registry_name="m1", alias="c"), ctx=StepContext()
+    )
     assert [(r.name, r.alias) for r in out.publish.models] == [("m1", "c")]
     out = report.run(bench(), cfg=report.ReportConfig(), ctx=StepContext())
     assert out.publish.models == [] and out.data["registered"] is None
 
 
 def test_report_without_teacher_or_selection_still_renders():
-    out = report.run(bench_of([cand("a", "pruned", 0.5, 10.0, 100)], "d"), cfg=report.ReportConfig(),
-                     ctx=StepContext())
+    out = report.run(bench_of([cand("a", "pruned", 0.5, 10.0, 100)], "d"), cfg=report.ReportConfig(), ctx=StepContext())
     assert "no ratios" in out.publish.description and out.data["pareto_front"] == ["a"]
     assert out.publish.metrics == {}
 
@@ -171,12 +196,18 @@ def many_candidates(n: int = 35) -> BenchmarkReport:
     """``n`` candidates: a teacher, a 6-point frontier (one selected) and dominated points of every kind."""
     rows = [cand("teacher", "teacher", 0.95, 20_000, 400_000)]
     for i in range(6):  # faster and smaller, less accurate: the frontier
-        rows.append(cand(f"front_{i}", "pruned", 0.94 - 0.02 * i, 40_000 * 1.6 ** i, 200_000 // (i + 1),
-                         selected=i == 2))
+        rows.append(cand(f"front_{i}", "pruned", 0.94 - 0.02 * i, 40_000 * 1.6**i, 200_000 // (i + 1), selected=i == 2))
     kinds = ["student_kd", "student_scratch", "pruned", "quantized"]
     for i in range(n - len(rows)):  # each worse than front_0 on both axes
-        rows.append(cand(f"prune[amount={i / 100:.2f},method=channel]", kinds[i % 4], 0.80 - 0.005 * i,
-                         30_000 + 200 * i, 250_000 + 1000 * i))
+        rows.append(
+            cand(
+                f"prune[amount={i / 100:.2f},method=channel]",
+                kinds[i % 4],
+                0.80 - 0.005 * i,
+                30_000 + 200 * i,
+                250_000 + 1000 * i,
+            )
+        )
     return bench_of(rows)
 
 
@@ -196,8 +227,10 @@ def test_plot_stays_legible_with_35_candidates(tmp_path):
 
 
 def test_labels_are_capped_when_everything_is_on_the_frontier():
-    rows = [cand(f"m{i}", "pruned", 0.95 - 0.01 * i, 1000 * (i + 1), 100_000 - 2000 * i, selected=i == 20)
-            for i in range(35)] + [cand("teacher", "teacher", 0.5, 10, 1_000_000)]
+    rows = [
+        cand(f"m{i}", "pruned", 0.95 - 0.01 * i, 1000 * (i + 1), 100_000 - 2000 * i, selected=i == 20)
+        for i in range(35)
+    ] + [cand("teacher", "teacher", 0.5, 10, 1_000_000)]
     b = bench_of(rows)
     front = report.pareto_front(b.candidates, {"test_acc": "max", "throughput_b256": "max"})
     assert len(front) == 35
@@ -207,4 +240,3 @@ def test_labels_are_capped_when_everything_is_on_the_frontier():
     report.png_bytes(fig, 50)  # closes the figure
     description = report.summary_markdown(b, front)
     assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
-

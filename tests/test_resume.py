@@ -1,4 +1,5 @@
 """SIGKILL the driver mid-pipeline, rerun: the finished steps are not recomputed."""
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,14 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
     out = run_pipeline(workdir, [SLOW])
     assert out.exit_code == 0
     statuses = {n: st.status for n, st in out.states.items()}
-    assert statuses == {"source": "cached", "left": "cached", "right": "cached", "sweep": "cached",
-                        "join": "cached", "slow": "done"}
+    assert statuses == {
+        "source": "cached",
+        "left": "cached",
+        "right": "cached",
+        "sweep": "cached",
+        "join": "cached",
+        "slow": "done",
+    }
 
 
 def _runs(uri: str):
@@ -69,8 +76,16 @@ def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     hang = "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}"
     burn = "+pipeline.steps.burn={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0, busy: true}}"
-    cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}",
-           hang, burn]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines",
+        "pipeline=demo",
+        f"tracking.uri={uri}",
+        f"ray.address={address}",
+        hang,
+        burn,
+    ]
     driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120

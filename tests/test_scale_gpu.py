@@ -3,6 +3,7 @@ pipeline stages on their own CUDA streams, the ORT CUDA execution provider. Skip
 
 On a GPU machine: ``.venv/bin/python -m pytest tests/test_scale_gpu.py -q -rA`` (it prints where
 each actor ran)."""
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """Replica pools and stage chains on real Ray actors: order, equality with the unsplit model,
 recovery from a SIGKILLed replica (no row lost, none twice) and a bounded in-flight window."""
+
 from __future__ import annotations
 
 import functools
@@ -79,6 +80,7 @@ def test_a_killed_replica_loses_no_row_and_duplicates_none(ray_local):
             def apply(xb):
                 time.sleep(0.04)
                 return xb.clone()
+
             return apply
 
     x = torch.arange(4000, dtype=torch.float32).reshape(-1, 1)
@@ -145,15 +147,23 @@ def test_inference_pipeline_runs_hybrid_and_logs_utilisation(ray_local, workdir)
     from pipelines import session
     from pipelines.cli import load_config
 
-    overrides = ["pipeline=inference", "data=digits", f"tracking.uri=sqlite:///{workdir}/mlflow.db",
-                 "pipeline.steps.model.params.model.hidden=[32,32,32]",
-                 "pipeline.steps.inference.params.stages=2", "pipeline.steps.inference.params.rows=3000",
-                 "pipeline.steps.inference.params.micro_batch=100", "pipeline.steps.inference.params.cpus_per_actor=0.5"]
+    overrides = [
+        "pipeline=inference",
+        "data=digits",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "pipeline.steps.model.params.model.hidden=[32,32,32]",
+        "pipeline.steps.inference.params.stages=2",
+        "pipeline.steps.inference.params.rows=3000",
+        "pipeline.steps.inference.params.micro_batch=100",
+        "pipeline.steps.inference.params.cpus_per_actor=0.5",
+    ]
     cfg = load_config(overrides)
     spec, ray_cfg, tracking = session.validate(cfg)
     outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides)
     assert outcome.exit_code == 0
-    runs = MlflowClient(outcome.uri).search_runs([outcome.experiment_id], filter_string="tags.mlflow.runName = 'inference'")
+    runs = MlflowClient(outcome.uri).search_runs(
+        [outcome.experiment_id], filter_string="tags.mlflow.runName = 'inference'"
+    )
     metrics = runs[0].data.metrics
     assert metrics["rows"] == 3000 and metrics["rows_per_s"] > 0 and 0 <= metrics["bubble_fraction"] < 1
     assert metrics["util_replica1_stage1"] > 0  # 2 replicas x 2 stages all worked
@@ -174,10 +184,9 @@ def test_inference_in_process_with_stages_and_the_ort_backend():
 
 
 def test_inference_options_are_enums_checked_at_compose():
+    from pipelines import session
     from pipelines.cli import load_config
     from pipelines.spec import SpecError
-
-    from pipelines import session
 
     cfg = load_config(["pipeline=inference", "pipeline.steps.inference.params.backend=onnxruntime"])
     session.validate(cfg)
@@ -197,6 +206,7 @@ def test_a_replica_that_always_dies_fails_after_bounded_restarts(ray_local):
                 if len(calls) > 1:
                     os._exit(1)  # a crash (segfault, OOM kill) on every replica, every time
                 return xb
+
             return apply
 
     pool = ChainPool([DiesOnSecondBatch()], replicas=1, num_cpus=0.5, window=1)

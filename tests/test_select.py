@@ -1,4 +1,5 @@
 """Sweep selection rules (pure functions)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,11 @@ import pytest
 from pipelines.errors import SpecError
 from pipelines.select import choose, parse_select
 
-TRIALS = {0: {"val_acc": 0.97, "throughput": 100.0}, 1: {"val_acc": 0.95, "throughput": 300.0},
-          2: {"val_acc": 0.90, "throughput": 900.0}}
+TRIALS = {
+    0: {"val_acc": 0.97, "throughput": 100.0},
+    1: {"val_acc": 0.95, "throughput": 300.0},
+    2: {"val_acc": 0.90, "throughput": 900.0},
+}
 
 
 def test_fastest_within_one_point_of_an_upstream_metric():
@@ -30,8 +34,15 @@ def test_failed_trials_are_not_candidates():
     assert choose(parse_select({"metric": "throughput"}, "s"), {0: TRIALS[0], 2: TRIALS[2]}, {})[0] == 2
 
 
-@pytest.mark.parametrize("node,msg", [({"metric": "a", "mode": "up"}, "s.mode"), ({"mode": "max"}, "s.metric"),
-                                      ({"metric": "a", "where": "a ~ 1"}, "s.where"), ({"metric": "a", "x": 1}, "s.x")])
+@pytest.mark.parametrize(
+    "node,msg",
+    [
+        ({"metric": "a", "mode": "up"}, "s.mode"),
+        ({"mode": "max"}, "s.metric"),
+        ({"metric": "a", "where": "a ~ 1"}, "s.where"),
+        ({"metric": "a", "x": 1}, "s.x"),
+    ],
+)
 def test_bad_rules_name_the_key(node, msg):
     with pytest.raises(SpecError, match=msg.replace(".", r"\.")):
         parse_select(node, "s")

@@ -1,6 +1,7 @@
 """``slimray serve`` on real Ray Serve, a real MLflow registry (sqlite) and real ONNX Runtime:
 the happy path, dynamic batching, every class of bad request (4xx, replica still alive) and the
 config errors that stop before Ray starts."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def _register(uri: str) -> MLP:
     model = MLP([6], 3, [64]).eval()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
-        info = mlflow.onnx.log_model(onnx.load_from_string(to_onnx(model, torch.randn(2, 6))), name="model",
-                                     registered_model_name="tiny", pip_requirements=["onnxruntime"])
+        info = mlflow.onnx.log_model(
+            onnx.load_from_string(to_onnx(model, torch.randn(2, 6))),
+            name="model",
+            registered_model_name="tiny",
+            pip_requirements=["onnxruntime"],
+        )
     mlflow.MlflowClient(uri).set_registered_model_alias("tiny", "candidate", str(info.registered_model_version))
     return model
 
@@ -60,8 +65,14 @@ def test_serve_predicts_batches_and_rejects_bad_requests(ray_local, workdir):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     model = _register(uri)
     port = _free_port()
-    cfg = ServeConfig(model="models:/tiny@candidate", port=port, max_request_rows=16, max_batch_size=8,
-                      batch_wait_timeout_s=0.05, cpus_per_replica=0.5)
+    cfg = ServeConfig(
+        model="models:/tiny@candidate",
+        port=port,
+        max_request_rows=16,
+        max_batch_size=8,
+        batch_wait_timeout_s=0.05,
+        cpus_per_replica=0.5,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(cfg, uri), name="test-serve", route_prefix="/")
@@ -73,18 +84,20 @@ def test_serve_predicts_batches_and_rejects_bad_requests(ray_local, workdir):
         assert status == 200 and np.allclose(out["logits"], ref, atol=1e-5)
         assert out["classes"] == ref.argmax(1).tolist()
         # concurrent requests are batched together and each gets its own rows back
-        bodies = [json.dumps({"inputs": x[i:i + 1].tolist()}).encode() for i in range(5)]
+        bodies = [json.dumps({"inputs": x[i : i + 1].tolist()}).encode() for i in range(5)]
         with ThreadPoolExecutor(5) as ex:
             answers = list(ex.map(lambda b: _post(f"{url}/predict", b), bodies))
         assert [a[1]["classes"][0] for a in answers] == out["classes"]
-        bad = {b'{"inputs": [[1, 2, 3]]}': 422,  # wrong shape
-               b'{"inputs": [[1, 2, 3, 4, 5, "x"]]}': 422,  # non-numeric
-               b'{"inputs": [[1, 2, 3, 4, 5, 6], [1, 2]]}': 422,  # ragged
-               b'{"inputs": []}': 422,  # empty
-               b'{"data": [[1, 2, 3, 4, 5, 6]]}': 422,  # no inputs key
-               json.dumps({"inputs": [[0.0] * 6] * 17}).encode(): 413,  # oversized batch
-               b'{"inputs": [[1, 2, 3, 4, 5, NaN]]}': 422,  # not finite
-               b'{"inputs": [[1, 2,': 400}  # malformed JSON
+        bad = {
+            b'{"inputs": [[1, 2, 3]]}': 422,  # wrong shape
+            b'{"inputs": [[1, 2, 3, 4, 5, "x"]]}': 422,  # non-numeric
+            b'{"inputs": [[1, 2, 3, 4, 5, 6], [1, 2]]}': 422,  # ragged
+            b'{"inputs": []}': 422,  # empty
+            b'{"data": [[1, 2, 3, 4, 5, 6]]}': 422,  # no inputs key
+            json.dumps({"inputs": [[0.0] * 6] * 17}).encode(): 413,  # oversized batch
+            b'{"inputs": [[1, 2, 3, 4, 5, NaN]]}': 422,  # not finite
+            b'{"inputs": [[1, 2,': 400,
+        }  # malformed JSON
         for body, code in bad.items():
             status, answer = _post(f"{url}/predict", body)
             assert status == code and "\n" not in answer["error"], (body, status, answer)
@@ -128,9 +141,22 @@ def test_cli_serves_in_the_foreground_until_ctrl_c(workdir):
     port = _free_port()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(root), "SLIMRAY_CONF": str(root / "conf")}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "model=models:/tiny@candidate",
-                             f"port={port}", "ray_num_cpus=1", "cpus_per_replica=0.5"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "serve",
+            "model=models:/tiny@candidate",
+            f"port={port}",
+            "ray_num_cpus=1",
+            "cpus_per_replica=0.5",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, answer = time.monotonic() + 150, None
         while time.monotonic() < deadline and proc.poll() is None and (answer is None or answer[0] != 200):

@@ -1,4 +1,5 @@
 """The load_model task: arch JSON + safetensors round trip and clear errors for bad files."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ def _artifact(channels=(4, 4)):
 
 
 def _load(directory, **kw):
-    cfg = LoadModelConfig(arch_path=str(directory / "arch.json"),
-                          weights_path=str(directory / "model.safetensors"), **kw)
+    cfg = LoadModelConfig(
+        arch_path=str(directory / "arch.json"), weights_path=str(directory / "model.safetensors"), **kw
+    )
     ctx = StepContext(step="teacher")
     return run(cfg=cfg, ctx=ctx), ctx
 

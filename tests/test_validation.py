@@ -1,5 +1,6 @@
 """Every class of config error: one line naming the config path, exit code 2, and nothing
 started (no Ray, no MLflow store) — checked through the real CLI entry point."""
+
 from __future__ import annotations
 
 import os
@@ -19,17 +20,24 @@ CASES = [
     (["+pipeline.steps.left.inputs.y=source"], "pipeline.steps.left.inputs.y: task 'toy_add' has no input 'y'"),
     (["~pipeline.steps.left.inputs"], "pipeline.steps.left.inputs.x: missing required input"),
     (["pipeline.steps.left.inputs.x=nowhere"], "pipeline.steps.left.inputs.x: unknown step 'nowhere'"),
-    (["+pipeline.steps.bad={task: train, inputs: {data: source}}"],
-     "pipeline.steps.bad.inputs.data: step 'source' gives Value but input 'data' of task 'train' needs Dataset"),
+    (
+        ["+pipeline.steps.bad={task: train, inputs: {data: source}}"],
+        "pipeline.steps.bad.inputs.data: step 'source' gives Value but input 'data' of task 'train' needs Dataset",
+    ),
     (["pipeline.steps.left.inputs.x=sweep"], "pipeline.steps: cycle among steps ['left', 'sweep']"),
     (["+pipeline.steps.left.params.amountt=3"], "pipeline.steps.left.params.amountt: Key 'amountt' not in 'AddConfig'"),
     (["pipeline.steps.left.params.amountt=3"], "pipeline.steps.left.params.amountt"),
     (["pipeline.steps.left.params.amount=abc"], "pipeline.steps.left.params.amount=abc"),
     (["pipeline.steps.left.params.amount='???'"], "pipeline.steps.left.params.amount: missing required value"),
     (["+pipeline.steps.left.retires=2"], "pipeline.steps.left.retires: Key 'retires' not in 'StepConfig'"),
-    (["~pipeline.steps.sweep.sweep", "+pipeline.steps.sweep.sweep={params.nope: [1, 2]}"], "pipeline.steps.sweep.sweep[nope=1].params.nope"),
-    (["pipeline.steps.join.inputs.xs=[sweep, left]", "~pipeline.steps.sweep.select"],
-     "pipeline.steps.join.inputs.xs: sweep step 'sweep' has no select rule"),
+    (
+        ["~pipeline.steps.sweep.sweep", "+pipeline.steps.sweep.sweep={params.nope: [1, 2]}"],
+        "pipeline.steps.sweep.sweep[nope=1].params.nope",
+    ),
+    (
+        ["pipeline.steps.join.inputs.xs=[sweep, left]", "~pipeline.steps.sweep.select"],
+        "pipeline.steps.join.inputs.xs: sweep step 'sweep' has no select rule",
+    ),
     (["pipeline.steps.sweep.select.where='score >> 3'"], "pipeline.steps.sweep.select.where: cannot parse"),
     (["pipeline=nope"], "Could not find 'pipeline/nope'"),
     (["+foo=1"], "foo: Key 'foo' not in 'RootConfig'"),
@@ -70,24 +78,43 @@ COMPRESS_CASES = [
     (["pipeline.steps.quantize.params.calibration=minmaxx"], ["pipeline.steps.quantize.params.calibration"]),
     (["data.source=mnist"], ["data.source", "expected one of [mnist1d, digits, cifar10, npz]"]),
     (["pipeline.steps.teacher.params.optim.optimizer=adam"], ["pipeline.steps.teacher.params.optim.optimizer"]),
-    (["+teacher_model.chanels=[3]"],
-     ["pipeline.steps.teacher.params.model.chanels: tasks.models.CNN1D has no argument 'chanels'"]),
-    (["student_model._target_=tasks.models.MLP"],  # the compact CNN's kwargs do not fit an MLP
-     ["pipeline.steps.scratch.params.model.", "tasks.models.MLP has no argument"]),
-    (["teacher_model._target_=tests.user_models.NeedsDepth", "~teacher_model.channels",
-      "~teacher_model.kernel_size", "~teacher_model.stride", "~teacher_model.batch_norm"],
-     ["pipeline.steps.teacher.params.model.depth: missing required argument of tests.user_models.NeedsDepth"]),
-    (["teacher_model._target_=tests.user_models.NoSuchNet"],
-     ["pipeline.steps.teacher.params.model._target_", "cannot be imported"]),
-    (["teacher_model._target_=os.path.join"],
-     ["pipeline.steps.teacher.params.model._target_", "not an nn.Module subclass"]),
+    (
+        ["+teacher_model.chanels=[3]"],
+        ["pipeline.steps.teacher.params.model.chanels: tasks.models.CNN1D has no argument 'chanels'"],
+    ),
+    (
+        ["student_model._target_=tasks.models.MLP"],  # the compact CNN's kwargs do not fit an MLP
+        ["pipeline.steps.scratch.params.model.", "tasks.models.MLP has no argument"],
+    ),
+    (
+        [
+            "teacher_model._target_=tests.user_models.NeedsDepth",
+            "~teacher_model.channels",
+            "~teacher_model.kernel_size",
+            "~teacher_model.stride",
+            "~teacher_model.batch_norm",
+        ],
+        ["pipeline.steps.teacher.params.model.depth: missing required argument of tests.user_models.NeedsDepth"],
+    ),
+    (
+        ["teacher_model._target_=tests.user_models.NoSuchNet"],
+        ["pipeline.steps.teacher.params.model._target_", "cannot be imported"],
+    ),
+    (
+        ["teacher_model._target_=os.path.join"],
+        ["pipeline.steps.teacher.params.model._target_", "not an nn.Module subclass"],
+    ),
     (["+pipeline.steps.teacher.retires=2"], ["pipeline.steps.teacher.retires: Key 'retires' not in 'StepConfig'"]),
     (["pipeline.steps.teacher.resources.num_cpus=two"], ["pipeline.steps.teacher.resources.num_cpus", "'two'"]),
-    (["+pipeline.steps.teacher.resources.cpus=2"],
-     ["pipeline.steps.teacher.resources.cpus: Key 'cpus' not in 'ResourcesConfig'"]),
+    (
+        ["+pipeline.steps.teacher.resources.cpus=2"],
+        ["pipeline.steps.teacher.resources.cpus: Key 'cpus' not in 'ResourcesConfig'"],
+    ),
     (["pipeline.steps.prune.select.mode=maxx"], ["pipeline.steps.prune.select.mode", "expected one of [max, min]"]),
-    (["+pipeline.steps.prune.select.metricc=x"],
-     ["pipeline.steps.prune.select.metricc: Key 'metricc' not in 'SelectConfig'"]),
+    (
+        ["+pipeline.steps.prune.select.metricc=x"],
+        ["pipeline.steps.prune.select.metricc: Key 'metricc' not in 'SelectConfig'"],
+    ),
     (["+ray.adress=auto"], ["ray.adress: Key 'adress' not in 'RayConfig'"]),
     (["ray=cluster", "+ray.num_cpu=2"], ["ray.num_cpu: Key 'num_cpu' not in 'RayConfig'"]),
     (["+tracking.urii=http://127.0.0.1:5000"], ["tracking.urii: Key 'urii' not in 'TrackingConfig'"]),
@@ -104,8 +131,7 @@ def _assert_config_error(code: int, err: str, expected: list[str], workdir) -> N
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
 
 
-@pytest.mark.parametrize("overrides,expected", COMPRESS_CASES,
-                         ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
+@pytest.mark.parametrize("overrides,expected", COMPRESS_CASES, ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
 def test_typo_in_the_default_pipeline_fails_at_validation(overrides, expected, workdir, capsys):
     import ray
 
@@ -122,12 +148,18 @@ def _conf_with_experiment(workdir, text: str) -> None:
 
 
 YAML_CASES = [
-    ("pipeline:\n  steps:\n    prune:\n      sweep: {params.method: [channel, chanel]}\n",
-     ["pipeline.steps.prune.sweep[amount=0.3,method=chanel].params.method", "'chanel'"]),
-    ("pipeline:\n  steps:\n    teacher:\n      params: {kind: teacer}\n",
-     ["pipeline.steps.teacher.params.kind", "'teacer'"]),
-    ("pipeline:\n  steps:\n    teacher:\n      resources: {num_cpus: 1, num_gpu: 1}\n",
-     ["pipeline.steps.teacher.resources.num_gpu", "not in 'ResourcesConfig'"]),
+    (
+        "pipeline:\n  steps:\n    prune:\n      sweep: {params.method: [channel, chanel]}\n",
+        ["pipeline.steps.prune.sweep[amount=0.3,method=chanel].params.method", "'chanel'"],
+    ),
+    (
+        "pipeline:\n  steps:\n    teacher:\n      params: {kind: teacer}\n",
+        ["pipeline.steps.teacher.params.kind", "'teacer'"],
+    ),
+    (
+        "pipeline:\n  steps:\n    teacher:\n      resources: {num_cpus: 1, num_gpu: 1}\n",
+        ["pipeline.steps.teacher.resources.num_gpu", "not in 'ResourcesConfig'"],
+    ),
 ]
 
 
@@ -142,8 +174,14 @@ def test_sweep_typo_exits_2_through_the_console_command(workdir):
     """The real entry point in a fresh process: `python -m pipelines experiment=typo --dry-run`."""
     _conf_with_experiment(workdir, YAML_CASES[0][0])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "experiment=typo", "--dry-run"], cwd=workdir,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", "experiment=typo", "--dry-run"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     err = proc.stderr.strip()
     _assert_config_error(proc.returncode, err, YAML_CASES[0][1], workdir)
 

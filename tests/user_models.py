@@ -1,4 +1,5 @@
 """A user's own architectures, outside the model zoo, for the allow-list and signature tests."""
+
 from __future__ import annotations
 
 from torch import nn

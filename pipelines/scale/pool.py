@@ -12,14 +12,16 @@ however large the input. Outputs are keyed by batch index (order kept, duplicate
 When an actor dies (``RayActorError``), its replica's in-flight batches go back to the queue
 and run on a live replica, and the dead replica is replaced by a fresh chain of actors.
 """
+
 from __future__ import annotations
 
 import collections
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -45,8 +47,12 @@ class StageWorker:
     def where(self) -> dict:
         """Where this actor runs: process, node, the GPUs Ray gave it and its model's device."""
         ctx = ray.get_runtime_context()
-        return {"pid": os.getpid(), "node": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                "device": str(getattr(self.fn, "device", "cpu"))}
+        return {
+            "pid": os.getpid(),
+            "node": ctx.get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "device": str(getattr(self.fn, "device", "cpu")),
+        }
 
     def run(self, x: np.ndarray) -> np.ndarray:
         start = time.time()
@@ -89,15 +95,24 @@ class PoolStats:
     def summary(self) -> dict[str, float]:
         """Throughput, latency, utilisation per replica/stage and the pipeline bubble fraction."""
         lat = np.array(self.latencies_s or [0.0])
-        out = {"rows": self.rows, "wall_s": self.wall_s, "rows_per_s": self.rows / max(self.wall_s, 1e-9),
-               "batch_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
-               "batch_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
-               "restarts": self.restarts, "resubmitted": self.resubmitted,
-               "peak_in_flight": self.peak_in_flight, "peak_in_flight_bytes": self.peak_in_flight_bytes}
+        out = {
+            "rows": self.rows,
+            "wall_s": self.wall_s,
+            "rows_per_s": self.rows / max(self.wall_s, 1e-9),
+            "batch_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "batch_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "restarts": self.restarts,
+            "resubmitted": self.resubmitted,
+            "peak_in_flight": self.peak_in_flight,
+            "peak_in_flight_bytes": self.peak_in_flight_bytes,
+        }
         bubbles = []
         for r, stages in enumerate(self.actor_stats):
-            span = max(s["last"] for s in stages) - min(s["first"] for s in stages if s["calls"]) \
-                if any(s["calls"] for s in stages) else 0.0
+            span = (
+                max(s["last"] for s in stages) - min(s["first"] for s in stages if s["calls"])
+                if any(s["calls"] for s in stages)
+                else 0.0
+            )
             for k, s in enumerate(stages):
                 out[f"util_replica{r}_stage{k}"] = s["busy_s"] / max(self.wall_s, 1e-9)
             if span > 0:
@@ -112,8 +127,9 @@ class ChainPool:
     ``num_cpus``/``num_gpus`` are per actor (fractional GPUs let 2 replicas share one GPU).
     """
 
-    def __init__(self, stage_fns: list, replicas: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                 window: int = 0):
+    def __init__(
+        self, stage_fns: list, replicas: int, *, num_cpus: float = 1.0, num_gpus: float = 0.0, window: int = 0
+    ):
         if replicas < 1 or not stage_fns:
             raise ValueError(f"replicas must be >= 1 and stages >= 1, got {replicas} x {len(stage_fns)}")
         self.stage_fns = [ray.put(fn) for fn in stage_fns]  # a model artifact is put once, not per actor
@@ -133,9 +149,11 @@ class ChainPool:
         refs = [a.pid.remote() for c in chains for a in c.actors]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=READY_TIMEOUT_S)
         if len(ready) < len(refs):
-            raise RuntimeError(f"inference: only {len(ready)} of {len(refs)} actors started within {READY_TIMEOUT_S:.0f} s "
-                               f"({self.options} each; free: {ray.available_resources()}); lower replicas/stages "
-                               f"or give the calling step resources.num_cpus: 0")
+            raise RuntimeError(
+                f"inference: only {len(ready)} of {len(refs)} actors started within {READY_TIMEOUT_S:.0f} s "
+                f"({self.options} each; free: {ray.available_resources()}); lower replicas/stages "
+                f"or give the calling step resources.num_cpus: 0"
+            )
         ray.get(ready)  # raises the model-loading error of an actor, if any
 
     def placement(self) -> list[list[dict]]:
@@ -170,7 +188,7 @@ class ChainPool:
                 if chain.in_flight >= self.window:
                     break
                 b = pending.popleft()
-                batch = x[b * batch_size:(b + 1) * batch_size]
+                batch = x[b * batch_size : (b + 1) * batch_size]
                 in_flight[self._submit(chain, batch)] = (b, chain, time.perf_counter(), batch.nbytes)
             stats.peak_in_flight = max(stats.peak_in_flight, len(in_flight))
             stats.peak_in_flight_bytes = max(stats.peak_in_flight_bytes, sum(v[3] for v in in_flight.values()))
@@ -185,8 +203,10 @@ class ChainPool:
                     stats.resubmitted += 1
                     if chain in self.chains:  # first failure seen from this chain: replace it
                         if stats.restarts >= MAX_RESTARTS_PER_REPLICA * len(self.chains):
-                            raise RuntimeError(f"inference: replicas died {stats.restarts} times (batch {b} "
-                                               f"last); giving up instead of restarting forever")
+                            raise RuntimeError(
+                                f"inference: replicas died {stats.restarts} times (batch {b} "
+                                f"last); giving up instead of restarting forever"
+                            ) from None
                         self._replace(self.chains.index(chain))
                         stats.restarts += 1
                     continue
@@ -213,8 +233,16 @@ class ChainPool:
                 ray.kill(actor, no_restart=True)
 
 
-def map_batches(stage_fns: list, x: torch.Tensor, *, batch_size: int, replicas: int = 1, num_cpus: float = 1.0,
-                num_gpus: float = 0.0, window: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+def map_batches(
+    stage_fns: list,
+    x: torch.Tensor,
+    *,
+    batch_size: int,
+    replicas: int = 1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    window: int = 0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Run ``x`` through ``replicas`` chains of ``stage_fns`` actors; (outputs in order, summary)."""
     pool = ChainPool(stage_fns, replicas, num_cpus=num_cpus, num_gpus=num_gpus, window=window)
     try:

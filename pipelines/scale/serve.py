@@ -8,6 +8,7 @@ batching) and run by ONNX Runtime inside each replica. Bad requests get a 4xx wi
 message and never reach the model. Runs in the foreground until Ctrl-C, which deletes the
 application and shuts down the Ray it started. Config: ``conf/serve/default.yaml`` (``ServeConfig``).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -18,9 +19,9 @@ import re
 import signal
 import sys
 import time
-from typing import cast
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -76,13 +77,18 @@ def parse_inputs(body: bytes, sample_shape: list, max_rows: int) -> np.ndarray:
     try:
         arr = np.asarray(inputs)
     except ValueError:
-        raise BadRequest(422, f"inputs: ragged samples (expected shape [N, {', '.join(map(str, sample_shape))}])") from None
+        raise BadRequest(
+            422, f"inputs: ragged samples (expected shape [N, {', '.join(map(str, sample_shape))}])"
+        ) from None
     if arr.dtype.kind not in "iuf":
         raise BadRequest(422, "inputs: values must be numbers")
     expected = [None if not isinstance(d, int) else d for d in sample_shape]
     if arr.ndim != 1 + len(expected) or any(e is not None and e != a for e, a in zip(expected, arr.shape[1:])):
-        raise BadRequest(422, f"inputs: shape {list(arr.shape)} does not match the model's [N, "
-                              f"{', '.join(str(d) for d in sample_shape)}]")
+        raise BadRequest(
+            422,
+            f"inputs: shape {list(arr.shape)} does not match the model's [N, "
+            f"{', '.join(str(d) for d in sample_shape)}]",
+        )
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise BadRequest(422, "inputs: values must be finite (no NaN or Infinity)")
@@ -110,7 +116,7 @@ def check_model(model_uri: str, tracking_uri: str) -> None:
     if not found:
         raise ValueError(f"model: '{model_uri}' is not models:/<name>@<alias> or models:/<name>/<version>")
     name, alias, version = found.groups()
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():
         raise ValueError(f"model: no MLflow store at {tracking_uri} (set MLFLOW_TRACKING_URI or run a pipeline first)")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
@@ -132,11 +138,16 @@ def build_app(cfg: ServeConfig, tracking_uri: str):
     """The Serve application (FastAPI ingress + ONNX Runtime model) for ``cfg``."""
     from pipelines.scale.serve_app import ModelServer
 
-    scaling = ({"autoscaling_config": {k: v for k, v in asdict(cfg.autoscaling).items() if k != "enabled"}}
-               if cfg.autoscaling.enabled else {"num_replicas": cfg.replicas})
+    scaling = (
+        {"autoscaling_config": {k: v for k, v in asdict(cfg.autoscaling).items() if k != "enabled"}}
+        if cfg.autoscaling.enabled
+        else {"num_replicas": cfg.replicas}
+    )
     deployment = ModelServer.options(  # type: ignore[attr-defined]
         max_ongoing_requests=cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}, **scaling)
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        **scaling,
+    )
     return deployment.bind(asdict(cfg), tracking_uri)
 
 

@@ -16,11 +16,27 @@ from pipelines.scale.serve import BadRequest, ServeConfig, fetch_onnx, parse_inp
 
 app = FastAPI(title="slimray", description="Predictions of a model from the slimray registry (ONNX Runtime).")
 
-PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
-    "type": "object", "required": ["inputs"],
-    "properties": {"inputs": {"type": "array", "description": "a batch of samples in the model's input shape",
-                              "items": {}}},
-    "example": {"inputs": [[0.0] * 4]}}}}}}
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "inputs": {
+                            "type": "array",
+                            "description": "a batch of samples in the model's input shape",
+                            "items": {},
+                        }
+                    },
+                    "example": {"inputs": [[0.0] * 4]},
+                }
+            }
+        },
+    }
+}
 
 
 @serve.deployment
@@ -35,8 +51,9 @@ class ModelServer:
         self.cfg = ServeConfig(**{k: v for k, v in cfg.items() if k != "autoscaling"})
         self.model_uri = self.cfg.model
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.session = ort_session(fetch_onnx(self.model_uri, tracking_uri), self.cfg.threads,
-                                   providers=providers_for(device))
+        self.session = ort_session(
+            fetch_onnx(self.model_uri, tracking_uri), self.cfg.threads, providers=providers_for(device)
+        )
         first = self.session.get_inputs()[0]
         self.input_name, self.sample_shape = first.name, list(first.shape[1:])
         self.batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
@@ -52,8 +69,12 @@ class ModelServer:
 
     @app.get("/health")
     def health(self) -> dict:
-        return {"status": "ok", "model": self.model_uri, "input_shape": self.sample_shape,
-                "providers": self.session.get_providers()}
+        return {
+            "status": "ok",
+            "model": self.model_uri,
+            "input_shape": self.sample_shape,
+            "providers": self.session.get_providers(),
+        }
 
     @app.post("/predict", openapi_extra=PREDICT_BODY)
     async def predict(self, request: Request):
