@@ -49,9 +49,9 @@ figures: install  ## README tables from docs/figures.json (no measuring)
 lock: install  ## refresh constraints.txt from the installed environment (after changing dependencies)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
 
-bench-scale: install  ## parallel inference and the Serve load test (about 8 minutes on 2 cores)
-	$(PY) benchmarks/parallel_inference.py
-	$(PY) benchmarks/serve_load.py
+bench-scale: install  ## parallel inference and the Serve load test into docs/figures.json (about 8 minutes)
+	$(PY) benchmarks/figures.py run parallel_inference serve_load
+	$(PY) benchmarks/figures.py readme
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -36,6 +36,8 @@ FIGURES: dict[str, list[str]] = {
     "sweep_scaling_small_batch": [PY, "benchmarks/sweep_scaling.py", "--epochs", "4", "--batch-size", "32"],
     "sweep_scaling": [PY, "benchmarks/sweep_scaling.py"],
     "ctrl_c": [PY, "benchmarks/ctrl_c.py", "--runs", "10"],
+    "parallel_inference": [PY, "benchmarks/parallel_inference.py"],
+    "serve_load": [PY, "benchmarks/serve_load.py"],
 }
 
 # table -> rows of (measure, figure, dotted path in its JSON, format, target)
@@ -78,6 +80,51 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
         ),
         ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
     ],
+    "scale": [
+        (
+            "2 data-parallel replicas vs 1 (MLP, 200k rows)",
+            "parallel_inference",
+            "ratio_dp2_vs_single",
+            "{:.2f}×",
+            "≥ 1.8×",
+        ),
+        ("1 replica vs a plain in-process loop", "parallel_inference", "ratio_single_vs_plain", "{:.2f}×", "≥ 0.9×"),
+        (
+            "2 pipeline stages vs the unsplit model on one actor (deep MLP)",
+            "parallel_inference",
+            "ratio_pp2_vs_unsplit",
+            "{:.2f}×",
+            "≥ 1.6×",
+        ),
+        (
+            "… ceiling: two whole-model actors vs one, same model",
+            "parallel_inference",
+            "ceiling_two_actors_vs_one_pp_model",
+            "{:.2f}×",
+            "—",
+        ),
+        ("… bubble fraction", "parallel_inference", "pp2_bubble_fraction", "{:.2f}", "—"),
+        ("… max abs diff, stages vs unsplit (FP32)", "parallel_inference", "max_abs_diff", "{:.1e}", "≤ 1e-5"),
+        ("rows lost, a replica SIGKILLed mid-run", "parallel_inference", "rows_lost", "{}", "0"),
+        ("rows duplicated, same run", "parallel_inference", "rows_duplicated", "{}", "0"),
+        (
+            "serve, concurrency 32: batching vs not (large zoo model)",
+            "serve_load",
+            "large_batching_speedup_c32",
+            "{:.2f}×",
+            "≥ 3×",
+        ),
+        ("… same, small `compress`-size model", "serve_load", "small_batching_speedup_c32", "{:.2f}×", "—"),
+        (
+            "serve p50 at concurrency 1 minus a direct ORT call (large)",
+            "serve_load",
+            "large_p50_c1_minus_direct_ms",
+            "{:.1f} ms",
+            "≤ 5 ms",
+        ),
+        ("… same, small model", "serve_load", "small_p50_c1_minus_direct_ms", "{:.1f} ms", "≤ 5 ms"),
+        ("serve errors under load (all levels, with and without batching)", "serve_load", "errors_total", "{}", "0"),
+    ],
 }
 
 
@@ -90,7 +137,8 @@ def _get(obj, dotted: str):
 def _where(entry: dict) -> str:
     m = entry["measured"]
     threads = f", {m['threads']} thread(s)" if m.get("threads") is not None else ""
-    return f"{m.get('cpu_model', '?')}, {m.get('cpus', '?')} cores{threads}, {m.get('date', entry.get('date', '?'))}"
+    cores = m.get("cpus", m.get("cores", "?"))
+    return f"{m.get('cpu_model', '?')}, {cores} cores{threads}, {m.get('date', entry.get('date', '?'))}"
 
 
 def render(table: str, figures: dict) -> str:
