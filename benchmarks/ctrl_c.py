@@ -35,7 +35,8 @@ def once(timeout: float) -> dict:
         uri = f"sqlite:///{wd}/mlflow.db"
         MlflowClient(tracking_uri=uri).search_experiments()  # create the store before the driver
         cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", "ray.num_cpus=3", *STEPS]
-        driver = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = open(f"{wd}/stderr.log", "wb")  # a file, not a pipe: a full pipe would block the driver
+        driver = subprocess.Popen(cmd, cwd=wd, stdout=subprocess.DEVNULL, stderr=log)
         try:
             deadline = time.time() + 180
             while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)):
@@ -53,10 +54,12 @@ def once(timeout: float) -> dict:
             if driver.poll() is None:
                 driver.kill()
                 driver.wait()
-            driver.stderr.close()
+            log.close()
+        err = open(f"{wd}/stderr.log", encoding="utf-8", errors="replace").read()
         running = [r.data.tags.get("mlflow.runName") for r in _runs(uri) if r.info.status == "RUNNING"]
         ok = driver.returncode == 130 and not running and exit_s <= 10
-        return {"ok": ok, "exit_s": round(exit_s, 2), "code": driver.returncode, "left_running": running}
+        out = {"ok": ok, "exit_s": round(exit_s, 2), "code": driver.returncode, "left_running": running}
+        return out if ok else {**out, "stderr_tail": err[-1500:]}
 
 
 def main() -> None:

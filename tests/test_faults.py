@@ -133,17 +133,18 @@ def test_driver_sigkilled_mid_sweep_rerun_recomputes_no_finished_trial(workdir, 
     MlflowClient(tracking_uri=uri).search_experiments()
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}", SWEEP]
+    log = open(workdir / "driver.log", "wb")  # a file: an unread pipe fills up and blocks the driver
     driver = subprocess.Popen(
         cmd,
         cwd=workdir,
         env={**os.environ, "RAY_AUTH_MODE": "token"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     try:
         deadline = time.time() + 150
         while sum(r.info.status == "FINISHED" for r in _trial_runs(uri)) < 2:
-            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert driver.poll() is None, (workdir / "driver.log").read_text(errors="replace")[-2000:]
             assert time.time() < deadline, "two trials never finished"
             time.sleep(0.2)
         driver.send_signal(signal.SIGKILL)
@@ -152,7 +153,7 @@ def test_driver_sigkilled_mid_sweep_rerun_recomputes_no_finished_trial(workdir, 
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        driver.stderr.close()
+        log.close()
     finished = {r.data.tags["slimray.trial"]: r.info.run_id for r in _trial_runs(uri) if r.info.status == "FINISHED"}
     assert set(finished) == {"seconds=0.1", "seconds=0.2"}
     out = run_pipeline(workdir, [SWEEP])

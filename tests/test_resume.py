@@ -33,11 +33,12 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
     MlflowClient(tracking_uri=uri).search_experiments()  # create the store before two processes race to
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     cmd = [sys.executable, "-m", "pipelines", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}", SLOW]
-    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(workdir / "driver.log", "wb")  # a file: an unread pipe fills up and blocks the driver
+    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
         while "join" not in _finished_steps(uri):
-            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert driver.poll() is None, (workdir / "driver.log").read_text(errors="replace")[-2000:]
             assert time.time() < deadline, "the driver never finished 'join'"
             time.sleep(0.2)
         assert "slow" not in _finished_steps(uri)
@@ -47,7 +48,7 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        driver.stderr.close()
+        log.close()
     assert driver.returncode == -signal.SIGKILL
 
     out = run_pipeline(workdir, [SLOW])
@@ -86,23 +87,27 @@ def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
         hang,
         burn,
     ]
-    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, never an unread pipe: a driver writing into a full pipe blocks, and
+    # would look exactly like a driver that ignores Ctrl-C
+    log_path = workdir / "driver.log"
+    log = open(log_path, "wb")
+    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
         while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)):
-            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert driver.poll() is None, log_path.read_text(errors="replace")[-2000:]
             assert time.time() < deadline, "the 'hang' step never started"
             time.sleep(0.2)
         driver.send_signal(signal.SIGINT)
         t0 = time.time()
         driver.wait(timeout=30)
         exit_s = time.time() - t0
-        err = driver.stderr.read().decode()
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-        driver.stderr.close()
+        log.close()
+    err = log_path.read_text(errors="replace")
     assert driver.returncode == 130, err[-2000:]
     assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
     assert "interrupted" in err
