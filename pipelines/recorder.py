@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import artifacts
 from pipelines.dag import Context, Executor, StepState, Trial, cached_meta
-from pipelines.tracking import PUBLISH_DIR, create_run, metric_name
+from pipelines.tracking import PUBLISH_DIR, TAG, create_run, metric_name
 from tasks.types import Publication
 
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
@@ -100,9 +100,12 @@ class RunRecorder:
             pub = artifacts.load(self.client.download_artifacts(source, PUBLISH_DIR, tmp))
         if not isinstance(pub, Publication):
             raise TypeError(f"run {source}: {PUBLISH_DIR}/ holds a {type(pub).__name__}, not a Publication")
-        self.publish(pub)
+        self.publish(pub, source)
 
-    def publish(self, pub: Publication) -> None:
+    def publish(self, pub: Publication, source: str | None = None) -> None:
+        """Put ``pub`` on the parent run. ``source`` is the step run holding it: the logged
+        models of an earlier execution are remembered there, so a cache hit registers a new
+        version of the same logged model instead of logging it again."""
         root = self.ctx.root_run
         if pub.files:
             with tempfile.TemporaryDirectory() as tmp:
@@ -115,25 +118,44 @@ class RunRecorder:
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias))
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source))
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(self, name: str, onnx_bytes: bytes, alias: str) -> str:
-        """Log the ONNX model to the parent run and register it: the parent run links to the
-        registered version, and ``models:/<name>@<alias>`` serves it."""
-        import mlflow
-        import onnx
+    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None) -> str:
+        """Register the model under ``name@alias`` as a version whose run is the parent run (the
+        parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
+        ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
+        tag = f"{TAG}logged_model.{metric_name(name)}"
+        model_id = self.client.get_run(source).data.tags.get(tag) if source else None
+        version = self._reuse(name, model_id) if model_id else None
+        if version is None:
+            import mlflow
+            import onnx
 
-        mlflow.set_tracking_uri(self.ctx.uri)
-        info = mlflow.onnx.log_model(
-            onnx.load_from_string(onnx_bytes),
-            name="model",
-            registered_model_name=name,
-            pip_requirements=["onnxruntime"],
-            run_id=self.ctx.root_run,
-        )
-        version = str(info.registered_model_version)
+            mlflow.set_tracking_uri(self.ctx.uri)
+            info = mlflow.onnx.log_model(
+                onnx.load_from_string(onnx_bytes),
+                name="model",
+                registered_model_name=name,
+                pip_requirements=["onnxruntime"],
+                run_id=self.ctx.root_run,
+            )
+            version = str(info.registered_model_version)
+            if source:
+                self.client.set_tag(source, tag, info.model_id)
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
+
+    def _reuse(self, name: str, model_id: str) -> str | None:
+        """A new version of ``name`` from an already logged model, linked to this parent run."""
+        try:
+            model = self.client.get_logged_model(model_id)
+            self.client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
+            return None
+        mv = self.client.create_model_version(
+            name, source=model.artifact_location, run_id=self.ctx.root_run, model_id=model_id
+        )
+        return str(mv.version)

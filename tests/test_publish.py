@@ -61,6 +61,11 @@ def test_computed_and_cached_executions_publish_the_same(workdir, ray_local):
     assert not ray_local.is_initialized()
     v2 = _check(client, again)
     assert int(v2) == int(v1) + 1
+    import mlflow.onnx  # the new version (reusing the logged model) serves like the first
+
+    mlflow.set_tracking_uri(again.uri)
+    model = mlflow.onnx.load_model("models:/pub-demo@candidate")
+    assert [i.name for i in model.graph.input] == ["input"]
     step_runs = client.search_runs([again.experiment_id], filter_string=f"tags.`slimray.root` = '{again.run_id}'")
     # the step runs stay the task's own: nothing was published there by the engine
     assert all(r.data.tags.get("slimray.cached") == "true" for r in step_runs)
