@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from tasks import prune
+from tasks import prune, sparsity
 from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
@@ -107,8 +107,8 @@ def test_pruned_arch_reads_back_widths_and_rejects_unknown_targets():
 
 def test_agp_cubic_schedule_values():
     assert prune.agp_schedule(0.8, 4) == pytest.approx([0.0, 0.4625, 0.7, 0.7875, 0.8])
-    assert prune.agp_sparsity(0, 5, 0.9, 0.1) == pytest.approx(0.1)
-    assert prune.agp_sparsity(5, 5, 0.9, 0.1) == pytest.approx(0.9)
+    assert sparsity.agp_sparsity(0, 5, 0.9, 0.1) == pytest.approx(0.1)
+    assert sparsity.agp_sparsity(5, 5, 0.9, 0.1) == pytest.approx(0.9)
 
 
 def test_gradual_magnitude_follows_agp_rounds():
