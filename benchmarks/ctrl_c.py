@@ -59,7 +59,10 @@ def once(timeout: float) -> dict:
         running = [r.data.tags.get("mlflow.runName") for r in _runs(uri) if r.info.status == "RUNNING"]
         ok = driver.returncode == 130 and not running and exit_s <= 10
         out = {"ok": ok, "exit_s": round(exit_s, 2), "code": driver.returncode, "left_running": running}
-        return out if ok else {**out, "stderr_tail": err[-1500:]}
+        if ok:
+            return out
+        checks = [ln for ln in err.splitlines() if "Check failed" in ln or "Error" in ln][:5]
+        return {**out, "stderr_errors": checks, "stderr_tail": err[-1500:]}
 
 
 def main() -> None:

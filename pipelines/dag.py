@@ -281,16 +281,23 @@ class Executor:
             self.cancel()
             raise
 
-    def cancel(self) -> None:
-        """Ctrl-C: cancel every Ray task still running; listeners mark open runs KILLED."""
+    def cancel(self, settle_s: float = 3.0) -> None:
+        """Ctrl-C: cancel every Ray task still running and wait (at most ``settle_s``) until the
+        cancellations have landed: a task that was just starting may still open its MLflow run,
+        and the session marks open runs KILLED only after this."""
         if self.inflight:
             import ray
 
-            for ref in list(self.inflight):
+            refs = list(self.inflight)
+            for ref in refs:
                 try:
                     ray.cancel(ref, force=True, recursive=True)
                 except Exception:  # noqa: BLE001 - already finished or its worker is gone
                     pass
+            try:
+                ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+            except Exception:  # noqa: BLE001 - a cancelled ref may raise here; we only wait
+                pass
         for st in self.states.values():
             if st.status in ("pending", "running"):
                 st.status, st.note = "skipped", "cancelled"

@@ -177,14 +177,21 @@ def execute(
         status = "KILLED"
         raise
     finally:
-        for run_id in open_runs(client, experiment_id, root):  # attempts whose Ray worker died for good
-            client.set_terminated(run_id, "FAILED" if status != "KILLED" else "KILLED")
-        client.log_batch(root, tags=[RunTag("slimray.status", status.lower())])
-        client.set_terminated(root, status)
+        close_open_runs(client, experiment_id, root, status)
         if started_ray:
             import ray
 
             ray.shutdown()
+            close_open_runs(client, experiment_id, root, status)  # a run a dying worker opened late
+
+
+def close_open_runs(client: MlflowClient, experiment_id: str, root: str, status: str) -> None:
+    """End the execution's runs still RUNNING (attempts whose worker died for good: FAILED;
+    after Ctrl-C: KILLED), then the parent run with ``status``."""
+    for run_id in open_runs(client, experiment_id, root):
+        client.set_terminated(run_id, "FAILED" if status != "KILLED" else "KILLED")
+    client.log_batch(root, tags=[RunTag("slimray.status", status.lower())])
+    client.set_terminated(root, status)
 
 
 def summary(outcome: Outcome, console: Console) -> None:
