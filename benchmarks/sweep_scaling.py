@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import machine_info  # benchmarks/ is the script's directory
 from omegaconf import OmegaConf
 
 METHODS = ["channel", "magnitude"]
@@ -102,6 +103,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                **machine_info(threads=torch.get_num_threads()),
                 "trials": len(METHODS) * len(AMOUNTS),
                 "finetune_epochs": args.epochs,
                 "finetune_batch_size": args.batch_size,
