@@ -108,6 +108,7 @@ class Executor:
             for n, s in spec.steps.items()
         }
         self.inflight: dict = {}  # meta ObjectRef -> (step, trial index)
+        self.owns_ray = False  # set by the session when it started Ray (and will shut it down)
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
         for listener in self.listeners:
@@ -284,8 +285,13 @@ class Executor:
     def cancel(self, settle_s: float = 3.0) -> None:
         """Ctrl-C: cancel every Ray task still running and wait (at most ``settle_s``) until the
         cancellations have landed: a task that was just starting may still open its MLflow run,
-        and the session marks open runs KILLED only after this."""
-        if self.inflight:
+        and the session marks open runs KILLED only after this.
+
+        When this process started Ray (``owns_ray``), nothing is cancelled: ``ray.shutdown()``
+        ends every worker anyway, and Ray 2.60's ``ray.cancel`` of a task whose ObjectRef
+        arguments are still being resolved can abort the driver (``reference_counter.cc: Check
+        failed: submitted_task_ref_count > 0``), measured in 2 of 10 interrupted runs."""
+        if self.inflight and not self.owns_ray:
             import ray
 
             refs = list(self.inflight)

@@ -165,6 +165,7 @@ def execute(
         with Board(console) as board:
             ex = Executor(spec, ctx, keys, hits, [recorder, board])
             recorder.executor, board.states = ex, ex.states
+            ex.owns_ray = started_ray and ray_cfg.address is None
             states = ex.run()
         failed = [
             n for n, st in states.items() if st.status == "failed" or any(t.status == "failed" for t in st.trials)
