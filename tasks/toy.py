@@ -66,6 +66,7 @@ def add(x: Value, *, cfg: AddConfig, ctx: StepContext) -> Value:
 
 def sleep(x: Value, *, cfg: SleepConfig, ctx: StepContext) -> Value:
     """Waits, then passes ``x`` on: two of these prove steps run concurrently."""
+    ctx.progress(f"sleeping {cfg.seconds} s" + (" (busy)" if cfg.busy else ""))
     end = time.monotonic() + cfg.seconds
     while cfg.busy and time.monotonic() < end:
         sum(i * i for i in range(10_000))
