@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from test_benchmark import ROW_KEYS  # the benchmark.json row schema, pinned in one place
 
 from pipelines import artifacts, session
 from pipelines.cli import load_config
@@ -14,22 +15,6 @@ from tasks.types import BenchmarkReport, Publication, Report
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
-FIELDS = {
-    "name",
-    "kind",
-    "parent",
-    "test_acc",
-    "val_acc",
-    "params",
-    "nonzero_params",
-    "flops",
-    "size_bytes",
-    "latency_ms_p50_b1",
-    "latency_ms_p95_b1",
-    "throughput_b256",
-    "no_speedup",
-    "selected",
-}
 HEADLINE = {
     "selected.test_acc",
     "teacher.test_acc",
@@ -84,7 +69,7 @@ def test_compress_smoke(workdir):
     kinds = {c["kind"] for c in bench["candidates"]}
     assert kinds == {"teacher", "student_scratch", "student_kd", "pruned", "quantized"}
     for c in bench["candidates"]:
-        assert FIELDS <= set(c), c["name"]
+        assert ROW_KEYS <= set(c), c["name"]
         assert 0.0 <= c["test_acc"] <= 1.0 and c["size_bytes"] > 0 and c["throughput_b256"] > 0
     selected = [c for c in bench["candidates"] if c["selected"]]
     assert len(selected) == 1 and selected[0]["kind"] == "quantized"
