@@ -136,6 +136,17 @@ def _closure(steps: dict[str, dict], start: set[str], down: bool) -> set[str]:
     return seen
 
 
+def _topo(steps: dict[str, dict]) -> list[str]:
+    """Step names, upstream first (the config's order otherwise; cycles are spec.py's error)."""
+    order: list[str] = []
+    while len(order) < len(steps):
+        ready = [n for n in steps if n not in order and _upstream(steps[n]) & set(steps) <= set(order)]
+        if not ready:
+            return order + [n for n in steps if n not in order]
+        order += ready[:1]
+    return order
+
+
 def _probe_values(dim: Dim, path: str) -> list[Any]:
     if dim.type == Dist.choice:
         if not dim.values:
@@ -195,8 +206,9 @@ def _split(cfg: SearchConfig, steps: dict[str, dict]) -> tuple[list[str], list[s
     for n in sorted(chain):
         if steps[n].get("sweep"):
             raise SpecError(f"pipeline.steps.{n}.sweep", "a searched step cannot sweep as well (search the key)")
-    final = [n for n in steps if n not in chain | prefix]
-    return [n for n in steps if n in prefix], [n for n in steps if n in chain], final
+    order = _topo(steps)
+    final = [n for n in order if n not in chain | prefix]
+    return [n for n in order if n in prefix], [n for n in order if n in chain], final
 
 
 def _check_numbers(cfg: SearchConfig, prefix: list[str]) -> None:

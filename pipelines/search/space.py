@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from pipelines.search.config import Dim, Dist, SearchPlan
 
 
@@ -82,12 +84,31 @@ def _hydra_value(v: Any) -> str:
     return str(v)
 
 
-def grid_overrides(plan: SearchPlan, points: int = 3) -> list[str]:
+def override_path(cfg: DictConfig | None, path: str) -> str:
+    """``path`` as an override can reach it: a node that is an interpolation
+    (``student: ${student_model}``) is overridden at its source (``student_model.channels``)."""
+    if cfg is None:
+        return path
+    parts, node = path.split("."), cfg
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            return path
+        if OmegaConf.is_interpolation(node, part):
+            source = str(node._get_node(part)._value()).strip()  # "${student_model}"
+            if source.startswith("${") and source.endswith("}") and ":" not in source:
+                return override_path(cfg, ".".join([source[2:-1], *parts[i + 1 :]]))
+            return path
+        node = node[part]
+    return path
+
+
+def grid_overrides(plan: SearchPlan, points: int = 3, cfg: DictConfig | None = None) -> list[str]:
     """The space as Hydra multirun overrides (``slimray -m <these>``): one comma list per
     dimension, plus ``pipeline.search.enabled=false`` so each grid point runs as a plain
-    pipeline. Dotted search keys become override paths under ``pipeline.steps``."""
+    pipeline. Search keys become override paths under ``pipeline.steps`` (or, given the composed
+    ``cfg``, the config node an interpolated param comes from)."""
     out = []
     for _, (step, key, dim) in plan.dims.items():
         values = ",".join(_hydra_value(v) for v in grid_values(dim, points))
-        out.append(f"pipeline.steps.{step}.{key}={values}")
+        out.append(f"{override_path(cfg, f'pipeline.steps.{step}.{key}')}={values}")
     return [*out, "pipeline.search.enabled=false"]

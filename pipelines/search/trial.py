@@ -141,6 +141,22 @@ def open_trial_run(job: TrialJob, client: MlflowClient, trial_id: str, values: d
     return run_id
 
 
+def recorded_final(job: TrialJob, client: MlflowClient, trial_id: str) -> dict[str, Any] | None:
+    """The final report of this trial if a previous driver ran it to the end (its trial run is
+    FINISHED) but was killed before Tune's experiment snapshot recorded that: not rerun."""
+    runs = client.search_runs(
+        [job.experiment_id],
+        filter_string=(
+            f"tags.`slimray.search_trial` = '{trial_id}' and tags.`slimray.root` = '{job.search_run}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        max_results=1,
+    )
+    if not runs or "feasible" not in runs[0].data.metrics:
+        return None
+    return {**runs[0].data.metrics, "run_id": runs[0].info.run_id, "stage": "final"}
+
+
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable (``tune.with_parameters(run_trial, job=...)``)."""
     import ray
@@ -151,6 +167,10 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     client = MlflowClient(tracking_uri=job.uri)
     values = decode(job.plan, config)
     trial_id = tune.get_context().get_trial_id()
+    done = recorded_final(job, client, trial_id)
+    if done is not None:
+        tune.report(done)
+        return
     run_id = open_trial_run(job, client, trial_id, values)
     spec = build_spec(trial_pipeline(job.plan, values), job.trusted)
     ctx = Context(job.uri, job.experiment_id, run_id, job.seed, job.commit)

@@ -90,6 +90,10 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
     cfg = plan.cfg
     # intermediate reports carry val_acc only (the objectives come with the final report)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # snapshot the experiment state every second (Tune's default: >= 10 s), so a driver killed
+    # right after a trial finished rarely loses it; a trial that did finish is not rerun anyway
+    # (pipelines.search.trial.recorded_final)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job=job), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}])
     )
@@ -113,7 +117,7 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
         scheduler=scheduler,
         num_samples=cfg.num_samples,
         time_budget_s=cfg.time_budget_s,
-        max_concurrent_trials=cfg.max_concurrent,
+        max_concurrent_trials=cfg.max_concurrent if cfg.algorithm == Algorithm.random else None,
         trial_name_creator=lambda t: f"trial-{t.trial_id}",
         trial_dirname_creator=lambda t: f"trial-{t.trial_id}",
     )
