@@ -116,9 +116,8 @@ class Reporter:
         """Per-epoch metrics of a step (from the run that computed it) as ``<step>.<metric>``."""
         if t.meta is None:
             return
-        run = self.client.get_run(t.meta.run_id)
-        source = run.data.tags.get("slimray.cache_source", t.meta.run_id)
-        src = self.client.get_run(source) if source != t.meta.run_id else run
+        source = t.hit.info.run_id if t.hit is not None else t.meta.run_id  # a hit: the computing run
+        src = t.hit if t.hit is not None else self.client.get_run(source)
         metrics = []
         for key in src.data.metrics:
             if "epoch" in key or "loss" in key:

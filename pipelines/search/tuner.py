@@ -94,6 +94,9 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
     # right after a trial finished rarely loses it; a trial that did finish is not rerun anyway
     # (pipelines.search.trial.recorded_final)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ctrl-C: Tune would stop the trials and return a partial result as if the search had ended;
+    # let KeyboardInterrupt through instead (the CLI exits 130; a rerun resumes)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job=job), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}])
     )
