@@ -188,11 +188,11 @@ def _launch(wd: Path, overrides: list[str], log: Path) -> subprocess.Popen:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    for sig_target in (proc.pid,):
-        try:
-            os.kill(sig_target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL the driver, then what it started (its own session: the embedded Ray)."""
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=30)
     try:  # the embedded Ray the driver started (same process group)
         os.killpg(proc.pid, signal.SIGKILL)
