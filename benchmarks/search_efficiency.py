@@ -210,6 +210,7 @@ def main() -> None:
                 "mode": "quick" if args.quick else "full",
                 "methods": methods,
                 "machine": machine_info(threads=2),
+                **machine_info(threads=2),  # also flat: benchmarks/figures.py names the machine from these
             }
         )
     )
