@@ -10,6 +10,10 @@ The executor knows nothing of MLflow or the console: it emits step events and li
 subscribe, as Kedro's runner hooks and Ray Tune's callbacks do. Events, in order of a step's
 life: ``step_started``, then per trial ``trial_cached`` (a hit nobody needs to load),
 ``trial_submitted``, ``trial_finished`` or ``trial_failed``, then ``step_finished``.
+
+Executors of one multirun (``pipelines.multirun``) share a table of computing trials by cache
+key: a trial whose key another execution already submitted is not submitted again; it waits on
+the same ObjectRefs and ends with ``trial_shared`` instead of ``trial_finished``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from pipelines.select import choose
 from pipelines.spec import PipelineSpec, StepSpec
 from pipelines.worker import StepJob, StepMeta
 
-EVENTS = ("step_started", "trial_cached", "trial_submitted", "trial_finished", "trial_failed", "step_finished")
+EVENTS = (
+    "step_started",
+    "trial_cached",
+    "trial_submitted",
+    "trial_shared",
+    "trial_finished",
+    "trial_failed",
+    "step_finished",
+)
 
 
 @dataclass
@@ -38,6 +50,7 @@ class Trial:
     output: Any = None  # ObjectRef of the output (None when not loaded)
     meta: StepMeta | None = None
     error: str = ""
+    shared: bool = False  # computed by another execution of the multirun (same cache key)
 
 
 @dataclass
@@ -101,13 +114,15 @@ class Executor:
         keys: dict[str, list[str]],
         hits: dict[str, list],
         listeners: list[Listener] | None = None,
+        shared: dict | None = None,
     ):
         self.spec, self.ctx, self.listeners = spec, ctx, list(listeners or [])
         self.states = {
             n: StepState(s, [Trial(k, t.label, t.params, h) for k, t, h in zip(keys[n], s.trials, hits[n])])
             for n, s in spec.steps.items()
         }
-        self.inflight: dict = {}  # meta ObjectRef -> (step, trial index)
+        self.inflight: dict = {}  # meta ObjectRef -> [(step, trial index)] (several if shared)
+        self.shared = shared  # cache key -> (output ref, meta ref), across a multirun's executions
         self.owns_ray = False  # set by the session when it started Ray (and will shut it down)
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
@@ -170,6 +185,13 @@ class Executor:
 
     def _submit(self, st: StepState, i: int, t: Trial, args: list, layout: list) -> None:
         s = st.spec
+        if self.shared is not None and s.cache and t.hit is None:
+            if t.key in self.shared:  # computed (or computing) for another execution: wait on it
+                t.output, meta_ref = self.shared[t.key]
+                t.status, t.shared = "running", True
+                self.inflight.setdefault(meta_ref, []).append((s.name, i))
+                self.emit("trial_submitted", st, t)
+                return
         run_name = self.run_name(st, t)
         job = StepJob(
             step=s.name,
@@ -204,21 +226,30 @@ class Executor:
         )
         t.output, meta_ref = remote.remote(job, *args)
         t.status = "running"
-        self.inflight[meta_ref] = (s.name, i)
+        if self.shared is not None and s.cache and t.hit is None:
+            self.shared[t.key] = (t.output, meta_ref)
+        self.inflight.setdefault(meta_ref, []).append((s.name, i))
         self.emit("trial_submitted", st, t)
 
     # ---- results -----------------------------------------------------------------------
-    def _on_result(self, meta_ref) -> None:
+    def on_result(self, meta_ref) -> None:
+        """A trial's meta ref is ready (``ray.wait``): record it, submit what it unblocked."""
+        for name, i in self.inflight.pop(meta_ref):
+            self._on_trial(meta_ref, self.states[name], i)
+
+    def _on_trial(self, meta_ref, st: StepState, i: int) -> None:
         import ray
 
-        name, i = self.inflight.pop(meta_ref)
-        st = self.states[name]
         t = st.trials[i]
         try:
             t.meta = ray.get(meta_ref)
-            t.status = "cached" if t.meta.cached else "done"
             st.nodes.add(t.meta.node_id[:8])
-            self.emit("trial_finished", st, t)
+            if t.shared:  # listeners record it in this execution as a hit on the computing run
+                t.status = "cached"
+                self.emit("trial_shared", st, t)
+            else:
+                t.status = "cached" if t.meta.cached else "done"
+                self.emit("trial_finished", st, t)
         except Exception as e:  # the task's error (a RayError), after its retries
             t.status, t.error = "failed", _first_line(e)
             self.emit("trial_failed", st, t)
@@ -263,20 +294,22 @@ class Executor:
             elif all(s in ("done", "cached") for s in ups):
                 self._start(st)
 
+    def advance(self) -> bool:
+        """Start or skip what its upstream allows; True when the execution has nothing left."""
+        self._schedule()
+        return not self.inflight and all(st.status != "pending" for st in self.states.values())
+
     def run(self) -> dict[str, StepState]:
         try:
-            while True:
+            while not self.advance():
                 INTERRUPT.check()
-                self._schedule()
                 if not self.inflight:
-                    if all(st.status != "pending" for st in self.states.values()):
-                        break
                     continue
                 import ray
 
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
-                    self._on_result(ref)
+                    self.on_result(ref)
             return self.states
         except KeyboardInterrupt:
             self.cancel()
