@@ -33,6 +33,7 @@ from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig
 from rich.console import Console
 
@@ -63,7 +64,10 @@ def expand(overrides: list[str], config_dir: Path) -> tuple[list[list[str]], lis
     schemas.register()
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        parsed = parser.parse_overrides(overrides)
+        try:
+            parsed = parser.parse_overrides(overrides)
+        except OverrideParseException as e:  # the override that does not parse, and why
+            raise SpecError(e.override, str(e).splitlines()[0]) from None
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
     swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
     return [list(j) for j in jobs], swept
