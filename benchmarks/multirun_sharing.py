@@ -64,9 +64,10 @@ def main() -> None:
     args = ap.parse_args()
     base = [f"experiment={args.experiment}"]
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="slimray-one-") as one, tempfile.TemporaryDirectory(
-        prefix="slimray-multi-"
-    ) as multi:
+    with (
+        tempfile.TemporaryDirectory(prefix="slimray-one-") as one,
+        tempfile.TemporaryDirectory(prefix="slimray-multi-") as multi,
+    ):
         one_s = slimray([*base, f"pipeline.steps.prune.sweep={prune_sweep(0.5)}"], one)
         sweep = ",".join(prune_sweep(a) for a in AMOUNTS)
         multi_s = slimray(["-m", *base, f"pipeline.steps.prune.sweep={sweep}"], multi)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -40,6 +41,10 @@ from rich.console import Console
 from pipelines.config import RayConfig, TrackingConfig
 from pipelines.errors import SpecError
 from pipelines.spec import PipelineSpec
+
+if TYPE_CHECKING:  # the session imports MLflow: only when something runs
+    from pipelines.dag import Executor
+    from pipelines.session import Execution
 
 MULTIRUN_TAG = "slimray.multirun"  # on the multirun run: "true"; on an execution's parent: the multirun run id
 
@@ -139,7 +144,8 @@ class Lines:
     """Console listener of one execution: one plain line per status change, prefixed ``[i]``."""
 
     def __init__(self, console: Console, index: int):
-        self.console, self.prefix, self.seen = console, f"[{index}]", {}
+        self.console, self.prefix = console, f"[{index}]"
+        self.seen: dict[str, str] = {}
 
     def on_event(self, event: str, st, trial) -> None:  # noqa: ARG002 - the listener signature
         key = st.status
@@ -155,7 +161,7 @@ class SharedRuns:
     """MLflow listener for ``trial_shared``: the trial was computed by another execution, so this
     execution records it as a cache hit on the computing run, and publishes from there."""
 
-    def __init__(self, execution):
+    def __init__(self, execution: Execution):
         self.execution = execution
 
     def on_event(self, event: str, st, trial) -> None:
@@ -163,19 +169,20 @@ class SharedRuns:
             return
         ex = self.execution
         trial.hit = ex.client.get_run(trial.meta.run_id)
+        assert ex.recorder is not None
         ex.recorder.on_event("trial_cached", st, trial)
 
 
 @dataclass
 class Active:
     job: Job
-    execution: object  # session.Execution
+    execution: Execution
+    executor: Executor
 
 
 def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
     """Run every execution concurrently (at most ``max_parallel`` at once) from this driver.
     Returns the exit code: 0 all finished, 1 any failed (the others still finish)."""
-    from pipelines import session
     from pipelines.compare import log_comparison
     from pipelines.interrupt import INTERRUPT
     from pipelines.tracking import create_run, ensure_experiment, resolve_uri
@@ -201,7 +208,7 @@ def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
     except KeyboardInterrupt:
         status = "KILLED"
         for a in loop.active:
-            a.execution.executor.cancel()
+            a.executor.cancel()
         raise
     finally:
         loop.close(status)
@@ -217,6 +224,7 @@ class _Loop:
         self.pending, self.console, self.multirun_id = list(jobs), console, multirun_id
         self.max_parallel = max(1, max_parallel)
         self.active: list[Active] = []
+        self.open: list[Execution] = []  # begun (parent run open) and not yet ended
         self.results: list[tuple] = []  # (job, session.Outcome, exit code)
         self.shared: dict = {}
         self.ray_cfg = jobs[0].ray
@@ -229,26 +237,29 @@ class _Loop:
             job = self.pending.pop(0)
             tags = {MULTIRUN_TAG: self.multirun_id, "slimray.job": str(job.index), "slimray.sweep": job.label}
             ex = session.begin(job.cfg, job.spec, job.tracking, job.overrides, self.multirun_id, tags)
-            self.active.append(Active(job, ex))
+            self.open.append(ex)  # closed by `close` if the loop ends before the execution does
             if ex.must_run and not self.ray_ready:
                 self.started_ray = session.start_ray(self.ray_cfg)
                 self.ray_ready = True
                 if self.started_ray and self.ray_cfg.address is None:
                     session.warm_workers()
-            session.attach(ex, session.node_id(self.ray_ready), [SharedRuns(ex), Lines(self.console, job.index)], self.shared)
+            listeners = [SharedRuns(ex), Lines(self.console, job.index)]
+            executor = session.attach(ex, session.node_id(self.ray_ready), listeners, self.shared)
+            self.active.append(Active(job, ex, executor))
             for a in self.active:
-                a.execution.executor.owns_ray = self.started_ray and self.ray_cfg.address is None
+                a.executor.owns_ray = self.started_ray and self.ray_cfg.address is None
 
     def retire(self) -> None:
         from pipelines import session
 
         for a in list(self.active):
-            if not a.execution.executor.advance():
+            if not a.executor.advance():
                 continue
             out = session.outcome(a.execution)
             status = "FAILED" if out.exit_code else "FINISHED"
             session.close_open_runs(a.execution.client, out.experiment_id, out.run_id, status)
             self.active.remove(a)
+            self.open.remove(a.execution)
             self.results.append((a.job, out, out.exit_code))
             word = "finished" if out.exit_code == 0 else "FAILED"
             self.console.print(f"[{a.job.index}] execution {word}: {a.job.label} (run {out.run_id})", markup=False)
@@ -263,7 +274,7 @@ class _Loop:
             INTERRUPT.check()
             self.admit()
             self.retire()
-            refs = list(dict.fromkeys(r for a in self.active for r in a.execution.executor.inflight))
+            refs = list(dict.fromkeys(r for a in self.active for r in a.executor.inflight))
             if not refs:
                 continue
             import ray
@@ -271,21 +282,19 @@ class _Loop:
             ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
             for ref in ready:
                 for a in self.active:
-                    if ref in a.execution.executor.inflight:
-                        a.execution.executor.on_result(ref)
+                    if ref in a.executor.inflight:
+                        a.executor.on_result(ref)
         self.results.sort(key=lambda r: r[0].index)
 
     def close(self, status: str) -> None:
         """Close the runs of executions that did not end (Ctrl-C, an error), then Ray."""
         from pipelines import session
 
-        for a in self.active:
-            ex = a.execution
+        for ex in self.open:
             session.close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)
         if self.started_ray:
             import ray
 
             ray.shutdown()
-            for a in self.active:  # a run a dying worker opened late
-                ex = a.execution
+            for ex in self.open:  # a run a dying worker opened late
                 session.close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)

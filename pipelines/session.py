@@ -235,7 +235,8 @@ def execute(
             import ray
 
             ray.shutdown()
-            close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)  # a run a dying worker opened late
+            # a run a dying worker opened late
+            close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)
 
 
 def close_open_runs(client: MlflowClient, experiment_id: str, root: str, status: str) -> None:

@@ -50,7 +50,10 @@ def test_comma_list_range_glob_choice_expand_like_hydra(workdir, capsys):
 
 ERRORS = [
     (["pipeline.steps.left.params.amount=1,abc"], "execution 1 (pipeline.steps.left.params.amount=abc): "),
-    (["seed=0,1", "pipeline.steps.left.inputs.x=source,nowhere"], "pipeline.steps.left.inputs.x: unknown step 'nowhere'"),
+    (
+        ["seed=0,1", "pipeline.steps.left.inputs.x=source,nowhere"],
+        "pipeline.steps.left.inputs.x: unknown step 'nowhere'",
+    ),
     (["ray.num_cpus=1,2"], "ray: execution 1 (ray.num_cpus=2): every execution must use one Ray"),
     (["seed=interval(0,1)"], "does not support sweep type : INTERVAL_SWEEP"),
     (["seed=range(0,"], "seed=range(0,"),
@@ -93,7 +96,9 @@ def test_shared_trials_run_once_in_flight_and_runs_nest(workdir, ray_local, caps
     assert len(multirun) == 1 and multirun[0].info.status == "FINISHED"
     mr = multirun[0].info.run_id
     parents = sorted((r for r in runs if r.data.tags.get("slimray.job")), key=lambda r: r.data.tags["slimray.job"])
-    assert [p.data.tags["slimray.sweep"] for p in parents] == [f"pipeline.steps.right.params.amount={a}" for a in (2, 3, 4)]
+    assert [p.data.tags["slimray.sweep"] for p in parents] == [
+        f"pipeline.steps.right.params.amount={a}" for a in (2, 3, 4)
+    ]
     assert all(p.data.tags["mlflow.parentRunId"] == mr and p.data.tags["slimray.multirun"] == mr for p in parents)
     assert all(p.info.status == "FINISHED" for p in parents)
     assert [p.data.tags["slimray.overrides"].split()[-1] for p in parents] == [
