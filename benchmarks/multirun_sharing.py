@@ -6,7 +6,10 @@ execution: the wall-clock ratio, and how many teacher runs were actually compute
 Each command runs in a fresh temporary directory (a fresh MLflow store: nothing cached):
 1. one execution: `slimray experiment=<e> pipeline.steps.prune.sweep=<amount 0.5>`;
 2. the multirun: `slimray -m experiment=<e> pipeline.steps.prune.sweep=<0.3>,<0.5>,<0.7>`
-   (the pruning amounts of the issue's example; each execution prunes with both methods).
+   (the pruning amounts of the issue's example; each execution prunes with both methods);
+3. the one execution again. The ratio is against the mean of 1 and 3: on a machine shared with
+   other work the load drifts, and bracketing the multirun evens that out (both are reported,
+   with the 1-minute load average around each command).
 The three executions share data, teacher, scratch, teacher_logits and student_kd by cache key;
 the teacher must be computed once. Target: multirun wall <= 1.6x one execution.
 Prints one JSON object (with the machine and its load average before and after).
@@ -33,6 +36,7 @@ def prune_sweep(amount: float) -> str:
 
 
 def slimray(args: list[str], cwd: str) -> float:
+    """Wall seconds of one `slimray` command in ``cwd`` (raises on a non-zero exit)."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.perf_counter()
@@ -63,24 +67,30 @@ def main() -> None:
     ap.add_argument("--experiment", default="smoke")
     args = ap.parse_args()
     base = [f"experiment={args.experiment}"]
-    load_before = os.getloadavg()
+    loads = [round(os.getloadavg()[0], 2)]
+    single_args = [*base, f"pipeline.steps.prune.sweep={prune_sweep(0.5)}"]
+    sweep = ",".join(prune_sweep(a) for a in AMOUNTS)
     with (
         tempfile.TemporaryDirectory(prefix="slimray-one-") as one,
         tempfile.TemporaryDirectory(prefix="slimray-multi-") as multi,
+        tempfile.TemporaryDirectory(prefix="slimray-one-") as again,
     ):
-        one_s = slimray([*base, f"pipeline.steps.prune.sweep={prune_sweep(0.5)}"], one)
-        sweep = ",".join(prune_sweep(a) for a in AMOUNTS)
+        one_s = [slimray(single_args, one)]
+        loads.append(round(os.getloadavg()[0], 2))
         multi_s = slimray(["-m", *base, f"pipeline.steps.prune.sweep={sweep}"], multi)
+        loads.append(round(os.getloadavg()[0], 2))
+        one_s.append(slimray(single_args, again))
+        loads.append(round(os.getloadavg()[0], 2))
         single, shared = teacher_runs(one), teacher_runs(multi)
-    ratio = multi_s / one_s
+    ratio = multi_s / (sum(one_s) / len(one_s))
     print(
         json.dumps(
             {
                 **machine_info(),
-                "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+                "load_avg_1m_between_commands": loads,
                 "experiment": args.experiment,
                 "executions": len(AMOUNTS),
-                "one_execution_s": round(one_s, 1),
+                "one_execution_s": [round(x, 1) for x in one_s],
                 "multirun_s": round(multi_s, 1),
                 "wall_ratio": round(ratio, 3),
                 "teacher_runs_computed": shared["computed"],
