@@ -1,26 +1,17 @@
 """``slimray --multirun``: Hydra's sweep grammar expanded into concurrent executions on one Ray.
 
-    slimray -m pipeline.steps.prune.params.amount=0.3,0.5,0.7 [--jobs=N]
+    slimray -m pipeline.steps.prune.params.kd_temperature=1.0,2.0,4.0 [--jobs=N]
 
-- **Expansion is Hydra's.** The overrides go through Hydra's own ``OverridesParser`` (with the
-  config loader, so ``glob()`` sees the config groups) and ``BasicSweeper.split_arguments``: comma
-  lists, ``range()``, ``choice()``, ``glob()``, and the cartesian product of several sweeps, in
-  the order ``hydra -m`` would launch them. Hydra's launcher plugins are not used (the Ray
-  launcher cannot be installed with this stack, and a launcher starts one process per job): the
-  jobs are executions of this driver.
-- **Everything is validated before anything runs**: every execution is composed and checked like
-  a single run; a config error in any of them is exit 2 with no MLflow store and no Ray.
-- **One driver, one Ray, one event loop.** Each execution has its own ``Executor`` (its own
-  parent run, recorder and cache look-ups); the loop here waits on the union of their in-flight
-  refs and hands each ready ref to the executors waiting on it. At most ``jobs`` executions are
-  admitted at once; the next one is admitted (and looks up the cache) when one ends.
-- **Sharing.** The executors share one table ``cache key -> (output ref, meta ref)``: a trial
-  whose key another execution already submitted waits on the same refs instead of running
-  again, also while it is still in flight (``pipelines.dag``). Its execution records it as a hit
-  on the computing run (``slimray.cached=true``, ``slimray.cache_source``), like a stored one.
-- **MLflow**: one multirun run; each execution's parent run is nested under it and tagged with
-  its overrides (``slimray.sweep``: the swept values only); the comparison of the executions'
-  selected models is logged to the multirun run when all have ended (``pipelines.compare``).
+Hydra expands (its ``OverridesParser`` with the config loader, so ``glob()`` sees the groups, and
+``BasicSweeper.split_arguments``: comma lists, ``range()``, ``choice()``, ``glob()``, products, in
+``hydra -m`` order); every execution is validated before anything runs (exit 2). One driver runs
+them: each execution has its own executor, parent run and recorder; one loop ``ray.wait``s on
+the union of their in-flight refs, admitting at most ``--jobs`` executions at once. Trials with
+the same cache key are computed once: the executors share ``cache key -> (output ref, meta
+ref)``, also while in flight (``pipelines.dag``), and the others record a hit on the computing
+run. MLflow: one multirun run, each execution's parent nested under it and tagged with its
+overrides, the comparison logged to it at the end (``pipelines.compare``). docs/architecture.md
+has the reasons.
 """
 
 from __future__ import annotations
@@ -207,8 +198,7 @@ def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
         return 1 if failed else 0
     except KeyboardInterrupt:
         status = "KILLED"
-        for a in loop.active:
-            a.executor.cancel()
+        loop.cancel()
         raise
     finally:
         loop.close(status)
@@ -285,6 +275,20 @@ class _Loop:
                     if ref in a.executor.inflight:
                         a.executor.on_result(ref)
         self.results.sort(key=lambda r: r[0].index)
+
+    def cancel(self, settle_s: float = 3.0) -> None:
+        """Ctrl-C: every executor cancels its tasks without waiting, then one wait for them all
+        (one settle time, not one per execution: the watchdog allows 8 s in all)."""
+        refs = list(dict.fromkeys(r for a in self.active for r in a.executor.inflight))
+        for a in self.active:
+            a.executor.cancel(settle_s=0.0)
+        if refs and not (self.started_ray and self.ray_cfg.address is None):
+            import ray
+
+            try:
+                ray.wait(refs, num_returns=len(refs), timeout=settle_s)
+            except Exception:  # noqa: BLE001 - a cancelled ref may raise here; we only wait
+                pass
 
     def close(self, status: str) -> None:
         """Close the runs of executions that did not end (Ctrl-C, an error), then Ray."""
