@@ -143,7 +143,7 @@ def node_id(ray_started: bool) -> str:
 
 @dataclass
 class Execution:
-    """One execution between ``begin`` and ``end``: its tracking, keys, cache hits, executor."""
+    """One execution from ``begin`` to ``close_open_runs``: its tracking, keys, cache hits, executor."""
 
     cfg: DictConfig
     spec: PipelineSpec
