@@ -39,6 +39,7 @@ FIGURES: dict[str, list[str]] = {
     "parallel_inference": [PY, "benchmarks/parallel_inference.py"],
     "serve_load": [PY, "benchmarks/serve_load.py"],
     "multirun_sharing": [PY, "benchmarks/multirun_sharing.py"],
+    "search_efficiency_quick": [PY, "benchmarks/search_efficiency.py", "--quick"],
 }
 
 # table -> rows of (measure, figure, dotted path in its JSON, format, target)
@@ -133,6 +134,42 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
         ),
         ("… same, small model", "serve_load", "small_p50_c1_minus_direct_ms", "{:.1f} ms", "≤ 5 ms"),
         ("serve errors under load (all levels, with and without batching)", "serve_load", "errors_total", "{}", "0"),
+    ],
+    "search": [
+        (
+            "search: best feasible throughput (mean of 3 seeds)",
+            "search_efficiency_quick",
+            "methods.search.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "≥ grid's",
+        ),
+        (
+            "… grid, same number of trained candidates",
+            "search_efficiency_quick",
+            "methods.grid.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "—",
+        ),
+        (
+            "… random search, same budget",
+            "search_efficiency_quick",
+            "methods.random.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "—",
+        ),
+        (
+            "search: hypervolume of val_acc × log10 throughput",
+            "search_efficiency_quick",
+            "methods.search.hypervolume_mean",
+            "{:.4f}",
+            "> random's",
+        ),
+        ("… random search", "search_efficiency_quick", "methods.random.hypervolume_mean", "{:.4f}", "—"),
+        ("… grid", "search_efficiency_quick", "methods.grid.hypervolume_mean", "{:.4f}", "—"),
+        ("trained candidates per method", "search_efficiency_quick", "methods.search.trained_candidates", "{}", "—"),
+        ("search wall time", "search_efficiency_quick", "methods.search.wall_s", "{:.0f} s", "—"),
+        ("… grid", "search_efficiency_quick", "methods.grid.wall_s", "{:.0f} s", "—"),
+        ("… random search", "search_efficiency_quick", "methods.random.wall_s", "{:.0f} s", "—"),
     ],
 }
 

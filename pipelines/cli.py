@@ -104,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if multirun:
         return run_multirun(overrides, flags, int(jobs[0][7:]) if jobs else 4, err)
-    from pipelines import preflight, session  # imports ray/mlflow lazily, after argument checks
+    from pipelines import preflight, search, session  # imports ray/mlflow lazily, after argument checks
     from pipelines.tracking import resolve_uri
 
     try:
         cfg = load_config(overrides)
         spec, ray_cfg, tracking = session.validate(cfg)
+        search_plan = search.plan_of(cfg)  # search hook: a pipeline with a `search` section
     except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -126,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
+        if search_plan is not None:  # search hook: Ray Tune over the steps (pipelines/search/)
+            from pipelines.search.driver import execute as search_execute
+
+            outcome = search_execute(cfg, spec, search_plan, ray_cfg, tracking, overrides, err)
+        else:
+            outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
     except KeyboardInterrupt:
         err.print("interrupted: Ray tasks cancelled, MLflow runs marked KILLED", markup=False)
         return 130
