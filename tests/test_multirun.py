@@ -191,3 +191,15 @@ def test_ctrl_c_stops_every_execution(workdir, ray_local):
     hangs = [r for r in runs if r.data.tags.get("slimray.step") == "hang"]
     assert len(parents) == 3 and len(hangs) == 2
     assert {r.info.run_id for r in parents + hangs} <= killed
+
+
+def test_a_search_pipeline_is_refused_under_multirun_unless_disabled(workdir, capsys):
+    assert main(["-m", "experiment=search", "seed=0,1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: execution 0 (seed=0): pipeline.search: a search runs alone; "
+        "under -m set pipeline.search.enabled=false"
+    )
+    assert main(["-m", "experiment=search", "seed=0,1", "pipeline.search.enabled=false", "--dry-run"]) == 0
+    assert len(_lines(capsys.readouterr().err, "execution ")) == 2
+    assert not (workdir / "mlflow.db").exists()
