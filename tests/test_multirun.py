@@ -197,8 +197,7 @@ def test_a_search_pipeline_is_refused_under_multirun_unless_disabled(workdir, ca
     assert main(["-m", "experiment=search", "seed=0,1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "error: execution 0 (seed=0): pipeline.search: a search runs alone; "
-        "under -m set pipeline.search.enabled=false"
+        "error: execution 0 (seed=0): pipeline.search: a search runs alone; under -m set pipeline.search.enabled=false"
     )
     assert main(["-m", "experiment=search", "seed=0,1", "pipeline.search.enabled=false", "--dry-run"]) == 0
     assert len(_lines(capsys.readouterr().err, "execution ")) == 2
