@@ -38,6 +38,7 @@ FIGURES: dict[str, list[str]] = {
     "ctrl_c": [PY, "benchmarks/ctrl_c.py", "--runs", "10"],
     "parallel_inference": [PY, "benchmarks/parallel_inference.py"],
     "serve_load": [PY, "benchmarks/serve_load.py"],
+    "multirun_sharing": [PY, "benchmarks/multirun_sharing.py"],
     "search_efficiency_quick": [PY, "benchmarks/search_efficiency.py", "--quick"],
 }
 
@@ -80,6 +81,14 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
             "≥ +1.0",
         ),
         ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
+        (
+            "`-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`)",
+            "multirun_sharing",
+            "wall_ratio",
+            "{:.2f}×",
+            "≤ 1.6×",
+        ),
+        ("… teacher runs computed (3 recorded)", "multirun_sharing", "teacher_runs_computed", "{}", "1"),
     ],
     "scale": [
         (

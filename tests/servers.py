@@ -123,19 +123,21 @@ class MlflowServer:
             "--default-artifact-root",
             "mlflow-artifacts:/",
         ]
-        log = open(self.root / f"mlflow-{time.time():.0f}.log", "wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        log = self.root / f"mlflow-{time.time():.0f}.log"
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"mlflow server exited {self.proc.returncode}"
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2):
                     return
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError("mlflow server did not start")
+        raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -11,13 +11,7 @@ fixtures' teardown, also when the test fails.
 from __future__ import annotations
 
 import copy
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +22,7 @@ from omegaconf import OmegaConf
 from pipelines import artifacts, session
 from pipelines.cli import load_config
 from tests.engine_helpers import all_runs
+from tests.servers import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -35,76 +30,17 @@ MLFLOW = Path(sys.executable).with_name("mlflow")
 GiB = 1024**3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server's own process group (it was started in a new session)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     """``mlflow server`` on a free local port: sqlite backend, proxied artifacts in tmp_path."""
     root = tmp_path / "server"
     root.mkdir()
-    port = _free_port()
-    log = root / "server.log"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [
-        str(MLFLOW),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--default-artifact-root",
-        "mlflow-artifacts:/",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(root, f"sqlite:///{root / 'mlflow.db'}")
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until_up(url, proc, log)
-        yield url, root / "artifacts"
+        server.start(timeout=60)
+        yield server.url, root / "artifacts"
     finally:
-        _stop(proc)
+        server.stop()
 
 
 @pytest.fixture
