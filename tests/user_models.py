@@ -28,3 +28,27 @@ class NeedsDepth(nn.Module):
 
     def forward(self, x):
         return self.head(x)
+
+
+class TinyBert(nn.Module):
+    """A user's text classifier around a small random-initialised Hugging Face ``BertModel``
+    (built from a config, no weights needed): token ids ``[N, L]`` -> ``[N, n_classes]``."""
+
+    def __init__(self, vocab: int, n_classes: int, hidden: int = 32, layers: int = 2, heads: int = 4, ffn: int = 64):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        cfg = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=64,
+            attn_implementation="eager",
+        )
+        self.bert = BertModel(cfg, add_pooling_layer=False)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, ids):
+        return self.head(self.bert(input_ids=ids).last_hidden_state[:, 0])
