@@ -64,10 +64,11 @@ def parse_select(node, path: str) -> Select:
 
 def miss_note(w: Where, bound: float, got: float) -> str:
     """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed."""
-    ref = f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
+    ref = (
+        f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
+    )
     return (
-        f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}; "
-        f"took the closest ({w.metric} {got:.4g})"
+        f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}; took the closest ({w.metric} {got:.4g})"
     )
 
 

@@ -233,7 +233,9 @@ def structure_of(model: nn.Module, base: nn.Module) -> dict:
         changed = {
             k: _json_attr(v)
             for k, v in vars(mod).items()
-            if not k.startswith("_") and k != "training" and _json_attr(v) is not None
+            if not k.startswith("_")
+            and k != "training"
+            and _json_attr(v) is not None
             and _json_attr(getattr(ref, k, None)) != _json_attr(v)
         }
         if changed:
@@ -252,11 +254,11 @@ def apply_structure(model: nn.Module, structure: dict) -> nn.Module:
     for key, shape in structure.get("shapes", {}).items():
         path, _, leaf = key.rpartition(".")
         mod = model.get_submodule(path)
-        if leaf in mod._parameters and mod._parameters[leaf] is not None:
-            old = mod._parameters[leaf]
-            mod._parameters[leaf] = nn.Parameter(torch.empty(shape, dtype=old.dtype), old.requires_grad)
-        elif leaf in mod._buffers and mod._buffers[leaf] is not None:
-            mod._buffers[leaf] = torch.empty(shape, dtype=mod._buffers[leaf].dtype)
+        param, buffer = mod._parameters.get(leaf), mod._buffers.get(leaf)
+        if param is not None:
+            mod._parameters[leaf] = nn.Parameter(torch.empty(shape, dtype=param.dtype), param.requires_grad)
+        elif buffer is not None:
+            mod._buffers[leaf] = torch.empty(shape, dtype=buffer.dtype)
         else:
             raise ValueError(f"pruned structure names '{key}', which the architecture does not have")
     return model

@@ -92,7 +92,9 @@ def pruned_arch(model: nn.Module, arch: dict, trusted: Iterable[str] = ()) -> di
     got = {k: tuple(v.shape) for k, v in build_model(new, trusted).state_dict().items()}
     if want != got:
         bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-        raise ValueError(f"prune: the stored structure of '{arch.get('_target_')}' does not rebuild it (mismatched: {bad[:4]})")
+        raise ValueError(
+            f"prune: the stored structure of '{arch.get('_target_')}' does not rebuild it (mismatched: {bad[:4]})"
+        )
     return new
 
 

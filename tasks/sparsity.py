@@ -99,11 +99,11 @@ ATTENTION_LAYOUTS = (
 
 def attention_modules(model: nn.Module) -> list[tuple[nn.Module, str, tuple[nn.Linear, ...], bool]]:
     """Attention blocks of a known layout: (module, heads attribute, projections, fused)."""
-    found = []
+    found: list[tuple[nn.Module, str, tuple[nn.Linear, ...], bool]] = []
     for m in model.modules():
         for attr, names, fused in ATTENTION_LAYOUTS:
-            projs = tuple(getattr(m, n, None) for n in names)
-            if isinstance(getattr(m, attr, None), int) and all(isinstance(p, nn.Linear) for p in projs):
+            projs = tuple(p for n in names if isinstance(p := getattr(m, n, None), nn.Linear))
+            if isinstance(getattr(m, attr, None), int) and len(projs) == len(names):
                 found.append((m, attr, projs, fused))
                 break
     return found
@@ -120,4 +120,4 @@ def update_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
             if isinstance(getattr(m, size_attr, None), int):
                 setattr(m, size_attr, width // n)
         if isinstance(getattr(m, "all_head_size", None), int):
-            m.all_head_size = width
+            setattr(m, "all_head_size", width)  # noqa: B010 (a module attribute mypy cannot see)

@@ -34,10 +34,19 @@ class ResNet1D(nn.Module):
     """
 
     def __init__(
-        self, in_ch: int, length: int, n_classes: int, width: int = 64, blocks: int = 3, expansion: int = 2, kernel: int = 5
+        self,
+        in_ch: int,
+        length: int,
+        n_classes: int,
+        width: int = 64,
+        blocks: int = 3,
+        expansion: int = 2,
+        kernel: int = 5,
     ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv1d(in_ch, width, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(width), nn.GELU())
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_ch, width, kernel, padding=kernel // 2, bias=False), nn.BatchNorm1d(width), nn.GELU()
+        )
         layers: list[nn.Module] = []
         for i in range(blocks):
             layers.append(Block(width, width * expansion, kernel))

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     np.savez(a.out / "data.npz", **arrays)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(a.out / "model.safetensors"))
     with torch.no_grad():
-        test_acc = float((model(torch.from_numpy(arrays["x_test"])).argmax(1) == torch.from_numpy(arrays["y_test"])).float().mean())
+        test_acc = float(
+            (model(torch.from_numpy(arrays["x_test"])).argmax(1) == torch.from_numpy(arrays["y_test"])).float().mean()
+        )
     summary = {"out": str(a.out), "width": a.width, "val_acc": val_acc, "test_acc": test_acc}
     print(json.dumps(summary))
     return summary
