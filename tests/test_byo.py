@@ -205,3 +205,37 @@ def test_load_model_from_a_model_config_measures_the_teacher(tmp_path):
         teacher.run(
             data, cfg=teacher.LoadModelConfig(model=wrong, weights_path=str(tmp_path / "m.safetensors")), ctx=ctx
         )
+
+
+@pytest.mark.slow
+def test_a_user_transformer_goes_through_every_step():
+    """train -> infer -> distill -> prune (heads + MLP) -> export -> quantize -> benchmark on a
+    user's own attention model (LayerNorm, fused-qkv attention, SiLU, residuals), own names."""
+    from tasks import benchmark, distill, export, infer, quantize, train
+    from tasks.train import OptimConfig
+
+    target = "tests.user_models.SeqTransformer"
+    part = {"_target_": target, "data_args": {"seq_len": "input_shape[0]", "n_out": "num_classes"}}
+    data = _tiny_data(n=128, length=16)
+
+    def ctx(step: str) -> StepContext:
+        return StepContext(step=step, trusted_targets=(target,))
+
+    fast = OptimConfig(epochs=1, batch_size=32)
+    teacher_art = train.run(data, cfg=train.TrainConfig(model=part, optim=fast), ctx=ctx("teacher"))
+    assert teacher_art.arch == {"_target_": target, "seq_len": 16, "n_out": 4}
+    logits = infer.run(teacher_art, data, cfg=infer.InferConfig(), ctx=ctx("logits"))
+    student = distill.run(
+        data, logits, cfg=distill.DistillConfig(student={**part, "dim": 8}, optim=fast), ctx=ctx("student")
+    )
+    cfg = prune.PruneConfig(amount=0.5, kd_alpha=0.5, finetune=fast, throughput_iters=2)
+    pruned = prune.run(teacher_art, data, logits, cfg=cfg, ctx=ctx("pruned"))
+    net = load_model(pruned, [target])
+    assert (net.attn.num_heads, net.attn.head_dim, net.mlp[0].out_features) == (2, 4, 16)
+    exported = export.run(pruned, data, cfg=export.ExportConfig(), ctx=ctx("export"))
+    int8 = quantize.run(exported, data, cfg=quantize.QuantizeConfig(calib_batches=1), ctx=ctx("int8"))
+    kbit = quantize.run(pruned, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4), ctx=ctx("kbit"))
+    bench_cfg = benchmark.BenchmarkConfig(warmup=1, iters_b1=2, iters_b256=2)
+    bench = benchmark.run([teacher_art, student, pruned, int8, kbit], data, int8, cfg=bench_cfg, ctx=ctx("bench"))
+    assert {r.kind for r in bench.candidates} >= {"teacher", "student_kd", "pruned", "quantized"}
+    assert bench.selected.int8_onnx and bench.teacher.name == teacher_art.name
