@@ -296,7 +296,7 @@ def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
     """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
     teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
     c = bench.targets.selected_vs_teacher
-    if max_acc_drop is None or c is None or c.test_acc_delta >= -max_acc_drop:
+    if max_acc_drop is None or c is None or c.test_acc_delta is None or c.test_acc_delta >= -max_acc_drop:
         return ""
     return (
         f"BUDGET MISSED: the selected model '{c.candidate}' is {-c.test_acc_delta * 100:.1f} points below "
