@@ -21,7 +21,9 @@ def _output(client: MlflowClient, out, step: str, dst, what: str = "output"):
 
 
 def test_byo_compresses_a_users_checkpoint_and_says_when_the_budget_is_missed(workdir):
-    made = prepare.main(["--out", str(workdir / "mine"), "--samples", "1000", "--width", "16", "--epochs", "2"])
+    made = prepare.main(
+        ["--out", str(workdir / "mine"), "--samples", "1000", "--width", "16", "--epochs", "2", "--unlabeled", "300"]
+    )
     overrides = [
         "experiment=byo",
         f"tracking.uri=sqlite:///{workdir}/mlflow.db",
@@ -42,6 +44,7 @@ def test_byo_compresses_a_users_checkpoint_and_says_when_the_budget_is_missed(wo
     assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
     assert "scratch" not in out.states and "student_kd" not in out.states  # no zoo student anywhere
     assert out.states["teacher"].summary["val_acc"] == pytest.approx(made["val_acc"])  # the user's checkpoint
+    assert out.states["data"].summary["n_transfer"] == 300  # x_unlabeled: the students distil on it too
     assert out.states["prune"].note.startswith("BUDGET MISSED: no trial meets 'val_acc >= ")
     client = MlflowClient(tracking_uri=out.uri)
     pruned = _output(client, out, "prune", workdir / "dl")
