@@ -102,9 +102,9 @@ def _arch(cfg: LoadModelConfig, data: Dataset | None) -> dict:
 def run(data: Dataset | None = None, *, cfg: LoadModelConfig, ctx: StepContext) -> ModelArtifact:
     """Build the architecture, check and load the weights, and return the model as an artifact
     (with its val/test accuracy when the data is given)."""
+    arch = _arch(cfg, data)
     if not cfg.weights_path:
         raise ValueError("load_model.weights_path: missing (the model's .safetensors checkpoint)")
-    arch = _arch(cfg, data)
     weights = _read_weights(Path(cfg.weights_path))
     model = build_model(arch, ctx.trusted_targets)
     _check_state(model.state_dict(), weights, Path(cfg.weights_path))
