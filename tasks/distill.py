@@ -29,6 +29,7 @@ from tasks.context import StepContext
 from tasks.infer import capture
 from tasks.models import build_model, complete_arch, count_params, make_artifact
 from tasks.options import ModelKind
+from tasks.quality import kd_loss
 from tasks.train import OptimConfig, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -45,19 +46,6 @@ class DistillConfig:
     teacher_feature: str = ""  # ... onto this key of Logits.features
     beta: float = 1.0  # weight of the FitNets hint loss
     kind: ModelKind = ModelKind.student_kd
-
-
-def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float, alpha: float
-) -> torch.Tensor:
-    """Hinton KD loss averaged over rows; rows with ``labels == -1`` get no CE term."""
-    t = temperature
-    kl = (F.softmax(teacher / t, dim=1) * (F.log_softmax(teacher / t, dim=1) - F.log_softmax(student / t, dim=1))).sum(
-        dim=1
-    )
-    labeled = labels >= 0
-    ce = F.cross_entropy(student, labels.clamp_min(0), reduction="none") * labeled
-    return (alpha * t * t * kl + (1.0 - alpha) * ce).mean()
 
 
 def average_logits(teachers: list[Logits]) -> Logits:
