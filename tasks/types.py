@@ -23,9 +23,20 @@ class Value:
 
 @dataclass
 class Dataset:
-    """A classification data set split into train / val / test (+ an unlabeled transfer pool).
+    """A data set split into train / val / test (+ an unlabeled transfer pool, a calibration set).
 
     Selection and early stopping read ``val`` only; ``test`` is for the final benchmark.
+
+    ``task`` (a ``tasks.options.TaskKind``) says how outputs are judged (``tasks.quality``):
+    ``classification`` data has labels in ``y_*``; ``embedding`` data has none (``y_* = -1``,
+    ``num_classes = 0``): models are judged against a reference model's outputs.
+
+    Multi-input models (a transformer's ``input_ids``, ``attention_mask``, ``token_type_ids``):
+    ``input_names`` lists the model's inputs and every ``x_*`` stacks them along dim 1
+    (``[N, len(input_names), ...]``, one dtype). Rows stay rows, so slicing, batching, Ray
+    transfer and the safetensors codec work unchanged; ``tasks.onnx_utils.ort_feed`` unstacks a
+    batch into the ONNX graph's named inputs. Empty ``input_names``: ``x`` is the one input.
+    ``x_calib`` holds inputs set aside for quantization calibration (else training rows are used).
     """
 
     name: str
@@ -37,6 +48,9 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     x_transfer: Tensor | None = None  # unlabeled inputs for distillation
+    task: str = "classification"  # tasks.options.TaskKind
+    input_names: list[str] = field(default_factory=list)  # stacked model inputs (dim 1 of x_*)
+    x_calib: Tensor | None = None  # held out for quantization calibration
 
     @property
     def input_shape(self) -> list[int]:
