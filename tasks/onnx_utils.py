@@ -231,7 +231,8 @@ def time_ort(
 
 def data_onnx(model: nn.Module, data: Dataset, dynamo: bool = True) -> bytes:
     """``to_onnx`` with the inputs and output of ``data``'s model: its ``input_names`` and task kind."""
-    return to_onnx(model, data.x_val[:2], dynamo, input_names=data.input_names, output=output_name(data.task))
+    example = next((x for x in (data.x_val, data.x_test, data.x_train) if len(x)), data.x_train)
+    return to_onnx(model, example[:2], dynamo, input_names=data.input_names, output=output_name(data.task))
 
 
 def deployed_speed(

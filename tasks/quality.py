@@ -12,6 +12,10 @@ of assuming classification accuracy:
   agreement (does the candidate find the same nearest neighbours as the reference). Loss =
   cosine distance + MSE to the teacher's vectors (``embedding_loss``).
 
+``parity`` and ``gate_failures`` are the parity gate: a deployed model (e.g. ORT INT8) compared
+with its reference (the FP32 model, or the fake-quant simulation it came from) on held-out rows;
+a model that misses the bounds is ``rejected`` and never selected.
+
 Metric names are plain (``cos_mean``); a caller prefixes the split where it matters
 (``val_acc`` is the historical name of classification quality on the validation split).
 """
@@ -19,6 +23,7 @@ Metric names are plain (``cos_mean``); a caller prefixes the split where it matt
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -139,3 +144,42 @@ def loss_for(
     if kind == TaskKind.classification:
         return lambda s, y, t: kd_loss(s, t, y, temperature=temperature, alpha=alpha)
     return lambda s, y, t: embedding_loss(s, t, mse_weight=mse_weight)
+
+
+@dataclass
+class GateConfig:
+    """Parity gate thresholds: how close a deployed (ORT) model must stay to its reference.
+
+    Classification: top-1 ``agreement`` with the reference's predictions. Embedding: cosine to
+    the reference's vectors, mean and worst row. Measured on held-out rows (the validation split).
+    """
+
+    enabled: bool = True
+    min_agreement: float = 0.97
+    min_cos_mean: float = 0.99
+    min_cos_min: float = 0.9
+
+
+def parity(kind: TaskKind | str, outputs: Tensor, reference: Tensor) -> dict[str, float]:
+    """Agreement of ``outputs`` with ``reference`` on the same rows: top-1 ``agreement`` and
+    ``max_abs_diff`` (classification) or ``EMBEDDING_METRICS`` + ``max_abs_diff`` (embedding)."""
+    outputs, reference = torch.as_tensor(outputs).float(), torch.as_tensor(reference).float()
+    if outputs.shape != reference.shape:
+        raise ValueError(f"parity: output shape {list(outputs.shape)} != reference shape {list(reference.shape)}")
+    if len(outputs) == 0:
+        raise ValueError("parity: no rows to compare")
+    diff = {"max_abs_diff": float((outputs - reference).abs().max())}
+    if primary_metric(kind) == PRIMARY_METRIC[TaskKind.classification]:
+        return {**diff, "agreement": float((outputs.argmax(1) == reference.argmax(1)).float().mean())}
+    return {**diff, **embedding_quality(outputs, reference)}
+
+
+def gate_failures(kind: TaskKind | str, stats: dict[str, float], cfg: GateConfig) -> list[str]:
+    """The gate's verdict on ``parity`` stats: one ``"<metric> <value> < <bound>"`` per failed bound."""
+    if not cfg.enabled:
+        return []
+    if primary_metric(kind) == PRIMARY_METRIC[TaskKind.classification]:
+        bounds = {"agreement": cfg.min_agreement}
+    else:
+        bounds = {"cos_mean": cfg.min_cos_mean, "cos_min": cfg.min_cos_min}
+    return [f"{k} {stats[k]:.4f} < {b}" for k, b in bounds.items() if not stats[k] >= b]  # NaN fails
