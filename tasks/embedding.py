@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +36,12 @@ def trim_padding(x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, x: Tensor, batch_size: int = 64) -> Tensor:
-    """``model`` outputs over ``x`` in eval mode (padding-trimmed batches of rows sorted by length)."""
-    model.eval()
+def embed(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 64) -> Tensor:
+    """``model`` outputs over ``x`` (padding-trimmed batches of rows sorted by length, original order
+    returned). ``model`` is a torch module (run in eval mode) or any batch -> outputs callable
+    (e.g. an ONNX Runtime session wrapper: the graph's sequence axis is dynamic)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     if len(x) == 0:
         return torch.empty(0)
     order = torch.argsort(x[:, MASK_INDEX].sum(1)) if x.dim() == 3 and not x.is_floating_point() else None

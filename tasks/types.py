@@ -143,8 +143,8 @@ class BenchmarkRow:
     name: str
     kind: str
     parent: str | None
-    test_acc: float
-    val_acc: float
+    test_acc: float | None  # None for embedding models (no labels): see cos_*
+    val_acc: float | None
     params: int | None
     nonzero_params: int | None
     flops: int | None
@@ -155,6 +155,19 @@ class BenchmarkRow:
     int8_onnx: bool = False
     no_speedup: bool | None = None  # >= 2x fewer FLOPs than the teacher, < 1.2x its throughput
     selected: bool = False
+    runtime: str = "onnxruntime"  # or "torch" (the torch FP32 reference row)
+    # embedding models: agreement with the reference model's vectors (tasks.quality) on the
+    # evaluation split (cos_*, top*_agree) and on the validation split (val_cos_*, what selection reads)
+    cos_mean: float | None = None
+    cos_min: float | None = None
+    top1_agree: float | None = None
+    top5_agree: float | None = None
+    val_cos_mean: float | None = None
+    val_cos_min: float | None = None
+    # latency_ms_b1_t<n> and throughput_b<B>_t<n> for every thread count n benchmarked
+    speed: dict[str, float] = field(default_factory=dict)
+    rejected: bool = False  # failed the parity gate (tasks.quality): never selected
+    rejected_reason: str = ""  # the measured figures that failed
 
 
 @dataclass
@@ -175,7 +188,7 @@ class Comparison:
     params_reduction: float | None
     nonzero_params_reduction: float | None
     flops_reduction: float | None
-    test_acc_delta: float
+    test_acc_delta: float | None
     meets_target: bool | None = None  # INT8 vs its FP32 parent: does it meet the INT8 target
 
     @classmethod
@@ -190,7 +203,7 @@ class Comparison:
             params_reduction=_ratio(ref.params, row.params),
             nonzero_params_reduction=_ratio(ref.nonzero_params, row.nonzero_params),
             flops_reduction=_ratio(ref.flops, row.flops),
-            test_acc_delta=float(row.test_acc) - float(ref.test_acc),
+            test_acc_delta=None if row.test_acc is None or ref.test_acc is None else row.test_acc - ref.test_acc,
         )
 
 
@@ -214,6 +227,8 @@ class BenchmarkReport:
     runtime: str
     candidates: list[BenchmarkRow]
     targets: Targets
+    task: str = "classification"  # tasks.options.TaskKind: which quality fields the rows carry
+    notes: list[str] = field(default_factory=list)  # e.g. a rejected model that was not selected
 
     def to_dict(self) -> dict:
         return asdict(self)
