@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,16 @@ TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 """The inputs of a BERT-style encoder, in the order they are stacked in a text ``Dataset``."""
 
 # Hugging Face config keys that describe provenance, not the architecture (dropped from arch)
-_PROVENANCE = ("_name_or_path", "architectures", "transformers_version", "torch_dtype", "dtype", "use_cache")
+_PROVENANCE = (
+    "_name_or_path",
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "id2label",  # a classification head's labels (int keys: not JSON); an encoder has none
+    "label2id",
+)
 
 
 def _hf():
@@ -79,7 +89,7 @@ TARGET = f"{SentenceEncoder.__module__}.{SentenceEncoder.__qualname__}"
 
 def encoder_arch(config: dict, normalize: bool = True) -> dict:
     """The ``arch`` of a ``SentenceEncoder`` (JSON): what ``tasks.models.build_model`` rebuilds."""
-    clean = {k: v for k, v in copy.deepcopy(config).items() if k not in _PROVENANCE}
+    clean = json.loads(json.dumps({k: v for k, v in config.items() if k not in _PROVENANCE}))  # JSON values only
     return {"_target_": TARGET, "config": clean, "normalize": normalize}
 
 

@@ -94,3 +94,18 @@ def test_layer_student_copies_the_chosen_teacher_layers():
     )
     with pytest.raises(ValueError, match="0..3"):
         layer_student(arch, teacher.state_dict(), [0, 4])
+
+
+def test_encoder_artifact_round_trips_through_the_codec(tmp_path):
+    from pipelines import artifacts
+    from tasks.models import load_model, make_artifact
+    from tasks.transformer import encoder_arch
+    from tests.text_models import TRUSTED
+
+    model, _ = tiny_encoder()
+    arch = encoder_arch(model.encoder.config.to_dict())  # a full HF config (id2label has int keys)
+    art = make_artifact(model, arch, name="enc", kind="teacher")
+    back = artifacts.load(artifacts.save(art, tmp_path / "a"))
+    x = token_rows(3)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(back, TRUSTED)(x), model(x))
