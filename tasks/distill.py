@@ -178,8 +178,8 @@ def run(
         raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
-    teacher = average_logits([logits] + list(extra_logits or []))
-    x, labels, t_logits = training_rows(data, teacher, use_pool(data, cfg.use_transfer, ctx))
+    ensemble = average_logits([logits] + list(extra_logits or []))
+    x, labels, t_logits = training_rows(data, ensemble, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)
@@ -187,12 +187,12 @@ def run(
     extra: list[nn.Parameter] = []
     hint = None
     if cfg.hint_layer:
-        if cfg.teacher_feature not in teacher.features:
+        if cfg.teacher_feature not in ensemble.features:
             raise ValueError(
                 f"distill.teacher_feature: '{cfg.teacher_feature}' not in logits.features "
-                f"{sorted(teacher.features)} (set infer.features)"
+                f"{sorted(ensemble.features)} (set infer.features)"
             )
-        feats = teacher.features[cfg.teacher_feature][: len(x)]
+        feats = ensemble.features[cfg.teacher_feature][: len(x)]
         store, regressor = _hint_setup(student, x, feats, cfg)
         regressor.to(ctx.device)
         extra, targets, hint = list(regressor.parameters()), targets + (feats,), (store, regressor)
@@ -208,4 +208,4 @@ def run(
     )
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
-    return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=teacher.teacher, metrics=metrics)
+    return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=ensemble.teacher, metrics=metrics)
