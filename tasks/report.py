@@ -90,6 +90,7 @@ class ReportConfig:
     registry_name: str = ""  # overrides the registered model's name when set
     alias: str = "candidate"
     dpi: int = 110
+    max_acc_drop: float | None = None  # accuracy budget vs the teacher (0.01 = 1 point); None: not checked
 
 
 def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
@@ -340,6 +341,18 @@ def _registered_model(
     return found
 
 
+def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
+    """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
+    teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
+    c = bench.targets.selected_vs_teacher
+    if max_acc_drop is None or c is None or c.test_acc_delta is None or c.test_acc_delta >= -max_acc_drop:
+        return ""
+    return (
+        f"BUDGET MISSED: the selected model '{c.candidate}' is {-c.test_acc_delta * 100:.1f} points below "
+        f"the teacher '{c.reference}' in test accuracy (budget {max_acc_drop * 100:.1f})"
+    )
+
+
 def run(
     bench: BenchmarkReport,
     selected: ModelArtifact | None = None,
@@ -356,6 +369,8 @@ def run(
     front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
     selected = _registered_model(bench, selected, candidates or [], ctx)
     md = markdown(bench, front)
+    miss = budget_line(bench, cfg.max_acc_drop)
+    md = f"**{miss}**\n\n{md}" if miss else md
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
     models, registered = [], None
     if selected is not None:
@@ -365,9 +380,16 @@ def run(
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)
+    if cfg.max_acc_drop is not None and bench.targets.selected_vs_teacher is not None:
+        headline["budget_met"] = float(not miss)
     ctx.log_metrics({"candidates": len(bench.candidates), "pareto_size": len(front), **headline})
+    summary = summary_markdown(bench, front)
     publish = Publication(
-        files=dict(files), metrics=headline, description=summary_markdown(bench, front), console=md, models=models
+        files=dict(files),
+        metrics=headline,
+        description=f"**{miss}**\n\n{summary}" if miss else summary,
+        console=f"{md}\n{miss}" if miss else md,
+        models=models,
     )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered}
     return Report(data=data, files=files, publish=publish)
