@@ -68,16 +68,26 @@ def speeds(timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) 
 def ort_timer(onnx_bytes: bytes, x: Tensor, warmup: int):
     """A ``speeds`` timer for an ONNX model (one session per thread count)."""
     sessions: dict[int, ort.InferenceSession] = {}
+    done: dict[tuple[int, int], dict[str, float]] = {}  # one timing per (threads, batch)
 
     def timer(n: int, batch: int, iters: int) -> dict[str, float]:
         sessions.setdefault(n, ort_session(onnx_bytes, n))
-        return time_ort(sessions[n], x, batch, warmup, iters)
+        if (n, batch) not in done:
+            done[n, batch] = time_ort(sessions[n], x, batch, warmup, iters)
+        return done[n, batch]
 
     return timer
 
 
 def torch_timer(model: nn.Module, x: Tensor, warmup: int):
-    return lambda n, batch, iters: time_torch(model, x, batch, n, warmup, iters)
+    done: dict[tuple[int, int], dict[str, float]] = {}
+
+    def timer(n: int, batch: int, iters: int) -> dict[str, float]:
+        if (n, batch) not in done:
+            done[n, batch] = time_torch(model, x, batch, n, warmup, iters)
+        return done[n, batch]
+
+    return timer
 
 
 def weights_bytes(model: nn.Module) -> int:
