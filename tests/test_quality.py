@@ -57,7 +57,7 @@ def test_embedding_loss_zero_at_teacher_and_decreases_by_gradient():
     first = None
     for _ in range(200):
         loss = loss_fn(s, torch.full((16,), -1), t)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
