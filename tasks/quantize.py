@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -171,10 +172,13 @@ def _calib_feeds(fp32: bytes, x: Tensor, cfg: QuantizeConfig, seed: int) -> list
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
-    """ORT's ``quant_pre_process``; symbolic shape inference cannot always follow a transformer's
-    dynamic sequence axis (``Incomplete symbolic shape inference``): then ONNX shape inference only."""
+    """ORT's ``quant_pre_process``. Its symbolic shape inference cannot follow a transformer's
+    dynamic sequence axis (``Incomplete symbolic shape inference``), and that failure leaves a
+    ``<uuid>.data`` file in the working directory: multi-input graphs skip it up front (ONNX
+    shape inference only); any other graph falls back to the same on failure."""
+    multi_input = len(onnx.load(str(src), load_external_data=False).graph.input) > 1
     try:
-        quant_pre_process(str(src), str(dst))
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=multi_input)
     except Exception:  # noqa: BLE001 - ORT raises a bare Exception for this
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     return dst
