@@ -4,7 +4,23 @@ against the modules in this package (no decorator registry)."""
 from collections.abc import Callable
 from typing import Any
 
-from tasks import benchmark, data, distill, export, infer, inference, prune, quantize, report, teacher, toy, train
+from tasks import (
+    benchmark,
+    data,
+    distill,
+    export,
+    infer,
+    inference,
+    prune,
+    prune_embedding,
+    quantize,
+    report,
+    teacher,
+    text,
+    toy,
+    train,
+    transformer,
+)
 
 TASKS: dict[str, Callable[..., Any]] = {
     "data": data.run,
@@ -14,10 +30,13 @@ TASKS: dict[str, Callable[..., Any]] = {
     "inference": inference.run,
     "distill": distill.run,
     "prune": prune.run,
+    "prune_embedding": prune_embedding.run,
     "export": export.run,
     "quantize": quantize.run,
     "benchmark": benchmark.run,
     "report": report.run,
+    "text_data": text.run,
+    "pretrained": transformer.run,
     # the engine's own fixtures (used by the `demo` pipeline and the engine tests)
     "toy_source": toy.source,
     "toy_add": toy.add,

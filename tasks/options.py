@@ -87,3 +87,14 @@ class Calibration(StrEnum):
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
+
+
+class TaskKind(StrEnum):
+    """What a model's output means, hence how its quality is measured (``tasks.quality``).
+
+    ``classification``: logits scored by accuracy against labels. ``embedding``: vectors scored
+    by cosine similarity and nearest-neighbour agreement with a reference model's vectors.
+    """
+
+    classification = "classification"
+    embedding = "embedding"
