@@ -322,10 +322,10 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
     """The artifact's ONNX, or an export of its torch model at batch 1 when it has none."""
     if selected.onnx is not None:
         return selected.onnx
-    from tasks.models import load_model
+    from tasks.models import load_model, sample_shape
     from tasks.onnx_utils import to_onnx  # imported only when needed
 
-    example = torch.zeros(1, *selected.arch["input_shape"])
+    example = torch.zeros(1, *sample_shape(selected.arch))
     return to_onnx(load_model(selected, trusted), example)
 
 
