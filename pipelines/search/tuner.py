@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -85,12 +84,13 @@ def storage_root(plan: SearchPlan) -> Path:
 def trial_fn(job: TrialJob, key: str):
     """The trainable of one search: ``run_trial`` bound to its job. Not ``tune.with_parameters``:
     that stores the job under ``str(run_trial)``, the same name for every search in a process,
-    so a second search in the same process would run with the first one's job."""
+    so a second search in the same process would run with the first one's job. The name is the
+    search key's: a restored Tuner finds its trials' trainable under the name they were saved with."""
 
     def trial(config: dict[str, Any]) -> None:
         run_trial(config, job)
 
-    trial.__name__ = trial.__qualname__ = f"search_{key[:12]}_{uuid.uuid4().hex[:8]}"
+    trial.__name__ = trial.__qualname__ = f"search_{key[:16]}"
     return trial
 
 
