@@ -34,9 +34,10 @@ def benchmark_json(uri: str) -> dict:
         return json.loads(Path(client.download_artifacts(runs[0].info.run_id, "benchmark.json", tmp)).read_text())
 
 
-def main() -> None:
-    overrides = sys.argv[1:]
-    with tempfile.TemporaryDirectory(prefix="slimray-default-") as wd:
+def run_fresh(overrides: list[str], prefix: str = "slimray-default-") -> tuple[float, dict]:
+    """(wall seconds, ``benchmark.json``) of ``python -m pipelines overrides`` in an empty
+    directory: embedded Ray, a fresh sqlite MLflow store. A failed run exits with its stderr."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as wd:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("MLFLOW_TRACKING_URI", None)
         t0 = time.perf_counter()
@@ -52,7 +53,12 @@ def main() -> None:
         if out.returncode != 0:
             sys.stderr.write(out.stderr[-4000:])
             raise SystemExit(f"slimray exited {out.returncode}")
-        bench = benchmark_json(f"sqlite:///{wd}/mlflow.db")
+        return wall, benchmark_json(f"sqlite:///{wd}/mlflow.db")
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    wall, bench = run_fresh(overrides)
     t = bench["targets"]
     sel = t["selected_vs_teacher"] or {}
     rows = {r["name"]: r for r in bench["candidates"]}

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
-from default_run import benchmark_json  # benchmarks/ is the script's directory
+from default_run import run_fresh  # benchmarks/ is the script's directory
 from machine import machine_info
 
 FIELDS = ("size_bytes", "cos_mean", "cos_min", "top1_agree", "selected", "rejected")
@@ -53,23 +50,7 @@ def ratios(sel: dict | None, ref: dict) -> dict:
 
 def main() -> None:
     overrides = ["experiment=minilm", *sys.argv[1:]]
-    with tempfile.TemporaryDirectory(prefix="slimray-minilm-") as wd:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "pipelines", *overrides],
-            cwd=wd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        wall = time.perf_counter() - t0
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr[-4000:])
-            raise SystemExit(f"slimray exited {out.returncode}")
-        bench = benchmark_json(f"sqlite:///{wd}/mlflow.db")
+    wall, bench = run_fresh(overrides, prefix="slimray-minilm-")
     variants = [variant(r) for r in bench["candidates"]]
     ref = next(v for v in variants if v["name"] == "torch_fp32")
     sel = next((v for v in variants if v["selected"]), None)
