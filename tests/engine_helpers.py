@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipelines import session
-from pipelines.cli import load_config
+from pipelines.cli import load_config, main
 
 
 def run_pipeline(workdir, overrides=(), pipeline: dict | None = None):
@@ -31,3 +31,19 @@ def all_runs(outcome):
     return client.search_runs(
         [outcome.experiment_id], max_results=1000, filter_string=f"tags.`slimray.root` = '{outcome.run_id}'"
     )
+
+
+def assert_config_error(argv: list[str], expected: str | list[str], workdir, capsys) -> None:
+    """``slimray argv`` is a config error: exit 2, one ``error:`` line holding every expected part,
+    no MLflow store written and Ray's state untouched."""
+    import ray
+
+    was_running = ray.is_initialized()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    for part in [expected] if isinstance(expected, str) else expected:
+        assert part in err, err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+    assert ray.is_initialized() == was_running

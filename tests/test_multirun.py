@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import load_config, main
+from tests.engine_helpers import assert_config_error
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: source}, params: {seconds: 3.0}}"
 
@@ -74,16 +75,7 @@ ERRORS = [
 
 @pytest.mark.parametrize("overrides,expected", ERRORS, ids=[e[0][-1][:30] for e in ERRORS])
 def test_config_error_in_any_execution_exits_2_before_anything_runs(overrides, expected, workdir, capsys):
-    import ray
-
-    was_running = ray.is_initialized()
-    code = main(["-m", "pipeline=demo", *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert expected in err, err
-    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
-    assert ray.is_initialized() == was_running
+    assert_config_error(["-m", "pipeline=demo", *overrides], expected, workdir, capsys)
 
 
 def test_jobs_flag_needs_multirun_and_a_positive_number(workdir, capsys):

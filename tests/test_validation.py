@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
+from tests.engine_helpers import assert_config_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,16 +48,7 @@ CASES = [
 
 @pytest.mark.parametrize("overrides,expected", CASES, ids=[c[0][0][:40] for c in CASES])
 def test_config_error_is_one_line_exit_2_and_starts_nothing(overrides, expected, workdir, capsys):
-    import ray
-
-    was_running = ray.is_initialized()
-    code = main(["pipeline=demo", *overrides])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("error: ") and "\n" not in err, err
-    assert expected in err, err
-    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
-    assert ray.is_initialized() == was_running
+    assert_config_error(["pipeline=demo", *overrides], expected, workdir, capsys)
 
 
 def test_valid_config_dry_run_starts_nothing(workdir, capsys):
@@ -123,22 +115,9 @@ COMPRESS_CASES = [
 ]
 
 
-def _assert_config_error(code: int, err: str, expected: list[str], workdir) -> None:
-    assert code == 2
-    assert err.startswith("error: ") and "\n" not in err, err
-    for part in expected:
-        assert part in err, err
-    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
-
-
 @pytest.mark.parametrize("overrides,expected", COMPRESS_CASES, ids=[" ".join(c[0])[:40] for c in COMPRESS_CASES])
 def test_typo_in_the_default_pipeline_fails_at_validation(overrides, expected, workdir, capsys):
-    import ray
-
-    was_running = ray.is_initialized()
-    code = main([*overrides, "--dry-run"])
-    _assert_config_error(code, capsys.readouterr().err.strip(), expected, workdir)
-    assert ray.is_initialized() == was_running
+    assert_config_error([*overrides, "--dry-run"], expected, workdir, capsys)
 
 
 def _conf_with_experiment(workdir, text: str) -> None:
@@ -166,8 +145,7 @@ YAML_CASES = [
 @pytest.mark.parametrize("text,expected", YAML_CASES, ids=["sweep-value", "kind", "resources-key"])
 def test_typo_in_a_yaml_file_fails_at_validation(text, expected, workdir, capsys):
     _conf_with_experiment(workdir, text)
-    code = main(["experiment=typo", "--dry-run"])
-    _assert_config_error(code, capsys.readouterr().err.strip(), expected, workdir)
+    assert_config_error(["experiment=typo", "--dry-run"], expected, workdir, capsys)
 
 
 def test_sweep_typo_exits_2_through_the_console_command(workdir):
@@ -183,7 +161,9 @@ def test_sweep_typo_exits_2_through_the_console_command(workdir):
         timeout=120,
     )
     err = proc.stderr.strip()
-    _assert_config_error(proc.returncode, err, YAML_CASES[0][1], workdir)
+    assert proc.returncode == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert all(part in err for part in YAML_CASES[0][1]), err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
 
 
 def test_the_composed_config_is_typed(workdir):
