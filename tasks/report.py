@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: it costs ~0.5 
     from matplotlib.lines import Line2D
 
 from tasks.context import StepContext
+from tasks.kbit_report import kbit_section
 from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 
 KINDS = ("teacher", "student_scratch", "student_kd", "pruned", "quantized")
@@ -292,15 +293,25 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
 
 
 def run(
-    bench: BenchmarkReport, selected: ModelArtifact | None = None, *, cfg: ReportConfig, ctx: StepContext
+    bench: BenchmarkReport,
+    selected: ModelArtifact | None = None,
+    kbit: list[ModelArtifact] | None = None,
+    *,
+    cfg: ReportConfig,
+    ctx: StepContext,
 ) -> Report:
-    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run."""
+    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run.
+
+    ``kbit`` (the fake k-bit models) adds accuracy against bits per quantizer (``tasks.kbit_report``).
+    """
     if not bench.candidates:
         raise ValueError("report.bench: the benchmark has no candidates")
     front = pareto_front(bench.candidates, {"test_acc": "max", "throughput_b256": "max"})
     front_size = pareto_front(bench.candidates, {"test_acc": "max", "size_bytes": "min"})
-    md = markdown(bench, front)
+    kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
+    md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
+    files.update(kbit_files)
     models, registered = [], None
     if selected is not None:
         name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
@@ -313,5 +324,5 @@ def run(
     publish = Publication(
         files=dict(files), metrics=headline, description=summary_markdown(bench, front), console=md, models=models
     )
-    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered}
+    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
     return Report(data=data, files=files, publish=publish)
