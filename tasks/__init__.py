@@ -4,7 +4,22 @@ against the modules in this package (no decorator registry)."""
 from collections.abc import Callable
 from typing import Any
 
-from tasks import benchmark, data, distill, export, infer, inference, prune, quantize, report, teacher, toy, train
+from tasks import (
+    benchmark,
+    data,
+    distill,
+    export,
+    infer,
+    inference,
+    multitask,
+    multitask_report,
+    prune,
+    quantize,
+    report,
+    teacher,
+    toy,
+    train,
+)
 
 TASKS: dict[str, Callable[..., Any]] = {
     "data": data.run,
@@ -18,6 +33,8 @@ TASKS: dict[str, Callable[..., Any]] = {
     "quantize": quantize.run,
     "benchmark": benchmark.run,
     "report": report.run,
+    "relabel": multitask.relabel,
+    "multitask_report": multitask_report.run,
     # the engine's own fixtures (used by the `demo` pipeline and the engine tests)
     "toy_source": toy.source,
     "toy_add": toy.add,

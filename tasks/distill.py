@@ -14,6 +14,10 @@ r (1x1 convolution or linear map) takes the student's hint layer to the teacher'
 ``beta * MSE(r(h_s), h_t)`` is added. The teacher features come from ``Logits.features``.
 
 Several teachers (``extra_logits``) are combined by averaging their logits (an ensemble teacher).
+
+``method`` picks the training: ``hinton`` (the above), ``mutual`` (two students learning from each
+other, Deep Mutual Learning: ``tasks/mutual.py``) or ``multitask`` (one student with one head per
+teacher's task: ``tasks/multitask.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from torch import nn
 from tasks.context import StepContext
 from tasks.infer import capture
 from tasks.models import build_model, complete_arch, count_params, make_artifact
-from tasks.options import ModelKind
+from tasks.multitask import MultitaskConfig, train_multitask
+from tasks.mutual import MutualConfig, train_mutual
+from tasks.options import DistillMethod, ModelKind
 from tasks.train import OptimConfig, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -45,6 +51,9 @@ class DistillConfig:
     teacher_feature: str = ""  # ... onto this key of Logits.features
     beta: float = 1.0  # weight of the FitNets hint loss
     kind: ModelKind = ModelKind.student_kd
+    method: DistillMethod = DistillMethod.hinton
+    mutual: MutualConfig = field(default_factory=MutualConfig)  # method: mutual
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)  # method: multitask
 
 
 def kd_loss(
@@ -142,9 +151,15 @@ def run(
         raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
+    if cfg.method == DistillMethod.multitask:  # one teacher per task: no averaging
+        pool, teachers = use_pool(data, cfg.use_transfer, ctx), [logits, *(extra_logits or [])]
+        rows = [training_rows(data, t, pool) for t in teachers]
+        return train_multitask(data, rows, "+".join(t.teacher for t in teachers), cfg, ctx)
     teacher = average_logits([logits] + list(extra_logits or []))
     x, labels, t_logits = training_rows(data, teacher, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
+    if cfg.method == DistillMethod.mutual:
+        return train_mutual(data, x, labels, t_logits, arch, teacher.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
