@@ -88,6 +88,14 @@ def head_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: fl
     return (alpha * temperature**2 * soft_kl(t, s, temperature) + (1 - alpha) * ce).mean()
 
 
+def multitask_loss(heads: list, labels, teachers, weights: list[float], temperature: float, alpha: float):
+    """``sum_k w_k * head_loss(s_k, t_k, y_k)`` (module docstring): head k's logits, labels, teacher logits."""
+    total = heads[0].new_zeros(())
+    for w, s, t, y in zip(weights, heads, teachers, labels):
+        total = total + w * head_loss(s, t, y, temperature, alpha)
+    return total
+
+
 def _check(data: Dataset, rows: list, cfg: Any) -> None:
     m = cfg.multitask
     if not len(m.heads) == len(m.weights) == len(rows):
@@ -125,10 +133,7 @@ def train_multitask(data: Dataset, rows: list, parent: str, cfg: Any, ctx: StepC
 
     def loss_fn(out: torch.Tensor, *targets: torch.Tensor) -> torch.Tensor:
         ys, ts = targets[: len(heads)], targets[len(heads) :]
-        parts = torch.split(out, net.sizes, dim=1)
-        return sum(  # type: ignore[return-value]
-            w * head_loss(s, t, y, cfg.temperature, cfg.alpha) for w, s, t, y in zip(weights, parts, ts, ys)
-        )
+        return multitask_loss(list(torch.split(out, net.sizes, dim=1)), ys, ts, weights, cfg.temperature, cfg.alpha)
 
     targets = (*derived, *(r[2] for r in rows))
     best = fit(net, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val))
