@@ -27,6 +27,8 @@ stays as it is.
 Deployment: ONNX Runtime runs integer kernels for the uniform 8-bit grid only (the ``static_int8``
 and ``qat`` paths); every ``fake_kbit`` model is a simulation whose size is computed at its bit
 width (``bit_size_bytes``) and whose speed is that of FP32, so none is reported as deployed.
+Activations: ``fake_kbit`` quantizes weights only (a torch artifact cannot carry activation hooks);
+QAT's activation fake-quant stays uniform uint8 because that is the grid ORT's static INT8 deploys.
 """
 
 from __future__ import annotations
