@@ -1,10 +1,12 @@
 """The ``slimray`` command: compose the Hydra config, validate it, run it.
 
     slimray [pipeline=compress] [experiment=smoke] [KEY=VALUE ...] [--cfg] [--dry-run]
+    slimray -m|--multirun [--jobs=N] KEY=A,B KEY=range(..) ...   (Hydra sweeps, concurrent on one Ray)
     slimray submit [KEY=VALUE ...]    (a Ray Job on the cluster in RAY_API_SERVER_ADDRESS)
 
 Config errors print one line naming the config path and exit with code 2, before Ray starts
-or any MLflow run is created. A failed step exits 1; Ctrl-C exits 130.
+or any MLflow run is created (with --multirun: in any execution). A failed step exits 1 (with
+--multirun: a failed execution; the others still finish); Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if {"-h", "--help"} & set(args):
         print(__doc__.strip())
         return 0
+    multirun = bool({"-m", "--multirun"} & set(args))
+    args = [a for a in args if a not in ("-m", "--multirun")]
     flags = {a for a in args if a.startswith("--")}
-    unknown = flags - {"--cfg", "--dry-run"}
+    jobs = [a for a in flags if a.startswith("--jobs=")]
+    unknown = flags - {"--cfg", "--dry-run", *jobs}
     overrides = [a for a in args if not a.startswith("--")]
     quiet_ray_logs()
     err = Console(stderr=True)
@@ -94,12 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown option {sorted(unknown)[0]} (usage: {USAGE.strip()})", file=sys.stderr)
         return 2
-    from pipelines import preflight, session  # imports ray/mlflow lazily, after argument checks
+    if jobs and not (multirun and jobs[0][7:].isdigit() and int(jobs[0][7:]) > 0):
+        print(f"error: {jobs[0]}: needs --multirun and a positive number", file=sys.stderr)
+        return 2
+    if multirun:
+        return run_multirun(overrides, flags, int(jobs[0][7:]) if jobs else 4, err)
+    from pipelines import preflight, search, session  # imports ray/mlflow lazily, after argument checks
     from pipelines.tracking import resolve_uri
 
     try:
         cfg = load_config(overrides)
         spec, ray_cfg, tracking = session.validate(cfg)
+        search_plan = search.plan_of(cfg)  # search hook: a pipeline with a `search` section
     except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
@@ -116,12 +127,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
+        if search_plan is not None:  # search hook: Ray Tune over the steps (pipelines/search/)
+            from pipelines.search.driver import execute as search_execute
+
+            outcome = search_execute(cfg, spec, search_plan, ray_cfg, tracking, overrides, err)
+        else:
+            outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides, err)
     except KeyboardInterrupt:
         err.print("interrupted: Ray tasks cancelled, MLflow runs marked KILLED", markup=False)
         return 130
     session.summary(outcome, err)
     return outcome.exit_code
+
+
+def run_multirun(overrides: list[str], flags: set[str], jobs: int, err: Console) -> int:
+    """``-m``: Hydra's sweep over the overrides, every execution validated before any runs."""
+    from pipelines import multirun, preflight
+    from pipelines.tracking import resolve_uri
+
+    try:
+        found = multirun.prepare(overrides, conf_dir(), load_config)
+    except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if "--cfg" in flags:
+        for job in found:
+            print(f"# execution {job.index}: {job.label or '(no sweep)'}")
+            print(OmegaConf.to_yaml(job.cfg, resolve=True))
+        return 0
+    if "--dry-run" in flags:
+        multirun.describe(found, err)
+        return 0
+    try:
+        preflight.check_tracking(resolve_uri(found[0].tracking.uri))
+    except preflight.PreflightError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return multirun.run(found, err, jobs)
+    except KeyboardInterrupt:
+        err.print("interrupted: Ray tasks cancelled, MLflow runs marked KILLED", markup=False)
+        return 130
 
 
 if __name__ == "__main__":

@@ -58,6 +58,9 @@ class PipelineConfig:
     name: str = MISSING
     description: str = ""
     steps: dict[str, StepConfig] = field(default_factory=dict)
+    # search hook: a Ray Tune search over the steps (pipelines.search.config.SearchConfig,
+    # checked by pipelines.search.config.plan); null for a plain pipeline
+    search: Any = None
 
 
 @dataclass

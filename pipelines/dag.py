@@ -10,66 +10,23 @@ The executor knows nothing of MLflow or the console: it emits step events and li
 subscribe, as Kedro's runner hooks and Ray Tune's callbacks do. Events, in order of a step's
 life: ``step_started``, then per trial ``trial_cached`` (a hit nobody needs to load),
 ``trial_submitted``, ``trial_finished`` or ``trial_failed``, then ``step_finished``.
+
+Executors of one multirun (``pipelines.multirun``) share a table of computing trials by cache
+key: a trial whose key another execution already submitted is not submitted again; it waits on
+the same ObjectRefs and ends with ``trial_shared`` instead of ``trial_finished``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from mlflow.entities import Run
 
 from pipelines.interrupt import INTERRUPT
 from pipelines.select import choose
-from pipelines.spec import PipelineSpec, StepSpec
+from pipelines.spec import PipelineSpec
+from pipelines.state import EVENTS, Context, Listener, StepState, Trial, cached_meta
 from pipelines.worker import StepJob, StepMeta
 
-EVENTS = ("step_started", "trial_cached", "trial_submitted", "trial_finished", "trial_failed", "step_finished")
-
-
-@dataclass
-class Trial:
-    key: str
-    label: str
-    params: dict
-    hit: Run | None = None  # the cached MLflow run, if any
-    status: str = "pending"  # pending | running | cached | done | failed
-    output: Any = None  # ObjectRef of the output (None when not loaded)
-    meta: StepMeta | None = None
-    error: str = ""
-
-
-@dataclass
-class StepState:
-    spec: StepSpec
-    trials: list[Trial]
-    status: str = "pending"  # pending | running | cached | done | failed | skipped
-    run_id: str | None = None  # the step run of a sweep (trials are its children), set by the recorder
-    started: float = 0.0
-    ended: float = 0.0
-    nodes: set = field(default_factory=set)
-    selected: int | None = None
-    note: str = ""
-
-    @property
-    def summary(self) -> dict:
-        t = self.trials[self.selected] if self.selected is not None else None
-        return dict(t.meta.summary) if t and t.meta else {}
-
-
-@dataclass
-class Context:
-    uri: str
-    experiment_id: str
-    root_run: str
-    seed: int
-    commit: str
-
-
-class Listener(Protocol):
-    def on_event(self, event: str, st: StepState, trial: Trial | None) -> None: ...
-
+__all__ = ["EVENTS", "Context", "Executor", "Listener", "StepMeta", "StepState", "Trial", "cached_meta"]
 
 _remote = None
 
@@ -87,12 +44,6 @@ def _execute_remote():
     return _remote
 
 
-def cached_meta(hit: Run, run_id: str, node_id: str) -> StepMeta:
-    return StepMeta(
-        run_id, node_id, 0.0, dict(hit.data.metrics), True, hit.data.tags.get("slimray.publishes") == "true"
-    )
-
-
 class Executor:
     def __init__(
         self,
@@ -101,13 +52,15 @@ class Executor:
         keys: dict[str, list[str]],
         hits: dict[str, list],
         listeners: list[Listener] | None = None,
+        shared: dict | None = None,
     ):
         self.spec, self.ctx, self.listeners = spec, ctx, list(listeners or [])
         self.states = {
             n: StepState(s, [Trial(k, t.label, t.params, h) for k, t, h in zip(keys[n], s.trials, hits[n])])
             for n, s in spec.steps.items()
         }
-        self.inflight: dict = {}  # meta ObjectRef -> (step, trial index)
+        self.inflight: dict = {}  # meta ObjectRef -> [(step, trial index)] (several if shared)
+        self.shared = shared  # cache key -> (output ref, meta ref), across a multirun's executions
         self.owns_ray = False  # set by the session when it started Ray (and will shut it down)
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
@@ -170,6 +123,13 @@ class Executor:
 
     def _submit(self, st: StepState, i: int, t: Trial, args: list, layout: list) -> None:
         s = st.spec
+        if self.shared is not None and s.cache and t.hit is None:
+            if t.key in self.shared:  # computed (or computing) for another execution: wait on it
+                t.output, meta_ref = self.shared[t.key]
+                t.status, t.shared = "running", True
+                self.inflight.setdefault(meta_ref, []).append((s.name, i))
+                self.emit("trial_submitted", st, t)
+                return
         run_name = self.run_name(st, t)
         job = StepJob(
             step=s.name,
@@ -204,21 +164,30 @@ class Executor:
         )
         t.output, meta_ref = remote.remote(job, *args)
         t.status = "running"
-        self.inflight[meta_ref] = (s.name, i)
+        if self.shared is not None and s.cache and t.hit is None:
+            self.shared[t.key] = (t.output, meta_ref)
+        self.inflight.setdefault(meta_ref, []).append((s.name, i))
         self.emit("trial_submitted", st, t)
 
     # ---- results -----------------------------------------------------------------------
-    def _on_result(self, meta_ref) -> None:
+    def on_result(self, meta_ref) -> None:
+        """A trial's meta ref is ready (``ray.wait``): record it, submit what it unblocked."""
+        for name, i in self.inflight.pop(meta_ref):
+            self._on_trial(meta_ref, self.states[name], i)
+
+    def _on_trial(self, meta_ref, st: StepState, i: int) -> None:
         import ray
 
-        name, i = self.inflight.pop(meta_ref)
-        st = self.states[name]
         t = st.trials[i]
         try:
             t.meta = ray.get(meta_ref)
-            t.status = "cached" if t.meta.cached else "done"
             st.nodes.add(t.meta.node_id[:8])
-            self.emit("trial_finished", st, t)
+            if t.shared:  # listeners record it in this execution as a hit on the computing run
+                t.status = "cached"
+                self.emit("trial_shared", st, t)
+            else:
+                t.status = "cached" if t.meta.cached else "done"
+                self.emit("trial_finished", st, t)
         except Exception as e:  # the task's error (a RayError), after its retries
             t.status, t.error = "failed", _first_line(e)
             self.emit("trial_failed", st, t)
@@ -263,20 +232,22 @@ class Executor:
             elif all(s in ("done", "cached") for s in ups):
                 self._start(st)
 
+    def advance(self) -> bool:
+        """Start or skip what its upstream allows; True when the execution has nothing left."""
+        self._schedule()
+        return not self.inflight and all(st.status != "pending" for st in self.states.values())
+
     def run(self) -> dict[str, StepState]:
         try:
-            while True:
+            while not self.advance():
                 INTERRUPT.check()
-                self._schedule()
                 if not self.inflight:
-                    if all(st.status != "pending" for st in self.states.values()):
-                        break
                     continue
                 import ray
 
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
                 for ref in ready:
-                    self._on_result(ref)
+                    self.on_result(ref)
             return self.states
         except KeyboardInterrupt:
             self.cancel()

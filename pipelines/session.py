@@ -90,18 +90,27 @@ def warm_workers() -> None:
 
 
 def open_parent(
-    client: MlflowClient, experiment_id: str, cfg: DictConfig, spec: PipelineSpec, overrides: list[str], commit: str
+    client: MlflowClient,
+    experiment_id: str,
+    cfg: DictConfig,
+    spec: PipelineSpec,
+    overrides: list[str],
+    commit: str,
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
+    """The execution's parent run (nested under ``parent``, a multirun's run, when given)."""
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_id = create_run(
         client,
         experiment_id,
         name,
-        None,
+        parent,
         {
             "slimray.pipeline": spec.name,
             "slimray.overrides": " ".join(overrides)[:5000],
             "mlflow.source.git.commit": commit,
+            **(tags or {}),
         },
     )
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -124,12 +133,66 @@ def lookup_cache(
     }
 
 
-def _node_id(ray_started: bool) -> str:
+def node_id(ray_started: bool) -> str:
     if ray_started:
         import ray
 
         return ray.get_runtime_context().get_node_id()
     return f"driver:{socket.gethostname()}"
+
+
+@dataclass
+class Execution:
+    """One execution from ``begin`` to ``close_open_runs``: its tracking, keys, cache hits, executor."""
+
+    cfg: DictConfig
+    spec: PipelineSpec
+    client: MlflowClient
+    ctx: Context
+    keys: dict[str, list[str]]
+    hits: dict[str, list]
+    executor: Executor | None = None
+    recorder: RunRecorder | None = None
+
+    @property
+    def must_run(self) -> bool:
+        return any(h is None for trial_hits in self.hits.values() for h in trial_hits)
+
+
+def begin(
+    cfg: DictConfig,
+    spec: PipelineSpec,
+    tracking: TrackingConfig,
+    overrides: list[str],
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Execution:
+    """Keys, cache look-ups and the parent run: everything before the first Ray task."""
+    uri = resolve_uri(tracking.uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
+    keys = step_keys(spec, int(cfg.seed))
+    hits = lookup_cache(client, experiment_id, spec, keys, bool(cfg.cache))
+    commit = git_commit()
+    root = open_parent(client, experiment_id, cfg, spec, overrides, commit, parent, tags)
+    return Execution(cfg, spec, client, Context(uri, experiment_id, root, int(cfg.seed), commit), keys, hits)
+
+
+def attach(ex: Execution, node_id: str, listeners: list, shared: dict | None = None) -> Executor:
+    """The execution's executor, with the MLflow recorder first among its listeners.
+    ``shared`` is a multirun's table of computing trials by cache key (``pipelines.dag``)."""
+    ex.recorder = RunRecorder(ex.client, ex.ctx, node_id)
+    ex.executor = Executor(ex.spec, ex.ctx, ex.keys, ex.hits, [ex.recorder, *listeners], shared)
+    ex.recorder.executor = ex.executor
+    return ex.executor
+
+
+def outcome(ex: Execution) -> Outcome:
+    assert ex.executor is not None and ex.recorder is not None
+    states = ex.executor.states
+    failed = [n for n, st in states.items() if st.status == "failed" or any(t.status == "failed" for t in st.trials)]
+    c = ex.ctx
+    return Outcome(ex.spec, states, c.root_run, c.experiment_id, c.uri, 1 if failed else 0, ex.recorder.registered)
 
 
 def execute(
@@ -144,46 +207,36 @@ def execute(
     only when some step has to run, so an unchanged rerun costs imports plus a few queries."""
     console = console or Console(stderr=True)
     INTERRUPT.install()
-    uri = resolve_uri(tracking.uri)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
-    keys = step_keys(spec, int(cfg.seed))
-    hits = lookup_cache(client, experiment_id, spec, keys, bool(cfg.cache))
-    must_run = any(h is None for trial_hits in hits.values() for h in trial_hits)
-    commit = git_commit()
-    root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
-    ctx = Context(uri, experiment_id, root, int(cfg.seed), commit)
-    started_ray, status, recorder = False, "FAILED", None
+    ex = begin(cfg, spec, tracking, overrides)
+    started_ray, status = False, "FAILED"
     try:
         INTERRUPT.check()
-        if must_run:
+        if ex.must_run:
             started_ray = start_ray(ray_cfg)
             if started_ray and ray_cfg.address is None:
                 warm_workers()
         INTERRUPT.check()
-        recorder = RunRecorder(client, ctx, _node_id(must_run))
         with Board(console) as board:
-            ex = Executor(spec, ctx, keys, hits, [recorder, board])
-            recorder.executor, board.states = ex, ex.states
-            ex.owns_ray = started_ray and ray_cfg.address is None
-            states = ex.run()
-        failed = [
-            n for n, st in states.items() if st.status == "failed" or any(t.status == "failed" for t in st.trials)
-        ]
-        status = "FAILED" if failed else "FINISHED"
-        for text in recorder.console:
+            executor = attach(ex, node_id(ex.must_run), [board])
+            board.states = executor.states
+            executor.owns_ray = started_ray and ray_cfg.address is None
+            executor.run()
+        result = outcome(ex)
+        status = "FAILED" if result.exit_code else "FINISHED"
+        for text in ex.recorder.console if ex.recorder else []:
             console.print(text, markup=False, highlight=False)
-        return Outcome(spec, states, root, experiment_id, uri, 1 if failed else 0, recorder.registered)
+        return result
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        close_open_runs(client, experiment_id, root, status)
+        close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)
         if started_ray:
             import ray
 
             ray.shutdown()
-            close_open_runs(client, experiment_id, root, status)  # a run a dying worker opened late
+            # a run a dying worker opened late
+            close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)
 
 
 def close_open_runs(client: MlflowClient, experiment_id: str, root: str, status: str) -> None:

@@ -1,0 +1,169 @@
+"""Search vs grid vs random search on MNIST-1D, under one accuracy budget (1 point).
+
+For each seed, in one process on one local Ray and one MLflow store:
+1. the shared prefix (data, teacher, teacher_logits) is computed once (untimed; every method
+   reads it from the cache);
+2. **grid**: the compress pipeline's chain (KD sweep -> prune sweep -> export -> INT8 ->
+   benchmark -> report), its trained candidates = KD trials + prune trials;
+3. **search**: `pipeline=search` (Optuna TPE, constraint-aware) with as many trials as the
+   grid has trained candidates; 4. **random**: the same space and budget, random sampling.
+
+One bound for all methods: val_acc >= B = (the grid's selected KD student's val_acc) - 0.01,
+the grid's own rule. Per method: the best throughput (batch 256, ONNX Runtime, one thread) of a
+measured deployable candidate with val_acc >= B (0 when none), and the hypervolume of
+(val_acc, log10 throughput) over its candidates with the reference point
+(B - 0.05, log10 teacher throughput): the area of "nearly feasible and faster than the teacher".
+Candidates: the grid's benchmarked models (every KD/pruned/INT8 row but the teacher); a search's
+trials' deployed models. Budgets are the smoke ones (conf/experiment/smoke.yaml); `--quick`
+also uses the smoke grid (2 KD x 2 prune = 4 candidates) instead of the default one (4 x 6 = 10).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py [--quick] [--seeds 0 1 2]
+
+Prints ONE JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import machine_info  # benchmarks/ is the script's directory
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from pipelines import search, session  # noqa: E402
+from pipelines.cli import load_config  # noqa: E402
+from pipelines.search.pareto import hypervolume  # noqa: E402
+from pipelines.search.trial import run_spec  # noqa: E402
+from pipelines.spec import build_spec  # noqa: E402
+
+BUDGET = 0.01
+FULL_GRID = ["pipeline.steps.student_kd.sweep={params.temperature: [1.0, 2.0], params.alpha: [0.5, 0.9]}",
+             "pipeline.steps.prune.sweep={params.method: [channel, magnitude], params.amount: [0.3, 0.5, 0.7]}"]
+GRID_CHAIN = ["~pipeline.steps.scratch", "~pipeline.steps.kbit",
+              "pipeline.steps.benchmark.inputs.models=[teacher,student_kd,'prune[*]',quantize]"]
+
+
+def common(wd: Path, seed: int) -> list[str]:
+    return [f"seed={seed}", f"tracking.uri=sqlite:///{wd}/mlflow.db", "tracking.experiment=bench"]
+
+
+def prefix(wd: Path, seed: int, quiet: Console) -> None:
+    from pipelines.dag import Context
+    from pipelines.tracking import create_run, ensure_experiment, resolve_uri
+
+    cfg = load_config(["experiment=search", *common(wd, seed)])
+    plan = search.plan_of(cfg)
+    spec = build_spec({"name": "bench", "steps": {n: plan.steps[n] for n in plan.prefix}})
+    uri = resolve_uri(cfg.tracking.uri)
+    client = MlflowClient(uri)
+    exp = ensure_experiment(client, "bench")
+    run = create_run(client, exp, "prefix", None, {})
+    import ray
+
+    run_spec(client, Context(uri, exp, run, seed, ""), spec, True, [], ray.get_runtime_context().get_node_id())
+    client.set_terminated(run)
+
+
+def grid(wd: Path, seed: int, quick: bool, quiet: Console) -> dict:
+    overrides = ["experiment=smoke", *common(wd, seed), *GRID_CHAIN, *([] if quick else FULL_GRID)]
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    t0 = time.perf_counter()
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides, quiet)
+    wall = time.perf_counter() - t0
+    client = MlflowClient(out.uri)
+    bench = out.states["benchmark"].trials[0].meta.run_id
+    src = client.get_run(bench).data.tags.get("slimray.cache_source", bench)
+    rows = json.loads(Path(client.download_artifacts(src, "benchmark.json", str(wd))).read_text())["candidates"]
+    teacher = next(r for r in rows if r["kind"] == "teacher")
+    points = [(r["val_acc"], r["throughput_b256"]) for r in rows if r["kind"] != "teacher"]
+    trained = len(out.states["student_kd"].trials) + len(out.states["prune"].trials)
+    return {"wall_s": wall, "points": points, "trained_candidates": trained,
+            "reference": out.states["student_kd"].summary["val_acc"], "teacher_throughput": teacher["throughput_b256"]}
+
+
+def searched(wd: Path, seed: int, algorithm: str, n: int, reference: float, quiet: Console) -> dict:
+    from pipelines.search.driver import execute
+
+    overrides = ["experiment=search", *common(wd, seed), f"pipeline.search.algorithm={algorithm}",
+                 f"pipeline.search.num_samples={n}", f"pipeline.search.startup_trials={max(1, n // 3)}",
+                 f"pipeline.search.constraint.reference_value={reference}", f"pipeline.search.constraint.budget={BUDGET}",
+                 f"pipeline.search.storage={wd}/tune-{algorithm}"]
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    t0 = time.perf_counter()
+    out = execute(cfg, spec, search.plan_of(cfg), ray_cfg, tracking, overrides, quiet)
+    wall = time.perf_counter() - t0
+    client = MlflowClient(out.uri)
+    table = json.loads(Path(client.download_artifacts(out.run_id, "search/trials.json", str(wd / algorithm))).read_text())
+    points = [(r["metrics"]["val_acc"], r["metrics"]["throughput"]) for r in table["trials"]
+              if r["status"] == "finished" and "throughput" in r["metrics"]]
+    trained = client.search_runs([out.experiment_id], filter_string=(
+        f"tags.`slimray.cached` = 'false' and tags.`slimray.task` IN ('distill', 'prune')"
+        f" and attributes.start_time >= {int((time.time() - wall) * 1000)}"), max_results=1000)
+    return {"wall_s": wall, "points": points, "trained_candidates": len(table["trials"]),
+            "trained_models": len(trained), "exit_code": out.exit_code}
+
+
+def score(res: dict, bound: float, ref: tuple[float, float]) -> dict:
+    feasible = [t for a, t in res["points"] if a >= bound]
+    return {"best_feasible_throughput": max(feasible, default=0.0), "feasible": len(feasible),
+            "hypervolume": hypervolume([(a, math.log10(t)) for a, t in res["points"] if t > 0], ref)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--quick", action="store_true", help="the smoke grid (4 candidates), 4 trials per search")
+    args = ap.parse_args()
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    quiet = Console(file=open(os.devnull, "w"), stderr=False)
+    per_seed: dict[str, list[dict]] = {"search": [], "grid": [], "random": []}
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="search-eff-") as tmp:
+            wd = Path(tmp)
+            prefix(wd, seed, quiet)
+            g = grid(wd, seed, args.quick, quiet)
+            bound = g["reference"] - BUDGET
+            ref = (bound - 0.05, math.log10(g["teacher_throughput"]))
+            runs = {"grid": g}
+            for algorithm in ("tpe", "random"):
+                runs["search" if algorithm == "tpe" else "random"] = searched(
+                    wd, seed, algorithm, g["trained_candidates"], g["reference"], quiet)
+            for name, res in runs.items():
+                per_seed[name].append({"seed": seed, "bound": bound, **score(res, bound, ref),
+                                       **{k: v for k, v in res.items() if k not in ("points", "reference")}})
+            print(json.dumps({"seed": seed, **{k: v[-1] for k, v in per_seed.items()}}), file=sys.stderr)
+    ray.shutdown()
+    methods = {
+        name: {
+            "best_feasible_throughput_mean": statistics.mean(r["best_feasible_throughput"] for r in rows),
+            "hypervolume_mean": statistics.mean(r["hypervolume"] for r in rows),
+            "trained_candidates": rows[0]["trained_candidates"],
+            "wall_s": statistics.mean(r["wall_s"] for r in rows),
+            "per_seed": rows,
+        }
+        for name, rows in per_seed.items()
+    }
+    print(json.dumps({"budget_points": BUDGET * 100, "seeds": args.seeds, "mode": "quick" if args.quick else "full",
+                      "methods": methods, "machine": machine_info(threads=2)}))
+
+
+if __name__ == "__main__":
+    main()
