@@ -42,6 +42,8 @@ FIGURES: dict[str, list[str]] = {
     "kd_gain_mutual": [PY, "benchmarks/kd_gain.py", "--teacher-epochs", "10", "--n-transfer", "10000"],
     "kbit_quantizers": [PY, "benchmarks/kbit_quantizers.py", "--teacher-epochs", "10", "--n-transfer", "10000"],
     "multitask_gain": [PY, "benchmarks/multitask_gain.py", "--teacher-epochs", "10", "--n-transfer", "10000"],
+    "multirun_sharing": [PY, "benchmarks/multirun_sharing.py"],
+    "search_efficiency_quick": [PY, "benchmarks/search_efficiency.py", "--quick"],
 }
 
 # table -> rows of (measure, figure, dotted path in its JSON, format, target)
@@ -83,6 +85,14 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
             "≥ +1.0",
         ),
         ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
+        (
+            "`-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`)",
+            "multirun_sharing",
+            "wall_ratio",
+            "{:.2f}×",
+            "≤ 1.6×",
+        ),
+        ("… teacher runs computed (3 recorded)", "multirun_sharing", "teacher_runs_computed", "{}", "1"),
     ],
     "scale": [
         (
@@ -225,6 +235,42 @@ TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
             "—",
         ),
         ("… parity teacher", "multitask_gain", "summary.parity.teacher", "{:.3f}", "—"),
+    ],
+    "search": [
+        (
+            "search: best feasible throughput (mean of 3 seeds)",
+            "search_efficiency_quick",
+            "methods.search.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "≥ grid's",
+        ),
+        (
+            "… grid, same number of trained candidates",
+            "search_efficiency_quick",
+            "methods.grid.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "—",
+        ),
+        (
+            "… random search, same budget",
+            "search_efficiency_quick",
+            "methods.random.best_feasible_throughput_mean",
+            "{:,.0f} samples/s",
+            "—",
+        ),
+        (
+            "search: hypervolume of val_acc × log10 throughput",
+            "search_efficiency_quick",
+            "methods.search.hypervolume_mean",
+            "{:.4f}",
+            "> random's",
+        ),
+        ("… random search", "search_efficiency_quick", "methods.random.hypervolume_mean", "{:.4f}", "—"),
+        ("… grid", "search_efficiency_quick", "methods.grid.hypervolume_mean", "{:.4f}", "—"),
+        ("trained candidates per method", "search_efficiency_quick", "methods.search.trained_candidates", "{}", "—"),
+        ("search wall time", "search_efficiency_quick", "methods.search.wall_s", "{:.0f} s", "—"),
+        ("… grid", "search_efficiency_quick", "methods.grid.wall_s", "{:.0f} s", "—"),
+        ("… random search", "search_efficiency_quick", "methods.random.wall_s", "{:.0f} s", "—"),
     ],
 }
 

@@ -1,8 +1,10 @@
 """Search vs grid vs random search on MNIST-1D, under one accuracy budget (1 point).
 
-For each seed, in one process on one local Ray and one MLflow store:
-1. the shared prefix (data, teacher, teacher_logits) is computed once (untimed; every method
-   reads it from the cache);
+For each seed, in one process on one local Ray and one MLflow experiment (one cache):
+1. the prefix (data, teacher, teacher_logits) is computed first (untimed; every method reads it
+   from the cache). Methods run in the order grid, search, random; a later one reuses a chain
+   step an earlier one computed with the same settings (same key, same output), which shortens
+   its `wall_s` but cannot change its results; `trained_models` counts what each computed;
 2. **grid**: the compress pipeline's chain (KD sweep -> prune sweep -> export -> INT8 ->
    benchmark -> report), its trained candidates = KD trials + prune trials;
 3. **search**: `pipeline=search` (Optuna TPE, constraint-aware) with as many trials as the
@@ -51,21 +53,26 @@ from pipelines.search.trial import run_spec  # noqa: E402
 from pipelines.spec import build_spec  # noqa: E402
 
 BUDGET = 0.01
-FULL_GRID = ["pipeline.steps.student_kd.sweep={params.temperature: [1.0, 2.0], params.alpha: [0.5, 0.9]}",
-             "pipeline.steps.prune.sweep={params.method: [channel, magnitude], params.amount: [0.3, 0.5, 0.7]}"]
-GRID_CHAIN = ["~pipeline.steps.scratch", "~pipeline.steps.kbit",
-              "pipeline.steps.benchmark.inputs.models=[teacher,student_kd,'prune[*]',quantize]"]
+FULL_GRID = [
+    "pipeline.steps.student_kd.sweep={params.temperature: [1.0, 2.0], params.alpha: [0.5, 0.9]}",
+    "pipeline.steps.prune.sweep={params.method: [channel, magnitude], params.amount: [0.3, 0.5, 0.7]}",
+]
+GRID_CHAIN = [
+    "~pipeline.steps.scratch",
+    "~pipeline.steps.kbit",
+    "pipeline.steps.benchmark.inputs.models=[teacher,student_kd,'prune[*]',quantize]",
+]
 
 
-def common(wd: Path, seed: int) -> list[str]:
+def common(wd: Path, seed: int, method: str) -> list[str]:
     return [f"seed={seed}", f"tracking.uri=sqlite:///{wd}/mlflow.db", "tracking.experiment=bench"]
 
 
-def prefix(wd: Path, seed: int, quiet: Console) -> None:
+def prefix(wd: Path, seed: int, method: str) -> None:
     from pipelines.dag import Context
     from pipelines.tracking import create_run, ensure_experiment, resolve_uri
 
-    cfg = load_config(["experiment=search", *common(wd, seed)])
+    cfg = load_config(["experiment=search", *common(wd, seed, method)])
     plan = search.plan_of(cfg)
     spec = build_spec({"name": "bench", "steps": {n: plan.steps[n] for n in plan.prefix}})
     uri = resolve_uri(cfg.tracking.uri)
@@ -79,7 +86,7 @@ def prefix(wd: Path, seed: int, quiet: Console) -> None:
 
 
 def grid(wd: Path, seed: int, quick: bool, quiet: Console) -> dict:
-    overrides = ["experiment=smoke", *common(wd, seed), *GRID_CHAIN, *([] if quick else FULL_GRID)]
+    overrides = ["experiment=smoke", *common(wd, seed, "grid"), *GRID_CHAIN, *([] if quick else FULL_GRID)]
     cfg = load_config(overrides)
     spec, ray_cfg, tracking = session.validate(cfg)
     t0 = time.perf_counter()
@@ -92,37 +99,64 @@ def grid(wd: Path, seed: int, quick: bool, quiet: Console) -> dict:
     teacher = next(r for r in rows if r["kind"] == "teacher")
     points = [(r["val_acc"], r["throughput_b256"]) for r in rows if r["kind"] != "teacher"]
     trained = len(out.states["student_kd"].trials) + len(out.states["prune"].trials)
-    return {"wall_s": wall, "points": points, "trained_candidates": trained,
-            "reference": out.states["student_kd"].summary["val_acc"], "teacher_throughput": teacher["throughput_b256"]}
+    return {
+        "wall_s": wall,
+        "points": points,
+        "trained_candidates": trained,
+        "reference": out.states["student_kd"].summary["val_acc"],
+        "teacher_throughput": teacher["throughput_b256"],
+    }
 
 
 def searched(wd: Path, seed: int, algorithm: str, n: int, reference: float, quiet: Console) -> dict:
     from pipelines.search.driver import execute
 
-    overrides = ["experiment=search", *common(wd, seed), f"pipeline.search.algorithm={algorithm}",
-                 f"pipeline.search.num_samples={n}", f"pipeline.search.startup_trials={max(1, n // 3)}",
-                 f"pipeline.search.constraint.reference_value={reference}", f"pipeline.search.constraint.budget={BUDGET}",
-                 f"pipeline.search.storage={wd}/tune-{algorithm}"]
+    overrides = [
+        "experiment=search",
+        *common(wd, seed, algorithm),
+        f"pipeline.search.algorithm={algorithm}",
+        f"pipeline.search.num_samples={n}",
+        f"pipeline.search.startup_trials={max(1, n // 3)}",
+        f"pipeline.search.constraint.reference_value={reference}",
+        f"pipeline.search.constraint.budget={BUDGET}",
+        f"pipeline.search.storage={wd}/tune-{algorithm}",
+    ]
     cfg = load_config(overrides)
     spec, ray_cfg, tracking = session.validate(cfg)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), int(time.time() * 1000)
     out = execute(cfg, spec, search.plan_of(cfg), ray_cfg, tracking, overrides, quiet)
     wall = time.perf_counter() - t0
     client = MlflowClient(out.uri)
-    table = json.loads(Path(client.download_artifacts(out.run_id, "search/trials.json", str(wd / algorithm))).read_text())
-    points = [(r["metrics"]["val_acc"], r["metrics"]["throughput"]) for r in table["trials"]
-              if r["status"] == "finished" and "throughput" in r["metrics"]]
-    trained = client.search_runs([out.experiment_id], filter_string=(
-        f"tags.`slimray.cached` = 'false' and tags.`slimray.task` IN ('distill', 'prune')"
-        f" and attributes.start_time >= {int((time.time() - wall) * 1000)}"), max_results=1000)
-    return {"wall_s": wall, "points": points, "trained_candidates": len(table["trials"]),
-            "trained_models": len(trained), "exit_code": out.exit_code}
+    table = json.loads(
+        Path(client.download_artifacts(out.run_id, "search/trials.json", str(wd / algorithm))).read_text()
+    )
+    points = [
+        (r["metrics"]["val_acc"], r["metrics"]["throughput"])
+        for r in table["trials"]
+        if r["status"] == "finished" and "throughput" in r["metrics"]
+    ]
+    computed = client.search_runs(
+        [out.experiment_id], filter_string="tags.`slimray.cached` = 'false'", max_results=5000
+    )
+    trained = [
+        r for r in computed if r.data.tags.get("slimray.task") in ("distill", "prune") and r.info.start_time >= started
+    ]
+    return {
+        "wall_s": wall,
+        "points": points,
+        "trained_candidates": len(table["trials"]),
+        "trained_models": len(trained),
+        "exit_code": out.exit_code,
+    }
 
 
 def score(res: dict, bound: float, ref: tuple[float, float]) -> dict:
     feasible = [t for a, t in res["points"] if a >= bound]
-    return {"best_feasible_throughput": max(feasible, default=0.0), "feasible": len(feasible),
-            "hypervolume": hypervolume([(a, math.log10(t)) for a, t in res["points"] if t > 0], ref)}
+    return {
+        "best_feasible_throughput": max(feasible, default=0.0),
+        "feasible": len(feasible),
+        "hypervolume": hypervolume([(a, math.log10(t)) for a, t in res["points"] if t > 0], ref),
+    }
 
 
 def main() -> None:
@@ -138,17 +172,24 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="search-eff-") as tmp:
             wd = Path(tmp)
-            prefix(wd, seed, quiet)
+            prefix(wd, seed, "all")
             g = grid(wd, seed, args.quick, quiet)
             bound = g["reference"] - BUDGET
             ref = (bound - 0.05, math.log10(g["teacher_throughput"]))
             runs = {"grid": g}
             for algorithm in ("tpe", "random"):
                 runs["search" if algorithm == "tpe" else "random"] = searched(
-                    wd, seed, algorithm, g["trained_candidates"], g["reference"], quiet)
+                    wd, seed, algorithm, g["trained_candidates"], g["reference"], quiet
+                )
             for name, res in runs.items():
-                per_seed[name].append({"seed": seed, "bound": bound, **score(res, bound, ref),
-                                       **{k: v for k, v in res.items() if k not in ("points", "reference")}})
+                per_seed[name].append(
+                    {
+                        "seed": seed,
+                        "bound": bound,
+                        **score(res, bound, ref),
+                        **{k: v for k, v in res.items() if k not in ("points", "reference")},
+                    }
+                )
             print(json.dumps({"seed": seed, **{k: v[-1] for k, v in per_seed.items()}}), file=sys.stderr)
     ray.shutdown()
     methods = {
@@ -161,8 +202,18 @@ def main() -> None:
         }
         for name, rows in per_seed.items()
     }
-    print(json.dumps({"budget_points": BUDGET * 100, "seeds": args.seeds, "mode": "quick" if args.quick else "full",
-                      "methods": methods, "machine": machine_info(threads=2)}))
+    print(
+        json.dumps(
+            {
+                "budget_points": BUDGET * 100,
+                "seeds": args.seeds,
+                "mode": "quick" if args.quick else "full",
+                "methods": methods,
+                "machine": machine_info(threads=2),
+                **machine_info(threads=2),  # also flat: benchmarks/figures.py names the machine from these
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def test_jobs_flag_needs_multirun_and_a_positive_number(workdir, capsys):
     assert not (workdir / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_shared_trials_run_once_in_flight_and_runs_nest(workdir, ray_local, capsys):
     """Three executions differ only in `right` (downstream of source): source, left, the sweep
     and the 3 s `slow` step are computed once, while the other executions wait on them."""

@@ -18,25 +18,43 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import search, session
 from pipelines.cli import load_config, main
+from pipelines.search.config import Dim, Dist
 from pipelines.search.pareto import Row, best, front, hypervolume
 from pipelines.search.space import grid_overrides, grid_values
-from pipelines.search.config import Dim, Dist
 
 REPO = Path(__file__).resolve().parents[1]
 
 BAD = [
-    (["pipeline.search.space.prune.method.values=[chanel]"], "pipeline.search.space.prune.method: Invalid value 'chanel'"),
+    (
+        ["pipeline.search.space.prune.method.values=[chanel]"],
+        "pipeline.search.space.prune.method: Invalid value 'chanel'",
+    ),
     (["pipeline.search.space.prune.amount.low=0.9"], "pipeline.search.space.prune.amount: low must be below high"),
     (["pipeline.search.space.quantize.bits.low=2.5"], "pipeline.search.space.quantize.bits: randint needs integer"),
-    (["+pipeline.search.space.prune.amountt={type: uniform, low: 0.1, high: 0.2}"], "pipeline.search.space.prune.amountt: Key 'amountt' not in 'PruneConfig'"),
-    (["pipeline.search.space.prune.amount.type=gaussian"], "pipeline.search.space.prune.amount.type: Invalid value 'gaussian'"),
-    (["+pipeline.search.space.nope={x: {type: choice, values: [1]}}"], "pipeline.search.space.nope: unknown step 'nope'"),
-    (["+pipeline.search.space.benchmark={warmup: {type: randint, low: 1, high: 3}}"], "pipeline.search.space.benchmark: step 'benchmark' does not lead to 'quantize'"),
+    (
+        ["+pipeline.search.space.prune.amountt={type: uniform, low: 0.1, high: 0.2}"],
+        "pipeline.search.space.prune.amountt: Key 'amountt' not in 'PruneConfig'",
+    ),
+    (
+        ["pipeline.search.space.prune.amount.type=gaussian"],
+        "pipeline.search.space.prune.amount.type: Invalid value 'gaussian'",
+    ),
+    (
+        ["+pipeline.search.space.nope={x: {type: choice, values: [1]}}"],
+        "pipeline.search.space.nope: unknown step 'nope'",
+    ),
+    (
+        ["+pipeline.search.space.benchmark={warmup: {type: randint, low: 1, high: 3}}"],
+        "pipeline.search.space.benchmark: step 'benchmark' does not lead to 'quantize'",
+    ),
     (["+pipeline.search.objectives.speed=max"], "pipeline.search.objectives.speed: unknown objective"),
     (["pipeline.search.objectives.throughput=up"], "pipeline.search.objectives.throughput: Invalid value 'up'"),
     (["pipeline.search.num_samples=0"], "pipeline.search.num_samples: must be >= 1"),
     (["pipeline.search.algorithm=grid"], "pipeline.search.algorithm: Invalid value 'grid'"),
-    (["pipeline.search.constraint.reference=prune"], "pipeline.search.constraint.reference: 'prune' is not a step upstream"),
+    (
+        ["pipeline.search.constraint.reference=prune"],
+        "pipeline.search.constraint.reference: 'prune' is not a step upstream",
+    ),
     (["+pipeline.search.budjet=1"], "pipeline.search.budjet: Key 'budjet' not in 'SearchConfig'"),
     (["pipeline.search.deployed=nowhere"], "pipeline.search.deployed: unknown step 'nowhere'"),
 ]
@@ -171,12 +189,19 @@ def test_small_search_end_to_end(workdir, ray_local):
     assert root.data.metrics["selected.val_acc"] == pytest.approx(best_row["metrics"]["val_acc"], abs=1e-6)
     assert out.states["benchmark"].status == "done" and out.states["quantize"].status == "cached"
     # the prefix ran once: every trial loaded data/teacher/teacher_logits from the cache
-    computed = client.search_runs(["1"], filter_string="tags.`slimray.cached` = 'false' and tags.`slimray.step` = 'teacher'")
+    computed = client.search_runs(
+        ["1"], filter_string="tags.`slimray.cached` = 'false' and tags.`slimray.step` = 'teacher'"
+    )
     assert len(computed) == 1
 
 
 def _launch(wd: Path, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SLIMRAY_CONF": str(REPO / "conf"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "SLIMRAY_CONF": str(REPO / "conf"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines", *overrides],
         cwd=wd,
@@ -233,6 +258,8 @@ def test_sigkill_driver_mid_search_then_resume(workdir):
     done = {t.data.tags["slimray.search_trial"] for t in trials if t.info.status == "FINISHED"}
     assert len(done) == 3 and roots[0].data.metrics["search.trials"] == 3
     # nothing was computed twice: every computed output has its own cache key
-    computed = client.search_runs(["1"], filter_string="tags.`slimray.cached` = 'false' and tags.`slimray.stored` = 'true'")
+    computed = client.search_runs(
+        ["1"], filter_string="tags.`slimray.cached` = 'false' and tags.`slimray.stored` = 'true'"
+    )
     keys = [r.data.tags["slimray.cache_key"] for r in computed]
     assert len(keys) == len(set(keys))

@@ -13,10 +13,11 @@ Every value a distribution can produce is checked against the step's task datacl
 sweep trial (a choice's every value; a range's bounds), so ``method: chanel`` or a float for
 an int field fails at compose time with one line naming ``pipeline.search.space.<step>.<key>``.
 The space mirrors the step's params (a mapping with a ``type`` is a distribution), so a single
-bound is an ordinary override: ``pipeline.search.space.prune.amount.high=0.6``. The plan splits the steps: the *prefix* (upstream of
-every searched step, run once before the search), the *chain* (searched steps and what lies
-between them and ``deployed``: what a trial runs) and the *final* steps (benchmark, report),
-which run once on the best trial's chain.
+bound is an ordinary override: ``pipeline.search.space.prune.amount.high=0.6``.
+
+The plan splits the steps: the *prefix* (upstream of every searched step, run once before the
+search), the *chain* (searched steps and what lies between them and ``deployed``: what a trial
+runs) and the *final* steps (benchmark, report), which run once on the best trial's chain.
 """
 
 from __future__ import annotations
@@ -250,7 +251,9 @@ def plan(pipeline: dict) -> SearchPlan | None:
     typed_params("benchmark", cfg.measure or {}, "pipeline.search.measure")
     data = (steps[cfg.deployed].get("inputs") or {}).get("data")
     if not isinstance(data, str) or data not in prefix:
-        raise SpecError(f"pipeline.steps.{cfg.deployed}.inputs.data", "the deployed step needs a `data` input from the prefix")
+        raise SpecError(
+            f"pipeline.steps.{cfg.deployed}.inputs.data", "the deployed step needs a `data` input from the prefix"
+        )
     for n in chain:
         cpus = float(((steps[n].get("resources") or {}).get("num_cpus")) or 1.0)
         if cpus > cfg.trial_cpus:

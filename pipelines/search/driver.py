@@ -97,7 +97,7 @@ def _publish(client, root: str, plan: SearchPlan, result: list[pareto.Row], boun
         (d / "trials.json").write_text(json.dumps({"bound": bound, "trials": rows_json}, indent=1, default=str))
         client.log_artifacts(root, str(d), "search")
     front = pareto.front(result, {"val_acc": "max", **objectives})
-    metrics = {"search.trials": len(result), "search.feasible": sum(r.feasible for r in result)}
+    metrics: dict[str, float] = {"search.trials": len(result), "search.feasible": sum(r.feasible for r in result)}
     metrics |= {"search.pareto": len(front), "search.bound": bound}
     if chosen is not None:
         metrics |= {f"search.best.{k}": v for k, v in chosen.metrics.items() if k in {"val_acc", *objectives}}

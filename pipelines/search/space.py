@@ -28,9 +28,9 @@ def tune_space(plan: SearchPlan) -> dict[str, Any]:
             vals = dim.values if all(_scalar(v) for v in dim.values) else list(range(len(dim.values)))
             space[name] = tune.choice(list(vals))
         elif dim.type == Dist.uniform:
-            space[name] = tune.uniform(dim.low, dim.high)
+            space[name] = tune.uniform(float(dim.low or 0.0), float(dim.high or 0.0))
         elif dim.type == Dist.loguniform:
-            space[name] = tune.loguniform(dim.low, dim.high)
+            space[name] = tune.loguniform(float(dim.low or 0.0), float(dim.high or 0.0))
         else:  # randint: Tune's upper bound is exclusive, ours inclusive
             space[name] = tune.randint(int(dim.low or 0), int(dim.high or 0) + 1)
     return space
@@ -54,7 +54,9 @@ def label(values: dict[str, Any]) -> str:
     parts = []
     for name, v in values.items():
         key = name  # "step.param": two steps may search a key of the same name (method)
-        parts.append(f"{key}={v:.3g}" if isinstance(v, float) else f"{key}={json.dumps(v) if isinstance(v, list) else v}")
+        parts.append(
+            f"{key}={v:.3g}" if isinstance(v, float) else f"{key}={json.dumps(v) if isinstance(v, list) else v}"
+        )
     return ",".join(parts)
 
 
@@ -72,7 +74,9 @@ def grid_values(dim: Dim, points: int) -> list[Any]:
     if points == 1:
         return [math.sqrt(lo * hi) if dim.type == Dist.loguniform else (lo + hi) / 2]
     if dim.type == Dist.loguniform:
-        return [round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (points - 1)), 6) for i in range(points)]
+        return [
+            round(math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (points - 1)), 6) for i in range(points)
+        ]
     return [round(lo + (hi - lo) * i / (points - 1), 6) for i in range(points)]
 
 
@@ -94,7 +98,8 @@ def override_path(cfg: DictConfig | None, path: str) -> str:
         if not isinstance(node, DictConfig) or part not in node:
             return path
         if OmegaConf.is_interpolation(node, part):
-            source = str(node._get_node(part)._value()).strip()  # "${student_model}"
+            raw = OmegaConf.to_container(node, resolve=False)
+            source = str(raw[part] if isinstance(raw, dict) else "").strip()  # "${student_model}"
             if source.startswith("${") and source.endswith("}") and ":" not in source:
                 return override_path(cfg, ".".join([source[2:-1], *parts[i + 1 :]]))
             return path

@@ -174,7 +174,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     spec = build_spec(trial_pipeline(job.plan, values), job.trusted)
     ctx = Context(job.uri, job.experiment_id, run_id, job.seed, job.commit)
     node = ray.get_runtime_context().get_node_id()
-    status, final = "FAILED", {"run_id": run_id, "stopped": 0.0}
+    status, final = "FAILED", {"stopped": 0.0}
     reporter = Reporter(job, client, run_id)
     try:
         states = run_spec(client, ctx, spec, job.use_cache, [reporter], node)
@@ -182,7 +182,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         if bad:
             raise RuntimeError(f"trial step {bad[0]} {states[bad[0]].status}: {states[bad[0]].note}")
         final.update(measured(job.plan, states[MEASURE].summary))
-        final["feasible"] = float(final["val_acc"] >= job.bound)
+        final["feasible"] = float(final.get("val_acc", -1.0) >= job.bound)
         status = "FINISHED"
     except StopTrial as e:
         final.update(stopped=1.0, feasible=0.0, val_acc=reporter.last_acc or 0.0)
@@ -192,4 +192,4 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         numbers = [Metric(k, float(v), 0, 0) for k, v in final.items() if isinstance(v, float)]
         client.log_batch(run_id, metrics=numbers)
         close_open_runs(client, job.experiment_id, run_id, status)
-    tune.report({**final, "stage": "final"})
+    tune.report({**final, "run_id": run_id, "stage": "final"})

@@ -25,6 +25,7 @@ from pipelines.search.pareto import Row
 from pipelines.search.space import decode, tune_space
 from pipelines.search.trial import TrialJob, run_trial
 
+
 class ConstrainedOptunaSearch(OptunaSearch):
     def __init__(self, *args, bound: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -55,13 +56,9 @@ def searcher(plan: SearchPlan, bound: float, seed: int):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.algorithm == Algorithm.tpe:
-        sampler: Any = optuna.samplers.TPESampler(
-            n_startup_trials=cfg.startup_trials, seed=seed
-        )
+        sampler: Any = optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed)
     else:
-        sampler = optuna.samplers.NSGAIISampler(
-            population_size=max(2, cfg.startup_trials), seed=seed
-        )
+        sampler = optuna.samplers.NSGAIISampler(population_size=max(2, cfg.startup_trials), seed=seed)
     names = list(cfg.objectives)
     modes = [str(m) for m in cfg.objectives.values()]
     s = ConstrainedOptunaSearch(
