@@ -169,29 +169,31 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     quiet = Console(file=open(os.devnull, "w"), stderr=False)
     per_seed: dict[str, list[dict]] = {"search": [], "grid": [], "random": []}
+    keep = tempfile.TemporaryDirectory(prefix="search-eff-")  # removed at the end: workers hold sqlite handles
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory(prefix="search-eff-") as tmp:
-            wd = Path(tmp)
-            prefix(wd, seed, "all")
-            g = grid(wd, seed, args.quick, quiet)
-            bound = g["reference"] - BUDGET
-            ref = (bound - 0.05, math.log10(g["teacher_throughput"]))
-            runs = {"grid": g}
-            for algorithm in ("tpe", "random"):
-                runs["search" if algorithm == "tpe" else "random"] = searched(
-                    wd, seed, algorithm, g["trained_candidates"], g["reference"], quiet
-                )
-            for name, res in runs.items():
-                per_seed[name].append(
-                    {
-                        "seed": seed,
-                        "bound": bound,
-                        **score(res, bound, ref),
-                        **{k: v for k, v in res.items() if k not in ("points", "reference")},
-                    }
-                )
-            print(json.dumps({"seed": seed, **{k: v[-1] for k, v in per_seed.items()}}), file=sys.stderr)
+        wd = Path(keep.name) / f"seed-{seed}"
+        wd.mkdir()
+        prefix(wd, seed, "all")
+        g = grid(wd, seed, args.quick, quiet)
+        bound = g["reference"] - BUDGET
+        ref = (bound - 0.05, math.log10(g["teacher_throughput"]))
+        runs = {"grid": g}
+        for algorithm in ("tpe", "random"):
+            runs["search" if algorithm == "tpe" else "random"] = searched(
+                wd, seed, algorithm, g["trained_candidates"], g["reference"], quiet
+            )
+        for name, res in runs.items():
+            per_seed[name].append(
+                {
+                    "seed": seed,
+                    "bound": bound,
+                    **score(res, bound, ref),
+                    **{k: v for k, v in res.items() if k not in ("points", "reference")},
+                }
+            )
+        print(json.dumps({"seed": seed, **{k: v[-1] for k, v in per_seed.items()}}), file=sys.stderr)
     ray.shutdown()
+    keep.cleanup()
     methods = {
         name: {
             "best_feasible_throughput_mean": statistics.mean(r["best_feasible_throughput"] for r in rows),

@@ -60,7 +60,25 @@ def one_line(e: BaseException | None) -> str:
 def load_config(overrides: list[str], config_dir: Path | None = None):
     schemas.register()
     with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name="config", overrides=overrides)
+    pin_swept(cfg, overrides)
+    return cfg
+
+
+STEP_PARAM = re.compile(r"^pipeline\.steps\.([^.]+)\.(params\..+)$")
+
+
+def pin_swept(cfg, overrides: list[str]) -> None:
+    """An explicit override of a parameter the step sweeps pins the sweep to that value:
+    ``pipeline.steps.prune.params.amount=0.3`` means amount 0.3, not "overridden by the sweep"
+    (so ``-m pipeline.steps.prune.params.amount=0.3,0.5`` gives two different executions)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        m = STEP_PARAM.match(o.key_or_group)
+        sweep = OmegaConf.select(cfg, f"pipeline.steps.{m.group(1)}.sweep") if m and not o.is_delete() else None
+        if sweep is not None and m and m.group(2) in sweep:
+            sweep[m.group(2)] = [OmegaConf.select(cfg, o.key_or_group)]
 
 
 def quiet_ray_logs() -> None:
@@ -73,8 +91,21 @@ def quiet_ray_logs() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
+def importable_cwd() -> None:
+    """A user's model module lives in their project (``_target_: mymodels.Net``): make the
+    working directory importable here and in the Ray workers this process starts, as
+    ``python -m`` does, so ``slimray`` needs no ``PYTHONPATH=.``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if cwd not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, *paths) if p)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    importable_cwd()
     if args[:1] == ["serve"]:
         from pipelines.scale.serve import main as serve
 

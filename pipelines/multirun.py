@@ -84,7 +84,7 @@ def prepare(overrides: list[str], config_dir: Path, compose) -> list[Job]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from pipelines import session
+    from pipelines import search, session
 
     expanded, swept = expand(overrides, config_dir)
     jobs = []
@@ -93,6 +93,8 @@ def prepare(overrides: list[str], config_dir: Path, compose) -> list[Job]:
         try:
             cfg = compose(job_overrides)
             spec, ray_cfg, tracking = session.validate(cfg)
+            if search.plan_of(cfg) is not None:  # a Tune search is one driver's whole loop
+                raise SpecError("pipeline.search", "a search runs alone; under -m set pipeline.search.enabled=false")
         except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
             from pipelines.cli import one_line
 

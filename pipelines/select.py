@@ -3,8 +3,9 @@
     select: {metric: throughput, mode: max, where: "val_acc >= student_kd.val_acc - 0.01"}
 
 ``where`` compares a trial metric with a number, or with an upstream step's metric plus or
-minus a number. If no trial meets it, the trial closest to meeting it is taken and the note
-says so: the pipeline goes on, and the reason is visible in the console and in MLflow.
+minus a number (an accuracy budget against the teacher: ``val_acc >= teacher.val_acc - 0.01``).
+If no trial meets it, the trial closest to meeting it is taken and the note says so in one line
+starting ``BUDGET MISSED``: the pipeline goes on, and the console and MLflow show why.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def parse_select(node, path: str) -> Select:
     return Select(rule.metric, rule.mode.value, where)
 
 
+def miss_note(w: Where, bound: float, got: float) -> str:
+    """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed."""
+    ref = (
+        f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
+    )
+    return (
+        f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}; took the closest ({w.metric} {got:.4g})"
+    )
+
+
 def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
     """(index of the chosen trial, note) among finished trials ``{index: metric summary}``."""
     ok = sorted(summaries)
@@ -77,7 +88,7 @@ def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, 
             closest = min(
                 has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf
             )
-            return closest, f"no trial meets '{w.metric} {w.op} {bound:.4g}': took the closest"
+            return closest, miss_note(w, bound, value(closest, w.metric))
         eligible = passing
     if not eligible:
         return ok[0], f"no trial reported '{rule.metric}': took the first"

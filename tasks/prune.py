@@ -7,8 +7,10 @@ Methods (``cfg.method``):
   step, so the zeros stay zero. Dense kernels do not run faster: this buys size, not speed.
 * ``channel`` -- structured channel pruning with Torch-Pruning's ``DependencyGraph`` /
   ``MetaPruner`` (Fang et al., "DepGraph", CVPR 2023): coupled layers are pruned together and
-  the model really shrinks. The new widths are read back into the arch config, so the result
-  reloads as ``build_model(arch)`` + strict safetensors weights (never a pickled module).
+  the model really shrinks. Any architecture the dependency graph traces works (residual
+  additions, BatchNorm, LayerNorm, grouped/depthwise convs; attention blocks of a known layout
+  lose whole heads). The pruned structure is stored as JSON in the arch config (``_pruned_``),
+  so the result reloads as ``build_model(arch)`` + strict safetensors weights (never a pickle).
 * ``gradual`` -- Automated Gradual Pruning (Zhu & Gupta 2017, "To prune, or not to prune"):
   over ``n = cfg.steps`` prune/fine-tune rounds the target sparsity follows the cubic schedule
   ``s_t = s_f + (s_i - s_f) * (1 - t/n)^3``, pruning fast while redundancy is high and slowly
@@ -21,9 +23,8 @@ from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -32,10 +33,18 @@ from torch import nn
 from tasks.benchmark import flops_one_sample
 from tasks.context import StepContext
 from tasks.distill import kd_loss, training_rows, use_pool
-from tasks.models import CNN1D, MLP, ResCNN2D, build_model, count_nonzero, count_params, load_model, make_artifact
+from tasks.models import PRUNED, build_model, count_nonzero, count_params, load_model, make_artifact, structure_of
 from tasks.onnx_utils import deployed_speed
 from tasks.options import GradualBase, Importance, PruneMethod, PruneScope
-from tasks.sparsity import agp_schedule, magnitude_prune, mask_applier, prunable, weight_sparsity
+from tasks.sparsity import (
+    agp_schedule,
+    attention_modules,
+    magnitude_prune,
+    mask_applier,
+    output_layers,
+    update_attention,
+    weight_sparsity,
+)
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 from tasks.types import Dataset, Logits, ModelArtifact
 
@@ -59,6 +68,7 @@ class PruneConfig:
     importance: Importance = Importance.l2  # channel importance
     max_layer_amount: float = 0.9  # channel + global scope: cap per layer (avoids layer collapse)
     round_to: int = 0  # channel: keep widths multiples of this (0 = any width)
+    ignore: list[str] = field(default_factory=list)  # channel: module names never pruned (+ the output layer)
     gradual_base: GradualBase = GradualBase.magnitude  # gradual: the pruner of each round
     steps: int = 4  # gradual: number of prune/fine-tune rounds n
     initial_amount: float = 0.0  # gradual: s_i
@@ -71,53 +81,30 @@ class PruneConfig:
     throughput_iters: int = 20
 
 
-def _widths_cnn1d(m: CNN1D) -> dict:
-    return {"channels": [c.out_channels for c in m.features if isinstance(c, nn.Conv1d)]}
-
-
-def _widths_mlp(m: MLP) -> dict:
-    return {"hidden": [lin.out_features for lin in m.net if isinstance(lin, nn.Linear)][:-1]}
-
-
-def _widths_rescnn2d(m: ResCNN2D) -> dict:
-    return {
-        "stem": cast(nn.Conv2d, m.stem[0]).out_channels,
-        "mids": [cast(nn.Conv2d, b.conv1).out_channels for b in m.blocks],
-    }
-
-
-WIDTH_READERS: dict[type, Callable[[Any], dict]] = {CNN1D: _widths_cnn1d, MLP: _widths_mlp, ResCNN2D: _widths_rescnn2d}
-"""Architectures whose pruned widths can be written back into their constructor arguments."""
-
-
-def check_readable(model: nn.Module, arch: dict) -> None:
-    """Fail before pruning when the widths of ``arch``'s class cannot be read back afterwards."""
-    if type(model) not in WIDTH_READERS:
-        known = ", ".join(f"{c.__module__}.{c.__name__}" for c in WIDTH_READERS)
-        raise ValueError(
-            f"prune: channel pruning cannot read widths back for _target_ "
-            f"'{arch.get('_target_')}' (supported: {known}); use method=magnitude"
-        )
-
-
-def pruned_arch(model: nn.Module, arch: dict) -> dict:
-    """Arch config with the pruned model's real widths; verified to rebuild the same shapes."""
-    check_readable(model, arch)
-    new = {**copy.deepcopy(arch), **WIDTH_READERS[type(model)](model)}
+def pruned_arch(model: nn.Module, arch: dict, trusted: Iterable[str] = ()) -> dict:
+    """The arch config of a channel-pruned ``model``: the original constructor config plus the
+    pruned structure (``_pruned_``, see ``tasks.models.structure_of``), verified to rebuild the
+    exact tensor shapes. Works for any class: no per-architecture width readers."""
+    base_arch = {k: v for k, v in copy.deepcopy(arch).items() if k != PRUNED}
+    structure = structure_of(model, build_model(base_arch, trusted))
+    new = {**base_arch, PRUNED: structure} if structure["shapes"] or structure["attributes"] else base_arch
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in build_model(new).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in build_model(new, trusted).state_dict().items()}
     if want != got:
         bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
         raise ValueError(
-            f"prune: widths read back for '{arch.get('_target_')}' do not rebuild the "
-            f"pruned model (mismatched: {bad[:4]})"
+            f"prune: the stored structure of '{arch.get('_target_')}' does not rebuild it (mismatched: {bad[:4]})"
         )
     return new
 
 
-def output_layers(model: nn.Module) -> list[nn.Module]:
-    """The classifier head (the last linear/conv layer): its outputs are the classes, never pruned."""
-    return [[m for m, _ in prunable(model)][-1]]
+def ignored_layers(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[nn.Module]:
+    """The output layer plus the modules ``prune.ignore`` names (each must exist)."""
+    modules = dict(model.named_modules())
+    for n in names:
+        if n not in modules:
+            raise ValueError(f"prune.ignore: the model has no module '{n}' (e.g. {sorted(modules)[1:6]})")
+    return output_layers(model, example) + [modules[n] for n in names]
 
 
 def channel_pruner(
@@ -126,9 +113,11 @@ def channel_pruner(
     """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds.
 
     ``scope=global`` ranks channels of all layers together (capped at ``max_layer_amount`` per
-    layer); ``layer`` removes the same fraction from every layer. The classifier head keeps its
+    layer); ``layer`` removes the same fraction from every layer. The output layer keeps its
     outputs; its inputs shrink with the layer before it (the dependency graph couples them).
+    Attention blocks of a known layout lose whole heads (the same ratio) and keep the head size.
     """
+    heads = {p: getattr(m, attr) for m, attr, projs, _ in attention_modules(model) for p in projs}
     return tp.pruner.MetaPruner(
         model,
         example,
@@ -138,9 +127,32 @@ def channel_pruner(
         max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
         iterative_steps=steps,
         iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
-        ignored_layers=output_layers(model),
+        ignored_layers=ignored_layers(model, example, cfg.ignore),
         round_to=cfg.round_to or None,
+        num_heads=heads,
+        prune_num_heads=bool(heads),
+        prune_head_dims=not heads,
+        head_pruning_ratio=amount if heads else 0.0,
     )
+
+
+def channel_step(pruner: tp.pruner.MetaPruner, model: nn.Module, example: torch.Tensor) -> None:
+    """One pruning round, then the attention attributes, then a check that the model still runs
+    and gives outputs of the same shape (a layout Torch-Pruning cannot see fails here, by name)."""
+    with torch.no_grad():
+        before = model.eval()(example).shape
+    pruner.step()
+    update_attention(model, pruner.num_heads)
+    try:
+        with torch.no_grad():
+            after = model(example).shape
+    except RuntimeError as e:
+        raise ValueError(
+            f"prune: the channel-pruned {type(model).__name__} no longer runs ({str(e).splitlines()[0]}); "
+            f"add the failing module to prune.ignore or use method=magnitude"
+        ) from None
+    if after != before:
+        raise ValueError(f"prune: channel pruning changed the output shape {list(before)} -> {list(after)}")
 
 
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
@@ -236,11 +248,12 @@ def _prune_rounds(net: nn.Module, data: Dataset, logits: Logits | None, cfg: Pru
     n = cfg.steps if cfg.method == "gradual" else 1
     targets = agp_schedule(cfg.amount, n, cfg.initial_amount if n > 1 else 0.0)
     between = replace(cfg.finetune, epochs=cfg.step_epochs)
-    pruner = channel_pruner(net, data.x_train[:2], cfg, cfg.amount, n, targets[0]) if base == "channel" else None
+    example = data.x_train[:2]
+    pruner = channel_pruner(net, example, cfg, cfg.amount, n, targets[0]) if base == "channel" else None
     masks = None
     for t in range(1, n + 1):
         if pruner is not None:
-            pruner.step()
+            channel_step(pruner, net, example)
         else:
             masks = magnitude_prune(net, targets[t], cfg.scope)
         ctx.log_metrics(
@@ -266,14 +279,12 @@ def run(
     ctx.seed_everything()
     net = load_model(model, ctx.trusted_targets)
     base = cfg.gradual_base if cfg.method == "gradual" else cfg.method
-    if base == "channel":
-        check_readable(net, model.arch)
     before = model_metrics(net, data, cfg)
     ctx.log_metrics({f"base_{k}": v for k, v in before.items()})
     masks = _prune_rounds(net, data, logits, cfg, ctx)
     ctx.log_metrics({"val_acc_pruned": accuracy(net, data.x_val, data.y_val)})
     fine_tune(net, data, logits, cfg, cfg.finetune, ctx, mask_applier(masks) if masks else None)
-    arch = pruned_arch(net, model.arch) if base == "channel" else model.arch
+    arch = pruned_arch(net, model.arch, ctx.trusted_targets) if base == "channel" else model.arch
     metrics = model_metrics(net, data, cfg)
     metrics["param_ratio"] = metrics["params"] / before["params"]
     metrics["speedup"] = metrics["throughput"] / before["throughput"]

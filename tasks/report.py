@@ -69,6 +69,7 @@ class ReportConfig:
     registry_name: str = ""  # overrides the registered model's name when set
     alias: str = "candidate"
     dpi: int = 110
+    max_acc_drop: float | None = None  # accuracy budget vs the teacher (0.01 = 1 point); None: not checked
 
 
 def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
@@ -292,6 +293,18 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
     return to_onnx(load_model(selected, trusted), example)
 
 
+def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
+    """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
+    teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
+    c = bench.targets.selected_vs_teacher
+    if max_acc_drop is None or c is None or c.test_acc_delta is None or c.test_acc_delta >= -max_acc_drop:
+        return ""
+    return (
+        f"BUDGET MISSED: the selected model '{c.candidate}' is {-c.test_acc_delta * 100:.1f} points below "
+        f"the teacher '{c.reference}' in test accuracy (budget {max_acc_drop * 100:.1f})"
+    )
+
+
 def run(
     bench: BenchmarkReport,
     selected: ModelArtifact | None = None,
@@ -310,6 +323,8 @@ def run(
     front_size = pareto_front(bench.candidates, {"test_acc": "max", "size_bytes": "min"})
     kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
     md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
+    miss = budget_line(bench, cfg.max_acc_drop)
+    md = f"**{miss}**\n\n{md}" if miss else md
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
     files.update(kbit_files)
     models, registered = [], None
@@ -320,9 +335,16 @@ def run(
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)
+    if cfg.max_acc_drop is not None and bench.targets.selected_vs_teacher is not None:
+        headline["budget_met"] = float(not miss)
     ctx.log_metrics({"candidates": len(bench.candidates), "pareto_size": len(front), **headline})
+    summary = summary_markdown(bench, front)
     publish = Publication(
-        files=dict(files), metrics=headline, description=summary_markdown(bench, front), console=md, models=models
+        files=dict(files),
+        metrics=headline,
+        description=f"**{miss}**\n\n{summary}" if miss else summary,
+        console=f"{md}\n{miss}" if miss else md,
+        models=models,
     )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
     return Report(data=data, files=files, publish=publish)

@@ -1,4 +1,6 @@
-"""Unstructured (magnitude) pruning and the AGP schedule, used by the ``prune`` task.
+"""Pruning helpers of the ``prune`` task: unstructured (magnitude) pruning, the AGP schedule, and
+what channel pruning needs to know of a model it has never seen (its output layer, its
+attention blocks).
 
 Masks come from ``torch.nn.utils.prune`` (L1, global or per layer) and are folded into the
 weights, so a pruned model stays a plain module; ``mask_applier`` keeps them zero while
@@ -70,3 +72,52 @@ def weight_sparsity(model: nn.Module) -> float:
     ws = [_weight(m) for m, _ in prunable(model)]
     total = sum(w.numel() for w in ws)
     return float(sum(int((w == 0).sum()) for w in ws)) / max(total, 1)
+
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The layer that produces the model's output (the last conv/linear to run): its outputs are
+    the classes (or the embedding), never pruned; Torch-Pruning then also leaves every channel
+    group coupled to it (a residual stream feeding the output) whole."""
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.append(mod)) for m, _ in prunable(model)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ran[-1:] or [m for m, _ in prunable(model)][-1:]
+
+
+ATTENTION_LAYOUTS = (
+    # (heads attribute, projections whose outputs are split into heads, fused qkv?)
+    ("num_attention_heads", ("query", "key", "value"), False),  # Hugging Face BERT-style
+    ("num_heads", ("q_proj", "k_proj", "v_proj"), False),
+    ("num_heads", ("qkv",), True),  # timm-style fused projection
+)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[nn.Module, str, tuple[nn.Linear, ...], bool]]:
+    """Attention blocks of a known layout: (module, heads attribute, projections, fused)."""
+    found: list[tuple[nn.Module, str, tuple[nn.Linear, ...], bool]] = []
+    for m in model.modules():
+        for attr, names, fused in ATTENTION_LAYOUTS:
+            projs = tuple(p for n in names if isinstance(p := getattr(m, n, None), nn.Linear))
+            if isinstance(getattr(m, attr, None), int) and len(projs) == len(names):
+                found.append((m, attr, projs, fused))
+                break
+    return found
+
+
+def update_attention(model: nn.Module, heads: dict[nn.Module, int]) -> None:
+    """After head pruning: write the new head counts and sizes back into the attention modules
+    (the attributes their ``forward`` reshapes with), as Torch-Pruning's BERT/ViT examples do."""
+    for m, attr, projs, fused in attention_modules(model):
+        n = heads.get(projs[0], getattr(m, attr))
+        width = projs[0].out_features // (3 if fused else 1)
+        setattr(m, attr, n)
+        for size_attr in ("attention_head_size", "head_dim"):
+            if isinstance(getattr(m, size_attr, None), int):
+                setattr(m, size_attr, width // n)
+        if isinstance(getattr(m, "all_head_size", None), int):
+            setattr(m, "all_head_size", width)  # noqa: B010 (a module attribute mypy cannot see)

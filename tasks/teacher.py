@@ -1,8 +1,15 @@
 """The ``load_model`` task: bring an externally trained model (e.g. the user's teacher) into a
-pipeline from an architecture JSON file plus a safetensors weights file — never a pickle.
+pipeline from its architecture plus a safetensors weights file — never a pickle.
 
-``save_model`` writes the same pair (``arch.json`` + ``model.safetensors``) from an artifact,
-so a model trained in one pipeline can be exported and loaded by another.
+The architecture is either an ``arch.json`` file (``arch_path``, as ``save_model`` writes it) or
+a model config (``model``: ``_target_`` + kwargs + ``data_args``), completed with the data's
+shape and class count like a model ``train`` builds. With the ``data`` input the loaded model's
+val/test accuracy is measured, so selection rules can state the accuracy budget against it
+(``val_acc >= teacher.val_acc - 0.01``): the start of a pipeline that compresses a model the user
+already trained instead of training a teacher.
+
+``save_model`` writes ``arch.json`` + ``model.safetensors`` from an artifact (a pruned model's
+structure lives inside ``arch.json``), so a model made in one pipeline loads in another.
 """
 
 from __future__ import annotations
@@ -10,13 +17,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from tasks.context import StepContext
-from tasks.models import build_model, count_params, make_artifact
+from tasks.models import build_model, complete_arch, count_params, make_artifact
 from tasks.options import ModelKind
-from tasks.types import ModelArtifact
+from tasks.train import accuracy
+from tasks.types import Dataset, ModelArtifact
 
 ARCH_FILE = "arch.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -25,6 +34,7 @@ WEIGHTS_FILE = "model.safetensors"
 @dataclass
 class LoadModelConfig:
     arch_path: str = ""  # JSON: {"_target_": "tasks.models.CNN1D", "input_shape": [...], ...}
+    model: Any = None  # or a model config (_target_ + kwargs + data_args), completed with the data
     weights_path: str = ""  # safetensors state dict of that architecture
     kind: ModelKind = ModelKind.teacher
 
@@ -74,13 +84,35 @@ def _check_state(model_state: dict, weights: dict, origin: Path) -> None:
             )
 
 
-def run(*, cfg: LoadModelConfig, ctx: StepContext) -> ModelArtifact:
-    """Build the architecture, check and load the weights, and return the model as an artifact."""
-    arch = _read_arch(Path(cfg.arch_path))
+def _arch(cfg: LoadModelConfig, data: Dataset | None) -> dict:
+    """The architecture from ``arch_path`` or from ``model`` (exactly one of them)."""
+    if bool(cfg.arch_path) == (cfg.model is not None):
+        raise ValueError("load_model: give exactly one of arch_path (an arch.json) and model (a model config)")
+    if cfg.arch_path:
+        return _read_arch(Path(cfg.arch_path))
+    if not isinstance(cfg.model, dict) or "_target_" not in cfg.model:
+        raise ValueError("load_model.model: must be a model config with a '_target_'")
+    if data is None:
+        if "data_args" in cfg.model:
+            raise ValueError("load_model.model: has data_args but the step has no data input (inputs: {data: data})")
+        return dict(cfg.model)
+    return complete_arch(cfg.model, data.input_shape, data.num_classes)
+
+
+def run(data: Dataset | None = None, *, cfg: LoadModelConfig, ctx: StepContext) -> ModelArtifact:
+    """Build the architecture, check and load the weights, and return the model as an artifact
+    (with its val/test accuracy when the data is given)."""
+    arch = _arch(cfg, data)
+    if not cfg.weights_path:
+        raise ValueError("load_model.weights_path: missing (the model's .safetensors checkpoint)")
     weights = _read_weights(Path(cfg.weights_path))
     model = build_model(arch, ctx.trusted_targets)
     _check_state(model.state_dict(), weights, Path(cfg.weights_path))
     model.load_state_dict(weights, strict=True)
-    params = float(count_params(model))
-    ctx.log_metrics({"params": params})
-    return make_artifact(model.eval(), arch, name=ctx.step, kind=cfg.kind, metrics={"params": params})
+    model.eval()
+    metrics = {"params": float(count_params(model))}
+    if data is not None:
+        metrics["val_acc"] = accuracy(model, data.x_val, data.y_val)
+        metrics["test_acc"] = accuracy(model, data.x_test, data.y_test)
+    ctx.log_metrics(metrics)
+    return make_artifact(model, arch, name=ctx.step, kind=cfg.kind, metrics=metrics)

@@ -15,7 +15,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.cli import main
+from pipelines.cli import load_config, main
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: source}, params: {seconds: 3.0}}"
 
@@ -46,6 +46,18 @@ def test_comma_list_range_glob_choice_expand_like_hydra(workdir, capsys):
     out = capsys.readouterr().out
     assert _lines(out, "# execution") == ["# execution 0: seed=3", "# execution 1: seed=4"]
     assert "\nseed: 3\n" in out and "\nseed: 4\n" in out
+
+
+def test_an_override_of_a_swept_param_pins_the_sweep(workdir, capsys):
+    """``-m pipeline.steps.prune.params.amount=0.3,0.5`` must give executions that differ, not
+    executions whose sweep silently overrides the override."""
+    sweep = load_config(["pipeline=compress", "pipeline.steps.prune.params.amount=0.3"]).pipeline.steps.prune.sweep
+    assert list(sweep["params.amount"]) == [0.3] and list(sweep["params.method"]) == ["channel", "magnitude"]
+    assert list(load_config(["pipeline=compress"]).pipeline.steps.prune.sweep["params.amount"]) == [0.3, 0.5, 0.7]
+    assert main(["-m", "experiment=smoke", "pipeline.steps.prune.params.amount=0.3,0.5", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    # data, teacher, teacher_logits, scratch, student_kd (2 trials) are shared; prune onwards differs
+    assert "2 executions, 28 step trials, 22 distinct cache keys (6 shared, run once)" in err
 
 
 ERRORS = [
@@ -191,3 +203,14 @@ def test_ctrl_c_stops_every_execution(workdir, ray_local):
     hangs = [r for r in runs if r.data.tags.get("slimray.step") == "hang"]
     assert len(parents) == 3 and len(hangs) == 2
     assert {r.info.run_id for r in parents + hangs} <= killed
+
+
+def test_a_search_pipeline_is_refused_under_multirun_unless_disabled(workdir, capsys):
+    assert main(["-m", "experiment=search", "seed=0,1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: execution 0 (seed=0): pipeline.search: a search runs alone; under -m set pipeline.search.enabled=false"
+    )
+    assert main(["-m", "experiment=search", "seed=0,1", "pipeline.search.enabled=false", "--dry-run"]) == 0
+    assert len(_lines(capsys.readouterr().err, "execution ")) == 2
+    assert not (workdir / "mlflow.db").exists()

@@ -45,7 +45,7 @@ def test_magnitude_reaches_sparsity_and_keeps_zeros_through_finetune(scope):
     assert out.metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
     assert prune.weight_sparsity(net) == pytest.approx(0.6, abs=0.01)  # zeros survived fine-tuning
     assert out.metrics["nonzero_params"] < 0.5 * out.metrics["params"]
-    layer_sparsity = [float((m.weight == 0).float().mean()) for m, _ in prune.prunable(net)]
+    layer_sparsity = [float((m.weight == 0).float().mean()) for m, _ in sparsity.prunable(net)]
     if scope == "layer":
         assert layer_sparsity == pytest.approx([0.6] * len(layer_sparsity), abs=0.01)
     else:
@@ -59,7 +59,9 @@ def test_channel_pruning_shrinks_params_and_reports_metrics():
     ctx = StepContext(step="p")
     out = prune.run(art, data, cfg=cfg(method="channel", amount=0.5, importance="l1"), ctx=ctx)
     assert torch.get_num_threads() == threads
-    assert out.arch["channels"] == [16, 16, 16]
+    assert out.arch["channels"] == [32, 32, 32]  # the constructor config stays; the structure is beside it
+    convs = [m for m in load_model(out).features if isinstance(m, torch.nn.Conv1d)]
+    assert [c.out_channels for c in convs] == [16, 16, 16]
     # conv weights shrink ~4x (in and out halved), the head's input 2x, the first conv 2x
     assert 0.2 < out.metrics["param_ratio"] < 0.35
     assert out.metrics["params"] == count_params(load_model(out))
@@ -84,7 +86,8 @@ def test_channel_pruned_model_reloads_from_arch_and_safetensors_identically(targ
     art = make_model(target, data, **kw)
     conf = cfg(method="channel", amount=0.5, finetune=OptimConfig(epochs=1, batch_size=64))
     out = prune.run(art, data, cfg=conf, ctx=StepContext(step="p"))
-    assert sum(out.arch[width_key]) < sum(kw[width_key])
+    assert out.arch[width_key] == kw[width_key] and out.arch["_pruned_"]["shapes"]
+    assert count_params(load_model(out)) < count_params(build_model(art.arch))
     restored = build_model(out.arch)
     restored.load_state_dict(st_load(st_save(out.state_dict)), strict=True)
     x = torch.randn(16, *shape)
@@ -92,17 +95,17 @@ def test_channel_pruned_model_reloads_from_arch_and_safetensors_identically(targ
         assert torch.equal(restored.eval()(x), load_model(out)(x))
 
 
-def test_pruned_arch_reads_back_widths_and_rejects_unknown_targets():
+def test_pruned_arch_stores_the_new_widths_as_json_beside_the_constructor_config():
     data = make_data([40])
     art = make_model("tasks.models.MLP", data, hidden=[32, 16])
     net = load_model(art)
     pruner = prune.channel_pruner(net, data.x_train[:2], cfg(importance="l2"), amount=0.25)
     pruner.step()
-    assert prune.pruned_arch(net, art.arch)["hidden"] == [24, 12]
-    arch = {"_target_": "torch.nn.Linear", "in_features": 40, "out_features": 4}
-    other = make_artifact(build_model(arch, trusted=["torch.nn.Linear"]), arch, name="linear", kind="teacher")
-    with pytest.raises(ValueError, match="channel pruning cannot read widths back for _target_ 'torch.nn.Linear'"):
-        prune.run(other, data, cfg=cfg(method="channel"), ctx=StepContext(trusted_targets=("torch.nn.Linear",)))
+    arch = prune.pruned_arch(net, art.arch)
+    assert arch["hidden"] == [32, 16]
+    assert arch["_pruned_"]["attributes"]["net.1"]["out_features"] == 24
+    assert arch["_pruned_"]["attributes"]["net.3"] == {"in_features": 24, "out_features": 12}
+    assert arch["_pruned_"]["shapes"]["net.3.weight"] == [12, 24]
 
 
 def test_agp_cubic_schedule_values():
@@ -130,7 +133,8 @@ def test_gradual_channel_shrinks_in_rounds():
     out = prune.run(art, data, cfg=cfg(method="gradual", gradual_base="channel", amount=0.75, steps=3), ctx=ctx)
     params = [m["round_params"] for _, m in ctx.history if "round_params" in m]
     assert len(params) == 3 and params[0] > params[1] > params[2]
-    assert out.arch["channels"] == [16, 16]  # keeps floor(64 * (1 - s_t)): 30, 17, 16
+    widths = [m.out_channels for m in load_model(out).features if isinstance(m, torch.nn.Conv1d)]
+    assert widths == [16, 16]  # keeps floor(64 * (1 - s_t)): 30, 17, 16
 
 
 def test_kd_finetune_with_transfer_pool_runs():

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,18 @@ def storage_root(plan: SearchPlan) -> Path:
     return Path(root).expanduser().resolve()
 
 
+def trial_fn(job: TrialJob, key: str):
+    """The trainable of one search: ``run_trial`` bound to its job. Not ``tune.with_parameters``:
+    that stores the job under ``str(run_trial)``, the same name for every search in a process,
+    so a second search in the same process would run with the first one's job."""
+
+    def trial(config: dict[str, Any]) -> None:
+        run_trial(config, job)
+
+    trial.__name__ = trial.__qualname__ = f"search_{key[:12]}_{uuid.uuid4().hex[:8]}"
+    return trial
+
+
 def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: list) -> tuple[tune.Tuner, bool]:
     """A new Tuner, or the one restored from the search's storage (finished trials are kept,
     unfinished and errored ones run again); returns (tuner, resumed)."""
@@ -94,9 +107,7 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
     # Ctrl-C: Tune would stop the trials and return a partial result as if the search had ended;
     # let KeyboardInterrupt through instead (the CLI exits 130; a rerun resumes)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job=job), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}])
-    )
+    trainable = tune.with_resources(trial_fn(job, key), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}]))
     root, name = storage_root(plan), f"search-{key[:16]}"
     if tune.Tuner.can_restore(str(root / name)):
         try:

@@ -1,0 +1,87 @@
+"""The "your own model" target: a user-style model (BatchNorm + residual + GELU + depthwise conv,
+its own constructor names) and its ``.npz`` through ``experiment=byo`` end to end, channel pruning
+included; the selected model's throughput and test accuracy against the user's checkpoint.
+Prints one JSON object. Target: selected >= 5x the teacher's throughput at <= 1 point accuracy loss.
+
+    .venv/bin/python benchmarks/byo.py [--prepared DIR] [overrides...]
+
+Without ``--prepared`` it first runs ``python -m examples.byo.prepare`` (the user's own training
+script) into the temporary directory; with it, it reuses ``DIR/{data.npz,model.safetensors}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from default_run import benchmark_json  # benchmarks/ is the script's directory
+from machine import machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd: list[str], cwd: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+        raise SystemExit(f"{' '.join(cmd[:4])} exited {out.returncode}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prepared", type=Path, default=None)
+    args, overrides = p.parse_known_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="slimray-byo-") as tmp:
+        wd = Path(tmp)
+        mine = args.prepared.resolve() if args.prepared else wd / "mine"
+        prepare_s = (
+            None if args.prepared else _run([sys.executable, "-m", "examples.byo.prepare", "--out", str(mine)], REPO)
+        )
+        paths = [
+            f"data.path={mine / 'data.npz'}",
+            f"pipeline.steps.teacher.params.weights_path={mine / 'model.safetensors'}",
+        ]
+        wall = _run([sys.executable, "-m", "pipelines", "experiment=byo", *paths, *overrides], wd)
+        bench = benchmark_json(f"sqlite:///{wd}/mlflow.db")
+    t = bench["targets"]
+    sel = t["selected_vs_teacher"] or {}
+    rows = {r["name"]: r for r in bench["candidates"]}
+    speedup, delta = sel.get("throughput_speedup"), sel.get("test_acc_delta")
+    print(
+        json.dumps(
+            {
+                **machine_info(threads=bench.get("threads")),
+                "load_avg_before": [round(x, 2) for x in load_before],
+                "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+                "overrides": overrides,
+                "prepare_s": None if prepare_s is None else round(prepare_s, 1),
+                "pipeline_wall_s": round(wall, 1),
+                "teacher_test_acc": rows[t["teacher"]]["test_acc"],
+                "selected": t["selected"],
+                "selected_test_acc": rows[t["selected"]]["test_acc"],
+                "test_acc_delta_points": None if delta is None else round(100 * delta, 2),
+                "throughput_speedup": speedup,
+                "size_reduction": sel.get("size_reduction"),
+                "candidates": {
+                    n: {k: r[k] for k in ("kind", "test_acc", "val_acc", "throughput_b256", "params")}
+                    for n, r in rows.items()
+                },
+                "target_met": bool(speedup is not None and speedup >= 5.0 and delta is not None and delta >= -0.01),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

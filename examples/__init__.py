@@ -1,0 +1,1 @@
+"""Worked examples of using slimray with your own model and data."""
