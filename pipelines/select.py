@@ -75,6 +75,10 @@ def miss_note(w: Where, bound: float, got: float) -> str:
 def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
     """(index of the chosen trial, note) among finished trials ``{index: metric summary}``."""
     ok = sorted(summaries)
+    passed = [i for i in ok if not summaries[i].get("rejected", 0.0)]  # failed a parity gate: never chosen
+    if not passed:
+        return ok[0], "every trial was rejected by its parity gate: took the first"
+    ok = passed
     if rule is None:
         return ok[0], ""
     value = lambda i, key: summaries[i].get(key, math.nan)  # noqa: E731

@@ -14,11 +14,14 @@ from tasks import (
     multitask,
     multitask_report,
     prune,
+    prune_embedding,
     quantize,
     report,
     teacher,
+    text,
     toy,
     train,
+    transformer,
 )
 
 TASKS: dict[str, Callable[..., Any]] = {
@@ -29,12 +32,15 @@ TASKS: dict[str, Callable[..., Any]] = {
     "inference": inference.run,
     "distill": distill.run,
     "prune": prune.run,
+    "prune_embedding": prune_embedding.run,
     "export": export.run,
     "quantize": quantize.run,
     "benchmark": benchmark.run,
     "report": report.run,
     "relabel": multitask.relabel,
     "multitask_report": multitask_report.run,
+    "text_data": text.run,
+    "pretrained": transformer.run,
     # the engine's own fixtures (used by the `demo` pipeline and the engine tests)
     "toy_source": toy.source,
     "toy_add": toy.add,

@@ -12,6 +12,15 @@ throughput (e.g. unstructured sparsity on dense kernels). ``targets`` holds the 
 the project's goals are stated in: selected vs teacher, and each INT8 model vs its FP32 parent,
 all computed by ``Comparison.between``.
 
+Beyond accuracy (``tasks.measure``): embedding candidates carry their agreement with the
+reference model's vectors (``cos_*``, ``top*_agree``); ``speed`` holds batch-1 latency and
+batch-``throughput_batch`` throughput for each of ``speed_threads``; ``torch_reference`` adds the
+teacher as torch FP32 (row ``torch_fp32``, the reference the ratios are stated against).
+A candidate that failed its parity gate is ``rejected`` (with the figures) and never selected:
+a rejected ``selected`` input is replaced by ``choose``'s pick and the report says so. With
+``choose`` and no ``selected`` input, benchmark picks: the highest ``throughput_b256`` among
+candidates that are not rejected and meet the quality floors on the validation split.
+
 The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/types.py``):
 ``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
 """
@@ -20,15 +29,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tasks import measure
 from tasks.context import StepContext
 from tasks.models import count_nonzero, count_params, load_model
-from tasks.onnx_utils import ort_accuracy, ort_session, time_ort, to_onnx
+from tasks.onnx_utils import data_onnx, ort_accuracy, ort_session
+from tasks.options import TaskKind
 from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact, Targets
 
 
@@ -44,6 +55,12 @@ class BenchmarkConfig:
     no_speedup_throughput_ratio: float = 1.2  # ... a throughput gain below this is flagged
     int8_min_speedup: float = 1.5  # INT8 target: throughput vs its FP32 parent
     int8_max_acc_drop: float = 0.005  # INT8 target: test accuracy drop vs its FP32 parent
+    speed_threads: list[int] = field(default_factory=list)  # extra thread counts timed into row.speed
+    torch_reference: bool = False  # add the teacher as torch FP32 (row torch_fp32): the reference
+    choose: bool = False  # without a `selected` input, pick the selected model here (see module doc)
+    min_cos_mean: float = 0.99  # choose, embedding: validation cos_mean floor vs the reference
+    min_cos_min: float = 0.97  # choose, embedding: validation worst-row cosine floor
+    max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
 
 
 def flops_one_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -57,22 +74,27 @@ def flops_one_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = ()) -> BenchmarkRow:
-    """One candidate's row: accuracy (ORT), size, params, FLOPs, batch-1 latency, batch-N throughput."""
+def measure_row(
+    art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = (), ref: dict | None = None
+) -> BenchmarkRow:
+    """One candidate's row: quality (ORT), size, params, FLOPs, batch-1 latency, batch-N throughput."""
     try:
         net = load_model(art, trusted)
     except Exception as e:  # noqa: BLE001 - a broken artifact is bad input, name it
         raise ValueError(f"benchmark: candidate '{art.name}' cannot be rebuilt from arch/state_dict: {e}") from None
-    onnx_bytes = art.onnx if art.onnx is not None else to_onnx(net, data.x_test[:2])
-    sess = ort_session(onnx_bytes, cfg.threads)
-    b1 = time_ort(sess, data.x_test, 1, cfg.warmup, cfg.iters_b1)
-    bn = time_ort(sess, data.x_test, cfg.throughput_batch, cfg.warmup, cfg.iters_b256)
-    return BenchmarkRow(
+    onnx_bytes = art.onnx if art.onnx is not None else data_onnx(net, data)
+    timer = measure.ort_timer(onnx_bytes, data.x_test, cfg.warmup)
+    b1 = timer(cfg.threads, 1, cfg.iters_b1)
+    bn = timer(cfg.threads, cfg.throughput_batch, cfg.iters_b256)
+    classify = data.task == TaskKind.classification
+    sess = ort_session(onnx_bytes, cfg.threads) if classify else None
+    rejected, reason = measure.rejection(art)
+    row = BenchmarkRow(
         name=art.name,
         kind=art.kind,
         parent=art.parent,
-        test_acc=ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size),
-        val_acc=ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size),
+        test_acc=ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size) if sess else None,
+        val_acc=ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size) if sess else None,
         params=count_params(net),
         nonzero_params=count_nonzero(net),
         flops=flops_one_sample(net, data.x_test),
@@ -81,7 +103,68 @@ def measure(art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tu
         latency_ms_p95_b1=b1["p95_ms"],
         throughput_b256=bn["throughput"],
         int8_onnx=art.onnx is not None and art.kind == "quantized",
+        speed=measure.speeds(timer, cfg.speed_threads, cfg.throughput_batch, cfg.iters_b1, cfg.iters_b256),
+        rejected=rejected,
+        rejected_reason=reason,
     )
+    if ref is not None:
+        fields = measure.embedding_fields(measure.ort_outputs(onnx_bytes, data, cfg.eval_batch_size), ref)
+        for key, value in fields.items():
+            setattr(row, key, value)
+    return row
+
+
+def torch_reference_row(
+    teacher: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...], ref: dict | None
+) -> BenchmarkRow:
+    """The teacher as torch FP32 eager (``torch_fp32``): the baseline a plain deployment would run."""
+    net = load_model(teacher, trusted)
+    timer = measure.torch_timer(net, data.x_test, cfg.warmup)
+    b1 = timer(cfg.threads, 1, cfg.iters_b1)
+    bn = timer(cfg.threads, cfg.throughput_batch, cfg.iters_b256)
+    row = BenchmarkRow(
+        name="torch_fp32",
+        kind="reference",
+        parent=teacher.name,
+        test_acc=None,
+        val_acc=None,
+        params=count_params(net),
+        nonzero_params=count_nonzero(net),
+        flops=flops_one_sample(net, data.x_test),
+        size_bytes=measure.weights_bytes(net),
+        latency_ms_p50_b1=b1["p50_ms"],
+        latency_ms_p95_b1=b1["p95_ms"],
+        throughput_b256=bn["throughput"],
+        runtime=f"torch {torch.__version__}",
+        speed=measure.speeds(timer, cfg.speed_threads, cfg.throughput_batch, cfg.iters_b1, cfg.iters_b256),
+    )
+    if data.task == TaskKind.classification:
+        from tasks.train import accuracy
+
+        row.test_acc, row.val_acc = accuracy(net, data.x_test, data.y_test), accuracy(net, data.x_val, data.y_val)
+    elif ref is not None:
+        for key, value in measure.embedding_fields(ref, ref).items():
+            setattr(row, key, value)
+    return row
+
+
+def choose(rows: list[BenchmarkRow], cfg: BenchmarkConfig, task: str) -> tuple[BenchmarkRow | None, str]:
+    """(the fastest candidate that is not rejected and meets the quality floors, note)."""
+    pool = [r for r in rows if not r.rejected and r.kind not in ("teacher", "reference")]
+    teacher = next((r for r in rows if r.kind == "teacher"), None)
+    if task == TaskKind.classification:
+        floor = (teacher.val_acc or 0.0) - cfg.max_acc_drop if teacher else -1.0
+        ok = [r for r in pool if (r.val_acc or 0.0) >= floor]
+        rule = f"val_acc >= {floor:.4f}"
+    else:
+        ok = [r for r in pool if (r.val_cos_mean or 0) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
+        rule = f"val cos_mean >= {cfg.min_cos_mean} and cos_min >= {cfg.min_cos_min}"
+    if ok:
+        return max(ok, key=lambda r: r.throughput_b256), ""
+    if not pool:
+        return None, "no candidate passed the parity gate: nothing selected"
+    quality = (lambda r: r.val_acc or 0.0) if task == TaskKind.classification else (lambda r: r.val_cos_mean or 0.0)
+    return max(pool, key=quality), f"no candidate meets {rule}: selected the closest"
 
 
 def targets(
@@ -95,7 +178,8 @@ def targets(
         if parent is not None:
             c = Comparison.between(r, parent)
             c.meets_target = bool(
-                (c.throughput_speedup or 0.0) >= cfg.int8_min_speedup and c.test_acc_delta >= -cfg.int8_max_acc_drop
+                (c.throughput_speedup or 0.0) >= cfg.int8_min_speedup
+                and (c.test_acc_delta is None or c.test_acc_delta >= -cfg.int8_max_acc_drop)
             )
             int8.append(c)
     return Targets(
@@ -119,17 +203,36 @@ def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg
         )
 
 
+def _selected(
+    rows: list[BenchmarkRow], selected: ModelArtifact | None, cfg: BenchmarkConfig, task: str
+) -> tuple[BenchmarkRow | None, list[str]]:
+    """Mark the selected row: the ``selected`` input unless rejected, else ``choose``'s pick."""
+    notes: list[str] = []
+    sel = next((r for r in rows if selected is not None and r.name == selected.name), None)
+    if sel is not None and sel.rejected:
+        notes.append(f"'{sel.name}' was rejected ({sel.rejected_reason}): not selected")
+        sel = None
+    if sel is None and (cfg.choose or notes):
+        sel, note = choose(rows, cfg, task)
+        notes += [note] if note else []
+    for r in rows:
+        r.selected = r is sel
+    return sel, notes
+
+
 def metric_key(name: str, key: str) -> str:
     """``<candidate>/<key>`` with characters MLflow rejects in metric names (``[``, ``]``, ``=``, ...) as ``_``."""
     return re.sub(r"[^\w./\- :]", "_", name) + "/" + key
 
 
 def _markdown(report: BenchmarkReport) -> str:
-    cols = ["name", "kind", "test_acc", "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
+    quality = ["test_acc"] if report.task == TaskKind.classification else ["cos_mean", "cos_min", "top1_agree"]
+    cols = ["name", "kind", *quality, "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report.candidates:
         cells = [f"{getattr(r, c):.4g}" if isinstance(getattr(r, c), float) else str(getattr(r, c)) for c in cols]
-        lines.append("| " + " | ".join(cells) + (" | ← selected" if r.selected else " |"))
+        mark = " | ← selected" if r.selected else (f" | rejected: {r.rejected_reason}" if r.rejected else " |")
+        lines.append("| " + " | ".join(cells) + mark)
     title = f"Benchmark on {report.dataset} ({report.runtime}, {report.threads} thread(s))"
     return title + "\n\n" + "\n".join(lines) + "\n"
 
@@ -152,29 +255,40 @@ def run(
     if cfg.threads < 1 or cfg.throughput_batch < 1:
         raise ValueError(f"benchmark.threads/throughput_batch must be >= 1, got {cfg.threads}/{cfg.throughput_batch}")
     ctx.seed_everything()
+    teacher_art = next((m for m in cands if m.kind == "teacher"), None)
+    ref = None
+    if data.task == TaskKind.embedding and teacher_art is not None:
+        ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
     rows = []
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        rows.append(measure(art, data, cfg, ctx.trusted_targets))
-    for r in rows:
-        r.selected = selected is not None and r.name == selected.name
-    teacher = next((r for r in rows if r.kind == "teacher"), None)
-    _flag_no_speedup(rows, teacher, cfg)
-    sel = next((r for r in rows if r.selected), None)
+        rows.append(measure_row(art, data, cfg, ctx.trusted_targets, ref))
+    if cfg.torch_reference and teacher_art is not None:
+        rows.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref))
+    sel, notes = _selected(rows, selected, cfg, data.task)
+    for note in notes:
+        ctx.note(note)
+    reference = rows[0] if rows[0].kind == "reference" else next((r for r in rows if r.kind == "teacher"), None)
+    _flag_no_speedup(rows, reference, cfg)
     report = BenchmarkReport(
         dataset=data.name,
         threads=cfg.threads,
         runtime=f"onnxruntime {ort.__version__} CPU",
         candidates=rows,
-        targets=targets(rows, teacher, sel, cfg),
+        targets=targets(rows, reference, sel, cfg),
+        task=str(data.task),
+        notes=notes,
     )
     for r in rows:
         ctx.log_metrics(
             {
                 metric_key(r.name, k): float(getattr(r, k))
                 for k in ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
+                + ("cos_mean", "cos_min", "top1_agree")
                 if getattr(r, k) is not None
             }
+            | {metric_key(r.name, k): v for k, v in r.speed.items()}
+            | {metric_key(r.name, "rejected"): float(r.rejected)}
         )
     ctx.log_file("benchmark.json", json.dumps(report.to_dict(), indent=2).encode())
     ctx.log_file("benchmark.md", _markdown(report).encode())

@@ -18,6 +18,13 @@ Several teachers (``extra_logits``) are combined by averaging their logits (an e
 ``method`` picks the training: ``hinton`` (the above), ``mutual`` (two students learning from each
 other, Deep Mutual Learning: ``tasks/mutual.py``) or ``multitask`` (one student with one head per
 teacher's task: ``tasks/multitask.py``).
+
+Embedding data (``Dataset.task == "embedding"``, e.g. a sentence encoder): the student is trained
+on the teacher's vectors with ``tasks.quality.embedding_loss`` (cosine + MSE) and kept at its best
+validation ``cos_mean`` (``tasks.embedding.fit_embedding``). The ``teacher`` model input supplies
+those vectors (or ``logits`` when an ``infer`` step computed them) and, with ``init_layers``, the
+student's weights: a shallower copy of the teacher whose layer ``i`` starts as teacher layer
+``init_layers[i]`` (DistilBERT's initialisation, Sanh et al. 2019; ``tasks.transformer``).
 """
 
 from __future__ import annotations
@@ -30,12 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.context import StepContext
+from tasks.embedding import embed, fit_embedding
 from tasks.infer import capture
-from tasks.models import build_model, complete_arch, count_params, make_artifact
+from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.multitask import MultitaskConfig, train_multitask
 from tasks.mutual import MutualConfig, train_mutual
-from tasks.options import DistillMethod, ModelKind
+from tasks.options import DistillMethod, ModelKind, TaskKind
+from tasks.quality import kd_loss
 from tasks.train import OptimConfig, fit
+from tasks.transformer import layer_student
 from tasks.types import Dataset, Logits, ModelArtifact
 
 
@@ -51,22 +61,37 @@ class DistillConfig:
     teacher_feature: str = ""  # ... onto this key of Logits.features
     beta: float = 1.0  # weight of the FitNets hint loss
     kind: ModelKind = ModelKind.student_kd
+    init_layers: list[int] = field(default_factory=list)  # embedding: student = these teacher layers
+    mse_weight: float = 1.0  # embedding: weight of the MSE term of the loss
     method: DistillMethod = DistillMethod.hinton
     mutual: MutualConfig = field(default_factory=MutualConfig)  # method: mutual
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)  # method: multitask
 
 
-def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, *, temperature: float, alpha: float
-) -> torch.Tensor:
-    """Hinton KD loss averaged over rows; rows with ``labels == -1`` get no CE term."""
-    t = temperature
-    kl = (F.softmax(teacher / t, dim=1) * (F.log_softmax(teacher / t, dim=1) - F.log_softmax(student / t, dim=1))).sum(
-        dim=1
-    )
-    labeled = labels >= 0
-    ce = F.cross_entropy(student, labels.clamp_min(0), reduction="none") * labeled
-    return (alpha * t * t * kl + (1.0 - alpha) * ce).mean()
+def distill_embedding(
+    data: Dataset, logits: Logits | None, teacher: ModelArtifact | None, cfg: DistillConfig, ctx: StepContext
+) -> ModelArtifact:
+    """An embedding student trained on the teacher's vectors (see the module docstring)."""
+    if teacher is None:
+        raise ValueError("distill: embedding students need the teacher model (inputs: {teacher: <step>})")
+    net = load_model(teacher, ctx.trusted_targets)
+    ctx.seed_everything()
+    if cfg.init_layers:
+        arch, state = layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
+        student = build_model(arch, ctx.trusted_targets)
+        student.load_state_dict(state, strict=True)
+    else:
+        arch = dict(cfg.student)
+        student = build_model(arch, ctx.trusted_targets)
+    ctx.progress("teacher embeddings")
+    targets = logits.train if logits is not None else embed(net, data.x_train, cfg.optim.eval_batch_size)
+    if len(targets) != len(data.x_train):
+        raise ValueError(f"distill: logits.train has {len(targets)} rows, data.x_train {len(data.x_train)}")
+    val = (data.x_val, embed(net, data.x_val, cfg.optim.eval_batch_size))
+    best = fit_embedding(student, data.x_train, targets, cfg=cfg.optim, ctx=ctx, val=val, mse_weight=cfg.mse_weight)
+    metrics = {**best, "params": float(count_params(student)), "rows": float(len(data.x_train))}
+    ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
+    return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=teacher.name, metrics=metrics)
 
 
 def average_logits(teachers: list[Logits]) -> Logits:
@@ -144,9 +169,20 @@ def _hint_setup(student: nn.Module, x: torch.Tensor, feats: torch.Tensor, cfg: D
 
 
 def run(
-    data: Dataset, logits: Logits, extra_logits: list[Logits] | None = None, *, cfg: DistillConfig, ctx: StepContext
+    data: Dataset,
+    logits: Logits | None = None,
+    extra_logits: list[Logits] | None = None,
+    teacher: ModelArtifact | None = None,
+    *,
+    cfg: DistillConfig,
+    ctx: StepContext,
 ) -> ModelArtifact:
-    """Train ``cfg.student`` on the (averaged) teacher logits with the Hinton loss (+ FitNets hint)."""
+    """Train ``cfg.student`` on the (averaged) teacher logits with the Hinton loss (+ FitNets hint);
+    for embedding data, on the teacher's vectors (``distill_embedding``)."""
+    if data.task == TaskKind.embedding:
+        return distill_embedding(data, logits, teacher, cfg, ctx)
+    if logits is None:
+        raise ValueError("distill: classification students need the teacher's logits (inputs: {logits: <step>})")
     if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
         raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
@@ -155,23 +191,23 @@ def run(
         pool, teachers = use_pool(data, cfg.use_transfer, ctx), [logits, *(extra_logits or [])]
         rows = [training_rows(data, t, pool) for t in teachers]
         return train_multitask(data, rows, "+".join(t.teacher for t in teachers), cfg, ctx)
-    teacher = average_logits([logits] + list(extra_logits or []))
-    x, labels, t_logits = training_rows(data, teacher, use_pool(data, cfg.use_transfer, ctx))
+    ensemble = average_logits([logits] + list(extra_logits or []))
+    x, labels, t_logits = training_rows(data, ensemble, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
     if cfg.method == DistillMethod.mutual:
-        return train_mutual(data, x, labels, t_logits, arch, teacher.teacher, cfg, ctx)
+        return train_mutual(data, x, labels, t_logits, arch, ensemble.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
     extra: list[nn.Parameter] = []
     hint = None
     if cfg.hint_layer:
-        if cfg.teacher_feature not in teacher.features:
+        if cfg.teacher_feature not in ensemble.features:
             raise ValueError(
                 f"distill.teacher_feature: '{cfg.teacher_feature}' not in logits.features "
-                f"{sorted(teacher.features)} (set infer.features)"
+                f"{sorted(ensemble.features)} (set infer.features)"
             )
-        feats = teacher.features[cfg.teacher_feature][: len(x)]
+        feats = ensemble.features[cfg.teacher_feature][: len(x)]
         store, regressor = _hint_setup(student, x, feats, cfg)
         regressor.to(ctx.device)
         extra, targets, hint = list(regressor.parameters()), targets + (feats,), (store, regressor)
@@ -187,4 +223,4 @@ def run(
     )
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
-    return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=teacher.teacher, metrics=metrics)
+    return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=ensemble.teacher, metrics=metrics)

@@ -1,8 +1,10 @@
 """Task ``export``: turn a torch model artifact into a deployable ONNX file, gated on parity.
 
-The ONNX logits on the test split are compared with the torch model's: the largest absolute
-difference and the top-1 agreement are logged; if they miss ``cfg.atol`` / ``cfg.min_agreement``
-the step fails with ``ValueError`` (a silently wrong deployable is worse than none).
+The ONNX outputs on the test split are compared with the torch model's (``tasks.quality.parity``):
+the largest absolute difference and the agreement - top-1 agreement for classification, the worst
+row's cosine similarity for embeddings - are logged; if they miss ``cfg.atol`` /
+``cfg.min_agreement`` the step fails with ``ValueError`` (a silently wrong deployable is worse than
+none). Multi-input models (``Dataset.input_names``) export to one file with all their inputs.
 
 Decisions:
 * The output keeps the input's ``name``/``kind``/``parent``: export changes the format of a
@@ -25,7 +27,9 @@ import torch
 
 from tasks.context import StepContext
 from tasks.models import load_model
-from tasks.onnx_utils import ort_predict, ort_session, to_onnx
+from tasks.onnx_utils import data_onnx, ort_predict, ort_session
+from tasks.options import TaskKind
+from tasks.quality import parity as kind_parity
 from tasks.train import predict
 from tasks.types import Dataset, ModelArtifact
 
@@ -39,17 +43,15 @@ class ExportConfig:
     dynamo: bool = True  # torch.export-based exporter (False: deprecated TorchScript exporter)
 
 
-def parity(torch_logits: torch.Tensor, onnx_logits: np.ndarray) -> dict[str, float]:
-    """Max absolute logit difference and top-1 agreement between two sets of logits."""
-    ref = torch_logits.numpy()
-    if ref.shape != onnx_logits.shape:
-        raise ValueError(f"onnx output shape {onnx_logits.shape} != torch output shape {ref.shape}")
-    if len(ref) == 0:
+def parity(torch_out: torch.Tensor, onnx_out: np.ndarray, task: str = TaskKind.classification) -> dict[str, float]:
+    """``max_abs_diff`` and ``agreement`` (top-1 agreement; for embeddings the worst row's cosine)."""
+    if tuple(torch_out.shape) != tuple(onnx_out.shape):
+        raise ValueError(f"onnx output shape {onnx_out.shape} != torch output shape {tuple(torch_out.shape)}")
+    if len(torch_out) == 0:
         raise ValueError("data.x_test is empty: nothing to check export parity on")
-    return {
-        "max_abs_diff": float(np.abs(ref - onnx_logits).max()),
-        "agreement": float((ref.argmax(1) == onnx_logits.argmax(1)).mean()),
-    }
+    stats = kind_parity(task, torch.from_numpy(np.asarray(onnx_out)), torch_out)
+    agreement = stats["agreement"] if task == TaskKind.classification else stats["cos_min"]
+    return {"max_abs_diff": stats["max_abs_diff"], "agreement": agreement}
 
 
 def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepContext) -> ModelArtifact:
@@ -59,7 +61,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
     net = load_model(model, ctx.trusted_targets)
     ref = predict(net, data.x_test, cfg.batch_size)
     if model.onnx is not None and model.kind == "quantized":
-        stats = parity(ref, ort_predict(ort_session(model.onnx, cfg.threads), data.x_test, cfg.batch_size))
+        stats = parity(ref, ort_predict(ort_session(model.onnx, cfg.threads), data.x_test, cfg.batch_size), data.task)
         metrics = {
             "fp32_max_abs_diff": stats["max_abs_diff"],
             "fp32_agreement": stats["agreement"],
@@ -67,8 +69,8 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepCont
         }
         ctx.log_metrics(metrics)
         return dataclasses.replace(model, metrics={**model.metrics, **metrics})
-    onnx_bytes = to_onnx(net, data.x_test[:2], dynamo=cfg.dynamo)
-    stats = parity(ref, ort_predict(ort_session(onnx_bytes, cfg.threads), data.x_test, cfg.batch_size))
+    onnx_bytes = data_onnx(net, data, dynamo=cfg.dynamo)
+    stats = parity(ref, ort_predict(ort_session(onnx_bytes, cfg.threads), data.x_test, cfg.batch_size), data.task)
     metrics = {**stats, "size_bytes": float(len(onnx_bytes))}
     ctx.log_metrics(metrics)
     if stats["max_abs_diff"] > cfg.atol:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tasks.context import StepContext
-from tasks.models import load_model
+from tasks.models import load_model, sample_shape
 from tasks.types import Dataset, ModelArtifact, Report
 
 
@@ -175,7 +175,7 @@ class Predictor:
 
             onnx = art.onnx
             if onnx is None:
-                onnx = to_onnx(load_model(art, trusted), torch.zeros(2, *art.arch["input_shape"]))
+                onnx = to_onnx(load_model(art, trusted), torch.zeros(2, *sample_shape(art.arch)))
             self.session = ort_session(onnx, threads, providers=providers_for(self.device))
             self.input_name = self.session.get_inputs()[0].name
             return

@@ -24,7 +24,7 @@ def kbit_points(bench: BenchmarkReport, kbit: list[ModelArtifact]) -> list[dict]
     points = []
     for art in kbit:
         row, m = bench.row(art.name), art.metrics
-        if row is None or "quantizer_code" not in m:
+        if row is None or row.test_acc is None or "quantizer_code" not in m:
             continue
         quantizer = names.get(float(m["quantizer_code"]), "?")
         points.append(
@@ -63,7 +63,7 @@ def kbit_markdown(points: list[dict], bench: BenchmarkReport) -> str:
     parents = {p["parent"] for p in points}
     for parent in sorted(x for x in parents if x):
         row = bench.row(parent)
-        if row is not None:
+        if row is not None and row.test_acc is not None:
             lines += ["", f"FP32 parent `{parent}`: test accuracy {100 * row.test_acc:.2f}%."]
     return "\n".join(lines) + "\n"
 
@@ -84,7 +84,7 @@ def kbit_figure_png(points: list[dict], bench: BenchmarkReport, dpi: int) -> byt
             )
         for parent in sorted({p["parent"] for p in points if p["parent"]}):
             row = bench.row(parent)
-            if row is not None:
+            if row is not None and row.test_acc is not None:
                 ax.axhline(row.test_acc, ls="--", color="k", lw=1, label=f"FP32 ({parent})")
         ax.set_xticks(sorted({p["bits"] for p in points}))
         ax.set_xlabel("weight bits")

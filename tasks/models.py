@@ -116,6 +116,7 @@ class ResCNN2D(nn.Module):
 DATA_KWARGS = ("input_shape", "num_classes")  # filled by these names when a model has no data_args
 DATA_ARGS = "data_args"  # model config key: {constructor argument: data value}
 PRUNED = "_pruned_"  # arch key: the pruned structure (module attributes + tensor shapes), JSON
+SAMPLE = "_sample_shape_"  # arch key: one input sample's shape, for a model whose constructor does not take it
 DATA_VALUE_RE = re.compile(r"^(?:num_classes|input_shape(?:\[(-?\d+)\])?)$")
 DATA_VALUES = "num_classes | input_shape | input_shape[i]"
 
@@ -166,7 +167,7 @@ def build_model(arch: dict, trusted: Iterable[str] = ()) -> nn.Module:
         raise ValueError(f"model config has no _target_: {sorted(arch)}")
     if DATA_ARGS in arch:
         raise ValueError(f"model '{arch['_target_']}': data_args are not filled in (tasks.models.complete_arch)")
-    kwargs = {k: v for k, v in arch.items() if k not in ("_target_", PRUNED)}
+    kwargs = {k: v for k, v in arch.items() if k not in ("_target_", PRUNED, SAMPLE)}
     model = resolve_model(arch["_target_"], trusted)(**kwargs)
     if arch.get(PRUNED):
         apply_structure(model, arch[PRUNED])
@@ -204,7 +205,16 @@ def complete_arch(arch: dict, input_shape: list[int], num_classes: int) -> dict:
         return out
     for arg, source in dict(mapping).items():
         out[str(arg)] = data_value(str(source), input_shape, num_classes, f"model.data_args.{arg}")
+    out[SAMPLE] = list(input_shape)
     return out
+
+
+def sample_shape(arch: dict) -> list[int]:
+    """The shape of one input sample of ``arch``'s model (to export or serve it without data)."""
+    shape = arch.get(SAMPLE, arch.get("input_shape"))
+    if shape is None:
+        raise ValueError(f"model '{arch.get('_target_')}': its arch records no input shape")
+    return [int(d) for d in shape]
 
 
 def _json_attr(value):

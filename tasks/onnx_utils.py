@@ -8,6 +8,13 @@ logits within 1e-7 of torch and a symbolic batch dimension. The TorchScript expo
 call in a process) and folds BatchNorm into Conv just the same. We use ``dynamo=True`` (the
 supported path) and fall back to the TorchScript exporter only when ``torch.export`` cannot
 trace a model, so an exotic ``_target_`` model still exports.
+
+Multi-input models (a transformer's ``input_ids``, ``attention_mask``, ``token_type_ids``) export
+to ONE ONNX file with one graph input per name and a dynamic batch axis (and a dynamic sequence
+axis, dim 1) on every input. Data for them arrives stacked (``Dataset.input_names``: ``x`` is
+``[N, k, ...]``); ``ort_feed`` unstacks a batch into the graph's named inputs in each input's
+own dtype (int64 token ids stay int64), and every measurement here (predict, accuracy, timing)
+goes through it, so all inputs are always fed.
 """
 
 from __future__ import annotations
@@ -23,31 +30,62 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
+from tasks.types import Dataset
+
 log = logging.getLogger("slimray")
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+EMBEDDING_OUTPUT = "sentence_embedding"  # "embedding" clashes with node names in BERT graphs
 OPSET = 20
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def output_name(task: str) -> str:
+    """The graph output's name for a task kind (``logits`` or ``sentence_embedding``)."""
+    return EMBEDDING_OUTPUT if task == "embedding" else OUTPUT_NAME
 
 
 def _example_batch(example: Tensor) -> Tensor:
-    """Two samples of ``example`` so that the traced batch dimension is not specialized to 1."""
-    example = example.detach().float().cpu()
+    """Two samples of ``example`` so that the traced batch dimension is not specialized to 1.
+
+    Floating inputs are cast to float32; integer inputs (token ids) keep their dtype.
+    """
+    example = example.detach().cpu()
+    example = example if not example.is_floating_point() else example.float()
     return example[:2] if len(example) >= 2 else torch.cat([example, example])
 
 
-def _export_dynamo(model: nn.Module, x: Tensor) -> bytes:
+def _args(x: Tensor, input_names: list[str]) -> tuple[Tensor, ...]:
+    """The model's positional inputs: ``x`` itself, or its ``len(input_names)`` stacked slices."""
+    if not input_names:
+        return (x,)
+    if x.dim() < 2 or x.shape[1] != len(input_names):
+        raise ValueError(
+            f"inputs {input_names}: expected x stacked as [N, {len(input_names)}, ...], got {list(x.shape)}"
+        )
+    return tuple(t.contiguous() for t in x.unbind(1))
+
+
+def _dynamic_axes(args: tuple[Tensor, ...]) -> list[dict[int, str]]:
+    """Batch (dim 0) everywhere; for several inputs also the sequence axis (dim 1) they share."""
+    return [{0: "batch", 1: "sequence"} if len(args) > 1 and a.dim() > 1 else {0: "batch"} for a in args]
+
+
+def _export_dynamo(model: nn.Module, args: tuple[Tensor, ...], names: list[str], output: str) -> bytes:
+    dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+    shapes = tuple({axis: dims[label] for axis, label in spec.items()} for spec in _dynamic_axes(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.export internals emit FutureWarnings
         program = torch.onnx.export(
             model,
-            (x,),
+            args,
             dynamo=True,
             external_data=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=names,
+            output_names=[output],
+            dynamic_shapes=shapes,
             verbose=False,
         )
     if program is None:  # only when an output file is given, which we never do
@@ -55,35 +93,46 @@ def _export_dynamo(model: nn.Module, x: Tensor) -> bytes:
     return program.model_proto.SerializeToString()
 
 
-def _export_torchscript(model: nn.Module, x: Tensor) -> bytes:
+def _export_torchscript(model: nn.Module, args: tuple[Tensor, ...], names: list[str], output: str) -> bytes:
     buf = io.BytesIO()
+    axes: dict[str, dict[int, str]] = dict(zip(names, _dynamic_axes(args)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model,
-            (x,),
+            args,
             buf,  # type: ignore[arg-type]  # a file-like object is accepted (the TorchScript exporter)
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=names,
+            output_names=[output],
+            dynamic_axes={**axes, output: {0: "batch"}},
         )
     return buf.getvalue()
 
 
-def to_onnx(model: nn.Module, example: Tensor, dynamo: bool = True) -> bytes:
+def to_onnx(
+    model: nn.Module,
+    example: Tensor,
+    dynamo: bool = True,
+    input_names: list[str] | None = None,
+    output: str = OUTPUT_NAME,
+) -> bytes:
     """Export ``model`` (eval mode, CPU) to one self-contained ONNX file with a dynamic batch axis.
 
-    ``example`` is any input batch (only its per-sample shape matters). The graph has one input
-    ``input`` and one output ``logits``; the result passes ``onnx.checker.check_model``.
+    ``example`` is any input batch (only its per-sample shape matters). Without ``input_names``
+    the graph has one input ``input``; with them, ``example`` is stacked ``[N, k, ...]`` and the
+    graph has the ``k`` named inputs, each with dynamic batch and sequence axes. One output
+    (``output``, default ``logits``); the result passes ``onnx.checker.check_model``.
     """
     model = model.cpu().eval()
-    x = _example_batch(example)
+    names = list(input_names or [])
+    args = _args(_example_batch(example), names)
+    names = names or [INPUT_NAME]
     data = None
     if dynamo:
         try:
-            data = _export_dynamo(model, x)
+            data = _export_dynamo(model, args, names, output)
         except Exception as e:  # noqa: BLE001 - any tracing failure -> try the other exporter
             log.warning(
                 "torch.export-based ONNX export failed (%s: %s); using the TorchScript exporter",
@@ -91,7 +140,7 @@ def to_onnx(model: nn.Module, example: Tensor, dynamo: bool = True) -> bytes:
                 str(e).splitlines()[0] if str(e) else "",
             )
     if data is None:
-        data = _export_torchscript(model, x)
+        data = _export_torchscript(model, args, names, output)
     onnx.checker.check_model(onnx.load_from_string(data))
     return data
 
@@ -123,16 +172,28 @@ def ort_session(onnx_bytes: bytes, threads: int, providers: list[str] | None = N
 
 
 def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def ort_feed(session: ort.InferenceSession, x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+    """The ``session.run`` feed for a batch ``x``: one input gets ``x``; ``k`` inputs get the
+    ``k`` slices of a stacked ``[B, k, ...]`` batch, in graph-input order; each in its own dtype."""
+    arr = _as_numpy(x)
+    inputs = session.get_inputs()
+    if len(inputs) == 1:
+        parts = [arr]
+    elif arr.ndim >= 2 and arr.shape[1] == len(inputs):
+        parts = [arr[:, i] for i in range(len(inputs))]
+    else:
+        names = [i.name for i in inputs]
+        raise ValueError(f"ONNX model has inputs {names}: expected a batch stacked as [B, {len(names)}, ...]")
+    return {i.name: np.ascontiguousarray(p, dtype=_ORT_DTYPES.get(i.type, np.float32)) for i, p in zip(inputs, parts)}
 
 
 def ort_predict(session: ort.InferenceSession, x: Tensor | np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Logits of the ONNX model over ``x`` (float32), computed in batches of ``batch_size``."""
+    """Outputs (logits or embeddings) of the ONNX model over ``x``, computed in batches of ``batch_size``."""
     arr = _as_numpy(x)
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: arr[i : i + batch_size]})[0] for i in range(0, len(arr), batch_size)]
+    outs = [session.run(None, ort_feed(session, arr[i : i + batch_size]))[0] for i in range(0, len(arr), batch_size)]
     return np.concatenate(outs) if outs else np.empty((0,), dtype=np.float32)
 
 
@@ -156,8 +217,7 @@ def time_ort(
         raise ValueError(f"batch and iters must be >= 1, got batch={batch} iters={iters}")
     arr = _as_numpy(x)
     reps = -(-batch // len(arr))
-    xb = np.ascontiguousarray(np.concatenate([arr] * reps)[:batch])
-    feed = {session.get_inputs()[0].name: xb}
+    feed = ort_feed(session, np.concatenate([arr] * reps)[:batch])
     for _ in range(warmup):
         session.run(None, feed)
     times = np.empty(iters)
@@ -169,8 +229,20 @@ def time_ort(
     return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3, "throughput": batch / p50}
 
 
+def data_onnx(model: nn.Module, data: Dataset, dynamo: bool = True) -> bytes:
+    """``to_onnx`` with the inputs and output of ``data``'s model: its ``input_names`` and task kind."""
+    example = next((x for x in (data.x_val, data.x_test, data.x_train) if len(x)), data.x_train)
+    return to_onnx(model, example[:2], dynamo, input_names=data.input_names, output=output_name(data.task))
+
+
 def deployed_speed(
-    model: nn.Module, example: Tensor, batch: int, threads: int = 1, warmup: int = 5, iters: int = 20
+    model: nn.Module,
+    example: Tensor,
+    batch: int,
+    threads: int = 1,
+    warmup: int = 5,
+    iters: int = 20,
+    input_names: list[str] | None = None,
 ) -> tuple[dict[str, float], bytes]:
     """``time_ort`` of ``model`` exported to ONNX: the speed of the model as it is deployed.
 
@@ -182,7 +254,7 @@ def deployed_speed(
     Returns the timing and the ONNX bytes (whose length is the size).
     """
     try:
-        onnx_bytes = to_onnx(model, example, dynamo=False)
+        onnx_bytes = to_onnx(model, example, dynamo=False, input_names=input_names)
     except Exception:  # noqa: BLE001 - a model only torch.export can trace
-        onnx_bytes = to_onnx(model, example)
+        onnx_bytes = to_onnx(model, example, input_names=input_names)
     return time_ort(ort_session(onnx_bytes, threads), example, batch, warmup, iters), onnx_bytes

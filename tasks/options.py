@@ -89,6 +89,17 @@ class Calibration(StrEnum):
     percentile = "percentile"
 
 
+class TaskKind(StrEnum):
+    """What a model's output means, hence how its quality is measured (``tasks.quality``).
+
+    ``classification``: logits scored by accuracy against labels. ``embedding``: vectors scored
+    by cosine similarity and nearest-neighbour agreement with a reference model's vectors.
+    """
+
+    classification = "classification"
+    embedding = "embedding"
+
+
 class Quantizer(StrEnum):
     """Weight quantizer of ``quantize.method: fake_kbit`` (formulas: ``tasks.quantizers``)."""
 

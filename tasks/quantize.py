@@ -22,7 +22,19 @@ Methods (``cfg.method``):
   per-channel INT8 grid scales with the channel, 8-bit QAT weights stay exactly representable.
 
 ONNX methods store the INT8 model in ``ModelArtifact.onnx`` and keep FP32 weights in
-``state_dict`` (so params/FLOPs can still be counted); ``val_acc`` is measured with ORT.
+``state_dict`` (so params/FLOPs can still be counted); quality is measured with ORT.
+
+Parity gate (``cfg.gate``, ``tasks.quality``): the INT8 model's ORT outputs on the held-out
+validation rows are compared with its reference - the torch model it was made from (FP32, or for
+``qat`` the fake-quant simulation with baked weights). A model that misses the bounds is returned
+with ``metrics["rejected"] = 1`` and its ``parity_*`` figures, so benchmark and report show why and
+selection never takes it. (ORT static QDQ with default settings quietly destroys a transformer's
+embeddings - cosine ~0.5 - this is what the gate is for.)
+
+Task kinds: ``classification`` reports ``val_acc`` (and its delta to FP32); ``embedding`` reports
+the reference-agreement metrics (``cos_mean``, ``cos_min``, ``top1_agree``, ``top5_agree``) on the
+validation rows. Multi-input models are calibrated and evaluated with all their inputs
+(``ort_feed``); calibration reads ``data.x_calib`` when the data set holds one.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -47,10 +60,11 @@ from torch.nn.utils import parametrize
 
 from tasks.context import StepContext
 from tasks.models import load_model, make_artifact
-from tasks.onnx_utils import INPUT_NAME, ort_accuracy, ort_session, to_onnx
-from tasks.options import Calibration, Quantizer, QuantMethod, Scheduler
+from tasks.onnx_utils import data_onnx, ort_feed, ort_predict, ort_session
+from tasks.options import Calibration, Quantizer, QuantMethod, Scheduler, TaskKind
+from tasks.quality import GateConfig, gate_failures, parity, quality
 from tasks.quantizers import simulate_kbit
-from tasks.train import OptimConfig, accuracy, ce_loss, fit
+from tasks.train import OptimConfig, ce_loss, fit, predict
 from tasks.types import Dataset, ModelArtifact
 
 METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat")
@@ -68,8 +82,10 @@ class QuantizeConfig:
     preprocess: bool = True  # run ORT's quant_pre_process (shape inference + graph optimization)
     qat_activations: bool = False  # qat: also fake-quantize ReLU outputs to uint8
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=3, lr=5e-4, scheduler=Scheduler.cosine))
-    threads: int = 1  # ORT intra-op threads for the val_acc evaluation
+    op_types: list[str] = field(default_factory=list)  # ORT op types to quantize ([] = all it supports)
+    threads: int = 1  # ORT intra-op threads for the quality evaluation
     eval_batch_size: int = 1024
+    gate: GateConfig = field(default_factory=GateConfig)  # parity of the ORT model with its reference
     # fake_kbit weight quantizer and its knobs (tasks/quantizers.py)
     quantizer: Quantizer = Quantizer.uniform
     symmetric: bool = True  # uniform only: grid symmetric around 0, or spanning [min, max]
@@ -138,37 +154,49 @@ def fake_quantize_model(model: nn.Module, bits: int) -> nn.Module:
 
 
 class _CalibReader(CalibrationDataReader):
-    """ORT ``CalibrationDataReader``: yields ``{"input": batch}`` dicts, then ``None``."""
+    """ORT ``CalibrationDataReader``: yields the prepared feed dicts (every graph input), then ``None``."""
 
-    def __init__(self, batches: list):
-        self.batches, self.i = batches, 0
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.i = feeds, 0
 
     def get_next(self):
-        if self.i >= len(self.batches):
+        if self.i >= len(self.feeds):
             return None
         self.i += 1
-        return {INPUT_NAME: self.batches[self.i - 1]}
+        return self.feeds[self.i - 1]
 
     def rewind(self):
         self.i = 0
 
 
-def _calib_batches(x: Tensor, cfg: QuantizeConfig, seed: int) -> list:
-    """``calib_batches`` random training batches (seeded) as float32 numpy arrays."""
+def _calib_feeds(fp32: bytes, x: Tensor, cfg: QuantizeConfig, seed: int) -> list[dict]:
+    """``calib_batches`` random batches of ``x`` (seeded) as feed dicts of the FP32 graph's inputs."""
     n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    xs = x[idx].float().numpy()
-    return [xs[i : i + cfg.calib_batch_size] for i in range(0, n, cfg.calib_batch_size)]
+    session = ort_session(fp32, threads=1)
+    return [ort_feed(session, x[idx[i : i + cfg.calib_batch_size]]) for i in range(0, n, cfg.calib_batch_size)]
 
 
-def ort_quantize(fp32: bytes, x_train: Tensor, cfg: QuantizeConfig, seed: int, static: bool) -> bytes:
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ORT's ``quant_pre_process``. Its symbolic shape inference cannot follow a transformer's
+    dynamic sequence axis (``Incomplete symbolic shape inference``), and that failure leaves a
+    ``<uuid>.data`` file in the working directory: multi-input graphs skip it up front (ONNX
+    shape inference only); any other graph falls back to the same on failure."""
+    multi_input = len(onnx.load(str(src), load_external_data=False).graph.input) > 1
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=multi_input)
+    except Exception:  # noqa: BLE001 - ORT raises a bare Exception for this
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def ort_quantize(fp32: bytes, x_calib: Tensor, cfg: QuantizeConfig, seed: int, static: bool) -> bytes:
     """INT8 ONNX from FP32 ONNX bytes with ORT (static QDQ with calibration, or dynamic)."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
         if cfg.preprocess:
-            quant_pre_process(str(src), str(Path(tmp) / "pre.onnx"))
-            src = Path(tmp) / "pre.onnx"
+            src = _preprocess(src, Path(tmp) / "pre.onnx")
         if static:
             method = {
                 "minmax": CalibrationMethod.MinMax,
@@ -178,19 +206,26 @@ def ort_quantize(fp32: bytes, x_train: Tensor, cfg: QuantizeConfig, seed: int, s
             quantize_static(
                 str(src),
                 str(out),
-                _CalibReader(_calib_batches(x_train, cfg, seed)),
+                _CalibReader(_calib_feeds(fp32, x_calib, cfg, seed)),
                 quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(cfg.op_types) or None,
                 per_channel=cfg.per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=method,
             )
         else:
-            quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                str(src),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=cfg.per_channel,
+                op_types_to_quantize=list(cfg.op_types) or None,
+            )
         return out.read_bytes()
 
 
-def _validate(model: ModelArtifact, cfg: QuantizeConfig) -> None:
+def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
     if cfg.method not in METHODS:
         raise ValueError(f"quantize.method: unknown value '{cfg.method}' ({' | '.join(METHODS)})")
     if cfg.method in ("fake_kbit", "qat") and not 2 <= cfg.bits <= 8:
@@ -207,6 +242,8 @@ def _validate(model: ModelArtifact, cfg: QuantizeConfig) -> None:
         )
     if model.kind == "quantized":
         raise ValueError(f"model '{model.name}' is already quantized (kind=quantized); quantize its parent")
+    if cfg.method == "qat" and data.task != TaskKind.classification:
+        raise ValueError(f"quantize.method: qat needs labels (a classification data set), '{data.name}' is {data.task}")
 
 
 def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepContext) -> dict:
@@ -233,30 +270,49 @@ def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepC
     return best
 
 
+def _quality(data: Dataset, out: Tensor, ref: Tensor) -> dict[str, float]:
+    """The kind's quality of outputs on the validation rows (``val_acc`` or the embedding metrics)."""
+    if data.task == TaskKind.classification:
+        return {"val_acc": quality(data.task, out, labels=data.y_val)["acc"]}
+    return quality(data.task, out, reference=ref)
+
+
+def _gate(data: Dataset, out: Tensor, ref: Tensor, cfg: QuantizeConfig, ctx: StepContext) -> dict[str, float]:
+    """``parity_*`` figures of the ORT outputs vs the reference, and ``rejected`` (1 if the gate fails)."""
+    stats = parity(data.task, out, ref)
+    failed = gate_failures(data.task, stats, cfg.gate)
+    if failed:
+        ctx.note(f"parity gate: rejected ({', '.join(failed)} on {len(ref)} held-out rows)")
+    return {**{f"parity_{k}": v for k, v in stats.items()}, "rejected": float(bool(failed))}
+
+
 def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepContext) -> ModelArtifact:
     """Quantize ``model`` with ``cfg.method``; returns a ``quantized`` artifact whose parent is ``model``."""
-    _validate(model, cfg)
+    _validate(model, data, cfg)
     ctx.seed_everything()
     net = load_model(model, ctx.trusted_targets)
-    fp32_val_acc = accuracy(net, data.x_val, data.y_val, cfg.eval_batch_size)
-    metrics: dict[str, float] = {"fp32_val_acc": fp32_val_acc}
+    fp32_out = predict(net, data.x_val, cfg.eval_batch_size)
+    classify = data.task == TaskKind.classification
+    metrics: dict[str, float] = {"fp32_val_acc": _quality(data, fp32_out, fp32_out)["val_acc"]} if classify else {}
     onnx_bytes = None
     if cfg.method == "fake_kbit":
         metrics.update(simulate_kbit(net, cfg))
-        metrics.update(val_acc=accuracy(net, data.x_val, data.y_val, cfg.eval_batch_size), bits=float(cfg.bits))
+        metrics.update(_quality(data, predict(net, data.x_val, cfg.eval_batch_size), fp32_out), bits=float(cfg.bits))
     else:
         if cfg.method == "qat":
             metrics["qat_best_val_acc"] = _qat_finetune(net, data, cfg, ctx)["val_acc"]
             metrics["bits"] = float(cfg.bits)
-        fp32 = model.onnx if (model.onnx is not None and cfg.method != "qat") else to_onnx(net, data.x_val)
-        onnx_bytes = ort_quantize(fp32, data.x_train, cfg, ctx.seed, static=cfg.method != "dynamic_int8")
-        session = ort_session(onnx_bytes, cfg.threads)
+        reference = fp32_out if cfg.method != "qat" else predict(net, data.x_val, cfg.eval_batch_size)
+        fp32 = model.onnx if (model.onnx is not None and cfg.method != "qat") else data_onnx(net, data)
+        calib = data.x_calib if data.x_calib is not None and len(data.x_calib) else data.x_train
+        onnx_bytes = ort_quantize(fp32, calib, cfg, ctx.seed, static=cfg.method != "dynamic_int8")
+        out = torch.from_numpy(ort_predict(ort_session(onnx_bytes, cfg.threads), data.x_val, cfg.eval_batch_size))
         metrics.update(
-            val_acc=ort_accuracy(session, data.x_val, data.y_val, cfg.eval_batch_size),
-            size_bytes=float(len(onnx_bytes)),
-            fp32_size_bytes=float(len(fp32)),
+            _quality(data, out, fp32_out), size_bytes=float(len(onnx_bytes)), fp32_size_bytes=float(len(fp32))
         )
-    metrics["val_acc_delta"] = metrics["val_acc"] - fp32_val_acc
+        metrics.update(_gate(data, out, reference, cfg, ctx))
+    if classify:
+        metrics["val_acc_delta"] = metrics["val_acc"] - metrics["fp32_val_acc"]
     ctx.log_metrics(metrics)
     return make_artifact(
         net, model.arch, name=ctx.step, kind="quantized", parent=model.name, metrics=metrics, onnx=onnx_bytes

@@ -19,7 +19,14 @@ glance; a metric is left out when its value is unknown):
   same numbers as ``targets.selected_vs_teacher`` in ``benchmark.json``.
 
 The selected model's ONNX is returned as a ``Registration`` under alias ``candidate``; promotion
-is a human's call.
+is a human's call. The selected model is the benchmark's (``bench.selected``): when that is not the
+``selected`` input (which the benchmark rejected, or benchmark chose among ``candidates``), the
+candidate of that name is registered. A rejected candidate is listed with the parity figures it
+was rejected on and never registered.
+
+Embedding benchmarks (``bench.task == "embedding"``) have no accuracy: the quality axis is the
+evaluation split's ``cos_mean`` to the reference, and the table shows cosine mean/min and top-1
+retrieval agreement instead of accuracy.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from tasks.context import StepContext
 from tasks.kbit_report import kbit_section
 from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 
-KINDS = ("teacher", "student_scratch", "student_kd", "pruned", "quantized")
+KINDS = ("reference", "teacher", "student_scratch", "student_kd", "pruned", "quantized")
 COLORS = {
+    "reference": "black",
     "teacher": "tab:blue",
     "student_scratch": "tab:gray",
     "student_kd": "tab:green",
@@ -59,7 +67,21 @@ COLUMNS = [
     ("latency_ms_p95_b1", "p95 ms (b1)"),
     ("throughput_b256", "samples/s (b256)"),
 ]
-HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1")
+EMBEDDING_COLUMNS = [("cos_mean", "cos mean"), ("cos_min", "cos min"), ("top1_agree", "top-1 agree")]
+HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1", "cos_mean", "cos_min")
+
+
+def quality_key(bench: BenchmarkReport) -> str:
+    """The row field on the quality axis: ``test_acc``, or ``cos_mean`` for embedding benchmarks."""
+    return "cos_mean" if bench.task == "embedding" else "test_acc"
+
+
+def columns(bench: BenchmarkReport) -> list[tuple[str, str]]:
+    if bench.task != "embedding":
+        return COLUMNS
+    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:]
+
+
 MAX_LABELS = 12  # per panel: beyond this, labels overlap on a 11-inch figure
 
 
@@ -107,6 +129,8 @@ def _fmt(key: str, v) -> str:
         return "–"
     if key in ("test_acc", "val_acc"):
         return f"{100 * float(v):.2f}%"
+    if key in ("cos_mean", "cos_min", "top1_agree"):
+        return f"{float(v):.4f}"
     if key == "size_bytes":
         return f"{float(v) / 1024:.1f} KiB"
     if key in ("params", "nonzero_params", "flops", "throughput_b256"):
@@ -116,10 +140,10 @@ def _fmt(key: str, v) -> str:
     return str(v)
 
 
-def _sorted(rows: list[BenchmarkRow]) -> list[BenchmarkRow]:
-    """Teacher first, then by kind in pipeline order, best test accuracy first within a kind."""
+def _sorted(rows: list[BenchmarkRow], key: str = "test_acc") -> list[BenchmarkRow]:
+    """Reference and teacher first, then by kind in pipeline order, best quality first within a kind."""
     order = {k: i for i, k in enumerate(KINDS)}
-    return sorted(rows, key=lambda r: (order.get(r.kind, len(KINDS)), -r.test_acc))
+    return sorted(rows, key=lambda r: (order.get(r.kind, len(KINDS)), -(getattr(r, key) or 0.0)))
 
 
 def _ratios(bench: BenchmarkReport) -> list[str]:
@@ -135,7 +159,12 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
     return [
         f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:",
         "",
-        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points",
+        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points"
+        if c.test_acc_delta is not None
+        else f"- cosine to the reference (evaluation set): mean {_fmt('cos_mean', bench.selected.cos_mean)}, "
+        f"min {_fmt('cos_min', bench.selected.cos_min)}"
+        if bench.selected is not None
+        else "",
         f"- size: {x(c.size_reduction, 'smaller')}",
         f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
         f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
@@ -144,13 +173,13 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
     ]
 
 
-def _table(rows: list[BenchmarkRow], front: list[str]) -> list[str]:
-    head = [label for _, label in COLUMNS] + ["note"]
+def _table(rows: list[BenchmarkRow], front: list[str], cols: list[tuple[str, str]] = COLUMNS) -> list[str]:
+    head = [label for _, label in cols] + ["note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         marks = ("★ " if r.selected else "") + ("◆ " if r.name in front else "")
-        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else _fmt(k, getattr(r, k)) for k, _ in COLUMNS]
-        cells.append("no speedup" if r.no_speedup else "")
+        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else _fmt(k, getattr(r, k)) for k, _ in cols]
+        cells.append(f"REJECTED ({r.rejected_reason})" if r.rejected else "no speedup" if r.no_speedup else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -161,23 +190,31 @@ def markdown(bench: BenchmarkReport, front: list[str]) -> str:
         f"# Compression report: {bench.dataset}",
         "",
         f"Benchmark: {bench.runtime}, {bench.threads} thread(s). ★ selected, ◆ Pareto frontier "
-        "(test accuracy vs throughput).",
+        f"({quality_key(bench)} vs throughput).",
         "",
     ]
-    return "\n".join(lines + _table(_sorted(bench.candidates), front) + [""] + _ratios(bench)) + "\n"
+    table = _table(_sorted(bench.candidates, quality_key(bench)), front, columns(bench))
+    notes = [f"- {n}" for n in bench.notes]
+    return "\n".join(lines + table + [""] + _ratios(bench) + ([""] + notes if notes else [])) + "\n"
 
 
 def summary_markdown(bench: BenchmarkReport, front: list[str]) -> str:
     """The run description: ratios first, then only the teacher, the selected model and the frontier."""
-    rows = _sorted(bench.candidates)
-    must = [r for r in rows if r.selected or r.kind == "teacher"]
+    rows = _sorted(bench.candidates, quality_key(bench))
+    must = [r for r in rows if r.selected or r.kind in ("teacher", "reference") or r.rejected]
     on = [r for r in rows if r.name in front and r not in must][: max(MAX_LABELS - len(must), 0)]
     keep = [r for r in rows if r in must or r in on]  # bounded: MLflow caps a description at 8000 chars
     rest = len(bench.candidates) - len(keep)
     tail = [f"{rest} more candidate(s) in `report.md` and `pareto.png`." if rest else ""]
     return (
         "\n".join(
-            [f"## Compression report: {bench.dataset}", ""] + _ratios(bench) + [""] + _table(keep, front) + [""] + tail
+            [f"## Compression report: {bench.dataset}", ""]
+            + _ratios(bench)
+            + [""]
+            + _table(keep, front, columns(bench))
+            + [""]
+            + [f"- {n}" for n in bench.notes]
+            + tail
         ).rstrip()
         + "\n"
     )
@@ -193,32 +230,31 @@ def _labelled(pts: list[BenchmarkRow], front: list[str]) -> list[BenchmarkRow]:
     return must + on
 
 
-def _panel(ax, rows: list[BenchmarkRow], xkey: str, front: list[str], xlabel: str) -> None:
+def _panel(ax, rows: list[BenchmarkRow], xkey: str, front: list[str], xlabel: str, ykey: str = "test_acc") -> None:
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
-    pts = [r for r in rows if getattr(r, xkey) is not None]
+    pts = [r for r in rows if getattr(r, xkey) is not None and getattr(r, ykey) is not None]
+    y = lambda r: getattr(r, ykey)  # noqa: E731
     for kind in sorted({r.kind for r in pts}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
         sub = [r for r in pts if r.kind == kind]
         ax.scatter(
             [getattr(r, xkey) for r in sub],
-            [r.test_acc for r in sub],
+            [y(r) for r in sub],
             s=30,
             alpha=0.75,
             color=COLORS.get(kind, "black"),
             zorder=3,
         )
     on = sorted((r for r in pts if r.name in front), key=lambda r: getattr(r, xkey))
-    ax.plot([getattr(r, xkey) for r in on], [r.test_acc for r in on], "k--", lw=1, zorder=2)
-    ax.scatter(
-        [getattr(r, xkey) for r in on], [r.test_acc for r in on], s=80, facecolors="none", edgecolors="k", zorder=4
-    )
+    ax.plot([getattr(r, xkey) for r in on], [y(r) for r in on], "k--", lw=1, zorder=2)
+    ax.scatter([getattr(r, xkey) for r in on], [y(r) for r in on], s=80, facecolors="none", edgecolors="k", zorder=4)
     for r in pts:
         if r.selected:
-            ax.scatter([getattr(r, xkey)], [r.test_acc], marker="*", s=260, color="red", zorder=5)
+            ax.scatter([getattr(r, xkey)], [y(r)], marker="*", s=260, color="red", zorder=5)
     for i, r in enumerate(_labelled(pts, front)):
         ax.annotate(
             r.name,
-            (getattr(r, xkey), r.test_acc),
+            (getattr(r, xkey), y(r)),
             fontsize=7,
             xytext=(4, 4 if i % 2 else -9),
             textcoords="offset points",
@@ -250,8 +286,9 @@ def pareto_figure(bench: BenchmarkReport, front_speed: list[str], front_size: li
     """Two panels: test accuracy vs throughput (b256) and vs size, both log x; legend below."""
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 5))
-    _panel(a, bench.candidates, "throughput_b256", front_speed, "throughput, samples/s (batch 256, log)")
-    _panel(b, bench.candidates, "size_bytes", front_size, "model size, bytes (log)")
+    q = quality_key(bench)
+    _panel(a, bench.candidates, "throughput_b256", front_speed, "throughput, samples/s (batch 256, log)", q)
+    _panel(b, bench.candidates, "size_bytes", front_size, "model size, bytes (log)", q)
     handles = _legend_handles(bench.candidates)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(
@@ -286,11 +323,23 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
     """The artifact's ONNX, or an export of its torch model at batch 1 when it has none."""
     if selected.onnx is not None:
         return selected.onnx
-    from tasks.models import load_model
+    from tasks.models import load_model, sample_shape
     from tasks.onnx_utils import to_onnx  # imported only when needed
 
-    example = torch.zeros(1, *selected.arch["input_shape"])
+    example = torch.zeros(1, *sample_shape(selected.arch))
     return to_onnx(load_model(selected, trusted), example)
+
+
+def _registered_model(
+    bench: BenchmarkReport, selected: ModelArtifact | None, candidates: list[ModelArtifact], ctx: StepContext
+) -> ModelArtifact | None:
+    """The artifact of the benchmark's selected model (never a rejected one), or None."""
+    name = bench.targets.selected
+    pool = ([selected] if selected is not None else []) + list(candidates)
+    found = next((m for m in pool if m.name == name), None) if name else None
+    if found is None and selected is not None:
+        ctx.note(f"'{selected.name}' is not the benchmark's selected model ({name}): nothing registered")
+    return found
 
 
 def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
@@ -309,6 +358,7 @@ def run(
     bench: BenchmarkReport,
     selected: ModelArtifact | None = None,
     kbit: list[ModelArtifact] | None = None,
+    candidates: list[ModelArtifact] | None = None,
     *,
     cfg: ReportConfig,
     ctx: StepContext,
@@ -319,8 +369,10 @@ def run(
     """
     if not bench.candidates:
         raise ValueError("report.bench: the benchmark has no candidates")
-    front = pareto_front(bench.candidates, {"test_acc": "max", "throughput_b256": "max"})
-    front_size = pareto_front(bench.candidates, {"test_acc": "max", "size_bytes": "min"})
+    q = quality_key(bench)
+    front = pareto_front(bench.candidates, {q: "max", "throughput_b256": "max"})
+    front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
+    selected = _registered_model(bench, selected, candidates or [], ctx)
     kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
     md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
     miss = budget_line(bench, cfg.max_acc_drop)

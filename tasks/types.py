@@ -23,9 +23,20 @@ class Value:
 
 @dataclass
 class Dataset:
-    """A classification data set split into train / val / test (+ an unlabeled transfer pool).
+    """A data set split into train / val / test (+ an unlabeled transfer pool, a calibration set).
 
     Selection and early stopping read ``val`` only; ``test`` is for the final benchmark.
+
+    ``task`` (a ``tasks.options.TaskKind``) says how outputs are judged (``tasks.quality``):
+    ``classification`` data has labels in ``y_*``; ``embedding`` data has none (``y_* = -1``,
+    ``num_classes = 0``): models are judged against a reference model's outputs.
+
+    Multi-input models (a transformer's ``input_ids``, ``attention_mask``, ``token_type_ids``):
+    ``input_names`` lists the model's inputs and every ``x_*`` stacks them along dim 1
+    (``[N, len(input_names), ...]``, one dtype). Rows stay rows, so slicing, batching, Ray
+    transfer and the safetensors codec work unchanged; ``tasks.onnx_utils.ort_feed`` unstacks a
+    batch into the ONNX graph's named inputs. Empty ``input_names``: ``x`` is the one input.
+    ``x_calib`` holds inputs set aside for quantization calibration (else training rows are used).
     """
 
     name: str
@@ -37,6 +48,9 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     x_transfer: Tensor | None = None  # unlabeled inputs for distillation
+    task: str = "classification"  # tasks.options.TaskKind
+    input_names: list[str] = field(default_factory=list)  # stacked model inputs (dim 1 of x_*)
+    x_calib: Tensor | None = None  # held out for quantization calibration
 
     @property
     def input_shape(self) -> list[int]:
@@ -129,8 +143,8 @@ class BenchmarkRow:
     name: str
     kind: str
     parent: str | None
-    test_acc: float
-    val_acc: float
+    test_acc: float | None  # None for embedding models (no labels): see cos_*
+    val_acc: float | None
     params: int | None
     nonzero_params: int | None
     flops: int | None
@@ -141,6 +155,19 @@ class BenchmarkRow:
     int8_onnx: bool = False
     no_speedup: bool | None = None  # >= 2x fewer FLOPs than the teacher, < 1.2x its throughput
     selected: bool = False
+    runtime: str = "onnxruntime"  # or "torch" (the torch FP32 reference row)
+    # embedding models: agreement with the reference model's vectors (tasks.quality) on the
+    # evaluation split (cos_*, top*_agree) and on the validation split (val_cos_*, what selection reads)
+    cos_mean: float | None = None
+    cos_min: float | None = None
+    top1_agree: float | None = None
+    top5_agree: float | None = None
+    val_cos_mean: float | None = None
+    val_cos_min: float | None = None
+    # latency_ms_b1_t<n> and throughput_b<B>_t<n> for every thread count n benchmarked
+    speed: dict[str, float] = field(default_factory=dict)
+    rejected: bool = False  # failed the parity gate (tasks.quality): never selected
+    rejected_reason: str = ""  # the measured figures that failed
 
 
 @dataclass
@@ -161,7 +188,7 @@ class Comparison:
     params_reduction: float | None
     nonzero_params_reduction: float | None
     flops_reduction: float | None
-    test_acc_delta: float
+    test_acc_delta: float | None
     meets_target: bool | None = None  # INT8 vs its FP32 parent: does it meet the INT8 target
 
     @classmethod
@@ -176,7 +203,7 @@ class Comparison:
             params_reduction=_ratio(ref.params, row.params),
             nonzero_params_reduction=_ratio(ref.nonzero_params, row.nonzero_params),
             flops_reduction=_ratio(ref.flops, row.flops),
-            test_acc_delta=float(row.test_acc) - float(ref.test_acc),
+            test_acc_delta=None if row.test_acc is None or ref.test_acc is None else row.test_acc - ref.test_acc,
         )
 
 
@@ -200,6 +227,8 @@ class BenchmarkReport:
     runtime: str
     candidates: list[BenchmarkRow]
     targets: Targets
+    task: str = "classification"  # tasks.options.TaskKind: which quality fields the rows carry
+    notes: list[str] = field(default_factory=list)  # e.g. a rejected model that was not selected
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,6 +14,7 @@ from pipelines.cli import main
 from pipelines.select import choose, parse_select
 from tasks import prune, teacher
 from tasks.context import StepContext
+from tasks.inference import Predictor
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.report import budget_line
 from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, Targets
@@ -54,8 +55,15 @@ def test_data_args_fill_the_users_own_argument_names(workdir, capsys):
         [1, 40],
         7,
     )
-    assert arch == {"_target_": USER, "in_ch": 1, "n_classes": 7, "length": 40}  # stored as plain kwargs
-    assert build_model(arch, [USER])(torch.randn(2, 1, 40)).shape == (2, 7)
+    # stored as plain kwargs, plus the sample shape that exporting or serving it needs without data
+    assert arch == {"_target_": USER, "in_ch": 1, "n_classes": 7, "length": 40, "_sample_shape_": [1, 40]}
+    net = build_model(arch, [USER]).eval()
+    assert net(torch.randn(2, 1, 40)).shape == (2, 7)
+    # the ONNX Runtime backend of the inference pipeline exports it from that shape
+    predict = Predictor(make_artifact(net, arch, name="m", kind="teacher"), backend="onnxruntime", trusted=(USER,))
+    x = torch.randn(5, 1, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(predict(x), net(x), atol=1e-4, rtol=1e-4)
     with pytest.raises(
         ValueError, match=r"model.data_args.length: 'input_shape\[3\]' is out of range for input_shape \[1, 40\]"
     ):

@@ -1,0 +1,93 @@
+"""all-MiniLM-L6-v2 compressed by `slimray experiment=minilm`, measured side by side in one run.
+
+Runs the pipeline in an empty directory (embedded Ray, a fresh sqlite MLflow store), reads the
+benchmark step's `benchmark.json` and prints one JSON object: every variant (torch FP32, the
+reference, included) with its size, batch-1 latency and batch-32 throughput at 2 threads, cosine
+to the torch FP32 embeddings on the evaluation set (mean, worst row), top-1 retrieval agreement,
+and whether it was selected or rejected by the parity gate; then the selected model's ratios
+against torch FP32 and the machine.
+
+    .venv/bin/python benchmarks/minilm.py [overrides...]     # needs: pip install -e '.[nlp]'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from default_run import benchmark_json  # benchmarks/ is the script's directory
+from machine import machine_info
+
+FIELDS = ("size_bytes", "cos_mean", "cos_min", "top1_agree", "selected", "rejected")
+
+
+def variant(row: dict) -> dict:
+    """One variant of the printed JSON from a ``benchmark.json`` row."""
+    speed = row.get("speed", {})
+    out = {"name": row["name"], "kind": row["kind"], "runtime": row.get("runtime")}
+    out.update({k: row.get(k) for k in FIELDS})
+    for key in ("latency_ms_b1_t1", "latency_ms_b1_t2", "throughput_b32_t1", "throughput_b32_t2"):
+        out[key] = speed.get(key)
+    if row.get("rejected"):
+        out["rejected_reason"] = row.get("rejected_reason")
+    return out
+
+
+def ratios(sel: dict | None, ref: dict) -> dict:
+    """The targets' ratios of the selected variant against torch FP32 (> 1 is better)."""
+    if sel is None:
+        return {}
+    r = lambda a, b: None if not a or not b else round(a / b, 2)  # noqa: E731
+    return {
+        "size_reduction": r(ref["size_bytes"], sel["size_bytes"]),
+        "latency_speedup_b1_t2": r(ref["latency_ms_b1_t2"], sel["latency_ms_b1_t2"]),
+        "throughput_speedup_b32_t2": r(sel["throughput_b32_t2"], ref["throughput_b32_t2"]),
+        "cos_mean": sel["cos_mean"],
+        "cos_min": sel["cos_min"],
+    }
+
+
+def main() -> None:
+    overrides = ["experiment=minilm", *sys.argv[1:]]
+    with tempfile.TemporaryDirectory(prefix="slimray-minilm-") as wd:
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-m", "pipelines", *overrides],
+            cwd=wd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr[-4000:])
+            raise SystemExit(f"slimray exited {out.returncode}")
+        bench = benchmark_json(f"sqlite:///{wd}/mlflow.db")
+    variants = [variant(r) for r in bench["candidates"]]
+    ref = next(v for v in variants if v["name"] == "torch_fp32")
+    sel = next((v for v in variants if v["selected"]), None)
+    print(
+        json.dumps(
+            {
+                "reference": "torch_fp32",
+                "variants": variants,
+                "selected": sel["name"] if sel else None,
+                "selected_vs_reference": ratios(sel, ref),
+                "notes": bench.get("notes", []),
+                "overrides": overrides,
+                "wall_s": round(wall, 1),
+                "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

