@@ -1,4 +1,4 @@
-"""Does distillation pay? KD student vs. scratch student on the MNIST-1D test set.
+"""Does distillation pay? KD student vs. scratch student (and two-way, mutual) on the MNIST-1D test set.
 
 Trains the teacher (conf/model/cnn1d_teacher.yaml), computes its logits over the labeled train
 split and the 25k-row unlabeled transfer pool, then for each seed trains the same student
@@ -7,6 +7,12 @@ and by distillation (tasks/distill.py defaults: labeled rows + transfer pool). B
 ~8x more rows per epoch, the scratch student is also trained with as many optimizer steps as the
 KD student (``scratch_steps``), and the gain is taken against the better of the two scratch runs.
 Prints ONE JSON object; the goal is a mean gain of at least +1.0 accuracy point.
+
+Two-way distillation (Deep Mutual Learning, ``distill`` method ``mutual``) adds two columns with
+the same seeds: ``mutual`` - two students learning from the labels and each other, no teacher,
+labeled rows only, with the optimizer steps of ``scratch_steps``; ``mutual_teacher`` - the same
+plus the teacher's logits (``teacher_weight``) over labeled rows + transfer pool, with the KD
+student's schedule. Each is the better of its two students on val (what the step returns).
 
     .venv/bin/python benchmarks/kd_gain.py [--seeds 0 1 2] [--epochs N] [--temperature T] ...
 """
@@ -29,6 +35,7 @@ from tasks import data as data_task
 from tasks import distill, infer
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
+from tasks.mutual import MutualConfig
 from tasks.train import OptimConfig, accuracy, ce_loss, fit
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -48,6 +55,18 @@ def _train(arch: dict, x, y, data, optim: OptimConfig, seed: int):
     return model, time.perf_counter() - start
 
 
+def _mutual(data, logits, cfg, seed: int) -> dict:
+    """One DML run: test accuracy of the student the step returns, both students' val accuracy, seconds."""
+    start = time.perf_counter()
+    art = distill.run(data, logits, cfg=cfg, ctx=StepContext(step="mutual", seed=seed))
+    m = art.metrics
+    return {
+        "test_acc": accuracy(load_model(art), data.x_test, data.y_test),
+        "val_accs": [round(m["student0_val_acc"], 4), round(m["student1_val_acc"], 4)],
+        "s": round(time.perf_counter() - start, 1),
+    }
+
+
 def main() -> None:
     defaults = distill.DistillConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,6 +78,8 @@ def main() -> None:
     p.add_argument("--teacher", default="cnn1d_teacher", help="a file of conf/model/")
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--n-transfer", type=int, default=25000)
+    p.add_argument("--mutual-temperature", type=float, default=1.0, help="DML without a teacher (paper: 1)")
+    p.add_argument("--mutual-teacher-weight", type=float, default=1.0)
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -77,6 +98,14 @@ def main() -> None:
     n_kd = len(data.x_train) + (0 if data.x_transfer is None else len(data.x_transfer))
     per_epoch = [math.ceil(n / optim.batch_size) for n in (n_kd, len(data.x_train))]
     optim_steps = dataclasses.replace(optim, epochs=args.epochs * per_epoch[0] // per_epoch[1])
+    mutual_cfgs = {
+        "mutual": dataclasses.replace(
+            kd_cfg, method="mutual", temperature=args.mutual_temperature, use_transfer=False, optim=optim_steps
+        ),
+        "mutual_teacher": dataclasses.replace(
+            kd_cfg, method="mutual", mutual=MutualConfig(teacher_weight=args.mutual_teacher_weight)
+        ),
+    }
     runs = []
     for seed in args.seeds:
         scratch, scratch_s = _train(s_arch, data.x_train, data.y_train, data, optim, seed)
@@ -85,12 +114,14 @@ def main() -> None:
         kd_art = distill.run(data, logits, cfg=kd_cfg, ctx=StepContext(step="kd", seed=seed))
         kd_s = time.perf_counter() - start
         kd = load_model(kd_art)
+        mutual = {name: _mutual(data, logits, c, seed) for name, c in mutual_cfgs.items()}
         runs.append(
             {
                 "seed": seed,
                 "scratch_test_acc": accuracy(scratch, data.x_test, data.y_test),
                 "scratch_steps_test_acc": accuracy(scratch_long, data.x_test, data.y_test),
                 "kd_test_acc": accuracy(kd, data.x_test, data.y_test),
+                **{f"{name}_{k}": v for name, out in mutual.items() for k, v in out.items()},
                 "scratch_s": round(scratch_s, 1),
                 "scratch_steps_s": round(long_s, 1),
                 "kd_s": round(kd_s, 1),
@@ -127,6 +158,19 @@ def main() -> None:
                 "scratch_mean": statistics.mean(r["scratch_test_acc"] for r in runs),
                 "scratch_steps_mean": statistics.mean(r["scratch_steps_test_acc"] for r in runs),
                 "kd_mean": statistics.mean(r["kd_test_acc"] for r in runs),
+                "mutual_mean": statistics.mean(r["mutual_test_acc"] for r in runs),
+                "mutual_teacher_mean": statistics.mean(r["mutual_teacher_test_acc"] for r in runs),
+                "mutual_vs_best_scratch_points_mean": statistics.mean(
+                    100 * (r["mutual_test_acc"] - b) for r, b in zip(runs, best_scratch)
+                ),
+                "mutual_teacher_vs_kd_points_mean": statistics.mean(
+                    100 * (r["mutual_teacher_test_acc"] - r["kd_test_acc"]) for r in runs
+                ),
+                "mutual": {
+                    "temperature": args.mutual_temperature,
+                    "epochs": optim_steps.epochs,
+                    "teacher_weight_of_mutual_teacher": args.mutual_teacher_weight,
+                },
                 "gain_points_mean": statistics.mean(gains),
                 "gain_points_min": min(gains),
                 "target_gain_points": 1.0,

@@ -11,6 +11,8 @@ from tasks import (
     export,
     infer,
     inference,
+    multitask,
+    multitask_report,
     prune,
     prune_embedding,
     quantize,
@@ -35,6 +37,8 @@ TASKS: dict[str, Callable[..., Any]] = {
     "quantize": quantize.run,
     "benchmark": benchmark.run,
     "report": report.run,
+    "relabel": multitask.relabel,
+    "multitask_report": multitask_report.run,
     "text_data": text.run,
     "pretrained": transformer.run,
     # the engine's own fixtures (used by the `demo` pipeline and the engine tests)

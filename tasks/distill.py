@@ -15,6 +15,10 @@ r (1x1 convolution or linear map) takes the student's hint layer to the teacher'
 
 Several teachers (``extra_logits``) are combined by averaging their logits (an ensemble teacher).
 
+``method`` picks the training: ``hinton`` (the above), ``mutual`` (two students learning from each
+other, Deep Mutual Learning: ``tasks/mutual.py``) or ``multitask`` (one student with one head per
+teacher's task: ``tasks/multitask.py``).
+
 Embedding data (``Dataset.task == "embedding"``, e.g. a sentence encoder): the student is trained
 on the teacher's vectors with ``tasks.quality.embedding_loss`` (cosine + MSE) and kept at its best
 validation ``cos_mean`` (``tasks.embedding.fit_embedding``). The ``teacher`` model input supplies
@@ -36,7 +40,9 @@ from tasks.context import StepContext
 from tasks.embedding import embed, fit_embedding
 from tasks.infer import capture
 from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
-from tasks.options import ModelKind, TaskKind
+from tasks.multitask import MultitaskConfig, train_multitask
+from tasks.mutual import MutualConfig, train_mutual
+from tasks.options import DistillMethod, ModelKind, TaskKind
 from tasks.quality import kd_loss
 from tasks.train import OptimConfig, fit
 from tasks.transformer import layer_student
@@ -57,6 +63,9 @@ class DistillConfig:
     kind: ModelKind = ModelKind.student_kd
     init_layers: list[int] = field(default_factory=list)  # embedding: student = these teacher layers
     mse_weight: float = 1.0  # embedding: weight of the MSE term of the loss
+    method: DistillMethod = DistillMethod.hinton
+    mutual: MutualConfig = field(default_factory=MutualConfig)  # method: mutual
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)  # method: multitask
 
 
 def distill_embedding(
@@ -178,9 +187,15 @@ def run(
         raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
     if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
         raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
+    if cfg.method == DistillMethod.multitask:  # one teacher per task: no averaging
+        pool, teachers = use_pool(data, cfg.use_transfer, ctx), [logits, *(extra_logits or [])]
+        rows = [training_rows(data, t, pool) for t in teachers]
+        return train_multitask(data, rows, "+".join(t.teacher for t in teachers), cfg, ctx)
     ensemble = average_logits([logits] + list(extra_logits or []))
     x, labels, t_logits = training_rows(data, ensemble, use_pool(data, cfg.use_transfer, ctx))
     arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
+    if cfg.method == DistillMethod.mutual:
+        return train_mutual(data, x, labels, t_logits, arch, ensemble.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)

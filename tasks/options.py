@@ -98,3 +98,27 @@ class TaskKind(StrEnum):
 
     classification = "classification"
     embedding = "embedding"
+
+
+class Quantizer(StrEnum):
+    """Weight quantizer of ``quantize.method: fake_kbit`` (formulas: ``tasks.quantizers``)."""
+
+    uniform = "uniform"  # round(w / s) * s on a uniform grid (symmetric or asymmetric)
+    mean = "mean"  # uniform grid over mean +- k * std
+    log2 = "log2"  # sign * 2^round(log2|w|): power-of-two levels
+
+
+class DistillMethod(StrEnum):
+    """How ``distill`` trains: one-way Hinton KD, two-way Deep Mutual Learning, or multi-task KD."""
+
+    hinton = "hinton"
+    mutual = "mutual"
+    multitask = "multitask"
+
+
+class LabelMap(StrEnum):
+    """A label set derived from class labels (``tasks.multitask``): the task a head/teacher solves."""
+
+    identity = "identity"  # the class itself
+    parity = "parity"  # class % 2
+    gt4 = "gt4"  # class > 4

@@ -8,7 +8,8 @@ Methods (``cfg.method``):
   (``torch.round``), so each channel holds at most ``2^k - 1`` distinct values. E.g. with
   ``s = 0.1``, ``-0.02 -> round(-0.2) * 0.1 = 0`` (not ``-0.1``). Biases and BatchNorm stay FP32.
   Returns a torch model (weights replaced by their quantized values); sweep ``bits`` to get
-  accuracy vs bits.
+  accuracy vs bits. ``quantizer: uniform | mean | log2`` picks the grid (``tasks/quantizers.py``:
+  formulas, references, the size at the bit width); every fake_kbit model is simulated, not deployed.
 * ``dynamic_int8`` - ``onnxruntime.quantization.quantize_dynamic`` on the FP32 ONNX: INT8
   weights, activations quantized on the fly. Measured slower than FP32 for a small Conv1d net.
 * ``static_int8`` - ``quantize_static`` in QDQ format, activations calibrated on
@@ -60,8 +61,9 @@ from torch.nn.utils import parametrize
 from tasks.context import StepContext
 from tasks.models import load_model, make_artifact
 from tasks.onnx_utils import data_onnx, ort_feed, ort_predict, ort_session
-from tasks.options import Calibration, QuantMethod, Scheduler, TaskKind
+from tasks.options import Calibration, Quantizer, QuantMethod, Scheduler, TaskKind
 from tasks.quality import GateConfig, gate_failures, parity, quality
+from tasks.quantizers import simulate_kbit
 from tasks.train import OptimConfig, ce_loss, fit, predict
 from tasks.types import Dataset, ModelArtifact
 
@@ -84,6 +86,10 @@ class QuantizeConfig:
     threads: int = 1  # ORT intra-op threads for the quality evaluation
     eval_batch_size: int = 1024
     gate: GateConfig = field(default_factory=GateConfig)  # parity of the ORT model with its reference
+    # fake_kbit weight quantizer and its knobs (tasks/quantizers.py)
+    quantizer: Quantizer = Quantizer.uniform
+    symmetric: bool = True  # uniform only: grid symmetric around 0, or spanning [min, max]
+    clip_std: float = 3.0  # mean only: clip at mean +- clip_std * std
 
 
 def quantize_weight(w: Tensor, bits: int) -> Tensor:
@@ -230,6 +236,10 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
         raise ValueError(
             f"quantize.calib_batches/calib_batch_size must be >= 1, got {cfg.calib_batches}/{cfg.calib_batch_size}"
         )
+    if cfg.quantizer != Quantizer.uniform and cfg.method != "fake_kbit":
+        raise ValueError(
+            f"quantize.quantizer: '{cfg.quantizer}' is for fake_kbit only ({cfg.method} deploys ORT's uniform INT8)"
+        )
     if model.kind == "quantized":
         raise ValueError(f"model '{model.name}' is already quantized (kind=quantized); quantize its parent")
     if cfg.method == "qat" and data.task != TaskKind.classification:
@@ -286,7 +296,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepCo
     metrics: dict[str, float] = {"fp32_val_acc": _quality(data, fp32_out, fp32_out)["val_acc"]} if classify else {}
     onnx_bytes = None
     if cfg.method == "fake_kbit":
-        fake_quantize_model(net, cfg.bits)
+        metrics.update(simulate_kbit(net, cfg))
         metrics.update(_quality(data, predict(net, data.x_val, cfg.eval_batch_size), fp32_out), bits=float(cfg.bits))
     else:
         if cfg.method == "qat":

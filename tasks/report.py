@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: it costs ~0.5 
     from matplotlib.lines import Line2D
 
 from tasks.context import StepContext
+from tasks.kbit_report import kbit_section
 from tasks.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 
 KINDS = ("reference", "teacher", "student_scratch", "student_kd", "pruned", "quantized")
@@ -356,22 +357,28 @@ def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
 def run(
     bench: BenchmarkReport,
     selected: ModelArtifact | None = None,
+    kbit: list[ModelArtifact] | None = None,
     candidates: list[ModelArtifact] | None = None,
     *,
     cfg: ReportConfig,
     ctx: StepContext,
 ) -> Report:
-    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run."""
+    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run.
+
+    ``kbit`` (the fake k-bit models) adds accuracy against bits per quantizer (``tasks.kbit_report``).
+    """
     if not bench.candidates:
         raise ValueError("report.bench: the benchmark has no candidates")
     q = quality_key(bench)
     front = pareto_front(bench.candidates, {q: "max", "throughput_b256": "max"})
     front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
     selected = _registered_model(bench, selected, candidates or [], ctx)
-    md = markdown(bench, front)
+    kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
+    md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
     miss = budget_line(bench, cfg.max_acc_drop)
     md = f"**{miss}**\n\n{md}" if miss else md
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
+    files.update(kbit_files)
     models, registered = [], None
     if selected is not None:
         name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
@@ -391,5 +398,5 @@ def run(
         console=f"{md}\n{miss}" if miss else md,
         models=models,
     )
-    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered}
+    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
     return Report(data=data, files=files, publish=publish)

@@ -53,7 +53,8 @@ def check_report(client: MlflowClient, out, dst) -> tuple[BenchmarkReport, Repor
     if pub is None:  # the engine stores a step's Publication apart from its output, under publish/
         pub = artifacts.load(client.download_artifacts(selected_run(out, "report"), "publish", str(dst / "pub")))
     assert isinstance(pub, Publication)
-    assert set(pub.files) == {"pareto.png", "report.md"} and pub.files["pareto.png"][:4] == b"\x89PNG"
+    assert set(pub.files) == {"pareto.png", "report.md", "kbit.png"} and pub.files["pareto.png"][:4] == b"\x89PNG"
+    assert "| log2 | 4 |" in pub.files["report.md"].decode()  # accuracy per quantizer and bits (smoke: 4 bits)
     assert HEADLINE <= set(pub.metrics) and pub.description and pub.console
     assert pub.metrics["selected.test_acc"] == bench.selected.test_acc
     assert [(m.name, m.alias) for m in pub.models] == [(f"compress-{bench.dataset}", "candidate")]
