@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from pipelines import schemas
+from pipelines.errors import CONFIG_ERRORS
 from pipelines.spec import SpecError
 
 USAGE = __doc__.strip().splitlines()[2]
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(overrides)
         spec, ray_cfg, tracking = session.validate(cfg)
         search_plan = search.plan_of(cfg)  # search hook: a pipeline with a `search` section
-    except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
+    except CONFIG_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if "--cfg" in flags:
@@ -178,7 +177,7 @@ def run_multirun(overrides: list[str], flags: set[str], jobs: int, err: Console)
 
     try:
         found = multirun.prepare(overrides, conf_dir(), load_config)
-    except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
+    except CONFIG_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if "--cfg" in flags:

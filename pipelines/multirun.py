@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from pipelines.config import RayConfig, TrackingConfig
-from pipelines.errors import SpecError
+from pipelines.errors import CONFIG_ERRORS, SpecError
 from pipelines.spec import PipelineSpec
 
 if TYPE_CHECKING:  # the session imports MLflow: only when something runs
@@ -81,8 +81,6 @@ def prepare(overrides: list[str], config_dir: Path, compose) -> list[Job]:
     """Expand, then compose and validate every execution (``compose(overrides) -> DictConfig``).
     Raises JobError/SpecError (one line) for the first execution that does not validate, and
     when executions disagree on what must be one for all of them (the Ray cluster, the store)."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from pipelines import search, session
 
@@ -95,7 +93,7 @@ def prepare(overrides: list[str], config_dir: Path, compose) -> list[Job]:
             spec, ray_cfg, tracking = session.validate(cfg)
             if search.plan_of(cfg) is not None:  # a Tune search is one driver's whole loop
                 raise SpecError("pipeline.search", "a search runs alone; under -m set pipeline.search.enabled=false")
-        except (SpecError, HydraException, OmegaConfBaseException, ValueError) as e:
+        except CONFIG_ERRORS as e:
             from pipelines.cli import one_line
 
             raise JobError(f"execution {i} ({label or 'no sweep'}): {one_line(e)}") from None

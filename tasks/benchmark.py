@@ -83,9 +83,10 @@ def measure_row(
     except Exception as e:  # noqa: BLE001 - a broken artifact is bad input, name it
         raise ValueError(f"benchmark: candidate '{art.name}' cannot be rebuilt from arch/state_dict: {e}") from None
     onnx_bytes = art.onnx if art.onnx is not None else data_onnx(net, data)
+    simulated = bool(art.metrics.get("simulated"))
     timer = measure.ort_timer(onnx_bytes, data.x_test, cfg.warmup)
-    b1 = timer(cfg.threads, 1, cfg.iters_b1)
-    bn = timer(cfg.threads, cfg.throughput_batch, cfg.iters_b256)
+    b1 = {"p50_ms": None, "p95_ms": None} if simulated else timer(cfg.threads, 1, cfg.iters_b1)
+    bn = {"throughput": None} if simulated else timer(cfg.threads, cfg.throughput_batch, cfg.iters_b256)
     classify = data.task == TaskKind.classification
     sess = ort_session(onnx_bytes, cfg.threads) if classify else None
     rejected, reason = measure.rejection(art)
@@ -98,12 +99,15 @@ def measure_row(
         params=count_params(net),
         nonzero_params=count_nonzero(net),
         flops=flops_one_sample(net, data.x_test),
-        size_bytes=len(onnx_bytes),
+        size_bytes=int(art.metrics["bit_size_bytes"]) if simulated else len(onnx_bytes),
         latency_ms_p50_b1=b1["p50_ms"],
         latency_ms_p95_b1=b1["p95_ms"],
         throughput_b256=bn["throughput"],
         int8_onnx=art.onnx is not None and art.kind == "quantized",
-        speed=measure.speeds(timer, cfg.speed_threads, cfg.throughput_batch, cfg.iters_b1, cfg.iters_b256),
+        speed={}
+        if simulated
+        else measure.speeds(timer, cfg.speed_threads, cfg.throughput_batch, cfg.iters_b1, cfg.iters_b256),
+        simulated=simulated,
         rejected=rejected,
         rejected_reason=reason,
     )
@@ -150,7 +154,7 @@ def torch_reference_row(
 
 def choose(rows: list[BenchmarkRow], cfg: BenchmarkConfig, task: str) -> tuple[BenchmarkRow | None, str]:
     """(the fastest candidate that is not rejected and meets the quality floors, note)."""
-    pool = [r for r in rows if not r.rejected and r.kind not in ("teacher", "reference")]
+    pool = [r for r in rows if not (r.rejected or r.simulated) and r.kind not in ("teacher", "reference")]
     teacher = next((r for r in rows if r.kind == "teacher"), None)
     if task == TaskKind.classification:
         floor = (teacher.val_acc or 0.0) - cfg.max_acc_drop if teacher else -1.0
@@ -160,7 +164,7 @@ def choose(rows: list[BenchmarkRow], cfg: BenchmarkConfig, task: str) -> tuple[B
         ok = [r for r in pool if (r.val_cos_mean or 0) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
         rule = f"val cos_mean >= {cfg.min_cos_mean} and cos_min >= {cfg.min_cos_min}"
     if ok:
-        return max(ok, key=lambda r: r.throughput_b256), ""
+        return max(ok, key=lambda r: r.throughput_b256 or 0.0), ""
     if not pool:
         return None, "no candidate passed the parity gate: nothing selected"
     quality = (lambda r: r.val_acc or 0.0) if task == TaskKind.classification else (lambda r: r.val_cos_mean or 0.0)
@@ -193,8 +197,8 @@ def targets(
 
 def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: BenchmarkConfig) -> None:
     for r in rows:
-        if teacher is None or r is teacher:
-            r.no_speedup = None if teacher is None else False
+        if teacher is None or r is teacher or r.simulated:
+            r.no_speedup = None if teacher is None or r.simulated else False
             continue
         c = Comparison.between(r, teacher)
         r.no_speedup = bool(
@@ -225,13 +229,18 @@ def metric_key(name: str, key: str) -> str:
     return re.sub(r"[^\w./\- :]", "_", name) + "/" + key
 
 
+def _cell(v) -> str:
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _markdown(report: BenchmarkReport) -> str:
     quality = ["test_acc"] if report.task == TaskKind.classification else ["cos_mean", "cos_min", "top1_agree"]
     cols = ["name", "kind", *quality, "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report.candidates:
-        cells = [f"{getattr(r, c):.4g}" if isinstance(getattr(r, c), float) else str(getattr(r, c)) for c in cols]
+        cells = [_cell(getattr(r, c)) for c in cols]
         mark = " | ← selected" if r.selected else (f" | rejected: {r.rejected_reason}" if r.rejected else " |")
+        mark = " | simulated (size at its bit width, no speed claimed)" if r.simulated else mark
         lines.append("| " + " | ".join(cells) + mark)
     title = f"Benchmark on {report.dataset} ({report.runtime}, {report.threads} thread(s))"
     return title + "\n\n" + "\n".join(lines) + "\n"

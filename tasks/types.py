@@ -149,9 +149,9 @@ class BenchmarkRow:
     nonzero_params: int | None
     flops: int | None
     size_bytes: int
-    latency_ms_p50_b1: float
-    latency_ms_p95_b1: float
-    throughput_b256: float
+    latency_ms_p50_b1: float | None  # None for a simulated candidate (no speed claimed)
+    latency_ms_p95_b1: float | None
+    throughput_b256: float | None
     int8_onnx: bool = False
     no_speedup: bool | None = None  # >= 2x fewer FLOPs than the teacher, < 1.2x its throughput
     selected: bool = False
@@ -167,6 +167,9 @@ class BenchmarkRow:
     # latency_ms_b1_t<n> and throughput_b<B>_t<n> for every thread count n benchmarked
     speed: dict[str, float] = field(default_factory=dict)
     rejected: bool = False  # failed the parity gate (tasks.quality): never selected
+    # fake k-bit models (tasks.quantizers): no runtime runs them as integer kernels, so their size
+    # is the weights at their bit width, no speed is claimed, and they are never selected
+    simulated: bool = False
     rejected_reason: str = ""  # the measured figures that failed
 
 

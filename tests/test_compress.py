@@ -69,9 +69,16 @@ def test_compress_smoke(workdir):
     assert bench["dataset"] == "mnist1d" and bench["threads"] >= 1
     kinds = {c["kind"] for c in bench["candidates"]}
     assert kinds == {"teacher", "student_scratch", "student_kd", "pruned", "quantized"}
+    rows = {c["name"]: c for c in bench["candidates"]}
     for c in bench["candidates"]:
         assert ROW_KEYS <= set(c), c["name"]
-        assert 0.0 <= c["test_acc"] <= 1.0 and c["size_bytes"] > 0 and c["throughput_b256"] > 0
+        assert 0.0 <= c["test_acc"] <= 1.0 and c["size_bytes"] > 0
+        if c["simulated"]:  # fake k-bit: size at its bit width, no speed claimed, never selected
+            assert c["throughput_b256"] is None and c["latency_ms_p50_b1"] is None and not c["selected"]
+            assert c["size_bytes"] < rows[c["parent"]]["size_bytes"], c["name"]
+        else:
+            assert c["throughput_b256"] > 0, c["name"]
+    assert sum(c["simulated"] for c in bench["candidates"]) >= 2  # the kbit sweep
     selected = [c for c in bench["candidates"] if c["selected"]]
     assert len(selected) == 1 and selected[0]["kind"] == "quantized"
     teacher = next(c for c in bench["candidates"] if c["kind"] == "teacher")

@@ -139,10 +139,14 @@ YAML_CASES = [
         "pipeline:\n  steps:\n    teacher:\n      resources: {num_cpus: 1, num_gpu: 1}\n",
         ["pipeline.steps.teacher.resources.num_gpu", "not in 'ResourcesConfig'"],
     ),
+    (  # a YAML syntax error: the file, line and column, not a parser traceback
+        "pipeline:\n  steps:\n    prune:\n      params: {amount: 0.5, finetune: {epochs: 1}\n",
+        ['experiment/typo.yaml", line 5, column 15', "expected ',' or '}'"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("text,expected", YAML_CASES, ids=["sweep-value", "kind", "resources-key"])
+@pytest.mark.parametrize("text,expected", YAML_CASES, ids=["sweep-value", "kind", "resources-key", "yaml-syntax"])
 def test_typo_in_a_yaml_file_fails_at_validation(text, expected, workdir, capsys):
     _conf_with_experiment(workdir, text)
     assert_config_error(["experiment=typo", "--dry-run"], expected, workdir, capsys)
