@@ -197,7 +197,7 @@ def test_load_model_from_a_model_config_measures_the_teacher(tmp_path):
     art = teacher.run(
         data, cfg=teacher.LoadModelConfig(model=model, weights_path=str(tmp_path / "m.safetensors")), ctx=ctx
     )
-    assert art.arch == {"_target_": USER, "in_ch": 1, "width": 16, "n_classes": 4, "length": 40}
+    assert art.arch == {"_target_": USER, "in_ch": 1, "width": 16, "n_classes": 4, "length": 40, "_sample_shape_": [40]}
     assert (
         0.0 <= art.metrics["val_acc"] <= 1.0
         and "test_acc" in art.metrics
@@ -231,7 +231,7 @@ def test_a_user_transformer_goes_through_every_step():
 
     fast = OptimConfig(epochs=1, batch_size=32)
     teacher_art = train.run(data, cfg=train.TrainConfig(model=part, optim=fast), ctx=ctx("teacher"))
-    assert teacher_art.arch == {"_target_": target, "seq_len": 16, "n_out": 4}
+    assert teacher_art.arch == {"_target_": target, "seq_len": 16, "n_out": 4, "_sample_shape_": [16]}
     logits = infer.run(teacher_art, data, cfg=infer.InferConfig(), ctx=ctx("logits"))
     student = distill.run(
         data, logits, cfg=distill.DistillConfig(student={**part, "dim": 8}, optim=fast), ctx=ctx("student")
