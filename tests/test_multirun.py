@@ -57,8 +57,9 @@ def test_an_override_of_a_swept_param_pins_the_sweep(workdir, capsys):
     assert list(load_config(["pipeline=compress"]).pipeline.steps.prune.sweep["params.amount"]) == [0.3, 0.5, 0.7]
     assert main(["-m", "experiment=smoke", "pipeline.steps.prune.params.amount=0.3,0.5", "--dry-run"]) == 0
     err = capsys.readouterr().err
-    # data, teacher, teacher_logits, scratch, student_kd (2 trials) are shared; prune onwards differs
-    assert "2 executions, 28 step trials, 22 distinct cache keys (6 shared, run once)" in err
+    # data, teacher, teacher_logits, scratch, student_kd (2 trials), student_mutual are shared;
+    # prune and everything downstream of it differ
+    assert "2 executions, 32 step trials, 25 distinct cache keys (7 shared, run once)" in err
 
 
 ERRORS = [
