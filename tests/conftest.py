@@ -8,6 +8,11 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The project directory is importable in the Ray workers the tests start, whatever directory a
+# test is in when Ray starts (as `slimray` makes the user's working directory importable): the
+# user-style models in examples/ and tests/ load there by `_target_`.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="session")
