@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -47,3 +54,41 @@ def assert_config_error(argv: list[str], expected: str | list[str], workdir, cap
         assert part in err, err
     assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
     assert ray.is_initialized() == was_running
+
+
+def demo_runs(uri: str, experiment: str = "demo") -> list:
+    """Every run of ``experiment`` in the store at ``uri`` ([] before the experiment exists)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def interrupt_when_running(args: list[str], workdir: Path, uri: str, ray_address: str, hangs: int = 1):
+    """Start ``slimray args`` on the running Ray, wait until ``hangs`` runs of the step ``hang``
+    are RUNNING, send Ctrl-C (SIGINT) and time the exit. The driver is killed on the way out if
+    it is still alive. Returns (exit code, seconds from SIGINT to exit, the driver's stderr)."""
+    cmd = [sys.executable, "-m", "pipelines", *args, f"tracking.uri={uri}", f"ray.address={ray_address}"]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # stderr to a file, never an unread pipe: a driver writing into a full pipe blocks, and
+    # would look exactly like a driver that ignores Ctrl-C
+    log_path = workdir / "driver.log"
+    with open(log_path, "wb") as log:
+        driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.time() + 120
+            running = 0
+            while running < hangs:
+                assert driver.poll() is None, log_path.read_text(errors="replace")[-2000:]
+                assert time.time() < deadline, f"{running}/{hangs} 'hang' steps started"
+                time.sleep(0.2)
+                runs = demo_runs(uri)
+                running = sum(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in runs)
+            driver.send_signal(signal.SIGINT)
+            t0 = time.time()
+            driver.wait(timeout=30)
+            exit_s = time.time() - t0
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    return driver.returncode, exit_s, log_path.read_text(errors="replace")

@@ -6,25 +6,14 @@ tagged with their overrides, the comparison on the multirun run, and Ctrl-C."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import load_config, main
-from tests.engine_helpers import assert_config_error
+from tests.engine_helpers import assert_config_error, demo_runs, interrupt_when_running
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: source}, params: {seconds: 3.0}}"
-
-
-def _runs(uri: str, experiment: str = "demo"):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def _lines(text: str, start: str) -> list[str]:
@@ -97,7 +86,7 @@ def test_shared_trials_run_once_in_flight_and_runs_nest(workdir, ray_local, caps
     code = main(["-m", "--jobs=3", "pipeline=demo", f"tracking.uri={uri}", *small, SLOW, publish, sweep])
     err = capsys.readouterr().err
     assert code == 0, err[-3000:]
-    runs = _runs(uri)
+    runs = demo_runs(uri)
     multirun = [r for r in runs if r.data.tags.get("slimray.multirun") == "true"]
     assert len(multirun) == 1 and multirun[0].info.status == "FINISHED"
     mr = multirun[0].info.run_id
@@ -150,7 +139,7 @@ def test_a_failing_execution_exits_1_and_the_others_finish(workdir, ray_local, c
     assert code == 1, err[-3000:]
     assert "[0] failed: x: RuntimeError: this step fails on purpose" in err
     assert "[1] execution finished" in err and "[0] execution FAILED" in err
-    runs = _runs(uri)
+    runs = demo_runs(uri)
     parents = sorted((r for r in runs if r.data.tags.get("slimray.job")), key=lambda r: r.data.tags["slimray.job"])
     assert [p.info.status for p in parents] == ["FAILED", "FINISHED"]
     finished = {r.data.tags.get("slimray.step") for r in runs if r.info.status == "FINISHED"}
@@ -165,31 +154,12 @@ def test_ctrl_c_stops_every_execution(workdir, ray_local):
     uri = f"sqlite:///{workdir}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()  # create the store before two processes race to
     address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     hang = "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}"
-    cmd = [sys.executable, "-m", "pipelines", "-m", "pipeline=demo", f"tracking.uri={uri}", f"ray.address={address}"]
-    log_path = workdir / "driver.log"
-    with open(log_path, "wb") as log:  # a file, never an unread pipe (a full pipe blocks the driver)
-        driver = subprocess.Popen([*cmd, hang, "seed=0,1"], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            deadline = time.time() + 120
-            while sum(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)) < 2:
-                assert driver.poll() is None, log_path.read_text(errors="replace")[-2000:]
-                assert time.time() < deadline, "the 'hang' steps never started"
-                time.sleep(0.2)
-            driver.send_signal(signal.SIGINT)
-            t0 = time.time()
-            driver.wait(timeout=30)
-            exit_s = time.time() - t0
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-    err = log_path.read_text(errors="replace")
-    assert driver.returncode == 130, err[-2000:]
+    code, exit_s, err = interrupt_when_running(["-m", "pipeline=demo", hang, "seed=0,1"], workdir, uri, address, 2)
+    assert code == 130, err[-2000:]
     assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
     assert "interrupted" in err
-    runs = _runs(uri)
+    runs = demo_runs(uri)
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = {r.info.run_id for r in runs if r.info.status == "KILLED"}
     parents = [r for r in runs if r.data.tags.get("slimray.job") or r.data.tags.get("slimray.multirun") == "true"]

@@ -10,7 +10,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from tests.engine_helpers import run_pipeline
+from tests.engine_helpers import demo_runs, interrupt_when_running, run_pipeline
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: join}, params: {seconds: 4.0}}"
 
@@ -64,56 +64,19 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
     }
 
 
-def _runs(uri: str):
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("demo")
-    return [] if exp is None else client.search_runs([exp.experiment_id])
-
-
 def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
     uri = f"sqlite:///{workdir}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()
     address = ray_local.get_runtime_context().gcs_address
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     hang = "+pipeline.steps.hang={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0}}"
     burn = "+pipeline.steps.burn={task: toy_sleep, inputs: {x: source}, params: {seconds: 120.0, busy: true}}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines",
-        "pipeline=demo",
-        f"tracking.uri={uri}",
-        f"ray.address={address}",
-        hang,
-        burn,
-    ]
-    # stderr to a file, never an unread pipe: a driver writing into a full pipe blocks, and
-    # would look exactly like a driver that ignores Ctrl-C
-    log_path = workdir / "driver.log"
-    log = open(log_path, "wb")
-    driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.time() + 120
-        while not any(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in _runs(uri)):
-            assert driver.poll() is None, log_path.read_text(errors="replace")[-2000:]
-            assert time.time() < deadline, "the 'hang' step never started"
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGINT)
-        t0 = time.time()
-        driver.wait(timeout=30)
-        exit_s = time.time() - t0
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-        log.close()
-    err = log_path.read_text(errors="replace")
-    assert driver.returncode == 130, err[-2000:]
+    code, exit_s, err = interrupt_when_running(["pipeline=demo", hang, burn], workdir, uri, address)
+    assert code == 130, err[-2000:]
     assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
     # a log, not a terminal: no colour codes, no Ray "[repeated Nx across cluster]" folding
     assert "\x1b[" not in err and "repeated" not in err, err[-2000:]
     assert "interrupted" in err
-    runs = _runs(uri)
+    runs = demo_runs(uri)
     hang_run = next(r for r in runs if r.data.tags.get("slimray.step") == "hang")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert hang_run.info.status == "KILLED" and parent.info.status == "KILLED"

@@ -21,6 +21,7 @@ from pipelines.cli import load_config, main
 from pipelines.search.config import Dim, Dist
 from pipelines.search.pareto import Row, best, front, hypervolume
 from pipelines.search.space import grid_overrides, grid_values
+from pipelines.search.trial import outcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,9 +147,25 @@ def small(wd: Path, *extra: str) -> list[str]:
         "pipeline.search.num_samples=4",
         "pipeline.search.startup_trials=2",
         "pipeline.search.constraint.budget=0.5",
+        # a 1-epoch teacher's logits are near ties that INT8 flips: keep the gate out of the way
+        # of this test (test_rejected_trial_is_not_feasible covers the gate)
+        "pipeline.steps.quantize.params.gate.min_agreement=0.5",
         f"pipeline.search.storage={wd}/tune",
         *extra,
     ]
+
+
+def test_rejected_trial_is_not_feasible():
+    """A deployed model its parity gate rejected is infeasible whatever its accuracy, so the
+    search never picks a model the benchmark would then refuse to select."""
+    plan = search.plan_of(load_config(["experiment=search"]))
+    dep = plan.cfg.deployed
+    summary = {f"{dep}/val_acc": 0.9, f"{dep}/throughput_b256": 1e5, f"{dep}/size_bytes": 1e4}
+    assert outcome(plan, summary, bound=0.8) == {"val_acc": 0.9, "throughput": 1e5, "size_bytes": 1e4, "feasible": 1.0}
+    assert outcome(plan, summary | {f"{dep}/rejected": 0.0}, bound=0.8)["feasible"] == 1.0
+    rejected = outcome(plan, summary | {f"{dep}/rejected": 1.0}, bound=0.8)
+    assert rejected["feasible"] == 0.0 and rejected["rejected"] == 1.0
+    assert outcome(plan, summary, bound=0.95)["feasible"] == 0.0
 
 
 def trial_runs(client: MlflowClient, root: str) -> list:

@@ -84,9 +84,18 @@ def run_spec(
 
 
 def measured(plan: SearchPlan, summary: dict[str, float]) -> dict[str, float]:
-    """The deployed model's row in the measure step's summary, by objective name."""
-    row = {k: summary.get(f"{plan.cfg.deployed}/{v}") for k, v in MEASURES.items()}
+    """The deployed model's row in the measure step's summary, by objective name, and
+    ``rejected`` (1.0 when its parity gate failed)."""
+    row = {k: summary.get(f"{plan.cfg.deployed}/{v}") for k, v in [*MEASURES.items(), ("rejected", "rejected")]}
     return {k: float(v) for k, v in row.items() if v is not None}
+
+
+def outcome(plan: SearchPlan, summary: dict[str, float], bound: float) -> dict[str, float]:
+    """The trial's final figures: ``measured`` plus ``feasible`` (1.0 when the deployed model's
+    val_acc >= ``bound`` and its parity gate passed: a rejected model is never deployed)."""
+    final = measured(plan, summary)
+    final["feasible"] = float(final.get("val_acc", -1.0) >= bound and not final.get("rejected"))
+    return final
 
 
 class Reporter:
@@ -181,8 +190,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         bad = [n for n, st in states.items() if st.status in ("failed", "skipped")]
         if bad:
             raise RuntimeError(f"trial step {bad[0]} {states[bad[0]].status}: {states[bad[0]].note}")
-        final.update(measured(job.plan, states[MEASURE].summary))
-        final["feasible"] = float(final.get("val_acc", -1.0) >= job.bound)
+        final.update(outcome(job.plan, states[MEASURE].summary, job.bound))
         status = "FINISHED"
     except StopTrial as e:
         final.update(stopped=1.0, feasible=0.0, val_acc=reporter.last_acc or 0.0)
