@@ -10,8 +10,7 @@ its bit width (``bit_size_bytes``), says "simulated", and claims no speed. Accur
 
 from __future__ import annotations
 
-import io
-
+from tasks.plots import png_bytes, pyplot
 from tasks.quantizers import QUANTIZER_CODES
 from tasks.types import BenchmarkReport, ModelArtifact
 
@@ -70,34 +69,22 @@ def kbit_markdown(points: list[dict], bench: BenchmarkReport) -> str:
 
 def kbit_figure_png(points: list[dict], bench: BenchmarkReport, dpi: int) -> bytes:
     """Test accuracy against bits, one line per quantizer, the FP32 parent as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
-        for q in sorted({p["quantizer"] for p in points}):
-            sub = [p for p in points if p["quantizer"] == q]
-            ax.plot(
-                [p["bits"] for p in sub], [p["test_acc"] for p in sub], marker=MARKERS.get(q.split()[0], "x"), label=q
-            )
-        for parent in sorted({p["parent"] for p in points if p["parent"]}):
-            row = bench.row(parent)
-            if row is not None and row.test_acc is not None:
-                ax.axhline(row.test_acc, ls="--", color="k", lw=1, label=f"FP32 ({parent})")
-        ax.set_xticks(sorted({p["bits"] for p in points}))
-        ax.set_xlabel("weight bits")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{bench.dataset}: accuracy vs bits per quantizer (simulated)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for q in sorted({p["quantizer"] for p in points}):
+        sub = [p for p in points if p["quantizer"] == q]
+        ax.plot([p["bits"] for p in sub], [p["test_acc"] for p in sub], marker=MARKERS.get(q.split()[0], "x"), label=q)
+    for parent in sorted({p["parent"] for p in points if p["parent"]}):
+        row = bench.row(parent)
+        if row is not None and row.test_acc is not None:
+            ax.axhline(row.test_acc, ls="--", color="k", lw=1, label=f"FP32 ({parent})")
+    ax.set_xticks(sorted({p["bits"] for p in points}))
+    ax.set_xlabel("weight bits")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{bench.dataset}: accuracy vs bits per quantizer (simulated)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig, dpi)
 
 
 def kbit_section(bench: BenchmarkReport, kbit: list[ModelArtifact], dpi: int) -> tuple[dict[str, bytes], str, dict]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines import artifacts
-from tasks import benchmark, report
+from tasks import benchmark, plots, report
 from tasks.context import StepContext
 from tasks.models import MLP, make_artifact
 from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
@@ -215,15 +215,15 @@ def test_plot_stays_legible_with_35_candidates(tmp_path):
     b = many_candidates(35)
     front = report.pareto_front(b.candidates, {"test_acc": "max", "throughput_b256": "max"})
     front_size = report.pareto_front(b.candidates, {"test_acc": "max", "size_bytes": "min"})
-    fig = report.pareto_figure(b, front, front_size)
+    fig = plots.pareto_figure(b, front, front_size)
     speed, size = fig.axes
     assert speed.get_xscale() == "log" and size.get_xscale() == "log"
     labels = {t.get_text() for t in speed.texts}
     assert labels == set(front) | {"teacher"} and len(labels) == 7  # not 35
-    assert len(size.texts) <= report.MAX_LABELS and not any("method=" in t.get_text() for t in size.texts)
+    assert len(size.texts) <= plots.MAX_LABELS and not any("method=" in t.get_text() for t in size.texts)
     legend = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
     assert {"teacher", "student_kd", "student_scratch", "pruned", "quantized", "selected"} <= legend
-    (tmp_path / "pareto35.png").write_bytes(report.png_bytes(fig, 110))
+    (tmp_path / "pareto35.png").write_bytes(plots.png_bytes(fig, 110))
 
 
 def test_labels_are_capped_when_everything_is_on_the_frontier():
@@ -234,9 +234,9 @@ def test_labels_are_capped_when_everything_is_on_the_frontier():
     b = bench_of(rows)
     front = report.pareto_front(b.candidates, {"test_acc": "max", "throughput_b256": "max"})
     assert len(front) == 35
-    fig = report.pareto_figure(b, front, front)
+    fig = plots.pareto_figure(b, front, front)
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert len(texts) == report.MAX_LABELS and {"m20", "teacher", "m0", "m34"} <= set(texts)
-    report.png_bytes(fig, 50)  # closes the figure
+    assert len(texts) == plots.MAX_LABELS and {"m20", "teacher", "m0", "m34"} <= set(texts)
+    plots.png_bytes(fig, 50)  # closes the figure
     description = report.summary_markdown(b, front)
     assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
