@@ -45,6 +45,8 @@ def test_minilm_end_to_end_rejects_static_qdq_and_selects_a_faithful_model(workd
     dynamic = rows["int8_dynamic"]
     assert not dynamic.rejected and dynamic.cos_mean > 0.98
     assert dynamic.size_bytes * 3.5 < rows["torch_fp32"].size_bytes
+    emb4 = rows["int8_emb4"]  # the same INT8 with its embedding tables in 4-bit blocks
+    assert not emb4.rejected and emb4.cos_mean > 0.98 and emb4.size_bytes < 0.92 * dynamic.size_bytes
     selected = bench.selected
     assert selected is not None and not selected.rejected and selected.val_cos_mean >= 0.99
     assert all(set(r.speed) >= {"latency_ms_b1_t2", "throughput_b32_t2"} for r in bench.candidates)

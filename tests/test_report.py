@@ -240,3 +240,54 @@ def test_labels_are_capped_when_everything_is_on_the_frontier():
     plots.png_bytes(fig, 50)  # closes the figure
     description = report.summary_markdown(b, front)
     assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
+
+
+def test_choose_takes_the_smallest_of_the_equally_fast():
+    """Within speed_tie of the fastest, the smallest model wins; a real speed gap still decides."""
+    cfg = benchmark.BenchmarkConfig(choose=True, max_acc_drop=0.02, speed_tie=0.05)
+    teacher = cand("teacher", "teacher", 0.95, 1_000, 400_000)
+    rows = [
+        teacher,
+        cand("int8", "quantized", 0.95, 10_000, 100_000),
+        cand("int8_e4", "quantized", 0.95, 9_700, 80_000),
+    ]
+    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8_e4"  # 3% slower: a tie
+    rows[2] = cand("int8_e4", "quantized", 0.95, 9_000, 80_000)
+    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8"  # 10% slower: slower
+    rows.append(cand("tiny", "quantized", 0.90, 20_000, 10_000))  # below the accuracy floor
+    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8"
+    exact = benchmark.BenchmarkConfig(choose=True, max_acc_drop=0.02, speed_tie=0.0)
+    rows[2] = cand("int8_e4", "quantized", 0.95, 9_999, 80_000)
+    assert benchmark.choose(rows, exact, "classification")[0].name == "int8"
+
+
+def test_timing_rounds_take_candidates_in_turn_and_keep_the_median():
+    """rounds=3: A, B, A, B, A, B (a slow spell hits one round of each), medians per figure."""
+    order, ms = [], {"a": iter([10.0, 30.0, 20.0]), "b": iter([5.0, 5.0, 50.0])}
+
+    def maker(name):
+        def make():
+            order.append(name)
+            value = next(ms[name])
+            return lambda n, batch, iters: {"p50_ms": value * n, "p95_ms": 2 * value, "throughput": 1e3 / value}
+
+        return make
+
+    rows = [
+        cand("a", "teacher", 0.9, 1.0, 10),
+        cand("b", "pruned", 0.9, 1.0, 10),
+        cand("sim", "quantized", 0.9, 1.0, 1),
+    ]
+    cfg = benchmark.BenchmarkConfig(rounds=3, threads=1, speed_threads=[1, 2])
+    benchmark.time_rows([(rows[0], maker("a")), (rows[1], maker("b")), (rows[2], None)], cfg, StepContext())
+    assert order == ["a", "b"] * 3
+    a, b, sim = rows
+    assert (a.latency_ms_p50_b1, a.latency_ms_p95_b1, a.throughput_b256) == (20.0, 40.0, 50.0)
+    assert a.speed == {
+        "latency_ms_b1_t1": 20.0,
+        "throughput_b256_t1": 50.0,
+        "latency_ms_b1_t2": 40.0,
+        "throughput_b256_t2": 50.0,
+    }
+    assert (b.latency_ms_p50_b1, b.throughput_b256) == (5.0, 200.0)  # the 50 ms round is outvoted
+    assert sim.throughput_b256 == 1.0 and sim.speed == {}  # a row without a timer is left as it was

@@ -1,5 +1,7 @@
 """Quantization of a small random-initialised transformer (multi-input ONNX) and the parity gate."""
 
+import re
+
 import onnx
 import pytest
 import torch
@@ -42,6 +44,36 @@ def test_dynamic_int8_per_channel_feeds_all_inputs_and_passes_the_gate(data, fp3
     assert 0.95 <= m["cos_mean"] <= 1.0 and m["cos_min"] <= m["cos_mean"] and 0.0 <= m["top1_agree"] <= 1.0
     assert m["rejected"] == 0.0 and m["parity_cos_mean"] == pytest.approx(m["cos_mean"])
     assert "val_acc" not in m and "fp32_val_acc" not in m  # no labels: no accuracy invented
+
+
+def test_4bit_embedding_tables_shrink_the_model_and_keep_its_vectors(data, fp32):
+    """embedding_bits=4: the word/position tables become GatherBlockQuantized (4-bit blocks), the
+    rest dynamic INT8; the model is smaller than plain INT8 by at least 8 -> 4 bits per table value."""
+    gate = GateConfig(min_cos_mean=0.95, min_cos_min=0.8)
+    int8 = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="dynamic_int8", gate=gate), ctx=_ctx())
+    cfg = quantize.QuantizeConfig(method="dynamic_int8", embedding_bits=4, gate=gate)
+    art = quantize.run(fp32, data, cfg=cfg, ctx=_ctx())
+    ops = {n.op_type for n in onnx.load_from_string(art.onnx).graph.node}
+    assert "GatherBlockQuantized" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    model, _ = tiny_encoder()
+    emb = model.encoder.embeddings
+    tables = emb.word_embeddings.weight.numel() + emb.position_embeddings.weight.numel()
+    saved = int8.metrics["size_bytes"] - art.metrics["size_bytes"]
+    assert saved > 0.3 * tables  # >= 4 bits per value, less the block scales (2 bits per value at block 16)
+    assert art.metrics["rejected"] == 0.0 and 0.95 <= art.metrics["cos_mean"] <= int8.metrics["cos_mean"] + 1e-3
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"embedding_bits": 2}, "quantize.embedding_bits: 2 (4 or 8)"),
+        ({"method": "fake_kbit", "embedding_bits": 4}, "embedding_bits: 4 is for dynamic_int8 and static_int8"),
+        ({"embedding_bits": 4, "embedding_block_size": 24}, "embedding_block_size: 24 is not a power of 2"),
+    ],
+)
+def test_embedding_bits_errors_name_the_key(data, fp32, cfg, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        quantize.run(fp32, data, cfg=quantize.QuantizeConfig(**{"method": "dynamic_int8", **cfg}), ctx=_ctx())
 
 
 def test_static_int8_calibrates_on_the_calibration_rows(data, fp32):
