@@ -70,6 +70,7 @@ class RayConfig:
     num_gpus: int | None = None
     include_dashboard: bool = False
     runtime_env: dict[str, Any] = field(default_factory=dict)
+    wait_for_nodes: bool = False  # true: a step no node can hold waits (for an autoscaler) instead of failing
 
 
 @dataclass

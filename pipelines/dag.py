@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+from pipelines.fit import alive_nodes, unfit
 from pipelines.interrupt import INTERRUPT
 from pipelines.select import choose
 from pipelines.spec import PipelineSpec
@@ -62,6 +63,8 @@ class Executor:
         self.inflight: dict = {}  # meta ObjectRef -> [(step, trial index)] (several if shared)
         self.shared = shared  # cache key -> (output ref, meta ref), across a multirun's executions
         self.owns_ray = False  # set by the session when it started Ray (and will shut it down)
+        self.check_fit = True  # fail a step no node can hold (pipelines.fit); off: ray.wait_for_nodes
+        self._nodes: list[dict[str, float]] | None = None
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
         for listener in self.listeners:
@@ -129,6 +132,15 @@ class Executor:
                 t.status, t.shared = "running", True
                 self.inflight.setdefault(meta_ref, []).append((s.name, i))
                 self.emit("trial_submitted", st, t)
+                return
+        if self.check_fit:
+            if self._nodes is None:
+                self._nodes = alive_nodes()
+            reason = unfit(s.name, s.resources, self._nodes)
+            if reason:  # Ray would queue it forever on a cluster without an autoscaler
+                t.status, t.error = "failed", reason
+                self.emit("trial_failed", st, t)
+                self._maybe_finish(st)
                 return
         run_name = self.run_name(st, t)
         job = StepJob(

@@ -238,6 +238,7 @@ class _Loop:
             self.active.append(Active(job, ex, executor))
             for a in self.active:
                 a.executor.owns_ray = self.started_ray and self.ray_cfg.address is None
+                a.executor.check_fit = not self.ray_cfg.wait_for_nodes
 
     def retire(self) -> None:
         from pipelines import session

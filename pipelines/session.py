@@ -220,6 +220,7 @@ def execute(
             executor = attach(ex, node_id(ex.must_run), [board])
             board.states = executor.states
             executor.owns_ray = started_ray and ray_cfg.address is None
+            executor.check_fit = not ray_cfg.wait_for_nodes
             executor.run()
         result = outcome(ex)
         status = "FAILED" if result.exit_code else "FINISHED"

@@ -128,6 +128,43 @@ def test_failed_step_skips_descendants_and_others_finish(workdir):
     assert MlflowClient(tracking_uri=out.uri).get_run(out.run_id).info.status == "FAILED"
 
 
+def test_step_no_node_can_hold_fails_at_once_naming_the_key(workdir):
+    """3 CPUs on a 2-CPU Ray: Ray would queue the task forever (waiting for an autoscaler);
+    the step fails before it is submitted, its descendants are skipped, the rest finishes."""
+    pipeline = {
+        "name": "too_big",
+        "steps": {
+            "source": {"task": "toy_source"},
+            "big": {"task": "toy_add", "inputs": {"x": "source"}, "resources": {"num_cpus": 3, "custom": {"fast": 1}}},
+            "after_big": {"task": "toy_add", "inputs": {"x": "big"}},
+            "good": {"task": "toy_add", "inputs": {"x": "source"}},
+        },
+    }
+    t0 = time.time()
+    out = run_pipeline(workdir, ["cache=false"], pipeline)
+    assert time.time() - t0 < 60
+    assert out.exit_code == 1
+    assert _statuses(out) == {"source": "done", "big": "failed", "after_big": "skipped", "good": "done"}
+    note = out.states["big"].note
+    assert note.startswith("pipeline.steps.big.resources: {CPU: 3, fast: 1} fits on no node of this Ray cluster")
+    assert "(its 1 node(s): {CPU: 2, fast: 0})" in note and "\n" not in note
+    assert not [r for r in all_runs(out) if r.data.tags.get("slimray.step") == "big"]  # it never ran
+
+
+def test_unfit_compares_every_requested_resource_per_node():
+    from pipelines.config import ResourcesConfig
+    from pipelines.fit import request, unfit
+
+    nodes = [{"CPU": 1.0, "memory": 4e9, "node:127.0.0.1": 1.0}, {"CPU": 4.0, "GPU": 1.0, "memory": 8e9}]
+    assert request(ResourcesConfig(num_cpus=2, memory=None)) == {"CPU": 2.0}
+    assert unfit("s", ResourcesConfig(num_cpus=4, num_gpus=1), nodes) == ""  # the second node holds it
+    assert unfit("s", ResourcesConfig(num_cpus=0.5, memory=6_000_000_000), nodes) == ""
+    reason = unfit("s", ResourcesConfig(num_cpus=2, num_gpus=2), nodes)  # CPUs on one, GPUs on none
+    assert reason.startswith("pipeline.steps.s.resources: {CPU: 2, GPU: 2} fits on no node")
+    assert "(its 2 node(s): {CPU: 1, GPU: 0}, {CPU: 4, GPU: 1})" in reason
+    assert "(its 0 node(s): none)" in unfit("s", ResourcesConfig(), [])
+
+
 def test_sweep_respects_max_concurrency(workdir):
     pipeline = {
         "name": "bounded",
