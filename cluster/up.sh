@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=$(mkdir -p "${SLIMRAY_CLUSTER_DIR:-$ROOT/.cluster}" && cd "${SLIMRAY_CLUSTER_DIR:-$ROOT/.cluster}" && pwd)
 VENV=${SLIMRAY_VENV:-$ROOT/.venv}
-WORKERS=2 WORKER_CPUS=1 HEAD_CPUS=1 BASIC_AUTH=0
+WORKERS=2 WORKER_CPUS=2 HEAD_CPUS=1 BASIC_AUTH=0  # workers hold the default pipelines' 2-CPU steps
 while [[ $# -gt 0 ]]; do
     case $1 in
         --workers) WORKERS=$2; shift 2 ;;
