@@ -67,7 +67,7 @@ def test_task_table_covers_every_task_module():
     modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)}
     helpers = {"context", "types", "models", "onnx_utils", "options", "sparsity", "datafiles"}
     helpers |= {"quality", "embedding", "measure"}  # task kinds, embedding training, benchmark measures
-    helpers |= {"quantizers", "kbit_report", "mutual"}  # the methods' building blocks
+    helpers |= {"quantizers", "kbit_report", "mutual", "plots"}  # the methods' building blocks, report plots
     registered = {fn.__module__.split(".")[-1] for fn in TASKS.values()}
     assert modules - helpers == registered
     for name, fn in TASKS.items():
