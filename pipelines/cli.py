@@ -90,16 +90,6 @@ def quiet_ray_logs() -> None:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
-def quiet_mlflow() -> None:
-    """MLflow prints "View run <name> at: <url>" for every run it ends against a server and a
-    progress bar for every download; a pipeline ends and loads dozens, so the console drowns
-    in them (the step table and the final line give the run's URL). Off, in the driver and in
-    every worker (a joined cluster's workers do not inherit the driver's environment); a user's
-    own setting wins."""
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
 def importable_cwd() -> None:
     """A user's model module lives in their project (``_target_: mymodels.Net``): make the
     working directory importable here and in the Ray workers this process starts, as
@@ -115,7 +105,6 @@ def importable_cwd() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     importable_cwd()
-    quiet_mlflow()
     if args[:1] == ["serve"]:
         from pipelines.scale.serve import main as serve
 

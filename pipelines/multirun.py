@@ -193,8 +193,8 @@ def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
     try:
         loop.run()
         failed = [r for r in loop.results if r[2] != 0]
-        status = "FAILED" if failed else "FINISHED"
         log_comparison(client, multirun_id, loop.results, console)
+        status = "FAILED" if failed else "FINISHED"
         return 1 if failed else 0
     except KeyboardInterrupt:
         status = "KILLED"

@@ -55,6 +55,20 @@ if os.environ.get("SLIMRAY_SQLITE_WAL", "1") != "0":
         event.listen(Engine, "connect", _sqlite_wal)
 
 
+def quiet_mlflow() -> None:
+    """MLflow prints "View run <name> at: <url>" for every run it ends against a server and a
+    progress bar for every download; a pipeline ends and loads dozens, so the console drowns
+    in them (the step table and the final line give the run's URL). Off, in the driver and in
+    every worker (a joined cluster's workers do not inherit the driver's environment); a user's
+    own setting wins. Called when this module is imported: the driver and every worker import it
+    before they open a run."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+quiet_mlflow()
+
+
 def metric_name(key: str) -> str:
     """MLflow allows alphanumerics, ``_ - . : /`` and spaces in metric names; map the rest to ``_``."""
     return re.sub(r"[^\w\-. :/]", "_", key)

@@ -18,13 +18,10 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines.artifacts import ArtifactError
-from pipelines.cli import quiet_mlflow
 from pipelines.spec import build_config
 from pipelines.tracking import TAG, StepTracker, create_run, log_params
 from tasks import TASKS
 from tasks.context import StepContext
-
-quiet_mlflow()  # this module is imported by every Ray worker that runs a step
 
 
 @dataclass

@@ -52,7 +52,6 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import onnx
@@ -74,7 +73,7 @@ from tasks.models import load_model, make_artifact
 from tasks.onnx_utils import data_onnx, ort_feed, ort_predict, ort_session
 from tasks.options import Calibration, Quantizer, QuantMethod, Scheduler, TaskKind
 from tasks.quality import GateConfig, gate_failures, parity, quality
-from tasks.quantizers import simulate_kbit
+from tasks.quantizers import quant_layers, simulate_kbit, uniform
 from tasks.train import OptimConfig, ce_loss, fit, predict
 from tasks.types import Dataset, ModelArtifact
 
@@ -111,11 +110,7 @@ def quantize_weight(w: Tensor, bits: int) -> Tensor:
     ``s_c = max|w_c| / (2^(bits-1) - 1)``; an all-zero channel stays zero. ``torch.round``
     rounds half to even.
     """
-    qmax = 2 ** (bits - 1) - 1
-    amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
-    scale = scale.reshape(-1, *([1] * (w.dim() - 1)))
-    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+    return uniform(w, bits, symmetric=True)
 
 
 class FakeQuantWeight(nn.Module):
@@ -151,19 +146,6 @@ class ActFakeQuant:
         scale = self.max_val / self.levels
         q = torch.clamp(torch.round(out / scale), 0, self.levels) * scale
         return out + (q - out).detach()
-
-
-def _quant_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-
-
-def fake_quantize_model(model: nn.Module, bits: int) -> nn.Module:
-    """Replace every Conv/Linear weight in place by its ``bits``-bit per-channel quantized value."""
-    with torch.no_grad():
-        for layer in _quant_layers(model):
-            weight = cast(Tensor, layer.weight)
-            weight.copy_(quantize_weight(weight, bits))
-    return model
 
 
 class _CalibReader(CalibrationDataReader):
@@ -302,7 +284,7 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
 
 def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepContext) -> dict:
     """Fine-tune ``net`` in place with fake-quantized weights (and ReLU outputs), then bake the weights."""
-    for layer in _quant_layers(net):
+    for layer in quant_layers(net):
         parametrize.register_parametrization(layer, "weight", FakeQuantWeight(cfg.bits))
     hooks = [
         m.register_forward_hook(ActFakeQuant()) for m in net.modules() if cfg.qat_activations and isinstance(m, nn.ReLU)
@@ -319,7 +301,7 @@ def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepC
     )
     for h in hooks:
         h.remove()
-    for layer in _quant_layers(net):
+    for layer in quant_layers(net):
         parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     return best
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from tasks import quantize
+from tasks import quantize, quantizers
 from tasks.context import StepContext
 from tasks.models import build_model, complete_arch, load_model, make_artifact
 from tasks.onnx_utils import ort_accuracy, ort_session
@@ -68,7 +68,7 @@ def test_fake_kbit_levels_per_channel(data, trained, bits):
     )
     assert (out.name, out.kind, out.parent, out.onnx) == (f"q{bits}", "quantized", "teacher", None)
     model = load_model(out)
-    for layer in quantize._quant_layers(model):
+    for layer in quantizers.quant_layers(model):
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         for row in w:
             assert len(torch.unique(row)) <= 2**bits - 1
@@ -121,7 +121,7 @@ def test_qat_deploys_int8_with_weights_on_grid(data, trained):
     ctx = StepContext(step="qat")
     out = quantize.run(trained, data, cfg=cfg, ctx=ctx)
     assert out.onnx is not None and "qat_val_acc" in ctx.summary
-    for layer in quantize._quant_layers(load_model(out)):  # baked onto the 4-bit grid, no wrappers left
+    for layer in quantizers.quant_layers(load_model(out)):  # baked onto the 4-bit grid, no wrappers left
         assert "parametrizations" not in dict(layer.named_parameters()).keys()
         torch.testing.assert_close(layer.weight, quantize.quantize_weight(layer.weight, 4), rtol=0, atol=1e-6)
     assert out.metrics["val_acc"] >= out.metrics["fp32_val_acc"] - 0.1

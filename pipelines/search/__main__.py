@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from pipelines.cli import load_config, one_line
-from pipelines.errors import SpecError
+from pipelines.errors import CONFIG_ERRORS, SpecError
 from pipelines.search import plan_of
 from pipelines.search.space import grid_overrides
 
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         plan = plan_of(cfg)
-    except Exception as e:  # noqa: BLE001 - Hydra/OmegaConf/SpecError: one line, exit 2
+    except CONFIG_ERRORS as e:  # Hydra/OmegaConf/SpecError: one line, exit 2
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if plan is None:

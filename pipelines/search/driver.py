@@ -72,14 +72,14 @@ def _lines():
     return Lines()
 
 
-def _run_prefix(client, ctx: Context, plan: SearchPlan, trusted, use_cache: bool, node: str, console):
+def _run_prefix(client, ctx: Context, plan: SearchPlan, trusted, use_cache: bool, node: str, console, check_fit: bool):
     spec = build_spec({"name": plan.name, "steps": {n: plan.steps[n] for n in plan.prefix}}, trusted)
     run = create_run(client, ctx.experiment_id, "prefix", ctx.root_run, {f"{TAG}root": ctx.root_run})
     sub = Context(ctx.uri, ctx.experiment_id, run, ctx.seed, ctx.commit)
     status = "FAILED"
     try:
         with Board(console) as board:
-            states = run_spec(client, sub, spec, use_cache, [board], node)
+            states = run_spec(client, sub, spec, use_cache, [board], node, check_fit)
         status = "FAILED" if any(st.status in ("failed", "skipped") for st in states.values()) else "FINISHED"
         return states
     finally:
@@ -131,13 +131,26 @@ def execute(
     ctx = Context(uri, experiment_id, root, seed, commit)
     try:
         node = ray.get_runtime_context().get_node_id()
-        states = _run_prefix(client, ctx, plan, spec.trusted_targets, use_cache, node, console)
+        states = _run_prefix(
+            client, ctx, plan, spec.trusted_targets, use_cache, node, console, not ray_cfg.wait_for_nodes
+        )
         if any(st.status in ("failed", "skipped") for st in states.values()):
             return Outcome(spec, states, root, experiment_id, uri, 1)
         c = plan.cfg.constraint
         reference = c.reference_value if c.reference_value is not None else states[c.reference].summary["val_acc"]
         bound = float(reference) - c.budget
-        job = TrialJob(plan, uri, experiment_id, root, seed, commit, use_cache, bound, spec.trusted_targets)
+        job = TrialJob(
+            plan,
+            uri,
+            experiment_id,
+            root,
+            seed,
+            commit,
+            use_cache,
+            bound,
+            spec.trusted_targets,
+            not ray_cfg.wait_for_nodes,
+        )
         sampler_seed = plan.cfg.seed if plan.cfg.seed is not None else seed
         tuner, restored = make_tuner(plan, job, key, sampler_seed, [_lines()])
         console.print(
@@ -156,7 +169,7 @@ def execute(
             return Outcome(spec, states, root, experiment_id, uri, 1)
         final = build_spec({"name": plan.name, "steps": plan.values_params(chosen.values)}, spec.trusted_targets)
         with Board(console) as board:
-            states = run_spec(client, ctx, final, use_cache, [board], node)
+            states = run_spec(client, ctx, final, use_cache, [board], node, not ray_cfg.wait_for_nodes)
         failed = any(st.status in ("failed", "skipped") for st in states.values())
         status = "FAILED" if failed else "FINISHED"
         return Outcome(final, states, root, experiment_id, uri, 1 if failed else 0)

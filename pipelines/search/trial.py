@@ -40,6 +40,7 @@ class TrialJob:
     use_cache: bool
     bound: float  # feasible: the deployed model's val_acc >= bound
     trusted: tuple[str, ...] = ()
+    check_fit: bool = True  # False: ray.wait_for_nodes (pipelines.fit)
 
 
 class StopTrial(Exception):
@@ -66,7 +67,13 @@ def trial_pipeline(plan: SearchPlan, values: dict[str, Any]) -> dict:
 
 
 def run_spec(
-    client: MlflowClient, ctx: Context, spec: PipelineSpec, use_cache: bool, listeners: list, node_id: str
+    client: MlflowClient,
+    ctx: Context,
+    spec: PipelineSpec,
+    use_cache: bool,
+    listeners: list,
+    node_id: str,
+    check_fit: bool = True,
 ) -> dict[str, StepState]:
     """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder."""
     from pipelines.session import lookup_cache
@@ -75,6 +82,7 @@ def run_spec(
     hits = lookup_cache(client, ctx.experiment_id, spec, keys, use_cache)
     recorder = RunRecorder(client, ctx, node_id)
     ex = Executor(spec, ctx, keys, hits, [recorder, *listeners])
+    ex.check_fit = check_fit
     recorder.executor = ex
     try:
         return ex.run()
@@ -186,7 +194,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     status, final = "FAILED", {"stopped": 0.0}
     reporter = Reporter(job, client, run_id)
     try:
-        states = run_spec(client, ctx, spec, job.use_cache, [reporter], node)
+        states = run_spec(client, ctx, spec, job.use_cache, [reporter], node, job.check_fit)
         bad = [n for n, st in states.items() if st.status in ("failed", "skipped")]
         if bad:
             raise RuntimeError(f"trial step {bad[0]} {states[bad[0]].status}: {states[bad[0]].note}")
