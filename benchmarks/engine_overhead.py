@@ -90,8 +90,8 @@ def quiet_console():
 
 def load(conf: Path, workdir: Path, cache: bool):
     """(cfg, spec, ray config, tracking config, overrides) of the overhead DAG."""
-    from pipelines import session
-    from pipelines.cli import load_config
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
 
     overrides = overrides_for(workdir, cache)
     cfg = load_config(overrides, conf)
@@ -102,8 +102,8 @@ def measure_fixed(conf: Path, workdir: Path) -> dict:
     """start_ray + MlflowClient + experiment + parent run, in a fresh dir and sqlite store."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines import session
-    from pipelines.tracking import ensure_experiment, git_commit, resolve_uri
+    from pipelines.run import session
+    from pipelines.store.tracking import ensure_experiment, git_commit, resolve_uri
 
     cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def measure_fixed(conf: Path, workdir: Path) -> dict:
 
 
 def run_dag(conf: Path, workdir: Path, cache: bool):
-    from pipelines import session
+    from pipelines.run import session
 
     cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache)
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def child_rerun(conf: Path, workdir: Path) -> None:
     t_import = time.perf_counter()
     import ray
 
-    from pipelines import session
+    from pipelines.run import session
 
     imports = time.perf_counter() - t_import
     os.chdir(workdir)

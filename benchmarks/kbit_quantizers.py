@@ -1,7 +1,7 @@
 """Accuracy against bits per quantizer (uniform, uniform asymmetric, mean/std, log2) on MNIST-1D.
 
 Trains the teacher (conf/model/cnn1d_teacher.yaml) once and, per seed, the KD student of
-benchmarks/kd_gain.py (tasks/distill.py defaults); then quantizes every Conv/Linear weight of each
+benchmarks/kd_gain.py (tasks/steps/distill.py defaults); then quantizes every Conv/Linear weight of each
 with ``quantize.method: fake_kbit`` at each bit width and quantizer and measures test accuracy.
 Every k-bit model is simulated (FP32 arithmetic on quantized values): the figures are accuracy and
 the size computed at the bit width, no speed. Prints ONE JSON object (student: mean of the seeds).
@@ -21,11 +21,11 @@ import torch
 from kd_gain import _model, _train  # benchmarks/ is the script's directory
 from machine import machine_info
 
-from tasks import data as data_task
-from tasks import distill, infer, quantize
-from tasks.context import StepContext
-from tasks.models import complete_arch, count_params, load_model, make_artifact
-from tasks.train import OptimConfig, accuracy
+from tasks.core.context import StepContext
+from tasks.models.build import complete_arch, count_params, load_model, make_artifact
+from tasks.steps import data as data_task
+from tasks.steps import distill, infer, quantize
+from tasks.training.loop import OptimConfig, accuracy
 
 QUANTIZERS = {  # label -> QuantizeConfig fields
     "uniform": {"quantizer": "uniform"},

@@ -3,7 +3,7 @@
 Trains the teacher (conf/model/cnn1d_teacher.yaml), computes its logits over the labeled train
 split and the 25k-row unlabeled transfer pool, then for each seed trains the same student
 architecture twice with the same epochs and seed: from scratch on the labeled rows (cross-entropy)
-and by distillation (tasks/distill.py defaults: labeled rows + transfer pool). Because KD sees
+and by distillation (tasks/steps/distill.py defaults: labeled rows + transfer pool). Because KD sees
 ~8x more rows per epoch, the scratch student is also trained with as many optimizer steps as the
 KD student (``scratch_steps``), and the gain is taken against the better of the two scratch runs.
 Prints ONE JSON object; the goal is a mean gain of at least +1.0 accuracy point.
@@ -31,12 +31,12 @@ import torch
 import yaml
 from machine import machine_info  # benchmarks/ is the script's directory
 
-from tasks import data as data_task
-from tasks import distill, infer
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
-from tasks.mutual import MutualConfig
-from tasks.train import OptimConfig, accuracy, ce_loss, fit
+from tasks.core.context import StepContext
+from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
+from tasks.steps import data as data_task
+from tasks.steps import distill, infer
+from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
+from tasks.training.mutual import MutualConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

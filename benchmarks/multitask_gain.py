@@ -3,7 +3,7 @@ of the same trunk, each task's teacher as the reference (mean of the seeds).
 
 Tasks: the digit class and a derived label set (``--aux parity`` or ``gt4``). One teacher per task
 (conf/model/cnn1d_teacher.yaml, trained once), its logits over the labeled rows + transfer pool;
-then per seed, with the same schedule (tasks/distill.py defaults) and trunk (``--student``): the
+then per seed, with the same schedule (tasks/steps/distill.py defaults) and trunk (``--student``): the
 multi-task student (``distill`` method ``multitask``, weights ``--weights``) and one single-task
 KD student per task. Test accuracy per task. Prints ONE JSON object.
 
@@ -22,12 +22,15 @@ import torch
 from kd_gain import _model, _train  # benchmarks/ is the script's directory
 from machine import machine_info
 
-from tasks import data as data_task
-from tasks import distill, infer
-from tasks.context import StepContext
-from tasks.models import complete_arch, count_params, load_model, make_artifact
-from tasks.multitask import MULTIHEAD, MultitaskConfig, RelabelConfig, head_accuracies, relabel
-from tasks.train import OptimConfig, accuracy
+from tasks.core.context import StepContext
+from tasks.models.build import complete_arch, count_params, load_model, make_artifact
+from tasks.models.multihead import MULTIHEAD, head_accuracies
+from tasks.steps import data as data_task
+from tasks.steps import distill, infer
+from tasks.steps.relabel import RelabelConfig
+from tasks.steps.relabel import run as relabel
+from tasks.training.loop import OptimConfig, accuracy
+from tasks.training.multitask import MultitaskConfig
 
 
 def main() -> None:

@@ -38,8 +38,8 @@ import torch
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from pipelines.scale.pool import ChainPool  # noqa: E402
-from tasks.inference import Predictor, plan_stages  # noqa: E402
-from tasks.models import build_model, complete_arch, load_model, make_artifact  # noqa: E402
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact  # noqa: E402
+from tasks.steps.inference import Predictor, plan_stages  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -54,7 +54,7 @@ def cpu_model() -> str:
 
 
 def artifact(hidden: list[int]):
-    arch = complete_arch({"_target_": "tasks.models.MLP", "hidden": hidden}, [40], 10)
+    arch = complete_arch({"_target_": "tasks.models.zoo.MLP", "hidden": hidden}, [40], 10)
     torch.manual_seed(0)
     return make_artifact(build_model(arch), arch, name="mlp", kind="teacher")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 def plain(spec, seed: int, per_step: dict) -> float:
     """Run the spec's tasks in topological order in this process; select trials like the engine."""
-    from pipelines.select import choose
-    from pipelines.spec import build_config
+    from pipelines.config.select import choose
+    from pipelines.config.spec import build_config
     from tasks import TASKS
-    from tasks.context import StepContext
+    from tasks.core.context import StepContext
 
     outputs, summaries = {}, {}
     start = time.perf_counter()
@@ -44,7 +44,7 @@ def plain(spec, seed: int, per_step: dict) -> float:
 
 
 def engine(cfg, spec, ray_cfg, tracking, overrides, per_step: dict) -> tuple[float, int]:
-    from pipelines import session
+    from pipelines.run import session
 
     start = time.perf_counter()
     out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
@@ -53,8 +53,8 @@ def engine(cfg, spec, ray_cfg, tracking, overrides, per_step: dict) -> tuple[flo
 
 
 def main() -> None:
-    from pipelines import session
-    from pipelines.cli import load_config
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     overrides = [*sys.argv[1:], "cache=false"]

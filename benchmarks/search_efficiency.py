@@ -47,10 +47,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from pipelines import search, session  # noqa: E402
-from pipelines.cli import load_config  # noqa: E402
+from pipelines.config.compose import load_config  # noqa: E402
+from pipelines.config.spec import build_spec  # noqa: E402
 from pipelines.search.pareto import hypervolume  # noqa: E402
 from pipelines.search.trial import run_spec  # noqa: E402
-from pipelines.spec import build_spec  # noqa: E402
 
 BUDGET = 0.01
 FULL_GRID = [
@@ -69,8 +69,8 @@ def common(wd: Path, seed: int, method: str) -> list[str]:
 
 
 def prefix(wd: Path, seed: int, method: str) -> None:
-    from pipelines.dag import Context
-    from pipelines.tracking import create_run, ensure_experiment, resolve_uri
+    from pipelines.run.dag import Context
+    from pipelines.store.tracking import create_run, ensure_experiment, resolve_uri
 
     cfg = load_config(["experiment=search", *common(wd, seed, method)])
     plan = search.plan_of(cfg)

@@ -36,8 +36,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 LEVELS = (1, 8, 32, 64)
 ARCHS = {
-    "large": {"_target_": "tasks.models.MLP", "hidden": [2048] * 9},
-    "small": {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]},
+    "large": {"_target_": "tasks.models.zoo.MLP", "hidden": [2048] * 9},
+    "small": {"_target_": "tasks.models.zoo.CNN1D", "channels": [32, 32, 32]},
 }
 
 
@@ -49,8 +49,8 @@ def register(name: str, arch: dict, uri: str) -> bytes:
     import mlflow
     import onnx
 
-    from tasks.models import build_model, complete_arch
-    from tasks.onnx_utils import to_onnx
+    from tasks.models.build import build_model, complete_arch
+    from tasks.runtime.onnx import to_onnx
 
     torch.manual_seed(0)
     model = build_model(complete_arch(arch, [40], 10)).eval()
@@ -103,7 +103,7 @@ async def level(url: str, concurrency: int, requests: int, cap_s: float) -> dict
 
 
 def direct_p50_ms(onnx_bytes: bytes) -> float:
-    from tasks.onnx_utils import ort_session, time_ort
+    from tasks.runtime.onnx import ort_session, time_ort
 
     return time_ort(ort_session(onnx_bytes, 1), np.zeros((1, 40), np.float32), 1, warmup=20, iters=200)["p50_ms"]
 
@@ -198,7 +198,7 @@ def main() -> None:
 def log_to_mlflow(res: dict, png: bytes) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import ensure_experiment, resolve_uri
+    from pipelines.store.tracking import ensure_experiment, resolve_uri
 
     client = MlflowClient(tracking_uri=resolve_uri(None))
     run = client.create_run(ensure_experiment(client, "serve-load"), run_name="serve_load")

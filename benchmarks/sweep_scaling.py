@@ -24,7 +24,7 @@ AMOUNTS = [0.3, 0.5, 0.7, 0.9]
 
 
 def pipeline(epochs: int, batch_size: int) -> dict:
-    student = {"_target_": "tasks.models.CNN1D", "channels": [32, 32, 32]}
+    student = {"_target_": "tasks.models.zoo.CNN1D", "channels": [32, 32, 32]}
     return {
         "name": "sweep_scaling",
         "steps": {
@@ -49,8 +49,8 @@ def pipeline(epochs: int, batch_size: int) -> dict:
 def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
     import ray
 
-    from pipelines import session
-    from pipelines.cli import load_config
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
 
     cfg = load_config(["pipeline=demo", f"tracking.uri=sqlite:///{workdir}/mlflow.db"])
     cfg.pipeline = OmegaConf.create(spec_dict)
@@ -66,10 +66,10 @@ def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
 
 def sequential(spec_dict: dict) -> float:
     """The same task functions, called one after another in this process."""
-    from pipelines.spec import build_config
-    from tasks import data as data_task
-    from tasks import prune, train
-    from tasks.context import StepContext
+    from pipelines.config.spec import build_config
+    from tasks.core.context import StepContext
+    from tasks.steps import data as data_task
+    from tasks.steps import prune, train
 
     steps = spec_dict["steps"]
     data = data_task.run(cfg=build_config("data", steps["data"]["params"]), ctx=StepContext())

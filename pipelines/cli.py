@@ -12,72 +12,15 @@ or any MLflow run is created (with --multirun: in any execution). A failed step 
 from __future__ import annotations
 
 import os
-import re
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from pipelines import schemas
-from pipelines.errors import CONFIG_ERRORS
-from pipelines.spec import SpecError
+from pipelines.config.compose import conf_dir, load_config, one_line
+from pipelines.config.errors import CONFIG_ERRORS
 
 USAGE = __doc__.strip().splitlines()[2]
-
-
-def conf_dir() -> Path:
-    """``SLIMRAY_CONF``, else ./conf, else the conf/ folder beside the installed packages."""
-    for candidate in (
-        os.environ.get("SLIMRAY_CONF"),
-        Path.cwd() / "conf",
-        Path(__file__).resolve().parents[1] / "conf",
-    ):
-        if candidate and (Path(candidate) / "config.yaml").exists():
-            return Path(candidate).resolve()
-    raise SpecError("conf", "no conf/config.yaml found (set SLIMRAY_CONF)")
-
-
-def one_line(e: BaseException | None) -> str:
-    """Hydra/OmegaConf messages span lines and chain causes; the user gets one line."""
-    parts, key = [], None
-    while e is not None:
-        text = str(e).split("Config search path")[0]
-        found = re.search(r"full_key:\s*(\S+)", text)
-        key = key or (found.group(1) if found else None)
-        parts += [
-            ln.strip().rstrip(".:")
-            for ln in text.splitlines()
-            if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))
-        ]
-        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)  # 'from None' ends it
-    msg = "; ".join(dict.fromkeys(p for p in parts if p and "$VALUE" not in p))
-    return f"{key}: {msg}" if key and key not in msg else msg
-
-
-def load_config(overrides: list[str], config_dir: Path | None = None):
-    schemas.register()
-    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    pin_swept(cfg, overrides)
-    return cfg
-
-
-STEP_PARAM = re.compile(r"^pipeline\.steps\.([^.]+)\.(params\..+)$")
-
-
-def pin_swept(cfg, overrides: list[str]) -> None:
-    """An explicit override of a parameter the step sweeps pins the sweep to that value:
-    ``pipeline.steps.prune.params.amount=0.3`` means amount 0.3, not "overridden by the sweep"
-    (so ``-m pipeline.steps.prune.params.amount=0.3,0.5`` gives two different executions)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for o in OverridesParser.create().parse_overrides(overrides):
-        m = STEP_PARAM.match(o.key_or_group)
-        sweep = OmegaConf.select(cfg, f"pipeline.steps.{m.group(1)}.sweep") if m and not o.is_delete() else None
-        if sweep is not None and m and m.group(2) in sweep:
-            sweep[m.group(2)] = [OmegaConf.select(cfg, o.key_or_group)]
 
 
 def quiet_ray_logs() -> None:
@@ -110,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(args[1:])
     if args[:1] == ["submit"]:  # `slimray submit [overrides]`: the same pipeline as a Ray Job
-        from pipelines import submit
+        from pipelines.scale import submit
 
         return submit.main(args[1:])
     if {"-h", "--help"} & set(args):
@@ -134,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if multirun:
         return run_multirun(overrides, flags, int(jobs[0][7:]) if jobs else 4, err)
-    from pipelines import preflight, search, session  # imports ray/mlflow lazily, after argument checks
-    from pipelines.tracking import resolve_uri
+    from pipelines import search, session  # imports ray/mlflow lazily, after argument checks
+    from pipelines.store import preflight
+    from pipelines.store.tracking import resolve_uri
 
     try:
         cfg = load_config(overrides)
@@ -172,8 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_multirun(overrides: list[str], flags: set[str], jobs: int, err: Console) -> int:
     """``-m``: Hydra's sweep over the overrides, every execution validated before any runs."""
-    from pipelines import multirun, preflight
-    from pipelines.tracking import resolve_uri
+    from pipelines.run import multirun
+    from pipelines.store import preflight
+    from pipelines.store.tracking import resolve_uri
 
     try:
         found = multirun.prepare(overrides, conf_dir(), load_config)

@@ -1,33 +1,40 @@
-"""The task table: every task a pipeline step may name. A literal table, checked by a test
-against the modules in this package (no decorator registry)."""
+"""The step table: every task a pipeline step may name, one module of ``tasks/steps`` each.
 
+A literal table, checked by a test against the modules in ``tasks/steps`` (no decorator
+registry). Modules named in the ``SLIMRAY_TASKS`` environment variable (comma-separated, each
+with a ``TASKS`` table of its own) add their steps: your own tasks, or the engine tests' toys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
-from tasks import (
+from tasks.steps import (
     benchmark,
     data,
     distill,
     export,
     infer,
     inference,
-    multitask,
+    load_model,
     multitask_report,
+    pretrained,
     prune,
     prune_embedding,
     quantize,
+    relabel,
     report,
-    teacher,
-    text,
-    toy,
+    text_data,
     train,
-    transformer,
 )
 
 TASKS: dict[str, Callable[..., Any]] = {
     "data": data.run,
     "train": train.run,
-    "load_model": teacher.run,
+    "load_model": load_model.run,
     "infer": infer.run,
     "inference": inference.run,
     "distill": distill.run,
@@ -37,16 +44,25 @@ TASKS: dict[str, Callable[..., Any]] = {
     "quantize": quantize.run,
     "benchmark": benchmark.run,
     "report": report.run,
-    "relabel": multitask.relabel,
+    "relabel": relabel.run,
     "multitask_report": multitask_report.run,
-    "text_data": text.run,
-    "pretrained": transformer.run,
-    # the engine's own fixtures (used by the `demo` pipeline and the engine tests)
-    "toy_source": toy.source,
-    "toy_add": toy.add,
-    "toy_sleep": toy.sleep,
-    "toy_log": toy.log,
-    "toy_fail": toy.fail,
-    "toy_sum": toy.total,
-    "toy_publish": toy.publish,
+    "text_data": text_data.run,
+    "pretrained": pretrained.run,
 }
+
+EXTRA_TASKS_ENV = "SLIMRAY_TASKS"
+
+
+def task_table() -> dict[str, Callable[..., Any]]:
+    """``TASKS`` plus the ``TASKS`` of every module named in ``SLIMRAY_TASKS``."""
+    table = dict(TASKS)
+    for name in filter(None, (n.strip() for n in os.environ.get(EXTRA_TASKS_ENV, "").split(","))):
+        try:
+            extra = importlib.import_module(name).TASKS
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"{EXTRA_TASKS_ENV}: module '{name}' has no TASKS table ({e})") from None
+        clash = sorted(set(extra) & set(TASKS))
+        if clash:
+            raise ValueError(f"{EXTRA_TASKS_ENV}: module '{name}' redefines the step(s) {clash}")
+        table.update(extra)
+    return table

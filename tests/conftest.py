@@ -13,6 +13,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # user-style models in examples/ and tests/ load there by `_target_`.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+# The engine tests' toy tasks and their configs (the `demo` pipeline) live here, not in the product:
+# SLIMRAY_TASKS adds their step table, SLIMRAY_CONF their config folder (in this process, the CLIs
+# the tests start and their Ray workers).
+os.environ["SLIMRAY_TASKS"] = "tests.toy_tasks"
+os.environ["SLIMRAY_CONF"] = os.path.join(REPO, "tests", "conf")
 
 
 @pytest.fixture(scope="session")

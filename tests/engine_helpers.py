@@ -12,8 +12,9 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines import session
-from pipelines.cli import load_config, main
+from pipelines.cli import main
+from pipelines.config.compose import load_config
+from pipelines.run import session
 
 
 def run_pipeline(workdir, overrides=(), pipeline: dict | None = None):

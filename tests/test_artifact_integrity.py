@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from pipelines import artifacts
-from pipelines.artifacts import ArtifactError
-from tasks.types import Value
+from pipelines.store import artifacts
+from pipelines.store.artifacts import ArtifactError
+from tasks.core.types import Value
 from tests.engine_helpers import all_runs, run_pipeline
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

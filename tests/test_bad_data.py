@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from tasks.context import StepContext
-from tasks.data import DataConfig, run
+from tasks.core.context import StepContext
+from tasks.steps.data import DataConfig, run
 from tests.engine_helpers import all_runs, run_pipeline
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from tasks import benchmark, quantize
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, make_artifact
-from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact
+from tasks.models.build import build_model, complete_arch, make_artifact
+from tasks.steps import benchmark, quantize
 
 FAST = benchmark.BenchmarkConfig(warmup=1, iters_b1=10, iters_b256=3)
 ROW_KEYS = {
@@ -40,7 +40,9 @@ def make_data(n: int = 600, classes: int = 10) -> Dataset:
 
 def make_model(data: Dataset, name: str, kind: str, channels: list[int], parent: str | None = None) -> ModelArtifact:
     torch.manual_seed(0)
-    arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": channels}, data.input_shape, data.num_classes)
+    arch = complete_arch(
+        {"_target_": "tasks.models.zoo.CNN1D", "channels": channels}, data.input_shape, data.num_classes
+    )
     return make_artifact(build_model(arch), arch, name=name, kind=kind, parent=parent)
 
 

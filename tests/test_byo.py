@@ -9,15 +9,17 @@ import json
 import pytest
 import torch
 
-from pipelines import artifacts
 from pipelines.cli import main
-from pipelines.select import choose, parse_select
-from tasks import prune, teacher
-from tasks.context import StepContext
-from tasks.inference import Predictor
-from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
-from tasks.report import budget_line
-from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, Targets
+from pipelines.config.select import choose, parse_select
+from pipelines.store import artifacts
+from tasks.compression import channels
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, Targets
+from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
+from tasks.steps import load_model as teacher
+from tasks.steps import prune
+from tasks.steps.inference import Predictor
+from tasks.steps.report import budget_line
 
 USER = "examples.byo.model.ResNet1D"
 BERT = "tests.user_models.TinyBert"
@@ -85,9 +87,9 @@ def _user_model(width: int = 16) -> tuple[torch.nn.Module, dict]:
 def test_residual_bn_gelu_depthwise_model_prunes_and_reloads_strictly(tmp_path):
     net, arch = _user_model()
     x = torch.randn(8, 40)
-    pruner = prune.channel_pruner(net, x[:2], prune.PruneConfig(amount=0.5), 0.5)
-    prune.channel_step(pruner, net, x[:2])
-    new = prune.pruned_arch(net, arch, [USER])
+    pruner = channels.channel_pruner(net, x[:2], prune.PruneConfig(amount=0.5), 0.5)
+    channels.channel_step(pruner, net, x[:2])
+    new = channels.pruned_arch(net, arch, [USER])
     dw = net.blocks[0].depthwise[0]
     assert dw.groups == dw.in_channels == dw.out_channels == 16  # depthwise stays depthwise: 32 -> 16
     assert new["_pruned_"]["attributes"]["blocks.0.depthwise.0"] == {
@@ -129,11 +131,11 @@ def test_prune_task_on_a_user_model_fine_tunes_and_measures():
 def test_prune_ignore_names_modules_and_refuses_unknown_ones():
     net, _ = _user_model()
     x = torch.randn(2, 40)
-    pruner = prune.channel_pruner(net, x, prune.PruneConfig(amount=0.5, ignore=["stem.0"]), 0.5)
-    prune.channel_step(pruner, net, x)
+    pruner = channels.channel_pruner(net, x, prune.PruneConfig(amount=0.5, ignore=["stem.0"]), 0.5)
+    channels.channel_step(pruner, net, x)
     assert net.stem[0].out_channels == 16 and net.blocks[0].expand[0].out_channels == 16  # 32 -> 16 inside
     with pytest.raises(ValueError, match="prune.ignore: the model has no module 'stem.9'"):
-        prune.channel_pruner(net, x, prune.PruneConfig(ignore=["stem.9"]), 0.5)
+        channels.channel_pruner(net, x, prune.PruneConfig(ignore=["stem.9"]), 0.5)
 
 
 @pytest.mark.parametrize("ignore,hidden", [([], 16), (["bert.embeddings"], 32)])
@@ -143,9 +145,9 @@ def test_bert_heads_and_ffn_prune_and_reload_strictly(ignore, hidden):
     torch.manual_seed(0)
     bert = build_model(arch, [BERT])
     ids = torch.randint(0, 50, (4, 12))
-    pruner = prune.channel_pruner(bert, ids[:2], prune.PruneConfig(amount=0.5, ignore=ignore), 0.5)
-    prune.channel_step(pruner, bert, ids[:2])
-    new = prune.pruned_arch(bert, arch, [BERT])
+    pruner = channels.channel_pruner(bert, ids[:2], prune.PruneConfig(amount=0.5, ignore=ignore), 0.5)
+    channels.channel_step(pruner, bert, ids[:2])
+    new = channels.pruned_arch(bert, arch, [BERT])
     for layer in bert.bert.encoder.layer:
         att = layer.attention.self
         assert (att.num_attention_heads, att.attention_head_size, att.all_head_size) == (2, 8, 16)  # 4 heads -> 2
@@ -219,8 +221,8 @@ def test_load_model_from_a_model_config_measures_the_teacher(tmp_path):
 def test_a_user_transformer_goes_through_every_step():
     """train -> infer -> distill -> prune (heads + MLP) -> export -> quantize -> benchmark on a
     user's own attention model (LayerNorm, fused-qkv attention, SiLU, residuals), own names."""
-    from tasks import benchmark, distill, export, infer, quantize, train
-    from tasks.train import OptimConfig
+    from tasks.steps import benchmark, distill, export, infer, quantize, train
+    from tasks.training.loop import OptimConfig
 
     target = "tests.user_models.SeqTransformer"
     part = {"_target_": target, "data_args": {"seq_len": "input_shape[0]", "n_out": "num_classes"}}

@@ -8,9 +8,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from examples.byo import prepare
-from pipelines import artifacts, session
-from pipelines.cli import load_config
-from tasks.types import BenchmarkReport, ModelArtifact, Publication
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from pipelines.store import artifacts
+from tasks.core.types import BenchmarkReport, ModelArtifact, Publication
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipelines import session
-from pipelines.cache import FileHasher, library_versions, step_keys, task_libraries
-from pipelines.cli import load_config
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from pipelines.store.keys import FileHasher, library_versions, step_keys, task_libraries
 
 
 def _spec(overrides=(), pipeline=None):

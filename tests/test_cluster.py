@@ -19,8 +19,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines import artifacts, session
-from pipelines.cli import load_config
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from pipelines.store import artifacts
 from tests.engine_helpers import all_runs
 from tests.servers import MlflowServer
 

@@ -9,9 +9,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_benchmark import ROW_KEYS  # the benchmark.json row schema, pinned in one place
 
-from pipelines import artifacts, session
-from pipelines.cli import load_config
-from tasks.types import BenchmarkReport, Publication, Report
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from pipelines.store import artifacts
+from tasks.core.types import BenchmarkReport, Publication, Report
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 

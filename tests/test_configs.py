@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-import tasks
-from pipelines import schemas, session
-from pipelines.cli import load_config
-from pipelines.spec import build_config, task_signature
+from pipelines.config import schema
+from pipelines.config.compose import load_config
+from pipelines.config.spec import build_config, task_signature
+from pipelines.run import session
 from tasks import TASKS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -51,7 +51,7 @@ def test_every_model_option_builds_with_the_default_pipeline():
 
 
 def test_every_task_option_file_composes_against_its_schema():
-    schemas.register()
+    schema.register()
     files = sorted((CONF / "task").glob("*/*.yaml"))
     assert files
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -63,30 +63,34 @@ def test_every_task_option_file_composes_against_its_schema():
             build_config(task, dict(node))
 
 
-def test_task_table_covers_every_task_module():
-    modules = {m.name for m in pkgutil.iter_modules(tasks.__path__)}
-    helpers = {"context", "types", "models", "onnx_utils", "options", "sparsity", "datafiles"}
-    helpers |= {"quality", "embedding", "measure"}  # task kinds, embedding training, benchmark measures
-    helpers |= {"quantizers", "kbit_report", "mutual", "plots"}  # the methods' building blocks, report plots
-    registered = {fn.__module__.split(".")[-1] for fn in TASKS.values()}
-    assert modules - helpers == registered
+def test_task_table_is_the_steps_folder():
+    """One module of tasks/steps per TASKS entry, named after it, and nothing else registered."""
+    import tasks.steps
+
+    modules = {m.name for m in pkgutil.iter_modules(tasks.steps.__path__)}
+    assert modules == set(TASKS)
     for name, fn in TASKS.items():
+        assert fn.__module__ == f"tasks.steps.{name}", name
         params = inspect.signature(fn).parameters
         assert "cfg" in params and "ctx" in params, name
         task_signature(name)  # annotations resolve
 
 
+def test_every_task_has_its_config_folder():
+    assert {p.name for p in (CONF / "task").iterdir() if p.is_dir()} == set(TASKS)
+
+
 def test_a_target_part_replaces_the_default_instead_of_merging():
-    cfg = build_config("distill", {"student": {"_target_": "tasks.models.MLP", "hidden": [16]}})
-    assert cfg.student == {"_target_": "tasks.models.MLP", "hidden": [16]}  # no 'channels' from the default
+    cfg = build_config("distill", {"student": {"_target_": "tasks.models.zoo.MLP", "hidden": [16]}})
+    assert cfg.student == {"_target_": "tasks.models.zoo.MLP", "hidden": [16]}  # no 'channels' from the default
     kept = build_config("distill", {"optim": {"epochs": 3}})
-    assert kept.student["_target_"] == "tasks.models.CNN1D" and kept.optim.epochs == 3
+    assert kept.student["_target_"] == "tasks.models.zoo.CNN1D" and kept.optim.epochs == 3
 
 
 @pytest.mark.parametrize("group,schema", [("ray", "RayConfig"), ("tracking", "TrackingConfig")])
 def test_engine_option_files_compose_against_their_schema(group, schema):
     """conf/ray/* and conf/tracking/* are typed like task option files: a typo fails at compose."""
-    schemas.register()
+    schema.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in _options(group):
             cfg = compose(config_name=f"{group}/{option}")
@@ -99,9 +103,9 @@ def test_engine_option_files_compose_against_their_schema(group, schema):
 
 def test_every_option_value_in_conf_is_an_enum_member():
     """Options reach tasks as Enum members, also from the shipped option files."""
-    from tasks.options import PruneMethod, QuantMethod
+    from tasks.core.options import PruneMethod, QuantMethod
 
-    schemas.register()
+    schema.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         prune_cfg = build_config("prune", dict(compose(config_name="task/prune/agp").task.prune))
         quant_cfg = build_config("quantize", dict(compose(config_name="task/quantize/qat").task.quantize))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.data import DataConfig, augmented_pool, run
+from tasks.core.context import StepContext
+from tasks.steps.data import DataConfig, augmented_pool, run
 
 
 def _run(**kw):

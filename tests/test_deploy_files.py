@@ -17,8 +17,8 @@ import pytest
 import tomllib
 import yaml
 
-from pipelines import session
-from pipelines.cli import load_config
+from pipelines.config.compose import load_config
+from pipelines.run import session
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "cluster" / "k8s"

@@ -8,14 +8,16 @@ import math
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.distill import DistillConfig, average_logits, kd_loss, make_regressor, run
-from tasks.infer import InferConfig
-from tasks.infer import run as infer
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.train import OptimConfig, TrainConfig, accuracy
-from tasks.train import run as train
-from tasks.types import Dataset, Logits
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset, Logits
+from tasks.evaluation.quality import kd_loss
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps.distill import DistillConfig, average_logits, make_regressor, run
+from tasks.steps.infer import InferConfig
+from tasks.steps.infer import run as infer
+from tasks.steps.train import TrainConfig
+from tasks.steps.train import run as train
+from tasks.training.loop import OptimConfig, accuracy
 
 
 def _softmax(row, t):
@@ -90,7 +92,8 @@ def _problem(n_train=60, n_transfer=300):
 
 def _cfg(**kw):
     base = dict(
-        student={"_target_": "tasks.models.MLP", "hidden": [16]}, optim=OptimConfig(epochs=5, batch_size=32, lr=3e-2)
+        student={"_target_": "tasks.models.zoo.MLP", "hidden": [16]},
+        optim=OptimConfig(epochs=5, batch_size=32, lr=3e-2),
     )
     return DistillConfig(**{**base, **kw})
 
@@ -131,7 +134,7 @@ def test_multi_teacher_is_the_mean_of_the_logits():
 
 def test_fitnets_hint_trains_a_regressor_onto_teacher_features():
     data, _ = _problem()
-    t_arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [6, 6]}, [16], 3)
+    t_arch = complete_arch({"_target_": "tasks.models.zoo.CNN1D", "channels": [6, 6]}, [16], 3)
     torch.manual_seed(0)
     teacher = infer(
         make_artifact(build_model(t_arch), t_arch, name="t", kind="teacher"),
@@ -139,7 +142,7 @@ def test_fitnets_hint_trains_a_regressor_onto_teacher_features():
         cfg=InferConfig(features=["features.5"]),
         ctx=StepContext(),
     )
-    student = {"_target_": "tasks.models.CNN1D", "channels": [2, 3]}
+    student = {"_target_": "tasks.models.zoo.CNN1D", "channels": [2, 3]}
     optim = OptimConfig(epochs=1, batch_size=64)
     logged = {}
     for beta in (0.0, 10.0):
@@ -190,7 +193,7 @@ def test_reported_val_acc_is_that_of_the_returned_best_epoch_weights(task):
     if task == "distill":
         art = run(data, logits, cfg=_cfg(optim=NOISY[task]), ctx=ctx)
     else:
-        student = {"_target_": "tasks.models.MLP", "hidden": [16]}
+        student = {"_target_": "tasks.models.zoo.MLP", "hidden": [16]}
         art = train(data, cfg=TrainConfig(model=student, optim=NOISY[task]), ctx=ctx)
     curve = [m["epoch_val_acc"] for _, m in ctx.history if "epoch_val_acc" in m]
     assert len(curve) == 6 and curve[-1] < max(curve)  # the case that matters: the last epoch is not the best

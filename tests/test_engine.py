@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines import artifacts
+from pipelines.store import artifacts
 from tests.engine_helpers import all_runs, child_runs, run_pipeline
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -152,8 +152,8 @@ def test_step_no_node_can_hold_fails_at_once_naming_the_key(workdir):
 
 
 def test_unfit_compares_every_requested_resource_per_node():
-    from pipelines.config import ResourcesConfig
-    from pipelines.fit import request, unfit
+    from pipelines.config.schema import ResourcesConfig
+    from pipelines.run.fit import request, unfit
 
     nodes = [{"CPU": 1.0, "memory": 4e9, "node:127.0.0.1": 1.0}, {"CPU": 4.0, "GPU": 1.0, "memory": 8e9}]
     assert request(ResourcesConfig(num_cpus=2, memory=None)) == {"CPU": 2.0}

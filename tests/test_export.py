@@ -7,12 +7,12 @@ import onnx
 import pytest
 import torch
 
-from tasks import export, quantize
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.onnx_utils import ort_predict, ort_session, time_ort, to_onnx
-from tasks.train import predict
-from tasks.types import Dataset, ModelArtifact
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset, ModelArtifact
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.runtime.onnx import ort_predict, ort_session, time_ort, to_onnx
+from tasks.steps import export, quantize
+from tasks.training.loop import predict
 
 
 def make_data(shape: list[int], n: int = 96, classes: int = 10) -> Dataset:
@@ -22,7 +22,7 @@ def make_data(shape: list[int], n: int = 96, classes: int = 10) -> Dataset:
     return Dataset("tiny", x[:64], y[:64], x[64:80], y[64:80], x[64:], y[64:], classes)
 
 
-def make_model(data: Dataset, target: str = "tasks.models.CNN1D", **kw) -> ModelArtifact:
+def make_model(data: Dataset, target: str = "tasks.models.zoo.CNN1D", **kw) -> ModelArtifact:
     torch.manual_seed(0)
     arch = complete_arch({"_target_": target, **kw}, data.input_shape, data.num_classes)
     model = build_model(arch)
@@ -37,9 +37,9 @@ def make_model(data: Dataset, target: str = "tasks.models.CNN1D", **kw) -> Model
 @pytest.mark.parametrize(
     "target,shape,kw",
     [
-        ("tasks.models.CNN1D", [40], {"channels": [8, 8]}),
-        ("tasks.models.MLP", [40], {"hidden": [16]}),
-        ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 8, "mids": [4]}),
+        ("tasks.models.zoo.CNN1D", [40], {"channels": [8, 8]}),
+        ("tasks.models.zoo.MLP", [40], {"hidden": [16]}),
+        ("tasks.models.zoo.ResCNN2D", [1, 8, 8], {"stem": 8, "mids": [4]}),
     ],
 )
 def test_to_onnx_matches_torch_with_dynamic_batch(target, shape, kw, caplog):

@@ -22,8 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipelines import session
-from pipelines.cli import load_config
+from pipelines.config.compose import load_config
+from pipelines.run import session
 from tests.engine_helpers import all_runs, run_pipeline
 from tests.servers import MlflowServer, Postgres, private_dir
 

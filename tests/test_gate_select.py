@@ -1,6 +1,6 @@
 """Sweep selection never picks a trial that its parity gate rejected (``metrics.rejected``)."""
 
-from pipelines.select import Select, choose
+from pipelines.config.select import Select, choose
 
 
 def test_rejected_trials_are_skipped_even_when_fastest():

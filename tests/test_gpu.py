@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.models import CNN1D
-from tasks.train import OptimConfig, accuracy, ce_loss, fit
+from tasks.core.context import StepContext
+from tasks.models.zoo import CNN1D
+from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -35,7 +35,7 @@ def test_fit_on_cuda_with_bf16_autocast_learns():
 def test_ort_cuda_provider_when_installed():
     import onnxruntime as ort
 
-    from tasks.onnx_utils import ort_predict, ort_session, providers_for, to_onnx
+    from tasks.runtime.onnx import ort_predict, ort_session, providers_for, to_onnx
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime without the CUDA provider (install onnxruntime-gpu)")

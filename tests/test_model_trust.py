@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from pipelines import session
-from pipelines.cli import load_config
-from tasks.context import StepContext
-from tasks.models import UntrustedModelError, build_model, complete_arch, load_model, make_artifact
-from tasks.teacher import LoadModelConfig, run, save_model
-from tasks.types import ModelArtifact
+from pipelines.config.compose import load_config
+from pipelines.run import session
+from tasks.core.context import StepContext
+from tasks.core.types import ModelArtifact
+from tasks.models.build import UntrustedModelError, build_model, complete_arch, load_model, make_artifact
+from tasks.steps.load_model import LoadModelConfig, run, save_model
 
 USER_NET = "tests.user_models.TinyNet"
 
@@ -36,7 +36,7 @@ def test_load_model_refuses_a_hostile_target_before_calling_it(tmp_path):
 def test_load_model_task_refuses_a_hostile_arch_json(tmp_path):
     """The load_model step reads arch.json from a folder someone else wrote."""
     marker = tmp_path / "pwned"
-    arch = complete_arch({"_target_": "tasks.models.MLP", "hidden": [4]}, [6], 2)
+    arch = complete_arch({"_target_": "tasks.models.zoo.MLP", "hidden": [4]}, [6], 2)
     good = make_artifact(build_model(arch), arch, name="m", kind="teacher")
     folder = save_model(good, tmp_path / "model")
     (folder / "arch.json").write_text(json.dumps(_hostile(marker)))
@@ -63,10 +63,10 @@ def test_zoo_models_load_without_a_list_and_others_need_one():
     back = load_model(art, trusted=(USER_NET,))
     x = torch.randn(5, 6)
     assert torch.equal(back(x), net.eval()(x))
-    for target in ("tasks.models.torch", "tasks.models.nn.Linear", "torch.nn.Linear"):
+    for target in ("tasks.models.build.torch", "tasks.models.build.nn.Linear", "torch.nn.Linear"):
         with pytest.raises(UntrustedModelError):
             build_model({"_target_": target, "in_features": 2, "out_features": 2})
-    assert isinstance(build_model(complete_arch({"_target_": "tasks.models.CNN1D"}, [20], 3)), torch.nn.Module)
+    assert isinstance(build_model(complete_arch({"_target_": "tasks.models.zoo.CNN1D"}, [20], 3)), torch.nn.Module)
 
 
 def test_a_model_named_in_the_config_is_trusted_and_trusted_models_extends_it(workdir):
@@ -83,7 +83,7 @@ def test_a_model_named_in_the_config_is_trusted_and_trusted_models_extends_it(wo
     )
     spec, _, _ = session.validate(cfg)
     assert USER_NET in spec.trusted_targets and "tests.user_models.NeedsDepth" in spec.trusted_targets
-    assert "tasks.models.CNN1D" in spec.trusted_targets and "os.system" not in spec.trusted_targets
+    assert "tasks.models.zoo.CNN1D" in spec.trusted_targets and "os.system" not in spec.trusted_targets
     arch = complete_arch({"_target_": USER_NET, "hidden": 4}, [6], 3)
     art = make_artifact(build_model(arch, spec.trusted_targets), arch, name="s", kind="student_kd")
     assert isinstance(load_model(art, spec.trusted_targets), torch.nn.Module)

@@ -10,7 +10,8 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.cli import load_config, main
+from pipelines.cli import main
+from pipelines.config.compose import load_config
 from tests.engine_helpers import assert_config_error, demo_runs, interrupt_when_running
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: source}, params: {seconds: 3.0}}"

@@ -8,24 +8,19 @@ import math
 import pytest
 import torch
 
-from tasks import multitask_report
-from tasks.context import StepContext
-from tasks.distill import run
-from tasks.models import load_model
-from tasks.multitask import (
-    MULTIHEAD,
-    MultiHead,
-    MultitaskConfig,
-    RelabelConfig,
-    derive_labels,
-    head_accuracies,
-    multitask_loss,
-    relabel,
-)
-from tasks.onnx_utils import ort_session, to_onnx
-from tasks.train import OptimConfig, TrainConfig, accuracy
-from tasks.train import run as train
-from tasks.types import Logits
+from tasks.core.context import StepContext
+from tasks.core.types import Logits
+from tasks.models.build import load_model
+from tasks.models.multihead import MULTIHEAD, MultiHead, derive_labels, head_accuracies
+from tasks.runtime.onnx import ort_session, to_onnx
+from tasks.steps import multitask_report
+from tasks.steps.distill import run
+from tasks.steps.relabel import RelabelConfig
+from tasks.steps.relabel import run as relabel
+from tasks.steps.train import TrainConfig
+from tasks.steps.train import run as train
+from tasks.training.loop import OptimConfig, accuracy
+from tasks.training.multitask import MultitaskConfig, multitask_loss
 from tests.test_distill import _cfg, _problem
 
 
@@ -37,7 +32,7 @@ def test_derived_labels_by_hand():
 
 
 def test_multihead_trains_on_every_head_and_deploys_head_zero():
-    net = MultiHead([16], 10, {"_target_": "tasks.models.MLP", "hidden": [8]}, ["identity", "parity", "gt4"])
+    net = MultiHead([16], 10, {"_target_": "tasks.models.zoo.MLP", "hidden": [8]}, ["identity", "parity", "gt4"])
     x = torch.randn(5, 16)
     assert net.train()(x).shape == (5, 14) and net.eval()(x).shape == (5, 10)
     parts = net.forward_all(x)
@@ -107,7 +102,7 @@ def test_report_compares_each_head_with_its_teacher_and_single_task_student(trai
     assert parity.num_classes == 2 and parity.y_test.tolist() == (data.y_test % 2).tolist()
     assert torch.equal(parity.x_train, data.x_train) and parity.name == "blobs-parity"
     quick = OptimConfig(epochs=3, batch_size=32, lr=3e-2)
-    mlp = {"_target_": "tasks.models.MLP", "hidden": [16]}
+    mlp = {"_target_": "tasks.models.zoo.MLP", "hidden": [16]}
     teachers = [
         train(d, cfg=TrainConfig(model=mlp, optim=quick), ctx=StepContext(step=n))
         for d, n in ((data, "t0"), (parity, "t1"))

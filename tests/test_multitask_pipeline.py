@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import session
-from pipelines.cli import load_config
+from pipelines.config.compose import load_config
+from pipelines.run import session
 from tests.test_compress import step_output
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.distill import run
-from tasks.models import load_model
-from tasks.mutual import MutualConfig, Pair, mutual_loss
-from tasks.train import accuracy
+from tasks.core.context import StepContext
+from tasks.models.build import load_model
+from tasks.steps.distill import run
+from tasks.training.loop import accuracy
+from tasks.training.mutual import MutualConfig, Pair, mutual_loss
 from tests.test_distill import _cfg, _problem
 
 
@@ -26,7 +26,7 @@ def _kl(p, q):
 
 
 def _hand(s1, s2, y, t, T, beta, gamma):
-    """mean over rows of L_1 + L_2, in plain Python (module docstring of tasks/mutual.py)."""
+    """mean over rows of L_1 + L_2, in plain Python (module docstring of tasks/training/mutual.py)."""
     total = 0.0
     for a, b, yi, ti in zip(s1.tolist(), s2.tolist(), y.tolist(), t.tolist()):
         for me, peer in ((a, b), (b, a)):
@@ -98,7 +98,9 @@ def test_smoke_run_returns_the_better_student_and_both_as_a_sweep():
     assert [b.metrics["val_acc"] for b in both] == [m["student0_val_acc"], m["student1_val_acc"]]
     kept = both[int(m["kept_student"])]
     assert all(torch.equal(kept.state_dict[k], v) for k, v in art.state_dict.items())  # seeded: the same student
-    with_teacher = _cfg(method="mutual", mutual=MutualConfig(teacher_weight=1.0, peer={"_target_": "tasks.models.MLP"}))
+    with_teacher = _cfg(
+        method="mutual", mutual=MutualConfig(teacher_weight=1.0, peer={"_target_": "tasks.models.zoo.MLP"})
+    )
     out = run(data, logits, cfg=with_teacher, ctx=StepContext(step="dml_t", seed=0))
     assert out.parent == "oracle" and accuracy(load_model(out), data.x_test, data.y_test) > 0.8
 

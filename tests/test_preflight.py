@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pipelines.cli import main
-from pipelines.preflight import PreflightError, check_tracking
+from pipelines.store.preflight import PreflightError, check_tracking
 
 
 def _free_port() -> int:

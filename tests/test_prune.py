@@ -7,12 +7,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from tasks import prune, sparsity
-from tasks.benchmark import flops_one_sample
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, count_params, load_model, make_artifact
-from tasks.train import OptimConfig
-from tasks.types import Dataset, Logits, ModelArtifact
+from tasks.compression import channels, sparsity
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset, Logits, ModelArtifact
+from tasks.models.build import build_model, complete_arch, count_params, flops_one_sample, load_model, make_artifact
+from tasks.steps import prune
+from tasks.training.loop import OptimConfig
 
 FAST = OptimConfig(epochs=1, batch_size=64, lr=1e-3)
 
@@ -38,12 +38,12 @@ def cfg(**kw) -> prune.PruneConfig:
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_magnitude_reaches_sparsity_and_keeps_zeros_through_finetune(scope):
     data = make_data([40])
-    art = make_model("tasks.models.CNN1D", data)
+    art = make_model("tasks.models.zoo.CNN1D", data)
     out = prune.run(art, data, cfg=cfg(method="magnitude", scope=scope, amount=0.6), ctx=StepContext(step="p"))
     net = load_model(out)
     assert out.kind == "pruned" and out.parent == "teacher" and out.name == "p"
     assert out.metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
-    assert prune.weight_sparsity(net) == pytest.approx(0.6, abs=0.01)  # zeros survived fine-tuning
+    assert sparsity.weight_sparsity(net) == pytest.approx(0.6, abs=0.01)  # zeros survived fine-tuning
     assert out.metrics["nonzero_params"] < 0.5 * out.metrics["params"]
     layer_sparsity = [float((m.weight == 0).float().mean()) for m, _ in sparsity.prunable(net)]
     if scope == "layer":
@@ -54,7 +54,7 @@ def test_magnitude_reaches_sparsity_and_keeps_zeros_through_finetune(scope):
 
 def test_channel_pruning_shrinks_params_and_reports_metrics():
     data = make_data([40])
-    art = make_model("tasks.models.CNN1D", data, channels=[32, 32, 32])
+    art = make_model("tasks.models.zoo.CNN1D", data, channels=[32, 32, 32])
     threads = torch.get_num_threads()
     ctx = StepContext(step="p")
     out = prune.run(art, data, cfg=cfg(method="channel", amount=0.5, importance="l1"), ctx=ctx)
@@ -76,9 +76,9 @@ def test_channel_pruning_shrinks_params_and_reports_metrics():
 @pytest.mark.parametrize(
     "target, shape, kw, width_key",
     [
-        ("tasks.models.CNN1D", [40], {"channels": [24, 16, 8]}, "channels"),
-        ("tasks.models.MLP", [5, 8], {"hidden": [32, 16]}, "hidden"),
-        ("tasks.models.ResCNN2D", [1, 8, 8], {"stem": 16, "mids": [12, 8]}, "mids"),
+        ("tasks.models.zoo.CNN1D", [40], {"channels": [24, 16, 8]}, "channels"),
+        ("tasks.models.zoo.MLP", [5, 8], {"hidden": [32, 16]}, "hidden"),
+        ("tasks.models.zoo.ResCNN2D", [1, 8, 8], {"stem": 16, "mids": [12, 8]}, "mids"),
     ],
 )
 def test_channel_pruned_model_reloads_from_arch_and_safetensors_identically(target, shape, kw, width_key):
@@ -97,11 +97,11 @@ def test_channel_pruned_model_reloads_from_arch_and_safetensors_identically(targ
 
 def test_pruned_arch_stores_the_new_widths_as_json_beside_the_constructor_config():
     data = make_data([40])
-    art = make_model("tasks.models.MLP", data, hidden=[32, 16])
+    art = make_model("tasks.models.zoo.MLP", data, hidden=[32, 16])
     net = load_model(art)
-    pruner = prune.channel_pruner(net, data.x_train[:2], cfg(importance="l2"), amount=0.25)
+    pruner = channels.channel_pruner(net, data.x_train[:2], cfg(importance="l2"), amount=0.25)
     pruner.step()
-    arch = prune.pruned_arch(net, art.arch)
+    arch = channels.pruned_arch(net, art.arch)
     assert arch["hidden"] == [32, 16]
     assert arch["_pruned_"]["attributes"]["net.1"]["out_features"] == 24
     assert arch["_pruned_"]["attributes"]["net.3"] == {"in_features": 24, "out_features": 12}
@@ -109,26 +109,26 @@ def test_pruned_arch_stores_the_new_widths_as_json_beside_the_constructor_config
 
 
 def test_agp_cubic_schedule_values():
-    assert prune.agp_schedule(0.8, 4) == pytest.approx([0.0, 0.4625, 0.7, 0.7875, 0.8])
+    assert sparsity.agp_schedule(0.8, 4) == pytest.approx([0.0, 0.4625, 0.7, 0.7875, 0.8])
     assert sparsity.agp_sparsity(0, 5, 0.9, 0.1) == pytest.approx(0.1)
     assert sparsity.agp_sparsity(5, 5, 0.9, 0.1) == pytest.approx(0.9)
 
 
 def test_gradual_magnitude_follows_agp_rounds():
     data = make_data([40])
-    art = make_model("tasks.models.CNN1D", data)
+    art = make_model("tasks.models.zoo.CNN1D", data)
     ctx = StepContext(step="g")
     conf = cfg(method="gradual", gradual_base="magnitude", amount=0.8, steps=4, scope="layer")
     out = prune.run(art, data, cfg=conf, ctx=ctx)
     rounds = [m["round_sparsity"] for _, m in ctx.history if "round_sparsity" in m]
-    assert rounds == pytest.approx(prune.agp_schedule(0.8, 4)[1:], abs=0.01)
+    assert rounds == pytest.approx(sparsity.agp_schedule(0.8, 4)[1:], abs=0.01)
     assert out.metrics["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert any("round1_val_acc" in m for _, m in ctx.history)  # fine-tuned between rounds
 
 
 def test_gradual_channel_shrinks_in_rounds():
     data = make_data([40])
-    art = make_model("tasks.models.CNN1D", data, channels=[64, 64])
+    art = make_model("tasks.models.zoo.CNN1D", data, channels=[64, 64])
     ctx = StepContext(step="g")
     out = prune.run(art, data, cfg=cfg(method="gradual", gradual_base="channel", amount=0.75, steps=3), ctx=ctx)
     params = [m["round_params"] for _, m in ctx.history if "round_params" in m]
@@ -139,7 +139,7 @@ def test_gradual_channel_shrinks_in_rounds():
 
 def test_kd_finetune_with_transfer_pool_runs():
     data = make_data([40], transfer=64)
-    art = make_model("tasks.models.CNN1D", data)
+    art = make_model("tasks.models.zoo.CNN1D", data)
     teacher = load_model(art)
     with torch.no_grad():
         logits = Logits(train=teacher(data.x_train), transfer=teacher(data.x_transfer))
@@ -154,7 +154,7 @@ def test_kd_finetune_without_transfer_pool_falls_back_to_labeled_rows(caplog):
     """An npz without x_unlabeled: use_transfer=true must not fail the step (the default pipeline's case)."""
     data = make_data([40])
     assert data.x_transfer is None
-    art = make_model("tasks.models.CNN1D", data)
+    art = make_model("tasks.models.zoo.CNN1D", data)
     with torch.no_grad():
         logits = Logits(train=load_model(art)(data.x_train), transfer=None)
     ctx = StepContext(step="kd")
@@ -180,7 +180,7 @@ def test_kd_finetune_without_transfer_pool_falls_back_to_labeled_rows(caplog):
 def test_bad_config_raises_value_error(bad, match):
     data = make_data([40])
     with pytest.raises(ValueError, match=match):
-        prune.run(make_model("tasks.models.MLP", data), data, cfg=cfg(**bad), ctx=StepContext())
+        prune.run(make_model("tasks.models.zoo.MLP", data), data, cfg=cfg(**bad), ctx=StepContext())
 
 
 @pytest.mark.parametrize("name", ["default", "magnitude", "agp"])

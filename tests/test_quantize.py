@@ -6,12 +6,13 @@ import onnx
 import pytest
 import torch
 
-from tasks import quantize, quantizers
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.onnx_utils import ort_accuracy, ort_session
-from tasks.train import OptimConfig, accuracy, ce_loss, fit
-from tasks.types import Dataset, ModelArtifact
+from tasks.compression import quantizers
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset, ModelArtifact
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.runtime.onnx import ort_accuracy, ort_session
+from tasks.steps import quantize
+from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
 
 
 def make_data(n: int = 1200, classes: int = 10, length: int = 40) -> Dataset:
@@ -34,7 +35,9 @@ def data() -> Dataset:
 @pytest.fixture(scope="module")
 def trained(data) -> ModelArtifact:
     """A small CNN1D trained for a few epochs (~1 s): accurate enough that INT8 error shows."""
-    arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [16, 16]}, data.input_shape, data.num_classes)
+    arch = complete_arch(
+        {"_target_": "tasks.models.zoo.CNN1D", "channels": [16, 16]}, data.input_shape, data.num_classes
+    )
     model = build_model(arch)
     fit(
         model,

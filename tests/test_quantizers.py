@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from tasks import quantize, quantizers
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, load_model, make_artifact
+from tasks.compression import quantizers
+from tasks.core.context import StepContext
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps import quantize
 from tests.test_quantize import make_data
 
 
@@ -77,7 +78,7 @@ def test_unknown_quantizer_names_the_key():
 @pytest.fixture(scope="module")
 def net_and_data():
     data = make_data(n=400)
-    arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": [8, 8]}, data.input_shape, data.num_classes)
+    arch = complete_arch({"_target_": "tasks.models.zoo.CNN1D", "channels": [8, 8]}, data.input_shape, data.num_classes)
     torch.manual_seed(0)
     return make_artifact(build_model(arch), arch, name="m", kind="student_kd"), data
 

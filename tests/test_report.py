@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipelines import artifacts
-from tasks import benchmark, plots, report
-from tasks.context import StepContext
-from tasks.models import MLP, make_artifact
-from tasks.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
+from pipelines.store import artifacts
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
+from tasks.models.build import make_artifact
+from tasks.models.zoo import MLP
+from tasks.reporting import plots
+from tasks.steps import benchmark, report
 
 
 def cand(name, kind, acc, thr, size, selected=False, **kw) -> BenchmarkRow:
@@ -63,7 +65,7 @@ def selected_artifact():
     model = MLP([40], 10, hidden=[16]).eval()
     buf = io.BytesIO()
     torch.onnx.export(model, (torch.zeros(1, 40),), buf, dynamo=False)
-    arch = {"_target_": "tasks.models.MLP", "input_shape": [40], "num_classes": 10, "hidden": [16]}
+    arch = {"_target_": "tasks.models.zoo.MLP", "input_shape": [40], "num_classes": 10, "hidden": [16]}
     return make_artifact(model, arch, name="pruned_50", kind="pruned", onnx=buf.getvalue())
 
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from pipelines.scale.pool import ChainPool
-from tasks.inference import Predictor, plan_stages
-from tasks.models import build_model, complete_arch, load_model, make_artifact
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps.inference import Predictor, plan_stages
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def _art():
-    arch = complete_arch({"_target_": "tasks.models.MLP", "hidden": [512] * 6}, [40], 10)
+    arch = complete_arch({"_target_": "tasks.models.zoo.MLP", "hidden": [512] * 6}, [40], 10)
     torch.manual_seed(0)
     return make_artifact(build_model(arch), arch, name="mlp", kind="teacher")
 

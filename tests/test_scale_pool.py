@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from pipelines.scale.pool import ChainPool, map_batches
-from tasks.context import StepContext
-from tasks.inference import InferenceConfig, Predictor, plan_stages, run, stage_factories
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.types import Dataset
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps.inference import InferenceConfig, Predictor, plan_stages, run, stage_factories
 
 
 class PoolEngine:
@@ -31,7 +31,7 @@ class PoolEngine:
 
 
 def _mlp(hidden=(64, 64, 64, 64, 64), seed=0):
-    arch = complete_arch({"_target_": "tasks.models.MLP", "hidden": list(hidden)}, [40], 10)
+    arch = complete_arch({"_target_": "tasks.models.zoo.MLP", "hidden": list(hidden)}, [40], 10)
     torch.manual_seed(seed)
     return make_artifact(build_model(arch), arch, name="mlp", kind="teacher")
 
@@ -118,8 +118,8 @@ def test_in_flight_window_bounds_memory_for_10x_the_rows(ray_local):
 
 
 def test_infer_uses_the_replica_pool_when_replicas_exceed_one(ray_local):
-    from tasks.infer import InferConfig
-    from tasks.infer import run as infer
+    from tasks.steps.infer import InferConfig
+    from tasks.steps.infer import run as infer
 
     data = _data(300)
     art = _mlp()
@@ -135,7 +135,7 @@ def test_split_plan_errors_name_the_problem():
         plan_stages(model, 2, torch.randn(4, 40), ["net.99"])
     with pytest.raises(ValueError, match="cannot split 12 modules into 13 stages"):
         plan_stages(model, 13, torch.randn(4, 40))
-    cnn = build_model(complete_arch({"_target_": "tasks.models.CNN1D"}, [40], 10))
+    cnn = build_model(complete_arch({"_target_": "tasks.models.zoo.CNN1D"}, [40], 10))
     with pytest.raises(ValueError, match="CNN1D is not a chain of modules"):
         plan_stages(cnn, 2, torch.randn(4, 40))
 
@@ -144,8 +144,8 @@ def test_split_plan_errors_name_the_problem():
 def test_inference_pipeline_runs_hybrid_and_logs_utilisation(ray_local, workdir):
     from mlflow.tracking import MlflowClient
 
-    from pipelines import session
-    from pipelines.cli import load_config
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
 
     overrides = [
         "pipeline=inference",
@@ -184,9 +184,9 @@ def test_inference_in_process_with_stages_and_the_ort_backend():
 
 
 def test_inference_options_are_enums_checked_at_compose():
-    from pipelines import session
-    from pipelines.cli import load_config
-    from pipelines.spec import SpecError
+    from pipelines.config.compose import load_config
+    from pipelines.config.spec import SpecError
+    from pipelines.run import session
 
     cfg = load_config(["pipeline=inference", "pipeline.steps.inference.params.backend=onnxruntime"])
     session.validate(cfg)

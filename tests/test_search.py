@@ -16,8 +16,10 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 
-from pipelines import search, session
-from pipelines.cli import load_config, main
+from pipelines import search
+from pipelines.cli import main
+from pipelines.config.compose import load_config
+from pipelines.run import session
 from pipelines.search.config import Dim, Dist
 from pipelines.search.pareto import Row, best, front, hypervolume
 from pipelines.search.space import grid_overrides, grid_values

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import SpecError
-from pipelines.select import choose, parse_select
+from pipelines.config.errors import SpecError
+from pipelines.config.select import choose, parse_select
 
 TRIALS = {
     0: {"val_acc": 0.97, "throughput": 100.0},

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pipelines.scale.serve import ServeConfig, build_app, load_config, main
-from tasks.models import MLP
-from tasks.onnx_utils import to_onnx
+from tasks.models.zoo import MLP
+from tasks.runtime.onnx import to_onnx
 
 
 def _free_port() -> int:

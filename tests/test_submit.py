@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines import submit
 from pipelines.cli import main
+from pipelines.scale import submit
 
 
 def _dead_port() -> int:

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.models import build_model, complete_arch, load_model, make_artifact
-from tasks.teacher import LoadModelConfig, run, save_model
+from tasks.core.context import StepContext
+from tasks.models.build import build_model, complete_arch, load_model, make_artifact
+from tasks.steps.load_model import LoadModelConfig, run, save_model
 
 
 def _artifact(channels=(4, 4)):
-    arch = complete_arch({"_target_": "tasks.models.CNN1D", "channels": list(channels)}, [20], 3)
+    arch = complete_arch({"_target_": "tasks.models.zoo.CNN1D", "channels": list(channels)}, [20], 3)
     torch.manual_seed(0)
     model = build_model(arch)
     with torch.no_grad():  # non-trivial BN statistics must survive the round trip too

@@ -5,11 +5,12 @@ import onnx
 import pytest
 import torch
 
-from tasks.context import StepContext
-from tasks.onnx_utils import ort_feed, ort_predict, ort_session, to_onnx
-from tasks.text import TextDataConfig, sentences
-from tasks.text import run as text_data
-from tasks.transformer import TEXT_INPUTS, layer_student
+from tasks.core.context import StepContext
+from tasks.datasets.text import sentences
+from tasks.models.transformer import TEXT_INPUTS, layer_student
+from tasks.runtime.onnx import ort_feed, ort_predict, ort_session, to_onnx
+from tasks.steps.text_data import TextDataConfig
+from tasks.steps.text_data import run as text_data
 from tests.text_models import tiny_encoder, token_rows
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
@@ -81,7 +82,7 @@ def test_layer_student_copies_the_chosen_teacher_layers():
     teacher, arch = tiny_encoder(layers=4)
     s_arch, s_state = layer_student(arch, teacher.state_dict(), [0, 3])
     assert s_arch["config"]["num_hidden_layers"] == 2
-    from tasks.transformer import SentenceEncoder
+    from tasks.models.transformer import SentenceEncoder
 
     student = SentenceEncoder(s_arch["config"], s_arch["normalize"])
     student.load_state_dict(s_state, strict=True)
@@ -97,9 +98,9 @@ def test_layer_student_copies_the_chosen_teacher_layers():
 
 
 def test_encoder_artifact_round_trips_through_the_codec(tmp_path):
-    from pipelines import artifacts
-    from tasks.models import load_model, make_artifact
-    from tasks.transformer import encoder_arch
+    from pipelines.store import artifacts
+    from tasks.models.build import load_model, make_artifact
+    from tasks.models.transformer import encoder_arch
     from tests.text_models import TRUSTED
 
     model, _ = tiny_encoder()

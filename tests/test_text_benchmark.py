@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from tasks import benchmark, quantize, report
-from tasks.context import StepContext
-from tasks.models import make_artifact
-from tasks.onnx_utils import data_onnx
-from tasks.quality import GateConfig
-from tasks.types import BenchmarkReport
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkReport
+from tasks.evaluation.quality import GateConfig
+from tasks.models.build import make_artifact
+from tasks.runtime.onnx import data_onnx
+from tasks.steps import benchmark, quantize, report
 from tests.text_models import TRUSTED, text_dataset, tiny_encoder
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")

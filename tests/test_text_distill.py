@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from tasks import distill
-from tasks.context import StepContext
-from tasks.embedding import embed, trim_padding
-from tasks.models import load_model, make_artifact
-from tasks.quality import embedding_quality
-from tasks.train import OptimConfig
+from tasks.core.context import StepContext
+from tasks.evaluation.quality import embedding_quality
+from tasks.models.build import load_model, make_artifact
+from tasks.steps import distill
+from tasks.training.embedding import embed, trim_padding
+from tasks.training.loop import OptimConfig
 from tests.text_models import TRUSTED, text_dataset, tiny_encoder, token_rows
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
@@ -50,7 +50,7 @@ def test_layer_initialised_student_never_ends_below_its_start():
     teacher = make_artifact(teacher_net, arch, name="teacher", kind="teacher")
     cfg = distill.DistillConfig(init_layers=[0, 2], optim=OptimConfig(epochs=1, batch_size=16, lr=5e-2))
     student = distill.run(data, teacher=teacher, cfg=cfg, ctx=StepContext(trusted_targets=TRUSTED))
-    from tasks.transformer import layer_student
+    from tasks.models.transformer import layer_student
 
     start = distill.build_model(student.arch, TRUSTED)
     start.load_state_dict(layer_student(arch, teacher.state_dict, [0, 2])[1])

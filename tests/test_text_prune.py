@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from tasks import prune_embedding
-from tasks.context import StepContext
-from tasks.models import load_model, make_artifact
-from tasks.onnx_utils import data_onnx, ort_predict, ort_session
-from tasks.train import OptimConfig
+from tasks.core.context import StepContext
+from tasks.models.build import load_model, make_artifact
+from tasks.runtime.onnx import data_onnx, ort_predict, ort_session
+from tasks.steps import prune_embedding
+from tasks.training.loop import OptimConfig
 from tests.text_models import TRUSTED, text_dataset, tiny_encoder
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
@@ -35,7 +35,7 @@ def test_heads_and_ffn_pruned_reload_strictly_export_and_keep_the_embedding_widt
 
 
 def test_prune_embedding_refuses_classification_data():
-    from tasks.types import Dataset
+    from tasks.core.types import Dataset
 
     z = torch.zeros(4, 3)
     data = Dataset(

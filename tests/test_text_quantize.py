@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-from tasks import quantize
-from tasks.context import StepContext
-from tasks.models import make_artifact
-from tasks.onnx_utils import data_onnx
-from tasks.quality import GateConfig
+from tasks.core.context import StepContext
+from tasks.evaluation.quality import GateConfig
+from tasks.models.build import make_artifact
+from tasks.runtime.onnx import data_onnx
+from tasks.steps import quantize
 from tests.text_models import TRUSTED, text_dataset, tiny_encoder
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
@@ -106,7 +106,7 @@ def test_qat_refuses_unlabeled_data(data, fp32):
 
 
 def test_gate_on_classification_uses_top1_agreement():
-    from tasks.quality import gate_failures, parity
+    from tasks.evaluation.quality import gate_failures, parity
 
     ref = torch.eye(4)
     out = torch.eye(4)[[0, 1, 2, 0]]

@@ -72,11 +72,11 @@ COMPRESS_CASES = [
     (["pipeline.steps.teacher.params.optim.optimizer=adam"], ["pipeline.steps.teacher.params.optim.optimizer"]),
     (
         ["+teacher_model.chanels=[3]"],
-        ["pipeline.steps.teacher.params.model.chanels: tasks.models.CNN1D has no argument 'chanels'"],
+        ["pipeline.steps.teacher.params.model.chanels: tasks.models.zoo.CNN1D has no argument 'chanels'"],
     ),
     (
-        ["student_model._target_=tasks.models.MLP"],  # the compact CNN's kwargs do not fit an MLP
-        ["pipeline.steps.scratch.params.model.", "tasks.models.MLP has no argument"],
+        ["student_model._target_=tasks.models.zoo.MLP"],  # the compact CNN's kwargs do not fit an MLP
+        ["pipeline.steps.scratch.params.model.", "tasks.models.zoo.MLP has no argument"],
     ),
     (
         [
@@ -172,10 +172,10 @@ def test_sweep_typo_exits_2_through_the_console_command(workdir):
 
 def test_the_composed_config_is_typed(workdir):
     """Options reach tasks as Enum members (str-valued, so comparisons with strings still hold)."""
-    from pipelines import session
-    from pipelines.cli import load_config
-    from pipelines.spec import build_config
-    from tasks.options import ModelKind, PruneMethod
+    from pipelines.config.compose import load_config
+    from pipelines.config.spec import build_config
+    from pipelines.run import session
+    from tasks.core.options import ModelKind, PruneMethod
 
     spec, ray_cfg, _ = session.validate(load_config([]))
     prune_cfg = build_config("prune", spec.steps["prune"].trials[0].params)

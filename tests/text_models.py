@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tasks.options import TaskKind
-from tasks.transformer import TEXT_INPUTS, SentenceEncoder, encoder_arch
-from tasks.types import Dataset
+from tasks.core.options import TaskKind
+from tasks.core.types import Dataset
+from tasks.models.transformer import TEXT_INPUTS, SentenceEncoder, encoder_arch
 
 TINY_BERT = {
     "model_type": "bert",

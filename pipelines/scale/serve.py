@@ -157,7 +157,7 @@ def load_config(overrides: list[str]) -> ServeConfig:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from pipelines.cli import conf_dir
+    from pipelines.config.compose import conf_dir
 
     ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
     with initialize_config_dir(config_dir=str(conf_dir() / "serve"), version_base="1.3"):
@@ -171,8 +171,8 @@ def load_config(overrides: list[str]) -> ServeConfig:
 
 def main(argv: list[str]) -> int:
     """Compose, check the model, deploy, wait for Ctrl-C, tear down. Exit 0, or 2 on bad config."""
-    from pipelines.cli import one_line
-    from pipelines.tracking import resolve_uri
+    from pipelines.config.compose import one_line
+    from pipelines.store.tracking import resolve_uri
 
     if {"-h", "--help"} & set(argv):
         print(__doc__.strip())

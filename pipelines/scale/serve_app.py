@@ -46,7 +46,7 @@ class ModelServer:
         import ray
         import torch  # noqa: F401  (onnxruntime CUDA wheels find cuDNN through torch)
 
-        from tasks.onnx_utils import ort_session, providers_for
+        from tasks.runtime.onnx import ort_session, providers_for
 
         self.cfg = ServeConfig(**{k: v for k, v in cfg.items() if k != "autoscaling"})
         self.model_uri = self.cfg.model

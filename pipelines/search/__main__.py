@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 import sys
 
-from pipelines.cli import load_config, one_line
-from pipelines.errors import CONFIG_ERRORS, SpecError
+from pipelines.config.compose import load_config, one_line
+from pipelines.config.errors import CONFIG_ERRORS, SpecError
 from pipelines.search import plan_of
 from pipelines.search.space import grid_overrides
 

@@ -29,10 +29,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from pipelines.config import SelectMode, container, typed
-from pipelines.errors import SpecError
-from pipelines.spec import _set_dotted, typed_params
-from pipelines.targets import check_model_parts
+from pipelines.config.errors import SpecError
+from pipelines.config.schema import SelectMode, container, typed
+from pipelines.config.spec import _set_dotted, typed_params
+from pipelines.config.targets import check_model_parts
 
 # objective name -> the benchmark row field of the deployed model that measures it
 MEASURES = {

@@ -21,17 +21,17 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 from rich.console import Console
 
-from pipelines.config import RayConfig, TrackingConfig
-from pipelines.console import Board
-from pipelines.dag import Context
+from pipelines.config.schema import RayConfig, TrackingConfig
+from pipelines.config.spec import PipelineSpec, build_spec
+from pipelines.run.console import Board
+from pipelines.run.dag import Context
+from pipelines.run.session import Outcome, close_open_runs, open_parent, start_ray
 from pipelines.search import pareto
 from pipelines.search.config import SearchPlan
 from pipelines.search.space import label
 from pipelines.search.trial import TrialJob, run_spec
 from pipelines.search.tuner import make_tuner, rows, search_key, storage_root
-from pipelines.session import Outcome, close_open_runs, open_parent, start_ray
-from pipelines.spec import PipelineSpec, build_spec
-from pipelines.tracking import TAG, create_run, ensure_experiment, git_commit, open_runs, resolve_uri
+from pipelines.store.tracking import TAG, create_run, ensure_experiment, git_commit, open_runs, resolve_uri
 
 
 def reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key) -> tuple[str, bool]:

@@ -18,13 +18,13 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines.cache import step_keys
-from pipelines.dag import Context, Executor, StepState, Trial
-from pipelines.recorder import RunRecorder
+from pipelines.config.spec import PipelineSpec, build_spec
+from pipelines.run.dag import Context, Executor, StepState, Trial
 from pipelines.search.config import MEASURES, EarlyStop, SearchPlan
 from pipelines.search.space import decode, label
-from pipelines.spec import PipelineSpec, build_spec
-from pipelines.tracking import create_run, log_params
+from pipelines.store.keys import step_keys
+from pipelines.store.recorder import RunRecorder
+from pipelines.store.tracking import create_run, log_params
 
 MEASURE = "measure"
 
@@ -40,7 +40,7 @@ class TrialJob:
     use_cache: bool
     bound: float  # feasible: the deployed model's val_acc >= bound
     trusted: tuple[str, ...] = ()
-    check_fit: bool = True  # False: ray.wait_for_nodes (pipelines.fit)
+    check_fit: bool = True  # False: ray.wait_for_nodes (pipelines.run.fit)
 
 
 class StopTrial(Exception):
@@ -76,7 +76,7 @@ def run_spec(
     check_fit: bool = True,
 ) -> dict[str, StepState]:
     """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder."""
-    from pipelines.session import lookup_cache
+    from pipelines.run.session import lookup_cache
 
     keys = step_keys(spec, ctx.seed)
     hits = lookup_cache(client, ctx.experiment_id, spec, keys, use_cache)
@@ -178,7 +178,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     import ray
     from ray import tune
 
-    from pipelines.session import close_open_runs
+    from pipelines.run.session import close_open_runs
 
     client = MlflowClient(tracking_uri=job.uri)
     values = decode(job.plan, config)

@@ -1,0 +1,77 @@
+"""The one config loader: the packaged conf/ plus the user's config folders (a Hydra search path),
+composed with the command line's overrides; and the one-line form of a config error."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipelines.config import schema
+from pipelines.config.errors import SpecError
+
+
+def conf_dir() -> Path:
+    """The packaged configs: the conf/ folder beside the installed packages."""
+    path = Path(__file__).resolve().parents[1] / "conf"
+    if not (path / "config.yaml").exists():
+        raise SpecError("conf", f"no config.yaml in {path} (a broken install?)")
+    return path
+
+
+def user_conf_dirs() -> list[Path]:
+    """Config folders that add to the packaged ones (a Hydra search path): the folders in
+    ``SLIMRAY_CONF`` (os.pathsep-separated), then ./conf. Their group options (``model/mine.yaml``,
+    ``pipeline/mine.yaml``, ...) are found by name beside the packaged ones."""
+    dirs = [Path(p) for p in os.environ.get("SLIMRAY_CONF", "").split(os.pathsep) if p] + [Path.cwd() / "conf"]
+    packaged, out = conf_dir(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() != packaged and d.resolve() not in out:
+            out.append(d.resolve())
+    return out
+
+
+def one_line(e: BaseException | None) -> str:
+    """Hydra/OmegaConf messages span lines and chain causes; the user gets one line."""
+    parts, key = [], None
+    while e is not None:
+        text = str(e).split("Config search path")[0]
+        found = re.search(r"full_key:\s*(\S+)", text)
+        key = key or (found.group(1) if found else None)
+        parts += [
+            ln.strip().rstrip(".:")
+            for ln in text.splitlines()
+            if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))
+        ]
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)  # 'from None' ends it
+    msg = "; ".join(dict.fromkeys(p for p in parts if p and "$VALUE" not in p))
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def load_config(overrides: list[str], config_dir: Path | None = None):
+    schema.register()
+    search = [f"file://{d}" for d in user_conf_dirs()]
+    extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
+    with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*extra, *overrides])
+    pin_swept(cfg, overrides)
+    return cfg
+
+
+STEP_PARAM = re.compile(r"^pipeline\.steps\.([^.]+)\.(params\..+)$")
+
+
+def pin_swept(cfg, overrides: list[str]) -> None:
+    """An explicit override of a parameter the step sweeps pins the sweep to that value:
+    ``pipeline.steps.prune.params.amount=0.3`` means amount 0.3, not "overridden by the sweep"
+    (so ``-m pipeline.steps.prune.params.amount=0.3,0.5`` gives two different executions)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(overrides):
+        m = STEP_PARAM.match(o.key_or_group)
+        sweep = OmegaConf.select(cfg, f"pipeline.steps.{m.group(1)}.sweep") if m and not o.is_delete() else None
+        if sweep is not None and m and m.group(2) in sweep:
+            sweep[m.group(2)] = [OmegaConf.select(cfg, o.key_or_group)]

@@ -1,0 +1,100 @@
+"""Sweep selection: which trial a sweep step hands downstream.
+
+    select: {metric: throughput, mode: max, where: "val_acc >= student_kd.val_acc - 0.01"}
+
+``where`` compares a trial metric with a number, or with an upstream step's metric plus or
+minus a number (an accuracy budget against the teacher: ``val_acc >= teacher.val_acc - 0.01``).
+If no trial meets it, the trial closest to meeting it is taken and the note says so in one line
+starting ``BUDGET MISSED``: the pipeline goes on, and the console and MLflow show why.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+from pipelines.config.errors import SpecError
+from pipelines.config.schema import SelectConfig, container, typed
+
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
+OPERAND_RE = re.compile(r"^(?:([A-Za-z_][\w-]*)\.(\w+)|(-?[\d.eE+-]+))(?:\s*([+-])\s*([\d.eE+-]+))?$")
+
+
+@dataclass
+class Where:
+    metric: str
+    op: str
+    ref_step: str | None  # compare against an upstream step's metric ...
+    ref_metric: str | None
+    constant: float  # ... plus this constant (or the constant alone)
+
+    def bound(self, upstream: dict[str, dict]) -> float:
+        ref = upstream.get(self.ref_step, {}).get(self.ref_metric, math.nan) if self.ref_step else 0.0
+        return self.constant + ref
+
+
+@dataclass
+class Select:
+    metric: str
+    mode: str = "max"
+    where: Where | None = None
+
+
+def parse_where(text: str, path: str) -> Where:
+    m = WHERE_RE.match(text)
+    o = OPERAND_RE.match(m.group(3)) if m else None
+    if not m or not o:
+        raise SpecError(path, f"cannot parse '{text}' (e.g. 'val_acc >= 0.9' or 'val_acc >= student.val_acc - 0.01')")
+    const = float(o.group(3)) if o.group(3) else 0.0
+    if o.group(4):
+        const += float(o.group(5)) * (1 if o.group(4) == "+" else -1)
+    return Where(m.group(1), m.group(2), o.group(1), o.group(2), const)
+
+
+def parse_select(node, path: str) -> Select:
+    """A select rule from a mapping or ``SelectConfig`` (unknown keys, a missing metric and a
+    mode other than max/min are ``SpecError``s naming the key)."""
+    rule = node if isinstance(node, SelectConfig) else typed(SelectConfig, container(node, path), path, as_object=True)
+    where = parse_where(rule.where, f"{path}.where") if rule.where else None
+    return Select(rule.metric, rule.mode.value, where)
+
+
+def miss_note(w: Where, bound: float, got: float) -> str:
+    """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed."""
+    ref = (
+        f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
+    )
+    return (
+        f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}; took the closest ({w.metric} {got:.4g})"
+    )
+
+
+def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
+    """(index of the chosen trial, note) among finished trials ``{index: metric summary}``."""
+    ok = sorted(summaries)
+    passed = [i for i in ok if not summaries[i].get("rejected", 0.0)]  # failed a parity gate: never chosen
+    if not passed:
+        return ok[0], "every trial was rejected by its parity gate: took the first"
+    ok = passed
+    if rule is None:
+        return ok[0], ""
+    value = lambda i, key: summaries[i].get(key, math.nan)  # noqa: E731
+    eligible = [i for i in ok if not math.isnan(value(i, rule.metric))]
+    note = ""
+    if rule.where is not None:
+        w, bound = rule.where, rule.where.bound(upstream)
+        passing = [i for i in eligible if OPS[w.op](value(i, w.metric), bound)]
+        if not passing:
+            has = [i for i in ok if not math.isnan(value(i, w.metric))] or ok
+            closest = min(
+                has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf
+            )
+            return closest, miss_note(w, bound, value(closest, w.metric))
+        eligible = passing
+    if not eligible:
+        return ok[0], f"no trial reported '{rule.metric}': took the first"
+    pick = max if rule.mode == "max" else min
+    return pick(eligible, key=lambda i: value(i, rule.metric)), note

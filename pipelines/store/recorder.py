@@ -1,0 +1,161 @@
+"""The MLflow side of an execution, as a listener of the executor's step events.
+
+- a sweep step gets a step run (its trials are children), closed with the selected trial's
+  metrics and the ``slimray.selected`` / ``slimray.note`` tags;
+- a cache hit that nobody downstream needs is recorded as a run (``slimray.cached=true``,
+  ``slimray.cache_source``) with the metrics of the run that computed it;
+- a finished step's ``Publication`` (``tasks.core.types``) is published on the parent run:
+  files, headline metrics, the description, registered models. On the computed path and on
+  the cache-hit path alike: the worker stores it under the step run's ``publish/`` and tags the
+  run ``slimray.publishes=true``; the recorder reads it back from whichever run holds it.
+
+Workers write their own step runs (``pipelines.run.worker``); nothing else in the engine writes to
+MLflow during execution.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipelines.run.dag import Context, Executor, StepState, Trial, cached_meta
+from pipelines.store import artifacts
+from pipelines.store.tracking import PUBLISH_DIR, TAG, create_run, metric_name
+from tasks.core.types import Publication
+
+NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
+
+
+class RunRecorder:
+    def __init__(self, client: MlflowClient, ctx: Context, node_id: str):
+        self.client, self.ctx, self.node_id = client, ctx, node_id
+        self.executor: Executor | None = None  # set by the session (names and tags of runs)
+        self.console: list[str] = []  # text that published steps want shown after the table
+        self.registered: list[str] = []  # "name@alias vN"
+
+    def on_event(self, event: str, st: StepState, trial: Trial | None) -> None:
+        if event == "step_started" and st.spec.is_sweep:
+            self._open_sweep_run(st)
+        elif event == "trial_cached" and trial is not None:
+            self._record_cached(st, trial)
+        elif event == "step_finished":
+            if st.run_id:
+                self._close_sweep_run(st)
+            if st.selected is not None:
+                self._publish_trial(st.trials[st.selected])
+
+    # ---- runs --------------------------------------------------------------------------
+    def _open_sweep_run(self, st: StepState) -> None:
+        assert self.executor is not None
+        keys = ",".join(t.key[:12] for t in st.trials)
+        tags = {
+            **self.executor.tags(st, Trial(key="sweep:" + keys, label="", params={})),
+            "slimray.cached": str(all(t.hit is not None for t in st.trials)).lower(),
+            "slimray.node_id": self.node_id,
+        }
+        st.run_id = create_run(self.client, self.ctx.experiment_id, st.spec.name, self.ctx.root_run, tags)
+
+    def _record_cached(self, st: StepState, t: Trial) -> None:
+        """A cache hit nobody downstream needs to load: record the run, run nothing."""
+        assert self.executor is not None and t.hit is not None
+        tags = {
+            **self.executor.tags(st, t),
+            "slimray.cached": "true",
+            "slimray.cache_source": t.hit.info.run_id,
+            "slimray.node_id": self.node_id,
+        }
+        run_id = create_run(
+            self.client, self.ctx.experiment_id, self.executor.run_name(st, t), st.run_id or self.ctx.root_run, tags
+        )
+        t.meta = cached_meta(t.hit, run_id, self.node_id)
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, 0) for k, v in t.meta.summary.items()]
+        self.client.log_batch(run_id, metrics=metrics)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def _close_sweep_run(self, st: StepState) -> None:
+        assert st.run_id is not None
+        tags = [RunTag("slimray.trials", str(len(st.trials)))]
+        metrics = []
+        if st.selected is not None:
+            tags.append(RunTag("slimray.selected", st.trials[st.selected].label))
+            ts = int(time.time() * 1000)
+            metrics = [Metric(k, v, ts, 0) for k, v in st.summary.items()]
+        if st.note:
+            tags.append(RunTag("slimray.note", st.note[:500]))
+        self.client.log_batch(st.run_id, metrics=metrics, tags=tags)
+        status = "FAILED" if st.status == "failed" else "KILLED" if st.note == "cancelled" else "FINISHED"
+        self.client.set_terminated(st.run_id, status)
+
+    # ---- publishing --------------------------------------------------------------------
+    def _publish_trial(self, t: Trial) -> None:
+        if t.meta is None or not t.meta.publishes:
+            return
+        source = t.hit.info.run_id if t.hit is not None else t.meta.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            pub = artifacts.load(self.client.download_artifacts(source, PUBLISH_DIR, tmp))
+        if not isinstance(pub, Publication):
+            raise TypeError(f"run {source}: {PUBLISH_DIR}/ holds a {type(pub).__name__}, not a Publication")
+        self.publish(pub, source)
+
+    def publish(self, pub: Publication, source: str | None = None) -> None:
+        """Put ``pub`` on the parent run. ``source`` is the step run holding it: the logged
+        models of an earlier execution are remembered there, so a cache hit registers a new
+        version of the same logged model instead of logging it again."""
+        root = self.ctx.root_run
+        if pub.files:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in pub.files.items():
+                    Path(tmp, Path(name).name).write_bytes(data)
+                self.client.log_artifacts(root, tmp)
+        ts = int(time.time() * 1000)
+        metrics = [Metric(metric_name(k), float(v), ts, 0) for k, v in pub.metrics.items()]
+        tags = [RunTag(NOTE_TAG, pub.description)] if pub.description else []
+        if metrics or tags:
+            self.client.log_batch(root, metrics=metrics, tags=tags)
+        for reg in pub.models:
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source))
+        if pub.console:
+            self.console.append(pub.console)
+
+    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None) -> str:
+        """Register the model under ``name@alias`` as a version whose run is the parent run (the
+        parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
+        ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
+        tag = f"{TAG}logged_model.{metric_name(name)}"
+        model_id = self.client.get_run(source).data.tags.get(tag) if source else None
+        version = self._reuse(name, model_id) if model_id else None
+        if version is None:
+            import mlflow
+            import onnx
+
+            mlflow.set_tracking_uri(self.ctx.uri)
+            info = mlflow.onnx.log_model(
+                onnx.load_from_string(onnx_bytes),
+                name="model",
+                registered_model_name=name,
+                pip_requirements=["onnxruntime"],
+                run_id=self.ctx.root_run,
+            )
+            version = str(info.registered_model_version)
+            if source:
+                self.client.set_tag(source, tag, info.model_id)
+        self.client.set_registered_model_alias(name, alias, version)
+        self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
+        return f"{name}@{alias} v{version}"
+
+    def _reuse(self, name: str, model_id: str) -> str | None:
+        """A new version of ``name`` from an already logged model, linked to this parent run."""
+        try:
+            model = self.client.get_logged_model(model_id)
+            self.client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
+            return None
+        mv = self.client.create_model_version(
+            name, source=model.artifact_location, run_id=self.ctx.root_run, model_id=model_id
+        )
+        return str(mv.version)

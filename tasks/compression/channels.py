@@ -1,0 +1,104 @@
+"""Structured channel pruning on Torch-Pruning's dependency graph (Fang et al., "DepGraph", CVPR 2023).
+
+Coupled layers are pruned together and the model really shrinks; attention blocks of a known
+layout lose whole heads. The pruned structure is stored as JSON in the arch config (``_pruned_``),
+so the result reloads as ``build_model(arch)`` + strict safetensors weights (never a pickle).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from tasks.compression.sparsity import agp_schedule, attention_modules, output_layers, update_attention
+from tasks.models.build import PRUNED, build_model, structure_of
+
+IMPORTANCES = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    "fpgm": lambda: tp.importance.FPGMImportance(p=2),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+def pruned_arch(model: nn.Module, arch: dict, trusted: Iterable[str] = ()) -> dict:
+    """The arch config of a channel-pruned ``model``: the original constructor config plus the
+    pruned structure (``_pruned_``, see ``tasks.models.build.structure_of``), verified to rebuild the
+    exact tensor shapes. Works for any class: no per-architecture width readers."""
+    base_arch = {k: v for k, v in copy.deepcopy(arch).items() if k != PRUNED}
+    structure = structure_of(model, build_model(base_arch, trusted))
+    new = {**base_arch, PRUNED: structure} if structure["shapes"] or structure["attributes"] else base_arch
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in build_model(new, trusted).state_dict().items()}
+    if want != got:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise ValueError(
+            f"prune: the stored structure of '{arch.get('_target_')}' does not rebuild it (mismatched: {bad[:4]})"
+        )
+    return new
+
+
+def ignored_layers(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[nn.Module]:
+    """The output layer plus the modules ``prune.ignore`` names (each must exist)."""
+    modules = dict(model.named_modules())
+    for n in names:
+        if n not in modules:
+            raise ValueError(f"prune.ignore: the model has no module '{n}' (e.g. {sorted(modules)[1:6]})")
+    return output_layers(model, example) + [modules[n] for n in names]
+
+
+def channel_pruner(
+    model: nn.Module, example: torch.Tensor, cfg: Any, amount: float, steps: int = 1, initial: float = 0.0
+) -> tp.pruner.MetaPruner:
+    """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds.
+
+    ``cfg`` is the prune step's config (importance, scope, max_layer_amount, round_to, ignore).
+
+    ``scope=global`` ranks channels of all layers together (capped at ``max_layer_amount`` per
+    layer); ``layer`` removes the same fraction from every layer. The output layer keeps its
+    outputs; its inputs shrink with the layer before it (the dependency graph couples them).
+    Attention blocks of a known layout lose whole heads (the same ratio) and keep the head size.
+    """
+    heads = {p: getattr(m, attr) for m, attr, projs, _ in attention_modules(model) for p in projs}
+    return tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=IMPORTANCES[cfg.importance](),
+        pruning_ratio=amount,
+        global_pruning=cfg.scope == "global",
+        max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
+        iterative_steps=steps,
+        iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
+        ignored_layers=ignored_layers(model, example, cfg.ignore),
+        round_to=cfg.round_to or None,
+        num_heads=heads,
+        prune_num_heads=bool(heads),
+        prune_head_dims=not heads,
+        head_pruning_ratio=amount if heads else 0.0,
+    )
+
+
+def channel_step(pruner: tp.pruner.MetaPruner, model: nn.Module, example: torch.Tensor) -> None:
+    """One pruning round, then the attention attributes, then a check that the model still runs
+    and gives outputs of the same shape (a layout Torch-Pruning cannot see fails here, by name)."""
+    with torch.no_grad():
+        before = model.eval()(example).shape
+    pruner.step()
+    update_attention(model, pruner.num_heads)
+    try:
+        with torch.no_grad():
+            after = model(example).shape
+    except RuntimeError as e:
+        raise ValueError(
+            f"prune: the channel-pruned {type(model).__name__} no longer runs ({str(e).splitlines()[0]}); "
+            f"add the failing module to prune.ignore or use method=magnitude"
+        ) from None
+    if after != before:
+        raise ValueError(f"prune: channel pruning changed the output shape {list(before)} -> {list(after)}")

@@ -1,0 +1,142 @@
+"""The one object a task gets from the engine: logging, progress, device and seed.
+
+Tasks never import ray or mlflow. The engine passes a ``StepContext`` whose ``tracker``
+forwards metrics to MLflow; unit tests and plain scripts use ``StepContext()`` which
+keeps metrics in memory.
+
+A task writes to its own step run only (metrics, files). Whatever it wants on the pipeline's
+parent run or in the model registry it returns in its output (``Report.publish``), so the
+engine can publish it on the computed and the cache-hit path alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger("slimray")
+
+
+@dataclass
+class StepContext:
+    step: str = "local"
+    seed: int = 0
+    device: str = "cpu"  # "cuda" when the step was given a GPU
+    # model _target_s beyond the zoo that may be loaded from artifacts (tasks.models.build.load_model):
+    # the engine fills it with the targets the config names plus its trusted_models list
+    trusted_targets: tuple[str, ...] = ()
+    # engine side: log_metrics(d, step), log_file(name, data), map_batches(...)
+    # (map_batches(stage_fns, x, ...) runs chains of stage actors: pipelines.scale.pool)
+    tracker: Any = None
+    files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
+    history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
+    summary: dict[str, float] = field(default_factory=dict)  # last value of every metric
+    _last_progress: float = 0.0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record metrics (e.g. per epoch); the last value of each is the step's summary."""
+        clean = {k: float(v) for k, v in metrics.items()}
+        self.history.append((step, clean))
+        self.summary.update(clean)
+        if self.tracker is not None:
+            self.tracker.log_metrics(clean, step)
+
+    def log_file(self, name: str, data: bytes) -> None:
+        """Attach a document (PNG, Markdown, JSON) to this step's own run."""
+        if self.tracker is not None:
+            self.tracker.log_file(name, data)
+        else:
+            self.files[name] = data
+
+    def note(self, message: str) -> None:
+        """A one-off remark about how the step ran (e.g. a fallback it took), always shown."""
+        log.warning("[%s] %s", self.step, message)
+
+    def map_batches(
+        self,
+        make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
+        x: torch.Tensor,
+        *,
+        batch_size: int = 1024,
+        replicas: int = 1,
+        cpus_per_replica: float = 1.0,
+        gpus_per_replica: float = 0.0,
+    ) -> torch.Tensor:
+        """Apply ``make_fn()`` (built once per replica, e.g. a loaded model) to ``x`` batch-wise.
+
+        With an engine and ``replicas > 1`` this runs data-parallel on a pool of actors; here it
+        runs in-process. ``make_fn`` must be picklable (a top-level class or functools.partial).
+        """
+        return self.parallel_predict(
+            [make_fn],
+            x,
+            batch_size=batch_size,
+            replicas=replicas,
+            cpus_per_actor=cpus_per_replica,
+            gpus_per_actor=gpus_per_replica,
+        )[0]
+
+    def parallel_predict(
+        self,
+        stage_fns: list[Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
+        x: torch.Tensor,
+        *,
+        batch_size: int,
+        replicas: int = 1,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        window: int = 0,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``x`` through ``replicas`` chains of pipeline stages (``stage_fns[i]()`` builds stage i):
+        (outputs in input order, summary of throughput/latency/utilisation/bubble fraction).
+
+        The engine runs one actor per stage and replica (data x pipeline parallel); without an
+        engine (or with a single replica and stage) the chain runs here, batch after batch.
+        """
+        if self.tracker is not None and (replicas > 1 or len(stage_fns) > 1):
+            return self.tracker.map_batches(
+                stage_fns,
+                x,
+                batch_size=batch_size,
+                replicas=replicas,
+                num_cpus=cpus_per_actor,
+                num_gpus=gpus_per_actor,
+                window=window,
+            )
+        fns = [make() for make in stage_fns]
+        start, outs, lat, busy = time.perf_counter(), [], [], [0.0] * len(fns)
+        for i in range(0, len(x), batch_size):
+            t0, y = time.perf_counter(), x[i : i + batch_size]
+            for k, fn in enumerate(fns):
+                t = time.perf_counter()
+                y = fn(y)
+                busy[k] += time.perf_counter() - t
+            outs.append(y)
+            lat.append(time.perf_counter() - t0)
+        wall = max(time.perf_counter() - start, 1e-9)
+        summary = {
+            "rows": len(x),
+            "wall_s": wall,
+            "rows_per_s": len(x) / wall,
+            "batch_latency_p50_ms": float(torch.tensor(lat or [0.0]).median()) * 1e3,
+            "bubble_fraction": 1.0 - sum(busy) / (len(fns) * wall),
+        }
+        summary.update({f"util_replica0_stage{k}": b / wall for k, b in enumerate(busy)})
+        return (torch.cat(outs) if outs else x[:0]), summary
+
+    def progress(self, message: str, every_s: float = 2.0) -> None:
+        """Rate-limited progress line for long work (shown in the worker log)."""
+        now = time.monotonic()
+        if now - self._last_progress >= every_s:
+            self._last_progress = now
+            log.info("[%s] %s", self.step, message)
+
+    def seed_everything(self, offset: int = 0) -> torch.Generator:
+        """Seed torch for this step and return a generator for data order."""
+        torch.manual_seed(self.seed + offset)
+        return torch.Generator().manual_seed(self.seed + offset)

