@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
 from mlflow.tracking import MlflowClient  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from pipelines import search, session  # noqa: E402
+from pipelines import search  # noqa: E402
+from pipelines.run import session  # noqa: E402
 from pipelines.config.compose import load_config  # noqa: E402
 from pipelines.config.spec import build_spec  # noqa: E402
 from pipelines.search.pareto import hypervolume  # noqa: E402

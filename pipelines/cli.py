@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if multirun:
         return run_multirun(overrides, flags, int(jobs[0][7:]) if jobs else 4, err)
-    from pipelines import search, session  # imports ray/mlflow lazily, after argument checks
+    from pipelines import search  # imports ray/mlflow lazily, after argument checks
+    from pipelines.run import session
     from pipelines.store import preflight
     from pipelines.store.tracking import resolve_uri
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from pipelines.config import schema
+from pipelines.config import schema as config_schema
 from pipelines.config.compose import load_config
 from pipelines.config.spec import build_config, task_signature
 from pipelines.run import session
@@ -51,7 +51,7 @@ def test_every_model_option_builds_with_the_default_pipeline():
 
 
 def test_every_task_option_file_composes_against_its_schema():
-    schema.register()
+    config_schema.register()
     files = sorted((CONF / "task").glob("*/*.yaml"))
     assert files
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -90,7 +90,7 @@ def test_a_target_part_replaces_the_default_instead_of_merging():
 @pytest.mark.parametrize("group,schema", [("ray", "RayConfig"), ("tracking", "TrackingConfig")])
 def test_engine_option_files_compose_against_their_schema(group, schema):
     """conf/ray/* and conf/tracking/* are typed like task option files: a typo fails at compose."""
-    schema.register()
+    config_schema.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for option in _options(group):
             cfg = compose(config_name=f"{group}/{option}")
@@ -105,7 +105,7 @@ def test_every_option_value_in_conf_is_an_enum_member():
     """Options reach tasks as Enum members, also from the shipped option files."""
     from tasks.core.options import PruneMethod, QuantMethod
 
-    schema.register()
+    config_schema.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         prune_cfg = build_config("prune", dict(compose(config_name="task/prune/agp").task.prune))
         quant_cfg = build_config("quantize", dict(compose(config_name="task/quantize/qat").task.quantize))

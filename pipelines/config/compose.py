@@ -16,7 +16,7 @@ from pipelines.config.errors import SpecError
 
 def conf_dir() -> Path:
     """The packaged configs: the conf/ folder beside the installed packages."""
-    path = Path(__file__).resolve().parents[1] / "conf"
+    path = Path(__file__).resolve().parents[2] / "conf"
     if not (path / "config.yaml").exists():
         raise SpecError("conf", f"no config.yaml in {path} (a broken install?)")
     return path
