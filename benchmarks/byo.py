@@ -14,27 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-from default_run import benchmark_json  # benchmarks/ is the script's directory
+import launch  # benchmarks/ is the script's directory
+from default_run import benchmark_json
 from machine import machine_info
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(cmd: list[str], cwd: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
-        raise SystemExit(f"{' '.join(cmd[:4])} exited {out.returncode}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -42,18 +26,16 @@ def main() -> None:
     p.add_argument("--prepared", type=Path, default=None)
     args, overrides = p.parse_known_args()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="slimray-byo-") as tmp:
-        wd = Path(tmp)
+    with launch.fresh_dir("slimray-byo-") as wd:
         mine = args.prepared.resolve() if args.prepared else wd / "mine"
-        prepare_s = (
-            None if args.prepared else _run([sys.executable, "-m", "examples.byo.prepare", "--out", str(mine)], REPO)
-        )
+        prepare = ["-m", "examples.byo.prepare", "--out", str(mine)]
+        prepare_s = None if args.prepared else launch.python(prepare, launch.ROOT).check().seconds
         paths = [
             f"data.path={mine / 'data.npz'}",
             f"pipeline.steps.teacher.params.weights_path={mine / 'model.safetensors'}",
         ]
-        wall = _run([sys.executable, "-m", "pipelines", "experiment=byo", *paths, *overrides], wd)
-        bench = benchmark_json(f"sqlite:///{wd}/mlflow.db")
+        done = launch.slimray(["experiment=byo", *paths, *overrides], wd).check()
+        wall, bench = done.seconds, benchmark_json(done.store)
     t = bench["targets"]
     sel = t["selected_vs_teacher"] or {}
     rows = {r["name"]: r for r in bench["candidates"]}

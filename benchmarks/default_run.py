@@ -6,15 +6,13 @@ then the targets from the run's `benchmark.json`. Prints one JSON object.
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/ is the script's directory
+import launch  # benchmarks/ is the script's directory
+from machine import machine_info
 
 
 def benchmark_json(uri: str) -> dict:
@@ -37,27 +35,15 @@ def benchmark_json(uri: str) -> dict:
 def run_fresh(overrides: list[str], prefix: str = "slimray-default-") -> tuple[float, dict]:
     """(wall seconds, ``benchmark.json``) of ``python -m pipelines overrides`` in an empty
     directory: embedded Ray, a fresh sqlite MLflow store. A failed run exits with its stderr."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as wd:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-        env.pop("MLFLOW_TRACKING_URI", None)
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-m", "pipelines", *overrides],
-            cwd=wd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=3600,
-        )
-        wall = time.perf_counter() - t0
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr[-4000:])
-            raise SystemExit(f"slimray exited {out.returncode}")
-        return wall, benchmark_json(f"sqlite:///{wd}/mlflow.db")
+    with launch.fresh_dir(prefix) as wd:
+        done = launch.slimray(overrides, wd).check()
+        return done.seconds, benchmark_json(done.store)
 
 
 def main() -> None:
-    overrides = sys.argv[1:]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="slimray overrides, e.g. experiment=smoke")
+    overrides = ap.parse_args().overrides
     wall, bench = run_fresh(overrides)
     t = bench["targets"]
     sel = t["selected_vs_teacher"] or {}

@@ -25,19 +25,16 @@ import argparse
 import io
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/ is the script's directory
+import launch  # benchmarks/ is the script's directory
+from machine import machine_info
 
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.pop("MLFLOW_TRACKING_URI", None)  # the benchmark's own stores only
+# the engine tests' toy steps, here and in the Ray workers and commands started from here; the
+# benchmark's own stores only (no MLFLOW_TRACKING_URI)
+launch.quiet_here(launch.TOY_TASKS)
 
 
 def log(msg: str) -> None:
@@ -70,12 +67,11 @@ def pipeline_yaml(chains: int, length: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_conf(tmp: Path, chains: int, length: int) -> Path:
-    """A copy of conf/ with the benchmark pipeline as ``pipeline=overhead``."""
-    conf = tmp / "conf"
-    shutil.copytree(ROOT / "conf", conf)
-    (conf / "pipeline" / "overhead.yaml").write_text(pipeline_yaml(chains, length))
-    return conf
+def make_conf(workdir: Path, chains: int, length: int) -> None:
+    """The benchmark pipeline as ``pipeline=overhead``, in the working directory's ``conf/``
+    (a user's config folder: Hydra finds it beside the packaged configs)."""
+    (workdir / "conf" / "pipeline").mkdir(parents=True)
+    (workdir / "conf" / "pipeline" / "overhead.yaml").write_text(pipeline_yaml(chains, length))
 
 
 def overrides_for(workdir: Path, cache: bool) -> list[str]:
@@ -88,24 +84,24 @@ def quiet_console():
     return Console(file=io.StringIO(), force_terminal=False)
 
 
-def load(conf: Path, workdir: Path, cache: bool):
-    """(cfg, spec, ray config, tracking config, overrides) of the overhead DAG."""
+def load(workdir: Path, cache: bool):
+    """(cfg, spec, ray config, tracking config, overrides) of the overhead DAG (cwd: workdir)."""
     from pipelines.config.compose import load_config
     from pipelines.run import session
 
     overrides = overrides_for(workdir, cache)
-    cfg = load_config(overrides, conf)
+    cfg = load_config(overrides)
     return (cfg, *session.validate(cfg), overrides)
 
 
-def measure_fixed(conf: Path, workdir: Path) -> dict:
+def measure_fixed(workdir: Path) -> dict:
     """start_ray + MlflowClient + experiment + parent run, in a fresh dir and sqlite store."""
     from mlflow.tracking import MlflowClient
 
     from pipelines.run import session
     from pipelines.store.tracking import ensure_experiment, git_commit, resolve_uri
 
-    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
+    cfg, spec, ray_cfg, tracking, overrides = load(workdir, cache=True)
     t0 = time.perf_counter()
     session.start_ray(ray_cfg)
     t1 = time.perf_counter()
@@ -117,10 +113,10 @@ def measure_fixed(conf: Path, workdir: Path) -> dict:
     return {"ray_start_s": t1 - t0, "tracking_setup_s": t2 - t1, "fixed_cost_s": t2 - t0}
 
 
-def run_dag(conf: Path, workdir: Path, cache: bool):
+def run_dag(workdir: Path, cache: bool):
     from pipelines.run import session
 
-    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache)
+    cfg, spec, ray_cfg, tracking, overrides = load(workdir, cache)
     t0 = time.perf_counter()
     out = session.execute(cfg, spec, ray_cfg, tracking, overrides, quiet_console())
     wall = time.perf_counter() - t0
@@ -128,7 +124,7 @@ def run_dag(conf: Path, workdir: Path, cache: bool):
     return out, wall
 
 
-def child_rerun(conf: Path, workdir: Path) -> None:
+def child_rerun(workdir: Path) -> None:
     """Fresh process: time start_ray + execute of the cached DAG (what a re-invocation pays)."""
     t_import = time.perf_counter()
     import ray
@@ -137,7 +133,7 @@ def child_rerun(conf: Path, workdir: Path) -> None:
 
     imports = time.perf_counter() - t_import
     os.chdir(workdir)
-    cfg, spec, ray_cfg, tracking, overrides = load(conf, workdir, cache=True)
+    cfg, spec, ray_cfg, tracking, overrides = load(workdir, cache=True)
     t0 = t1 = time.perf_counter()  # execute starts Ray only if a step must run: none here
     out = session.execute(cfg, spec, ray_cfg, tracking, overrides, quiet_console())
     t2 = time.perf_counter()
@@ -162,63 +158,44 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--length", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=1, help="measured cache=false runs (the best is kept)")
-    ap.add_argument("--child-rerun", nargs=2, metavar=("CONF", "WORKDIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-rerun", metavar="WORKDIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_rerun:
-        child_rerun(Path(args.child_rerun[0]), Path(args.child_rerun[1]))
+        child_rerun(Path(args.child_rerun))
         return
 
     import ray
 
     load_at_start = os.getloadavg()[0]
     n_steps = 1 + args.chains * args.length + 1
-    with tempfile.TemporaryDirectory(prefix="slimray-overhead-") as tmp_s:
-        tmp = Path(tmp_s)
-        conf = make_conf(tmp, args.chains, args.length)
-        workdir = tmp / "work"
-        workdir.mkdir()
+    with launch.fresh_dir("slimray-overhead-") as workdir:
+        make_conf(workdir, args.chains, args.length)
         os.chdir(workdir)
         if ray.is_initialized():
             ray.shutdown()
 
         log("fixed cost: start_ray + tracking set-up (fresh sqlite store)")
-        fixed = measure_fixed(conf, workdir)
+        fixed = measure_fixed(workdir)
 
         log(f"warm-up run of {n_steps} steps (cache=false)")
-        _, warm_wall = run_dag(conf, workdir, cache=False)
+        _, warm_wall = run_dag(workdir, cache=False)
         walls = []
         for i in range(args.repeat):
             log(f"measured run {i + 1}/{args.repeat} (cache=false)")
-            out, wall = run_dag(conf, workdir, cache=False)
+            out, wall = run_dag(workdir, cache=False)
             walls.append(wall)
         wall = min(walls)
         step_s = sorted(st.ended - st.started for st in out.states.values())
         ray.shutdown()
 
         log("cached rerun in a fresh process (start_ray + execute)")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-rerun", str(conf), str(workdir)]
-        child = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=300)
-        if child.returncode != 0:
-            sys.stderr.write(child.stderr[-4000:])
-            raise SystemExit(f"cached rerun failed with exit code {child.returncode}")
-        rerun = json.loads(child.stdout.strip().splitlines()[-1])
+        child = launch.python([str(Path(__file__).resolve()), "--child-rerun", str(workdir)], workdir, timeout=300)
+        rerun = json.loads(child.check().stdout.strip().splitlines()[-1])
         assert rerun["statuses"] == ["cached"], rerun
 
         log("cached rerun through the CLI (python -m pipelines ...)")
-        env = {**os.environ, "SLIMRAY_CONF": str(conf)}
-        t0 = time.perf_counter()
-        cli = subprocess.run(
-            [sys.executable, "-m", "pipelines", *overrides_for(workdir, cache=True)],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        cli_s = time.perf_counter() - t0
-        if cli.returncode != 0:
-            sys.stderr.write(cli.stderr[-4000:])
-            raise SystemExit(f"CLI rerun failed with exit code {cli.returncode}")
+        cli_s = launch.slimray(overrides_for(workdir, cache=True), workdir, timeout=300).check().seconds
+        os.chdir(launch.ROOT)  # out of the directory before it is removed
 
     per_step_ms = 1000 * wall / n_steps
     result = {

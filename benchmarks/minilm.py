@@ -12,9 +12,9 @@ against torch FP32 and the machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 
 from default_run import run_fresh  # benchmarks/ is the script's directory
 from machine import machine_info
@@ -49,7 +49,9 @@ def ratios(sel: dict | None, ref: dict) -> dict:
 
 
 def main() -> None:
-    overrides = ["experiment=minilm", *sys.argv[1:]]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="slimray overrides after experiment=minilm")
+    overrides = ["experiment=minilm", *ap.parse_args().overrides]
     wall, bench = run_fresh(overrides, prefix="slimray-minilm-")
     variants = [variant(r) for r in bench["candidates"]]
     ref = next(v for v in variants if v["name"] == "torch_fp32")

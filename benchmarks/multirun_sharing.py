@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
+from pathlib import Path
 
-from machine import machine_info  # benchmarks/ is the script's directory
+import launch  # benchmarks/ is the script's directory
+from machine import machine_info
 
 TARGET_RATIO = 1.6
 AMOUNTS = (0.3, 0.5, 0.7)
@@ -35,23 +33,12 @@ def prune_sweep(amount: float) -> str:
     return f"{{params.method: [channel, magnitude], params.amount: [{amount}]}}"
 
 
-def slimray(args: list[str], cwd: str) -> float:
-    """Wall seconds of one `slimray` command in ``cwd`` (raises on a non-zero exit)."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    t0 = time.perf_counter()
-    with open(os.path.join(cwd, "slimray.log"), "w") as log:  # a file: a full pipe would block the driver
-        code = subprocess.run(
-            [sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, stdout=log, stderr=log, timeout=3600
-        ).returncode
-    secs = time.perf_counter() - t0
-    if code != 0:
-        sys.stderr.write(open(os.path.join(cwd, "slimray.log")).read()[-3000:])
-        raise SystemExit(f"slimray {' '.join(args)} exited {code}")
-    return secs
+def slimray(args: list[str], cwd: Path) -> float:
+    """Wall seconds of one `slimray` command in ``cwd`` (exits on a non-zero exit)."""
+    return launch.slimray(args, cwd).check().seconds
 
 
-def teacher_runs(cwd: str, experiment: str = "compress") -> dict:
+def teacher_runs(cwd: Path, experiment: str = "compress") -> dict:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db")
@@ -71,9 +58,9 @@ def main() -> None:
     single_args = [*base, f"pipeline.steps.prune.sweep={prune_sweep(0.5)}"]
     sweep = ",".join(prune_sweep(a) for a in AMOUNTS)
     with (
-        tempfile.TemporaryDirectory(prefix="slimray-one-") as one,
-        tempfile.TemporaryDirectory(prefix="slimray-multi-") as multi,
-        tempfile.TemporaryDirectory(prefix="slimray-one-") as again,
+        launch.fresh_dir("slimray-one-") as one,
+        launch.fresh_dir("slimray-multi-") as multi,
+        launch.fresh_dir("slimray-one-") as again,
     ):
         one_s = [slimray(single_args, one)]
         loads.append(round(os.getloadavg()[0], 2))

@@ -9,12 +9,14 @@ Prints ONE JSON object; the goal is engine / plain <= 1.10.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import launch  # benchmarks/ is the script's directory
 
 
 def plain(spec, seed: int, per_step: dict) -> float:
@@ -53,11 +55,14 @@ def engine(cfg, spec, ray_cfg, tracking, overrides, per_step: dict) -> tuple[flo
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="slimray overrides, e.g. experiment=smoke")
+    given = ap.parse_args().overrides
     from pipelines.config.compose import load_config
     from pipelines.run import session
 
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    overrides = [*sys.argv[1:], "cache=false"]
+    launch.quiet_here()  # here and in the Ray workers the engine starts
+    overrides = [*given, "cache=false"]
     home = os.getcwd()
     cfg = load_config([*overrides, "tracking.uri=sqlite:///unused.db"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +78,7 @@ def main() -> None:
         json.dumps(
             {
                 "pipeline": spec.name,
-                "overrides": sys.argv[1:],
+                "overrides": given,
                 "engine_s": round(engine_s, 1),
                 "plain_s": round(plain_s, 1),
                 "ratio": round(ratio, 3),

@@ -19,7 +19,7 @@ Candidates: the grid's benchmarked models (every KD/pruned/INT8 row but the teac
 trials' deployed models. Budgets are the smoke ones (conf/experiment/smoke.yaml); `--quick`
 also uses the smoke grid (2 KD x 2 prune = 4 candidates) instead of the default one (4 x 6 = 10).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/search_efficiency.py [--quick] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/search_efficiency.py [--quick] [--seeds 0 1 2]
 
 Prints ONE JSON object.
 """
@@ -36,20 +36,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/ is the script's directory
+import launch  # benchmarks/ is the script's directory
+from machine import machine_info
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None
+launch.quiet_here()  # here and in the Ray workers started from here
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from pipelines import search  # noqa: E402
-from pipelines.run import session  # noqa: E402
 from pipelines.config.compose import load_config  # noqa: E402
 from pipelines.config.spec import build_spec  # noqa: E402
+from pipelines.run import session  # noqa: E402
 from pipelines.search.pareto import hypervolume  # noqa: E402
 from pipelines.search.trial import run_spec  # noqa: E402
 
