@@ -1,22 +1,24 @@
-"""Figures that cannot go stale: every measured number in the README comes from here.
+"""Figures that cannot go stale: every measured number in the docs comes from here.
 
     .venv/bin/python benchmarks/figures.py run NAME [NAME ...] | --all   # measure, store in docs/figures.json
-    .venv/bin/python benchmarks/figures.py readme                        # rewrite the README tables
-    .venv/bin/python benchmarks/figures.py check                         # exit 1 if README != figures.json
+    .venv/bin/python benchmarks/figures.py readme                        # rewrite the tables in the docs
+    .venv/bin/python benchmarks/figures.py check                         # exit 1 if a doc != figures.json
 
-`run` executes the benchmark script registered under NAME (``FIGURES``), parses the JSON
-object it prints last, and stores it with the command and the date in ``docs/figures.json``.
-`readme` renders every ``<!-- figures:TABLE -->`` ... ``<!-- /figures:TABLE -->`` block of the
-README from that file (``TABLES``); a test checks they match, so a figure in the README is
-always the one a script wrote, with the CPU model and threads it was measured on.
+`run` executes the benchmark script registered under NAME (``FIGURES``, through
+``benchmarks/launch.py``), parses the JSON object it prints last, and stores it with the command
+and the date in ``docs/figures.json``. `readme` renders every ``<!-- figures:TABLE -->`` ...
+``<!-- /figures:TABLE -->`` block of README.md and docs/*.md, whichever holds it, from that file
+(``TABLES``); a test checks they match and that no figures table stands outside its markers, so
+a figure in the docs is always the one a script wrote, with the CPU model and threads it was
+measured on.
 """
 
+# ruff: noqa: E501 (the TABLES rows below read best one a line, however long)
 from __future__ import annotations
 
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STORE = ROOT / "docs" / "figures.json"
 README = ROOT / "README.md"
 PY = ".venv/bin/python"
+HEADER = "| measure | measured | target |"
 
 # name -> the command (from the repo root) that measures it; its last stdout line is one JSON object
 FIGURES: dict[str, list[str]] = {
@@ -46,232 +49,105 @@ FIGURES: dict[str, list[str]] = {
     "search_efficiency_quick": [PY, "benchmarks/search_efficiency.py", "--quick"],
 }
 
-# table -> rows of (measure, figure, dotted path in its JSON, format, target)
-TABLES: dict[str, list[tuple[str, str, str, str, str]]] = {
-    "compress": [
-        ("`make run` wall time (default `compress`, empty directory)", "default_run", "wall_s", "{:.0f} s", "≤ 10 min"),
-        ("teacher test accuracy", "default_run", "teacher_test_acc", "{:.3f}", "≥ 0.94"),
-        ("selected model: file size vs teacher FP32 ONNX", "default_run", "size_reduction", "{:.1f}× smaller", "≥ 20×"),
-        ("selected model: batch-256 throughput vs teacher", "default_run", "throughput_speedup", "{:.1f}×", "≥ 5×"),
-        ("selected model: test accuracy vs teacher", "default_run", "test_acc_delta", "{:+.3f}", "≥ −0.01"),
-        ("INT8 vs FP32 of the same model: throughput", "default_run", "int8_throughput_speedup", "{:.2f}×", "≥ 1.5×"),
-        ("INT8 vs FP32 of the same model: accuracy", "default_run", "int8_test_acc_delta", "{:+.3f}", "≥ −0.005"),
-    ],
-    "engine": [
-        ("fixed cost (Ray start + tracking set-up)", "engine_overhead", "fixed_cost_s", "{:.1f} s", "≤ 10 s"),
-        ("cost per step (26 trivial steps)", "engine_overhead", "per_step_ms", "{:.0f} ms", "≤ 100 ms"),
-        ("cached rerun, whole CLI command (26-step DAG)", "engine_overhead", "cached_rerun_cli_s", "{:.1f} s", "≤ 8 s"),
-        (
-            "cached rerun, whole CLI command (`experiment=smoke`)",
-            "cached_rerun_smoke",
-            "cached_rerun_cli_s",
-            "{:.1f} s",
-            "≤ 8 s",
-        ),
-        ("engine vs plain script on `compress` (cache off)", "pipeline_overhead", "ratio", "{:.2f}×", "≤ 1.10×"),
-        (
-            "8-trial pruning sweep vs one after another (batch 32)",
-            "sweep_scaling_small_batch",
-            "speedup",
-            "{:.2f}×",
-            "≥ 1.7×",
-        ),
-        ("8-trial pruning sweep vs one after another (batch 128)", "sweep_scaling", "speedup", "{:.2f}×", "≥ 1.7×"),
-        (
-            "KD gain over the better scratch baseline (3 seeds)",
-            "kd_gain",
-            "gain_points_mean",
-            "{:+.1f} points",
-            "≥ +1.0",
-        ),
-        ("Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING", "ctrl_c", "passed", "{}/10", "10/10"),
-        (
-            "`-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`)",
-            "multirun_sharing",
-            "wall_ratio",
-            "{:.2f}×",
-            "≤ 1.6×",
-        ),
-        ("… teacher runs computed (3 recorded)", "multirun_sharing", "teacher_runs_computed", "{}", "1"),
-    ],
-    "scale": [
-        (
-            "2 data-parallel replicas vs 1 (MLP, 200k rows)",
-            "parallel_inference",
-            "ratio_dp2_vs_single",
-            "{:.2f}×",
-            "≥ 1.8×",
-        ),
-        ("1 replica vs a plain in-process loop", "parallel_inference", "ratio_single_vs_plain", "{:.2f}×", "≥ 0.9×"),
-        (
-            "2 pipeline stages vs the unsplit model on one actor (deep MLP)",
-            "parallel_inference",
-            "ratio_pp2_vs_unsplit",
-            "{:.2f}×",
-            "≥ 1.6×",
-        ),
-        (
-            "… ceiling: two whole-model actors vs one, same model",
-            "parallel_inference",
-            "ceiling_two_actors_vs_one_pp_model",
-            "{:.2f}×",
-            "—",
-        ),
-        ("… bubble fraction", "parallel_inference", "pp2_bubble_fraction", "{:.2f}", "—"),
-        ("… max abs diff, stages vs unsplit (FP32)", "parallel_inference", "max_abs_diff", "{:.1e}", "≤ 1e-5"),
-        ("rows lost, a replica SIGKILLed mid-run", "parallel_inference", "rows_lost", "{}", "0"),
-        ("rows duplicated, same run", "parallel_inference", "rows_duplicated", "{}", "0"),
-        (
-            "serve, concurrency 32: batching vs not (large zoo model)",
-            "serve_load",
-            "large_batching_speedup_c32",
-            "{:.2f}×",
-            "≥ 3×",
-        ),
-        ("… same, small `compress`-size model", "serve_load", "small_batching_speedup_c32", "{:.2f}×", "—"),
-        (
-            "serve p50 at concurrency 1 minus a direct ORT call (large)",
-            "serve_load",
-            "large_p50_c1_minus_direct_ms",
-            "{:.1f} ms",
-            "≤ 5 ms",
-        ),
-        ("… same, small model", "serve_load", "small_p50_c1_minus_direct_ms", "{:.1f} ms", "≤ 5 ms"),
-        ("serve errors under load (all levels, with and without batching)", "serve_load", "errors_total", "{}", "0"),
-    ],
-    "methods": [
-        (
-            "KD student FP32 test accuracy (3 seeds; reference for the k-bit rows)",
-            "kbit_quantizers",
-            "student.fp32_test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "uniform, 2-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.uniform.2.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "uniform, 4-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.uniform.4.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "uniform, 8-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.uniform.8.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "mean/std (k = 3), 2-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.mean.2.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "mean/std (k = 3), 4-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.mean.4.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "mean/std (k = 3), 8-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.mean.8.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        ("log2, 2-bit weights: test accuracy", "kbit_quantizers", "student.kbit.log2.2.test_acc_mean", "{:.3f}", "—"),
-        ("log2, 4-bit weights: test accuracy", "kbit_quantizers", "student.kbit.log2.4.test_acc_mean", "{:.3f}", "—"),
-        ("log2, 8-bit weights: test accuracy", "kbit_quantizers", "student.kbit.log2.8.test_acc_mean", "{:.3f}", "—"),
-        (
-            "uniform asymmetric, 4-bit weights: test accuracy",
-            "kbit_quantizers",
-            "student.kbit.uniform_asym.4.test_acc_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "4-bit weights: size at the bit width (simulated)",
-            "kbit_quantizers",
-            "student.kbit.uniform.4.bit_size_bytes",
-            "{:.0f} B",
-            "—",
-        ),
-        ("… FP32 weights", "kbit_quantizers", "student.fp32_size_bytes", "{:.0f} B", "—"),
-        ("scratch student, as many steps as KD (3 seeds)", "kd_gain_mutual", "scratch_steps_mean", "{:.3f}", "—"),
-        ("one-way KD (Hinton) student", "kd_gain_mutual", "kd_mean", "{:.3f}", "—"),
-        ("two-way (mutual) students, no teacher", "kd_gain_mutual", "mutual_mean", "{:.3f}", "—"),
-        ("two-way (mutual) students + teacher logits", "kd_gain_mutual", "mutual_teacher_mean", "{:.3f}", "—"),
-        (
-            "multi-task student, digit head (3 seeds)",
-            "multitask_gain",
-            "summary.identity.multitask_mean",
-            "{:.3f}",
-            "—",
-        ),
-        (
-            "… single-task student of the same trunk, digit",
-            "multitask_gain",
-            "summary.identity.single_mean",
-            "{:.3f}",
-            "—",
-        ),
-        ("… digit teacher", "multitask_gain", "summary.identity.teacher", "{:.3f}", "—"),
-        ("multi-task student, parity head", "multitask_gain", "summary.parity.multitask_mean", "{:.3f}", "—"),
-        (
-            "… single-task student of the same trunk, parity",
-            "multitask_gain",
-            "summary.parity.single_mean",
-            "{:.3f}",
-            "—",
-        ),
-        ("… parity teacher", "multitask_gain", "summary.parity.teacher", "{:.3f}", "—"),
-    ],
-    "search": [
-        (
-            "search: best feasible throughput (mean of 3 seeds)",
-            "search_efficiency_quick",
-            "methods.search.best_feasible_throughput_mean",
-            "{:,.0f} samples/s",
-            "≥ grid's",
-        ),
-        (
-            "… grid, same number of trained candidates",
-            "search_efficiency_quick",
-            "methods.grid.best_feasible_throughput_mean",
-            "{:,.0f} samples/s",
-            "—",
-        ),
-        (
-            "… random search, same budget",
-            "search_efficiency_quick",
-            "methods.random.best_feasible_throughput_mean",
-            "{:,.0f} samples/s",
-            "—",
-        ),
-        (
-            "search: hypervolume of val_acc × log10 throughput",
-            "search_efficiency_quick",
-            "methods.search.hypervolume_mean",
-            "{:.4f}",
-            "> random's",
-        ),
-        ("… random search", "search_efficiency_quick", "methods.random.hypervolume_mean", "{:.4f}", "—"),
-        ("… grid", "search_efficiency_quick", "methods.grid.hypervolume_mean", "{:.4f}", "—"),
-        ("trained candidates per method", "search_efficiency_quick", "methods.search.trained_candidates", "{}", "—"),
-        ("search wall time", "search_efficiency_quick", "methods.search.wall_s", "{:.0f} s", "—"),
-        ("… grid", "search_efficiency_quick", "methods.grid.wall_s", "{:.0f} s", "—"),
-        ("… random search", "search_efficiency_quick", "methods.random.wall_s", "{:.0f} s", "—"),
-    ],
+Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
+
+
+def rows(spec: str) -> list[Row]:
+    """The rows of a table, one a line: ``figure | measure | path | format [| target]``."""
+    out = []
+    for line in filter(None, (ln.strip() for ln in spec.splitlines())):
+        figure, label, path, fmt, *target = (cell.strip() for cell in line.split(" | "))
+        out.append((label, figure, path, fmt, target[0] if target else "—"))
+    return out
+
+
+# table -> its rows, one a line: figure | measure | dotted path in its JSON | format [| target, default "—"];
+# each table is rendered between <!-- figures:TABLE --> markers in one doc (README.md or docs/*.md)
+TABLES: dict[str, list[Row]] = {
+    "compress": rows(
+        """
+        default_run | `make run` wall time (default `compress`, empty directory) | wall_s | {:.0f} s | ≤ 10 min
+        default_run | teacher test accuracy | teacher_test_acc | {:.3f} | ≥ 0.94
+        default_run | selected model: file size vs teacher FP32 ONNX | size_reduction | {:.1f}× smaller | ≥ 20×
+        default_run | selected model: batch-256 throughput vs teacher | throughput_speedup | {:.1f}× | ≥ 5×
+        default_run | selected model: test accuracy vs teacher | test_acc_delta | {:+.3f} | ≥ −0.01
+        default_run | INT8 vs FP32 of the same model: throughput | int8_throughput_speedup | {:.2f}× | ≥ 1.5×
+        default_run | INT8 vs FP32 of the same model: accuracy | int8_test_acc_delta | {:+.3f} | ≥ −0.005
+        """
+    ),
+    "engine": rows(
+        """
+        engine_overhead | fixed cost (Ray start + tracking set-up) | fixed_cost_s | {:.1f} s | ≤ 10 s
+        engine_overhead | cost per step (26 trivial steps) | per_step_ms | {:.0f} ms | ≤ 100 ms
+        engine_overhead | cached rerun, whole CLI command (26-step DAG) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
+        cached_rerun_smoke | cached rerun, whole CLI command (`experiment=smoke`) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
+        pipeline_overhead | engine vs plain script on `compress` (cache off) | ratio | {:.2f}× | ≤ 1.10×
+        sweep_scaling_small_batch | 8-trial pruning sweep vs one after another (batch 32) | speedup | {:.2f}× | ≥ 1.7×
+        sweep_scaling | 8-trial pruning sweep vs one after another (batch 128) | speedup | {:.2f}× | ≥ 1.7×
+        kd_gain | KD gain over the better scratch baseline (3 seeds) | gain_points_mean | {:+.1f} points | ≥ +1.0
+        ctrl_c | Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING | passed | {}/10 | 10/10
+        multirun_sharing | `-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`) | wall_ratio | {:.2f}× | ≤ 1.6×
+        multirun_sharing | … teacher runs computed (3 recorded) | teacher_runs_computed | {} | 1
+        """
+    ),
+    "scale": rows(
+        """
+        parallel_inference | 2 data-parallel replicas vs 1 (MLP, 200k rows) | ratio_dp2_vs_single | {:.2f}× | ≥ 1.8×
+        parallel_inference | 1 replica vs a plain in-process loop | ratio_single_vs_plain | {:.2f}× | ≥ 0.9×
+        parallel_inference | 2 pipeline stages vs the unsplit model on one actor (deep MLP) | ratio_pp2_vs_unsplit | {:.2f}× | ≥ 1.6×
+        parallel_inference | … ceiling: two whole-model actors vs one, same model | ceiling_two_actors_vs_one_pp_model | {:.2f}×
+        parallel_inference | … bubble fraction | pp2_bubble_fraction | {:.2f}
+        parallel_inference | … max abs diff, stages vs unsplit (FP32) | max_abs_diff | {:.1e} | ≤ 1e-5
+        parallel_inference | rows lost, a replica SIGKILLed mid-run | rows_lost | {} | 0
+        parallel_inference | rows duplicated, same run | rows_duplicated | {} | 0
+        serve_load | serve, concurrency 32: batching vs not (large zoo model) | large_batching_speedup_c32 | {:.2f}× | ≥ 3×
+        serve_load | … same, small `compress`-size model | small_batching_speedup_c32 | {:.2f}×
+        serve_load | serve p50 at concurrency 1 minus a direct ORT call (large) | large_p50_c1_minus_direct_ms | {:.1f} ms | ≤ 5 ms
+        serve_load | … same, small model | small_p50_c1_minus_direct_ms | {:.1f} ms | ≤ 5 ms
+        serve_load | serve errors under load (all levels, with and without batching) | errors_total | {} | 0
+        """
+    ),
+    "methods": rows(
+        """
+        kbit_quantizers | KD student FP32 test accuracy (3 seeds; reference for the k-bit rows) | student.fp32_test_acc_mean | {:.3f}
+        kbit_quantizers | uniform, 2-bit weights: test accuracy | student.kbit.uniform.2.test_acc_mean | {:.3f}
+        kbit_quantizers | uniform, 4-bit weights: test accuracy | student.kbit.uniform.4.test_acc_mean | {:.3f}
+        kbit_quantizers | uniform, 8-bit weights: test accuracy | student.kbit.uniform.8.test_acc_mean | {:.3f}
+        kbit_quantizers | mean/std (k = 3), 2-bit weights: test accuracy | student.kbit.mean.2.test_acc_mean | {:.3f}
+        kbit_quantizers | mean/std (k = 3), 4-bit weights: test accuracy | student.kbit.mean.4.test_acc_mean | {:.3f}
+        kbit_quantizers | mean/std (k = 3), 8-bit weights: test accuracy | student.kbit.mean.8.test_acc_mean | {:.3f}
+        kbit_quantizers | log2, 2-bit weights: test accuracy | student.kbit.log2.2.test_acc_mean | {:.3f}
+        kbit_quantizers | log2, 4-bit weights: test accuracy | student.kbit.log2.4.test_acc_mean | {:.3f}
+        kbit_quantizers | log2, 8-bit weights: test accuracy | student.kbit.log2.8.test_acc_mean | {:.3f}
+        kbit_quantizers | uniform asymmetric, 4-bit weights: test accuracy | student.kbit.uniform_asym.4.test_acc_mean | {:.3f}
+        kbit_quantizers | 4-bit weights: size at the bit width (simulated) | student.kbit.uniform.4.bit_size_bytes | {:.0f} B
+        kbit_quantizers | … FP32 weights | student.fp32_size_bytes | {:.0f} B
+        kd_gain_mutual | scratch student, as many steps as KD (3 seeds) | scratch_steps_mean | {:.3f}
+        kd_gain_mutual | one-way KD (Hinton) student | kd_mean | {:.3f}
+        kd_gain_mutual | two-way (mutual) students, no teacher | mutual_mean | {:.3f}
+        kd_gain_mutual | two-way (mutual) students + teacher logits | mutual_teacher_mean | {:.3f}
+        multitask_gain | multi-task student, digit head (3 seeds) | summary.identity.multitask_mean | {:.3f}
+        multitask_gain | … single-task student of the same trunk, digit | summary.identity.single_mean | {:.3f}
+        multitask_gain | … digit teacher | summary.identity.teacher | {:.3f}
+        multitask_gain | multi-task student, parity head | summary.parity.multitask_mean | {:.3f}
+        multitask_gain | … single-task student of the same trunk, parity | summary.parity.single_mean | {:.3f}
+        multitask_gain | … parity teacher | summary.parity.teacher | {:.3f}
+        """
+    ),
+    "search": rows(
+        """
+        search_efficiency_quick | search: best feasible throughput (mean of 3 seeds) | methods.search.best_feasible_throughput_mean | {:,.0f} samples/s | ≥ grid's
+        search_efficiency_quick | … grid, same number of trained candidates | methods.grid.best_feasible_throughput_mean | {:,.0f} samples/s
+        search_efficiency_quick | … random search, same budget | methods.random.best_feasible_throughput_mean | {:,.0f} samples/s
+        search_efficiency_quick | search: hypervolume of val_acc × log10 throughput | methods.search.hypervolume_mean | {:.4f} | > random's
+        search_efficiency_quick | … random search | methods.random.hypervolume_mean | {:.4f}
+        search_efficiency_quick | … grid | methods.grid.hypervolume_mean | {:.4f}
+        search_efficiency_quick | trained candidates per method | methods.search.trained_candidates | {}
+        search_efficiency_quick | search wall time | methods.search.wall_s | {:.0f} s
+        search_efficiency_quick | … grid | methods.grid.wall_s | {:.0f} s
+        search_efficiency_quick | … random search | methods.random.wall_s | {:.0f} s
+        """
+    ),
 }
 
 
@@ -290,7 +166,7 @@ def _where(entry: dict) -> str:
 
 def render(table: str, figures: dict) -> str:
     """The Markdown of one README block: the table, then the command and machine of each figure."""
-    lines = ["| measure | measured | target |", "|---|---|---|"]
+    lines = [HEADER, "|---|---|---|"]
     used: list[str] = []
     for label, name, path, fmt, target in TABLES[table]:
         entry = figures.get(name)
@@ -308,10 +184,33 @@ def render(table: str, figures: dict) -> str:
 
 
 def rewrite(text: str, figures: dict) -> str:
+    """``text`` with every figures block it holds rendered from ``figures``."""
     for table in TABLES:
         pattern = re.compile(rf"(<!-- figures:{table} -->\n).*?(<!-- /figures:{table} -->)", re.DOTALL)
         text = pattern.sub(lambda m, t=table: m.group(1) + render(t, figures) + "\n" + m.group(2), text)
     return text
+
+
+def documents() -> dict[Path, str]:
+    """The docs that may hold figure tables: README.md and docs/*.md."""
+    return {p: p.read_text() for p in [README, *sorted((ROOT / "docs").glob("*.md"))]}
+
+
+def problems(docs: dict[Path, str], figures: dict) -> list[str]:
+    """What is wrong with the figure tables of ``docs``: a stale block, a block of an unknown
+    table, a table in no doc, or a figures table outside markers (typed or pasted by hand)."""
+    out, held = [], set()
+    for path, text in docs.items():
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        blocks = re.findall(r"<!-- figures:(\S+) -->\n.*?<!-- /figures:\1 -->", text, re.DOTALL)
+        held.update(blocks)
+        out += [f"{name}: no table '{b}' in benchmarks/figures.py" for b in blocks if b not in TABLES]
+        if rewrite(text, figures) != text:
+            out.append(f"{name}: figures differ from docs/figures.json: run `make figures`")
+        outside = re.sub(r"<!-- figures:(\S+) -->\n.*?<!-- /figures:\1 -->", "", text, flags=re.DOTALL)
+        if HEADER in outside:
+            out.append(f"{name}: a figures table outside <!-- figures:TABLE --> markers")
+    return out + [f"table '{t}' is in no document (README.md, docs/*.md)" for t in TABLES if t not in held]
 
 
 def last_json(stdout: str, name: str) -> dict:
@@ -331,12 +230,14 @@ def load() -> dict:
 
 
 def run(names: list[str]) -> None:
+    import launch  # beside this script (the tests load this module without benchmarks/ on the path)
+
     figures = load()
     for name in names:
         cmd = FIGURES[name]
         print(f"[figures] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
-        measured = last_json(out.stdout, name)
+        done = launch.run(cmd, ROOT, timeout=4 * 3600, echo_stderr=True).check()  # progress shows
+        measured = last_json(done.stdout, name)
         figures[name] = {"command": cmd, "date": time.strftime("%Y-%m-%d"), "measured": measured}
         STORE.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")  # after each: keep what ran
 
@@ -354,15 +255,15 @@ def main() -> int:
             return 2
         run(list(FIGURES) if args.all else args.names)
         return 0
-    current = README.read_text()
-    wanted = rewrite(current, load())
+    docs, figures = documents(), load()
     if args.action == "readme":
-        README.write_text(wanted)
-        return 0
-    if wanted != current:
-        print("README figures differ from docs/figures.json: run `make figures`", file=sys.stderr)
-        return 1
-    return 0
+        for path, text in docs.items():
+            if rewrite(text, figures) != text:
+                path.write_text(rewrite(text, figures))
+    found = problems(documents(), figures)
+    if found:
+        print("\n".join(found), file=sys.stderr)
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every figure in the README is the one a benchmark script wrote to docs/figures.json."""
+"""Every figure in the docs is the one a benchmark script wrote to docs/figures.json."""
 
 from __future__ import annotations
 
@@ -16,12 +16,32 @@ def _figures():
     return module
 
 
-def test_readme_tables_match_figures_json():
+def test_doc_tables_match_figures_json():
+    """README.md and docs/*.md: every table between markers is current, every table is in a doc,
+    and no figures table stands outside its markers."""
     fig = _figures()
-    readme = (ROOT / "README.md").read_text()
-    for table in fig.TABLES:
-        assert f"<!-- figures:{table} -->" in readme and f"<!-- /figures:{table} -->" in readme, table
-    assert fig.rewrite(readme, fig.load()) == readme, "README figures are stale: run `make figures`"
+    docs = fig.documents()
+    assert ROOT / "README.md" in docs and any(p.parent == ROOT / "docs" for p in docs)
+    assert fig.problems(docs, fig.load()) == []
+
+
+def test_problems_names_stale_stray_unknown_and_missing_tables():
+    fig = _figures()
+    figures = fig.load()
+    current = fig.rewrite("<!-- figures:engine -->\n<!-- /figures:engine -->\n", figures)
+    good = {ROOT / "docs" / "x.md": current}
+    found = fig.problems(good, figures)
+    assert all("is in no document" in p for p in found) and not any("'engine'" in p for p in found)
+
+    stale = {ROOT / "docs" / "x.md": current.replace("| 10/10 |", "| 9/10 |", 1)}
+    assert any("docs/x.md: figures differ" in p for p in fig.problems(stale, figures))
+
+    by_hand = fig.render("compress", figures)  # a table pasted without its markers
+    stray = {ROOT / "docs" / "x.md": current + "\n" + by_hand + "\n"}
+    assert any("docs/x.md: a figures table outside" in p for p in fig.problems(stray, figures))
+
+    unknown = {ROOT / "README.md": "<!-- figures:nope -->\n<!-- /figures:nope -->\n"}
+    assert any("no table 'nope'" in p for p in fig.problems(unknown, figures))
 
 
 def test_every_table_row_names_a_registered_figure_and_its_machine():
