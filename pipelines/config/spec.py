@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import re
 import types
 import typing
 from dataclasses import dataclass
@@ -33,22 +32,15 @@ from functools import cache
 from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from pipelines.config.errors import SpecError
-from pipelines.config.schema import PipelineConfig, ResourcesConfig, StepConfig, container, omega_message, typed
+from pipelines.config.graph import Ref, ancestors, parse_refs, toposort
+from pipelines.config.schema import PipelineConfig, ResourcesConfig, StepConfig, container, typed, typed_params_of
 from pipelines.config.select import Select, parse_select
 from pipelines.config.targets import check_model_parts, model_targets, trusted_models
 from tasks import task_table
 
 Resources = ResourcesConfig  # a step's Ray resources (num_cpus, num_gpus, memory, custom)
-REF_RE = re.compile(r"^([A-Za-z_][\w-]*)(\[\*\])?$")
-
-
-@dataclass(frozen=True)
-class Ref:
-    step: str
-    all_trials: bool = False
 
 
 @dataclass
@@ -108,28 +100,6 @@ def typed_params(task: str, params: dict, path: str) -> DictConfig:
     return typed_params_of(task_signature(task)[2], params, path)
 
 
-def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
-    """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
-    try:
-        base = OmegaConf.structured(cls)
-        _clear_swapped_parts(base, params)
-    except OmegaConfBaseException as e:
-        raise SpecError(path, omega_message(e)) from None
-    return typed(base, params, path, as_object)
-
-
-def _clear_swapped_parts(base: DictConfig, params: dict) -> None:
-    """A ``_target_`` node in params replaces the schema's default part whole (a different
-    model is a different set of kwargs); merging would leak the default's kwargs into it."""
-    for key, value in params.items():
-        if not isinstance(value, dict) or key not in base:
-            continue
-        if "_target_" in value:
-            base[key] = None
-        elif isinstance(base[key], DictConfig):
-            _clear_swapped_parts(base[key], value)
-
-
 def build_config(task: str, params: dict):
     """The task's config object (a dataclass instance) from validated params."""
     return OmegaConf.to_object(typed_params(task, params, "params"))
@@ -141,17 +111,6 @@ def _strip_optional(ann):
         if len(args) == 1:
             return args[0]
     return ann
-
-
-def _parse_refs(value, path: str) -> list[Ref]:
-    raw = value if isinstance(value, list) else [value]
-    refs = []
-    for item in raw:
-        m = REF_RE.match(str(item)) if isinstance(item, str) else None
-        if not m:
-            raise SpecError(path, f"bad input reference '{item}' (use 'step' or 'step[*]')")
-        refs.append(Ref(m.group(1), bool(m.group(2))))
-    return refs
 
 
 def _check_resources(res: Resources, path: str) -> Resources:
@@ -195,7 +154,7 @@ def _check_inputs(name: str, task: str, inputs: dict, path: str) -> tuple[dict[s
             raise SpecError(
                 f"{path}.inputs.{param}", f"task '{task}' has no input '{param}' (inputs: {sorted(annotations)})"
             )
-        refs[param] = _parse_refs(value, f"{path}.inputs.{param}")
+        refs[param] = parse_refs(value, f"{path}.inputs.{param}")
     for param in sorted(required - set(refs)):
         raise SpecError(f"{path}.inputs.{param}", f"missing required input of task '{task}'")
     list_inputs = {p for p in refs if typing.get_origin(_strip_optional(annotations[p])) is list}
@@ -226,36 +185,6 @@ def _check_types(spec: dict[str, StepSpec]) -> None:
                         f"step '{ref.step}' gives {getattr(got, '__name__', got)} "
                         f"but input '{param}' of task '{s.task}' needs {want.__name__}",
                     )
-
-
-def _toposort(steps: dict[str, StepSpec]) -> list[str]:
-    indeg = {n: len([u for u in s.upstream if u in steps]) for n, s in steps.items()}
-    order, ready = [], [n for n in steps if indeg[n] == 0]
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for m, s in steps.items():
-            if n in s.upstream:
-                indeg[m] -= 1
-                if indeg[m] == 0:
-                    ready.append(m)
-    if len(order) < len(steps):
-        left = set(steps) - set(order)
-        # drop steps that merely hang below the cycle (nothing in the cycle consumes them)
-        while drop := {n for n in left if not any(n in steps[m].upstream for m in left)}:
-            left -= drop
-        raise SpecError("pipeline.steps", f"cycle among steps {sorted(left)}")
-    return order
-
-
-def _ancestors(steps: dict[str, StepSpec], name: str) -> set[str]:
-    seen, todo = set(), list(steps[name].upstream)
-    while todo:
-        n = todo.pop()
-        if n not in seen and n in steps:
-            seen.add(n)
-            todo.extend(steps[n].upstream)
-    return seen
 
 
 def _parse_step(name: str, node: StepConfig) -> StepSpec:
@@ -304,10 +233,13 @@ def build_spec(pipeline_cfg, trusted: list[str] | tuple[str, ...] = ()) -> Pipel
         raise SpecError("pipeline.steps", "a pipeline needs at least one step")
     steps = {n: _parse_step(n, s) for n, s in node.steps.items()}
     _check_types(steps)
-    order = _toposort(steps)
+    graph = {n: s.upstream for n, s in steps.items()}
+    order, cyclic = toposort(graph)
+    if cyclic:
+        raise SpecError("pipeline.steps", f"cycle among steps {sorted(cyclic)}")
     for s in steps.values():
         w = s.select.where if s.select else None
-        if w and w.ref_step and w.ref_step not in _ancestors(steps, s.name):
+        if w and w.ref_step and w.ref_step not in ancestors(graph, s.name):
             raise SpecError(
                 f"pipeline.steps.{s.name}.select.where", f"'{w.ref_step}' is not an upstream step of '{s.name}'"
             )

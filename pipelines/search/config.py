@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from pipelines.config.errors import SpecError
+from pipelines.config.graph import closure, toposort, upstream_of
 from pipelines.config.schema import SelectMode, container, typed
 from pipelines.config.spec import _set_dotted, typed_params
 from pipelines.config.targets import check_model_parts
@@ -118,34 +119,8 @@ class SearchPlan:
         return steps
 
 
-def _upstream(step: dict) -> set[str]:
-    out = set()
-    for v in (step.get("inputs") or {}).values():
-        for ref in v if isinstance(v, list) else [v]:
-            out.add(str(ref).removesuffix("[*]"))
-    return out
-
-
-def _closure(steps: dict[str, dict], start: set[str], down: bool) -> set[str]:
-    seen, todo = set(), list(start)
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo += [m for m in steps if n in _upstream(steps[m])] if down else list(_upstream(steps[n]) & set(steps))
-    return seen
-
-
-def _topo(steps: dict[str, dict]) -> list[str]:
-    """Step names, upstream first (the config's order otherwise; cycles are spec.py's error)."""
-    order: list[str] = []
-    while len(order) < len(steps):
-        ready = [n for n in steps if n not in order and _upstream(steps[n]) & set(steps) <= set(order)]
-        if not ready:
-            return order + [n for n in steps if n not in order]
-        order += ready[:1]
-    return order
+def _graph(steps: dict[str, dict]) -> dict[str, set[str]]:
+    return {n: upstream_of(s.get("inputs")) for n, s in steps.items()}
 
 
 def _probe_values(dim: Dim, path: str) -> list[Any]:
@@ -198,16 +173,18 @@ def _split(cfg: SearchConfig, steps: dict[str, dict]) -> tuple[list[str], list[s
     """(prefix, chain, final) step names, each in pipeline order."""
     if cfg.deployed not in steps:
         raise SpecError("pipeline.search.deployed", f"unknown step '{cfg.deployed}' (steps: {sorted(steps)})")
-    to_deployed = _closure(steps, {cfg.deployed}, down=False)
+    graph = _graph(steps)
+    to_deployed = closure(graph, {cfg.deployed})
     for step in cfg.space:
         if step not in to_deployed:
             raise SpecError(f"pipeline.search.space.{step}", f"step '{step}' does not lead to '{cfg.deployed}'")
-    chain = _closure(steps, set(cfg.space), down=True) & to_deployed
-    prefix = _closure(steps, chain, down=False) - chain
+    chain = closure(graph, set(cfg.space), down=True) & to_deployed
+    prefix = closure(graph, chain) - chain
     for n in sorted(chain):
         if steps[n].get("sweep"):
             raise SpecError(f"pipeline.steps.{n}.sweep", "a searched step cannot sweep as well (search the key)")
-    order = _topo(steps)
+    order, _ = toposort(graph)  # a cycle is the validator's error (spec.py)
+    order += [n for n in steps if n not in order]
     final = [n for n in order if n not in chain | prefix]
     return [n for n in order if n in prefix], [n for n in order if n in chain], final
 
