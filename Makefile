@@ -46,11 +46,11 @@ lint: install  ## ruff (lint + format check) and mypy on the two packages
 test-fast: install-nlp
 	$(PY) -m pytest -m "not slow and not integration and not minilm" $(PYTEST_ARGS)
 
-bench: install  ## measure every figure into docs/figures.json, then rewrite the README tables (~30 min)
+bench: install  ## measure every figure into docs/figures.json, then rewrite the figure tables in README.md and docs/*.md (~30 min)
 	$(PY) benchmarks/figures.py run --all
 	$(PY) benchmarks/figures.py readme
 
-figures: install  ## README tables from docs/figures.json (no measuring)
+figures: install  ## the figure tables in README.md and docs/*.md from docs/figures.json (no measuring)
 	$(PY) benchmarks/figures.py readme
 
 lock: install-nlp  ## refresh constraints.txt from the installed environment (after changing dependencies)
