@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config import schema
 from pipelines.config.errors import SpecError
@@ -51,14 +52,51 @@ def one_line(e: BaseException | None) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
-def load_config(overrides: list[str], config_dir: Path | None = None):
-    schema.register()
+def load_config(
+    overrides: list[str],
+    config_dir: Path | None = None,
+    config_name: str = "config",
+    register: Callable[[], None] = schema.register,
+):
+    """``config_name`` (the root ``config``, or ``serve/default``) from the packaged conf/ and the
+    user's config folders, composed with ``overrides`` against the schemas ``register`` stores."""
+    register()
     search = [f"file://{d}" for d in user_conf_dirs()]
     extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
+    overrides = [select_model(o) for o in overrides]
     with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*extra, *overrides])
-    pin_swept(cfg, overrides)
+        cfg = compose(config_name=config_name, overrides=[*extra, *overrides])
+    if config_name == "config":
+        check_models(cfg)
+        pin_swept(cfg, overrides)
     return cfg
+
+
+MODEL_OVERRIDE = re.compile(rf"^({'|'.join(schema.MODEL_KEYS)})=([\w.-]+)$")
+
+
+def model_options() -> list[str]:
+    """The model configs by name: the ``model/*.yaml`` files of every config folder."""
+    dirs = [conf_dir(), *user_conf_dirs()]
+    return sorted({f.stem for d in dirs for f in (d / "model").glob("*.yaml")})
+
+
+def select_model(override: str) -> str:
+    """``teacher_model=mine`` selects the model config ``model/mine.yaml`` when there is one (the
+    group option of that key, Hydra's ``model@teacher_model=mine``); other overrides pass."""
+    found = MODEL_OVERRIDE.match(override)
+    if found and found.group(2) in model_options():
+        return f"model@{found.group(1)}={found.group(2)}"
+    return override
+
+
+def check_models(cfg) -> None:
+    """A model key holds a model config (a mapping), never a bare name: ``teacher_model=mine``
+    with no ``model/mine.yaml`` on the search path fails here, naming the key and the options."""
+    for key in schema.MODEL_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, DictConfig):
+            raise SpecError(key, f"no model config '{value}' (model options: {', '.join(model_options())})")
 
 
 STEP_PARAM = re.compile(r"^pipeline\.steps\.([^.]+)\.(params\..+)$")

@@ -9,6 +9,7 @@ task's own dataclass by ``pipelines.config.spec`` (they depend on the step's ``t
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
@@ -19,8 +20,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipelines.config.errors import SpecError
-from tasks import task_table
-from tasks.steps.data import DataConfig
 
 
 @dataclass
@@ -82,10 +81,15 @@ class TrackingConfig:
     experiment: str | None = None  # null: the pipeline name
 
 
+MODEL_KEYS = ("teacher_model", "student_model")  # root keys holding a model config (conf/model)
+
+
 @dataclass
 class RootConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    # the dataset (conf/data): untyped here, checked against the task config of the step that
+    # takes it as params (``params: ${data}``, see ``check_wired_params``)
+    data: Any = field(default_factory=dict)
     teacher_model: Any = None  # model parts (_target_ + kwargs), referenced by pipelines
     student_model: Any = None
     ray: RayConfig = field(default_factory=RayConfig)
@@ -139,9 +143,57 @@ def typed(cls: type | DictConfig, node, path: str, as_object: bool = False):
     return OmegaConf.to_object(merged) if as_object else merged
 
 
+def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
+    """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
+    try:
+        base = OmegaConf.structured(cls)
+        _clear_swapped_parts(base, params)
+    except OmegaConfBaseException as e:
+        raise SpecError(path, omega_message(e)) from None
+    return typed(base, params, path, as_object)
+
+
+def _clear_swapped_parts(base: DictConfig, params: dict) -> None:
+    """A ``_target_`` node in params replaces the schema's default part whole (a different
+    model is a different set of kwargs); merging would leak the default's kwargs into it."""
+    for key, value in params.items():
+        if not isinstance(value, dict) or key not in base:
+            continue
+        if "_target_" in value:
+            base[key] = None
+        elif isinstance(base[key], DictConfig):
+            _clear_swapped_parts(base[key], value)
+
+
+WIRED = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # params: ${data}
+
+
+def check_wired_params(cfg: DictConfig) -> None:
+    """A root node that a pipeline hands whole to a step as its params (``data``, wired as
+    ``params: ${data}``) is checked against that step's task config under its own name, so a
+    typo in ``data.*`` is a one-line error naming ``data.<key>``."""
+    from tasks import task_table  # the step table: imported when a config is checked
+
+    steps = OmegaConf.select(cfg, "pipeline.steps")
+    if not isinstance(steps, DictConfig):
+        return
+    table = task_table()
+    raw = OmegaConf.to_container(steps, resolve=False)
+    for step in raw.values() if isinstance(raw, dict) else ():
+        found = WIRED.match(str(step.get("params"))) if isinstance(step, dict) else None
+        task = step.get("task") if isinstance(step, dict) else None
+        if found and task in table:
+            key = found.group(1)
+            cls = typing.get_type_hints(table[task])["cfg"]
+            typed_params_of(cls, container(OmegaConf.select(cfg, key), key), key)
+
+
 def check_root(cfg: DictConfig) -> RootConfig:
-    """The whole composed config, resolved and checked against ``RootConfig``."""
-    return typed(RootConfig, container(cfg, ""), "", as_object=True)
+    """The whole composed config, resolved and checked against ``RootConfig``; then the root
+    nodes that steps take as their params (``check_wired_params``)."""
+    root = typed(RootConfig, container(cfg, ""), "", as_object=True)
+    check_wired_params(cfg)
+    return root
 
 
 _done = False
@@ -154,6 +206,8 @@ def register() -> None:
     global _done
     if _done:
         return
+    from tasks import task_table
+
     cs = ConfigStore.instance()
     for task, fn in task_table().items():
         cs.store(group=f"task/{task}", name="schema", node=typing.get_type_hints(fn)["cfg"])
