@@ -112,6 +112,8 @@ def test_serve_predicts_batches_and_rejects_bad_requests(ray_local, workdir):
 
 
 def test_config_errors_are_one_line_and_stop_before_ray(workdir, capsys):
+    assert main(["prot=8001"]) == 2  # composed by the engine's one loader against ServeConfig
+    assert "Key 'prot' not in 'ServeConfig'" in capsys.readouterr().err
     assert main(["port=abc"]) == 2
     assert "port" in capsys.readouterr().err
     assert main(["host=0.0.0.0"]) == 2

@@ -58,12 +58,14 @@ def load_config(
     config_name: str = "config",
     register: Callable[[], None] = schema.register,
 ):
-    """``config_name`` (the root ``config``, or ``serve/default``) from the packaged conf/ and the
-    user's config folders, composed with ``overrides`` against the schemas ``register`` stores."""
+    """``config_name`` from ``config_dir`` composed with ``overrides`` against the schemas that
+    ``register`` stores. The default is the root ``config`` of the packaged conf/, to which the
+    user's config folders add (``user_conf_dirs``); ``slimray serve`` composes ``conf/serve``."""
     register()
-    search = [f"file://{d}" for d in user_conf_dirs()]
+    search = [f"file://{d}" for d in user_conf_dirs()] if config_dir is None else []
     extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
-    overrides = [select_model(o) for o in overrides]
+    if config_name == "config":
+        overrides = [select_model(o) for o in overrides]
     with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=[*extra, *overrides])
     if config_name == "config":

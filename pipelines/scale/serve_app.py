@@ -7,12 +7,67 @@ back per request. Validation happens before batching, so a bad request never joi
 (No ``from __future__ import annotations`` here: FastAPI must see the real ``Request`` type.)
 """
 
+import json
+
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from pipelines.scale.serve import BadRequest, ServeConfig, fetch_onnx, parse_inputs
+from pipelines.scale.serve_config import ServeConfig
+
+
+class BadRequest(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_inputs(body: bytes, sample_shape: list, max_rows: int) -> np.ndarray:
+    """The request body as a float32 batch of the model's sample shape, or ``BadRequest``."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"malformed JSON: {e}") from None
+    if not isinstance(doc, dict) or "inputs" not in doc:
+        raise BadRequest(422, 'body must be a JSON object {"inputs": [[...], ...]}')
+    inputs = doc["inputs"]
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest(422, "inputs: empty batch (expected a non-empty list of samples)")
+    if len(inputs) > max_rows:
+        raise BadRequest(413, f"inputs: batch of {len(inputs)} samples exceeds max_request_rows={max_rows}")
+    try:
+        arr = np.asarray(inputs)
+    except ValueError:
+        raise BadRequest(
+            422, f"inputs: ragged samples (expected shape [N, {', '.join(map(str, sample_shape))}])"
+        ) from None
+    if arr.dtype.kind not in "iuf":
+        raise BadRequest(422, "inputs: values must be numbers")
+    expected = [None if not isinstance(d, int) else d for d in sample_shape]
+    if arr.ndim != 1 + len(expected) or any(e is not None and e != a for e, a in zip(expected, arr.shape[1:])):
+        raise BadRequest(
+            422,
+            f"inputs: shape {list(arr.shape)} does not match the model's [N, "
+            f"{', '.join(str(d) for d in sample_shape)}]",
+        )
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise BadRequest(422, "inputs: values must be finite (no NaN or Infinity)")
+    return arr
+
+
+def fetch_onnx(model_uri: str, tracking_uri: str) -> bytes:
+    """The ONNX graph of a registered model (``models:/...``) as one self-contained byte string.
+
+    ``mlflow.onnx.log_model`` stores large initializers as external data beside the graph;
+    ``mlflow.onnx.load_model`` reads them back in, so the bytes carry every weight.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.onnx.load_model(model_uri).SerializeToString()
+
 
 app = FastAPI(title="slimray", description="Predictions of a model from the slimray registry (ONNX Runtime).")
 

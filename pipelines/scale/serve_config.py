@@ -1,0 +1,67 @@
+"""The config of ``slimray serve``: ``ServeConfig`` (the schema of ``conf/serve/default.yaml``),
+composed by the engine's one config loader and checked before Ray starts. Shared by the command
+(``pipelines.scale.serve``) and the deployment (``pipelines.scale.serve_app``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import cast
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from pipelines.config.compose import conf_dir
+from pipelines.config.compose import load_config as compose_config
+
+
+@dataclass
+class AutoscalingConfig:
+    enabled: bool = False  # true: replicas between min and max by ongoing requests
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 16.0
+
+
+@dataclass
+class ServeConfig:
+    model: str = "models:/compress-mnist1d@candidate"  # models:/<name>@<alias> or models:/<name>/<version>
+    host: str = "127.0.0.1"  # loopback only
+    port: int = 8000
+    name: str = "slimray"  # Serve application name
+    replicas: int = 1  # fixed replica count (when autoscaling is off)
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    batching: bool = True  # @serve.batch dynamic batching of concurrent requests
+    max_batch_size: int = 32  # requests per model call
+    batch_wait_timeout_s: float = 0.002
+    max_ongoing_requests: int = 128  # per replica; >= max_batch_size or batches never fill
+    max_request_rows: int = 1024  # larger batches get 413
+    threads: int = 1  # ORT intra-op threads per replica
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0  # > 0: ORT CUDA execution provider (fractional GPUs allowed)
+    ray_num_cpus: int | None = None  # local Ray only (null: all cores)
+
+
+def register() -> None:
+    """``ServeConfig`` into Hydra's ConfigStore as ``serve_schema`` (conf/serve/default.yaml's default)."""
+    ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
+
+
+def check_host(host: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"host: '{host}' is not a loopback address (the server binds 127.0.0.1 or ::1 only)")
+
+
+def load_config(overrides: list[str]) -> ServeConfig:
+    """``conf/serve/default.yaml`` composed with ``overrides``, typed as ``ServeConfig``."""
+    composed = compose_config(overrides, conf_dir() / "serve", "default", register)
+    cfg = cast(ServeConfig, OmegaConf.to_object(composed))
+    for key in ("port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    check_host(cfg.host)
+    return cfg
