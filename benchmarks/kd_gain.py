@@ -35,7 +35,8 @@ from tasks.core.context import StepContext
 from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.steps import data as data_task
 from tasks.steps import distill, infer
-from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
+from tasks.training.loop import OptimConfig, accuracy, fit
+from tasks.training.losses import ce_loss
 from tasks.training.mutual import MutualConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

@@ -103,7 +103,8 @@ async def level(url: str, concurrency: int, requests: int, cap_s: float) -> dict
 
 
 def direct_p50_ms(onnx_bytes: bytes) -> float:
-    from tasks.runtime.onnx import ort_session, time_ort
+    from tasks.runtime.onnx import ort_session
+    from tasks.runtime.timing import time_ort
 
     return time_ort(ort_session(onnx_bytes, 1), np.zeros((1, 40), np.float32), 1, warmup=20, iters=200)["p50_ms"]
 

@@ -10,7 +10,6 @@ import torch
 
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, Logits
-from tasks.evaluation.quality import kd_loss
 from tasks.models.build import build_model, complete_arch, load_model, make_artifact
 from tasks.steps.distill import DistillConfig, average_logits, make_regressor, run
 from tasks.steps.infer import InferConfig
@@ -18,6 +17,7 @@ from tasks.steps.infer import run as infer
 from tasks.steps.train import TrainConfig
 from tasks.steps.train import run as train
 from tasks.training.loop import OptimConfig, accuracy
+from tasks.training.losses import kd_loss
 
 
 def _softmax(row, t):

@@ -10,7 +10,8 @@ import torch
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import build_model, complete_arch, load_model, make_artifact
-from tasks.runtime.onnx import ort_predict, ort_session, time_ort, to_onnx
+from tasks.runtime.onnx import ort_predict, ort_session, to_onnx
+from tasks.runtime.timing import time_ort
 from tasks.steps import export, quantize
 from tasks.training.loop import predict
 

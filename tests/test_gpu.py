@@ -8,7 +8,8 @@ import torch
 
 from tasks.core.context import StepContext
 from tasks.models.zoo import CNN1D
-from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
+from tasks.training.loop import OptimConfig, accuracy, fit
+from tasks.training.losses import ce_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -20,7 +20,8 @@ from tasks.steps.relabel import run as relabel
 from tasks.steps.train import TrainConfig
 from tasks.steps.train import run as train
 from tasks.training.loop import OptimConfig, accuracy
-from tasks.training.multitask import MultitaskConfig, multitask_loss
+from tasks.training.losses import multitask_loss
+from tasks.training.multitask import MultitaskConfig
 from tests.test_distill import _cfg, _problem
 
 

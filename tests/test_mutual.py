@@ -12,7 +12,8 @@ from tasks.core.context import StepContext
 from tasks.models.build import load_model
 from tasks.steps.distill import run
 from tasks.training.loop import accuracy
-from tasks.training.mutual import MutualConfig, Pair, mutual_loss
+from tasks.training.losses import mutual_loss
+from tasks.training.mutual import MutualConfig, Pair
 from tests.test_distill import _cfg, _problem
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tasks.core.options import TaskKind
-from tasks.evaluation.quality import embedding_loss, embedding_quality, loss_for, primary_metric, quality
+from tasks.evaluation.quality import embedding_quality, primary_metric, quality
+from tasks.training.losses import embedding_loss, loss_for
 
 
 def test_primary_metric_per_kind_and_a_bad_kind_named():
@@ -67,7 +68,7 @@ def test_embedding_loss_zero_at_teacher_and_decreases_by_gradient():
 def test_classification_loss_is_hinton_kd():
     s, t = torch.randn(4, 3), torch.randn(4, 3)
     y = torch.tensor([0, 1, -1, 2])
-    from tasks.evaluation.quality import kd_loss
+    from tasks.training.losses import kd_loss
 
     assert float(loss_for("classification", temperature=2.0, alpha=0.5)(s, y, t)) == pytest.approx(
         float(kd_loss(s, t, y, temperature=2.0, alpha=0.5))

@@ -6,13 +6,14 @@ import onnx
 import pytest
 import torch
 
-from tasks.compression import quantizers
+from tasks.compression import qat, quantizers
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import build_model, complete_arch, load_model, make_artifact
 from tasks.runtime.onnx import ort_accuracy, ort_session
 from tasks.steps import quantize
-from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
+from tasks.training.loop import OptimConfig, accuracy, fit
+from tasks.training.losses import ce_loss
 
 
 def make_data(n: int = 1200, classes: int = 10, length: int = 40) -> Dataset:
@@ -55,13 +56,13 @@ def test_quantize_weight_hand_example():
     # channel 0: s = 1.5 / 3 = 0.5 (3 bits): w/s = [3, -0.2, 0.5, -1.5, 2.5] -> round half to even
     # [3, 0, 0, -2, 2]; -0.2 rounds to 0, not -1. channel 1: s = 0.4 / 3; channel 2 all zero.
     w = torch.tensor([[1.5, -0.1, 0.25, -0.75, 1.25], [0.4, -0.4, 0.1, 0.2, -0.3], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    q = quantize.quantize_weight(w, bits=3)
+    q = qat.quantize_weight(w, bits=3)
     s = 0.4 / 3
     expected = torch.tensor(
         [[1.5, 0.0, 0.0, -1.0, 1.0], [3 * s, -3 * s, 1 * s, 2 * s, -2 * s], [0.0, 0.0, 0.0, 0.0, 0.0]]
     )
     torch.testing.assert_close(q, expected, rtol=0, atol=1e-7)
-    assert quantize.quantize_weight(torch.tensor([[0.7, -0.02]]), bits=4)[0, 1] == 0.0  # s=0.1: -0.2 -> 0
+    assert qat.quantize_weight(torch.tensor([[0.7, -0.02]]), bits=4)[0, 1] == 0.0  # s=0.1: -0.2 -> 0
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -126,7 +127,7 @@ def test_qat_deploys_int8_with_weights_on_grid(data, trained):
     assert out.onnx is not None and "qat_val_acc" in ctx.summary
     for layer in quantizers.quant_layers(load_model(out)):  # baked onto the 4-bit grid, no wrappers left
         assert "parametrizations" not in dict(layer.named_parameters()).keys()
-        torch.testing.assert_close(layer.weight, quantize.quantize_weight(layer.weight, 4), rtol=0, atol=1e-6)
+        torch.testing.assert_close(layer.weight, qat.quantize_weight(layer.weight, 4), rtol=0, atol=1e-6)
     assert out.metrics["val_acc"] >= out.metrics["fp32_val_acc"] - 0.1
 
 

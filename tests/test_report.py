@@ -12,9 +12,11 @@ import torch
 from pipelines.store import artifacts
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
+from tasks.evaluation import selection
 from tasks.models.build import make_artifact
 from tasks.models.zoo import MLP
 from tasks.reporting import plots
+from tasks.runtime import measure
 from tasks.steps import benchmark, report
 
 
@@ -43,7 +45,7 @@ def bench_of(rows: list[BenchmarkRow], dataset: str = "mnist1d") -> BenchmarkRep
     teacher = next((r for r in rows if r.kind == "teacher"), None)
     sel = next((r for r in rows if r.selected), None)
     return BenchmarkReport(
-        dataset, 1, "onnxruntime CPU", rows, benchmark.targets(rows, teacher, sel, benchmark.BenchmarkConfig())
+        dataset, 1, "onnxruntime CPU", rows, selection.targets(rows, teacher, sel, benchmark.BenchmarkConfig())
     )
 
 
@@ -253,14 +255,14 @@ def test_choose_takes_the_smallest_of_the_equally_fast():
         cand("int8", "quantized", 0.95, 10_000, 100_000),
         cand("int8_e4", "quantized", 0.95, 9_700, 80_000),
     ]
-    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8_e4"  # 3% slower: a tie
+    assert selection.choose(rows, cfg, "classification")[0].name == "int8_e4"  # 3% slower: a tie
     rows[2] = cand("int8_e4", "quantized", 0.95, 9_000, 80_000)
-    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8"  # 10% slower: slower
+    assert selection.choose(rows, cfg, "classification")[0].name == "int8"  # 10% slower: slower
     rows.append(cand("tiny", "quantized", 0.90, 20_000, 10_000))  # below the accuracy floor
-    assert benchmark.choose(rows, cfg, "classification")[0].name == "int8"
+    assert selection.choose(rows, cfg, "classification")[0].name == "int8"
     exact = benchmark.BenchmarkConfig(choose=True, max_acc_drop=0.02, speed_tie=0.0)
     rows[2] = cand("int8_e4", "quantized", 0.95, 9_999, 80_000)
-    assert benchmark.choose(rows, exact, "classification")[0].name == "int8"
+    assert selection.choose(rows, exact, "classification")[0].name == "int8"
 
 
 def test_timing_rounds_take_candidates_in_turn_and_keep_the_median():
@@ -281,7 +283,7 @@ def test_timing_rounds_take_candidates_in_turn_and_keep_the_median():
         cand("sim", "quantized", 0.9, 1.0, 1),
     ]
     cfg = benchmark.BenchmarkConfig(rounds=3, threads=1, speed_threads=[1, 2])
-    benchmark.time_rows([(rows[0], maker("a")), (rows[1], maker("b")), (rows[2], None)], cfg, StepContext())
+    measure.time_rows([(rows[0], maker("a")), (rows[1], maker("b")), (rows[2], None)], cfg, StepContext())
     assert order == ["a", "b"] * 3
     a, b, sim = rows
     assert (a.latency_ms_p50_b1, a.latency_ms_p95_b1, a.throughput_b256) == (20.0, 40.0, 50.0)

@@ -8,24 +8,54 @@ so the result reloads as ``build_model(arch)`` + strict safetensors weights (nev
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from tasks.compression.sparsity import agp_schedule, attention_modules, output_layers, update_attention
 from tasks.models.build import PRUNED, build_model, structure_of
 
-IMPORTANCES = {
-    "l1": lambda: tp.importance.MagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.MagnitudeImportance(p=2),
-    "bn_scale": lambda: tp.importance.BNScaleImportance(),
-    "lamp": lambda: tp.importance.LAMPImportance(p=2),
-    "fpgm": lambda: tp.importance.FPGMImportance(p=2),
-    "random": lambda: tp.importance.RandomImportance(),
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
+# Torch-Pruning is imported when a pruner is built, never at import (the step table stays light)
+IMPORTANCES: dict[str, Callable[[Any], Any]] = {
+    "l1": lambda tp: tp.importance.MagnitudeImportance(p=1),
+    "l2": lambda tp: tp.importance.MagnitudeImportance(p=2),
+    "bn_scale": lambda tp: tp.importance.BNScaleImportance(),
+    "lamp": lambda tp: tp.importance.LAMPImportance(p=2),
+    "fpgm": lambda tp: tp.importance.FPGMImportance(p=2),
+    "random": lambda tp: tp.importance.RandomImportance(),
 }
+
+
+class ChannelOptions(Protocol):
+    """What ``channel_pruner`` reads of a config (the prune step's ``PruneConfig`` has all of it)."""
+
+    @property
+    def importance(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def max_layer_amount(self) -> float: ...
+    @property
+    def round_to(self) -> int: ...
+    @property
+    def ignore(self) -> Sequence[str]: ...
+
+
+@dataclass
+class ChannelSettings:
+    """``ChannelOptions`` for a caller without a ``PruneConfig`` (e.g. ``prune_embedding``)."""
+
+    importance: str = "l2"
+    scope: str = "layer"
+    max_layer_amount: float = 0.9
+    round_to: int = 0
+    ignore: Sequence[str] = field(default_factory=list)
 
 
 def pruned_arch(model: nn.Module, arch: dict, trusted: Iterable[str] = ()) -> dict:
@@ -55,28 +85,30 @@ def ignored_layers(model: nn.Module, example: torch.Tensor, names: Sequence[str]
 
 
 def channel_pruner(
-    model: nn.Module, example: torch.Tensor, cfg: Any, amount: float, steps: int = 1, initial: float = 0.0
+    model: nn.Module, example: torch.Tensor, cfg: ChannelOptions, amount: float, steps: int = 1, initial: float = 0.0
 ) -> tp.pruner.MetaPruner:
     """A Torch-Pruning ``MetaPruner`` reaching channel ratio ``amount`` in ``steps`` (AGP) rounds.
 
-    ``cfg`` is the prune step's config (importance, scope, max_layer_amount, round_to, ignore).
+    ``cfg``: importance, scope, max_layer_amount, round_to, ignore (``ChannelOptions``).
 
     ``scope=global`` ranks channels of all layers together (capped at ``max_layer_amount`` per
     layer); ``layer`` removes the same fraction from every layer. The output layer keeps its
     outputs; its inputs shrink with the layer before it (the dependency graph couples them).
     Attention blocks of a known layout lose whole heads (the same ratio) and keep the head size.
     """
+    import torch_pruning as tp
+
     heads = {p: getattr(m, attr) for m, attr, projs, _ in attention_modules(model) for p in projs}
     return tp.pruner.MetaPruner(
         model,
         example,
-        importance=IMPORTANCES[cfg.importance](),
+        importance=IMPORTANCES[cfg.importance](tp),
         pruning_ratio=amount,
         global_pruning=cfg.scope == "global",
         max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
         iterative_steps=steps,
         iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
-        ignored_layers=ignored_layers(model, example, cfg.ignore),
+        ignored_layers=ignored_layers(model, example, list(cfg.ignore)),
         round_to=cfg.round_to or None,
         num_heads=heads,
         prune_num_heads=bool(heads),

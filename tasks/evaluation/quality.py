@@ -1,16 +1,16 @@
-"""Quality per task kind: the metrics, the primary metric and the training loss of each kind.
+"""Quality per task kind: the metrics and the primary metric of each kind, and the parity gate.
 
 A pipeline has one ``TaskKind`` (``tasks.core.options``); distillation, fine-tuning after pruning,
 quantization, benchmark, report and selection ask this module what "good" means for it instead
-of assuming classification accuracy:
+of assuming classification accuracy (the training loss of each kind: ``tasks.training.losses``):
 
 * ``classification`` - outputs are logits. Quality = top-1 accuracy against labels
-  (``val_acc`` on the validation split). Loss = Hinton KD + CE (``kd_loss``).
+  (``val_acc`` on the validation split). Loss = Hinton KD + CE (``tasks.training.losses.kd_loss``).
 * ``embedding`` - outputs are vectors (e.g. mean-pooled sentence embeddings). There are no
   labels: quality is agreement with a *reference* model's vectors on the same inputs (the FP32
   teacher), ``embedding_quality``: cosine similarity per row (mean and worst row) and retrieval
   agreement (does the candidate find the same nearest neighbours as the reference). Loss =
-  cosine distance + MSE to the teacher's vectors (``embedding_loss``).
+  cosine distance + MSE to the teacher's vectors (``tasks.training.losses.embedding_loss``).
 
 ``parity`` and ``gate_failures`` are the parity gate: a deployed model (e.g. ORT INT8) compared
 with its reference (the FP32 model, or the fake-quant simulation it came from) on held-out rows;
@@ -22,7 +22,6 @@ Metric names are plain (``cos_mean``); a caller prefixes the split where it matt
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,47 +102,6 @@ def quality(
     if reference is None:
         raise ValueError("embedding quality needs the reference model's outputs")
     return embedding_quality(outputs, reference)
-
-
-def kd_loss(student: Tensor, teacher: Tensor, labels: Tensor, *, temperature: float, alpha: float) -> Tensor:
-    """Hinton KD loss (Hinton, Vinyals & Dean 2015) averaged over rows; rows with ``labels == -1``
-    (unlabeled transfer rows) get no CE term:
-
-        loss_i = alpha * T^2 * KL(softmax(t_i / T) || softmax(s_i / T)) + (1 - alpha) * CE(s_i, y_i)
-    """
-    t = temperature
-    kl = (F.softmax(teacher / t, dim=1) * (F.log_softmax(teacher / t, dim=1) - F.log_softmax(student / t, dim=1))).sum(
-        dim=1
-    )
-    labeled = labels >= 0
-    ce = F.cross_entropy(student, labels.clamp_min(0), reduction="none") * labeled
-    return (alpha * t * t * kl + (1.0 - alpha) * ce).mean()
-
-
-def embedding_loss(student: Tensor, teacher: Tensor, *, mse_weight: float = 1.0) -> Tensor:
-    """Embedding distillation: ``mean(1 - cos(s_i, t_i)) + mse_weight * MSE(s, t)``.
-
-    The cosine term is what the embedding is judged on (direction); the MSE term also pins the
-    scale, so a student can stand in for the teacher where norms matter. (Sentence-embedding
-    distillation as in Reimers & Gurevych 2020, "Making Monolingual Sentence Embeddings
-    Multilingual using Knowledge Distillation", which uses the MSE term alone.)
-    """
-    cos = F.cosine_similarity(student.float(), teacher.float(), dim=1)
-    return (1.0 - cos).mean() + mse_weight * F.mse_loss(student.float(), teacher.float())
-
-
-def loss_for(
-    kind: TaskKind | str, *, temperature: float = 2.0, alpha: float = 0.9, mse_weight: float = 1.0
-) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The distillation / fine-tuning loss of a kind as ``loss(student_out, labels, teacher_out)``.
-
-    The argument order matches ``tasks.training.loop.fit``'s targets ``(labels, teacher_outputs)``;
-    embedding losses ignore ``labels`` (pass any tensor of the right length, e.g. ``-1`` rows).
-    """
-    primary_metric(kind)
-    if kind == TaskKind.classification:
-        return lambda s, y, t: kd_loss(s, t, y, temperature=temperature, alpha=alpha)
-    return lambda s, y, t: embedding_loss(s, t, mse_weight=mse_weight)
 
 
 @dataclass

@@ -2,10 +2,11 @@
 FP32 reference row, agreement with a reference model's outputs, and the parity-gate verdict.
 
 * Speed: ``speeds`` times a candidate at batch 1 (median latency) and at the throughput batch
-  (samples/s at the median latency) for every thread count asked, with ``time_ort`` for ONNX
-  and the same protocol in torch (``time_torch``) for the reference row; keys are
-  ``latency_ms_b1_t<n>`` and ``throughput_b<B>_t<n>``. All rows use the same padded rows of the
-  evaluation split, so a fixed sequence length for token data.
+  (samples/s at the median latency) for every thread count asked, with the one timer of
+  ``tasks.runtime.timing`` (``time_ort`` for ONNX, ``time_torch`` for the reference row); keys
+  are ``latency_ms_b1_t<n>`` and ``throughput_b<B>_t<n>``. All rows use the same padded rows of
+  the evaluation split, so a fixed sequence length for token data. ``time_rows`` times every
+  candidate in rounds that take all candidates in turn and keeps the median of each figure.
 * Reference row (``torch_row``): the teacher as it runs before slimray, torch FP32 eager; its
   size is that of its safetensors weights. Ratios of the selected model are stated against it.
 * Quality of embedding models (``embedding_fields``): cosine / retrieval agreement of the
@@ -17,46 +18,28 @@ FP32 reference row, agreement with a reference model's outputs, and the parity-g
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from tasks.core.types import Dataset, ModelArtifact
+from tasks.core.context import StepContext
+from tasks.core.types import BenchmarkRow, Dataset, ModelArtifact
 from tasks.evaluation.quality import embedding_quality
-from tasks.runtime.onnx import ort_predict, ort_session, time_ort
+from tasks.runtime.onnx import ort_predict, ort_session
+from tasks.runtime.timing import time_ort, time_torch
 from tasks.training.embedding import embed
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
-def _batch(x: Tensor, batch: int) -> Tensor:
-    reps = -(-batch // len(x))
-    return torch.cat([x] * reps)[:batch]
-
-
-@torch.no_grad()
-def time_torch(model: nn.Module, x: Tensor, batch: int, threads: int, warmup: int, iters: int) -> dict[str, float]:
-    """``time_ort``'s protocol for a torch model (eval, no grad, ``threads`` intra-op threads)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        xb = _batch(x, batch)
-        model.eval()
-        for _ in range(warmup):
-            model(xb)
-        times = np.empty(iters)
-        for i in range(iters):
-            t0 = time.perf_counter()
-            model(xb)
-            times[i] = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(previous)
-    p50 = float(np.percentile(times, 50))
-    return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3, "throughput": batch / p50}
+Timer = Callable[[int, int, int], dict[str, float]]  # (threads, batch, iters) -> time_batch's fields
+NewTimer = Callable[[], Timer]  # makes a fresh timer (one per timing round)
 
 
-def speeds(timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) -> dict[str, float]:
+def speeds(timer: Timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) -> dict[str, float]:
     """``timer(threads, batch, iters) -> time_ort-style dict`` for every thread count, as flat keys."""
     out: dict[str, float] = {}
     for n in threads:
@@ -65,7 +48,7 @@ def speeds(timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) 
     return out
 
 
-def ort_timer(onnx_bytes: bytes, x: Tensor, warmup: int):
+def ort_timer(onnx_bytes: bytes, x: Tensor, warmup: int) -> Timer:
     """A ``speeds`` timer for an ONNX model (one session per thread count)."""
     sessions: dict[int, ort.InferenceSession] = {}
     done: dict[tuple[int, int], dict[str, float]] = {}  # one timing per (threads, batch)
@@ -79,7 +62,7 @@ def ort_timer(onnx_bytes: bytes, x: Tensor, warmup: int):
     return timer
 
 
-def torch_timer(model: nn.Module, x: Tensor, warmup: int):
+def torch_timer(model: nn.Module, x: Tensor, warmup: int) -> Timer:
     done: dict[tuple[int, int], dict[str, float]] = {}
 
     def timer(n: int, batch: int, iters: int) -> dict[str, float]:
@@ -123,3 +106,53 @@ def rejection(art: ModelArtifact) -> tuple[bool, str]:
         if k.startswith("parity_") and k != "parity_max_abs_diff"
     )
     return True, f"parity gate on held-out rows: {figures}"
+
+
+class TimingPlan(Protocol):
+    """What ``timed`` and ``time_rows`` read of the benchmark's config."""
+
+    @property
+    def threads(self) -> int: ...
+    @property
+    def iters_b1(self) -> int: ...
+    @property
+    def iters_b256(self) -> int: ...
+    @property
+    def throughput_batch(self) -> int: ...
+    @property
+    def speed_threads(self) -> list[int]: ...
+    @property
+    def rounds(self) -> int: ...
+
+
+def timed(make_timer: NewTimer, plan: TimingPlan) -> dict[str, Any]:
+    """One timing round of a candidate: batch-1 latency (p50, p95) and batch-N throughput at
+    ``plan.threads``, and ``speed`` at each of ``speed_threads``, from a fresh timer."""
+    timer = make_timer()
+    b1 = timer(plan.threads, 1, plan.iters_b1)
+    bn = timer(plan.threads, plan.throughput_batch, plan.iters_b256)
+    return {
+        "latency_ms_p50_b1": b1["p50_ms"],
+        "latency_ms_p95_b1": b1["p95_ms"],
+        "throughput_b256": bn["throughput"],
+        "speed": speeds(timer, plan.speed_threads, plan.throughput_batch, plan.iters_b1, plan.iters_b256),
+    }
+
+
+def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], plan: TimingPlan, ctx: StepContext) -> None:
+    """Time every candidate in ``plan.rounds`` rounds, all candidates in turn in each round, and set
+    each speed figure to its median over the rounds: a slow spell of a shared machine then hits
+    one round of every candidate instead of every round of one. Rows without a timer (simulated
+    models) are not timed."""
+    timed_rows = [(row, make) for row, make in measured if make is not None]
+    rounds: dict[str, list[dict]] = {row.name: [] for row, _ in timed_rows}
+    for r in range(plan.rounds):
+        for i, (row, make) in enumerate(timed_rows):
+            what = f"timing {row.name} ({i + 1}/{len(timed_rows)})"
+            ctx.progress(what if plan.rounds == 1 else f"{what}, round {r + 1}/{plan.rounds}")
+            rounds[row.name].append(timed(make, plan))
+    for row, _ in timed_rows:
+        runs = rounds[row.name]
+        for key in ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256"):
+            setattr(row, key, float(np.median([t[key] for t in runs])))
+        row.speed = {k: float(np.median([t["speed"][k] for t in runs])) for k in runs[0]["speed"]}

@@ -1,5 +1,8 @@
-"""ONNX helpers shared by export, quantize, prune and benchmark: torch -> ONNX bytes, ORT sessions,
-batched inference and latency timing (the one definition of throughput: ``time_ort``).
+"""ONNX helpers shared by export, quantize, prune and benchmark: torch -> ONNX bytes, ORT sessions
+and batched inference (timing: ``tasks.runtime.timing``).
+
+``onnx`` and ``onnxruntime`` are imported inside the functions that use them, never at import:
+the step table (``import tasks``) stays free of them.
 
 Exporter choice (measured on torch 2.13 CPU for CNN1D / MLP / ResCNN2D): both exporters give
 logits within 1e-7 of torch and a symbolic batch dimension. The TorchScript exporter
@@ -21,16 +24,17 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
 from tasks.core.types import Dataset
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger("slimray")
 
@@ -141,12 +145,16 @@ def to_onnx(
             )
     if data is None:
         data = _export_torchscript(model, args, names, output)
+    import onnx
+
     onnx.checker.check_model(onnx.load_from_string(data))
     return data
 
 
 def providers_for(device: str) -> list[str]:
     """ORT execution providers for a step device: CUDA (with CPU fallback) when asked and present."""
+    import onnxruntime as ort
+
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
@@ -160,6 +168,8 @@ def ort_session(onnx_bytes: bytes, threads: int, providers: list[str] | None = N
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -171,14 +181,14 @@ def ort_session(onnx_bytes: bytes, threads: int, providers: list[str] | None = N
     return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=chosen + ["CPUExecutionProvider"])
 
 
-def _as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
+def as_numpy(x: Tensor | np.ndarray) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
 def ort_feed(session: ort.InferenceSession, x: Tensor | np.ndarray) -> dict[str, np.ndarray]:
     """The ``session.run`` feed for a batch ``x``: one input gets ``x``; ``k`` inputs get the
     ``k`` slices of a stacked ``[B, k, ...]`` batch, in graph-input order; each in its own dtype."""
-    arr = _as_numpy(x)
+    arr = as_numpy(x)
     inputs = session.get_inputs()
     if len(inputs) == 1:
         parts = [arr]
@@ -192,7 +202,7 @@ def ort_feed(session: ort.InferenceSession, x: Tensor | np.ndarray) -> dict[str,
 
 def ort_predict(session: ort.InferenceSession, x: Tensor | np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Outputs (logits or embeddings) of the ONNX model over ``x``, computed in batches of ``batch_size``."""
-    arr = _as_numpy(x)
+    arr = as_numpy(x)
     outs = [session.run(None, ort_feed(session, arr[i : i + batch_size]))[0] for i in range(0, len(arr), batch_size)]
     return np.concatenate(outs) if outs else np.empty((0,), dtype=np.float32)
 
@@ -205,56 +215,7 @@ def ort_accuracy(session: ort.InferenceSession, x: Tensor, y: Tensor, batch_size
     return float((pred == y.cpu().numpy()).mean())
 
 
-def time_ort(
-    session: ort.InferenceSession, x: Tensor | np.ndarray, batch: int, warmup: int = 10, iters: int = 50
-) -> dict[str, float]:
-    """Latency of one ``session.run`` on a batch of ``batch`` samples taken from ``x``.
-
-    Rows are repeated when ``x`` has fewer than ``batch``. Returns the median and 95th percentile
-    latency in ms and the throughput (samples/s) at the median latency.
-    """
-    if batch < 1 or iters < 1:
-        raise ValueError(f"batch and iters must be >= 1, got batch={batch} iters={iters}")
-    arr = _as_numpy(x)
-    reps = -(-batch // len(arr))
-    feed = ort_feed(session, np.concatenate([arr] * reps)[:batch])
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times[i] = time.perf_counter() - t0
-    p50 = float(np.percentile(times, 50))
-    return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3, "throughput": batch / p50}
-
-
 def data_onnx(model: nn.Module, data: Dataset, dynamo: bool = True) -> bytes:
     """``to_onnx`` with the inputs and output of ``data``'s model: its ``input_names`` and task kind."""
     example = next((x for x in (data.x_val, data.x_test, data.x_train) if len(x)), data.x_train)
     return to_onnx(model, example[:2], dynamo, input_names=data.input_names, output=output_name(data.task))
-
-
-def deployed_speed(
-    model: nn.Module,
-    example: Tensor,
-    batch: int,
-    threads: int = 1,
-    warmup: int = 5,
-    iters: int = 20,
-    input_names: list[str] | None = None,
-) -> tuple[dict[str, float], bytes]:
-    """``time_ort`` of ``model`` exported to ONNX: the speed of the model as it is deployed.
-
-    ``prune`` selects its candidates on this, so the selection metric and the benchmark's
-    ``throughput_b256`` are one measure on one runtime. The graph comes from the TorchScript
-    exporter when it can trace the model: after ORT's graph optimizations it runs the same kernels
-    as the ``torch.export`` graph the ``export`` step deploys (checked for CNN1D, MLP and ResCNN2D:
-    identical fused Conv/Gemm nodes), and it is produced ~10x faster, which matters in a sweep.
-    Returns the timing and the ONNX bytes (whose length is the size).
-    """
-    try:
-        onnx_bytes = to_onnx(model, example, dynamo=False, input_names=input_names)
-    except Exception:  # noqa: BLE001 - a model only torch.export can trace
-        onnx_bytes = to_onnx(model, example, input_names=input_names)
-    return time_ort(ort_session(onnx_bytes, threads), example, batch, warmup, iters), onnx_bytes

@@ -1,4 +1,4 @@
-"""Task ``benchmark``: every candidate model on the same test set and the same runtime.
+"""The ``benchmark`` step: every candidate model on the same test set and the same runtime.
 
 All candidates run as ONNX on ONNX Runtime CPU with a fixed thread count (recorded), so
 latency/throughput compare like with like. Torch-only candidates (FP32, pruned, fake k-bit)
@@ -12,44 +12,43 @@ throughput (e.g. unstructured sparsity on dense kernels). ``targets`` holds the 
 the project's goals are stated in: selected vs teacher, and each INT8 model vs its FP32 parent,
 all computed by ``Comparison.between``.
 
-Beyond accuracy (``tasks.runtime.measure``): embedding candidates carry their agreement with the
-reference model's vectors (``cos_*``, ``top*_agree``); ``speed`` holds batch-1 latency and
-batch-``throughput_batch`` throughput for each of ``speed_threads``; ``torch_reference`` adds the
-teacher as torch FP32 (row ``torch_fp32``, the reference the ratios are stated against).
-A candidate that failed its parity gate is ``rejected`` (with the figures) and never selected:
-a rejected ``selected`` input is replaced by ``choose``'s pick and the report says so. With
-``choose`` and no ``selected`` input, benchmark picks: the highest ``throughput_b256`` among
-candidates that are not rejected and meet the quality floors on the validation split; candidates
-within ``speed_tie`` (10%) of that throughput count as equally fast, and the smallest of them is taken.
+Beyond accuracy (``tasks.runtime.measure``, timed by ``tasks.runtime.timing``): embedding
+candidates carry their agreement with the reference model's vectors (``cos_*``, ``top*_agree``);
+``speed`` holds batch-1 latency and batch-``throughput_batch`` throughput for each of
+``speed_threads``; ``torch_reference`` adds the teacher as torch FP32 (row ``torch_fp32``, the
+reference the ratios are stated against). A candidate that failed its parity gate is ``rejected``
+(with the figures) and never selected: a rejected ``selected`` input is replaced by ``choose``'s
+pick and the report says so. With ``choose`` and no ``selected`` input, benchmark picks
+(``tasks.evaluation.selection``): the highest ``throughput_b256`` among candidates that are not
+rejected and meet the quality floors on the validation split; candidates within ``speed_tie``
+(10%) of that throughput count as equally fast, and the smallest of them is taken.
 
 The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/core/types.py``):
 ``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
 
 Timing comes after every candidate's quality, in ``rounds`` rounds that take all candidates in
-turn; each speed figure is the median over the rounds (``time_rows``). Two shared cores time one
-model up to ~10% apart from minute to minute; with one round, the model timed in a slow minute
-looks slower than it is.
+turn; each speed figure is the median over the rounds (``tasks.runtime.measure.time_rows``). Two
+shared cores time one model up to ~10% apart from minute to minute; with one round, the model
+timed in a slow minute looks slower than it is.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
-from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Dataset, ModelArtifact, Targets
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifact
+from tasks.evaluation.selection import flag_no_speedup, mark_selected, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
+from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_accuracy, ort_session
-
-NewTimer = Callable[[], Callable[[int, int, int], dict]]  # makes a fresh ``measure.speeds`` timer
+from tasks.training.loop import accuracy
 
 
 @dataclass
@@ -134,8 +133,6 @@ def torch_reference_row(
         runtime=f"torch {torch.__version__}",
     )
     if data.task == TaskKind.classification:
-        from tasks.training.loop import accuracy
-
         row.test_acc, row.val_acc = accuracy(net, data.x_test, data.y_test), accuracy(net, data.x_val, data.y_val)
     elif ref is not None:
         for key, value in measure.embedding_fields(ref, ref).items():
@@ -143,118 +140,10 @@ def torch_reference_row(
     return row, lambda: measure.torch_timer(net, data.x_test, cfg.warmup)
 
 
-def timed(make_timer: NewTimer, cfg: BenchmarkConfig) -> dict:
-    """One timing round of a candidate: batch-1 latency (p50, p95) and batch-N throughput at
-    ``cfg.threads``, and ``speed`` at each of ``speed_threads``, from a fresh timer."""
-    timer = make_timer()
-    b1 = timer(cfg.threads, 1, cfg.iters_b1)
-    bn = timer(cfg.threads, cfg.throughput_batch, cfg.iters_b256)
-    return {
-        "latency_ms_p50_b1": b1["p50_ms"],
-        "latency_ms_p95_b1": b1["p95_ms"],
-        "throughput_b256": bn["throughput"],
-        "speed": measure.speeds(timer, cfg.speed_threads, cfg.throughput_batch, cfg.iters_b1, cfg.iters_b256),
-    }
+def _ort_version() -> str:
+    import onnxruntime
 
-
-def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], cfg: BenchmarkConfig, ctx: StepContext) -> None:
-    """Time every candidate in ``cfg.rounds`` rounds, all candidates in turn in each round, and set
-    each speed figure to its median over the rounds: a slow spell of a shared machine then hits
-    one round of every candidate instead of every round of one."""
-    timed_rows = [(row, make) for row, make in measured if make is not None]
-    rounds: dict[str, list[dict]] = {row.name: [] for row, _ in timed_rows}
-    for r in range(cfg.rounds):
-        for i, (row, make) in enumerate(timed_rows):
-            what = f"timing {row.name} ({i + 1}/{len(timed_rows)})"
-            ctx.progress(what if cfg.rounds == 1 else f"{what}, round {r + 1}/{cfg.rounds}")
-            rounds[row.name].append(timed(make, cfg))
-    for row, _ in timed_rows:
-        runs = rounds[row.name]
-        for key in ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256"):
-            setattr(row, key, float(np.median([t[key] for t in runs])))
-        row.speed = {k: float(np.median([t["speed"][k] for t in runs])) for k in runs[0]["speed"]}
-
-
-def _fastest_then_smallest(rows: list[BenchmarkRow], tie: float) -> BenchmarkRow:
-    """The fastest row by ``throughput_b256``; among rows within ``tie`` (a fraction) of it, the
-    smallest. Two shared cores time the same model up to ~10% apart from run to run (MiniLM's
-    dynamic INT8 at batch 32: 178, 185 and 223 /s in three runs): a model 5% faster but 15%
-    larger is not faster, it is noise."""
-    fastest = max(r.throughput_b256 or 0.0 for r in rows)
-    tied = [r for r in rows if (r.throughput_b256 or 0.0) >= (1.0 - tie) * fastest]
-    return min(tied, key=lambda r: (r.size_bytes, -(r.throughput_b256 or 0.0)))
-
-
-def choose(rows: list[BenchmarkRow], cfg: BenchmarkConfig, task: str) -> tuple[BenchmarkRow | None, str]:
-    """(the fastest candidate that is not rejected and meets the quality floors, note)."""
-    pool = [r for r in rows if not (r.rejected or r.simulated) and r.kind not in ("teacher", "reference")]
-    teacher = next((r for r in rows if r.kind == "teacher"), None)
-    if task == TaskKind.classification:
-        floor = (teacher.val_acc or 0.0) - cfg.max_acc_drop if teacher else -1.0
-        ok = [r for r in pool if (r.val_acc or 0.0) >= floor]
-        rule = f"val_acc >= {floor:.4f}"
-    else:
-        ok = [r for r in pool if (r.val_cos_mean or 0) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
-        rule = f"val cos_mean >= {cfg.min_cos_mean} and cos_min >= {cfg.min_cos_min}"
-    if ok:
-        return _fastest_then_smallest(ok, cfg.speed_tie), ""
-    if not pool:
-        return None, "no candidate passed the parity gate: nothing selected"
-    quality = (lambda r: r.val_acc or 0.0) if task == TaskKind.classification else (lambda r: r.val_cos_mean or 0.0)
-    return max(pool, key=quality), f"no candidate meets {rule}: selected the closest"
-
-
-def targets(
-    rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: BenchmarkRow | None, cfg: BenchmarkConfig
-) -> Targets:
-    """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks."""
-    by_name = {r.name: r for r in rows}
-    int8 = []
-    for r in rows:
-        parent = by_name.get(r.parent) if r.int8_onnx and r.parent else None
-        if parent is not None:
-            c = Comparison.between(r, parent)
-            c.meets_target = bool(
-                (c.throughput_speedup or 0.0) >= cfg.int8_min_speedup
-                and (c.test_acc_delta is None or c.test_acc_delta >= -cfg.int8_max_acc_drop)
-            )
-            int8.append(c)
-    return Targets(
-        teacher=teacher.name if teacher else None,
-        selected=selected.name if selected else None,
-        selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
-        int8_vs_fp32=int8,
-        int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop},
-    )
-
-
-def _flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: BenchmarkConfig) -> None:
-    for r in rows:
-        if teacher is None or r is teacher or r.simulated:
-            r.no_speedup = None if teacher is None or r.simulated else False
-            continue
-        c = Comparison.between(r, teacher)
-        r.no_speedup = bool(
-            (c.flops_reduction or 0.0) >= cfg.no_speedup_flops_ratio
-            and (c.throughput_speedup or 0.0) < cfg.no_speedup_throughput_ratio
-        )
-
-
-def _selected(
-    rows: list[BenchmarkRow], selected: ModelArtifact | None, cfg: BenchmarkConfig, task: str
-) -> tuple[BenchmarkRow | None, list[str]]:
-    """Mark the selected row: the ``selected`` input unless rejected, else ``choose``'s pick."""
-    notes: list[str] = []
-    sel = next((r for r in rows if selected is not None and r.name == selected.name), None)
-    if sel is not None and sel.rejected:
-        notes.append(f"'{sel.name}' was rejected ({sel.rejected_reason}): not selected")
-        sel = None
-    if sel is None and (cfg.choose or notes):
-        sel, note = choose(rows, cfg, task)
-        notes += [note] if note else []
-    for r in rows:
-        r.selected = r is sel
-    return sel, notes
+    return onnxruntime.__version__
 
 
 def metric_key(name: str, key: str) -> str:
@@ -309,17 +198,17 @@ def run(
         measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref))
     if cfg.torch_reference and teacher_art is not None:
         measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref))
-    time_rows(measured, cfg, ctx)
+    measure.time_rows(measured, cfg, ctx)
     rows = [row for row, _ in measured]
-    sel, notes = _selected(rows, selected, cfg, data.task)
+    sel, notes = mark_selected(rows, selected, cfg, data.task)
     for note in notes:
         ctx.note(note)
     reference = rows[0] if rows[0].kind == "reference" else next((r for r in rows if r.kind == "teacher"), None)
-    _flag_no_speedup(rows, reference, cfg)
+    flag_no_speedup(rows, reference, cfg)
     report = BenchmarkReport(
         dataset=data.name,
         threads=cfg.threads,
-        runtime=f"onnxruntime {ort.__version__} CPU",
+        runtime=f"onnxruntime {_ort_version()} CPU",
         candidates=rows,
         targets=targets(rows, reference, sel, cfg),
         task=str(data.task),

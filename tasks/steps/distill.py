@@ -1,4 +1,4 @@
-"""The ``distill`` task: train a student from a teacher's precomputed logits (knowledge distillation).
+"""The ``distill`` step: train a student from a teacher's precomputed logits (knowledge distillation).
 
 Logit KD (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network"), per row:
 
@@ -6,7 +6,8 @@ Logit KD (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Net
 
 The T^2 factor keeps the soft-target gradients at the same scale when T changes. Rows of the
 unlabeled transfer pool carry label -1: their CE term is masked out, so they train on the KD term
-only. The batch loss is the mean over rows. Distilling over a large transfer pool is what makes KD
+only. The batch loss is the mean over rows (``tasks.training.losses.kd_loss``); every method trains
+through the one loop, ``tasks.training.loop.fit``. Distilling over a large transfer pool is what makes KD
 beat training from scratch on MNIST-1D (see benchmarks/kd_gain.py).
 
 Feature KD (FitNets, Romero et al. 2015, "FitNets: Hints for Thin Deep Nets"): a learned regressor
@@ -20,10 +21,11 @@ other, Deep Mutual Learning: ``tasks/training/mutual.py``) or ``multitask`` (one
 teacher's task: ``tasks/training/multitask.py``).
 
 Embedding data (``Dataset.task == "embedding"``, e.g. a sentence encoder): the student is trained
-on the teacher's vectors with ``tasks.evaluation.quality.embedding_loss`` (cosine + MSE) and kept at its best
-validation ``cos_mean`` (``tasks.training.embedding.fit_embedding``). The ``teacher`` model input supplies
-those vectors (or ``logits`` when an ``infer`` step computed them) and, with ``init_layers``, the
-student's weights: a shallower copy of the teacher whose layer ``i`` starts as teacher layer
+on the teacher's vectors with ``tasks.training.losses.embedding_loss`` (cosine + MSE) and kept at
+its best validation ``cos_mean`` (``tasks.training.embedding.fit_embedding``: the shared loop
+``fit`` with the embedding score). The ``teacher`` model input supplies those vectors (or
+``logits`` when an ``infer`` step computed them) and, with ``init_layers``, the student's
+weights: a shallower copy of the teacher whose layer ``i`` starts as teacher layer
 ``init_layers[i]`` (DistilBERT's initialisation, Sanh et al. 2019; ``tasks.models.transformer``).
 """
 
@@ -39,12 +41,12 @@ from torch import nn
 from tasks.core.context import StepContext
 from tasks.core.options import DistillMethod, ModelKind, TaskKind
 from tasks.core.types import Dataset, Logits, ModelArtifact
-from tasks.evaluation.quality import kd_loss
 from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.models.hooks import capture
 from tasks.models.transformer import layer_student
 from tasks.training.embedding import embed, fit_embedding
 from tasks.training.loop import OptimConfig, fit
+from tasks.training.losses import kd_loss
 from tasks.training.multitask import MultitaskConfig, train_multitask
 from tasks.training.mutual import MutualConfig, train_mutual
 from tasks.training.transfer import training_rows, use_pool
@@ -75,7 +77,7 @@ def distill_embedding(
     """An embedding student trained on the teacher's vectors (see the module docstring)."""
     if teacher is None:
         raise ValueError("distill: embedding students need the teacher model (inputs: {teacher: <step>})")
-    net = load_model(teacher, ctx.trusted_targets)
+    net = load_model(teacher, ctx.trusted_targets).to(ctx.device)
     ctx.seed_everything()
     if cfg.init_layers:
         arch, state = layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
@@ -85,10 +87,11 @@ def distill_embedding(
         arch = dict(cfg.student)
         student = build_model(arch, ctx.trusted_targets)
     ctx.progress("teacher embeddings")
-    targets = logits.train if logits is not None else embed(net, data.x_train, cfg.optim.eval_batch_size)
+    bs = cfg.optim.eval_batch_size
+    targets = logits.train if logits is not None else embed(net, data.x_train, bs, ctx.device)
     if len(targets) != len(data.x_train):
         raise ValueError(f"distill: logits.train has {len(targets)} rows, data.x_train {len(data.x_train)}")
-    val = (data.x_val, embed(net, data.x_val, cfg.optim.eval_batch_size))
+    val = (data.x_val, embed(net, data.x_val, bs, ctx.device))
     best = fit_embedding(student, data.x_train, targets, cfg=cfg.optim, ctx=ctx, val=val, mse_weight=cfg.mse_weight)
     metrics = {**best, "params": float(count_params(student)), "rows": float(len(data.x_train))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})

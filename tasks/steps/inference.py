@@ -22,6 +22,7 @@ from torch import nn
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact, Report
 from tasks.models.build import load_model, sample_shape
+from tasks.runtime.onnx import ort_session, providers_for, to_onnx
 
 
 class Backend(str, Enum):
@@ -171,8 +172,6 @@ class Predictor:
         if self.backend == "onnxruntime":
             if span is not None:
                 raise ValueError("backend: onnxruntime cannot run a pipeline stage (use backend=torch with stages > 1)")
-            from tasks.runtime.onnx import ort_session, providers_for, to_onnx
-
             onnx = art.onnx
             if onnx is None:
                 onnx = to_onnx(load_model(art, trusted), torch.zeros(2, *sample_shape(art.arch)))

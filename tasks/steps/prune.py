@@ -36,10 +36,10 @@ from tasks.compression.sparsity import (
 from tasks.core.context import StepContext
 from tasks.core.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.core.types import Dataset, Logits, ModelArtifact
-from tasks.evaluation.quality import kd_loss
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model, make_artifact
-from tasks.runtime.onnx import deployed_speed
-from tasks.training.loop import OptimConfig, accuracy, ce_loss, fit
+from tasks.runtime.timing import deployed_speed
+from tasks.training.loop import OptimConfig, accuracy, fit
+from tasks.training.losses import ce_loss, kd_loss
 from tasks.training.transfer import training_rows, use_pool
 
 METHODS = ("magnitude", "channel", "gradual")

@@ -1,12 +1,13 @@
-"""Task ``prune_embedding``: structured pruning of an embedding model's attention heads and FFN
+"""The ``prune_embedding`` step: structured pruning of an embedding model's attention heads and FFN
 widths, then fine-tuning on the teacher's vectors.
 
-The pruning is ``tasks.steps.prune``'s (Torch-Pruning's dependency graph, whole attention heads, the
-pruned structure stored as JSON in the arch: ``channel_pruner`` / ``channel_step`` /
-``pruned_arch``). What differs for an embedding model is what "recovering" means: there are no
-labels, so the pruned model is fine-tuned towards the unpruned model's vectors with
-``tasks.evaluation.quality.embedding_loss`` and kept at its best validation ``cos_mean``
-(``tasks.training.embedding.fit_embedding``). ``ignore`` keeps the embedding layer whole, so the hidden
+The pruning is the ``prune`` step's channel method (``tasks.compression.channels``: Torch-Pruning's
+dependency graph, whole attention heads, the pruned structure stored as JSON in the arch). What
+differs for an embedding model is what "recovering" means: there are no labels, so the pruned
+model is fine-tuned towards the unpruned model's vectors with
+``tasks.training.losses.embedding_loss`` and kept at its best validation ``cos_mean``
+(``tasks.training.embedding.fit_embedding``: the shared loop ``fit``, honouring ``finetune``'s
+scheduler and patience and the step's device). ``ignore`` keeps the embedding layer whole, so the hidden
 width - the width of the sentence embedding - stays and only heads and FFN channels go.
 """
 
@@ -14,13 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tasks.compression.channels import channel_pruner, channel_step, pruned_arch
+from tasks.compression.channels import ChannelSettings, channel_pruner, channel_step, pruned_arch
 from tasks.core.context import StepContext
-from tasks.core.options import Importance, ModelKind, PruneScope, Scheduler
+from tasks.core.options import Importance, ModelKind, Scheduler
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.evaluation.quality import embedding_quality
 from tasks.models.build import count_params, load_model, make_artifact
-from tasks.steps import prune
 from tasks.training.embedding import embed, fit_embedding
 from tasks.training.loop import OptimConfig
 
@@ -47,13 +47,14 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: PruneEmbeddingConfig, ctx: 
     teacher = load_model(model, ctx.trusted_targets)
     net = load_model(model, ctx.trusted_targets)
     example = data.x_train[:2]
-    pcfg = prune.PruneConfig(amount=cfg.amount, scope=PruneScope.layer, importance=cfg.importance, ignore=cfg.ignore)
-    channel_step(channel_pruner(net, example, pcfg, cfg.amount), net, example)
+    options = ChannelSettings(importance=cfg.importance, scope="layer", ignore=list(cfg.ignore))
+    channel_step(channel_pruner(net, example, options, cfg.amount), net, example)
     arch = pruned_arch(net, model.arch, ctx.trusted_targets)
     ctx.progress("teacher embeddings")
-    targets = embed(teacher, data.x_train, cfg.finetune.eval_batch_size)
-    val = (data.x_val, embed(teacher, data.x_val, cfg.finetune.eval_batch_size))
-    pruned_cos = embedding_quality(embed(net, data.x_val, cfg.finetune.eval_batch_size), val[1])["cos_mean"]
+    bs, teacher = cfg.finetune.eval_batch_size, teacher.to(ctx.device)
+    targets = embed(teacher, data.x_train, bs, ctx.device)
+    val = (data.x_val, embed(teacher, data.x_val, bs, ctx.device))
+    pruned_cos = embedding_quality(embed(net, data.x_val, bs), val[1])["cos_mean"]
     best = fit_embedding(net, data.x_train, targets, cfg=cfg.finetune, ctx=ctx, val=val, mse_weight=cfg.mse_weight)
     metrics = {**best, "cos_mean_pruned": pruned_cos, "params": float(count_params(net)), "amount": cfg.amount}
     ctx.log_metrics({k: metrics[k] for k in ("cos_mean_pruned", "params")})

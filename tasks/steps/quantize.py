@@ -1,4 +1,4 @@
-"""Task ``quantize``: k-bit fake quantization of the weights, ONNX Runtime INT8 (dynamic / static
+"""The ``quantize`` step: k-bit fake quantization of the weights, ONNX Runtime INT8 (dynamic / static
 QDQ) and quantization-aware training (QAT) followed by static INT8.
 
 Methods (``cfg.method``):
@@ -10,13 +10,15 @@ Methods (``cfg.method``):
   Returns a torch model (weights replaced by their quantized values); sweep ``bits`` to get
   accuracy vs bits. ``quantizer: uniform | mean | log2`` picks the grid (``tasks/compression/quantizers.py``:
   formulas, references, the size at the bit width); every fake_kbit model is simulated, not deployed.
-* ``dynamic_int8`` - ``onnxruntime.quantization.quantize_dynamic`` on the FP32 ONNX: INT8
+* ``dynamic_int8`` - ``onnxruntime.quantization.quantize_dynamic`` on the FP32 ONNX
+  (``tasks/compression/ort_int8.py``, as ``static_int8``): INT8
   weights, activations quantized on the fly. Measured slower than FP32 for a small Conv1d net.
 * ``static_int8`` - ``quantize_static`` in QDQ format, activations calibrated on
   ``calib_batches`` training batches (after ``quant_pre_process``). The fast CPU path.
-* ``qat`` - fine-tune with fake-quantized weights (per-channel, ``bits``; straight-through
-  estimator, Bengio et al. 2013 / Jacob et al. 2018) and optionally fake-quantized ReLU
-  outputs, then bake the weights onto their grid and deploy via ``static_int8``. The deployed
+* ``qat`` - fine-tune (the shared loop ``fit``) with fake-quantized weights (per-channel,
+  ``bits``; straight-through estimator, Bengio et al. 2013 / Jacob et al. 2018:
+  ``tasks/compression/qat.py``) and optionally fake-quantized ReLU outputs, then bake the
+  weights onto their grid and deploy via ``static_int8``. The deployed
   artifact is the ORT static INT8 model; ``state_dict`` holds the baked QAT weights. Since
   export folds BatchNorm into Conv by scaling each output channel, and ORT's symmetric
   per-channel INT8 grid scales with the channel, 8-bit QAT weights stay exactly representable.
@@ -49,33 +51,22 @@ validation rows. Multi-input models are calibrated and evaluated with all their 
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
-from onnxruntime.quantization import (
-    CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
-from tasks.compression.quantizers import quant_layers, simulate_kbit, uniform
+from tasks.compression.ort_int8 import ort_quantize
+from tasks.compression.qat import fake_quantized
+from tasks.compression.quantizers import simulate_kbit
 from tasks.core.context import StepContext
 from tasks.core.options import Calibration, Quantizer, QuantMethod, Scheduler, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.evaluation.quality import GateConfig, gate_failures, parity, quality
 from tasks.models.build import load_model, make_artifact
-from tasks.runtime.onnx import data_onnx, ort_feed, ort_predict, ort_session
-from tasks.training.loop import OptimConfig, ce_loss, fit, predict
+from tasks.runtime.onnx import data_onnx, ort_predict, ort_session
+from tasks.training.loop import OptimConfig, fit, predict
+from tasks.training.losses import ce_loss
 
 METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -102,156 +93,6 @@ class QuantizeConfig:
     quantizer: Quantizer = Quantizer.uniform
     symmetric: bool = True  # uniform only: grid symmetric around 0, or spanning [min, max]
     clip_std: float = 3.0  # mean only: clip at mean +- clip_std * std
-
-
-def quantize_weight(w: Tensor, bits: int) -> Tensor:
-    """Symmetric per-output-channel (dim 0) uniform quantization: ``round(w / s) * s``.
-
-    ``s_c = max|w_c| / (2^(bits-1) - 1)``; an all-zero channel stays zero. ``torch.round``
-    rounds half to even.
-    """
-    return uniform(w, bits, symmetric=True)
-
-
-class FakeQuantWeight(nn.Module):
-    """Parametrization ``w -> quantize_weight(w)`` with a straight-through gradient (d/dw = 1)."""
-
-    def __init__(self, bits: int):
-        super().__init__()
-        self.bits = bits
-
-    def forward(self, w: Tensor) -> Tensor:
-        return w + (quantize_weight(w, self.bits) - w).detach()
-
-
-class ActFakeQuant:
-    """Forward hook fake-quantizing a non-negative activation (ReLU output) to ``bits`` unsigned.
-
-    The range is an EMA of the batch maximum, updated in training mode only (as ORT's static
-    calibration fixes it at deploy time); gradients pass straight through.
-    """
-
-    def __init__(self, bits: int = 8, momentum: float = 0.1):
-        self.levels, self.momentum = 2**bits - 1, momentum
-        self.max_val: Tensor | None = None
-
-    def __call__(self, module: nn.Module, inputs, out: Tensor) -> Tensor:
-        if module.training:
-            batch_max = out.detach().max()
-            self.max_val = (
-                batch_max if self.max_val is None else (1 - self.momentum) * self.max_val + self.momentum * batch_max
-            )
-        if self.max_val is None or float(self.max_val) <= 0:
-            return out
-        scale = self.max_val / self.levels
-        q = torch.clamp(torch.round(out / scale), 0, self.levels) * scale
-        return out + (q - out).detach()
-
-
-class _CalibReader(CalibrationDataReader):
-    """ORT ``CalibrationDataReader``: yields the prepared feed dicts (every graph input), then ``None``."""
-
-    def __init__(self, feeds: list[dict]):
-        self.feeds, self.i = feeds, 0
-
-    def get_next(self):
-        if self.i >= len(self.feeds):
-            return None
-        self.i += 1
-        return self.feeds[self.i - 1]
-
-    def rewind(self):
-        self.i = 0
-
-
-def _calib_feeds(fp32: bytes, x: Tensor, cfg: QuantizeConfig, seed: int) -> list[dict]:
-    """``calib_batches`` random batches of ``x`` (seeded) as feed dicts of the FP32 graph's inputs."""
-    n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    session = ort_session(fp32, threads=1)
-    return [ort_feed(session, x[idx[i : i + cfg.calib_batch_size]]) for i in range(0, n, cfg.calib_batch_size)]
-
-
-def _preprocess(src: Path, dst: Path) -> Path:
-    """ORT's ``quant_pre_process``. Its symbolic shape inference cannot follow a transformer's
-    dynamic sequence axis (``Incomplete symbolic shape inference``), and that failure leaves a
-    ``<uuid>.data`` file in the working directory: multi-input graphs skip it up front (ONNX
-    shape inference only); any other graph falls back to the same on failure."""
-    multi_input = len(onnx.load(str(src), load_external_data=False).graph.input) > 1
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=multi_input)
-    except Exception:  # noqa: BLE001 - ORT raises a bare Exception for this
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-    return dst
-
-
-def _embeddings_4bit(src: Path, dst: Path, block_size: int) -> Path:
-    """Every Gather on a weight as ``GatherBlockQuantized``: asymmetric 4-bit blocks of
-    ``block_size`` along the hidden axis (ORT's ``MatMulNBitsQuantizer``, Gather only)."""
-    import logging
-
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    model = onnx.load(str(src))
-    weights = {i.name for i in model.graph.initializer}
-    if not any(n.op_type == "Gather" and n.input[0] in weights for n in model.graph.node):
-        raise ValueError("quantize.embedding_bits: 4, but the model has no embedding table (a Gather on a weight)")
-    conf = DefaultWeightOnlyQuantConfig(
-        block_size=block_size,
-        is_symmetric=False,
-        quant_format=QuantFormat.QOperator,
-        op_types_to_quantize=("Gather",),
-        quant_axes=(("Gather", 1),),
-    )
-    quantizer = MatMulNBitsQuantizer(model, algo_config=conf)
-    # it warns that it raises the opset to 21 for the int4 type: expected, and the gate checks the result
-    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:  # an all-zero block (a padding row) has scale 0: ORT divides by it before masking
-        with np.errstate(divide="ignore", invalid="ignore"):
-            quantizer.process()
-    finally:
-        logger.setLevel(level)
-    quantizer.model.save_model_to_file(str(dst), False)
-    return dst
-
-
-def ort_quantize(fp32: bytes, x_calib: Tensor, cfg: QuantizeConfig, seed: int, static: bool) -> bytes:
-    """INT8 ONNX from FP32 ONNX bytes with ORT (static QDQ with calibration, or dynamic)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(fp32)
-        if cfg.preprocess:
-            src = _preprocess(src, Path(tmp) / "pre.onnx")
-        if cfg.embedding_bits == 4:
-            src = _embeddings_4bit(src, Path(tmp) / "emb4.onnx", cfg.embedding_block_size)
-        if static:
-            method = {
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[cfg.calibration]
-            quantize_static(
-                str(src),
-                str(out),
-                _CalibReader(_calib_feeds(fp32, x_calib, cfg, seed)),
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(cfg.op_types) or None,
-                per_channel=cfg.per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-            )
-        else:
-            quantize_dynamic(
-                str(src),
-                str(out),
-                weight_type=QuantType.QInt8,
-                per_channel=cfg.per_channel,
-                op_types_to_quantize=list(cfg.op_types) or None,
-            )
-        return out.read_bytes()
 
 
 def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
@@ -284,26 +125,9 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
 
 def _qat_finetune(net: nn.Module, data: Dataset, cfg: QuantizeConfig, ctx: StepContext) -> dict:
     """Fine-tune ``net`` in place with fake-quantized weights (and ReLU outputs), then bake the weights."""
-    for layer in quant_layers(net):
-        parametrize.register_parametrization(layer, "weight", FakeQuantWeight(cfg.bits))
-    hooks = [
-        m.register_forward_hook(ActFakeQuant()) for m in net.modules() if cfg.qat_activations and isinstance(m, nn.ReLU)
-    ]
-    best = fit(
-        net,
-        data.x_train,
-        (data.y_train,),
-        loss_fn=ce_loss,
-        cfg=cfg.optim,
-        ctx=ctx,
-        val=(data.x_val, data.y_val),
-        prefix="qat_",
-    )
-    for h in hooks:
-        h.remove()
-    for layer in quant_layers(net):
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-    return best
+    with fake_quantized(net, cfg.bits, cfg.qat_activations):
+        val = (data.x_val, data.y_val)
+        return fit(net, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx, val=val, prefix="qat_")
 
 
 def _quality(data: Dataset, out: Tensor, ref: Tensor) -> dict[str, float]:

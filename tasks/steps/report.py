@@ -37,8 +37,10 @@ import torch
 
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
+from tasks.models.build import load_model, sample_shape
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
+from tasks.runtime.onnx import to_onnx
 
 COLUMNS = [
     ("name", "model"),
@@ -202,9 +204,6 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
     """The artifact's ONNX, or an export of its torch model at batch 1 when it has none."""
     if selected.onnx is not None:
         return selected.onnx
-    from tasks.models.build import load_model, sample_shape
-    from tasks.runtime.onnx import to_onnx  # imported only when needed
-
     example = torch.zeros(1, *sample_shape(selected.arch))
     return to_onnx(load_model(selected, trusted), example)
 

@@ -9,7 +9,8 @@ from tasks.core.context import StepContext
 from tasks.core.options import ModelKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import build_model, complete_arch, count_params, make_artifact
-from tasks.training.loop import OptimConfig, ce_loss, fit
+from tasks.training.loop import OptimConfig, fit
+from tasks.training.losses import ce_loss
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Multi-task distillation: one student, one head per task, each head taught by its own teacher
-(the ``distill`` method ``multitask``), and the ``relabel`` task that derives a task's labels.
+(the ``distill`` method ``multitask``; a task's labels come from ``tasks.models.multihead.derive_labels``,
+which the ``relabel`` step, ``tasks/steps/relabel.py``, also applies).
 
 The tasks share their inputs and differ in what they predict: on MNIST-1D the digit class
 (``identity``) and a label set derived from it (``parity``: class % 2, ``gt4``: class > 4). Each
@@ -9,10 +10,11 @@ k's teacher logits and ``y_k`` the derived label (Hinton KD per head, summed wit
 
     L = sum_k w_k * [ alpha * T^2 * KL(softmax(t_k / T) || softmax(s_k / T)) + (1 - alpha) * CE(s_k, y_k) ]
 
-(unlabeled transfer-pool rows: no CE term). This is multi-task knowledge distillation in the sense
-of Li & Bilen 2020 ("Knowledge Distillation for Multi-task Learning") and Clark et al. 2019 ("BAM!
-Born-Again Multi-Task Networks"): task-specific teachers, one multi-head student. Head 0 must be
-``identity``: it is what ``forward`` returns in eval mode (ONNX export, the benchmark).
+(unlabeled transfer-pool rows: no CE term; ``tasks.training.losses.multitask_loss``). This is
+multi-task knowledge distillation in the sense of Li & Bilen 2020 ("Knowledge Distillation for
+Multi-task Learning") and Clark et al. 2019 ("BAM! Born-Again Multi-Task Networks"): task-specific
+teachers, one multi-head student. Head 0 must be ``identity``: it is what ``forward`` returns in
+eval mode (ONNX export, the benchmark).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from tasks.core.context import StepContext
 from tasks.core.options import LabelMap
@@ -29,7 +30,7 @@ from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import complete_arch, count_params, make_artifact
 from tasks.models.multihead import MULTIHEAD, MultiHead, derive_labels, head_accuracies, head_classes
 from tasks.training.loop import fit
-from tasks.training.mutual import soft_kl
+from tasks.training.losses import multitask_loss
 
 
 @dataclass
@@ -37,20 +38,6 @@ class MultitaskConfig:
     # the task of each teacher, in input order (logits, then extra_logits); heads[0] must be identity
     heads: list[LabelMap] = field(default_factory=lambda: [LabelMap.identity, LabelMap.parity])
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # loss weight w_k per task
-
-
-def head_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    """Hinton KD of one head, averaged over rows (label -1: KD term only)."""
-    ce = F.cross_entropy(s, y.clamp_min(0), reduction="none") * (y >= 0)
-    return (alpha * temperature**2 * soft_kl(t, s, temperature) + (1 - alpha) * ce).mean()
-
-
-def multitask_loss(heads: list, labels, teachers, weights: list[float], temperature: float, alpha: float):
-    """``sum_k w_k * head_loss(s_k, t_k, y_k)`` (module docstring): head k's logits, labels, teacher logits."""
-    total = heads[0].new_zeros(())
-    for w, s, t, y in zip(weights, heads, teachers, labels):
-        total = total + w * head_loss(s, t, y, temperature, alpha)
-    return total
 
 
 def _check(data: Dataset, rows: list, cfg: Any) -> None:

@@ -8,10 +8,12 @@ outputs (and, optionally, from a teacher's logits). For student ``i`` with peer 
                      + gamma * T^2 * KL(softmax(t / T) || softmax(s_i / T))
 
 ``beta = mutual.peer_weight``, ``gamma = mutual.teacher_weight`` (0: no teacher, the paper's
-setting), ``T = temperature`` (the paper uses T = 1). Rows of the unlabeled transfer pool (label
--1) get no CE term. The peer's distribution is a constant target (detached), so the gradient of
-``L_1 + L_2`` w.r.t. student 1 is that of ``L_1`` alone: one optimizer step on the sum updates both
-students as the paper's alternating steps do, from the same batch.
+setting), ``T = temperature`` (the paper uses T = 1); the loss is
+``tasks.training.losses.mutual_loss``, whose KL terms are Hinton's soft-target term. Rows of the
+unlabeled transfer pool (label -1) get no CE term. The peer's distribution is a constant target
+(detached), so the gradient of ``L_1 + L_2`` w.r.t. student 1 is that of ``L_1`` alone: one
+optimizer step on the sum updates both students as the paper's alternating steps do, from the
+same batch.
 
 The pair trains through the shared loop ``tasks.training.loop.fit``: ``Pair`` returns both students'
 logits side by side in training and their mean in eval mode, so ``fit`` keeps the epoch whose
@@ -25,13 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import build_model, complete_arch, count_params, make_artifact
 from tasks.training.loop import accuracy, fit
+from tasks.training.losses import mutual_loss
 
 
 @dataclass
@@ -40,36 +42,6 @@ class MutualConfig:
     peer_weight: float = 1.0  # beta: weight of the KL toward the peer
     teacher_weight: float = 0.0  # gamma: weight of the KL toward the teacher's logits (0 = pure DML)
     keep: int = -1  # which student the step returns: -1 the better on val, 0 or 1 that one
-
-
-def soft_kl(target: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row ``KL(softmax(target / T) || softmax(student / T))`` (no T^2 factor)."""
-    t = temperature
-    log_p = F.log_softmax(target / t, dim=1)
-    return (log_p.exp() * (log_p - F.log_softmax(student / t, dim=1))).sum(dim=1)
-
-
-def mutual_loss(
-    s1: torch.Tensor,
-    s2: torch.Tensor,
-    labels: torch.Tensor,
-    teacher: torch.Tensor | None = None,
-    *,
-    temperature: float,
-    peer_weight: float,
-    teacher_weight: float = 0.0,
-) -> torch.Tensor:
-    """``mean(L_1 + L_2)`` over rows (module docstring); peers are detached targets of each other."""
-    labeled = labels >= 0
-    t2 = temperature * temperature
-    total = torch.zeros((), dtype=s1.dtype, device=s1.device)
-    for me, peer in ((s1, s2), (s2, s1)):
-        loss = F.cross_entropy(me, labels.clamp_min(0), reduction="none") * labeled
-        loss = loss + peer_weight * t2 * soft_kl(peer.detach(), me, temperature)
-        if teacher is not None and teacher_weight > 0:
-            loss = loss + teacher_weight * t2 * soft_kl(teacher, me, temperature)
-        total = total + loss.mean()
-    return total
 
 
 class Pair(nn.Module):

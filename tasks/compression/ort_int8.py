@@ -1,0 +1,166 @@
+"""ONNX Runtime INT8 quantization (the ``quantize`` methods ``dynamic_int8``, ``static_int8`` and
+the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
+
+* dynamic: ``onnxruntime.quantization.quantize_dynamic`` (INT8 weights, activations quantized on
+  the fly).
+* static: ``quantize_static`` in QDQ format, activation ranges calibrated on seeded random
+  batches of the calibration rows (every graph input fed, ``ort_feed``), after
+  ``quant_pre_process``.
+* ``embedding_bits: 4``: every Gather on a weight (an embedding table) first becomes
+  ``GatherBlockQuantized``: asymmetric 4-bit blocks along the hidden axis (ORT's
+  ``MatMulNBitsQuantizer``).
+
+``onnx`` and ``onnxruntime`` are imported inside the functions, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tasks.runtime.onnx import ort_feed, ort_session
+
+
+class OrtQuantOptions(Protocol):
+    """What ``ort_quantize`` reads of a config (the quantize step's ``QuantizeConfig`` has all of it)."""
+
+    @property
+    def calibration(self) -> str: ...
+    @property
+    def calib_batches(self) -> int: ...
+    @property
+    def calib_batch_size(self) -> int: ...
+    @property
+    def per_channel(self) -> bool: ...
+    @property
+    def preprocess(self) -> bool: ...
+    @property
+    def op_types(self) -> Sequence[str]: ...
+    @property
+    def embedding_bits(self) -> int: ...
+    @property
+    def embedding_block_size(self) -> int: ...
+
+
+def _calib_reader(feeds: list[dict]) -> Any:
+    """An ORT ``CalibrationDataReader`` yielding the prepared feed dicts (every graph input), then ``None``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.i = 0
+
+        def get_next(self) -> dict | None:
+            if self.i >= len(feeds):
+                return None
+            self.i += 1
+            return feeds[self.i - 1]
+
+        def rewind(self) -> None:
+            self.i = 0
+
+    return Reader()
+
+
+def _calib_feeds(fp32: bytes, x: Tensor, cfg: OrtQuantOptions, seed: int) -> list[dict]:
+    """``calib_batches`` random batches of ``x`` (seeded) as feed dicts of the FP32 graph's inputs."""
+    n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    session = ort_session(fp32, threads=1)
+    return [ort_feed(session, x[idx[i : i + cfg.calib_batch_size]]) for i in range(0, n, cfg.calib_batch_size)]
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ORT's ``quant_pre_process``. Its symbolic shape inference cannot follow a transformer's
+    dynamic sequence axis (``Incomplete symbolic shape inference``), and that failure leaves a
+    ``<uuid>.data`` file in the working directory: multi-input graphs skip it up front (ONNX
+    shape inference only); any other graph falls back to the same on failure."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    multi_input = len(onnx.load(str(src), load_external_data=False).graph.input) > 1
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=multi_input)
+    except Exception:  # noqa: BLE001 - ORT raises a bare Exception for this
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+def _embeddings_4bit(src: Path, dst: Path, block_size: int) -> Path:
+    """Every Gather on a weight as ``GatherBlockQuantized``: asymmetric 4-bit blocks of
+    ``block_size`` along the hidden axis (ORT's ``MatMulNBitsQuantizer``, Gather only)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    weights = {i.name for i in model.graph.initializer}
+    if not any(n.op_type == "Gather" and n.input[0] in weights for n in model.graph.node):
+        raise ValueError("quantize.embedding_bits: 4, but the model has no embedding table (a Gather on a weight)")
+    conf = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=False,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),
+    )
+    quantizer = MatMulNBitsQuantizer(model, algo_config=conf)
+    # it warns that it raises the opset to 21 for the int4 type: expected, and the gate checks the result
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:  # an all-zero block (a padding row) has scale 0: ORT divides by it before masking
+        with np.errstate(divide="ignore", invalid="ignore"):
+            quantizer.process()
+    finally:
+        logger.setLevel(level)
+    quantizer.model.save_model_to_file(str(dst), False)
+    return dst
+
+
+def _quantize_file(src: Path, out: Path, fp32: bytes, x_calib: Tensor, cfg: OrtQuantOptions, seed: int, static: bool):
+    """ORT's ``quantize_static`` (QDQ, calibrated on ``x_calib``) or ``quantize_dynamic`` of ``src`` to ``out``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    op_types = list(cfg.op_types) or None
+    if not static:
+        quantize_dynamic(
+            str(src), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel, op_types_to_quantize=op_types
+        )
+        return
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calibration]
+    quantize_static(
+        str(src),
+        str(out),
+        _calib_reader(_calib_feeds(fp32, x_calib, cfg, seed)),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        per_channel=cfg.per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+    )
+
+
+def ort_quantize(fp32: bytes, x_calib: Tensor, cfg: OrtQuantOptions, seed: int, static: bool) -> bytes:
+    """INT8 ONNX from FP32 ONNX bytes with ORT (static QDQ with calibration, or dynamic)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        if cfg.preprocess:
+            src = _preprocess(src, Path(tmp) / "pre.onnx")
+        if cfg.embedding_bits == 4:
+            src = _embeddings_4bit(src, Path(tmp) / "emb4.onnx", cfg.embedding_block_size)
+        _quantize_file(src, out, fp32, x_calib, cfg, seed, static)
+        return out.read_bytes()
