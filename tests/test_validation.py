@@ -183,3 +183,69 @@ def test_the_composed_config_is_typed(workdir):
     assert build_config("train", spec.steps["teacher"].params).kind is ModelKind.teacher
     assert f"{prune_cfg.scope}" == "layer" and ray_cfg.address is None
     assert spec.steps["prune"].select.mode == "max"
+
+
+# --- your own config files, from your project's conf/ or the folders in SLIMRAY_CONF ---
+
+MINE_MODEL = """
+from torch import nn
+
+
+class MineNet(nn.Module):
+    def __init__(self, input_shape: list[int], num_classes: int, width: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(input_shape[-1]), width), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def _project_with_my_model(workdir, monkeypatch) -> None:
+    """A user's project: ``conf/model/mine.yaml`` naming a model class written in the project."""
+    (workdir / "mine_models.py").write_text(MINE_MODEL)
+    (workdir / "conf" / "model").mkdir(parents=True)
+    (workdir / "conf" / "model" / "mine.yaml").write_text("_target_: mine_models.MineNet\nwidth: 6\n")
+    monkeypatch.syspath_prepend(str(workdir))  # as `slimray` makes the working directory importable
+
+
+def test_my_model_config_from_my_project_dir(workdir, monkeypatch):
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
+
+    _project_with_my_model(workdir, monkeypatch)
+    cfg = load_config(["experiment=byo", "teacher_model=mine", "data.path=mine.npz"])
+    spec, _, _ = session.validate(cfg)
+    assert spec.steps["teacher"].params["model"] == {"_target_": "mine_models.MineNet", "width": 6}
+    assert "mine_models.MineNet" in spec.trusted_targets
+    # the other model key too, and Hydra's own spelling of the group option
+    assert load_config(["student_model=mine"]).student_model._target_ == "mine_models.MineNet"
+    assert load_config(["model@teacher_model=mine"]).teacher_model.width == 6
+
+
+def test_my_experiment_file_from_a_slimray_conf_folder(workdir, monkeypatch, capsys):
+    _project_with_my_model(workdir, monkeypatch)
+    mine = workdir / "elsewhere"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model@teacher_model: mine\nseed: 7\n"
+    )
+    monkeypatch.setenv("SLIMRAY_CONF", os.pathsep.join([os.environ["SLIMRAY_CONF"], str(mine)]))
+    assert main(["experiment=mine", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "_target_: mine_models.MineNet" in out and "seed: 7" in out
+
+
+def test_a_model_name_with_no_config_file_is_one_line_naming_the_options(workdir, monkeypatch, capsys):
+    _project_with_my_model(workdir, monkeypatch)
+    expected = ["teacher_model: no model config 'mien'", "model options: ", "cnn1d_teacher", "mine"]
+    assert_config_error(["experiment=byo", "teacher_model=mien", "--dry-run"], expected, workdir, capsys)
+    assert_config_error(["student_model=nope", "--dry-run"], "student_model: no model config 'nope'", workdir, capsys)
+
+
+def test_a_typo_in_data_names_the_data_key(workdir, capsys):
+    """The root ``data`` node is untyped; the data step that takes it (params: ${data}) checks it."""
+    assert_config_error(
+        ["+data.sourc=npz", "--dry-run"], "data.sourc: Key 'sourc' not in 'DataConfig'", workdir, capsys
+    )
+    assert_config_error(["data.val_fraction=lots", "--dry-run"], ["data.val_fraction", "'lots'"], workdir, capsys)
