@@ -98,16 +98,16 @@ def measure_fixed(workdir: Path) -> dict:
     """start_ray + MlflowClient + experiment + parent run, in a fresh dir and sqlite store."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.run import session
+    from pipelines.run import lifecycle
     from pipelines.store.tracking import ensure_experiment, git_commit, resolve_uri
 
     cfg, spec, ray_cfg, tracking, overrides = load(workdir, cache=True)
     t0 = time.perf_counter()
-    session.start_ray(ray_cfg)
+    lifecycle.start_ray(ray_cfg)
     t1 = time.perf_counter()
     client = MlflowClient(tracking_uri=resolve_uri(tracking.uri))
     exp = ensure_experiment(client, "fixed-cost")
-    run_id = session.open_parent(client, exp, cfg, spec, overrides, git_commit())
+    run_id = lifecycle.open_parent(client, exp, cfg, spec, overrides, git_commit())
     t2 = time.perf_counter()
     client.set_terminated(run_id, "FINISHED")
     return {"ray_start_s": t1 - t0, "tracking_setup_s": t2 - t1, "fixed_cost_s": t2 - t0}

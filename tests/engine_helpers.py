@@ -64,26 +64,40 @@ def demo_runs(uri: str, experiment: str = "demo") -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
 
-def interrupt_when_running(args: list[str], workdir: Path, uri: str, ray_address: str, hangs: int = 1):
-    """Start ``slimray args`` on the running Ray, wait until ``hangs`` runs of the step ``hang``
-    are RUNNING, send Ctrl-C (SIGINT) and time the exit. The driver is killed on the way out if
-    it is still alive. Returns (exit code, seconds from SIGINT to exit, the driver's stderr)."""
-    cmd = [sys.executable, "-m", "pipelines", *args, f"tracking.uri={uri}", f"ray.address={ray_address}"]
+def interrupt_when_running(
+    args: list[str],
+    workdir: Path,
+    uri: str,
+    ray_address: str | None,
+    hangs: int = 1,
+    step: str = "hang",
+    experiment: str = "demo",
+    wait_s: float = 120,
+):
+    """Start ``slimray args`` (on the running Ray at ``ray_address``; None: the driver starts its
+    own), wait until ``hangs`` runs of ``step`` are RUNNING in ``experiment``, send Ctrl-C
+    (SIGINT) and time the exit. The driver (and, in its own session, the Ray it started) is
+    killed on the way out if still alive. Returns (exit code, seconds from SIGINT to exit, the
+    driver's stderr)."""
+    cmd = [sys.executable, "-m", "pipelines", *args, f"tracking.uri={uri}"]
+    cmd += [f"ray.address={ray_address}"] if ray_address else []
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     # stderr to a file, never an unread pipe: a driver writing into a full pipe blocks, and
     # would look exactly like a driver that ignores Ctrl-C
     log_path = workdir / "driver.log"
     with open(log_path, "wb") as log:
-        driver = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        driver = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+        )
         try:
-            deadline = time.time() + 120
+            deadline = time.time() + wait_s
             running = 0
             while running < hangs:
                 assert driver.poll() is None, log_path.read_text(errors="replace")[-2000:]
-                assert time.time() < deadline, f"{running}/{hangs} 'hang' steps started"
+                assert time.time() < deadline, f"{running}/{hangs} '{step}' steps started"
                 time.sleep(0.2)
-                runs = demo_runs(uri)
-                running = sum(r.data.tags.get("slimray.step") == "hang" and r.info.status == "RUNNING" for r in runs)
+                runs = demo_runs(uri, experiment)
+                running = sum(r.data.tags.get("slimray.step") == step and r.info.status == "RUNNING" for r in runs)
             driver.send_signal(signal.SIGINT)
             t0 = time.time()
             driver.wait(timeout=30)
@@ -92,4 +106,8 @@ def interrupt_when_running(args: list[str], workdir: Path, uri: str, ray_address
             if driver.poll() is None:
                 driver.kill()
                 driver.wait()
+            try:  # what the driver started in its session (its own Ray), should it have left any
+                os.killpg(driver.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     return driver.returncode, exit_s, log_path.read_text(errors="replace")

@@ -5,10 +5,11 @@ also inside an MLflow/SQLAlchemy commit, inside ``ray.init`` or ``ray.shutdown``
 there, the clean-up that follows (mark runs KILLED, disconnect from Ray) can block, e.g. on a
 sqlite write lock the interrupted transaction still holds, and the driver looks dead while it
 waits. So the handler here only *records* the request; the driver raises
-``KeyboardInterrupt`` at safe points (``INTERRUPT.check()``: between set-up phases and in
-every turn of the executor loop, at most 0.5 s apart). A watchdog guarantees the promise
-anyway: if clean-up has not finished ``grace_s`` seconds after Ctrl-C, the process exits with
-code 130; a second Ctrl-C exits at once.
+``KeyboardInterrupt`` at safe points (``INTERRUPT.check()``: between set-up phases, in every
+turn of the executor loop, at most 0.5 s apart, and of Tune's loop in a search, 0.1 s apart).
+``pipelines.run.lifecycle`` installs the handler and does the clean-up. A watchdog guarantees
+the promise anyway: if clean-up has not finished ``grace_s`` seconds after Ctrl-C, the process
+exits with code 130; a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations

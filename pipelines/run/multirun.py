@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydra import initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
+from hydra._internal.utils import create_config_search_path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig
@@ -35,6 +35,7 @@ from pipelines.config.spec import PipelineSpec
 
 if TYPE_CHECKING:  # the session imports MLflow: only when something runs
     from pipelines.run.dag import Executor
+    from pipelines.run.lifecycle import Lifecycle, Tracked
     from pipelines.run.session import Execution
 
 MULTIRUN_TAG = "slimray.multirun"  # on the multirun run: "true"; on an execution's parent: the multirun run id
@@ -56,15 +57,18 @@ class Job:
 def expand(overrides: list[str], config_dir: Path) -> tuple[list[list[str]], list[str]]:
     """Hydra's sweep expansion: the override lists of every job, and the swept keys."""
     from pipelines.config import schema
+    from pipelines.config.compose import user_conf_dirs
 
     schema.register()
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        try:
-            parsed = parser.parse_overrides(overrides)
-        except OverrideParseException as e:  # the override that does not parse, and why
-            raise SpecError(e.override, str(e).splitlines()[0]) from None
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    search_path = create_config_search_path(str(config_dir))
+    for d in user_conf_dirs():  # the user's config folders, as load_config composes: glob() sees them
+        search_path.append("slimray", f"file://{d}")
+    parser = OverridesParser.create(config_loader=ConfigLoaderImpl(config_search_path=search_path))
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except OverrideParseException as e:  # the override that does not parse, and why
+        raise SpecError(e.override, str(e).splitlines()[0]) from None
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
     swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
     return [list(j) for j in jobs], swept
 
@@ -175,71 +179,66 @@ class Active:
 def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
     """Run every execution concurrently (at most ``max_parallel`` at once) from this driver.
     Returns the exit code: 0 all finished, 1 any failed (the others still finish)."""
-    from pipelines.run.interrupt import INTERRUPT
-    from pipelines.store.compare import log_comparison
-    from pipelines.store.tracking import create_run, ensure_experiment, resolve_uri
+    from pipelines.run.lifecycle import Lifecycle
 
-    INTERRUPT.install()
-    first = jobs[0]
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=resolve_uri(first.tracking.uri))
-    experiment_id = ensure_experiment(client, first.tracking.experiment or first.spec.name)
-    name = f"multirun-{first.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {MULTIRUN_TAG: "true", "slimray.executions": str(len(jobs))}
-    multirun_id = create_run(client, experiment_id, name, None, tags)
-    console.print(f"multirun: {len(jobs)} executions, at most {max_parallel} at once", markup=False)
-    loop = _Loop(jobs, console, multirun_id, max_parallel)
-    status = "FAILED"
+    loop = _Loop(jobs, console, max_parallel)
     try:
-        loop.run()
-        failed = [r for r in loop.results if r[2] != 0]
-        log_comparison(client, multirun_id, loop.results, console)
-        status = "FAILED" if failed else "FINISHED"
-        return 1 if failed else 0
-    except KeyboardInterrupt:
-        status = "KILLED"
-        loop.cancel()
-        raise
+        with Lifecycle(jobs[0].ray) as life:
+            loop.open(life)
+            try:
+                loop.run()
+            except KeyboardInterrupt:
+                loop.cancel()
+                raise
+            return loop.compare()
     finally:
-        loop.close(status)
-        client.set_tag(multirun_id, "slimray.status", status.lower())
-        client.set_terminated(multirun_id, status)
-        console.print(f"Multirun {status.lower()}: MLflow run {multirun_id} (experiment {experiment_id})", markup=False)
+        if loop.root is not None:
+            r = loop.root
+            console.print(
+                f"Multirun {r.status.lower()}: MLflow run {r.run_id} (experiment {r.experiment_id})", markup=False
+            )
 
 
 class _Loop:
     """The driver's event loop over several executors (see the module docstring)."""
 
-    def __init__(self, jobs: list[Job], console: Console, multirun_id: str, max_parallel: int):
-        self.pending, self.console, self.multirun_id = list(jobs), console, multirun_id
+    def __init__(self, jobs: list[Job], console: Console, max_parallel: int):
+        self.jobs, self.pending, self.console = jobs, list(jobs), console
         self.max_parallel = max(1, max_parallel)
         self.active: list[Active] = []
-        self.open: list[Execution] = []  # begun (parent run open) and not yet ended
         self.results: list[tuple] = []  # (job, session.Outcome, exit code)
         self.shared: dict = {}
-        self.ray_cfg = jobs[0].ray
-        self.started_ray = self.ray_ready = False
+        self.root: Tracked | None = None  # the multirun run
+
+    def open(self, life: Lifecycle) -> None:
+        """The multirun run, which every execution's parent run nests under."""
+        from mlflow.tracking import MlflowClient
+
+        from pipelines.store.tracking import create_run, ensure_experiment, resolve_uri
+
+        self.life, first = life, self.jobs[0]
+        client = MlflowClient(tracking_uri=resolve_uri(first.tracking.uri))
+        experiment_id = ensure_experiment(client, first.tracking.experiment or first.spec.name)
+        name = f"multirun-{first.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {MULTIRUN_TAG: "true", "slimray.executions": str(len(self.jobs))}
+        self.root = life.track(client, experiment_id, create_run(client, experiment_id, name, None, tags))
+        self.console.print(f"multirun: {len(self.jobs)} executions, at most {self.max_parallel} at once", markup=False)
 
     def admit(self) -> None:
         from pipelines.run import session
 
+        assert self.root is not None
         while self.pending and len(self.active) < self.max_parallel:
             job = self.pending.pop(0)
-            tags = {MULTIRUN_TAG: self.multirun_id, "slimray.job": str(job.index), "slimray.sweep": job.label}
-            ex = session.begin(job.cfg, job.spec, job.tracking, job.overrides, self.multirun_id, tags)
-            self.open.append(ex)  # closed by `close` if the loop ends before the execution does
-            if ex.must_run and not self.ray_ready:
-                self.started_ray = session.start_ray(self.ray_cfg)
-                self.ray_ready = True
-                if self.started_ray and self.ray_cfg.address is None:
-                    session.warm_workers()
+            tags = {MULTIRUN_TAG: self.root.run_id, "slimray.job": str(job.index), "slimray.sweep": job.label}
+            ex = session.begin(job.cfg, job.spec, job.tracking, job.overrides, self.life, self.root.run_id, tags)
+            if ex.must_run:
+                self.life.start_ray()
             listeners = [SharedRuns(ex), Lines(self.console, job.index)]
-            executor = session.attach(ex, session.node_id(self.ray_ready), listeners, self.shared)
+            executor = session.attach(ex, self.life.node_id(), listeners, self.shared)
             self.active.append(Active(job, ex, executor))
-            for a in self.active:
-                a.executor.owns_ray = self.started_ray and self.ray_cfg.address is None
-                a.executor.check_fit = not self.ray_cfg.wait_for_nodes
+            for a in self.active:  # Ray may have started only now
+                self.life.configure(a.executor)
 
     def retire(self) -> None:
         from pipelines.run import session
@@ -248,10 +247,8 @@ class _Loop:
             if not a.executor.advance():
                 continue
             out = session.outcome(a.execution)
-            status = "FAILED" if out.exit_code else "FINISHED"
-            session.close_open_runs(a.execution.client, out.experiment_id, out.run_id, status)
+            self.life.close(a.execution.run, "FAILED" if out.exit_code else "FINISHED")
             self.active.remove(a)
-            self.open.remove(a.execution)
             self.results.append((a.job, out, out.exit_code))
             word = "finished" if out.exit_code == 0 else "FAILED"
             self.console.print(f"[{a.job.index}] execution {word}: {a.job.label} (run {out.run_id})", markup=False)
@@ -278,29 +275,26 @@ class _Loop:
                         a.executor.on_result(ref)
         self.results.sort(key=lambda r: r[0].index)
 
+    def compare(self) -> int:
+        """The comparison on the multirun run; the exit code (1 when an execution failed)."""
+        from pipelines.store.compare import log_comparison
+
+        assert self.root is not None
+        log_comparison(self.root.client, self.root.run_id, self.results, self.console)
+        failed = any(code != 0 for _, _, code in self.results)
+        self.root.status = "FAILED" if failed else "FINISHED"
+        return 1 if failed else 0
+
     def cancel(self, settle_s: float = 3.0) -> None:
         """Ctrl-C: every executor cancels its tasks without waiting, then one wait for them all
         (one settle time, not one per execution: the watchdog allows 8 s in all)."""
         refs = list(dict.fromkeys(r for a in self.active for r in a.executor.inflight))
         for a in self.active:
             a.executor.cancel(settle_s=0.0)
-        if refs and not (self.started_ray and self.ray_cfg.address is None):
+        if refs and not self.life.owns_ray:
             import ray
 
             try:
                 ray.wait(refs, num_returns=len(refs), timeout=settle_s)
             except Exception:  # noqa: BLE001 - a cancelled ref may raise here; we only wait
                 pass
-
-    def close(self, status: str) -> None:
-        """Close the runs of executions that did not end (Ctrl-C, an error), then Ray."""
-        from pipelines.run import session
-
-        for ex in self.open:
-            session.close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)
-        if self.started_ray:
-            import ray
-
-            ray.shutdown()
-            for ex in self.open:  # a run a dying worker opened late
-                session.close_open_runs(ex.client, ex.ctx.experiment_id, ex.ctx.root_run, status)

@@ -24,17 +24,18 @@ from rich.console import Console
 from pipelines.config.schema import RayConfig, TrackingConfig
 from pipelines.config.spec import PipelineSpec, build_spec
 from pipelines.run.console import Board
-from pipelines.run.dag import Context
-from pipelines.run.session import Outcome, close_open_runs, open_parent, start_ray
+from pipelines.run.dag import Context, StepState
+from pipelines.run.lifecycle import Lifecycle, close_open_runs, open_parent
+from pipelines.run.session import Outcome
 from pipelines.search import pareto
 from pipelines.search.config import SearchPlan
 from pipelines.search.space import label
 from pipelines.search.trial import TrialJob, run_spec
-from pipelines.search.tuner import make_tuner, rows, search_key, storage_root
+from pipelines.search.tuner import callbacks, make_tuner, rows, search_key, storage_root
 from pipelines.store.tracking import TAG, create_run, ensure_experiment, git_commit, open_runs, resolve_uri
 
 
-def reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key) -> tuple[str, bool]:
+def reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key) -> str:
     """The unfinished search run with this key (reopened; its stale runs closed KILLED), or a new one."""
     found = client.search_runs(
         [experiment_id],
@@ -47,43 +48,32 @@ def reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key) -> 
         for child in open_runs(client, experiment_id, root):
             close_open_runs(client, experiment_id, child, "KILLED")
         client.update_run(root, status="RUNNING")
-        return root, True
+        return root
     root = open_parent(client, experiment_id, cfg, spec, overrides, commit)
     client.set_tag(root, f"{TAG}search_key", key)
-    return root, False
+    return root
 
 
-def _lines():
-    """One stderr line per finished trial (Tune pickles its callbacks: no console object here)."""
-    import sys
-
-    from ray import tune
-
-    class Lines(tune.Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            m = trial.last_result or {}
-            shown = {k: m[k] for k in ("val_acc", "throughput", "size_bytes", "feasible") if k in m}
-            word = "stopped" if m.get("stopped") else "finished"
-            print(f"search: {trial.trial_id} {word} {shown}", file=sys.stderr, flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"search: {trial.trial_id} failed", file=sys.stderr, flush=True)
-
-    return Lines()
+def _failed(states: dict[str, StepState]) -> bool:
+    return any(st.status in ("failed", "skipped") for st in states.values())
 
 
-def _run_prefix(client, ctx: Context, plan: SearchPlan, trusted, use_cache: bool, node: str, console, check_fit: bool):
+def _steps(client, ctx: Context, spec: PipelineSpec, use_cache: bool, life: Lifecycle, console) -> dict:
+    """Steps outside the trials (the prefix, the final steps) on the driver's Ray, live table on."""
+    with Board(console) as board:
+        return run_spec(client, ctx, spec, use_cache, [board], life.node_id(), life.check_fit, life.owns_ray)
+
+
+def _run_prefix(client, ctx: Context, plan: SearchPlan, trusted, use_cache: bool, life: Lifecycle, console):
+    """The steps before the chain, once, under a ``prefix`` run of the search run."""
     spec = build_spec({"name": plan.name, "steps": {n: plan.steps[n] for n in plan.prefix}}, trusted)
-    run = create_run(client, ctx.experiment_id, "prefix", ctx.root_run, {f"{TAG}root": ctx.root_run})
-    sub = Context(ctx.uri, ctx.experiment_id, run, ctx.seed, ctx.commit)
-    status = "FAILED"
-    try:
-        with Board(console) as board:
-            states = run_spec(client, sub, spec, use_cache, [board], node, check_fit)
-        status = "FAILED" if any(st.status in ("failed", "skipped") for st in states.values()) else "FINISHED"
-        return states
-    finally:
-        close_open_runs(client, ctx.experiment_id, run, status)
+    prefix = create_run(client, ctx.experiment_id, "prefix", ctx.root_run, {f"{TAG}root": ctx.root_run})
+    run = life.track(client, ctx.experiment_id, prefix)
+    states = _steps(
+        client, Context(ctx.uri, ctx.experiment_id, prefix, ctx.seed, ctx.commit), spec, use_cache, life, console
+    )
+    life.close(run, "FAILED" if _failed(states) else "FINISHED")
+    return states
 
 
 def _publish(client, root: str, plan: SearchPlan, result: list[pareto.Row], bound: float, chosen, note: str):
@@ -117,71 +107,57 @@ def execute(
 ) -> Outcome:
     """Run the search; exit code 0 (a feasible trial, or the best attempt with a note), 1 when
     a step failed or no trial finished."""
-    import ray
-
     console = console or Console(stderr=True)
-    uri = resolve_uri(tracking.uri)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
-    seed, commit, use_cache = int(cfg.seed), git_commit(), bool(cfg.cache)
-    key = search_key(plan, seed)
-    root, resumed = reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key)
-    client.set_tag(root, f"{TAG}tune_storage", str(storage_root(plan) / f"search-{key[:16]}"))
-    started, status = start_ray(ray_cfg), "FAILED"
-    ctx = Context(uri, experiment_id, root, seed, commit)
-    try:
-        node = ray.get_runtime_context().get_node_id()
-        states = _run_prefix(
-            client, ctx, plan, spec.trusted_targets, use_cache, node, console, not ray_cfg.wait_for_nodes
-        )
-        if any(st.status in ("failed", "skipped") for st in states.values()):
-            return Outcome(spec, states, root, experiment_id, uri, 1)
-        c = plan.cfg.constraint
-        reference = c.reference_value if c.reference_value is not None else states[c.reference].summary["val_acc"]
-        bound = float(reference) - c.budget
-        job = TrialJob(
-            plan,
-            uri,
-            experiment_id,
-            root,
-            seed,
-            commit,
-            use_cache,
-            bound,
-            spec.trusted_targets,
-            not ray_cfg.wait_for_nodes,
-        )
-        sampler_seed = plan.cfg.seed if plan.cfg.seed is not None else seed
-        tuner, restored = make_tuner(plan, job, key, sampler_seed, [_lines()])
-        console.print(
-            f"search: {'resuming' if restored else 'starting'} {plan.cfg.algorithm} over {len(plan.dims)} "
-            f"parameters, {plan.cfg.num_samples} trials; feasible: val_acc >= {bound:.4f}",
-            markup=False,
-            highlight=False,
-        )
-        result = rows(plan, tuner.fit())
-        objectives = {k: str(v) for k, v in plan.cfg.objectives.items()}
-        chosen, feasible = pareto.best(result, objectives)
-        note = _note(chosen, feasible, bound, result, plan)
-        _publish(client, root, plan, result, bound, chosen, note)
-        console.print(f"search: {note}", markup=False, highlight=False)
+    with Lifecycle(ray_cfg) as life:
+        uri = resolve_uri(tracking.uri)
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
+        seed, commit, use_cache = int(cfg.seed), git_commit(), bool(cfg.cache)
+        key = search_key(plan, seed)
+        search_run = reopen_or_open(client, experiment_id, cfg, spec, overrides, commit, key)
+        root = life.track(client, experiment_id, search_run)
+        client.set_tag(root.run_id, f"{TAG}tune_storage", str(storage_root(plan) / f"search-{key[:16]}"))
+        life.start_ray()
+        ctx = Context(uri, experiment_id, root.run_id, seed, commit)
+        states = _run_prefix(client, ctx, plan, spec.trusted_targets, use_cache, life, console)
+        if _failed(states):
+            return Outcome(spec, states, root.run_id, experiment_id, uri, 1)
+        bound, trusted = _bound(plan, states), spec.trusted_targets
+        job = TrialJob(plan, uri, experiment_id, root.run_id, seed, commit, use_cache, bound, trusted, life.check_fit)
+        chosen = _search(client, plan, job, key, seed, console)
         if chosen is None:
-            return Outcome(spec, states, root, experiment_id, uri, 1)
+            return Outcome(spec, states, root.run_id, experiment_id, uri, 1)
         final = build_spec({"name": plan.name, "steps": plan.values_params(chosen.values)}, spec.trusted_targets)
-        with Board(console) as board:
-            states = run_spec(client, ctx, final, use_cache, [board], node, not ray_cfg.wait_for_nodes)
-        failed = any(st.status in ("failed", "skipped") for st in states.values())
-        status = "FAILED" if failed else "FINISHED"
-        return Outcome(final, states, root, experiment_id, uri, 1 if failed else 0)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        for trial_run in open_runs(client, experiment_id, root):  # trials Tune stopped mid-step
-            close_open_runs(client, experiment_id, trial_run, "KILLED")
-        close_open_runs(client, experiment_id, root, status)
-        if started:
-            ray.shutdown()
+        states = _steps(client, ctx, final, use_cache, life, console)
+        root.status = "FAILED" if _failed(states) else "FINISHED"
+        return Outcome(final, states, root.run_id, experiment_id, uri, 1 if _failed(states) else 0)
+
+
+def _bound(plan: SearchPlan, states: dict[str, StepState]) -> float:
+    """Feasible: the deployed model's val_acc >= the reference's (a step's or a number) - budget."""
+    c = plan.cfg.constraint
+    reference = c.reference_value if c.reference_value is not None else states[c.reference].summary["val_acc"]
+    return float(reference) - c.budget
+
+
+def _search(client, plan: SearchPlan, job: TrialJob, key: str, seed: int, console) -> pareto.Row | None:
+    """The Tune search; its trials, Pareto plot and note on the search run; the chosen trial."""
+    sampler_seed = plan.cfg.seed if plan.cfg.seed is not None else seed
+    tuner, restored = make_tuner(plan, job, key, sampler_seed, callbacks())
+    console.print(
+        f"search: {'resuming' if restored else 'starting'} {plan.cfg.algorithm} over {len(plan.dims)} "
+        f"parameters, {plan.cfg.num_samples} trials; feasible: val_acc >= {job.bound:.4f}",
+        markup=False,
+        highlight=False,
+    )
+    result = rows(plan, tuner.fit())
+    for trial_run in open_runs(client, job.experiment_id, job.search_run):  # trials Tune stopped mid-step
+        close_open_runs(client, job.experiment_id, trial_run, "KILLED")
+    chosen, feasible = pareto.best(result, {k: str(v) for k, v in plan.cfg.objectives.items()})
+    note = _note(chosen, feasible, job.bound, result, plan)
+    _publish(client, job.search_run, plan, result, job.bound, chosen, note)
+    console.print(f"search: {note}", markup=False, highlight=False)
+    return chosen
 
 
 def _note(chosen, feasible: bool, bound: float, result: list[pareto.Row], plan: SearchPlan) -> str:

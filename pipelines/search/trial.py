@@ -19,11 +19,10 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import PipelineSpec, build_spec
-from pipelines.run.dag import Context, Executor, StepState, Trial
+from pipelines.run.dag import Context, StepState, Trial
 from pipelines.search.config import MEASURES, EarlyStop, SearchPlan
 from pipelines.search.space import decode, label
 from pipelines.store.keys import step_keys
-from pipelines.store.recorder import RunRecorder
 from pipelines.store.tracking import create_run, log_params
 
 MEASURE = "measure"
@@ -74,16 +73,16 @@ def run_spec(
     listeners: list,
     node_id: str,
     check_fit: bool = True,
+    owns_ray: bool = False,
 ) -> dict[str, StepState]:
-    """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder."""
-    from pipelines.run.session import lookup_cache
+    """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder
+    (``owns_ray``/``check_fit``: ``pipelines.run.lifecycle.Lifecycle.configure``)."""
+    from pipelines.run.session import lookup_cache, make_executor
 
     keys = step_keys(spec, ctx.seed)
     hits = lookup_cache(client, ctx.experiment_id, spec, keys, use_cache)
-    recorder = RunRecorder(client, ctx, node_id)
-    ex = Executor(spec, ctx, keys, hits, [recorder, *listeners])
-    ex.check_fit = check_fit
-    recorder.executor = ex
+    ex, _ = make_executor(client, ctx, spec, keys, hits, node_id, listeners)
+    ex.check_fit, ex.owns_ray = check_fit, owns_ray
     try:
         return ex.run()
     except StopTrial:
@@ -178,7 +177,7 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     import ray
     from ray import tune
 
-    from pipelines.run.session import close_open_runs
+    from pipelines.run.lifecycle import close_open_runs
 
     client = MlflowClient(tracking_uri=job.uri)
     values = decode(job.plan, config)

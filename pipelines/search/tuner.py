@@ -20,6 +20,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from pipelines.run.interrupt import INTERRUPT
 from pipelines.search.config import Algorithm, EarlyStop, SearchPlan
 from pipelines.search.pareto import Row
 from pipelines.search.space import decode, tune_space
@@ -43,6 +44,32 @@ class ConstrainedOptunaSearch(OptunaSearch):
         if result and any(result.get(m) is None for m in metrics):
             result = None  # stopped early: no objectives -> PRUNED
         super().on_trial_complete(trial_id, result, error)
+
+
+class Lines(tune.Callback):
+    """One stderr line per finished trial (Tune pickles its callbacks: no console object here)."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        m = trial.last_result or {}
+        shown = {k: m[k] for k in ("val_acc", "throughput", "size_bytes", "feasible") if k in m}
+        word = "stopped" if m.get("stopped") else "finished"
+        print(f"search: {trial.trial_id} {word} {shown}", file=sys.stderr, flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"search: {trial.trial_id} failed", file=sys.stderr, flush=True)
+
+
+class Interruptible(tune.Callback):
+    """Ctrl-C inside ``Tuner.fit``: Tune's loop turns every 0.1 s; at the start of a turn the
+    recorded Ctrl-C (``pipelines.run.interrupt``) is raised as ``KeyboardInterrupt``, which
+    leaves the loop (Tune catches ``Exception`` only) for the lifecycle's clean-up."""
+
+    def on_step_begin(self, iteration, trials, **info):
+        INTERRUPT.check()
+
+
+def callbacks() -> list[tune.Callback]:
+    return [Lines(), Interruptible()]
 
 
 def searcher(plan: SearchPlan, bound: float, seed: int):
@@ -105,7 +132,8 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
     # (pipelines.search.trial.recorded_final)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Ctrl-C: Tune would stop the trials and return a partial result as if the search had ended;
-    # let KeyboardInterrupt through instead (the CLI exits 130; a rerun resumes)
+    # slimray's handler keeps SIGINT and ``Interruptible`` raises it in Tune's loop instead (the
+    # CLI exits 130; a rerun resumes)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     trainable = tune.with_resources(trial_fn(job, key), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}]))
     root, name = storage_root(plan), f"search-{key[:16]}"
