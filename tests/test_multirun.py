@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.cli import main
 from pipelines.config.compose import load_config
+from pipelines.store.compare import markdown, names
 from tests.engine_helpers import assert_config_error, demo_runs, interrupt_when_running
 
 SLOW = "+pipeline.steps.slow={task: toy_sleep, inputs: {x: source}, params: {seconds: 3.0}}"
@@ -126,6 +127,7 @@ def test_shared_trials_run_once_in_flight_and_runs_nest(workdir, ray_local, caps
     assert [(r["execution"], r["status"], r["run_id"]) for r in table] == [
         (i, "finished", p.info.run_id) for i, p in enumerate(parents)
     ]
+    assert [r["name"] for r in table] == ["amount=2", "amount=3", "amount=4"]  # what differs, not cut
     totals = [r["metrics"]["headline.total"] for r in table]
     assert totals[1] - totals[0] == pytest.approx(4.0) and totals[2] - totals[1] == pytest.approx(4.0)
     assert multirun[0].data.metrics["headline.total/2"] == pytest.approx(totals[2])
@@ -148,6 +150,32 @@ def test_a_failing_execution_exits_1_and_the_others_finish(workdir, ray_local, c
     multirun = next(r for r in runs if r.data.tags.get("slimray.multirun") == "true")
     assert multirun.info.status == "FAILED"
     assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_executions_are_named_by_the_override_values_that_differ():
+    method = "pipeline.steps.quantize.params.method"
+    jobs = [
+        ["experiment=smoke", f"{method}=static_int8", "seed=1"],
+        ["experiment=smoke", f"{method}=static_int8", "seed=2"],
+        ["experiment=smoke", f"{method}=dynamic_int8", "seed=1"],
+    ]
+    assert names(jobs) == ["method=static_int8 seed=1", "method=static_int8 seed=2", "method=dynamic_int8 seed=1"]
+    # two swept keys with one last segment keep as many segments as tell them apart
+    amounts = [["pipeline.steps.prune.params.amount=0.3", "+pipeline.steps.right.params.amount=2"]]
+    amounts.append(["pipeline.steps.prune.params.amount=0.5", "+pipeline.steps.right.params.amount=2"])
+    amounts.append(["pipeline.steps.prune.params.amount=0.5", "+pipeline.steps.right.params.amount=3"])
+    assert names(amounts) == [
+        "prune.params.amount=0.3 right.params.amount=2",
+        "prune.params.amount=0.5 right.params.amount=2",
+        "prune.params.amount=0.5 right.params.amount=3",
+    ]
+    assert names([["seed=0"]]) == ["(no sweep)"]
+    # the markdown table shows the names in full
+    rows = [
+        {"execution": i, "name": n, "status": "finished", "run_id": "r", "metrics": {}}
+        for i, n in enumerate(names(jobs))
+    ]
+    assert "| 2 | method=dynamic_int8 seed=1 | finished | r |" in markdown(rows)
 
 
 @pytest.mark.slow

@@ -1,8 +1,10 @@
 """The comparison of a multirun's executions, logged to the multirun run.
 
-One row per execution: its swept overrides, status, parent run and the metrics on its parent
-run — for the compress pipeline the headline metrics that ``report`` publishes for the selected
-model (``selected.test_acc``, ``selected.throughput_b256``, ``selected_vs_teacher.*`` ...).
+One row per execution: its name (the override values that differ between the executions:
+``method=static_int8 seed=1``, see ``names``), its swept overrides, status, parent run and the
+metrics on its parent run — for the compress pipeline the headline metrics that ``report``
+publishes for the selected model (``selected.test_acc``, ``selected.throughput_b256``,
+``selected_vs_teacher.*`` ...).
 Files: ``comparison.json`` (every metric), ``comparison.md`` (the table) and ``comparison.png``
 (accuracy against throughput of the selected models when the executions publish both; else a
 bar chart of up to three metrics every execution has). The headline metrics of each execution
@@ -28,14 +30,36 @@ ACC, SPEED = "selected.test_acc", "selected.throughput_b256"
 PREFERRED = (ACC, SPEED, "selected.size_bytes", "selected_vs_teacher.throughput_speedup")
 
 
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def names(overrides: list[list[str]]) -> list[str]:
+    """A short name per execution: ``key=value`` of the overrides whose values differ between
+    the executions, the key cut to its last segment (``pipeline.steps.quantize.params.method``
+    -> ``method``), or to as many last segments as tell two such keys apart."""
+    values = [dict(_split(o) for o in job) for job in overrides]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    differ = [k for k in keys if len({v.get(k) for v in values}) > 1]
+    short = {}
+    for k in differ:
+        parts, n = k.split("."), 1
+        while n < len(parts) and any(o != k and o.split(".")[-n:] == parts[-n:] for o in differ):
+            n += 1
+        short[k] = ".".join(parts[-n:])
+    return [" ".join(f"{short[k]}={v[k]}" for k in differ if k in v) or "(no sweep)" for v in values]
+
+
 def rows(client: MlflowClient, results: list[tuple]) -> list[dict]:
     """``results``: (job, session.Outcome, exit code) per execution, in execution order."""
     out = []
-    for job, outcome, code in results:
+    for (job, outcome, code), name in zip(results, names([job.overrides for job, _, _ in results])):
         metrics = client.get_run(outcome.run_id).data.metrics
         out.append(
             {
                 "execution": job.index,
+                "name": name,
                 "overrides": job.label,
                 "status": "finished" if code == 0 else "failed",
                 "run_id": outcome.run_id,
@@ -57,11 +81,11 @@ def columns(table: list[dict], limit: int = 4) -> list[str]:
 
 def markdown(table: list[dict]) -> str:
     cols = columns(table, limit=8)
-    head = ["execution", "overrides", "status", *cols, "run"]
+    head = ["execution", "name", "status", *cols, "run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         vals = [f"{r['metrics'][c]:.4g}" if c in r["metrics"] else "" for c in cols]
-        lines.append("| " + " | ".join([str(r["execution"]), r["overrides"], r["status"], *vals, r["run_id"]]) + " |")
+        lines.append("| " + " | ".join([str(r["execution"]), r["name"], r["status"], *vals, r["run_id"]]) + " |")
     return "# Multirun comparison\n\n" + "\n".join(lines) + "\n"
 
 
@@ -78,7 +102,7 @@ def plot(table: list[dict]) -> bytes | None:
         for r in both:
             x, y = r["metrics"][SPEED], r["metrics"][ACC]
             ax.scatter([x], [y])
-            ax.annotate(f"#{r['execution']} {r['overrides']}"[:60], (x, y), fontsize=7)
+            ax.annotate(f"#{r['execution']} {r['name']}", (x, y), fontsize=7)
         ax.set_xscale("log")
         ax.set(xlabel="throughput, samples/s (batch 256)", ylabel="test accuracy", title="selected model per execution")
     else:
@@ -123,9 +147,11 @@ def log_comparison(client: MlflowClient, run_id: str, results: list[tuple], cons
 
 def _rich(table: list[dict], cols: list[str]) -> Table:
     t = Table(title="multirun comparison", expand=False)
-    for col in ("#", "overrides", "status", *cols):
+    t.add_column("#")
+    t.add_column("execution", overflow="fold")  # a name is never cut: it tells the rows apart
+    for col in ("status", *cols):
         t.add_column(col)
     for r in table:
         vals = [f"{r['metrics'][c]:.4g}" if c in r["metrics"] else "" for c in cols]
-        t.add_row(str(r["execution"]), r["overrides"], r["status"], *vals)
+        t.add_row(str(r["execution"]), r["name"], r["status"], *vals)
     return t
