@@ -234,3 +234,46 @@ def test_conf_model_files_build(name, shape):
         assert 1000 <= params <= 5000
     if name == "cnn1d_teacher":
         assert params <= 1_000_000
+
+
+def _vectors(n=64, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return x, x @ torch.randn(d, d, generator=g)  # a linear teacher: an nn.Linear student can match it
+
+
+def test_embedding_fit_is_the_shared_loop_with_the_cos_mean_score():
+    """fit_embedding goes through fit: the cos_mean score picks the kept weights (the start included),
+    the scheduler decays the learning rate, patience stops early, and the metric names stay."""
+    from tasks.training.embedding import fit_embedding
+
+    x, t = _vectors()
+    student = torch.nn.Linear(8, 8)
+    ctx = StepContext()
+    best = fit_embedding(student, x, t, cfg=OptimConfig(epochs=30, batch_size=16, lr=5e-2), ctx=ctx, val=(x, t))
+    assert set(best) == {"cos_mean", "cos_min", "top1_agree", "top5_agree", "best_epoch"}
+    assert best["cos_mean"] > 0.95 and best["best_epoch"] >= 0
+    assert [m["epoch_cos_mean"] for _, m in ctx.history if "epoch_cos_mean" in m][-1] <= best["cos_mean"]
+    assert ctx.summary["cos_mean"] == best["cos_mean"]
+    # no learning (lr 0): the starting weights stay best and patience 2 stops after two epochs
+    frozen, ctx = torch.nn.Linear(8, 8), StepContext()
+    start = frozen.weight.detach().clone()
+    cfg = OptimConfig(epochs=10, batch_size=16, lr=0.0, weight_decay=0.0, patience=2)
+    got = fit_embedding(frozen, x, t, cfg=cfg, ctx=ctx, val=(x, t))
+    assert got["best_epoch"] == -1.0 and sum("train_loss" in m for _, m in ctx.history) == 2
+    assert torch.equal(frozen.weight, start)
+
+
+def test_fit_decays_the_learning_rate_on_the_cosine_schedule_only_when_asked():
+    """The schedule fit steps after every optimizer step: cosine reaches 0 at the last step, none keeps lr."""
+    from tasks.training.loop import _scheduler, make_optimizer
+
+    for name, last in (("cosine", 0.0), ("none", 1e-2)):
+        cfg = OptimConfig(epochs=2, batch_size=8, lr=1e-2, scheduler=name)
+        opt = make_optimizer(torch.nn.Linear(4, 2).parameters(), cfg)
+        sched = _scheduler(opt, cfg, rows=32)
+        for _ in range(8):  # 2 epochs x 4 batches
+            opt.step()
+            if sched is not None:
+                sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(last, abs=1e-12)

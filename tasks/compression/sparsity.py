@@ -1,6 +1,6 @@
-"""Pruning helpers of the ``prune`` task: unstructured (magnitude) pruning, the AGP schedule, and
-what channel pruning needs to know of a model it has never seen (its output layer, its
-attention blocks).
+"""Pruning helpers of the ``prune`` step (``tasks/steps/prune.py``): unstructured (magnitude)
+pruning, the AGP schedule, and what channel pruning needs to know of a model it has never seen
+(its output layer, its attention blocks).
 
 Masks come from ``torch.nn.utils.prune`` (L1, global or per layer) and are folded into the
 weights, so a pruned model stays a plain module; ``mask_applier`` keeps them zero while

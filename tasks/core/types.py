@@ -133,7 +133,7 @@ class BenchmarkRow:
 
     Speed is measured on the deployed runtime (ONNX Runtime, CPU, ``BenchmarkReport.threads``
     intra-op threads): ``throughput_b256`` is samples/s at the median latency of a batch of 256
-    (``tasks.runtime.onnx.time_ort``), the same definition ``prune`` uses for its ``throughput``.
+    (``tasks.runtime.timing.time_ort``), the same definition ``prune`` uses for its ``throughput``.
     ``flops`` counts one sample's forward pass with ``torch.utils.flop_counter`` (a multiply-add is
     2 FLOPs); ``size_bytes`` is the length of the ONNX file that is deployed. ``params``,
     ``nonzero_params`` and ``flops`` come from the torch architecture (an INT8 model counts the FP32

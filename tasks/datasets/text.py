@@ -1,4 +1,5 @@
-"""Task ``text_data``: an offline English text set for embedding models, tokenized, as a ``Dataset``.
+"""The corpus and tokenization behind the ``text_data`` step (``tasks/steps/text_data.py``): an
+offline English text set for embedding models, tokenized, as a ``Dataset``.
 
 The sentences are the Python standard library's own docstrings: read with ``ast`` from the
 installed stdlib sources (nothing imported, nothing downloaded), split into sentences, filtered

@@ -1,4 +1,4 @@
-"""Task ``export``: turn a torch model artifact into a deployable ONNX file, gated on parity.
+"""The ``export`` step: turn a torch model artifact into a deployable ONNX file, gated on parity.
 
 The ONNX outputs on the test split are compared with the torch model's (``tasks.evaluation.quality.parity``):
 the largest absolute difference and the agreement - top-1 agreement for classification, the worst

@@ -1,4 +1,4 @@
-"""Task ``multitask_report``: per-task test accuracy of the multi-task student against each task's
+"""The ``multitask_report`` step: per-task test accuracy of the multi-task student against each task's
 teacher and against a single-task student of the same trunk (``tasks/training/multitask.py``).
 
 For task ``k`` (head ``k`` of the student, ``teachers[k]``, ``singles[k]``) the labels are derived

@@ -19,7 +19,7 @@ class PretrainedConfig:
 
 
 def run(*, cfg: PretrainedConfig, ctx: StepContext) -> ModelArtifact:
-    """Task ``pretrained``: a pretrained encoder (offline) as a model artifact (arch JSON + weights)."""
+    """The ``pretrained`` step: a pretrained encoder (offline) as a model artifact (arch JSON + weights)."""
     model, arch = load_pretrained(cfg.model, cfg.normalize)
     params = float(count_params(model))
     ctx.log_metrics({"params": params})

@@ -1,4 +1,4 @@
-"""Task ``prune``: make a trained model sparse (unstructured) or really smaller (structured).
+"""The ``prune`` step: make a trained model sparse (unstructured) or really smaller (structured).
 
 Methods (``cfg.method``):
 
@@ -16,8 +16,9 @@ Methods (``cfg.method``):
   ``s_t = s_f + (s_i - s_f) * (1 - t/n)^3``, pruning fast while redundancy is high and slowly
   near the end; the base pruner is ``cfg.gradual_base`` (magnitude | channel).
 
-Fine-tuning reuses ``tasks.training.loop.fit`` with cross-entropy, or Hinton knowledge distillation
-from cached teacher logits when ``logits`` is given and ``cfg.kd_alpha > 0``.
+Fine-tuning reuses the one loop, ``tasks.training.loop.fit``, with cross-entropy, or Hinton knowledge
+distillation (``tasks.training.losses.kd_loss``) from cached teacher logits when ``logits`` is given
+and ``cfg.kd_alpha > 0``. ``throughput`` is ``tasks.runtime.timing.deployed_speed``.
 """
 
 from __future__ import annotations

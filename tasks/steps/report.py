@@ -1,4 +1,4 @@
-"""Task ``report``: turn the benchmark into a Pareto plot, a Markdown table, headline metrics and a
+"""The ``report`` step: turn the benchmark into a Pareto plot, a Markdown table, headline metrics and a
 model to register, all returned in ``Report.publish`` for the engine to put on the pipeline's run.
 
 The benchmark lists every candidate (teacher, students, pruned, quantized) with accuracy, size and
