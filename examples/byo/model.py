@@ -1,7 +1,7 @@
 """A user's own model, written without slimray in mind: its constructor names are its own
 (``in_ch``, ``length``, ``n_classes``), and it uses BatchNorm, residual additions, GELU, a
-depthwise convolution and a LayerNorm head. slimray compresses it unchanged (see the README,
-"Your own model"); ``conf/model/byo_resnet1d.yaml`` maps the data to these argument names.
+depthwise convolution and a LayerNorm head. slimray compresses it unchanged (see
+docs/your-own-model.md); ``conf/model/byo_resnet1d.yaml`` maps the data to these argument names.
 """
 
 from __future__ import annotations
