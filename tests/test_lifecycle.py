@@ -1,6 +1,7 @@
-"""The run lifecycle (``pipelines.run.lifecycle``) on real MLflow and a joined real Ray: the
-Ctrl-C handler is installed, runs still open under a tracked run are ended at any depth, a
-tracked run ends with its status (KILLED after Ctrl-C), a joined Ray is left running."""
+"""The run lifecycle (``pipelines.run.lifecycle``) on real MLflow and real Ray: the Ctrl-C
+handler is installed, runs still open under a tracked run are ended at any depth, a tracked run
+ends with its status (KILLED after Ctrl-C), a joined Ray is left running; and Ctrl-C of a search
+through the CLI (the single run's and the multirun's: tests/test_resume.py, tests/test_multirun.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pipelines.config.schema import RayConfig
 from pipelines.run.interrupt import INTERRUPT
 from pipelines.run.lifecycle import Lifecycle
 from pipelines.store.tracking import create_run, ensure_experiment
+from tests.engine_helpers import demo_runs, interrupt_when_running
+from tests.test_search import small
 
 
 @pytest.fixture
@@ -72,3 +75,24 @@ def test_runs_end_with_their_status_and_a_closed_run_is_not_touched_again(store,
         life.track(client, exp, second)  # failed: the work under it never said FINISHED
     assert _status(client, first, first_trial) == ["FINISHED", "FINISHED"]
     assert _status(client, second, second_trial, second_step) == ["FAILED"] * 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_search_exits_130_with_no_running_run(workdir):
+    """Ctrl-C once a trial's first step runs: the search (its own Ray, as `slimray` starts it)
+    stops within 10 s with exit 130, and no run of the search is left RUNNING."""
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()  # the store exists before the driver's workers log
+    overrides = [o for o in small(workdir) if not o.startswith("tracking.uri=")]
+    code, exit_s, err = interrupt_when_running(
+        overrides, workdir, uri, None, step="student_kd", experiment="search", wait_s=480
+    )
+    assert code == 130, err[-3000:]
+    assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
+    assert "interrupted" in err
+    runs = demo_runs(uri, "search")
+    assert not [(r.info.run_name, r.data.tags.get("slimray.step")) for r in runs if r.info.status == "RUNNING"]
+    root = next(r for r in runs if "slimray.search_key" in r.data.tags)
+    assert root.info.status == "KILLED" and root.data.tags["slimray.status"] == "killed"
+    trials = [r for r in runs if r.data.tags.get("slimray.step") == "search"]
+    assert trials and any(t.info.status == "KILLED" for t in trials)

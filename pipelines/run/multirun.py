@@ -185,11 +185,7 @@ def run(jobs: list[Job], console: Console, max_parallel: int = 4) -> int:
     try:
         with Lifecycle(jobs[0].ray) as life:
             loop.open(life)
-            try:
-                loop.run()
-            except KeyboardInterrupt:
-                loop.cancel()
-                raise
+            loop.run()
             return loop.compare()
     finally:
         if loop.root is not None:
@@ -259,20 +255,23 @@ class _Loop:
     def run(self) -> None:
         from pipelines.run.interrupt import INTERRUPT
 
-        while self.pending or self.active:
-            INTERRUPT.check()
-            self.admit()
-            self.retire()
-            refs = list(dict.fromkeys(r for a in self.active for r in a.executor.inflight))
-            if not refs:
-                continue
-            import ray
+        try:
+            while self.pending or self.active:
+                INTERRUPT.check()
+                self.admit()
+                self.retire()
+                refs = list(dict.fromkeys(r for a in self.active for r in a.executor.inflight))
+                if not refs:
+                    continue
+                import ray
 
-            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
-            for ref in ready:
-                for a in self.active:
-                    if ref in a.executor.inflight:
-                        a.executor.on_result(ref)
+                for ref in ray.wait(refs, num_returns=1, timeout=0.5)[0]:
+                    for a in self.active:
+                        if ref in a.executor.inflight:
+                            a.executor.on_result(ref)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
         self.results.sort(key=lambda r: r[0].index)
 
     def compare(self) -> int:
