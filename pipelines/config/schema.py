@@ -9,6 +9,8 @@ task's own dataclass by ``pipelines.config.spec`` (they depend on the step's ``t
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -129,11 +131,18 @@ def container(node, path: str) -> dict:
         ) from None
 
 
+@functools.cache
+def template(cls: type) -> DictConfig:
+    """The structured node of dataclass ``cls``, built once (merging copies it; building it is
+    most of the cost of checking a step's params, and a sweep checks every trial's)."""
+    return OmegaConf.structured(cls)
+
+
 def typed(cls: type | DictConfig, node, path: str, as_object: bool = False):
     """``node`` merged into dataclass ``cls`` (or a structured node): unknown keys, wrong types,
     bad Enum values and missing required values are a ``SpecError`` naming the key."""
     try:
-        base = cls if isinstance(cls, DictConfig) else OmegaConf.structured(cls)
+        base = cls if isinstance(cls, DictConfig) else template(cls)
         merged = OmegaConf.merge(base, node)
     except OmegaConfBaseException as e:
         raise SpecError(_join(path, getattr(e, "full_key", None)), omega_message(e)) from None
@@ -146,7 +155,7 @@ def typed(cls: type | DictConfig, node, path: str, as_object: bool = False):
 def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
     """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
     try:
-        base = OmegaConf.structured(cls)
+        base = copy.deepcopy(template(cls))
         _clear_swapped_parts(base, params)
     except OmegaConfBaseException as e:
         raise SpecError(path, omega_message(e)) from None
