@@ -137,6 +137,12 @@ def test_tasks_never_import_pipelines():
     assert not upward, "tasks import the engine:\n" + "\n".join(upward)
 
 
+def test_only_the_entry_point_imports_the_command_line():
+    graph = import_graph()
+    importers = sorted(m for m, targets in graph.items() if "pipelines.cli" in targets)
+    assert importers == ["pipelines.__main__"], importers
+
+
 def test_the_graph_reader_sees_function_local_and_from_imports():
     graph = import_graph()
     assert "pipelines.api" in graph["pipelines.cli"]  # `from pipelines import api`: a module
