@@ -89,7 +89,9 @@ def test_ctrl_c_of_a_search_exits_130_with_no_running_run(workdir):
     )
     assert code == 130, err[-3000:]
     assert exit_s <= 10, f"driver took {exit_s:.1f} s to exit after Ctrl-C"
-    assert "interrupted" in err
+    assert "interrupted: Ray tasks cancelled" in err and "clean-up took over" not in err, err[
+        -3000:
+    ]  # not the watchdog
     runs = demo_runs(uri, "search")
     assert not [(r.info.run_name, r.data.tags.get("slimray.step")) for r in runs if r.info.status == "RUNNING"]
     root = next(r for r in runs if "slimray.search_key" in r.data.tags)
