@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,6 +75,43 @@ def _submit(env: dict, *overrides: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=420,
     )
+
+
+def _statuses(pg_uri: str, experiment: str) -> dict[str, int]:
+    import psycopg2
+
+    with psycopg2.connect(pg_uri) as pg, pg.cursor() as cur:
+        cur.execute(
+            "SELECT r.status, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
+            "WHERE e.name = %s GROUP BY r.status",
+            (experiment,),
+        )
+        return dict(cur.fetchall())
+
+
+def _ctrl_c_of_a_submitted_job(env: dict, pg_uri: str) -> None:
+    """Ctrl-C of ``slimray submit`` stops the Ray job with SIGINT: the job's driver goes through
+    the run lifecycle (runs KILLED, none left RUNNING) and the command exits 130 at once."""
+    nap = "+pipeline.steps.nap={task: toy_sleep, inputs: {x: source}, params: {seconds: 120}}"
+    cmd = [sys.executable, "-m", "pipelines", "submit", "pipeline=demo", "tracking.experiment=demo-stop", nap]
+    submit = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while _statuses(pg_uri, "demo-stop").get("RUNNING", 0) < 2:  # the parent and a step run
+            assert submit.poll() is None and time.time() < deadline, "the job never started a step"
+            time.sleep(1)
+        time.sleep(3)  # the nap step's run is open
+        submit.send_signal(signal.SIGINT)
+        assert submit.wait(timeout=30) == 130
+        deadline = time.time() + 40
+        while _statuses(pg_uri, "demo-stop").get("RUNNING", 0):
+            assert time.time() < deadline, _statuses(pg_uri, "demo-stop")
+            time.sleep(1)
+        assert _statuses(pg_uri, "demo-stop").get("KILLED", 0) >= 1
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+            submit.wait()
 
 
 def test_up_submit_postgres_down():
@@ -162,6 +201,7 @@ def test_up_submit_postgres_down():
         failing = _submit(env, "pipeline=demo", "+pipeline.steps.boom={task: toy_fail, inputs: {x: source}}")
         assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
         assert "this step fails on purpose" in failing.stdout
+        _ctrl_c_of_a_submitted_job(env, cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""))
     finally:
         down = subprocess.run([str(ROOT / "cluster/down.sh")], env=base, capture_output=True, text=True, timeout=180)
     assert down.returncode == 0, down.stderr

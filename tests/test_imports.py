@@ -137,6 +137,27 @@ def test_tasks_never_import_pipelines():
     assert not upward, "tasks import the engine:\n" + "\n".join(upward)
 
 
+def test_a_step_never_imports_another_step():
+    """Steps are recipes: what two steps share lives in the library rooms of tasks/."""
+    graph = import_graph()
+    crossing = sorted(
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        if m.startswith("tasks.steps.")
+        for t in targets
+        if t.startswith("tasks.steps.")
+    )
+    assert not crossing, "steps import steps:\n" + "\n".join(crossing)
+    libraries = sorted(
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        if m.startswith("tasks.") and not m.startswith("tasks.steps") and m != "tasks"
+        for t in targets
+        if t.startswith("tasks.steps")
+    )
+    assert not libraries, "libraries import steps:\n" + "\n".join(libraries)
+
+
 def test_only_the_entry_point_imports_the_command_line():
     graph = import_graph()
     importers = sorted(m for m, targets in graph.items() if "pipelines.cli" in targets)

@@ -16,11 +16,15 @@ from pipelines.config.errors import SpecError
 
 
 def conf_dir() -> Path:
-    """The packaged configs: the conf/ folder beside the installed packages."""
-    path = Path(__file__).resolve().parents[2] / "conf"
-    if not (path / "config.yaml").exists():
-        raise SpecError("conf", f"no config.yaml in {path} (a broken install?)")
-    return path
+    """The packaged configs: the conf/ folder beside the packages (a checkout or an editable
+    install). A wheel installed elsewhere has none beside it: then the first ``SLIMRAY_CONF``
+    folder holding a ``config.yaml`` (the container image sets ``SLIMRAY_CONF=/app/conf``)."""
+    beside = Path(__file__).resolve().parents[2] / "conf"
+    named = [Path(p) for p in os.environ.get("SLIMRAY_CONF", "").split(os.pathsep) if p]
+    for path in (beside, *named):
+        if (path / "config.yaml").exists():
+            return path.resolve()
+    raise SpecError("conf", f"no config.yaml in {beside} or a SLIMRAY_CONF folder (a broken install?)")
 
 
 def user_conf_dirs() -> list[Path]:

@@ -1,2 +1,3 @@
-"""Scale-out rooms: data-parallel replicas, pipeline-parallel stage chains (``pool``) and the
-Ray Serve application (``serve``)."""
+"""Beyond one process: data-parallel replica pools and pipeline-parallel stage chains (``pool``),
+the Ray Serve application for a registered model (``serve``, ``serve_config``, ``serve_app``)
+and Ray Jobs on a cluster (``submit``)."""

@@ -44,6 +44,7 @@ PASSED_ENV = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
     "RAY_AUTH_MODE",
+    "SLIMRAY_TASKS",  # your own tasks' modules (they ship with the working directory)
 )
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -71,6 +72,10 @@ def job_spec(overrides: list[str], project: Path) -> dict:
         )
     env = {k: os.environ[k] for k in PASSED_ENV if os.environ.get(k)}
     env.update(MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    # `ray job stop` (what Ctrl-C here does) signals the job's driver with these: SIGINT is the
+    # driver's own Ctrl-C (pipelines.run.lifecycle: its runs end KILLED, exit 130), and the wait
+    # covers that clean-up before Ray's SIGKILL (its defaults, SIGTERM and 3 s, left runs RUNNING)
+    env.update(RAY_JOB_STOP_SIGNAL="SIGINT", RAY_JOB_STOP_WAIT_TIME_S="15")
     entry = shlex.join(["python", "-m", "pipelines", "ray=cluster", *overrides])
     return {
         "entrypoint": entry,
@@ -102,7 +107,7 @@ def main(argv: list[str]) -> int:
     if bad:
         print(f"error: unknown option {bad[0]} (usage: slimray submit [KEY=VALUE ...])", file=sys.stderr)
         return 2
-    project = Path(__file__).resolve().parents[1]
+    project = Path(__file__).resolve().parents[2]  # the checkout holding pipelines/ and tasks/
     try:
         address = api_address()
         spec = job_spec(argv, project)

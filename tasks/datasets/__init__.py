@@ -1,0 +1,1 @@
+"""Data sources: the user's files (``.npz``, CIFAR-10 batches) and the offline text corpus."""

@@ -1,0 +1,1 @@
+"""Quality and selection: metrics per task kind, the parity gate, and the benchmark's choice."""

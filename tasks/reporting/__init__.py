@@ -1,0 +1,1 @@
+"""The report's figures: the Pareto plot and the k-bit section."""
