@@ -80,12 +80,15 @@ TABLES: dict[str, list[Row]] = {
         engine_overhead | fixed cost (Ray start + tracking set-up) | fixed_cost_s | {:.1f} s | ≤ 10 s
         engine_overhead | cost per step (26 trivial steps) | per_step_ms | {:.0f} ms | ≤ 100 ms
         engine_overhead | cached rerun, whole CLI command (26-step DAG) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
-        cached_rerun_smoke | cached rerun, whole CLI command (`experiment=smoke`) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
+        cached_rerun_smoke | cached rerun, whole CLI command (`experiment=smoke`) | cached_rerun_cli_s | {:.1f} s | ≤ 4 s
         pipeline_overhead | engine vs plain script on `compress` (cache off) | ratio | {:.2f}× | ≤ 1.10×
         sweep_scaling_small_batch | 8-trial pruning sweep vs one after another (batch 32) | speedup | {:.2f}× | ≥ 1.7×
         sweep_scaling | 8-trial pruning sweep vs one after another (batch 128) | speedup | {:.2f}× | ≥ 1.7×
         kd_gain | KD gain over the better scratch baseline (3 seeds) | gain_points_mean | {:+.1f} points | ≥ +1.0
-        ctrl_c | Ctrl-C: runs exiting with 130 within 10 s, nothing left RUNNING | passed | {}/10 | 10/10
+        ctrl_c | Ctrl-C of a single run: exit 130 within 10 s, nothing left RUNNING | single.passed | {}/10 | 10/10
+        ctrl_c | … of a multirun (`-m`, 2 executions) | multirun.passed | {}/10 | 10/10
+        ctrl_c | … of a search (`experiment=search`, in a trial) | search.passed | {}/10 | 10/10
+        ctrl_c | … slowest exit of the three | max_exit_s | {:.1f} s | ≤ 10 s
         multirun_sharing | `-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`) | wall_ratio | {:.2f}× | ≤ 1.6×
         multirun_sharing | … teacher runs computed (3 recorded) | teacher_runs_computed | {} | 1
         """
