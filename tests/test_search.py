@@ -247,20 +247,18 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_sigkill_driver_mid_search_then_resume(workdir):
     overrides = small(workdir, "pipeline.search.max_concurrent=1", "pipeline.search.num_samples=3")
-    proc = _launch(workdir, overrides, workdir / "first.log")
     db = f"sqlite:///{workdir}/mlflow.db"
+    # the store exists before the driver starts: the polling client below never races the
+    # driver's schema migration (two processes creating one sqlite store fail in alembic)
+    MlflowClient(db).search_experiments()
+    proc = _launch(workdir, overrides, workdir / "first.log")
     deadline, finished = time.time() + 480, []
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(2)
-            if not (workdir / "mlflow.db").exists():
-                continue
-            try:
-                runs = MlflowClient(db).search_runs(
-                    ["1"], filter_string="tags.`slimray.step` = 'search' and attributes.status = 'FINISHED'"
-                )
-            except Exception:  # noqa: BLE001 - the driver may still be creating the schema (alembic)
-                continue
+            runs = MlflowClient(db).search_runs(
+                ["1"], filter_string="tags.`slimray.step` = 'search' and attributes.status = 'FINISHED'"
+            )
             finished = [r for r in runs if r.info.run_name.startswith("trial-")]
             if finished:
                 break
