@@ -89,12 +89,23 @@ def _statuses(pg_uri: str, experiment: str) -> dict[str, int]:
         return dict(cur.fetchall())
 
 
-def _ctrl_c_of_a_submitted_job(env: dict, pg_uri: str) -> None:
+def _job_log(env: dict, submit_log: Path) -> str:
+    """The tail of the job's own log (its driver's output), for a failure message."""
+    text = submit_log.read_text(errors="replace")
+    job = next((w for w in text.split() if w.startswith("slimray-")), None)
+    if job is None:
+        return text[-2000:]
+    cmd = [str(BIN / "ray"), "job", "logs", job, "--address", env["RAY_API_SERVER_ADDRESS"]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60).stdout[-3000:]
+
+
+def _ctrl_c_of_a_submitted_job(env: dict, pg_uri: str, tmp: Path) -> None:
     """Ctrl-C of ``slimray submit`` stops the Ray job with SIGINT: the job's driver goes through
     the run lifecycle (runs KILLED, none left RUNNING) and the command exits 130 at once."""
     nap = "+pipeline.steps.nap={task: toy_sleep, inputs: {x: source}, params: {seconds: 120}}"
     cmd = [sys.executable, "-m", "pipelines", "submit", "pipeline=demo", "tracking.experiment=demo-stop", nap]
-    submit = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp / "submit.log"
+    submit = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
         while _statuses(pg_uri, "demo-stop").get("RUNNING", 0) < 2:  # the parent and a step run
@@ -105,7 +116,8 @@ def _ctrl_c_of_a_submitted_job(env: dict, pg_uri: str) -> None:
         assert submit.wait(timeout=30) == 130
         deadline = time.time() + 40
         while _statuses(pg_uri, "demo-stop").get("RUNNING", 0):
-            assert time.time() < deadline, _statuses(pg_uri, "demo-stop")
+            if time.time() > deadline:
+                pytest.fail(f"runs left RUNNING: {_statuses(pg_uri, 'demo-stop')}\n{_job_log(env, log)}")
             time.sleep(1)
         assert _statuses(pg_uri, "demo-stop").get("KILLED", 0) >= 1
     finally:
@@ -201,7 +213,7 @@ def test_up_submit_postgres_down():
         failing = _submit(env, "pipeline=demo", "+pipeline.steps.boom={task: toy_fail, inputs: {x: source}}")
         assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
         assert "this step fails on purpose" in failing.stdout
-        _ctrl_c_of_a_submitted_job(env, cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""))
+        _ctrl_c_of_a_submitted_job(env, cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""), state)
     finally:
         down = subprocess.run([str(ROOT / "cluster/down.sh")], env=base, capture_output=True, text=True, timeout=180)
     assert down.returncode == 0, down.stderr

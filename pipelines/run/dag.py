@@ -64,6 +64,7 @@ class Executor:
         self.shared = shared  # cache key -> (output ref, meta ref), across a multirun's executions
         self.owns_ray = False  # set by the session when it started Ray (and will shut it down)
         self.check_fit = True  # fail a step no node can hold (pipelines.run.fit); off: ray.wait_for_nodes
+        self.before_cancel = lambda: None  # Ctrl-C on a joined cluster: the lifecycle ends the runs first
         self._nodes: list[dict[str, float]] | None = None
 
     def emit(self, event: str, st: StepState, trial: Trial | None = None) -> None:
@@ -267,14 +268,14 @@ class Executor:
 
     def cancel(self, settle_s: float = 3.0) -> None:
         """Ctrl-C: cancel every Ray task still running and wait (at most ``settle_s``) until the
-        cancellations have landed: a task that was just starting may still open its MLflow run,
-        and the session marks open runs KILLED only after this.
-
+        cancellations have landed (a task just starting may still open its MLflow run; the
+        lifecycle ends open runs KILLED after this, and, through ``before_cancel``, before it).
         When this process started Ray (``owns_ray``), nothing is cancelled: ``ray.shutdown()``
         ends every worker anyway, and Ray 2.60's ``ray.cancel`` of a task whose ObjectRef
         arguments are still being resolved can abort the driver (``reference_counter.cc: Check
         failed: submitted_task_ref_count > 0``), measured in 2 of 10 interrupted runs."""
         if self.inflight and not self.owns_ray:
+            self.before_cancel()  # so that no run stays RUNNING should ray.cancel abort us
             import ray
 
             refs = list(self.inflight)

@@ -177,7 +177,17 @@ class Lifecycle:
     def configure(self, executor: Executor) -> Executor:
         executor.owns_ray = self.owns_ray
         executor.check_fit = self.check_fit
+        executor.before_cancel = self.end_runs
         return executor
+
+    def end_runs(self) -> None:
+        """Ctrl-C on a Ray this process joined: end every tracked run (and what is open under it)
+        KILLED before the executor cancels its tasks. Ray 2.60's ``ray.cancel`` can abort the
+        driver (``Executor.cancel``); the runs must not stay RUNNING if it does. The way out
+        ends them once more (a cancelled task may still have opened one)."""
+        for run in self.runs:
+            run.status = "KILLED"
+        self._close_all()
 
     def track(self, client: MlflowClient, experiment_id: str, run_id: str) -> Tracked:
         """End ``run_id`` (and what is open under it) on the way out, unless ``close``d before."""

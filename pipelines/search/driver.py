@@ -61,7 +61,8 @@ def _failed(states: dict[str, StepState]) -> bool:
 def _steps(client, ctx: Context, spec: PipelineSpec, use_cache: bool, life: Lifecycle, console) -> dict:
     """Steps outside the trials (the prefix, the final steps) on the driver's Ray, live table on."""
     with Board(console) as board:
-        return run_spec(client, ctx, spec, use_cache, [board], life.node_id(), life.check_fit, life.owns_ray)
+        node = life.node_id()
+        return run_spec(client, ctx, spec, use_cache, [board], node, life.check_fit, life.owns_ray, life.end_runs)
 
 
 def _run_prefix(client, ctx: Context, plan: SearchPlan, trusted, use_cache: bool, life: Lifecycle, console):

@@ -12,6 +12,7 @@ feasible). The final report holds the objectives, ``val_acc`` and ``feasible``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,15 +75,16 @@ def run_spec(
     node_id: str,
     check_fit: bool = True,
     owns_ray: bool = False,
+    before_cancel: Callable[[], None] = lambda: None,
 ) -> dict[str, StepState]:
     """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder
-    (``owns_ray``/``check_fit``: ``pipelines.run.lifecycle.Lifecycle.configure``)."""
+    (``owns_ray``/``check_fit``/``before_cancel``: ``pipelines.run.lifecycle.Lifecycle.configure``)."""
     from pipelines.run.session import lookup_cache, make_executor
 
     keys = step_keys(spec, ctx.seed)
     hits = lookup_cache(client, ctx.experiment_id, spec, keys, use_cache)
     ex, _ = make_executor(client, ctx, spec, keys, hits, node_id, listeners)
-    ex.check_fit, ex.owns_ray = check_fit, owns_ray
+    ex.check_fit, ex.owns_ray, ex.before_cancel = check_fit, owns_ray, before_cancel
     try:
         return ex.run()
     except StopTrial:
