@@ -184,7 +184,10 @@ class Lifecycle:
         """Ctrl-C on a Ray this process joined: end every tracked run (and what is open under it)
         KILLED before the executor cancels its tasks. Ray 2.60's ``ray.cancel`` can abort the
         driver (``Executor.cancel``); the runs must not stay RUNNING if it does. The way out
-        ends them once more (a cancelled task may still have opened one)."""
+        ends them once more (a cancelled task may still have opened one). Once per Ctrl-C: each
+        executor of a multirun cancels, and the first call has ended every tracked run."""
+        if all(run.status == "KILLED" for run in self.runs):
+            return
         for run in self.runs:
             run.status = "KILLED"
         self._close_all()
