@@ -11,8 +11,6 @@ application and shuts down the Ray it started. Config: ``conf/serve/default.yaml
 
 from __future__ import annotations
 
-import logging
-import os
 import re
 import signal
 import sys
@@ -69,7 +67,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0
     try:
-        cfg = load_config([a for a in argv])
+        cfg = load_config(argv)
         uri = resolve_uri(None)
         check_model(cfg.model, uri)
     except Exception as e:  # Hydra/OmegaConf/MLflow errors: one line, before Ray starts
@@ -78,10 +76,10 @@ def main(argv: list[str]) -> int:
     import ray
     from ray import serve
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=cfg.ray_num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    from pipelines.config.schema import RayConfig
+    from pipelines.run.lifecycle import start_ray
+
+    started = start_ray(RayConfig(num_cpus=cfg.ray_num_cpus))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
     try:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
