@@ -61,6 +61,23 @@ def test_ctrl_c_marks_every_open_run_killed_and_leaves_a_joined_ray(store, ray_l
     assert ray_local.is_initialized()
 
 
+def test_end_runs_kills_the_tracked_runs_at_once_before_tasks_are_cancelled(store, sigint):
+    """What a joined Ray's executor calls before ``ray.cancel`` (which can abort the driver): the
+    runs are KILLED while the driver is still inside the lifecycle, once per Ctrl-C."""
+    client, exp = store
+    root, trial, step = _tree(client, exp)
+    with pytest.raises(KeyboardInterrupt):
+        with Lifecycle(RayConfig()) as life:
+            life.track(client, exp, root)
+            life.end_runs()
+            assert _status(client, root, trial, step) == ["KILLED"] * 3
+            late = create_run(client, exp, "late", root, {"slimray.root": root})  # a task just starting
+            life.end_runs()  # a second executor's cancel: nothing to do
+            assert _status(client, late) == ["RUNNING"]
+            raise KeyboardInterrupt
+    assert _status(client, late) == ["KILLED"]  # the way out ends it
+
+
 def test_runs_end_with_their_status_and_a_closed_run_is_not_touched_again(store, sigint):
     client, exp = store
     first, first_trial, first_step = _tree(client, exp)
