@@ -61,11 +61,14 @@ def execute(plan: Plan, overrides: list[str], console: Console | None = None) ->
     """Run a validated plan: the tracking store checked (``PreflightError`` within seconds), then
     the pipeline, or its search. Returns the session's ``Outcome`` (``exit_code``, ``run_id``, ...)."""
     from pipelines.run import session
+    from pipelines.run.console import store_line
     from pipelines.store import preflight
-    from pipelines.store.tracking import resolve_uri
+    from pipelines.store.tracking import resolve_store
 
-    preflight.check_tracking(resolve_uri(plan.tracking.uri))
     console = console or Console(stderr=True)
+    uri, source = resolve_store(plan.tracking.uri)
+    preflight.check_tracking(uri)  # a store that cannot be used is the one error line instead
+    console.print(store_line(uri, source), markup=False, highlight=False)
     if plan.search is not None:
         from pipelines.search.driver import execute as search_execute
 
@@ -112,8 +115,9 @@ def multirun(overrides: list[str], show: str | None = None, jobs: int = 4, conso
     """``slimray -m``: Hydra's sweep over the overrides, every execution validated before any runs,
     then up to ``jobs`` executions at once on one Ray."""
     from pipelines.run import multirun as runs
+    from pipelines.run.console import store_line
     from pipelines.store import preflight
-    from pipelines.store.tracking import resolve_uri
+    from pipelines.store.tracking import resolve_store
 
     err = console or stderr_console()
     try:
@@ -128,11 +132,13 @@ def multirun(overrides: list[str], show: str | None = None, jobs: int = 4, conso
     if show == "--dry-run":
         runs.describe(found, err)
         return 0
+    uri, source = resolve_store(found[0].tracking.uri)
     try:
-        preflight.check_tracking(resolve_uri(found[0].tracking.uri))
+        preflight.check_tracking(uri)
     except preflight.PreflightError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    err.print(store_line(uri, source), markup=False, highlight=False)
     try:
         return runs.run(found, err, jobs)
     except KeyboardInterrupt:

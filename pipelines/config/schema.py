@@ -79,7 +79,7 @@ class RayConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # MLFLOW_TRACKING_URI wins; null: sqlite:///<cwd>/mlflow.db
+    uri: str | None = None  # wins over MLFLOW_TRACKING_URI; null: that, else sqlite:///<cwd>/mlflow.db
     experiment: str | None = None  # null: the pipeline name
 
 

@@ -92,3 +92,8 @@ class Board:
                 extra = f" ({_trials(st)})" if _trials(st) else ""
                 note = f" - {st.note}" if st.note and st.status in ("failed", "skipped", "done") else ""
                 self.console.print(f"{st.status:>8} {name}{extra}{note}", markup=False, highlight=False)
+
+
+def store_line(uri: str, source: str) -> str:
+    """The console's first line: the MLflow store this execution writes to, and why that one."""
+    return f"MLflow store: {uri} (from {source})"

@@ -75,9 +75,17 @@ def metric_name(key: str) -> str:
 
 
 def resolve_uri(configured: str | None) -> str:
-    """``MLFLOW_TRACKING_URI`` wins, then the config, then ``sqlite:///<cwd>/mlflow.db`` (MLflow's default)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The store: an explicit ``tracking.uri`` wins (Hydra's and MLflow's convention), then
+    ``MLFLOW_TRACKING_URI``, then ``sqlite:///<cwd>/mlflow.db`` (MLflow's default)."""
+    return resolve_store(configured)[0]
+
+
+def resolve_store(configured: str | None) -> tuple[str, str]:
+    """(uri, where it came from: ``tracking.uri``, ``MLFLOW_TRACKING_URI`` or ``default``)."""
+    if configured:
+        return configured, "tracking.uri"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return (env, "MLFLOW_TRACKING_URI") if env else (f"sqlite:///{Path.cwd() / 'mlflow.db'}", "default")
 
 
 def git_commit() -> str:
