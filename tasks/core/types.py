@@ -171,6 +171,8 @@ class BenchmarkRow:
     # is the weights at their bit width, no speed is claimed, and they are never selected
     simulated: bool = False
     rejected_reason: str = ""  # the measured figures that failed
+    node: str = ""  # where it was measured (tasks.runtime.hardware.node), and on what hardware (.describe)
+    hardware: str = ""
 
 
 @dataclass

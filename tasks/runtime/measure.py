@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkRow, Dataset, ModelArtifact
 from tasks.evaluation.quality import embedding_quality
+from tasks.runtime import hardware
 from tasks.runtime.onnx import ort_predict, ort_session
 from tasks.runtime.timing import time_ort, time_torch
 from tasks.training.embedding import embed
@@ -143,7 +144,9 @@ def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], plan: Timing
     """Time every candidate in ``plan.rounds`` rounds, all candidates in turn in each round, and set
     each speed figure to its median over the rounds: a slow spell of a shared machine then hits
     one round of every candidate instead of every round of one. Rows without a timer (simulated
-    models) are not timed."""
+    models) are not timed. Every row names the node and the hardware (``tasks.runtime.hardware``)."""
+    for row, _ in measured:  # where and on what these figures are measured
+        row.node, row.hardware = hardware.node(), hardware.describe()
     timed_rows = [(row, make) for row, make in measured if make is not None]
     rounds: dict[str, list[dict]] = {row.name: [] for row, _ in timed_rows}
     for r in range(plan.rounds):

@@ -50,6 +50,8 @@ from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_accuracy, ort_session
 from tasks.training.loop import accuracy
 
+MEASURES = True  # timings: the cache key holds the hardware (tasks.runtime.hardware)
+
 
 @dataclass
 class BenchmarkConfig:

@@ -43,6 +43,8 @@ from tasks.training.loop import OptimConfig, accuracy, fit
 from tasks.training.losses import ce_loss, kd_loss
 from tasks.training.transfer import training_rows, use_pool
 
+MEASURES = True  # its trials' throughput (selection picks on it): the cache key holds the hardware
+
 METHODS = ("magnitude", "channel", "gradual")
 SCOPES = ("global", "layer")
 

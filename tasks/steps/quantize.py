@@ -68,6 +68,8 @@ from tasks.runtime.onnx import data_onnx, ort_predict, ort_session
 from tasks.training.loop import OptimConfig, fit, predict
 from tasks.training.losses import ce_loss
 
+MEASURES = True  # INT8 accuracy and parity depend on the CPU's kernels: the cache key holds the hardware
+
 METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 

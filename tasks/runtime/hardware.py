@@ -1,0 +1,132 @@
+"""The hardware a measurement is taken on: the fingerprint that keys every timing and parity figure.
+
+``fingerprint()`` holds what decides a kernel's speed and, for INT8, its numbers: the CPU model, the
+ISA extensions the kernels of torch and ONNX Runtime dispatch on (AVX2, AVX-512, VNNI, AMX, NEON,
+SVE), the cores this process may use (``os.sched_getaffinity``) and torch's intra-op threads, the
+GPUs and their driver when CUDA is present, and ONNX Runtime's execution providers. The node name is
+``node()``, apart: two machines of one type measure alike, so the name is recorded beside a row,
+never keyed on.
+
+``SLIMRAY_HARDWARE_SALT`` (a test hook, nothing else): when set, its value is added to the
+fingerprint as ``salt``, so a test can show what another machine would rerun without having one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import cache
+from pathlib import Path
+
+SALT_ENV = "SLIMRAY_HARDWARE_SALT"
+# the ISA extensions kernels dispatch on (x86: /proc/cpuinfo "flags"; Arm: "Features")
+KERNEL_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+    "bf16",
+)
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # a u8 x s8 dot product without saturation
+
+
+@cache
+def cpu() -> tuple[str, tuple[str, ...]]:
+    """(CPU model name, the ``KERNEL_FLAGS`` it has); from /proc/cpuinfo, else ``platform``."""
+    model, flags = "", set[str]()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or platform.machine(), tuple(f for f in KERNEL_FLAGS if f in flags)
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has an INT8 dot-product instruction (VNNI or AMX); without one, ONNX
+    Runtime's u8 x s8 kernels on x86 can saturate (``tasks.compression.ort_int8``)."""
+    return any(f in cpu()[1] for f in VNNI_FLAGS)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@cache
+def gpus() -> dict:
+    """``{"gpu": [model names], "driver": version}`` when CUDA is available, else ``{}``."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    try:  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  ..."
+        words = Path("/proc/driver/nvidia/version").read_text().split()
+        driver = next(w for w in words if w[:1].isdigit() and "." in w)
+    except (OSError, StopIteration):
+        driver = "unknown"
+    return {"gpu": names, "driver": driver, "cuda": str(torch.version.cuda)}
+
+
+@cache
+def ort_providers() -> tuple[str, ...]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return ()
+    return tuple(onnxruntime.get_available_providers())
+
+
+def fingerprint() -> dict:
+    """What a timing or an INT8 parity figure depends on (never the node name)."""
+    import torch
+
+    model, flags = cpu()
+    out = {
+        "cpu": model,
+        "isa": list(flags),
+        "cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        **gpus(),
+        "ort_providers": list(ort_providers()),
+    }
+    if os.environ.get(SALT_ENV):
+        out["salt"] = os.environ[SALT_ENV]
+    return out
+
+
+def node() -> str:
+    return platform.node()
+
+
+def describe(fp: dict | None = None) -> str:
+    """One line: ``<cpu> [isa] <n> cores/<t> threads[, <gpu> (driver d)], <providers>``."""
+    fp = fp or fingerprint()
+    gpu = f", {'+'.join(fp['gpu'])} (driver {fp['driver']})" if fp.get("gpu") else ""
+    providers = ",".join(p.removesuffix("ExecutionProvider") for p in fp["ort_providers"])
+    cores = f"{fp['cores']} cores/{fp['torch_threads']} threads"
+    text = f"{fp['cpu']} [{' '.join(fp['isa'])}] {cores}{gpu}, ort {providers}"
+    return text + (f", salt {fp['salt']}" if "salt" in fp else "")
