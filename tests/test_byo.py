@@ -248,4 +248,25 @@ def test_a_user_transformer_goes_through_every_step():
     bench_cfg = benchmark.BenchmarkConfig(warmup=1, iters_b1=2, iters_b256=2)
     bench = benchmark.run([teacher_art, student, pruned, int8, kbit], data, int8, cfg=bench_cfg, ctx=ctx("bench"))
     assert {r.kind for r in bench.candidates} >= {"teacher", "student_kd", "pruned", "quantized"}
-    assert bench.selected.int8_onnx and bench.teacher.name == teacher_art.name
+    assert bench.teacher.name == teacher_art.name
+    # the gate's rules, whatever this CPU's INT8 kernels make of the model (they differ by CPU:
+    # tasks/compression/ort_int8.py), not one CPU's outcome
+    assert_gate_rules(bench, int8, quantize.GateConfig().min_agreement)
+    # and the rejected branch on every CPU: a gate nothing passes rejects the INT8 model
+    strict = quantize.QuantizeConfig(calib_batches=1, gate=quantize.GateConfig(min_agreement=1.01))
+    refused = quantize.run(exported, data, cfg=strict, ctx=ctx("int8"))
+    again = benchmark.run([teacher_art, pruned, refused], data, refused, cfg=bench_cfg, ctx=ctx("bench"))
+    assert refused.metrics["rejected"] == 1.0
+    assert_gate_rules(again, refused, 1.01)
+
+
+def assert_gate_rules(bench, int8, min_agreement: float) -> None:
+    """A model the parity gate rejects is never selected; the selected one passed the gate; an INT8
+    ``selected`` input that passed is the one selected; rejected means agreement below the floor."""
+    row = next(r for r in bench.candidates if r.name == int8.name)
+    assert row.int8_onnx and row.rejected == bool(int8.metrics["rejected"])
+    assert row.rejected == (int8.metrics["parity_agreement"] < min_agreement), int8.metrics
+    assert not any(r.selected and r.rejected for r in bench.candidates)
+    assert bench.selected is None or not bench.selected.rejected
+    if not row.rejected:
+        assert bench.selected is not None and bench.selected.name == int8.name

@@ -141,3 +141,23 @@ def test_refuses_already_quantized(data, trained):
     q = quantize.run(trained, data, cfg=quantize.QuantizeConfig(method="fake_kbit", bits=4), ctx=StepContext())
     with pytest.raises(ValueError, match="already quantized"):
         quantize.run(q, data, cfg=quantize.QuantizeConfig(), ctx=StepContext())
+
+
+@pytest.mark.parametrize("method", ["static_int8", "dynamic_int8"])
+def test_reduce_range_is_applied_and_stays_within_the_gate(data, trained, method):
+    """``reduce_range: on`` (what ``auto`` picks on an x86 CPU without VNNI/AMX, whose u8 x s8
+    kernels can saturate) quantizes the weights to 7 bits: the INT8 model differs from the 8-bit one,
+    and its parity with FP32 stays within the gate on this CPU. ``auto`` follows the CPU's flags."""
+    from tasks.compression.ort_int8 import use_reduce_range
+    from tasks.runtime.hardware import cpu, has_vnni
+
+    out = {
+        rr: quantize.run(trained, data, cfg=quantize.QuantizeConfig(method=method, reduce_range=rr), ctx=StepContext())
+        for rr in ("on", "off")
+    }
+    assert out["on"].onnx != out["off"].onnx
+    assert (out["on"].metrics["reduce_range"], out["off"].metrics["reduce_range"]) == (1.0, 0.0)
+    gate = quantize.GateConfig()
+    assert out["on"].metrics["rejected"] == 0.0 and out["on"].metrics["parity_agreement"] >= gate.min_agreement
+    assert out["on"].metrics["val_acc"] >= out["on"].metrics["fp32_val_acc"] - 0.03
+    assert use_reduce_range("auto") == ("avx2" in cpu()[1] and not has_vnni())

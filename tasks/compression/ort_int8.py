@@ -6,6 +6,11 @@ the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
 * static: ``quantize_static`` in QDQ format, activation ranges calibrated on seeded random
   batches of the calibration rows (every graph input fed, ``ort_feed``), after
   ``quant_pre_process``.
+* ``reduce_range`` (``use_reduce_range``): weights on 7 bits instead of 8. ORT's x86 INT8 kernels
+  multiply u8 activations by s8 weights; without VNNI/AMX they use ``VPMADDUBSW``, which adds two
+  u8 x s8 products into an int16 that saturates (255 * 127 * 2 > 32767), so the same model's
+  outputs differ by CPU (ORT's quantization docs). With 7-bit weights the sum fits. ``auto`` turns
+  it on exactly where the CPU the step runs on lacks VNNI/AMX; the step's cache key holds the CPU.
 * ``embedding_bits: 4``: every Gather on a weight (an embedding table) first becomes
   ``GatherBlockQuantized``: asymmetric 4-bit blocks along the hidden axis (ORT's
   ``MatMulNBitsQuantizer``).
@@ -16,6 +21,7 @@ the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
 from __future__ import annotations
 
 import logging
+import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +53,18 @@ class OrtQuantOptions(Protocol):
     def embedding_bits(self) -> int: ...
     @property
     def embedding_block_size(self) -> int: ...
+    @property
+    def reduce_range(self) -> str: ...
+
+
+def use_reduce_range(setting: str) -> bool:
+    """``on``/``off``, or for ``auto``: on for an x86 CPU without VNNI/AMX-INT8 (its u8 x s8 kernels
+    can saturate), off elsewhere (VNNI/AMX x86 CPUs, Arm)."""
+    from tasks.runtime.hardware import has_vnni
+
+    if setting != "auto":
+        return setting == "on"
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not has_vnni()
 
 
 def _calib_reader(feeds: list[dict]) -> Any:
@@ -132,7 +150,12 @@ def _quantize_file(src: Path, out: Path, fp32: bytes, x_calib: Tensor, cfg: OrtQ
     op_types = list(cfg.op_types) or None
     if not static:
         quantize_dynamic(
-            str(src), str(out), weight_type=QuantType.QInt8, per_channel=cfg.per_channel, op_types_to_quantize=op_types
+            str(src),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=cfg.per_channel,
+            reduce_range=use_reduce_range(cfg.reduce_range),
+            op_types_to_quantize=op_types,
         )
         return
     method = {
@@ -147,6 +170,7 @@ def _quantize_file(src: Path, out: Path, fp32: bytes, x_calib: Tensor, cfg: OrtQ
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=op_types,
         per_channel=cfg.per_channel,
+        reduce_range=use_reduce_range(cfg.reduce_range),
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=method,

@@ -81,6 +81,15 @@ class QuantMethod(StrEnum):
     qat = "qat"
 
 
+class ReduceRange(StrEnum):
+    """ONNX Runtime INT8 weights on 7 bits (``reduce_range``): ``auto`` = on for an x86 CPU without
+    an INT8 dot-product instruction (VNNI, AMX), where the u8 x s8 kernels can saturate."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Calibration(StrEnum):
     """ONNX Runtime static-quantization calibration method."""
 

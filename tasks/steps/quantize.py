@@ -56,11 +56,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from tasks.compression.ort_int8 import ort_quantize
+from tasks.compression.ort_int8 import ort_quantize, use_reduce_range
 from tasks.compression.qat import fake_quantized
 from tasks.compression.quantizers import simulate_kbit
 from tasks.core.context import StepContext
-from tasks.core.options import Calibration, Quantizer, QuantMethod, Scheduler, TaskKind
+from tasks.core.options import Calibration, Quantizer, QuantMethod, ReduceRange, Scheduler, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.evaluation.quality import GateConfig, gate_failures, parity, quality
 from tasks.models.build import load_model, make_artifact
@@ -88,6 +88,7 @@ class QuantizeConfig:
     op_types: list[str] = field(default_factory=list)  # ORT op types to quantize ([] = all it supports)
     embedding_bits: int = 8  # 4: embedding tables (Gather on a weight) as 4-bit blocks (see module doc)
     embedding_block_size: int = 16  # values per 4-bit block (a power of 2, >= 16)
+    reduce_range: ReduceRange = ReduceRange.auto  # ORT weights on 7 bits; auto: x86 without VNNI/AMX (ort_int8)
     threads: int = 1  # ORT intra-op threads for the quality evaluation
     eval_batch_size: int = 1024
     gate: GateConfig = field(default_factory=GateConfig)  # parity of the ORT model with its reference
@@ -173,6 +174,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepCo
             _quality(data, out, fp32_out), size_bytes=float(len(onnx_bytes)), fp32_size_bytes=float(len(fp32))
         )
         metrics.update(_gate(data, out, reference, cfg, ctx))
+        metrics["reduce_range"] = float(use_reduce_range(cfg.reduce_range))
     if classify:
         metrics["val_acc_delta"] = metrics["val_acc"] - metrics["fp32_val_acc"]
     ctx.log_metrics(metrics)
