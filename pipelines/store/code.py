@@ -42,6 +42,7 @@ from functools import cache
 from pathlib import Path
 
 LIBRARY_DIRS = ("site-packages", "dist-packages")
+OWN = ("tasks", "pipelines")  # slimray's packages: project code wherever they are installed
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,17 @@ def save() -> None:
     """Write the parsed files to ``<SLIMRAY_CACHE_DIR>/code-index.json`` if any was new."""
     if _NEW:
         _NEW.clear()
-        _write(_cache_dir() / "code-index.json", {k: [v.sha, v.imports] for k, v in _PARSED.items()})
+        _write(_cache_dir() / "code-index.json", {k: [v.sha, v.imports] for k, v in _PARSED.items() if _current(k)})
+
+
+def _current(memo: str) -> bool:
+    """Whether a ``path|mtime|size`` entry still describes its file (stale entries are dropped)."""
+    path, mtime, size = memo.rsplit("|", 2)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return f"{st.st_mtime_ns}|{st.st_size}" == f"{mtime}|{size}"
 
 
 def _is_library_path(path: str) -> bool:
@@ -124,7 +135,8 @@ def top_kind(name: str) -> tuple[str, tuple[str, ...]]:
     locs = tuple(spec.submodule_search_locations or ()) or ((spec.origin,) if spec.origin else ())
     if not locs or spec.origin in ("built-in", "frozen"):
         return "stdlib", ()
-    return ("library" if all(_is_library_path(p) for p in locs) else "project"), locs
+    library = name not in OWN and all(_is_library_path(p) for p in locs)
+    return ("library" if library else "project"), locs
 
 
 def module_file(name: str) -> Path | None:

@@ -19,7 +19,7 @@ so a stored output can be reused.
   memory and in ``~/.cache/slimray/file-hashes.json`` (``SLIMRAY_CACHE_DIR``).
 - Hardware: a task whose module sets ``MEASURES = True`` (benchmark, prune's timed trials,
   quantize's parity gate) keys its output on ``tasks.runtime.hardware.fingerprint()`` (CPU model
-  and ISA flags, usable cores, torch threads, GPU and driver, ONNX Runtime providers; not the node
+  and ISA flags, usable cores, GPU and driver, ONNX Runtime providers; not the node
   name) and on its Ray resources: on other hardware those steps measure again, the others are reused.
 """
 

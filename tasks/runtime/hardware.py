@@ -2,8 +2,9 @@
 
 ``fingerprint()`` holds what decides a kernel's speed and, for INT8, its numbers: the CPU model, the
 ISA extensions the kernels of torch and ONNX Runtime dispatch on (AVX2, AVX-512, VNNI, AMX, NEON,
-SVE), the cores this process may use (``os.sched_getaffinity``) and torch's intra-op threads, the
-GPUs and their driver when CUDA is present, and ONNX Runtime's execution providers. The node name is
+SVE), the cores this process may use (``os.sched_getaffinity``), the GPUs and their driver when
+CUDA is present, and ONNX Runtime's execution providers. ``describe()`` adds torch's intra-op
+threads of the measuring process (a step's threads follow its Ray ``num_cpus``, in its key). The node name is
 ``node()``, apart: two machines of one type measure alike, so the name is recorded beside a row,
 never keyed on.
 
@@ -101,18 +102,11 @@ def ort_providers() -> tuple[str, ...]:
 
 
 def fingerprint() -> dict:
-    """What a timing or an INT8 parity figure depends on (never the node name)."""
-    import torch
-
+    """What a timing or an INT8 parity figure depends on, as a cache key holds it: never the node
+    name, nor this process's torch threads (a Ray worker's follow its ``num_cpus``, which the key
+    holds; a search trial computing keys in a worker must get the driver's keys)."""
     model, flags = cpu()
-    out = {
-        "cpu": model,
-        "isa": list(flags),
-        "cores": usable_cores(),
-        "torch_threads": torch.get_num_threads(),
-        **gpus(),
-        "ort_providers": list(ort_providers()),
-    }
+    out = {"cpu": model, "isa": list(flags), "cores": usable_cores(), **gpus(), "ort_providers": list(ort_providers())}
     if os.environ.get(SALT_ENV):
         out["salt"] = os.environ[SALT_ENV]
     return out
@@ -124,7 +118,9 @@ def node() -> str:
 
 def describe(fp: dict | None = None) -> str:
     """One line: ``<cpu> [isa] <n> cores/<t> threads[, <gpu> (driver d)], <providers>``."""
-    fp = fp or fingerprint()
+    import torch
+
+    fp = {"torch_threads": torch.get_num_threads(), **(fp or fingerprint())}
     gpu = f", {'+'.join(fp['gpu'])} (driver {fp['driver']})" if fp.get("gpu") else ""
     providers = ",".join(p.removesuffix("ExecutionProvider") for p in fp["ort_providers"])
     cores = f"{fp['cores']} cores/{fp['torch_threads']} threads"
