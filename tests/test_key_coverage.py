@@ -258,3 +258,15 @@ def test_hardware_is_only_in_the_keys_of_steps_that_measure():
     here = step_keys(spec, 0, versions, {"cpu": "this one"})
     there = step_keys(spec, 0, versions, {"cpu": "another one"})
     assert _changed(here, there) == {"prune", "export", "kbit", "quantize", "benchmark", "report"}
+
+
+def test_the_fingerprint_names_the_hardware_not_the_node(monkeypatch):
+    from tasks.runtime.hardware import describe, fingerprint
+
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    fp = fingerprint()
+    assert fp["cpu"] and fp["cores"] >= 1 and "CPUExecutionProvider" in fp["ort_providers"]
+    assert platform.node() not in json.dumps(fp)  # two machines of one type measure alike
+    assert describe().startswith(fp["cpu"] + " [")
+    monkeypatch.setenv(SALT_ENV, "x")
+    assert fingerprint() == {**fp, "salt": "x"}
