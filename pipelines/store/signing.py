@@ -9,8 +9,9 @@ tag; only whoever holds this key can sign its manifest. The key is a file:
 - else ``$XDG_CONFIG_HOME/slimray/cache.key`` (``~/.config/slimray/cache.key``), created with
   mode 0600 on first use.
 
-A key file that other users may read or write is refused (one line): a key others can read
-signs for them too. The key travels as a file path in the environment, never on a command line.
+A key file that other users may read, or its group may write, is refused (one line): a key
+others can read signs for them too. It must belong to this user or to root (a Kubernetes secret
+volume: root-owned, group-readable by the pod's fsGroup). The key travels as a file path in the environment, never on a command line.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def load_key(create: bool = True) -> bytes:
             raise CacheKeyError(f"{path}: cache key missing (set {ENV} or run once locally to create it)")
         _create(path)
     st = path.stat()
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if st.st_mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
         raise CacheKeyError(
             f"{path}: cache key is accessible to other users (mode {stat.S_IMODE(st.st_mode):o}); chmod 600 it"
         )
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        raise CacheKeyError(f"{path}: cache key is owned by uid {st.st_uid}, not by this user")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise CacheKeyError(f"{path}: cache key is owned by uid {st.st_uid}, not by this user or root")
     key = path.read_text().strip()
     if len(key) < 32:
         raise CacheKeyError(f"{path}: cache key too short ({len(key)} characters; want 64 hex digits)")
