@@ -11,7 +11,8 @@ tag; only whoever holds this key can sign its manifest. The key is a file:
 
 A key file that other users may read, or its group may write, is refused (one line): a key
 others can read signs for them too. It must belong to this user or to root (a Kubernetes secret
-volume: root-owned, group-readable by the pod's fsGroup). The key travels as a file path in the environment, never on a command line.
+volume: root-owned, group-readable by the pod's fsGroup). The key travels as a file path in
+the environment, never on a command line.
 """
 
 from __future__ import annotations
