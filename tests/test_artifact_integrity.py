@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import artifacts
+from pipelines.store import artifacts, signing
 from pipelines.store.artifacts import ArtifactError
 from tasks.core.types import Value
 from tests.engine_helpers import all_runs, run_pipeline
@@ -85,22 +85,51 @@ def test_any_truncated_or_corrupt_file_is_one_line_naming_it(tmp_path_factory, w
     assert "\n" not in text and text.startswith(f"run abc: {which}: "), text
 
 
-def test_missing_files_and_outputs_without_manifest(tmp_path):
+def _resign(d: Path, context: str = "", key: bytes | None = None) -> None:
+    """Rewrite the manifest of ``d`` for its current files, as a key holder would."""
+    paths = [p for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"]
+    files = {str(p.relative_to(d)): artifacts._digest(p) for p in paths}
+    sig = signing.sign(files, context, key)
+    (d / "manifest.json").write_text(json.dumps({"files": files, "context": context, "signature": sig}))
+
+
+def test_missing_files_unsigned_and_foreign_manifests(tmp_path):
     d = _stored(tmp_path)
     (d / "blobs" / "value.meta.onnx").unlink()
     with pytest.raises(ArtifactError, match="blobs/value.meta.onnx: missing"):
         artifacts.load(d)
     d2 = _stored(tmp_path / "b")
-    (d2 / "manifest.json").unlink()  # an output stored before manifests: still loads...
-    assert artifacts.load(d2).meta["name"] == "m"
-    (d2 / "tensors.safetensors").write_bytes(b"\x00" * 7)  # ...and its decode errors are named
-    with pytest.raises(ArtifactError, match="tensors.safetensors: unreadable"):
+    (d2 / "manifest.json").unlink()  # no manifest: refused, whatever the files
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
         artifacts.load(d2)
-    (d2 / "tensors.safetensors").unlink()
-    with pytest.raises(ArtifactError, match="value.json: does not decode .*tensor 'value.value'"):
+    body = json.loads((d / "manifest.json").read_text())
+    del body["signature"]
+    (d2 / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(ArtifactError, match="manifest.json: unsigned"):
+        artifacts.load(d2)
+    _resign(d2, key=b"0" * 64)  # signed, but with someone else's key
+    with pytest.raises(ArtifactError, match="manifest.json: signature does not verify"):
+        artifacts.load(d2)
+    _resign(d2, context="abc/output")  # signed for another cache key
+    with pytest.raises(ArtifactError, match="signed for 'abc/output', not for 'def/output'"):
+        artifacts.load(d2, context="def/output")
+    (d2 / "blobs" / "extra.onnx").write_bytes(b"planted")
+    with pytest.raises(ArtifactError, match="blobs/extra.onnx: not listed in the signed manifest"):
         artifacts.load(d2)
     with pytest.raises(ArtifactError, match="value.json: missing"):
         artifacts.load(tmp_path / "nothing")
+
+
+def test_signed_but_undecodable_outputs_are_named(tmp_path):
+    d = _stored(tmp_path)
+    (d / "tensors.safetensors").write_bytes(b"\x00" * 7)
+    _resign(d)
+    with pytest.raises(ArtifactError, match="tensors.safetensors: unreadable"):
+        artifacts.load(d)
+    (d / "tensors.safetensors").unlink()
+    _resign(d)
+    with pytest.raises(ArtifactError, match="value.json: does not decode .*tensor 'value.value'"):
+        artifacts.load(d)
 
 
 def _steps(outcome) -> dict:

@@ -67,6 +67,72 @@ CASES = {
 }
 
 
+_RNG = np.random.default_rng(1)
+# Inputs that pass every check on the raw arrays but not on what the model sees (after the split,
+# the cast to float32 and normalization), or whose splits are too small to train or validate on
+MODEL_VIEW = {
+    "float64 beyond float32 in train": (
+        {"x_train": np.r_[_RNG.normal(size=(39, 3)), [[1e39, 0, 0]]]},
+        ["x_train", "beyond float32's range", "first row 39"],
+    ),
+    "float64 beyond float32 in test": ({"x_test": np.r_[np.zeros((9, 3)), [[0, -5e38, 0]]]}, ["x_test", "row 9"]),
+    "float64 beyond float32 in val": (
+        {"x_val": np.full((4, 3), -1e40), "y_val": np.arange(4) % 3},
+        ["x_val", "4 row(s)", "inf once cast"],
+    ),
+    "float64 beyond float32 in pool": ({"x_unlabeled": np.full((5, 3), 1e300)}, ["x_unlabeled", "float32"]),
+    "train mean overflows float32": ({"x_train": np.full((40, 3), 3e38)}, ["x_train", "after normalization"]),
+    "train std overflows float32": (
+        {"x_train": np.tile([[3e38], [-3e38]], (20, 3))},
+        ["x_train", "NaN or inf after normalization"],
+    ),
+    "constant inputs": ({"x_train": np.zeros((40, 3))}, ["x_train is constant", "nothing to learn"]),
+    "rows without values": ({"x_train": np.zeros((40, 0)), "x_test": np.zeros((10, 0))}, ["x_train", "shape [0]"]),
+    "one train row": (
+        {"x_train": np.zeros((1, 3)), "y_train": np.zeros(1, int), "y_test": np.zeros(10, int)},
+        ["x_train: 0 row(s) left for training", "need at least 2"],
+    ),
+    "fewer train rows than classes": (
+        {"x_train": _RNG.normal(size=(4, 3)), "y_train": np.arange(4), "y_test": np.arange(10) % 4},
+        ["x_train: 3 row(s) left", "need at least 4"],
+    ),
+    "a single class": (
+        {"y_train": np.zeros(40, int), "y_test": np.zeros(10, int)},
+        ["y_train: 1 class", "needs 2"],
+    ),
+    "empty validation split": ({"x_val": np.zeros((0, 3)), "y_val": np.zeros(0, int)}, ["x_val: 0 rows"]),
+    "empty unlabeled pool": ({"x_unlabeled": np.zeros((0, 3))}, ["x_unlabeled: 0 rows"]),
+}
+
+
+@pytest.mark.parametrize("case", MODEL_VIEW, ids=list(MODEL_VIEW))
+def test_what_the_model_sees_is_checked(tmp_path, case):
+    change, words = MODEL_VIEW[case]
+    path = _write(tmp_path / "d.npz", {**_arrays(), **change})
+    for normalize in ("channel", "feature"):
+        with pytest.raises(ValueError) as err:
+            _load(path, normalize=normalize)
+        _assert_one_line(err, path, *words)
+
+
+def test_bad_files_through_slimray_exit_1_with_one_line_before_training(workdir, ray_local, capsys):
+    """Each model-view case through ``slimray data=npz data.path=...`` (the default pipeline):
+    exit 1, the data step's one line names the file, no later step runs."""
+    from pipelines.cli import main
+
+    for i, (case, (change, words)) in enumerate(MODEL_VIEW.items()):
+        path = _write(workdir / f"bad{i}.npz", {**_arrays(), **change})
+        code = main(["data=npz", f"data.path={path}", f"tracking.uri=sqlite:///{workdir}/mlflow.db"])
+        err = capsys.readouterr().err
+        assert code == 1, (case, err[-2000:])
+        lines = [ln for ln in err.splitlines() if path in ln]
+        assert lines and all(w in " ".join(lines) for w in words[:1]), (case, err[-2000:])
+        assert "Traceback" not in err, (case, err[-3000:])
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    steps = {r.data.tags.get("slimray.step") for r in client.search_runs(["1"], max_results=1000)}
+    assert steps <= {"data", None}, steps  # nothing after the data step ever ran
+
+
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_bad_npz_is_one_line_naming_file_and_key(tmp_path, case):
     change, words = CASES[case]
@@ -105,7 +171,7 @@ def test_not_an_archive_and_missing_file(tmp_path):
     n_train=st.integers(1, 30),
     n_test=st.integers(1, 10),
     shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
-    k=st.integers(1, 5),
+    k=st.integers(2, 5),
     seed=st.integers(0, 2**16),
 )
 def test_any_valid_npz_loads_with_its_shapes(tmp_path, n_train, n_test, shape, k, seed):

@@ -34,7 +34,7 @@ def _env_file(state: Path) -> dict:
 
 
 def _group_pids(state: Path) -> dict[str, int]:
-    return {p.name: int(p.read_text()) for p in (state / "pids").iterdir()}
+    return {p.name: int(p.read_text().split()[0]) for p in (state / "pids").iterdir()}
 
 
 def _cluster_processes(state: Path, ray_tmp: str) -> list[str]:
@@ -190,7 +190,7 @@ def test_up_submit_postgres_down():
         first = _submit(env, "pipeline=demo")
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "SUCCEEDED" in first.stderr and "join" in first.stdout and "Pipeline 'demo' finished" in first.stdout
-        pg = psycopg2.connect(cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""))
+        pg = psycopg2.connect(cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""), passfile=cenv["PGPASSFILE"])
         with pg, pg.cursor() as cur:
             cur.execute(
                 "SELECT r.status, count(*) FROM runs r JOIN experiments e ON r.experiment_id = e.experiment_id "
@@ -213,7 +213,8 @@ def test_up_submit_postgres_down():
         failing = _submit(env, "pipeline=demo", "+pipeline.steps.boom={task: toy_fail, inputs: {x: source}}")
         assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-3000:]
         assert "this step fails on purpose" in failing.stdout
-        _ctrl_c_of_a_submitted_job(env, cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", ""), state)
+        pg_uri = cenv["SLIMRAY_POSTGRES_URI"].replace("+psycopg2", "") + "?passfile=" + cenv["PGPASSFILE"]
+        _ctrl_c_of_a_submitted_job(env, pg_uri, state)
     finally:
         down = subprocess.run([str(ROOT / "cluster/down.sh")], env=base, capture_output=True, text=True, timeout=180)
     assert down.returncode == 0, down.stderr

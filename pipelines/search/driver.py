@@ -30,8 +30,9 @@ from pipelines.run.session import Outcome
 from pipelines.search import pareto
 from pipelines.search.config import SearchPlan
 from pipelines.search.space import label
+from pipelines.search.storage import check_restorable
 from pipelines.search.trial import TrialJob, run_spec
-from pipelines.search.tuner import callbacks, make_tuner, rows, search_key, storage_root
+from pipelines.search.tuner import callbacks, make_tuner, rows, search_key, storage_name, storage_root
 from pipelines.store.tracking import TAG, create_run, ensure_experiment, git_commit, open_runs, resolve_uri
 
 
@@ -109,6 +110,7 @@ def execute(
     """Run the search; exit code 0 (a feasible trial, or the best attempt with a note), 1 when
     a step failed or no trial finished."""
     console = console or Console(stderr=True)
+    check_restorable(storage_root(plan), storage_name(search_key(plan, int(cfg.seed))))  # before anything starts
     with Lifecycle(ray_cfg) as life:
         uri = resolve_uri(tracking.uri)
         client = MlflowClient(tracking_uri=uri)

@@ -24,6 +24,7 @@ from pipelines.run.interrupt import INTERRUPT
 from pipelines.search.config import Algorithm, EarlyStop, SearchPlan
 from pipelines.search.pareto import Row
 from pipelines.search.space import decode, tune_space
+from pipelines.search.storage import check_restorable
 from pipelines.search.trial import TrialJob, run_trial
 
 
@@ -103,6 +104,10 @@ def search_key(plan: SearchPlan, seed: int) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def storage_name(key: str) -> str:
+    return f"search-{key[:16]}"
+
+
 def storage_root(plan: SearchPlan) -> Path:
     root = plan.cfg.storage or os.path.join(os.environ.get("SLIMRAY_CACHE_DIR", "~/.cache/slimray"), "tune")
     return Path(root).expanduser().resolve()
@@ -136,7 +141,8 @@ def make_tuner(plan: SearchPlan, job: TrialJob, key: str, seed: int, callbacks: 
     # CLI exits 130; a rerun resumes)
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     trainable = tune.with_resources(trial_fn(job, key), tune.PlacementGroupFactory([{}, {"CPU": cfg.trial_cpus}]))
-    root, name = storage_root(plan), f"search-{key[:16]}"
+    root, name = storage_root(plan), storage_name(key)
+    check_restorable(root, name)  # Tune's state is unpickled: only from a tree nobody else can write
     if tune.Tuner.can_restore(str(root / name)):
         try:
             return tune.Tuner.restore(str(root / name), trainable, resume_unfinished=True, resume_errored=True), True

@@ -7,12 +7,14 @@ Layout of an encoded value in a directory::
     value.json          the structure, with {"__tensor__": k} / {"__bytes__": file} leaves
     tensors.safetensors all tensors by key
     blobs/<file>        bytes fields (e.g. onnx.onnx, pareto.png)
-    manifest.json       size and sha256 of every file above, written last
+    manifest.json       size and sha256 of every file above, the context (the step's cache key)
+                        and their HMAC-SHA256 signature (pipelines.store.signing), written last
 
-Loading checks the manifest first, so a truncated or corrupt file (safetensors, an ONNX blob,
-value.json) is one ``ArtifactError`` line naming the file, never a half-decoded value or a
-model that fails later inside ONNX Runtime. Outputs stored before the manifest existed still
-load; their decoding errors are reported the same way.
+Loading checks the manifest first: it must be there, its signature must verify with the
+user's or cluster's key (for the expected context, when given), and every file must match its
+size and sha256. A missing, unsigned or wrongly signed manifest, or a truncated, corrupt or
+swapped file (safetensors, an ONNX blob, value.json) is one ``ArtifactError`` line naming the
+file, never a half-decoded value or a model that fails later inside ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import dataclasses
 import hashlib
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipelines.store import signing
 from tasks.core.types import ARTIFACT_TYPES
 
 KNOWN_SUFFIXES = (".onnx", ".png", ".md", ".json", ".txt", ".csv")
@@ -82,8 +86,16 @@ def _encode(obj, path: str, tensors: dict, blobs: dict):
     raise TypeError(f"{path}: cannot store a {type(obj).__name__} (use tensors, bytes or JSON values)")
 
 
-def save(obj, directory: str | Path) -> Path:
-    """Write ``obj`` into ``directory`` (created); returns the directory."""
+def entry_context(run_id: str, cache_key: str, folder: str) -> str:
+    """What a stored folder's signature is bound to: the run, the step's cache key and the
+    folder, so a signed output cannot be replayed into another run, under another key or as a
+    publication."""
+    return f"{run_id}/{cache_key}/{folder}"
+
+
+def save(obj, directory: str | Path, context: str = "") -> Path:
+    """Write ``obj`` into ``directory`` (created), its manifest signed for ``context``; returns
+    the directory."""
     d = Path(directory)
     (d / "blobs").mkdir(parents=True, exist_ok=True)
     tensors: dict = {}
@@ -96,7 +108,9 @@ def save(obj, directory: str | Path) -> Path:
     (d / "value.json").write_text(json.dumps(tree, indent=1))
     files = sorted(p for p in d.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {str(p.relative_to(d)): _digest(p) for p in files}
-    (d / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1))
+    signature = signing.sign(manifest, context)
+    body = {"files": manifest, "context": context, "algorithm": signing.ALGORITHM, "signature": signature}
+    (d / MANIFEST).write_text(json.dumps(body, indent=1))
     return d
 
 
@@ -119,12 +133,31 @@ def _decode(node, tensors: dict, blob_dir: Path):
     return cls(**{k: _decode(v, tensors, blob_dir) for k, v in node["fields"].items()})
 
 
-def _verify(d: Path, origin: str) -> None:
-    """Every file listed in the manifest is present with its size and sha256."""
+def check_manifest(path: Path, context: str | None, origin: str, name: str = MANIFEST) -> dict:
+    """The signed file list of the manifest at ``path``; an ``ArtifactError`` when it is
+    missing, unreadable, unsigned, signed for another context or with another key."""
+    if not path.is_file():
+        raise ArtifactError(origin, name, "missing (every stored output must have a signed manifest)")
     try:
-        listed = json.loads((d / MANIFEST).read_text())["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(origin, MANIFEST, f"unreadable ({type(e).__name__}: {e})") from None
+        body = json.loads(path.read_text())
+        listed, signature, signed_for = body["files"], body.get("signature"), body.get("context", "")
+        if not isinstance(listed, dict) or not isinstance(signed_for, str):
+            raise TypeError("files must be an object and context a string")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ArtifactError(origin, name, f"unreadable ({type(e).__name__}: {e})") from None
+    if not signature:
+        raise ArtifactError(origin, name, "unsigned (not written by this cluster or user)")
+    if not signing.valid(listed, signed_for, signature):
+        raise ArtifactError(origin, name, f"signature does not verify with the cache key ({signing.key_path()})")
+    if context is not None and signed_for != context:
+        raise ArtifactError(origin, name, f"signed for '{signed_for}', not for '{context}'")
+    return listed
+
+
+def _verify(d: Path, origin: str, context: str | None) -> None:
+    """The manifest is signed and every file it lists is present with its size and sha256; no
+    other file is there."""
+    listed = check_manifest(d / MANIFEST, context, origin)
     for name, want in listed.items():
         path = d / name
         if not path.is_file():
@@ -134,16 +167,20 @@ def _verify(d: Path, origin: str) -> None:
             raise ArtifactError(origin, name, f"truncated or altered: {got['size']} bytes, stored {want.get('size')}")
         if got["sha256"] != want.get("sha256"):
             raise ArtifactError(origin, name, "corrupt: sha256 differs from the manifest")
+    extra = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != MANIFEST)
+    extra = [n for n in extra if n not in listed]
+    if extra:
+        raise ArtifactError(origin, extra[0], "not listed in the signed manifest")
 
 
-def load(directory: str | Path, origin: str | None = None):
-    """Decode a value written by ``save``. ``origin`` names it in errors (e.g. the MLflow run)."""
+def load(directory: str | Path, origin: str | None = None, context: str | None = None):
+    """Decode a value written by ``save`` once its signed manifest verifies (for ``context``,
+    when given). ``origin`` names it in errors (e.g. the MLflow run)."""
     d = Path(directory)
     origin = origin or str(d)
     if not (d / "value.json").exists():
         raise ArtifactError(origin, "value.json", "missing (not a stored step output)")
-    if (d / MANIFEST).exists():
-        _verify(d, origin)
+    _verify(d, origin, context)
     st = d / "tensors.safetensors"
     try:
         tensors = load_file(str(st)) if st.exists() else {}
@@ -157,3 +194,31 @@ def load(directory: str | Path, origin: str | None = None):
         return _decode(tree, tensors, d / "blobs")
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as e:
         raise ArtifactError(origin, "value.json", f"does not decode ({type(e).__name__}: {e})") from None
+
+
+def trusted_entry(client, run, key: str) -> bool:
+    """Whether ``run`` (a cache candidate for ``key``) holds signed manifests for ``key``:
+    ``output/`` always, ``publish/`` when tagged. Only the manifests are downloaded here; the
+    files are checked against them when loaded. An untrusted run is tagged
+    ``slimray.stored=untrusted`` (with the reason) so no lookup offers it again."""
+    run_id = run.info.run_id
+    dirs = ["output"] + (["publish"] if run.data.tags.get("slimray.publishes") == "true" else [])
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for d in dirs:
+                _check_remote(client, run_id, d, entry_context(run_id, key, d), Path(tmp))
+        return True
+    except ArtifactError as e:
+        client.set_tag(run_id, "slimray.stored", "untrusted")
+        client.set_tag(run_id, "slimray.error", str(e)[:500])
+        return False
+
+
+def _check_remote(client, run_id: str, folder: str, context: str, tmp: Path) -> None:
+    origin = f"cache entry of run {run_id}"
+    name = f"{folder}/{MANIFEST}"
+    try:
+        local = client.download_artifacts(run_id, name, str(tmp))
+    except Exception:  # noqa: BLE001 - absent on the server: MLflow raises several types
+        raise ArtifactError(origin, name, "missing") from None
+    check_manifest(Path(local), context, origin, name)

@@ -46,7 +46,7 @@ class RunRecorder:
             if st.run_id:
                 self._close_sweep_run(st)
             if st.selected is not None:
-                self._publish_trial(st.trials[st.selected])
+                self._publish_checked(st, st.trials[st.selected])
 
     # ---- runs --------------------------------------------------------------------------
     def _open_sweep_run(self, st: StepState) -> None:
@@ -92,12 +92,27 @@ class RunRecorder:
         self.client.set_terminated(st.run_id, status)
 
     # ---- publishing --------------------------------------------------------------------
+    def _publish_checked(self, st: StepState, t: Trial) -> None:
+        """Publish, unless the stored publication fails its signed manifest: then nothing is
+        published or registered, the source run is untagged and the step fails (one line)."""
+        try:
+            self._publish_trial(t)
+        except artifacts.ArtifactError as e:
+            source = t.hit.info.run_id if t.hit is not None else t.meta.run_id if t.meta else None
+            if source:
+                self.client.set_tag(source, f"{TAG}stored", "corrupt")
+                self.client.set_tag(source, f"{TAG}error", str(e)[:500])
+            st.status, st.note = "failed", f"{e}; nothing published, untagged, rerun to recompute"
+
     def _publish_trial(self, t: Trial) -> None:
         if t.meta is None or not t.meta.publishes:
             return
         source = t.hit.info.run_id if t.hit is not None else t.meta.run_id
+        key = self.client.get_run(source).data.tags.get(f"{TAG}cache_key", "")
         with tempfile.TemporaryDirectory() as tmp:
-            pub = artifacts.load(self.client.download_artifacts(source, PUBLISH_DIR, tmp))
+            local = self.client.download_artifacts(source, PUBLISH_DIR, tmp)
+            context = artifacts.entry_context(source, key, PUBLISH_DIR)
+            pub = artifacts.load(local, f"publication of run {source}", context)
         if not isinstance(pub, Publication):
             raise TypeError(f"run {source}: {PUBLISH_DIR}/ holds a {type(pub).__name__}, not a Publication")
         self.publish(pub, source)
@@ -128,7 +143,7 @@ class RunRecorder:
         ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
         tag = f"{TAG}logged_model.{metric_name(name)}"
         model_id = self.client.get_run(source).data.tags.get(tag) if source else None
-        version = self._reuse(name, model_id) if model_id else None
+        version = self._reuse(name, model_id, onnx_bytes) if model_id else None
         if version is None:
             import mlflow
             import onnx
@@ -148,11 +163,19 @@ class RunRecorder:
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
 
-    def _reuse(self, name: str, model_id: str) -> str | None:
-        """A new version of ``name`` from an already logged model, linked to this parent run."""
+    def _reuse(self, name: str, model_id: str, onnx_bytes: bytes) -> str | None:
+        """A new version of ``name`` from an already logged model, linked to this parent run,
+        when that model's ONNX file is the (signed, verified) publication's byte for byte."""
+        import mlflow
+
         try:
             model = self.client.get_logged_model(model_id)
             self.client.get_registered_model(name)
+            with tempfile.TemporaryDirectory() as tmp:
+                uri = f"{model.artifact_location.rstrip('/')}/model.onnx"
+                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=self.ctx.uri)
+                if Path(path).read_bytes() != onnx_bytes:
+                    return None  # the tag points at another model: log the verified one again
         except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
             return None
         mv = self.client.create_model_version(

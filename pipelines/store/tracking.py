@@ -136,7 +136,8 @@ def create_run(client: MlflowClient, experiment_id: str, name: str, parent: str 
 
 
 def find_cached(client: MlflowClient, experiment_id: str, key: str):
-    """The newest finished, non-cached run that stored the output for ``key``, or None."""
+    """The newest finished, non-cached run that stored the output for ``key`` under manifests
+    signed for it (``artifacts.trusted_entry``: others are tagged untrusted and skipped), or None."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -144,9 +145,9 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str):
             f"and tags.`{TAG}stored` = 'true' and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=10,
     )
-    return runs[0] if runs else None
+    return next((r for r in runs if artifacts.trusted_entry(client, r, key)), None)
 
 
 def open_runs(client: MlflowClient, experiment_id: str, root: str) -> list[str]:
@@ -206,21 +207,26 @@ class StepTracker:
         whether there was something to publish. ``stored=true`` is set last: a run without it is
         never trusted by a cache lookup."""
         pub = getattr(value, "publish", None)
+        key = self._key_of(self.run_id)
         if pub is not None:
             value = dataclasses.replace(value, publish=None)
             with tempfile.TemporaryDirectory() as tmp:
-                artifacts.save(pub, tmp)
+                artifacts.save(pub, tmp, artifacts.entry_context(self.run_id, key, PUBLISH_DIR))
                 self.client.log_artifacts(self.run_id, tmp, PUBLISH_DIR)
         with tempfile.TemporaryDirectory() as tmp:
-            artifacts.save(value, tmp)
+            artifacts.save(value, tmp, artifacts.entry_context(self.run_id, key, OUTPUT_DIR))
             self.client.log_artifacts(self.run_id, tmp, OUTPUT_DIR)
         self.set_tags({f"{TAG}stored": "true", **({f"{TAG}publishes": "true"} if pub is not None else {})})
         return pub is not None
 
+    def _key_of(self, run_id: str) -> str:
+        return self.client.get_run(run_id).data.tags.get(f"{TAG}cache_key", "")
+
     def load_output(self, run_id: str):
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, OUTPUT_DIR, tmp)
-            return artifacts.load(local, origin=f"cached output of run {run_id}")
+            context = artifacts.entry_context(run_id, self._key_of(run_id), OUTPUT_DIR)
+            return artifacts.load(local, origin=f"cached output of run {run_id}", context=context)
 
     def finish(self, status: str) -> None:
         self.flush()

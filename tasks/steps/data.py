@@ -30,6 +30,7 @@ import torch
 from tasks.core.context import StepContext
 from tasks.core.options import DataSource, Normalize
 from tasks.core.types import Dataset
+from tasks.datasets.checks import check_cast, check_normalized, check_sizes
 from tasks.datasets.files import cifar10_arrays, npz_arrays
 
 
@@ -182,16 +183,20 @@ def run(*, cfg: DataConfig, ctx: StepContext) -> Dataset:
     """Load ``cfg.source``, validate, split train/val, build the transfer pool and standardize."""
     _check_config(cfg)
     raw, num_classes = LOADERS[cfg.source](cfg)
-    _validate(raw, num_classes, cfg.path or cfg.source, {"x_transfer": "x_unlabeled"} if cfg.source == "npz" else None)
+    origin, names = cfg.path or cfg.source, {"x_transfer": "x_unlabeled"} if cfg.source == "npz" else None
+    _validate(raw, num_classes, origin, names)
+    check_cast(raw, origin, np.float32, names)  # the checks on what the model sees: tasks.datasets.checks
     _split_val(raw, cfg)
     if cfg.max_train:
         raw["x_train"], raw["y_train"] = raw["x_train"][: cfg.max_train], raw["y_train"][: cfg.max_train]
+    check_sizes(raw, num_classes, origin, names)
     t = {k: torch.as_tensor(v, dtype=torch.long if k.startswith("y") else torch.float32) for k, v in raw.items()}
     if cfg.source in ("digits", "cifar10") and cfg.n_transfer > 0:
         t["x_transfer"] = augmented_pool(t["x_train"], cfg.n_transfer, cfg.shift, cfg.seed)
     if cfg.normalize != "none":
         mean, std = _standardize(t["x_train"], cfg.normalize)
         t.update({k: (v - mean) / std for k, v in t.items() if k.startswith("x")})
+    check_normalized(t, origin, names)
     x_transfer = t.get("x_transfer")
     ctx.log_metrics(
         {
