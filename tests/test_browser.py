@@ -7,6 +7,7 @@ Screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import threading
@@ -26,9 +27,8 @@ WAIT_MS = 60_000
 
 def _printed_link(out) -> str:
     """The URL on the console's ``Open it:`` line."""
-    console = Console(record=True, width=1000, file=open("/dev/null", "w"))  # noqa: SIM115 - closed below
+    console = Console(record=True, width=1000, file=io.StringIO())
     session.summary(out, console)
-    console.file.close()
     line = next(ln for ln in console.export_text().splitlines() if ln.startswith("Open it:"))
     return re.findall(r"https?://\S+", line)[-1]
 
