@@ -16,7 +16,7 @@ import yaml
 from lineage_run import AMOUNTS, REGISTRY, run_lineage
 from mlflow.tracking import MlflowClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+from pipelines.run import session
 
 DOWNSTREAM_OF_DATA = {"teacher", "prune", "export", "quantize", "benchmark", "report"}  # every other step
 
@@ -103,6 +103,8 @@ def check_logged_models(client: MlflowClient, out, rows: dict) -> dict[str, str]
     return {name: m.model_id for name, m in by_name.items()}
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
 def test_lineage_of_a_registered_model(workdir):
     out = run_lineage(workdir)
     client = MlflowClient(tracking_uri=out.uri)
@@ -119,3 +121,16 @@ def test_lineage_of_a_registered_model(workdir):
     second = check_version(client, again, rows, digest, workdir / "v2")
     assert int(second.version) == int(first.version) + 1
     assert check_logged_models(client, again, rows) == ids  # reused, not logged again
+
+
+def test_the_printed_link_opens_the_parent_run_in_the_training_view():
+    """The console's last line: the run's page with the query MLflow 3.17's UI reads to open the
+    training view (a new browser otherwise opens the GenAI overview); with a sqlite store, the
+    command that serves it first."""
+    page = "#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert session.open_it("http://10.0.0.5:5000/", "3", "abc") == f"Open it: http://10.0.0.5:5000/{page}"
+    line = session.open_it("sqlite:////w/mlflow.db", "3", "abc")
+    assert line == (
+        "Open it: mlflow ui --backend-store-uri sqlite:////w/mlflow.db --host 127.0.0.1 --port 5000, "
+        f"then http://127.0.0.1:5000/{page}"
+    )
