@@ -134,3 +134,40 @@ def test_the_printed_link_opens_the_parent_run_in_the_training_view():
         "Open it: mlflow ui --backend-store-uri sqlite:////w/mlflow.db --host 127.0.0.1 --port 5000, "
         f"then http://127.0.0.1:5000/{page}"
     )
+
+
+def test_signature_and_dataset_schema_of_a_multi_input_model():
+    """A transformer's graph (int64 ``input_ids``/``attention_mask``, symbolic batch and sequence,
+    a weight listed among the inputs as older exporters do) and its stacked text data."""
+    import numpy as np
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pipelines.store.lineage import dataset_entity
+    from pipelines.store.registry import onnx_signature
+    from tasks.core.types import Dataset
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    weight = helper.make_tensor_value_info("w", TensorProto.FLOAT, [4])
+    out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])
+    init = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    node = helper.make_node("Identity", ["w"], ["embedding"])
+    graph = helper.make_graph([node], "g", [ids, mask, weight], [out], [init])
+    sig = onnx_signature(helper.make_model(graph)).to_dict()
+    assert [(s["name"], s["tensor-spec"]) for s in json.loads(sig["inputs"])] == [
+        ("input_ids", {"dtype": "int64", "shape": [-1, -1]}),
+        ("attention_mask", {"dtype": "int64", "shape": [-1, -1]}),
+    ]
+    assert json.loads(sig["outputs"])[0]["tensor-spec"] == {"dtype": "float32", "shape": [-1, 4]}
+
+    x, y = torch.zeros(6, 2, 8, dtype=torch.long), torch.full((6,), -1)
+    data = Dataset(
+        "docstrings", x, y, x[:2], y[:2], x[:3], y[:3], 0, None, "embedding", ["input_ids", "attention_mask"]
+    )
+    entity = dataset_entity(data, "d" * 32, "slimray", '{"uri": "runs:/r/output"}')
+    assert json.loads(entity.profile)["rows"] == {"train": 6, "val": 2, "test": 3}
+    features = json.loads(json.loads(entity.schema)["mlflow_tensorspec"]["features"])
+    assert features == [
+        {"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1, 2, 8]}, "name": "input_ids,attention_mask"}
+    ]
