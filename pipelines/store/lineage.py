@@ -134,6 +134,12 @@ class Links:
         names = [p for p, refs in self.spec.steps[step].inputs.items() if any(r.step == source for r in refs)]
         return ",".join(names) or "upstream"
 
+    def on_event(self, event: str, st: StepState, trial: Trial | None) -> None:
+        if event in ("trial_cached", "trial_finished") and trial is not None:
+            self.on_trial(st, trial)
+        elif event == "step_finished":
+            self.on_step_finished(st)
+
     def on_trial(self, st: StepState, t: Trial) -> None:
         """A trial that has its run (computed, loaded from the cache or recorded as a hit)."""
         if t.meta is None:

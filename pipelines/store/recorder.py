@@ -46,15 +46,13 @@ class RunRecorder:
             self._open_sweep_run(st)
         elif event == "trial_cached" and trial is not None:
             self._record_cached(st, trial)
-        if event in ("trial_cached", "trial_finished") and trial is not None and self.links is not None:
-            self.links.on_trial(st, trial)
         elif event == "step_finished":
-            if self.links is not None:
-                self.links.on_step_finished(st)
             if st.run_id:
                 self._close_sweep_run(st)
             if st.selected is not None:
                 self._publish_trial(st.trials[st.selected])
+        if self.links is not None:  # after the run of a cached trial exists
+            self.links.on_event(event, st, trial)
 
     # ---- runs --------------------------------------------------------------------------
     def _open_sweep_run(self, st: StepState) -> None:
