@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-nlp run serve test test-fast lint bench bench-minilm bench-scale figures lock ui clean
+.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-scale figures lock ui clean
 
 install: $(STAMP)
 
@@ -35,8 +35,11 @@ run: install
 serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
 	$(VENV)/bin/slimray serve $(ARGS)
 
-test: install-nlp lint
+test: install-nlp install-browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+install-browser:  ## Debian's chromium for tests/test_browser.py (Playwright drives it; no browser download)
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 lint: install  ## ruff (lint + format check) and mypy on the two packages
 	$(VENV)/bin/ruff check pipelines tasks tests benchmarks

@@ -110,7 +110,10 @@ def test_report_returns_everything_it_publishes_and_writes_to_no_run():
     assert sum("★" in r for r in rows) == 1 and "★ ◆ pruned_50" in md
     assert "no speedup" in md and "4.00× smaller" in md  # 400 kB / 100 kB
     assert pub.console == md and "4.00× smaller" in pub.description and "### " not in pub.description
-    assert pub.models == [Registration("compress-mnist1d", sel.onnx, "candidate")]
+    assert pub.models == [Registration("compress-mnist1d", sel.onnx, "candidate", source=sel.name)]
+    assert [c["name"] for c in pub.candidates] == [r.name for r in b.candidates]  # every row a logged model
+    assert pub.candidates[0]["metrics"]["test_acc"] == b.candidates[0].test_acc
+    assert pub.candidates[0]["params"]["hardware"]
     assert out.data["registered"] == "compress-mnist1d@candidate"
     assert out.data["pareto_front"] == ["teacher", "kd_small", "pruned_50", "int8"]
     assert out.data["pareto_front_size"] == ["teacher", "kd_small", "pruned_50", "int8"]

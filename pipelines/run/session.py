@@ -163,10 +163,25 @@ def summary(outcome: Outcome, console: Console) -> None:
         markup=False,
         highlight=False,
     )
-    console.print(
-        f"Open it: mlflow ui --backend-store-uri {outcome.uri} --host 127.0.0.1 --port 5000"
-        if outcome.uri.startswith("sqlite")
-        else f"Open it: {outcome.uri}/#/experiments/{outcome.experiment_id}/runs/{outcome.run_id}",
-        markup=False,
-        highlight=False,
-    )
+    console.print(open_it(outcome.uri, outcome.experiment_id, outcome.run_id), markup=False, highlight=False)
+
+
+# MLflow 3.17's UI reads the workflow type from this query parameter first, then from the browser's
+# localStorage (``mlflow.workflowType``, "genai" in a new browser): without it a new browser opens an
+# experiment on the GenAI overview of traces, whatever the experiment's ``mlflow.experimentKind`` tag.
+UI_QUERY = "?workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run: on the tracking server of ``uri``, else on ``mlflow ui``'s default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
+
+
+def open_it(uri: str, experiment_id: str, run_id: str) -> str:
+    """The last console line: the run's page, and for a store without a server the command that serves it."""
+    link = run_link(uri, experiment_id, run_id)
+    if uri.startswith(("http://", "https://")):
+        return f"Open it: {link}"
+    return f"Open it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then {link}"

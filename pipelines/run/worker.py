@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import build_config
 from pipelines.store.artifacts import ArtifactError
+from pipelines.store.lineage import record_output
 from pipelines.store.tracking import TAG, StepTracker, create_run, log_params
 from tasks import task_table
 from tasks.core.context import StepContext
@@ -113,6 +114,7 @@ def _run_task(job: StepJob, args: tuple, client: MlflowClient, run_id: str, trac
     task: Callable[..., Any] = task_table()[job.task]
     output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
     publishes = tracker.save_output(output)
+    record_output(client, run_id, output, job.params)  # a Dataset becomes an MLflow dataset (store.lineage)
     return output, dict(ctx.summary), publishes
 
 

@@ -23,7 +23,8 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipelines.run.dag import Context, Executor, StepState, Trial, cached_meta
-from pipelines.store import artifacts
+from pipelines.store import artifacts, registry
+from pipelines.store.lineage import Links
 from pipelines.store.tracking import PUBLISH_DIR, TAG, create_run, metric_name
 from tasks.core.types import Publication
 
@@ -36,8 +37,11 @@ class RunRecorder:
         self.executor: Executor | None = None  # set by the session (names and tags of runs)
         self.console: list[str] = []  # text that published steps want shown after the table
         self.registered: list[str] = []  # "name@alias vN"
+        self.links: Links | None = None  # the datasets' links to the runs (store.lineage), with the executor
 
     def on_event(self, event: str, st: StepState, trial: Trial | None) -> None:
+        if self.links is None and self.executor is not None:
+            self.links = Links(self.client, self.ctx.root_run, self.executor.spec)
         if event == "step_started" and st.spec.is_sweep:
             self._open_sweep_run(st)
         elif event == "trial_cached" and trial is not None:
@@ -47,6 +51,8 @@ class RunRecorder:
                 self._close_sweep_run(st)
             if st.selected is not None:
                 self._publish_checked(st, st.trials[st.selected])
+        if self.links is not None:  # after the run of a cached trial exists
+            self.links.on_event(event, st, trial)
 
     # ---- runs --------------------------------------------------------------------------
     def _open_sweep_run(self, st: StepState) -> None:
@@ -133,11 +139,12 @@ class RunRecorder:
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source))
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.source))
+        self._describe(pub, source)
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None) -> str:
+    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None, model: str = "") -> str:
         """Register the model under ``name@alias`` as a version whose run is the parent run (the
         parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
         ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
@@ -149,9 +156,13 @@ class RunRecorder:
             import onnx
 
             mlflow.set_tracking_uri(self.ctx.uri)
+            proto = onnx.load_from_string(onnx_bytes)
+            logged = registry.logged_name(model) if model else "model"  # in this experiment, not MLflow's default
             info = mlflow.onnx.log_model(
-                onnx.load_from_string(onnx_bytes),
-                name="model",
+                proto,
+                name=logged,
+                model_id=self.client.create_logged_model(self.ctx.experiment_id, logged, self.ctx.root_run).model_id,
+                signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
                 registered_model_name=name,
                 pip_requirements=["onnxruntime"],
                 run_id=self.ctx.root_run,
@@ -162,6 +173,28 @@ class RunRecorder:
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
+
+    def _describe(self, pub: Publication, source: str | None) -> None:
+        """Every card as a logged model; each registered version's tags and description
+        (``pipelines.store.registry``)."""
+        if not pub.models and not pub.candidates:
+            return
+        states = self.executor.states if self.executor is not None else {}
+        versions = {
+            reg.source or reg.name: self.client.get_model_version_by_alias(reg.name, reg.alias) for reg in pub.models
+        }
+        registered = {model: registry.model_id_of(mv) for model, mv in versions.items()}
+        runs = registry.model_runs(states)
+        registry.log_cards(
+            self.client, self.ctx.experiment_id, pub.candidates, runs, source, self.ctx.root_run, registered
+        )
+        cards = {c["name"]: c for c in pub.candidates}
+        digests = self.links.digests if self.links is not None else {}
+        for reg in pub.models:
+            model = reg.source or reg.name
+            chain = registry.recipe(self.executor.spec, states, model) if self.executor is not None else model
+            tags = registry.version_tags(cards.get(model), model, chain, digests, self.ctx.commit)
+            registry.describe_version(self.client, reg.name, versions[model].version, tags, pub.description)
 
     def _reuse(self, name: str, model_id: str, onnx_bytes: bytes) -> str | None:
         """A new version of ``name`` from an already logged model, linked to this parent run,

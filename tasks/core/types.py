@@ -92,6 +92,7 @@ class Registration:
     name: str
     onnx: bytes
     alias: str = "candidate"
+    source: str = ""  # the registered model's own name (a benchmark row, a ModelCard): what the version is
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Publication:
     description: str = ""  # Markdown: the parent run's description
     console: str = ""  # text shown after the step table
     models: list[Registration] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)  # every measured model: {name, metrics, params}
 
 
 @dataclass

@@ -38,6 +38,7 @@ import torch
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 from tasks.models.build import load_model, sample_shape
+from tasks.reporting.cards import model_cards
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
 from tasks.runtime.onnx import to_onnx
@@ -261,7 +262,7 @@ def run(
     if selected is not None:
         name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
         models, registered = (
-            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)],
+            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias, source=selected.name)],
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)
@@ -275,6 +276,7 @@ def run(
         description=f"**{miss}**\n\n{summary}" if miss else summary,
         console=f"{md}\n{miss}" if miss else md,
         models=models,
+        candidates=model_cards(bench),  # every candidate as a logged model (tasks.reporting.cards)
     )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
     return Report(data=data, files=files, publish=publish)
