@@ -167,3 +167,10 @@ def verdict(ci: Sequence[float], what: str) -> str:
     if ci[1] < 0:
         return f"{what}: lower (95% interval {ci[0]:+.4g} to {ci[1]:+.4g} excludes 0)"
     return f"{what}: not distinguishable (95% interval {ci[0]:+.4g} to {ci[1]:+.4g} includes 0)"
+
+
+def ci_metrics(name: str, ci: Sequence[float] | None) -> dict[str, float]:
+    """``{<name>_ci95_low, <name>_ci95_high}`` (MLflow metrics are scalars); {} without an interval."""
+    if ci is None or any(math.isnan(x) for x in ci):
+        return {}
+    return {f"{name}_ci95_low": float(ci[0]), f"{name}_ci95_high": float(ci[1])}
