@@ -52,7 +52,7 @@ from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifact
 from tasks.evaluation import evidence
-from tasks.evaluation.evidence import Evidence, interval_metrics
+from tasks.evaluation.evidence import Evidence, interval_metrics, with_interval
 from tasks.evaluation.selection import check_confidence, flag_no_speedup, mark_selected, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
@@ -194,7 +194,7 @@ def _markdown(report: BenchmarkReport) -> str:
     cols = ["name", "kind", *quality, "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report.candidates:
-        cells = [_cell(getattr(r, c)) for c in cols]
+        cells = [with_interval(r, c, lambda _, v: _cell(v)) for c in cols]  # quality figures with their 95% interval
         mark = " | ← selected" if r.selected else (f" | rejected: {r.rejected_reason}" if r.rejected else " |")
         mark = " | simulated (size at its bit width, no speed claimed)" if r.simulated else mark
         lines.append("| " + " | ".join(cells) + mark)
