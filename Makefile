@@ -49,7 +49,7 @@ lint: install  ## ruff (lint + format check) and mypy on the two packages
 test-fast: install-nlp
 	$(PY) -m pytest -m "not slow and not integration and not minilm" $(PYTEST_ARGS)
 
-bench: install  ## measure every figure into docs/figures.json, then rewrite the figure tables in README.md and docs/*.md (~30 min)
+bench: install  ## measure every figure into docs/figures.json, then rewrite the figure tables in README.md and docs/*.md (over an hour: 5 seeds per method)
 	$(PY) benchmarks/figures.py run --all
 	$(PY) benchmarks/figures.py readme
 

@@ -57,13 +57,19 @@ def main() -> None:
                 "overrides": overrides,
                 "wall_s": round(wall, 1),
                 "teacher_test_acc": teacher.get("test_acc"),
+                "teacher_test_acc_ci95": teacher.get("test_acc_ci95"),  # Wilson, over the test rows
                 "selected": t["selected"],
                 "selected_test_acc": rows.get(t["selected"] or "", {}).get("test_acc"),
+                "selected_test_acc_ci95": rows.get(t["selected"] or "", {}).get("test_acc_ci95"),
                 "size_reduction": sel.get("size_reduction"),
                 "throughput_speedup": sel.get("throughput_speedup"),
                 "test_acc_delta": sel.get("test_acc_delta"),
+                "test_acc_delta_ci95": sel.get("test_acc_delta_ci95"),  # paired (Agresti-Min) ...
+                "test_acc_delta_p": sel.get("test_acc_delta_p"),  # ... and McNemar's p-value
                 "int8_throughput_speedup": int8.get("throughput_speedup"),
                 "int8_test_acc_delta": int8.get("test_acc_delta"),
+                "int8_test_acc_delta_ci95": int8.get("test_acc_delta_ci95"),
+                "int8_test_acc_delta_p": int8.get("test_acc_delta_p"),
             }
         )
     )

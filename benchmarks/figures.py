@@ -46,8 +46,14 @@ FIGURES: dict[str, list[str]] = {
     "kbit_quantizers": [PY, "benchmarks/kbit_quantizers.py", "--teacher-epochs", "10", "--n-transfer", "10000"],
     "multitask_gain": [PY, "benchmarks/multitask_gain.py", "--teacher-epochs", "10", "--n-transfer", "10000"],
     "multirun_sharing": [PY, "benchmarks/multirun_sharing.py"],
-    "search_efficiency_quick": [PY, "benchmarks/search_efficiency.py", "--quick"],
+    # search vs grid vs random: 24 trials x 5 seeds, every method in the one run (no entry merged by hand)
+    "search_efficiency": [PY, "benchmarks/search_efficiency.py"],
+    "byo": [PY, "benchmarks/byo.py"],  # your own model: `python -m examples.byo.prepare`, then experiment=byo
+    "minilm": [PY, "benchmarks/minilm.py"],  # experiment=minilm (make install-nlp)
 }
+
+# not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
+LONG = {"search_efficiency", "minilm"}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -67,30 +73,30 @@ TABLES: dict[str, list[Row]] = {
     "compress": rows(
         """
         default_run | `make run` wall time (default `compress`, empty directory) | wall_s | {:.0f} s | ≤ 10 min
-        default_run | teacher test accuracy | teacher_test_acc | {:.3f} | ≥ 0.94
+        default_run | teacher test accuracy [95% interval over the test rows] | teacher_test_acc, teacher_test_acc_ci95 || teacher_test_acc | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (point value, measured before its interval) | ≥ 0.94
         default_run | selected model: file size vs teacher FP32 ONNX | size_reduction | {:.1f}× smaller | ≥ 20×
         default_run | selected model: batch-256 throughput vs teacher | throughput_speedup | {:.1f}× | ≥ 5×
-        default_run | selected model: test accuracy vs teacher | test_acc_delta | {:+.3f} | ≥ −0.01
+        default_run | selected model: test accuracy vs teacher [paired 95% interval], McNemar p | test_acc_delta, test_acc_delta_ci95, test_acc_delta_p || test_acc_delta | {:+.3f} [{:+.3f}, {:+.3f}], p = {:.2g} || {:+.3f} (point value, measured before its interval) | ≥ −0.01
         default_run | INT8 vs FP32 of the same model: throughput | int8_throughput_speedup | {:.2f}× | ≥ 1.5×
-        default_run | INT8 vs FP32 of the same model: accuracy | int8_test_acc_delta | {:+.3f} | ≥ −0.005
+        default_run | INT8 vs FP32 of the same model: accuracy [paired 95% interval], McNemar p | int8_test_acc_delta, int8_test_acc_delta_ci95, int8_test_acc_delta_p || int8_test_acc_delta | {:+.3f} [{:+.3f}, {:+.3f}], p = {:.2g} || {:+.3f} (point value, measured before its interval) | ≥ −0.005
         """
     ),
     "engine": rows(
         """
         engine_overhead | fixed cost (Ray start + tracking set-up) | fixed_cost_s | {:.1f} s | ≤ 10 s
-        engine_overhead | cost per step (26 trivial steps) | per_step_ms | {:.0f} ms | ≤ 100 ms
-        engine_overhead | cached rerun, whole CLI command (26-step DAG) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
+        engine_overhead | cost per step (trivial steps) | per_step_ms, steps | {:.0f} ms ({} steps) | ≤ 100 ms
+        engine_overhead | cached rerun, whole CLI command (the same DAG) | cached_rerun_cli_s | {:.1f} s | ≤ 8 s
         cached_rerun_smoke | cached rerun, whole CLI command (`experiment=smoke`) | cached_rerun_cli_s | {:.1f} s | ≤ 4 s
         pipeline_overhead | engine vs plain script on `compress` (cache off) | ratio | {:.2f}× | ≤ 1.10×
-        sweep_scaling_small_batch | 8-trial pruning sweep vs one after another (batch 32) | speedup | {:.2f}× | ≥ 1.7×
-        sweep_scaling | 8-trial pruning sweep vs one after another (batch 128) | speedup | {:.2f}× | ≥ 1.7×
-        kd_gain | KD gain over the better scratch baseline (3 seeds) | gain_points_mean | {:+.1f} points | ≥ +1.0
-        ctrl_c | Ctrl-C of a single run: exit 130 within 10 s, nothing left RUNNING | single.passed | {}/10 | 10/10
-        ctrl_c | … of a multirun (`-m`, 2 executions) | multirun.passed | {}/10 | 10/10
-        ctrl_c | … of a search (`experiment=search`, in a trial) | search.passed | {}/10 | 10/10
+        sweep_scaling_small_batch | pruning sweep vs one after another (batch 32) | speedup, trials | {:.2f}× ({} trials) | ≥ 1.7×
+        sweep_scaling | pruning sweep vs one after another (batch 128) | speedup, trials | {:.2f}× ({} trials) | ≥ 1.7×
+        kd_gain | KD gain over the better scratch baseline [95% interval over seeds] | gain_points_mean, gain_points_ci95, seeds || gain_points_mean, runs.# | {:+.1f} points [{:+.1f}, {:+.1f}] ({} seeds) || {:+.1f} points ({} seeds, no interval) | ≥ +1.0
+        ctrl_c | Ctrl-C of a single run: exit 130 within 10 s, nothing left RUNNING | single.passed, single.runs | {}/{} | all runs
+        ctrl_c | … of a multirun (`-m`, 2 executions) | multirun.passed, multirun.runs | {}/{} | all runs
+        ctrl_c | … of a search (`experiment=search`, in a trial) | search.passed, search.runs | {}/{} | all runs
         ctrl_c | … slowest exit of the three | max_exit_s | {:.1f} s | ≤ 10 s
-        multirun_sharing | `-m` with 3 executions sharing the teacher: wall vs one execution (`smoke`) | wall_ratio | {:.2f}× | ≤ 1.6×
-        multirun_sharing | … teacher runs computed (3 recorded) | teacher_runs_computed | {} | 1
+        multirun_sharing | `-m` with executions sharing the teacher: wall vs one execution (`smoke`) | wall_ratio, executions | {:.2f}× ({} executions) | ≤ 1.6×
+        multirun_sharing | … teacher runs computed | teacher_runs_computed, teacher_runs_recorded | {} ({} recorded) | 1
         """
     ),
     "scale": rows(
@@ -112,56 +118,198 @@ TABLES: dict[str, list[Row]] = {
     ),
     "methods": rows(
         """
-        kbit_quantizers | KD student FP32 test accuracy (3 seeds; reference for the k-bit rows) | student.fp32_test_acc_mean | {:.3f}
-        kbit_quantizers | uniform, 2-bit weights: test accuracy | student.kbit.uniform.2.test_acc_mean | {:.3f}
-        kbit_quantizers | uniform, 4-bit weights: test accuracy | student.kbit.uniform.4.test_acc_mean | {:.3f}
-        kbit_quantizers | uniform, 8-bit weights: test accuracy | student.kbit.uniform.8.test_acc_mean | {:.3f}
-        kbit_quantizers | mean/std (k = 3), 2-bit weights: test accuracy | student.kbit.mean.2.test_acc_mean | {:.3f}
-        kbit_quantizers | mean/std (k = 3), 4-bit weights: test accuracy | student.kbit.mean.4.test_acc_mean | {:.3f}
-        kbit_quantizers | mean/std (k = 3), 8-bit weights: test accuracy | student.kbit.mean.8.test_acc_mean | {:.3f}
-        kbit_quantizers | log2, 2-bit weights: test accuracy | student.kbit.log2.2.test_acc_mean | {:.3f}
-        kbit_quantizers | log2, 4-bit weights: test accuracy | student.kbit.log2.4.test_acc_mean | {:.3f}
-        kbit_quantizers | log2, 8-bit weights: test accuracy | student.kbit.log2.8.test_acc_mean | {:.3f}
-        kbit_quantizers | uniform asymmetric, 4-bit weights: test accuracy | student.kbit.uniform_asym.4.test_acc_mean | {:.3f}
+        kbit_quantizers | KD student FP32 test accuracy (reference for the k-bit rows) | student.fp32_test_acc_mean, student.fp32_test_acc_ci95, student.seeds.# || student.fp32_test_acc_mean, student.seeds.# | {:.3f} [{:.3f}, {:.3f}] ({} seeds) || {:.3f} ({} seeds, no interval)
+        kbit_quantizers | uniform, 2-bit weights: test accuracy | student.kbit.uniform.2.test_acc_mean, student.kbit.uniform.2.test_acc_ci95 || student.kbit.uniform.2.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | uniform, 4-bit weights: test accuracy | student.kbit.uniform.4.test_acc_mean, student.kbit.uniform.4.test_acc_ci95 || student.kbit.uniform.4.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | uniform, 8-bit weights: test accuracy | student.kbit.uniform.8.test_acc_mean, student.kbit.uniform.8.test_acc_ci95 || student.kbit.uniform.8.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | mean/std (k = 3), 2-bit weights: test accuracy | student.kbit.mean.2.test_acc_mean, student.kbit.mean.2.test_acc_ci95 || student.kbit.mean.2.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | mean/std (k = 3), 4-bit weights: test accuracy | student.kbit.mean.4.test_acc_mean, student.kbit.mean.4.test_acc_ci95 || student.kbit.mean.4.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | mean/std (k = 3), 8-bit weights: test accuracy | student.kbit.mean.8.test_acc_mean, student.kbit.mean.8.test_acc_ci95 || student.kbit.mean.8.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | log2, 2-bit weights: test accuracy | student.kbit.log2.2.test_acc_mean, student.kbit.log2.2.test_acc_ci95 || student.kbit.log2.2.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | log2, 4-bit weights: test accuracy | student.kbit.log2.4.test_acc_mean, student.kbit.log2.4.test_acc_ci95 || student.kbit.log2.4.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | log2, 8-bit weights: test accuracy | student.kbit.log2.8.test_acc_mean, student.kbit.log2.8.test_acc_ci95 || student.kbit.log2.8.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | uniform asymmetric, 4-bit weights: test accuracy | student.kbit.uniform_asym.4.test_acc_mean, student.kbit.uniform_asym.4.test_acc_ci95 || student.kbit.uniform_asym.4.test_acc_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kbit_quantizers | … vs FP32, paired by seed | student.kbit.uniform_asym.4.vs_fp32_points_ci95 | verdict
         kbit_quantizers | 4-bit weights: size at the bit width (simulated) | student.kbit.uniform.4.bit_size_bytes | {:.0f} B
         kbit_quantizers | … FP32 weights | student.fp32_size_bytes | {:.0f} B
-        kd_gain_mutual | scratch student, as many steps as KD (3 seeds) | scratch_steps_mean | {:.3f}
-        kd_gain_mutual | one-way KD (Hinton) student | kd_mean | {:.3f}
-        kd_gain_mutual | two-way (mutual) students, no teacher | mutual_mean | {:.3f}
-        kd_gain_mutual | two-way (mutual) students + teacher logits | mutual_teacher_mean | {:.3f}
-        multitask_gain | multi-task student, digit head (3 seeds) | summary.identity.multitask_mean | {:.3f}
-        multitask_gain | … single-task student of the same trunk, digit | summary.identity.single_mean | {:.3f}
+        kd_gain_mutual | scratch student, as many steps as KD | scratch_steps_mean, scratch_steps_ci95, seeds || scratch_steps_mean, runs.# | {:.3f} [{:.3f}, {:.3f}] ({} seeds) || {:.3f} ({} seeds, no interval)
+        kd_gain_mutual | one-way KD (Hinton) student | kd_mean, kd_ci95 || kd_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kd_gain_mutual | two-way (mutual) students, no teacher | mutual_mean, mutual_ci95 || mutual_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kd_gain_mutual | two-way (mutual) students + teacher logits | mutual_teacher_mean, mutual_teacher_ci95 || mutual_teacher_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        kd_gain_mutual | two-way + teacher vs one-way KD, points, paired by seed | mutual_teacher_vs_kd_points_ci95 | verdict
+        kd_gain_mutual | two-way without a teacher vs the better scratch student, points | mutual_vs_best_scratch_points_ci95 | verdict
+        multitask_gain | multi-task student, digit head | summary.identity.multitask_mean, summary.identity.multitask_ci95, seeds || summary.identity.multitask_mean, runs.# | {:.3f} [{:.3f}, {:.3f}] ({} seeds) || {:.3f} ({} seeds, no interval)
+        multitask_gain | … single-task student of the same trunk, digit | summary.identity.single_mean, summary.identity.single_ci95 || summary.identity.single_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        multitask_gain | … multi-task vs single-task, digit, points, paired by seed | summary.identity.multitask_vs_single_points_ci95 | verdict
         multitask_gain | … digit teacher | summary.identity.teacher | {:.3f}
-        multitask_gain | multi-task student, parity head | summary.parity.multitask_mean | {:.3f}
-        multitask_gain | … single-task student of the same trunk, parity | summary.parity.single_mean | {:.3f}
+        multitask_gain | multi-task student, parity head | summary.parity.multitask_mean, summary.parity.multitask_ci95 || summary.parity.multitask_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        multitask_gain | … single-task student of the same trunk, parity | summary.parity.single_mean, summary.parity.single_ci95 || summary.parity.single_mean | {:.3f} [{:.3f}, {:.3f}] || {:.3f} (no interval)
+        multitask_gain | … multi-task vs single-task, parity, points, paired by seed | summary.parity.multitask_vs_single_points_ci95 | verdict
         multitask_gain | … parity teacher | summary.parity.teacher | {:.3f}
         """
     ),
     "search": rows(
         """
-        search_efficiency_quick | search: best feasible throughput (mean of 3 seeds) | methods.search.best_feasible_throughput_mean | {:,.0f} samples/s | ≥ grid's
-        search_efficiency_quick | … grid, same number of trained candidates | methods.grid.best_feasible_throughput_mean | {:,.0f} samples/s
-        search_efficiency_quick | … random search, same budget | methods.random.best_feasible_throughput_mean | {:,.0f} samples/s
-        search_efficiency_quick | search: hypervolume of val_acc × log10 throughput | methods.search.hypervolume_mean | {:.4f} | > random's
-        search_efficiency_quick | … random search | methods.random.hypervolume_mean | {:.4f}
-        search_efficiency_quick | … grid | methods.grid.hypervolume_mean | {:.4f}
-        search_efficiency_quick | trained candidates per method | methods.search.trained_candidates | {}
-        search_efficiency_quick | search wall time | methods.search.wall_s | {:.0f} s
-        search_efficiency_quick | … grid | methods.grid.wall_s | {:.0f} s
-        search_efficiency_quick | … random search | methods.random.wall_s | {:.0f} s
+        search_efficiency | search: best feasible throughput [95% interval over seeds] | methods.search.best_feasible_throughput_mean, methods.search.best_feasible_throughput_ci95, seeds | {:,.0f} [{:,.0f}, {:,.0f}] samples/s ({} seeds) | ≥ grid's
+        search_efficiency | … grid, same number of trained candidates | methods.grid.best_feasible_throughput_mean, methods.grid.best_feasible_throughput_ci95 | {:,.0f} [{:,.0f}, {:,.0f}] samples/s
+        search_efficiency | … random search, same budget | methods.random.best_feasible_throughput_mean, methods.random.best_feasible_throughput_ci95 | {:,.0f} [{:,.0f}, {:,.0f}] samples/s
+        search_efficiency | search vs grid, best feasible throughput, paired by seed | comparisons.search_vs_grid.throughput_diff_ci95 | verdict
+        search_efficiency | search: hypervolume of val_acc × log10 throughput | methods.search.hypervolume_mean, methods.search.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}] | > random's
+        search_efficiency | … random search | methods.random.hypervolume_mean, methods.random.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}]
+        search_efficiency | … grid | methods.grid.hypervolume_mean, methods.grid.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}]
+        search_efficiency | search vs random, hypervolume, paired by seed | comparisons.search_vs_random.hypervolume_diff_ci95 | verdict
+        search_efficiency | trained candidates search needs to reach 95% of the grid's best (worst seed) | methods.search.candidates_to_95pct_of_grid_best.max, methods.search.candidates_to_95pct_of_grid_best.reached, seeds, methods.grid.trained_candidates | {} (reached in {} of {} seeds; the grid trains {}) | ≤ ½ of the grid's
+        search_efficiency | trained candidates per method | methods.search.trained_candidates | {}
+        search_efficiency | search wall time | methods.search.wall_s_mean | {:.0f} s
+        search_efficiency | … grid | methods.grid.wall_s_mean | {:.0f} s
+        search_efficiency | … random search | methods.random.wall_s_mean | {:.0f} s
+        """
+    ),
+    "byo": rows(
+        """
+        byo | your model: test accuracy [95% interval over the test rows] | teacher_test_acc, teacher_test_acc_ci95 | {:.4f} [{:.4f}, {:.4f}]
+        byo | selected student: test accuracy | selected_test_acc, selected_test_acc_ci95 | {:.4f} [{:.4f}, {:.4f}]
+        byo | selected vs your model: test accuracy, points [paired 95% interval], McNemar p | test_acc_delta_points, test_acc_delta_points_ci95, test_acc_delta_p | {:+.2f} [{:+.2f}, {:+.2f}], p = {:.2g} | ≥ −1
+        byo | selected vs your model: throughput (batch 256, ONNX Runtime) | throughput_speedup | {:.1f}× | ≥ 5×
+        byo | … size | size_reduction | {:.1f}× smaller
+        byo | params: your model → selected | teacher_params, selected_params | {:,} → {:,}
+        byo | selected model | selected | {}
+        byo | pipeline wall time | pipeline_wall_s | {:.0f} s
+        """
+    ),
+    "minilm": rows(
+        """
+        minilm | selected variant | selected | {}
+        minilm | size vs torch FP32 | selected_vs_reference.size_reduction | {:.2f}× | ≥ 4×
+        minilm | batch-1 latency vs torch FP32, 2 threads | selected_vs_reference.latency_speedup_b1_t2 | {:.2f}× | ≥ 2.5×
+        minilm | batch-32 throughput vs torch FP32, 2 threads | selected_vs_reference.throughput_speedup_b32_t2 | {:.2f}× | ≥ 2×
+        minilm | cosine to torch FP32 on the evaluation set: mean / min | selected_vs_reference.cos_mean, selected_vs_reference.cos_min | {:.4f} / {:.4f} | ≥ 0.99 / ≥ 0.97
+        minilm | pipeline wall time | wall_s | {:.0f} s
         """
     ),
 }
 
 
+def _mb(v) -> str:
+    return f"{v / 1e6:.1f} MB"
+
+
+def _mark(item: dict) -> str:
+    return (
+        "**selected**"
+        if item.get("selected")
+        else f"rejected: {item.get('rejected_reason', '')}"
+        if item.get("rejected")
+        else ""
+    )
+
+
+# list table -> (figure, dotted path of a list in its JSON, columns: (header, key in each item or "" for the
+# whole item, format string or function)): one row per item of the list, rendered like TABLES
+LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
+    "minilm_variants": (
+        "minilm",
+        "variants",
+        [
+            ("variant", "name", "{}"),
+            ("runtime", "runtime", "{}"),
+            ("size", "size_bytes", _mb),
+            ("b1 latency, 2 thr (ms)", "latency_ms_b1_t2", "{:.1f}"),
+            ("b32 throughput, 2 thr (/s)", "throughput_b32_t2", "{:.1f}"),
+            ("b1, 1 thr (ms)", "latency_ms_b1_t1", "{:.1f}"),
+            ("b32, 1 thr (/s)", "throughput_b32_t1", "{:.1f}"),
+            ("cos mean", "cos_mean", "{:.4f}"),
+            ("cos min", "cos_min", "{:.4f}"),
+            ("top-1 agree", "top1_agree", "{:.3f}"),
+            ("verdict", "", _mark),
+        ],
+    ),
+}
+
+
+def render_list(table: str, figures: dict) -> str:
+    """A LISTS table: one row per item of the figure's list, then the command and machine."""
+    name, path, cols = LISTS[table]
+    entry = figures.get(name)
+    lines = ["| " + " | ".join(h for h, _, _ in cols) + " |", "|" + "---|" * len(cols)]
+    try:
+        items = _get(entry["measured"], path) if entry else []
+    except (KeyError, IndexError, TypeError):
+        items = []
+    for item in items:
+        cells = [
+            fmt(item if not key else item.get(key))
+            if callable(fmt)
+            else "–"
+            if item.get(key) is None
+            else str(fmt).format(item[key])
+            for _, key, fmt in cols
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not items:
+        lines.append("| not measured |" + " |" * (len(cols) - 1))
+    return "\n".join(lines + ([""] + [f"- `{' '.join(entry['command'])}`: {_where(entry)}"] if entry else []))
+
+
+TYPED = re.compile(
+    r"^\**[-+−]?\d[\d,]*(\.\d+)?\s*(%|×|ms|s|/s|MB|KiB|kB|B|points|min)?\**$|\d\.\d+\s*(%|×|ms\b|/s|MB|KiB|kB|points)"
+)
+
+
+def typed_rows(text: str) -> list[str]:
+    """Table rows of ``text`` that hold a measured-looking number (a bare figure, or a decimal with a
+    unit, e.g. ``14.6``, ``90.9 MB``, ``4.41×``): a figure typed by hand unless it is inside markers."""
+    rows = [ln for ln in text.splitlines() if ln.startswith("|") and not set(ln) <= set("|-: ")]
+    return [ln for ln in rows if any(TYPED.search(c.strip()) for c in ln.strip("|").split("|"))]
+
+
 def _get(obj, dotted: str):
+    """The value at ``dotted`` (``#`` as the last part: the length of the list or object there)."""
     for part in dotted.split("."):
-        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+        obj = len(obj) if part == "#" else obj[int(part)] if isinstance(obj, list) else obj[part]
     return obj
 
 
+def _values(measured: dict, paths: str) -> list:
+    """The values at one or more comma-separated paths, intervals (``[low, high]``) spread out, so a
+    format such as ``{:.3f} [{:.3f}, {:.3f}] ({} seeds)`` takes a mean, its interval and a count."""
+    out: list = []
+    for path in (p.strip() for p in paths.split(",")):
+        value = _get(measured, path)
+        if isinstance(value, list) and any(v is None for v in value):
+            raise ValueError(path)
+        out += value if isinstance(value, list) else [value]
+    return out
+
+
+def verdict(ci: list) -> str:
+    """A conclusion only where the 95% interval of a difference supports it."""
+    low, high = ci
+    if low > 0 or high < 0:
+        word = "higher" if low > 0 else "lower"
+        return f"{word}: 95% interval [{low:+.2f}, {high:+.2f}] excludes 0"
+    return f"not distinguishable: 95% interval [{low:+.2f}, {high:+.2f}] includes 0"
+
+
+def cell(entry: dict | None, path: str, fmt: str) -> str:
+    """One measured cell: ``fmt`` of the values at ``path``, ``verdict`` of an interval, or "not measured".
+    ``A || B`` in both path and format: B's when A's values are missing (a figure measured before its
+    interval was)."""
+    if " || " in path:
+        (path, fallback), (fmt, fallback_fmt) = path.split(" || ", 1), fmt.split(" || ", 1)
+        first = cell(entry, path, fmt)
+        return first if first != "not measured" else cell(entry, fallback, fallback_fmt)
+    try:
+        values = _values(entry["measured"], path) if entry else None
+        if values is None:
+            return "not measured"
+        return verdict(values) if fmt == "verdict" else fmt.format(*values)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "not measured"
+
+
 def _where(entry: dict) -> str:
-    m = entry["measured"]
+    m = {**entry["measured"].get("machine", {}), **entry["measured"]}
     threads = f", {m['threads']} thread(s)" if m.get("threads") is not None else ""
     cores = m.get("cpus", m.get("cores", "?"))
     return f"{m.get('cpu_model', '?')}, {cores} cores{threads}, {m.get('date', entry.get('date', '?'))}"
@@ -169,15 +317,13 @@ def _where(entry: dict) -> str:
 
 def render(table: str, figures: dict) -> str:
     """The Markdown of one README block: the table, then the command and machine of each figure."""
+    if table in LISTS:
+        return render_list(table, figures)
     lines = [HEADER, "|---|---|---|"]
     used: list[str] = []
     for label, name, path, fmt, target in TABLES[table]:
         entry = figures.get(name)
-        try:
-            value = fmt.format(_get(entry["measured"], path)) if entry else "not measured"
-        except (KeyError, IndexError, TypeError, ValueError):
-            value = "not measured"
-        lines.append(f"| {label} | {value} | {target} |")
+        lines.append(f"| {label} | {cell(entry, path, fmt)} | {target} |")
         if entry and name not in used:
             used.append(name)
     lines.append("")
@@ -188,7 +334,7 @@ def render(table: str, figures: dict) -> str:
 
 def rewrite(text: str, figures: dict) -> str:
     """``text`` with every figures block it holds rendered from ``figures``."""
-    for table in TABLES:
+    for table in [*TABLES, *LISTS]:
         pattern = re.compile(rf"(<!-- figures:{table} -->\n).*?(<!-- /figures:{table} -->)", re.DOTALL)
         text = pattern.sub(lambda m, t=table: m.group(1) + render(t, figures) + "\n" + m.group(2), text)
     return text
@@ -207,13 +353,19 @@ def problems(docs: dict[Path, str], figures: dict) -> list[str]:
         name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         blocks = re.findall(r"<!-- figures:(\S+) -->\n.*?<!-- /figures:\1 -->", text, re.DOTALL)
         held.update(blocks)
-        out += [f"{name}: no table '{b}' in benchmarks/figures.py" for b in blocks if b not in TABLES]
+        out += [
+            f"{name}: no table '{b}' in benchmarks/figures.py" for b in blocks if b not in TABLES and b not in LISTS
+        ]
         if rewrite(text, figures) != text:
             out.append(f"{name}: figures differ from docs/figures.json: run `make figures`")
         outside = re.sub(r"<!-- figures:(\S+) -->\n.*?<!-- /figures:\1 -->", "", text, flags=re.DOTALL)
         if HEADER in outside:
             out.append(f"{name}: a figures table outside <!-- figures:TABLE --> markers")
-    return out + [f"table '{t}' is in no document (README.md, docs/*.md)" for t in TABLES if t not in held]
+        out += [
+            f"{name}: a figure typed by hand outside <!-- figures:TABLE --> markers: {r[:80]}"
+            for r in typed_rows(outside)
+        ]
+    return out + [f"table '{t}' is in no document (README.md, docs/*.md)" for t in [*TABLES, *LISTS] if t not in held]
 
 
 def last_json(stdout: str, name: str) -> dict:
@@ -250,13 +402,14 @@ def main() -> int:
     ap.add_argument("action", choices=["run", "readme", "check"])
     ap.add_argument("names", nargs="*")
     ap.add_argument("--all", action="store_true")
+    ap.add_argument("--long", action="store_true", help=f"with --all: also {sorted(LONG)}")
     args = ap.parse_args()
     if args.action == "run":
         unknown = [n for n in args.names if n not in FIGURES]
         if unknown or not (args.names or args.all):
             print(f"error: name one or more of {sorted(FIGURES)} or --all (unknown: {unknown})", file=sys.stderr)
             return 2
-        run(list(FIGURES) if args.all else args.names)
+        run([n for n in FIGURES if args.long or n not in LONG] if args.all else args.names)
         return 0
     docs, figures = documents(), load()
     if args.action == "readme":

@@ -4,9 +4,11 @@ Trains the teacher (conf/model/cnn1d_teacher.yaml) once and, per seed, the KD st
 benchmarks/kd_gain.py (tasks/steps/distill.py defaults); then quantizes every Conv/Linear weight of each
 with ``quantize.method: fake_kbit`` at each bit width and quantizer and measures test accuracy.
 Every k-bit model is simulated (FP32 arithmetic on quantized values): the figures are accuracy and
-the size computed at the bit width, no speed. Prints ONE JSON object (student: mean of the seeds).
+the size computed at the bit width, no speed. Prints ONE JSON object (student: mean of the seeds
+and its 95% interval, ``*_ci95``; ``vs_fp32_points_ci95``: the paired drop against the FP32
+student of the same seed).
 
-    .venv/bin/python benchmarks/kbit_quantizers.py [--seeds 0 1 2] [--bits 2 3 4 6 8] [--epochs N]
+    .venv/bin/python benchmarks/kbit_quantizers.py [--seeds N] [--bits 2 3 4 6 8] [--epochs N]
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 
 import torch
 from kd_gain import _model, _train  # benchmarks/ is the script's directory
 from machine import machine_info
+from seeded import add_seeds, mean_ci
 
 from tasks.core.context import StepContext
 from tasks.models.build import complete_arch, count_params, load_model, make_artifact
@@ -49,7 +51,7 @@ def sweep(art, data, bits: list[int]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds(p)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     p.add_argument("--epochs", type=int, default=distill.DistillConfig().optim.epochs, help="KD student epochs")
     p.add_argument("--teacher-epochs", type=int, default=30)
@@ -68,10 +70,12 @@ def main() -> None:
     )
     students = [distill.run(data, logits, cfg=kd_cfg, ctx=StepContext(step="kd", seed=s)) for s in args.seeds]
     per_seed = [sweep(s, data, args.bits) for s in students]
+    fp32 = [accuracy(load_model(s), data.x_test, data.y_test) for s in students]
     mean = {
         q: {
             b: {
-                "test_acc_mean": statistics.mean(r[q][b]["test_acc"] for r in per_seed),
+                **mean_ci("test_acc", (r[q][b]["test_acc"] for r in per_seed)),
+                **mean_ci("vs_fp32_points", (100 * (r[q][b]["test_acc"] - f) for r, f in zip(per_seed, fp32))),
                 "test_acc_min": min(r[q][b]["test_acc"] for r in per_seed),
                 "bit_size_bytes": per_seed[0][q][b]["bit_size_bytes"],
             }
@@ -79,7 +83,6 @@ def main() -> None:
         }
         for q in QUANTIZERS
     }
-    fp32 = [accuracy(load_model(s), data.x_test, data.y_test) for s in students]
     print(
         json.dumps(
             {
@@ -91,7 +94,7 @@ def main() -> None:
                     "arch": students[0].arch,
                     "params": count_params(load_model(students[0])),
                     "seeds": args.seeds,
-                    "fp32_test_acc_mean": statistics.mean(fp32),
+                    **mean_ci("fp32_test_acc", fp32),
                     "fp32_size_bytes": 4
                     * sum(t.numel() for t in students[0].state_dict.values() if t.is_floating_point()),
                     "kbit": mean,

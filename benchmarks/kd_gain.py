@@ -14,7 +14,11 @@ labeled rows only, with the optimizer steps of ``scratch_steps``; ``mutual_teach
 plus the teacher's logits (``teacher_weight``) over labeled rows + transfer pool, with the KD
 student's schedule. Each is the better of its two students on val (what the step returns).
 
-    .venv/bin/python benchmarks/kd_gain.py [--seeds 0 1 2] [--epochs N] [--temperature T] ...
+Every mean comes with its 95% interval over the seeds (``*_ci95``, Student t; ``--seeds N``,
+default 5), and each comparison with a verdict that states a difference only where its interval
+excludes 0 (``verdicts``).
+
+    .venv/bin/python benchmarks/kd_gain.py [--seeds N] [--epochs N] [--temperature T] ...
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 import torch
 import yaml
 from machine import machine_info  # benchmarks/ is the script's directory
+from seeded import add_seeds, mean_ci
 
 from tasks.core.context import StepContext
 from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
@@ -71,7 +76,7 @@ def _mutual(data, logits, cfg, seed: int) -> dict:
 def main() -> None:
     defaults = distill.DistillConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds(p)
     p.add_argument("--epochs", type=int, default=defaults.optim.epochs)
     p.add_argument("--temperature", type=float, default=defaults.temperature)
     p.add_argument("--alpha", type=float, default=defaults.alpha)
@@ -156,23 +161,26 @@ def main() -> None:
                     "alpha": args.alpha,
                 },
                 "runs": runs,
-                "scratch_mean": statistics.mean(r["scratch_test_acc"] for r in runs),
-                "scratch_steps_mean": statistics.mean(r["scratch_steps_test_acc"] for r in runs),
-                "kd_mean": statistics.mean(r["kd_test_acc"] for r in runs),
-                "mutual_mean": statistics.mean(r["mutual_test_acc"] for r in runs),
-                "mutual_teacher_mean": statistics.mean(r["mutual_teacher_test_acc"] for r in runs),
-                "mutual_vs_best_scratch_points_mean": statistics.mean(
-                    100 * (r["mutual_test_acc"] - b) for r, b in zip(runs, best_scratch)
+                "seeds": len(runs),
+                **mean_ci("scratch", (r["scratch_test_acc"] for r in runs)),
+                **mean_ci("scratch_steps", (r["scratch_steps_test_acc"] for r in runs)),
+                **mean_ci("kd", (r["kd_test_acc"] for r in runs)),
+                **mean_ci("mutual", (r["mutual_test_acc"] for r in runs)),
+                **mean_ci("mutual_teacher", (r["mutual_teacher_test_acc"] for r in runs)),
+                **mean_ci(
+                    "mutual_vs_best_scratch_points",
+                    (100 * (r["mutual_test_acc"] - b) for r, b in zip(runs, best_scratch)),
                 ),
-                "mutual_teacher_vs_kd_points_mean": statistics.mean(
-                    100 * (r["mutual_teacher_test_acc"] - r["kd_test_acc"]) for r in runs
+                **mean_ci(
+                    "mutual_teacher_vs_kd_points",
+                    (100 * (r["mutual_teacher_test_acc"] - r["kd_test_acc"]) for r in runs),
                 ),
                 "mutual": {
                     "temperature": args.mutual_temperature,
                     "epochs": optim_steps.epochs,
                     "teacher_weight_of_mutual_teacher": args.mutual_teacher_weight,
                 },
-                "gain_points_mean": statistics.mean(gains),
+                **mean_ci("gain_points", gains),
                 "gain_points_min": min(gains),
                 "target_gain_points": 1.0,
                 "met": statistics.mean(gains) >= 1.0,

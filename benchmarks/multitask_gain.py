@@ -5,9 +5,10 @@ Tasks: the digit class and a derived label set (``--aux parity`` or ``gt4``). On
 (conf/model/cnn1d_teacher.yaml, trained once), its logits over the labeled rows + transfer pool;
 then per seed, with the same schedule (tasks/steps/distill.py defaults) and trunk (``--student``): the
 multi-task student (``distill`` method ``multitask``, weights ``--weights``) and one single-task
-KD student per task. Test accuracy per task. Prints ONE JSON object.
+KD student per task. Test accuracy per task, each mean with its 95% interval over the seeds
+(``*_ci95``; the multi-task vs single-task difference is paired by seed). Prints ONE JSON object.
 
-    .venv/bin/python benchmarks/multitask_gain.py [--seeds 0 1 2] [--aux parity] [--epochs N]
+    .venv/bin/python benchmarks/multitask_gain.py [--seeds N] [--aux parity] [--epochs N]
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 
 import torch
 from kd_gain import _model, _train  # benchmarks/ is the script's directory
 from machine import machine_info
+from seeded import add_seeds, mean_ci
 
 from tasks.core.context import StepContext
 from tasks.models.build import complete_arch, count_params, load_model, make_artifact
@@ -36,7 +37,7 @@ from tasks.training.multitask import MultitaskConfig
 def main() -> None:
     defaults = distill.DistillConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds(p)
     p.add_argument("--aux", default="parity", choices=["parity", "gt4"])
     p.add_argument("--weights", type=float, nargs=2, default=[1.0, 1.0])
     p.add_argument("--epochs", type=int, default=defaults.optim.epochs)
@@ -87,12 +88,10 @@ def main() -> None:
         runs.append(row)
     summary = {
         name: {
-            "multitask_mean": statistics.mean(r["multitask"][name] for r in runs),
-            "single_mean": statistics.mean(r["single"][name] for r in runs),
+            **mean_ci("multitask", (r["multitask"][name] for r in runs)),
+            **mean_ci("single", (r["single"][name] for r in runs)),
             "teacher": teachers[name]["test_acc"],
-            "multitask_vs_single_points_mean": statistics.mean(
-                100 * (r["multitask"][name] - r["single"][name]) for r in runs
-            ),
+            **mean_ci("multitask_vs_single_points", (100 * (r["multitask"][name] - r["single"][name]) for r in runs)),
         }
         for name in tasks
     }
@@ -106,6 +105,7 @@ def main() -> None:
                 "weights": args.weights,
                 "student": {"trunk": base.student, "epochs": args.epochs, "temperature": base.temperature},
                 "teachers": teachers,
+                "seeds": len(runs),
                 "summary": summary,
                 "runs": runs,
                 "total_s": round(time.perf_counter() - t0, 1),

@@ -16,10 +16,19 @@ measured deployable candidate with val_acc >= B (0 when none), and the hypervolu
 (val_acc, log10 throughput) over its candidates with the reference point
 (B - 0.05, log10 teacher throughput): the area of "nearly feasible and faster than the teacher".
 Candidates: the grid's benchmarked models (every KD/pruned/INT8 row but the teacher); a search's
-trials' deployed models. Budgets are the smoke ones (conf/experiment/smoke.yaml); `--quick`
-also uses the smoke grid (2 KD x 2 prune = 4 candidates) instead of the default one (4 x 6 = 10).
+trials' deployed models. Budgets are the smoke ones (conf/experiment/smoke.yaml). The default grid
+has 24 trained candidates: 6 KD students (temperature 1, 2, 4 x alpha 0.5, 0.9, inside the
+search space's choices) and 18 pruned models (channel and magnitude x 9 amounts from 0.2 to 0.8,
+the search space's range); the searches get the same 24 trials, of which TPE spends a third on
+its random start-up. `--quick` uses the smoke grid (2 KD x 2 prune = 4 candidates) instead.
 
-    .venv/bin/python benchmarks/search_efficiency.py [--quick] [--seeds 0 1 2]
+Over ``--seeds N`` (default 5) each method's mean comes with its 95% t-interval (``*_ci95``);
+``comparisons`` holds the per-seed paired differences (search vs grid, search vs random) with
+their intervals and a verdict that states a difference only where the interval excludes 0; and
+``search.candidates_to_95pct_of_grid_best`` counts the trials search needed, in trial order, to
+reach 95% of the grid's best feasible throughput of the same seed (None: never).
+
+    .venv/bin/python benchmarks/search_efficiency.py [--quick] [--seeds N]
 
 Prints ONE JSON object.
 """
@@ -38,6 +47,7 @@ from pathlib import Path
 
 import launch  # benchmarks/ is the script's directory
 from machine import machine_info
+from seeded import add_seeds, mean_ci
 
 launch.quiet_here()  # here and in the Ray workers started from here
 
@@ -52,13 +62,16 @@ from pipelines.search.pareto import hypervolume  # noqa: E402
 from pipelines.search.trial import run_spec  # noqa: E402
 
 BUDGET = 0.01
-FULL_GRID = [
-    "pipeline.steps.student_kd.sweep={params.temperature: [1.0, 2.0], params.alpha: [0.5, 0.9]}",
-    "pipeline.steps.prune.sweep={params.method: [channel, magnitude], params.amount: [0.3, 0.5, 0.7]}",
+AMOUNTS = [round(0.2 + 0.075 * i, 3) for i in range(9)]  # 0.2 .. 0.8, the search space's range
+FULL_GRID = [  # 6 KD + 2 x 9 prune = 24 trained candidates
+    "pipeline.steps.student_kd.sweep={params.temperature: [1.0, 2.0, 4.0], params.alpha: [0.5, 0.9]}",
+    "pipeline.steps.prune.sweep={params.method: [channel, magnitude], params.amount: " + str(AMOUNTS) + "}",
 ]
-GRID_CHAIN = [
+GRID_CHAIN = [  # the compress chain only: no scratch / mutual baselines, no simulated k-bit models
     "~pipeline.steps.scratch",
+    "~pipeline.steps.student_mutual",
     "~pipeline.steps.kbit",
+    "~pipeline.steps.report.inputs.kbit",
     "pipeline.steps.benchmark.inputs.models=[teacher,student_kd,'prune[*]',quantize]",
 ]
 
@@ -155,12 +168,74 @@ def score(res: dict, bound: float, ref: tuple[float, float]) -> dict:
         "best_feasible_throughput": max(feasible, default=0.0),
         "feasible": len(feasible),
         "hypervolume": hypervolume([(a, math.log10(t)) for a, t in res["points"] if t > 0], ref),
+        "best_so_far": list(_best_so_far(res["points"], bound)),
     }
+
+
+def _best_so_far(points: list[tuple[float, float]], bound: float):
+    best = 0.0
+    for a, t in points:
+        best = max(best, t) if a >= bound else best
+        yield best
+
+
+def candidates_to(best_so_far: list[float], target: float) -> int | None:
+    """How many candidates, in order, until the best feasible throughput reaches ``target`` (None: never)."""
+    return next((i + 1 for i, b in enumerate(best_so_far) if target > 0 and b >= target), None)
+
+
+def summarize(per_seed: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """(methods: mean and 95% interval per figure, comparisons: paired per-seed differences)."""
+    methods = {
+        name: {
+            **mean_ci("best_feasible_throughput", (r["best_feasible_throughput"] for r in rows)),
+            **mean_ci("hypervolume", (r["hypervolume"] for r in rows)),
+            "trained_candidates": rows[0]["trained_candidates"],
+            **mean_ci("wall_s", (r["wall_s"] for r in rows)),
+            "per_seed": [{k: v for k, v in r.items() if k != "best_so_far"} for r in rows],
+        }
+        for name, rows in per_seed.items()
+    }
+    search, grid, rand = per_seed["search"], per_seed["grid"], per_seed["random"]
+    need = [candidates_to(s["best_so_far"], 0.95 * g["best_feasible_throughput"]) for s, g in zip(search, grid)]
+    methods["search"]["candidates_to_95pct_of_grid_best"] = {
+        "per_seed": need,
+        "reached": sum(n is not None for n in need),
+        "max": max((n for n in need if n is not None), default=None),
+        "mean": statistics.mean(n for n in need if n is not None) if any(n is not None for n in need) else None,
+        "grid_candidates": grid[0]["trained_candidates"],
+    }
+    ratio = lambda a, b: a / b if b > 0 else math.nan  # noqa: E731
+    comparisons = {
+        "search_vs_grid": {
+            **mean_ci(
+                "throughput_ratio",
+                (ratio(s["best_feasible_throughput"], g["best_feasible_throughput"]) for s, g in zip(search, grid)),
+            ),
+            **mean_ci("hypervolume_diff", (s["hypervolume"] - g["hypervolume"] for s, g in zip(search, grid))),
+            **mean_ci(
+                "throughput_diff",
+                (s["best_feasible_throughput"] - g["best_feasible_throughput"] for s, g in zip(search, grid)),
+            ),
+        },
+        "search_vs_random": {
+            **mean_ci(
+                "throughput_ratio",
+                (ratio(s["best_feasible_throughput"], r["best_feasible_throughput"]) for s, r in zip(search, rand)),
+            ),
+            **mean_ci("hypervolume_diff", (s["hypervolume"] - r["hypervolume"] for s, r in zip(search, rand))),
+            **mean_ci(
+                "throughput_diff",
+                (s["best_feasible_throughput"] - r["best_feasible_throughput"] for s, r in zip(search, rand)),
+            ),
+        },
+    }
+    return methods, comparisons
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds(ap)
     ap.add_argument("--quick", action="store_true", help="the smoke grid (4 candidates), 4 trials per search")
     args = ap.parse_args()
     import ray
@@ -193,23 +268,15 @@ def main() -> None:
         print(json.dumps({"seed": seed, **{k: v[-1] for k, v in per_seed.items()}}), file=sys.stderr)
     ray.shutdown()
     keep.cleanup()
-    methods = {
-        name: {
-            "best_feasible_throughput_mean": statistics.mean(r["best_feasible_throughput"] for r in rows),
-            "hypervolume_mean": statistics.mean(r["hypervolume"] for r in rows),
-            "trained_candidates": rows[0]["trained_candidates"],
-            "wall_s": statistics.mean(r["wall_s"] for r in rows),
-            "per_seed": rows,
-        }
-        for name, rows in per_seed.items()
-    }
+    methods, comparisons = summarize(per_seed)
     print(
         json.dumps(
             {
                 "budget_points": BUDGET * 100,
-                "seeds": args.seeds,
+                "seeds": len(args.seeds),
                 "mode": "quick" if args.quick else "full",
                 "methods": methods,
+                "comparisons": comparisons,
                 "machine": machine_info(threads=2),
                 **machine_info(threads=2),  # also flat: benchmarks/figures.py names the machine from these
             }

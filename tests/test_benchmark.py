@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -83,7 +84,8 @@ def test_rows_targets_and_files(data, models):
         rows["student"],
     )
     sel = t.selected_vs_teacher
-    assert sel == Comparison.between(rows["student"], rows["teacher"])
+    paired = {"test_acc_delta_ci95": sel.test_acc_delta_ci95, "test_acc_delta_p": sel.test_acc_delta_p}
+    assert sel == dataclasses.replace(Comparison.between(rows["student"], rows["teacher"]), **paired)
     assert sel.flops_reduction == pytest.approx(rows["teacher"].flops / rows["student"].flops)
     assert sel.params_reduction == pytest.approx(rows["teacher"].params / rows["student"].params)
     assert sel.test_acc_delta == pytest.approx(rows["student"].test_acc - rows["teacher"].test_acc)
@@ -103,6 +105,17 @@ def test_rows_targets_and_files(data, models):
         "test_acc_delta",
     } <= set(blob["targets"]["selected_vs_teacher"])
     assert ctx.summary["student/test_acc"] == rows["student"].test_acc
+    # every accuracy with its 95% interval over the rows it was measured on, and the paired test of the delta
+    for r in rows.values():
+        assert r.n_test == len(data.x_test) and r.test_acc_ci95[0] <= r.test_acc <= r.test_acc_ci95[1]
+        assert r.val_acc_ci95[0] <= r.val_acc <= r.val_acc_ci95[1]
+        assert ctx.summary[f"{r.name}/test_acc_ci95_low"] == r.test_acc_ci95[0]
+        assert r.timing["throughput_b256"]["iqr"][0] <= r.throughput_b256 <= r.timing["throughput_b256"]["iqr"][1]
+    counts = rows["student"].paired_vs_teacher["test"]
+    assert sel.test_acc_delta == pytest.approx((counts["cand_only"] - counts["ref_only"]) / counts["n"])
+    assert (
+        sel.test_acc_delta_ci95[0] < sel.test_acc_delta < sel.test_acc_delta_ci95[1] and 0 <= sel.test_acc_delta_p <= 1
+    )
 
 
 def test_no_speedup_flag_follows_its_definition(data, models):
@@ -133,3 +146,16 @@ def test_metric_keys_are_valid_mlflow_names():
 def test_rejects_duplicate_names(data, models):
     with pytest.raises(ValueError, match="unique names"):
         benchmark.run([models[0], models[0]], data, cfg=FAST, ctx=StepContext())
+
+
+def test_choose_at_95_confidence_on_100_rows_does_not_take_the_budget_on_faith(data, models):
+    """100 validation rows: a paired 95% interval is several points wide, so a 1-point budget cannot be
+    shown to hold and the benchmark says so (the point rule would read the noise as a pass or a miss)."""
+    cfg = dataclasses.replace(FAST, choose=True, confidence=0.95)
+    rep = benchmark.run(models[:2], data, cfg=cfg, ctx=StepContext())
+    teacher, student = rep.candidates
+    counts = student.paired_vs_teacher["val"]
+    assert counts["n"] == 100 and student.val_acc_ci95[1] - student.val_acc_ci95[0] > 0.1
+    assert any("at 95% confidence: selected the closest" in n for n in rep.notes)
+    with pytest.raises(ValueError, match="benchmark.confidence"):
+        benchmark.BenchmarkConfig(confidence=0.9)

@@ -135,9 +135,26 @@ def test_headline_metrics_are_the_benchmarks_one_comparison():
     assert {k: v for k, v in m.items() if k.startswith("selected_vs_teacher.")} == {
         f"selected_vs_teacher.{k}": v
         for k, v in vars(cmp).items()
-        if k not in ("candidate", "reference", "meets_target")
+        if k not in ("candidate", "reference", "meets_target") and v is not None
     }
     assert all(isinstance(v, float) for v in m.values())
+
+
+def test_headline_metrics_carry_each_interval_as_low_and_high():
+    """Every accuracy of the parent run's metrics has its 95% interval beside it (scalars for MLflow)."""
+    b = bench()
+    b.selected.test_acc_ci95, b.teacher.test_acc_ci95 = [0.90, 0.94], [0.92, 0.955]
+    b.targets.selected_vs_teacher.test_acc_delta_ci95 = [-0.035, -0.005]
+    b.targets.selected_vs_teacher.test_acc_delta_p = 0.01
+    out = report.run(b, cfg=report.ReportConfig(), ctx=StepContext())
+    m = out.publish.metrics
+    assert (m["selected.test_acc_ci95_low"], m["selected.test_acc_ci95_high"]) == (0.90, 0.94)
+    assert (m["teacher.test_acc_ci95_low"], m["teacher.test_acc_ci95_high"]) == (0.92, 0.955)
+    assert m["selected_vs_teacher.test_acc_delta_ci95_low"] == -0.035
+    assert m["selected_vs_teacher.test_acc_delta_p"] == 0.01
+    md = out.files["report.md"].decode()
+    assert "92.00% [90.00%, 94.00%]" in md
+    assert "-2.00 points (95% interval -3.50 to -0.50, McNemar p = 0.01)" in md
 
 
 def test_registry_name_override_and_no_selected_model():

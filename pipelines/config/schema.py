@@ -42,6 +42,7 @@ class SelectConfig:
     metric: str = MISSING
     mode: SelectMode = SelectMode.max
     where: str | None = None  # "val_acc >= student_kd.val_acc - 0.01" (pipelines.config.select)
+    confidence: float = 0.0  # 0.95: `where` must hold at the 95% interval's bound (0 = the point value)
 
 
 @dataclass

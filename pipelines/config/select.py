@@ -6,6 +6,12 @@
 minus a number (an accuracy budget against the teacher: ``val_acc >= teacher.val_acc - 0.01``).
 If no trial meets it, the trial closest to meeting it is taken and the note says so in one line
 starting ``BUDGET MISSED``: the pipeline goes on, and the console and MLflow show why.
+
+``confidence: 0.95`` evaluates ``where`` conservatively: the side of the 95% interval that is
+worst for the trial must meet it. A trial's interval is its ``<metric>_ci95_low`` / ``_high``
+(e.g. ``val_acc_ci95_low``, which ``prune`` logs); against an upstream metric the difference's
+interval is Newcombe's from both sides' intervals (an upstream metric without one counts as
+exact). A trial without an interval is judged on its point value, and the note names it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 
 from pipelines.config.errors import SpecError
 from pipelines.config.schema import SelectConfig, container, typed
+from tasks.evaluation import stats
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 WHERE_RE = re.compile(r"^\s*([\w.]+)\s*(>=|<=|>|<|==)\s*(.+?)\s*$")
@@ -41,6 +48,7 @@ class Select:
     metric: str
     mode: str = "max"
     where: Where | None = None
+    confidence: float = 0.0
 
 
 def parse_where(text: str, path: str) -> Where:
@@ -59,17 +67,18 @@ def parse_select(node, path: str) -> Select:
     mode other than max/min are ``SpecError``s naming the key)."""
     rule = node if isinstance(node, SelectConfig) else typed(SelectConfig, container(node, path), path, as_object=True)
     where = parse_where(rule.where, f"{path}.where") if rule.where else None
-    return Select(rule.metric, rule.mode.value, where)
+    if rule.confidence not in (0.0, 0.95):
+        raise SpecError(f"{path}.confidence", f"must be 0 (the point value) or 0.95, got {rule.confidence}")
+    return Select(rule.metric, rule.mode.value, where, rule.confidence)
 
 
-def miss_note(w: Where, bound: float, got: float) -> str:
+def miss_note(w: Where, bound: float, got: float, at: str = "") -> str:
     """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed."""
     ref = (
         f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
     )
-    return (
-        f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}; took the closest ({w.metric} {got:.4g})"
-    )
+    took = f"took the closest ({w.metric} {got:.4g})"
+    return f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}{at}; {took}"
 
 
 def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
@@ -86,15 +95,46 @@ def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, 
     note = ""
     if rule.where is not None:
         w, bound = rule.where, rule.where.bound(upstream)
-        passing = [i for i in eligible if OPS[w.op](value(i, w.metric), bound)]
+        judged = {i: judged_value(w, summaries[i], upstream, rule.confidence) for i in eligible}
+        passing = [i for i in eligible if OPS[w.op](judged[i][0], bound)]
+        note = confidence_note(w, [i for i in eligible if not judged[i][1]], rule.confidence)
         if not passing:
             has = [i for i in ok if not math.isnan(value(i, w.metric))] or ok
             closest = min(
                 has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf
             )
-            return closest, miss_note(w, bound, value(closest, w.metric))
+            at = f" at {rule.confidence:.0%} confidence" if rule.confidence else ""
+            return closest, miss_note(w, bound, value(closest, w.metric), at)
         eligible = passing
     if not eligible:
         return ok[0], f"no trial reported '{rule.metric}': took the first"
     pick = max if rule.mode == "max" else min
     return pick(eligible, key=lambda i: value(i, rule.metric)), note
+
+
+def _interval(summary: dict, metric: str) -> list[float] | None:
+    low, high = summary.get(f"{metric}_ci95_low"), summary.get(f"{metric}_ci95_high")
+    return None if low is None or high is None else [float(low), float(high)]
+
+
+def judged_value(w: Where, summary: dict, upstream: dict[str, dict], confidence: float) -> tuple[float, bool]:
+    """The trial's value as ``where`` judges it: the point value, or with ``confidence`` the end of
+    its interval that is worst for the trial (``>``: the lower bound), shifted so that comparing it
+    with ``w.bound`` tests the interval of the difference (Newcombe's when the upstream metric has
+    an interval too). Returns (value, whether an interval was used)."""
+    point = summary.get(w.metric, math.nan)
+    ci = _interval(summary, w.metric) if confidence else None
+    if ci is None:
+        return point, False
+    ref_point = upstream.get(w.ref_step, {}).get(w.ref_metric, math.nan) if w.ref_step else 0.0
+    ref_ci = _interval(upstream.get(w.ref_step, {}), w.ref_metric or "") if w.ref_step else None
+    diff = stats.unpaired_difference(point, ci, ref_point, ref_ci or [ref_point, ref_point])
+    end = diff[0] if w.op in (">=", ">") else diff[1] if w.op in ("<=", "<") else point - ref_point
+    return end + ref_point, True
+
+
+def confidence_note(w: Where, without: list[int], confidence: float) -> str:
+    """A note naming the trials judged on the point value because they logged no interval."""
+    if not confidence or not without:
+        return ""
+    return f"no {w.metric}_ci95_low/_high for trial(s) {without}: judged on the point value"

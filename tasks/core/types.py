@@ -12,6 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from torch import Tensor
 
+from tasks.core.row_stats import RowStats
+
 
 @dataclass
 class Value:
@@ -130,7 +132,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 @dataclass
-class BenchmarkRow:
+class BenchmarkRow(RowStats):
     """One candidate measured by ``benchmark``: the row of ``benchmark.json`` and of the report table.
 
     Speed is measured on the deployed runtime (ONNX Runtime, CPU, ``BenchmarkReport.threads``
@@ -197,6 +199,8 @@ class Comparison:
     flops_reduction: float | None
     test_acc_delta: float | None
     meets_target: bool | None = None  # INT8 vs its FP32 parent: does it meet the INT8 target
+    test_acc_delta_ci95: list[float] | None = None  # paired (same rows): Agresti-Min interval ...
+    test_acc_delta_p: float | None = None  # ... and McNemar p-value (tasks.evaluation.evidence)
 
     @classmethod
     def between(cls, row: BenchmarkRow, ref: BenchmarkRow) -> Comparison:

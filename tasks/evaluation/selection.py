@@ -3,8 +3,13 @@
 ``choose`` takes the highest ``throughput_b256`` among candidates that are not rejected (parity
 gate) or simulated and meet the quality floors on the validation split (classification: val
 accuracy at most ``max_acc_drop`` below the teacher's; embedding: ``min_cos_mean`` and
-``min_cos_min`` to the reference); candidates within ``speed_tie`` of that throughput count as
-equally fast and the smallest of them is taken. ``mark_selected`` keeps a ``selected`` input
+``min_cos_min`` to the reference); candidates whose throughput spread over the timing rounds
+(``row.timing``, the interquartile range) overlaps the fastest one's count as equally fast and
+the smallest of them is taken (``speed_tie``, a fixed fraction, only for rows without a spread).
+With ``confidence`` (0.95; 0 = off, the point rule) a budget must hold at the interval's bound:
+classification, the lower bound of the paired val-accuracy difference to the teacher (Agresti-Min
+over ``paired_vs_teacher``) must be at least ``-max_acc_drop``; embedding, the lower bound of the
+val ``cos_mean`` interval must meet ``min_cos_mean``. ``mark_selected`` keeps a ``selected`` input
 unless it was rejected. ``targets`` states the project's goals (selected vs teacher, each INT8
 model vs its FP32 parent) with ``Comparison.between``; ``flag_no_speedup`` marks a candidate with
 far fewer FLOPs than the reference but little more throughput.
@@ -16,6 +21,15 @@ from typing import Protocol
 
 from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkRow, Comparison, ModelArtifact, Targets
+from tasks.evaluation import evidence, stats
+
+CONFIDENCE_LEVELS = (0.0, 0.95)  # off (the point rule) or the level every stored interval is drawn at
+
+
+def check_confidence(value: float, key: str) -> None:
+    """A one-line error naming ``key`` unless ``value`` is one of ``CONFIDENCE_LEVELS``."""
+    if value not in CONFIDENCE_LEVELS:
+        raise ValueError(f"{key} must be one of {CONFIDENCE_LEVELS} (0 = the point rule), got {value}")
 
 
 class SelectionRule(Protocol):
@@ -32,6 +46,8 @@ class SelectionRule(Protocol):
     @property
     def speed_tie(self) -> float: ...
     @property
+    def confidence(self) -> float: ...
+    @property
     def int8_min_speedup(self) -> float: ...
     @property
     def int8_max_acc_drop(self) -> float: ...
@@ -41,27 +57,71 @@ class SelectionRule(Protocol):
     def no_speedup_throughput_ratio(self) -> float: ...
 
 
+def _iqr(row: BenchmarkRow) -> list[float] | None:
+    return (row.timing.get("throughput_b256") or {}).get("iqr")
+
+
+def _tied(row: BenchmarkRow, fastest: BenchmarkRow, tie: float) -> bool:
+    """Is ``row`` as fast as ``fastest``: their throughput IQRs overlap, or (a row without a spread)
+    it is within ``tie`` (a fraction) of it. Two shared cores time the same model up to ~10% apart
+    from run to run (MiniLM's dynamic INT8 at batch 32: 178, 185 and 223 /s in three runs): a model
+    5% faster but 15% larger is not faster, it is noise."""
+    a, b = _iqr(row), _iqr(fastest)
+    if a is not None and b is not None:
+        return stats.overlaps(a, b)
+    return (row.throughput_b256 or 0.0) >= (1.0 - tie) * (fastest.throughput_b256 or 0.0)
+
+
 def _fastest_then_smallest(rows: list[BenchmarkRow], tie: float) -> BenchmarkRow:
-    """The fastest row by ``throughput_b256``; among rows within ``tie`` (a fraction) of it, the
-    smallest. Two shared cores time the same model up to ~10% apart from run to run (MiniLM's
-    dynamic INT8 at batch 32: 178, 185 and 223 /s in three runs): a model 5% faster but 15%
-    larger is not faster, it is noise."""
-    fastest = max(r.throughput_b256 or 0.0 for r in rows)
-    tied = [r for r in rows if (r.throughput_b256 or 0.0) >= (1.0 - tie) * fastest]
+    """The fastest row by ``throughput_b256``; among rows tied with it (``_tied``), the smallest."""
+    fastest = max(rows, key=lambda r: r.throughput_b256 or 0.0)
+    tied = [r for r in rows if _tied(r, fastest, tie)]
     return min(tied, key=lambda r: (r.size_bytes, -(r.throughput_b256 or 0.0)))
+
+
+def acc_margin(row: BenchmarkRow, teacher: BenchmarkRow, confidence: float) -> float:
+    """Val accuracy minus the teacher's: the point value, or with ``confidence`` the lower bound of
+    the paired difference (Newcombe's from the two Wilson intervals when there is no paired table)."""
+    point = (row.val_acc or 0.0) - (teacher.val_acc or 0.0)
+    if not confidence:
+        return point
+    counts = row.paired_vs_teacher.get("val")
+    if counts:
+        return float(stats.paired_difference(counts, confidence)["delta_ci95"][0])
+    if row.val_acc_ci95 and teacher.val_acc_ci95:
+        ci, t_ci = row.val_acc_ci95, teacher.val_acc_ci95
+        return stats.unpaired_difference(row.val_acc or 0.0, ci, teacher.val_acc or 0.0, t_ci)[0]
+    return point
+
+
+def eligible(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[list, list, str]:
+    """(pool: not rejected, simulated or the teacher; those meeting the quality floors; the rule)."""
+    pool = [r for r in rows if not (r.rejected or r.simulated) and r.kind not in ("teacher", "reference")]
+    teacher = next((r for r in rows if r.kind == "teacher"), None)
+    conf = cfg.confidence
+    at = f" at {conf:.0%} confidence" if conf else ""
+    if task == TaskKind.classification:
+        if teacher is None:
+            return pool, list(pool), "val_acc >= -1 (no teacher)"
+        ok = [r for r in pool if acc_margin(r, teacher, conf) >= -cfg.max_acc_drop]
+        return pool, ok, f"val_acc >= {(teacher.val_acc or 0.0) - cfg.max_acc_drop:.4f}{at}"
+    low = lambda r: (r.val_cos_mean_ci95[0] if conf and r.val_cos_mean_ci95 else r.val_cos_mean) or 0  # noqa: E731
+    ok = [r for r in pool if low(r) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
+    return pool, ok, f"val cos_mean >= {cfg.min_cos_mean}{at} and cos_min >= {cfg.min_cos_min}"
+
+
+def runner_up(rows: list[BenchmarkRow], sel: BenchmarkRow | None, cfg: SelectionRule, task: str) -> BenchmarkRow | None:
+    """The eligible candidate ``choose`` would take without ``sel`` (None when there is none)."""
+    if sel is None:
+        return None
+    _, ok, _ = eligible(rows, cfg, task)
+    rest = [r for r in ok if r is not sel]
+    return _fastest_then_smallest(rest, cfg.speed_tie) if rest else None
 
 
 def choose(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[BenchmarkRow | None, str]:
     """(the fastest candidate that is not rejected and meets the quality floors, note)."""
-    pool = [r for r in rows if not (r.rejected or r.simulated) and r.kind not in ("teacher", "reference")]
-    teacher = next((r for r in rows if r.kind == "teacher"), None)
-    if task == TaskKind.classification:
-        floor = (teacher.val_acc or 0.0) - cfg.max_acc_drop if teacher else -1.0
-        ok = [r for r in pool if (r.val_acc or 0.0) >= floor]
-        rule = f"val_acc >= {floor:.4f}"
-    else:
-        ok = [r for r in pool if (r.val_cos_mean or 0) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
-        rule = f"val cos_mean >= {cfg.min_cos_mean} and cos_min >= {cfg.min_cos_min}"
+    pool, ok, rule = eligible(rows, cfg, task)
     if ok:
         return _fastest_then_smallest(ok, cfg.speed_tie), ""
     if not pool:
@@ -71,9 +131,14 @@ def choose(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[Ben
 
 
 def targets(
-    rows: list[BenchmarkRow], teacher: BenchmarkRow | None, selected: BenchmarkRow | None, cfg: SelectionRule
+    rows: list[BenchmarkRow],
+    teacher: BenchmarkRow | None,
+    selected: BenchmarkRow | None,
+    cfg: SelectionRule,
+    evid: evidence.Evidence | None = None,
 ) -> Targets:
-    """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks."""
+    """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks; with the
+    per-row outcomes ``evid``, each accuracy delta's paired interval and McNemar p-value."""
     by_name = {r.name: r for r in rows}
     int8 = []
     for r in rows:
@@ -85,13 +150,16 @@ def targets(
                 and (c.test_acc_delta is None or c.test_acc_delta >= -cfg.int8_max_acc_drop)
             )
             int8.append(c)
-    return Targets(
+    out = Targets(
         teacher=teacher.name if teacher else None,
         selected=selected.name if selected else None,
         selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
         int8_vs_fp32=int8,
         int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop},
     )
+    if evid is not None:
+        evidence.annotate_targets(out, evid)
+    return out
 
 
 def flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: SelectionRule) -> None:
@@ -107,10 +175,18 @@ def flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg:
 
 
 def mark_selected(
-    rows: list[BenchmarkRow], selected: ModelArtifact | None, cfg: SelectionRule, task: str
+    rows: list[BenchmarkRow],
+    selected: ModelArtifact | None,
+    cfg: SelectionRule,
+    task: str,
+    evid: evidence.Evidence | None = None,
 ) -> tuple[BenchmarkRow | None, list[str]]:
-    """Mark the selected row: the ``selected`` input unless rejected, else ``choose``'s pick."""
+    """Mark the selected row: the ``selected`` input unless rejected, else ``choose``'s pick. With
+    the per-row outcomes ``evid``: each row's paired table against the teacher first, and after
+    the pick ``runner_up`` on the selected row, with a note when the two cannot be told apart."""
     notes: list[str] = []
+    if evid is not None:
+        evidence.pair_with_teacher(rows, evid, task)
     sel = next((r for r in rows if selected is not None and r.name == selected.name), None)
     if sel is not None and sel.rejected:
         notes.append(f"'{sel.name}' was rejected ({sel.rejected_reason}): not selected")
@@ -120,4 +196,8 @@ def mark_selected(
         notes += [note] if note else []
     for r in rows:
         r.selected = r is sel
+    other = runner_up(rows, sel, cfg, task) if evid is not None else None
+    if sel is not None and other is not None:
+        sel.runner_up, line = evidence.runner_up(sel, other, evid or {}, task)
+        notes += [line] if line else []
     return sel, notes

@@ -6,12 +6,16 @@ FP32 reference row, agreement with a reference model's outputs, and the parity-g
   ``tasks.runtime.timing`` (``time_ort`` for ONNX, ``time_torch`` for the reference row); keys
   are ``latency_ms_b1_t<n>`` and ``throughput_b<B>_t<n>``. All rows use the same padded rows of
   the evaluation split, so a fixed sequence length for token data. ``time_rows`` times every
-  candidate in rounds that take all candidates in turn and keeps the median of each figure.
+  candidate in rounds that take all candidates in turn and keeps the median of each figure;
+  ``row.timing`` gives each figure's median and spread (``spread_of``): the interquartile range
+  over the rounds, or with one round over its timed runs (latency p50 and throughput).
 * Reference row (``torch_row``): the teacher as it runs before slimray, torch FP32 eager; its
   size is that of its safetensors weights. Ratios of the selected model are stated against it.
 * Quality of embedding models (``embedding_fields``): cosine / retrieval agreement of the
   candidate's ORT outputs with the reference's torch outputs on the evaluation split (reported)
   and the validation split (what selection reads).
+* Per-row outcomes (``correct_splits``, ``cosine_splits``): what the quality intervals and the
+  paired comparisons of ``tasks.evaluation.evidence`` are drawn from.
 * ``rejection``: a candidate whose quantize step failed the parity gate (``metrics.rejected``)
   is rejected, with the figures it was rejected on.
 """
@@ -27,25 +31,31 @@ from torch import Tensor, nn
 
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkRow, Dataset, ModelArtifact
+from tasks.evaluation import evidence, stats
 from tasks.evaluation.quality import embedding_quality
 from tasks.runtime import hardware
 from tasks.runtime.onnx import ort_predict, ort_session
 from tasks.runtime.timing import time_ort, time_torch
 from tasks.training.embedding import embed
+from tasks.training.loop import predict
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-Timer = Callable[[int, int, int], dict[str, float]]  # (threads, batch, iters) -> time_batch's fields
+Timer = Callable[[int, int, int], dict[str, Any]]  # (threads, batch, iters) -> time_batch's fields
 NewTimer = Callable[[], Timer]  # makes a fresh timer (one per timing round)
 
 
-def speeds(timer: Timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) -> dict[str, float]:
-    """``timer(threads, batch, iters) -> time_ort-style dict`` for every thread count, as flat keys."""
-    out: dict[str, float] = {}
+def speeds(timer: Timer, threads: list[int], batch: int, iters_b1: int, iters_bn: int) -> dict[str, Any]:
+    """``timer(threads, batch, iters) -> time_ort-style dict`` for every thread count, as flat keys
+    (and ``<key>_iqr``: the spread of its timed runs, when the timer gives one)."""
+    out: dict[str, Any] = {}
     for n in threads:
-        out[f"latency_ms_b1_t{n}"] = timer(n, 1, iters_b1)["p50_ms"]
-        out[f"throughput_b{batch}_t{n}"] = timer(n, batch, iters_bn)["throughput"]
+        b1, bn = timer(n, 1, iters_b1), timer(n, batch, iters_bn)
+        out[f"latency_ms_b1_t{n}"] = b1["p50_ms"]
+        out[f"throughput_b{batch}_t{n}"] = bn["throughput"]
+        out[f"latency_ms_b1_t{n}_iqr"] = b1.get("p50_ms_iqr")
+        out[f"throughput_b{batch}_t{n}_iqr"] = bn.get("throughput_iqr")
     return out
 
 
@@ -136,8 +146,19 @@ def timed(make_timer: NewTimer, plan: TimingPlan) -> dict[str, Any]:
         "latency_ms_p50_b1": b1["p50_ms"],
         "latency_ms_p95_b1": b1["p95_ms"],
         "throughput_b256": bn["throughput"],
+        "latency_ms_p50_b1_iqr": b1.get("p50_ms_iqr"),
+        "throughput_b256_iqr": bn.get("throughput_iqr"),
         "speed": speeds(timer, plan.speed_threads, plan.throughput_batch, plan.iters_b1, plan.iters_b256),
     }
+
+
+def spread_of(runs: list[dict], key: str) -> dict[str, Any] | None:
+    """Median and spread of one timed figure over the rounds ``runs``: the IQR over the rounds when
+    there are several, else the IQR of the one round's timed runs (``<key>_iqr``), else None."""
+    if len(runs) > 1:
+        return {**stats.spread([t[key] for t in runs]), "over": "rounds"}
+    iqr = runs[0].get(f"{key}_iqr")
+    return None if iqr is None else {"median": float(runs[0][key]), "iqr": list(iqr), "n": 1, "over": "runs"}
 
 
 def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], plan: TimingPlan, ctx: StepContext) -> None:
@@ -158,4 +179,29 @@ def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], plan: Timing
         runs = rounds[row.name]
         for key in ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256"):
             setattr(row, key, float(np.median([t[key] for t in runs])))
-        row.speed = {k: float(np.median([t["speed"][k] for t in runs])) for k in runs[0]["speed"]}
+        keys = [k for k in runs[0]["speed"] if not k.endswith("_iqr")]
+        row.speed = {k: float(np.median([t["speed"][k] for t in runs])) for k in keys}
+        figures = {k: spread_of(runs, k) for k in ("latency_ms_p50_b1", "latency_ms_p95_b1", "throughput_b256")}
+        figures |= {k: spread_of([t["speed"] for t in runs], k) for k in keys}
+        row.timing = {k: v for k, v in figures.items() if v is not None}
+
+
+def correct_splits(sess: ort.InferenceSession, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+    """Per row of the evaluation and validation splits: is the ORT model's top-1 the label."""
+    return {
+        "test": evidence.correct_rows(ort_predict(sess, data.x_test, batch_size), data.y_test),
+        "val": evidence.correct_rows(ort_predict(sess, data.x_val, batch_size), data.y_val),
+    }
+
+
+def torch_correct_splits(model: nn.Module, data: Dataset) -> dict[str, np.ndarray]:
+    """``correct_splits`` of a torch model (the torch FP32 reference row)."""
+    return {
+        "test": evidence.correct_rows(predict(model, data.x_test).numpy(), data.y_test),
+        "val": evidence.correct_rows(predict(model, data.x_val).numpy(), data.y_val),
+    }
+
+
+def cosine_splits(out: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """Per row of each split: cosine of the candidate's vector with the reference's."""
+    return {s: evidence.cosine_rows(out[s], ref[s]) for s in ("test", "val")}

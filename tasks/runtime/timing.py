@@ -2,10 +2,11 @@
 
 ``time_batch(run, batch, warmup, iters)`` calls ``run()`` (one forward pass over a prepared batch
 of ``batch`` samples) ``warmup`` times untimed, then ``iters`` times with ``time.perf_counter``,
-and returns ``p50_ms`` and ``p95_ms`` (latency percentiles) and ``throughput`` (samples/s at
-the median latency). ``time_ort`` (an ORT session) and ``time_torch`` (a torch module, eval
-mode, no grad, a fixed intra-op thread count) only prepare the batch and the callable, so a
-torch row and an ONNX row of the benchmark are measured by the same protocol.
+and returns ``p50_ms`` and ``p95_ms`` (latency percentiles), ``throughput`` (samples/s at
+the median latency) and the spread of the timed runs: ``p50_ms_iqr`` (latency p25, p75) and
+``throughput_iqr`` (samples/s at the p75 and p25 latency). ``time_ort`` (an ORT session) and
+``time_torch`` (a torch module, eval mode, no grad, a fixed intra-op thread count) only prepare
+the batch and the callable, so a torch row and an ONNX row of the benchmark are measured by the same protocol.
 ``deployed_speed`` is the speed of a torch model as deployed: exported to ONNX, timed on ORT.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
-def time_batch(run: Callable[[], object], batch: int, warmup: int = 10, iters: int = 50) -> dict[str, float]:
+def time_batch(run: Callable[[], object], batch: int, warmup: int = 10, iters: int = 50) -> dict[str, Any]:
     """Latency of ``run()`` (one pass over ``batch`` samples): ``p50_ms``, ``p95_ms`` and
     ``throughput`` (samples/s at the median latency)."""
     if batch < 1 or iters < 1:
@@ -37,8 +38,14 @@ def time_batch(run: Callable[[], object], batch: int, warmup: int = 10, iters: i
         t0 = time.perf_counter()
         run()
         times[i] = time.perf_counter() - t0
-    p50 = float(np.percentile(times, 50))
-    return {"p50_ms": p50 * 1e3, "p95_ms": float(np.percentile(times, 95)) * 1e3, "throughput": batch / p50}
+    p25, p50, p75, p95 = (float(q) for q in np.percentile(times, [25, 50, 75, 95]))
+    return {
+        "p50_ms": p50 * 1e3,
+        "p95_ms": p95 * 1e3,
+        "throughput": batch / p50,
+        "p50_ms_iqr": [p25 * 1e3, p75 * 1e3],
+        "throughput_iqr": [batch / p75, batch / p25],
+    }
 
 
 def repeat_rows(x: Tensor | np.ndarray, batch: int) -> Tensor | np.ndarray:
@@ -51,7 +58,7 @@ def repeat_rows(x: Tensor | np.ndarray, batch: int) -> Tensor | np.ndarray:
 
 def time_ort(
     session: ort.InferenceSession, x: Tensor | np.ndarray, batch: int, warmup: int = 10, iters: int = 50
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``time_batch`` of one ``session.run`` on a batch of ``batch`` rows of ``x`` (all graph inputs fed)."""
     feed = ort_feed(session, repeat_rows(as_numpy(x), max(1, batch)))
     return time_batch(lambda: session.run(None, feed), batch, warmup, iters)
@@ -59,7 +66,7 @@ def time_ort(
 
 def time_torch(
     model: nn.Module, x: Tensor, batch: int, threads: int = 1, warmup: int = 10, iters: int = 50
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """``time_batch`` of one eval-mode, no-grad forward pass of ``model`` with ``threads`` intra-op threads."""
     xb = repeat_rows(x.detach(), max(1, batch))
     model.eval()
@@ -80,7 +87,7 @@ def deployed_speed(
     warmup: int = 5,
     iters: int = 20,
     input_names: list[str] | None = None,
-) -> tuple[dict[str, float], bytes]:
+) -> tuple[dict[str, Any], bytes]:
     """``time_ort`` of ``model`` exported to ONNX: the speed of the model as it is deployed.
 
     ``prune`` selects its candidates on this, so the selection metric and the benchmark's

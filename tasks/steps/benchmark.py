@@ -20,8 +20,16 @@ reference the ratios are stated against). A candidate that failed its parity gat
 (with the figures) and never selected: a rejected ``selected`` input is replaced by ``choose``'s
 pick and the report says so. With ``choose`` and no ``selected`` input, benchmark picks
 (``tasks.evaluation.selection``): the highest ``throughput_b256`` among candidates that are not
-rejected and meet the quality floors on the validation split; candidates within ``speed_tie``
-(10%) of that throughput count as equally fast, and the smallest of them is taken.
+rejected and meet the quality floors on the validation split; candidates whose throughput
+spread over the timing rounds overlaps the fastest one's count as equally fast, and the smallest
+of them is taken (``speed_tie``, 10%, only for a row without a spread). ``confidence: 0.95``
+makes the quality floors hold at the interval's bound instead of the point value.
+
+Every quality figure carries its 95% interval (``<field>_ci95``, ``tasks.evaluation.evidence``:
+Wilson over the rows for accuracies, bootstrap for mean cosines; MLflow gets ``_ci95_low`` /
+``_ci95_high``), each accuracy delta in ``targets`` its paired interval and McNemar p-value, and
+``runner_up`` compares the selected model with the next eligible one (a note says when the two
+cannot be told apart). Every timed figure has its median and spread in ``row.timing``.
 
 The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/core/types.py``):
 ``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
@@ -43,12 +51,13 @@ import torch
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifact
-from tasks.evaluation.selection import flag_no_speedup, mark_selected, targets
+from tasks.evaluation import evidence
+from tasks.evaluation.evidence import Evidence, interval_metrics, with_interval
+from tasks.evaluation.selection import check_confidence, flag_no_speedup, mark_selected, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
 from tasks.runtime.measure import NewTimer
-from tasks.runtime.onnx import data_onnx, ort_accuracy, ort_session
-from tasks.training.loop import accuracy
+from tasks.runtime.onnx import data_onnx, ort_session
 
 MEASURES = True  # timings: the cache key holds the hardware (tasks.runtime.hardware)
 
@@ -73,10 +82,19 @@ class BenchmarkConfig:
     min_cos_min: float = 0.97  # choose, embedding: validation worst-row cosine floor
     max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
+    confidence: float = 0.0  # choose: 0.95 = quality floors must hold at the interval's bound (0 = point rule)
+
+    def __post_init__(self) -> None:
+        check_confidence(self.confidence, "benchmark.confidence")
 
 
 def measure_row(
-    art: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...] = (), ref: dict | None = None
+    art: ModelArtifact,
+    data: Dataset,
+    cfg: BenchmarkConfig,
+    trusted: tuple[str, ...] = (),
+    ref: dict | None = None,
+    evid: Evidence | None = None,
 ) -> tuple[BenchmarkRow, NewTimer | None]:
     """One candidate's row without its speed - quality (ORT), size, params, FLOPs - and a maker of
     its timer (None for a simulated model, whose speed is never claimed)."""
@@ -89,12 +107,13 @@ def measure_row(
     classify = data.task == TaskKind.classification
     sess = ort_session(onnx_bytes, cfg.threads) if classify else None
     rejected, reason = measure.rejection(art)
+    per_row = measure.correct_splits(sess, data, cfg.eval_batch_size) if sess else None
     row = BenchmarkRow(
         name=art.name,
         kind=art.kind,
         parent=art.parent,
-        test_acc=ort_accuracy(sess, data.x_test, data.y_test, cfg.eval_batch_size) if sess else None,
-        val_acc=ort_accuracy(sess, data.x_val, data.y_val, cfg.eval_batch_size) if sess else None,
+        test_acc=None,  # with its interval from the per-row outcomes (tasks.evaluation.evidence)
+        val_acc=None,
         params=count_params(net),
         nonzero_params=count_nonzero(net),
         flops=flops_one_sample(net, data.x_test),
@@ -107,15 +126,27 @@ def measure_row(
         rejected=rejected,
         rejected_reason=reason,
     )
+    if per_row is not None:
+        evidence.set_fields(row, evidence.classification_fields(per_row))
     if ref is not None:
-        fields = measure.embedding_fields(measure.ort_outputs(onnx_bytes, data, cfg.eval_batch_size), ref)
+        out = measure.ort_outputs(onnx_bytes, data, cfg.eval_batch_size)
+        fields = measure.embedding_fields(out, ref)
         for key, value in fields.items():
             setattr(row, key, value)
+        per_row = measure.cosine_splits(out, ref)
+        evidence.set_fields(row, evidence.embedding_fields(per_row, row.top1_agree))
+    if evid is not None and per_row is not None:
+        evid[art.name] = per_row
     return row, (None if simulated else lambda: measure.ort_timer(onnx_bytes, data.x_test, cfg.warmup))
 
 
 def torch_reference_row(
-    teacher: ModelArtifact, data: Dataset, cfg: BenchmarkConfig, trusted: tuple[str, ...], ref: dict | None
+    teacher: ModelArtifact,
+    data: Dataset,
+    cfg: BenchmarkConfig,
+    trusted: tuple[str, ...],
+    ref: dict | None,
+    evid: Evidence | None = None,
 ) -> tuple[BenchmarkRow, NewTimer]:
     """The teacher as torch FP32 eager (``torch_fp32``): the baseline a plain deployment would run."""
     net = load_model(teacher, trusted)
@@ -135,7 +166,10 @@ def torch_reference_row(
         runtime=f"torch {torch.__version__}",
     )
     if data.task == TaskKind.classification:
-        row.test_acc, row.val_acc = accuracy(net, data.x_test, data.y_test), accuracy(net, data.x_val, data.y_val)
+        per_row = measure.torch_correct_splits(net, data)
+        evidence.set_fields(row, evidence.classification_fields(per_row))
+        if evid is not None:
+            evid[row.name] = per_row
     elif ref is not None:
         for key, value in measure.embedding_fields(ref, ref).items():
             setattr(row, key, value)
@@ -162,7 +196,7 @@ def _markdown(report: BenchmarkReport) -> str:
     cols = ["name", "kind", *quality, "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report.candidates:
-        cells = [_cell(getattr(r, c)) for c in cols]
+        cells = [with_interval(r, c, lambda _, v: _cell(v)) for c in cols]  # quality figures with their 95% interval
         mark = " | ← selected" if r.selected else (f" | rejected: {r.rejected_reason}" if r.rejected else " |")
         mark = " | simulated (size at its bit width, no speed claimed)" if r.simulated else mark
         lines.append("| " + " | ".join(cells) + mark)
@@ -194,15 +228,15 @@ def run(
     ref = None
     if data.task == TaskKind.embedding and teacher_art is not None:
         ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
-    measured = []
+    measured, evid = [], Evidence()
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref))
+        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid))
     if cfg.torch_reference and teacher_art is not None:
-        measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref))
+        measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref, evid))
     measure.time_rows(measured, cfg, ctx)
     rows = [row for row, _ in measured]
-    sel, notes = mark_selected(rows, selected, cfg, data.task)
+    sel, notes = mark_selected(rows, selected, cfg, data.task, evid)
     for note in notes:
         ctx.note(note)
     reference = rows[0] if rows[0].kind == "reference" else next((r for r in rows if r.kind == "teacher"), None)
@@ -212,7 +246,7 @@ def run(
         threads=cfg.threads,
         runtime=f"onnxruntime {_ort_version()} CPU",
         candidates=rows,
-        targets=targets(rows, reference, sel, cfg),
+        targets=targets(rows, reference, sel, cfg, evid),
         task=str(data.task),
         notes=notes,
     )
@@ -225,7 +259,7 @@ def run(
                 if getattr(r, k) is not None
             }
             | {metric_key(r.name, k): v for k, v in r.speed.items()}
-            | {metric_key(r.name, "rejected"): float(r.rejected)}
+            | {metric_key(r.name, k): v for k, v in [("rejected", float(r.rejected)), *interval_metrics(r).items()]}
         )
     ctx.log_file("benchmark.json", json.dumps(report.to_dict(), indent=2).encode())
     ctx.log_file("benchmark.md", _markdown(report).encode())

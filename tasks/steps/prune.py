@@ -37,6 +37,7 @@ from tasks.compression.sparsity import (
 from tasks.core.context import StepContext
 from tasks.core.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.core.types import Dataset, Logits, ModelArtifact
+from tasks.evaluation import stats
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model, make_artifact
 from tasks.runtime.timing import deployed_speed
 from tasks.training.loop import OptimConfig, accuracy, fit
@@ -80,8 +81,10 @@ def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str
     """
     model = model.cpu().eval()
     speed, onnx_bytes = deployed_speed(model, data.x_train, cfg.throughput_batch, threads=1, iters=cfg.throughput_iters)
+    acc = accuracy(model, data.x_val, data.y_val)
     return {
-        "val_acc": accuracy(model, data.x_val, data.y_val),
+        "val_acc": acc,
+        **stats.ci_metrics("val_acc", stats.proportion_ci(acc, len(data.y_val))),  # for select.confidence
         "params": float(count_params(model)),
         "nonzero_params": float(count_nonzero(model)),
         "sparsity": weight_sparsity(model),

@@ -37,6 +37,7 @@ import torch
 
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
+from tasks.evaluation.evidence import delta_interval, interval_metrics, spread_note, with_interval
 from tasks.models.build import load_model, sample_shape
 from tasks.reporting.cards import model_cards
 from tasks.reporting.kbit import kbit_section
@@ -98,9 +99,12 @@ def headline_metrics(bench: BenchmarkReport) -> dict[str, float]:
         for key in HEADLINE_FIELDS if row is not None else ():
             if getattr(row, key) is not None:
                 out[f"{prefix}.{key}"] = float(getattr(row, key))
+        out |= {f"{prefix}.{k}": v for k, v in (interval_metrics(row) if row is not None else {}).items()}
     cmp = bench.targets.selected_vs_teacher
     for key, value in (asdict(cmp) if cmp is not None else {}).items():
-        if key not in ("candidate", "reference", "meets_target") and value is not None:
+        if isinstance(value, list):  # an interval: MLflow metrics are scalars
+            out[f"selected_vs_teacher.{key}_low"], out[f"selected_vs_teacher.{key}_high"] = map(float, value)
+        elif key not in ("candidate", "reference", "meets_target") and value is not None:
             out[f"selected_vs_teacher.{key}"] = float(value)
     return out
 
@@ -140,7 +144,7 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
     return [
         f"Selected **{c.candidate}** ({kind}) vs teacher **{c.reference}**:",
         "",
-        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points"
+        f"- test accuracy: {100 * c.test_acc_delta:+.2f} points{delta_interval(c)}"
         if c.test_acc_delta is not None
         else f"- cosine to the reference (evaluation set): mean {_fmt('cos_mean', bench.selected.cos_mean)}, "
         f"min {_fmt('cos_min', bench.selected.cos_min)}"
@@ -149,7 +153,7 @@ def _ratios(bench: BenchmarkReport) -> list[str]:
         f"- size: {x(c.size_reduction, 'smaller')}",
         f"- params: {x(c.params_reduction, 'fewer')} (nonzero: {x(c.nonzero_params_reduction, 'fewer')})",
         f"- FLOPs: {x(c.flops_reduction, 'fewer')}",
-        f"- throughput (b256): {x(c.throughput_speedup, 'higher')}",
+        f"- throughput (b256): {x(c.throughput_speedup, 'higher')}{spread_note(bench)}",
         f"- latency p50 (b1): {x(c.latency_speedup_b1, 'lower')}",
     ]
 
@@ -159,7 +163,7 @@ def _table(rows: list[BenchmarkRow], front: list[str], cols: list[tuple[str, str
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         marks = ("★ " if r.selected else "") + ("◆ " if r.name in front else "")
-        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else _fmt(k, getattr(r, k)) for k, _ in cols]
+        cells = [marks + _fmt(k, getattr(r, k)) if k == "name" else with_interval(r, k, _fmt) for k, _ in cols]
         cells.append(f"REJECTED ({r.rejected_reason})" if r.rejected else "no speedup" if r.no_speedup else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
