@@ -25,13 +25,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _register(uri: str) -> MLP:
+def _register(uri: str, seed: int = 0) -> MLP:
     """A small MLP registered as ``tiny@candidate`` (ONNX) in the MLflow store at ``uri``; its first
     weight (6 x 64 floats) is large enough that MLflow stores it as external data."""
     import mlflow
     import onnx
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MLP([6], 3, [64]).eval()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
@@ -45,8 +45,8 @@ def _register(uri: str) -> MLP:
     return model
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -56,6 +56,11 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
             return e.code, json.loads(text)
         except ValueError:  # e.g. the proxy's plain-text 404/503 while the app is still deploying
             return e.code, {"raw": text.decode(errors="replace")}
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
 
 
 @pytest.mark.slow

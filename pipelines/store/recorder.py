@@ -115,14 +115,17 @@ class RunRecorder:
         ts = int(time.time() * 1000)
         metrics = [Metric(metric_name(k), float(v), ts, 0) for k, v in pub.metrics.items()]
         tags = [RunTag(NOTE_TAG, pub.description)] if pub.description else []
+        tags += [RunTag(k, v) for k, v in pub.tags.items()]
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source))
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.files))
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None) -> str:
+    def _register(
+        self, name: str, onnx_bytes: bytes, alias: str, source: str | None, files: dict[str, bytes] | None = None
+    ) -> str:
         """Register the model under ``name@alias`` as a version whose run is the parent run (the
         parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
         ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
@@ -134,13 +137,18 @@ class RunRecorder:
             import onnx
 
             mlflow.set_tracking_uri(self.ctx.uri)
-            info = mlflow.onnx.log_model(
-                onnx.load_from_string(onnx_bytes),
-                name="model",
-                registered_model_name=name,
-                pip_requirements=["onnxruntime"],
-                run_id=self.ctx.root_run,
-            )
+            with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
+                extra = [str(Path(tmp, Path(k).name)) for k in files or {}]
+                for path, data in zip(extra, (files or {}).values()):
+                    Path(path).write_bytes(data)
+                info = mlflow.onnx.log_model(
+                    onnx.load_from_string(onnx_bytes),
+                    name="model",
+                    registered_model_name=name,
+                    pip_requirements=["onnxruntime"],
+                    run_id=self.ctx.root_run,
+                    extra_files=extra or None,
+                )
             version = str(info.registered_model_version)
             if source:
                 self.client.set_tag(source, tag, info.model_id)

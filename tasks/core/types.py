@@ -92,6 +92,7 @@ class Registration:
     name: str
     onnx: bytes
     alias: str = "candidate"
+    files: dict[str, bytes] = field(default_factory=dict)  # stored with the version (tasks.serving.model)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Publication:
     description: str = ""  # Markdown: the parent run's description
     console: str = ""  # text shown after the step table
     models: list[Registration] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # tags of the parent run
 
 
 @dataclass
