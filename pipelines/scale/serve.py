@@ -14,6 +14,7 @@ until Ctrl-C, which deletes the application and shuts down the Ray it started. C
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -84,11 +85,27 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
     return deployment.bind(asdict(cfg), tracking_uri, pinned or resolve(cfg.model, tracking_uri))
 
 
+class _Plain:
+    """A text stream that drops ANSI colour codes (Ray colours its log lines unconditionally)."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.ANSI.sub("", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def _preload(uri: str, pinned: dict) -> str:
     """Fetch and load the pinned version once here, so a model that cannot be fetched or loaded is
     one line before any replica starts (replicas would retry it and end in a traceback)."""
     from pipelines.scale.serve_app import load_model
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
     try:
         return load_model(pinned["uri"], uri, 1).sig.route
     except Exception as e:  # noqa: BLE001 - any fetch/load failure is the same one line
@@ -113,6 +130,7 @@ def main(argv: list[str]) -> int:
         return 2
     if not sys.stderr.isatty():  # piped: no colour codes in the replicas' log prefixes
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        sys.stdout, sys.stderr = _Plain(sys.stdout), _Plain(sys.stderr)  # nor in Ray's "[repeated Nx]"
     try:
         route = _preload(uri, pinned)
     except RuntimeError as e:

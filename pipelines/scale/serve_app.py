@@ -64,7 +64,7 @@ class ModelServer:
         self.pinned, self.limits = pinned, limits_of(self.cfg)
         providers = providers_for("cuda" if ray.get_gpu_ids() else "cpu")
         self.model = load_model(pinned["uri"], tracking_uri, self.cfg.threads, providers)
-        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.replica = serve.get_replica_context().replica_id.to_full_id_str()
         self.batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
         self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
 

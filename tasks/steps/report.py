@@ -282,4 +282,5 @@ def run(
         tags={deploy.REGISTRY_TAG: name} | ({} if selected is not None else {deploy.NOT_REGISTERED_TAG: reg_line}),
     )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
+    data["registration"] = reg_line
     return Report(data=data, files=files, publish=publish)
