@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.scale.serve_config import ServeConfig, load_config
+from pipelines.scale.serve_config import ServeConfig, ingress_env, load_config
 from tasks.reporting.deploy import NOT_REGISTERED_TAG, REGISTRY_TAG
 
 USAGE = __doc__.strip().splitlines()[2].strip()
@@ -147,6 +147,7 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
     from pipelines.config.schema import RayConfig
     from pipelines.run.lifecycle import start_ray
 
+    os.environ.update(ingress_env(cfg.ingress))  # read by Serve's controller and proxies at start
     started = start_ray(RayConfig(num_cpus=cfg.ray_num_cpus))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
     code = 0

@@ -5,6 +5,8 @@ composed by the engine's one config loader and checked before Ray starts. Shared
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -13,6 +15,21 @@ from omegaconf import OmegaConf
 
 from pipelines.config.compose import conf_dir
 from pipelines.config.compose import load_config as compose_config
+
+# Ray Serve's ingress options (Ray >= 2.56), set as environment variables before Ray starts.
+INGRESS = {
+    "proxy": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+
+
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
 
 
 @dataclass
@@ -42,11 +59,22 @@ class ServeConfig:
     max_text_chars: int = 2000  # characters per text: 413
     max_batch_chars: int = 100000  # characters in all texts of one request: 413
     request_timeout_s: float = 30.0  # a request still unanswered after this: 504
+    ingress: str = "proxy"  # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     threads: int = 1  # ORT intra-op threads per replica
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0  # > 0: ORT CUDA execution provider (fractional GPUs allowed)
     ray_num_cpus: int | None = None  # local Ray only (null: all cores)
+
+
+def ingress_env(ingress: str) -> dict[str, str]:
+    """The environment that selects ``ingress``; HAProxy's files go to a private folder (not the
+    shared /tmp/haproxy-serve of Ray's defaults)."""
+    env = dict(INGRESS[ingress])
+    if ingress == "haproxy":
+        state = tempfile.mkdtemp(prefix="slimray-haproxy-")
+        env.update({k: f"{state}/{v}".rstrip("/") for k, v in HAPROXY_FILES.items()})
+    return env
 
 
 def register() -> None:
@@ -71,6 +99,10 @@ def load_config(overrides: list[str]) -> ServeConfig:
     for key in ints + ("max_body_bytes", "max_json_depth", "max_json_elements", "max_text_chars", "max_batch_chars"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    if cfg.ingress not in INGRESS:
+        raise ValueError(f"ingress: '{cfg.ingress}' is not one of {sorted(INGRESS)}")
+    if cfg.ingress == "haproxy" and shutil.which("haproxy") is None:
+        raise ValueError("ingress: 'haproxy' needs the haproxy binary on PATH (apt-get install -y haproxy)")
     if cfg.request_timeout_s <= 0:
         raise ValueError(f"request_timeout_s: must be > 0, got {cfg.request_timeout_s}")
     if not cfg.auth_token:  # beyond loopback only with a bearer token
