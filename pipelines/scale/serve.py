@@ -156,7 +156,7 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
         serve.run(build_app(cfg, uri, pinned), name=cfg.name, route_prefix="/")
         print(
             f"serving {pinned['requested']} = {pinned['name']} version {pinned['version']} (run {pinned['run_id']}) "
-            f"on http://{cfg.host}:{cfg.port}{route} (docs: /docs); Ctrl-C stops",
+            f"on http://{cfg.host}:{cfg.port}{route} (ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
             flush=True,
         )
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from typing import cast
@@ -59,7 +60,9 @@ class ServeConfig:
     max_text_chars: int = 2000  # characters per text: 413
     max_batch_chars: int = 100000  # characters in all texts of one request: 413
     request_timeout_s: float = 30.0  # a request still unanswered after this: 504
-    ingress: str = "proxy"  # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
+    # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
+    # (RAY_SERVE_ENABLE_HA_PROXY: its stats and metrics listeners bind every interface)
+    ingress: str = "proxy"
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     threads: int = 1  # ORT intra-op threads per replica
     cpus_per_replica: float = 1.0
@@ -71,10 +74,17 @@ def ingress_env(ingress: str) -> dict[str, str]:
     """The environment that selects ``ingress``; HAProxy's files go to a private folder (not the
     shared /tmp/haproxy-serve of Ray's defaults)."""
     env = dict(INGRESS[ingress])
-    if ingress == "haproxy":
+    if ingress == "haproxy":  # Ray's fixed stats/metrics ports would collide between two servers
         state = tempfile.mkdtemp(prefix="slimray-haproxy-")
         env.update({k: f"{state}/{v}".rstrip("/") for k, v in HAPROXY_FILES.items()})
+        env.update({k: str(_free_port()) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")})
     return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def register() -> None:
