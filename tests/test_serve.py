@@ -5,6 +5,7 @@ config errors that stop before Ray starts."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -132,6 +133,24 @@ def test_config_errors_are_one_line_and_stop_before_ray(workdir, capsys):
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no registered model models:/nope@candidate" in errors[0]
     assert load_config(["batching=false", "autoscaling.enabled=true"]).autoscaling.enabled
+    assert main(["ingress=grpc"]) == 2
+    assert "ingress: 'grpc' is not one of ['haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert main(["request_timeout_s=0"]) == 2 and "request_timeout_s" in capsys.readouterr().err
+    assert load_config(["host=0.0.0.0", "auth_token=t"]).host == "0.0.0.0"  # beyond loopback only with a token
+
+
+def test_ingress_options_are_environment_set_before_ray_starts():
+    from pipelines.scale.serve_config import ingress_env
+
+    assert ingress_env("proxy") == {}
+    assert ingress_env("throughput") == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    a, b = ingress_env("haproxy"), ingress_env("haproxy")
+    assert a["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and a["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].endswith("/haproxy.cfg")
+    assert a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != b["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]  # private folders
+    assert not a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"].startswith("/tmp/haproxy-serve")
+    assert int(a["RAY_SERVE_HAPROXY_STATS_PORT"]) not in (8404, 9101)
+    for env in (a, b):
+        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
 
 
 @pytest.mark.slow
