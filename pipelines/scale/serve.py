@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -147,7 +148,8 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
     from pipelines.config.schema import RayConfig
     from pipelines.run.lifecycle import start_ray
 
-    os.environ.update(ingress_env(cfg.ingress))  # read by Serve's controller and proxies at start
+    env = ingress_env(cfg.ingress)
+    os.environ.update(env)  # read by Serve's controller and proxies at start
     started = start_ray(RayConfig(num_cpus=cfg.ray_num_cpus))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
     code = 0
@@ -170,4 +172,6 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
         serve.shutdown()
         if started:
             ray.shutdown()
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:  # HAProxy's private folder
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
     return code
