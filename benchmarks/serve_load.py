@@ -1,7 +1,9 @@
 """Load test of ``slimray serve`` on loopback: a bounded async client (a fixed number of requests
-and a time cap per level) at concurrency 1, 8, 32 and 64, with and without dynamic batching.
+and a time cap per level) at concurrency 1, 8 and 32, with and without dynamic batching, under one
+of Serve's ingress options (``ServeConfig.ingress``: proxy | throughput | haproxy).
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--cap-s 20] [--models large,small]
+    .venv/bin/python benchmarks/serve_load.py [--requests 400] [--cap-s 20] [--models large,small,minilm]
+        [--ingress proxy] [--levels 1,8,32]
 
 Models (registered as ONNX in a temporary MLflow registry, one sample per request):
 ``large`` is the zoo's deep MLP (conf/model/mlp_deep.yaml, ~34M parameters: compute dominates),
@@ -11,8 +13,11 @@ the HTTP path dominates). One replica, one ORT thread.
 Prints ONE JSON object: per model and mode, per concurrency level p50/p99 latency (ms), req/s
 and errors; ``batching_speedup_c32`` (req/s with / without batching at concurrency 32) and
 ``p50_c1_minus_direct_ms`` (serve p50 at concurrency 1 minus an in-process ORT call on the same
-model). The results and a latency-vs-load plot are logged to MLflow (experiment ``serve-load``,
-store from MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup >= 3 (large), overhead <= 5 ms.
+model). ``minilm`` (``benchmarks/serve_minilm.py``) is all-MiniLM-L6-v2 served on ``/embed`` from
+text, eight sentences a request: its levels, ``minilm_cos_min_100`` and ``minilm_rps_c16_vs_inprocess``.
+The results and a latency-vs-load plot are logged to MLflow (experiment ``serve-load``, store from
+MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup >= 3 (large), overhead <= 3 ms (small),
+MiniLM cosine >= 0.999 and >= 0.7x the in-process rate.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-LEVELS = (1, 8, 32, 64)
+LEVELS = (1, 8, 32)
 ARCHS = {
     "large": {"_target_": "tasks.models.zoo.MLP", "hidden": [2048] * 9},
     "small": {"_target_": "tasks.models.zoo.CNN1D", "channels": [32, 32, 32]},
@@ -64,12 +69,15 @@ def register(name: str, arch: dict, uri: str) -> bytes:
     return data
 
 
-async def level(url: str, concurrency: int, requests: int, cap_s: float) -> dict:
-    """``requests`` POSTs of one sample by ``concurrency`` workers, stopping at ``cap_s``."""
+ONE_SAMPLE = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()})
+
+
+async def level(url: str, concurrency: int, requests: int, cap_s: float, body: str = ONE_SAMPLE) -> dict:
+    """``requests`` POSTs of ``body`` by ``concurrency`` workers, stopping at ``cap_s``."""
     import aiohttp
 
-    body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()})
-    latencies, errors, counter = [], 0, iter(range(requests))
+    latencies: list[float] = []
+    errors, counter = 0, iter(range(requests))
     deadline = time.perf_counter() + cap_s
 
     async def worker(session):
@@ -131,16 +139,67 @@ def plot(results: dict) -> bytes:
     return buf.getvalue()
 
 
+def run_levels(serve, app, url: str, args, body: str = ONE_SAMPLE) -> list[dict]:
+    """Deploy ``app``, warm it up, measure every level, delete it."""
+    serve.run(app, name="bench", route_prefix="/")
+    asyncio.run(level(url, 4, 20, 10, body))  # warm-up
+    levels = [asyncio.run(level(url, c, args.requests, args.cap_s, body)) for c in args.levels]
+    serve.delete("bench")
+    return levels
+
+
+def measure_model(name: str, serve, registry: str, port: int, args, res: dict, curves: dict) -> None:
+    """One model with and without batching: its levels and its headline figures into ``res``."""
+    from pipelines.scale.serve import ServeConfig, build_app
+
+    if name == "minilm":
+        import serve_minilm
+
+        onnx_bytes = serve_minilm.register(registry)
+    else:
+        onnx_bytes = register(f"bench-{name}", ARCHS[name], registry)
+        res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
+    route = "/embed" if name == "minilm" else "/predict"
+    body = serve_minilm.body() if name == "minilm" else ONE_SAMPLE
+    for batching in (True, False):
+        key = f"{name}_{'batch' if batching else 'nobatch'}"
+        cfg = ServeConfig(
+            model=f"models:/bench-{name}@bench", port=port, batching=batching, max_batch_size=64, ingress=args.ingress
+        )
+        url = f"http://127.0.0.1:{port}{route}"
+        if name == "minilm" and batching:  # quality and the in-process ratio on the batching app
+            serve.run(build_app(cfg, registry), name="bench", route_prefix="/")
+            res["minilm_cos_min_100"] = serve_minilm.cosine_min(url, onnx_bytes, cfg.threads)
+            served = asyncio.run(level(url, 16, args.requests, args.cap_s, body))["req_per_s"]
+            res["minilm_rps_c16"] = served
+            res["minilm_rps_c16_vs_inprocess"] = served / serve_minilm.inprocess_rps(onnx_bytes, cfg.threads)
+        curves[key] = run_levels(serve, build_app(cfg, registry), url, args, body)
+        log(
+            f"{key}: "
+            + ", ".join(f"c{r['concurrency']} {r['req_per_s']:.0f} req/s p50 {r['p50_ms']:.1f} ms" for r in curves[key])
+        )
+    by_c = {k: {r["concurrency"]: r for r in v} for k, v in curves.items()}
+    top = max(args.levels)
+    res[f"{name}_batching_speedup_c{top}"] = (
+        by_c[f"{name}_batch"][top]["req_per_s"] / by_c[f"{name}_nobatch"][top]["req_per_s"]
+    )
+    if f"{name}_direct_p50_ms" in res and 1 in args.levels:
+        res[f"{name}_p50_c1_minus_direct_ms"] = by_c[f"{name}_nobatch"][1]["p50_ms"] - res[f"{name}_direct_p50_ms"]
+
+
 def main() -> None:
+    from pipelines.scale.serve_config import INGRESS, ingress_env
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--cap-s", type=float, default=20.0)
-    ap.add_argument("--models", default="large,small")
+    ap.add_argument("--models", default="large,small,minilm")
+    ap.add_argument("--ingress", default="proxy", choices=sorted(INGRESS))
+    ap.add_argument("--levels", type=lambda v: [int(c) for c in v.split(",")], default=list(LEVELS))
     args = ap.parse_args()
+    os.environ.update(ingress_env(args.ingress))  # before Ray starts: Serve reads it in its actors
     import ray
     from ray import serve
-
-    from pipelines.scale.serve import ServeConfig, build_app
 
     tmp = tempfile.mkdtemp(prefix="serve_load_")
     registry = f"sqlite:///{tmp}/mlflow.db"
@@ -152,6 +211,7 @@ def main() -> None:
         "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"),
         "cores": os.cpu_count(),
         "threads": 1,
+        "ingress": args.ingress,
         "requests_per_level": args.requests,
         "cap_s": args.cap_s,
     }
@@ -160,33 +220,7 @@ def main() -> None:
     curves: dict = {}
     try:
         for name in args.models.split(","):
-            onnx_bytes = register(f"bench-{name}", ARCHS[name], registry)
-            res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
-            for batching in (True, False):
-                key = f"{name}_{'batch' if batching else 'nobatch'}"
-                cfg = ServeConfig(
-                    model=f"models:/bench-{name}@bench",
-                    port=port,
-                    batching=batching,
-                    max_batch_size=64,
-                    batch_wait_timeout_s=0.002,
-                )
-                serve.run(build_app(cfg, registry), name="bench", route_prefix="/")
-                url = f"http://127.0.0.1:{port}/predict"
-                asyncio.run(level(url, 4, 20, 10))  # warm-up
-                curves[key] = [asyncio.run(level(url, c, args.requests, args.cap_s)) for c in LEVELS]
-                log(
-                    f"{key}: "
-                    + ", ".join(
-                        f"c{r['concurrency']} {r['req_per_s']:.0f} req/s p50 {r['p50_ms']:.1f} ms" for r in curves[key]
-                    )
-                )
-                serve.delete("bench")
-            by_c = {k: {r["concurrency"]: r for r in v} for k, v in curves.items()}
-            res[f"{name}_batching_speedup_c32"] = (
-                by_c[f"{name}_batch"][32]["req_per_s"] / by_c[f"{name}_nobatch"][32]["req_per_s"]
-            )
-            res[f"{name}_p50_c1_minus_direct_ms"] = by_c[f"{name}_nobatch"][1]["p50_ms"] - res[f"{name}_direct_p50_ms"]
+            measure_model(name, serve, registry, port, args, res, curves)
     finally:
         serve.shutdown()
         ray.shutdown()

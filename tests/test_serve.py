@@ -5,6 +5,7 @@ config errors that stop before Ray starts."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -25,13 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _register(uri: str) -> MLP:
+def _register(uri: str, seed: int = 0) -> MLP:
     """A small MLP registered as ``tiny@candidate`` (ONNX) in the MLflow store at ``uri``; its first
     weight (6 x 64 floats) is large enough that MLflow stores it as external data."""
     import mlflow
     import onnx
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = MLP([6], 3, [64]).eval()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
@@ -45,8 +46,8 @@ def _register(uri: str) -> MLP:
     return model
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -56,6 +57,11 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
             return e.code, json.loads(text)
         except ValueError:  # e.g. the proxy's plain-text 404/503 while the app is still deploying
             return e.code, {"raw": text.decode(errors="replace")}
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
 
 
 @pytest.mark.slow
@@ -127,6 +133,24 @@ def test_config_errors_are_one_line_and_stop_before_ray(workdir, capsys):
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no registered model models:/nope@candidate" in errors[0]
     assert load_config(["batching=false", "autoscaling.enabled=true"]).autoscaling.enabled
+    assert main(["ingress=grpc"]) == 2
+    assert "ingress: 'grpc' is not one of ['haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert main(["request_timeout_s=0"]) == 2 and "request_timeout_s" in capsys.readouterr().err
+    assert load_config(["host=0.0.0.0", "auth_token=t"]).host == "0.0.0.0"  # beyond loopback only with a token
+
+
+def test_ingress_options_are_environment_set_before_ray_starts():
+    from pipelines.scale.serve_config import ingress_env
+
+    assert ingress_env("proxy") == {}
+    assert ingress_env("throughput") == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    a, b = ingress_env("haproxy"), ingress_env("haproxy")
+    assert a["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and a["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].endswith("/haproxy.cfg")
+    assert a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] != b["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]  # private folders
+    assert not a["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"].startswith("/tmp/haproxy-serve")
+    assert int(a["RAY_SERVE_HAPROXY_STATS_PORT"]) not in (8404, 9101)
+    for env in (a, b):
+        shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
 
 
 @pytest.mark.slow

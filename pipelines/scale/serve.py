@@ -2,29 +2,48 @@
 
     slimray serve [model=models:/compress-mnist1d@candidate] [port=8000] [batching=false] [KEY=VALUE ...]
 
-``POST /predict`` ``{"inputs": [[...], ...]}`` -> ``{"classes": [...], "logits": [[...], ...]}``;
-``GET /health``; OpenAPI docs at ``/docs``. Requests are grouped by ``@serve.batch`` (dynamic
-batching) and run by ONNX Runtime inside each replica. Bad requests get a 4xx with a one-line
-message and never reach the model. Runs in the foreground until Ctrl-C, which deletes the
-application and shuts down the Ray it started. Config: ``conf/serve/default.yaml`` (``ServeConfig``).
+Classifiers: ``POST /predict`` ``{"inputs": [[...], ...]}`` (or ``{"texts": [...]}`` for a text model)
+-> ``{"classes": [...], "logits": [[...], ...]}``; embedding models: ``POST /embed`` ``{"texts": [...]}``
+-> ``{"embeddings": [[...]], "dim": N}``; ``GET /health`` (name, version, run id); OpenAPI docs at
+``/docs``. The alias is resolved once, here: every replica serves that one version. Requests are
+grouped by ``@serve.batch`` (dynamic batching) and run by ONNX Runtime inside each replica. Bad
+requests get a 4xx with a one-line message and never reach the model. Runs in the foreground
+until Ctrl-C, which deletes the application and shuts down the Ray it started. Config:
+``conf/serve/default.yaml`` (``ServeConfig``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
 import signal
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from pipelines.scale.serve_config import ServeConfig, load_config
+from pipelines.scale.serve_config import ServeConfig, ingress_env, load_config
+from tasks.reporting.deploy import NOT_REGISTERED_TAG, REGISTRY_TAG
 
 USAGE = __doc__.strip().splitlines()[2].strip()
 
 
-def check_model(model_uri: str, tracking_uri: str) -> None:
-    """Fail fast (one line) when ``model_uri`` names no registered model version."""
+def _nothing_registered(client, name: str) -> str:
+    """Why the last pipeline run that reports to ``name`` registered nothing, or "" if none did."""
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        ids, f"tags.`{REGISTRY_TAG}` = '{name}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not runs or NOT_REGISTERED_TAG not in runs[0].data.tags:
+        return ""
+    return f"; its last pipeline run {runs[0].info.run_id} registered nothing: {runs[0].data.tags[NOT_REGISTERED_TAG]}"
+
+
+def resolve(model_uri: str, tracking_uri: str) -> dict:
+    """The ONE registered version ``model_uri`` names now (an alias is resolved here, once): name,
+    version, run id and its ``models:/<name>/<version>`` URI. One-line ``ValueError`` when none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -36,13 +55,22 @@ def check_model(model_uri: str, tracking_uri: str) -> None:
         raise ValueError(f"model: no MLflow store at {tracking_uri} (set MLFLOW_TRACKING_URI or run a pipeline first)")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException:
-        raise ValueError(f"model: no registered model {model_uri} in {tracking_uri}") from None
+        why = _nothing_registered(client, name)
+        raise ValueError(f"model: no registered model {model_uri} in {tracking_uri}{why}") from None
+    uri = f"models:/{name}/{mv.version}"
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id or "", "requested": model_uri, "uri": uri}
 
 
-def build_app(cfg: ServeConfig, tracking_uri: str):
-    """The Serve application (FastAPI ingress + ONNX Runtime model) for ``cfg``."""
+def check_model(model_uri: str, tracking_uri: str) -> None:
+    """Fail fast (one line) when ``model_uri`` names no registered model version."""
+    resolve(model_uri, tracking_uri)
+
+
+def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
+    """The Serve application (FastAPI ingress + ONNX Runtime model) for ``cfg``, every replica on the
+    ``pinned`` version (default: ``cfg.model`` resolved now)."""
     from pipelines.scale.serve_app import ModelServer
 
     scaling = (
@@ -55,11 +83,39 @@ def build_app(cfg: ServeConfig, tracking_uri: str):
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
         **scaling,
     )
-    return deployment.bind(asdict(cfg), tracking_uri)
+    return deployment.bind(asdict(cfg), tracking_uri, pinned or resolve(cfg.model, tracking_uri))
+
+
+class _Plain:
+    """A text stream that drops ANSI colour codes (Ray colours its log lines unconditionally)."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(self.ANSI.sub("", text))
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _preload(uri: str, pinned: dict) -> str:
+    """Fetch and load the pinned version once here, so a model that cannot be fetched or loaded is
+    one line before any replica starts (replicas would retry it and end in a traceback)."""
+    from pipelines.scale.serve_app import load_model
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
+    try:
+        return load_model(pinned["uri"], uri, 1).sig.route
+    except Exception as e:  # noqa: BLE001 - any fetch/load failure is the same one line
+        raise RuntimeError(f"model {pinned['uri']} (run {pinned['run_id']}) cannot be fetched or loaded: {e}") from None
 
 
 def main(argv: list[str]) -> int:
-    """Compose, check the model, deploy, wait for Ctrl-C, tear down. Exit 0, or 2 on bad config."""
+    """Compose, resolve the model once, deploy, wait for Ctrl-C, tear down. Exit 0; 2 on a bad
+    config or a model that is not registered; 1 when the model cannot be loaded or deployed."""
     from pipelines.config.compose import one_line
     from pipelines.store.tracking import resolve_uri
 
@@ -69,28 +125,53 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(argv)
         uri = resolve_uri(None)
-        check_model(cfg.model, uri)
+        pinned = resolve(cfg.model, uri)
     except Exception as e:  # Hydra/OmegaConf/MLflow errors: one line, before Ray starts
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    if not sys.stderr.isatty():  # piped: no colour codes in the replicas' log prefixes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        sys.stdout, sys.stderr = _Plain(sys.stdout), _Plain(sys.stderr)  # nor in Ray's "[repeated Nx]"
+    try:
+        route = _preload(uri, pinned)
+    except RuntimeError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    return _serve(cfg, uri, pinned, route)
+
+
+def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
     import ray
     from ray import serve
 
+    from pipelines.config.compose import one_line
     from pipelines.config.schema import RayConfig
     from pipelines.run.lifecycle import start_ray
 
+    env = ingress_env(cfg.ingress)
+    os.environ.update(env)  # read by Serve's controller and proxies at start
     started = start_ray(RayConfig(num_cpus=cfg.ray_num_cpus))
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
+    code = 0
     try:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
-        serve.run(build_app(cfg, uri), name=cfg.name, route_prefix="/")
-        print(f"serving {cfg.model} on http://{cfg.host}:{cfg.port}/predict (docs: /docs); Ctrl-C stops", flush=True)
+        serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 2 * cfg.request_timeout_s})
+        serve.run(build_app(cfg, uri, pinned), name=cfg.name, route_prefix="/")
+        print(
+            f"serving {pinned['requested']} = {pinned['name']} version {pinned['version']} (run {pinned['run_id']}) "
+            f"on http://{cfg.host}:{cfg.port}{route} (ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
+            flush=True,
+        )
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("stopping: deleting the application", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - a deployment that fails to start: one line, exit 1
+        print(f"error: deploying {pinned['uri']} failed: {one_line(e)}", file=sys.stderr, flush=True)
+        code = 1
     finally:
         serve.shutdown()
         if started:
             ray.shutdown()
-    return 0
+        if "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:  # HAProxy's private folder
+            shutil.rmtree(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], ignore_errors=True)
+    return code

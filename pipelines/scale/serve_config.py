@@ -5,6 +5,9 @@ composed by the engine's one config loader and checked before Ray starts. Shared
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -13,6 +16,21 @@ from omegaconf import OmegaConf
 
 from pipelines.config.compose import conf_dir
 from pipelines.config.compose import load_config as compose_config
+
+# Ray Serve's ingress options (Ray >= 2.56), set as environment variables before Ray starts.
+INGRESS = {
+    "proxy": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+
+
+HAPROXY_FILES = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": "admin.sock",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
 
 
 @dataclass
@@ -26,7 +44,7 @@ class AutoscalingConfig:
 @dataclass
 class ServeConfig:
     model: str = "models:/compress-mnist1d@candidate"  # models:/<name>@<alias> or models:/<name>/<version>
-    host: str = "127.0.0.1"  # loopback only
+    host: str = "127.0.0.1"  # loopback only, unless auth_token is set
     port: int = 8000
     name: str = "slimray"  # Serve application name
     replicas: int = 1  # fixed replica count (when autoscaling is off)
@@ -35,11 +53,38 @@ class ServeConfig:
     max_batch_size: int = 32  # requests per model call
     batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 128  # per replica; >= max_batch_size or batches never fill
-    max_request_rows: int = 1024  # larger batches get 413
+    max_request_rows: int = 1024  # samples or texts per request; more get 413
+    max_body_bytes: int = 4194304  # enforced while reading the body: 413
+    max_json_depth: int = 8  # deeper JSON nesting: 400 (checked before parsing)
+    max_json_elements: int = 1000000  # more JSON values in one body: 400
+    max_text_chars: int = 2000  # characters per text: 413
+    max_batch_chars: int = 100000  # characters in all texts of one request: 413
+    request_timeout_s: float = 30.0  # a request still unanswered after this: 504
+    # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
+    # (RAY_SERVE_ENABLE_HA_PROXY: its stats and metrics listeners bind every interface)
+    ingress: str = "proxy"
+    auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     threads: int = 1  # ORT intra-op threads per replica
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0  # > 0: ORT CUDA execution provider (fractional GPUs allowed)
     ray_num_cpus: int | None = None  # local Ray only (null: all cores)
+
+
+def ingress_env(ingress: str) -> dict[str, str]:
+    """The environment that selects ``ingress``; HAProxy's files go to a private folder (not the
+    shared /tmp/haproxy-serve of Ray's defaults)."""
+    env = dict(INGRESS[ingress])
+    if ingress == "haproxy":  # Ray's fixed stats/metrics ports would collide between two servers
+        state = tempfile.mkdtemp(prefix="slimray-haproxy-")
+        env.update({k: f"{state}/{v}".rstrip("/") for k, v in HAPROXY_FILES.items()})
+        env.update({k: str(_free_port()) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")})
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def register() -> None:
@@ -60,8 +105,16 @@ def load_config(overrides: list[str]) -> ServeConfig:
     """``conf/serve/default.yaml`` composed with ``overrides``, typed as ``ServeConfig``."""
     composed = compose_config(overrides, conf_dir() / "serve", "default", register)
     cfg = cast(ServeConfig, OmegaConf.to_object(composed))
-    for key in ("port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests"):
+    ints = ("port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests")
+    for key in ints + ("max_body_bytes", "max_json_depth", "max_json_elements", "max_text_chars", "max_batch_chars"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
-    check_host(cfg.host)
+    if cfg.ingress not in INGRESS:
+        raise ValueError(f"ingress: '{cfg.ingress}' is not one of {sorted(INGRESS)}")
+    if cfg.ingress == "haproxy" and shutil.which("haproxy") is None:
+        raise ValueError("ingress: 'haproxy' needs the haproxy binary on PATH (apt-get install -y haproxy)")
+    if cfg.request_timeout_s <= 0:
+        raise ValueError(f"request_timeout_s: must be > 0, got {cfg.request_timeout_s}")
+    if not cfg.auth_token:  # beyond loopback only with a bearer token
+        check_host(cfg.host)
     return cfg

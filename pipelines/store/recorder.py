@@ -136,15 +136,24 @@ class RunRecorder:
         ts = int(time.time() * 1000)
         metrics = [Metric(metric_name(k), float(v), ts, 0) for k, v in pub.metrics.items()]
         tags = [RunTag(NOTE_TAG, pub.description)] if pub.description else []
+        tags += [RunTag(k, v) for k, v in pub.tags.items()]
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.source))
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.source, reg.files))
         self._describe(pub, source)
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None, model: str = "") -> str:
+    def _register(
+        self,
+        name: str,
+        onnx_bytes: bytes,
+        alias: str,
+        source: str | None,
+        model: str = "",
+        files: dict[str, bytes] | None = None,
+    ) -> str:
         """Register the model under ``name@alias`` as a version whose run is the parent run (the
         parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
         ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
@@ -158,21 +167,30 @@ class RunRecorder:
             mlflow.set_tracking_uri(self.ctx.uri)
             proto = onnx.load_from_string(onnx_bytes)
             logged = registry.logged_name(model) if model else "model"  # in this experiment, not MLflow's default
-            info = mlflow.onnx.log_model(
-                proto,
-                name=logged,
-                model_id=self.client.create_logged_model(self.ctx.experiment_id, logged, self.ctx.root_run).model_id,
-                signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
-                registered_model_name=name,
-                pip_requirements=["onnxruntime"],
-                run_id=self.ctx.root_run,
-            )
+            with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
+                extra = [str(Path(tmp, Path(k).name)) for k in files or {}]
+                for path, data in zip(extra, (files or {}).values()):
+                    Path(path).write_bytes(data)
+                info = mlflow.onnx.log_model(
+                    proto,
+                    name=logged,
+                    model_id=self._logged_model_id(logged),
+                    signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
+                    registered_model_name=name,
+                    pip_requirements=["onnxruntime"],
+                    run_id=self.ctx.root_run,
+                    extra_files=extra or None,
+                )
             version = str(info.registered_model_version)
             if source:
                 self.client.set_tag(source, tag, info.model_id)
         self.client.set_registered_model_alias(name, alias, version)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
+
+    def _logged_model_id(self, logged: str) -> str:
+        """A new logged model of the pipeline's experiment (not MLflow's default one)."""
+        return self.client.create_logged_model(self.ctx.experiment_id, logged, self.ctx.root_run).model_id
 
     def _describe(self, pub: Publication, source: str | None) -> None:
         """Every card as a logged model; each registered version's tags and description

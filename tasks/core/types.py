@@ -95,6 +95,7 @@ class Registration:
     onnx: bytes
     alias: str = "candidate"
     source: str = ""  # the registered model's own name (a benchmark row, a ModelCard): what the version is
+    files: dict[str, bytes] = field(default_factory=dict)  # stored with the version (tasks.serving.model)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Publication:
     console: str = ""  # text shown after the step table
     models: list[Registration] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)  # every measured model: {name, metrics, params}
+    tags: dict[str, str] = field(default_factory=dict)  # tags of the parent run
 
 
 @dataclass

@@ -39,10 +39,12 @@ from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 from tasks.evaluation.evidence import delta_interval, interval_metrics, spread_note, with_interval
 from tasks.models.build import load_model, sample_shape
+from tasks.reporting import deploy
 from tasks.reporting.cards import model_cards
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
 from tasks.runtime.onnx import to_onnx
+from tasks.serving.model import serving_files
 
 COLUMNS = [
     ("name", "model"),
@@ -74,6 +76,8 @@ class ReportConfig:
     alias: str = "candidate"
     dpi: int = 110
     max_acc_drop: float | None = None  # accuracy budget vs the teacher (0.01 = 1 point); None: not checked
+    tokenizer: str = ""  # a text model's tokenizer (folder or package): its files are stored with the version
+    max_length: int = 0  # tokens per text when served (0: the tokenizer's own limit)
 
 
 def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
@@ -215,14 +219,12 @@ def _onnx_bytes(selected: ModelArtifact, trusted: tuple[str, ...] = ()) -> bytes
 
 def _registered_model(
     bench: BenchmarkReport, selected: ModelArtifact | None, candidates: list[ModelArtifact], ctx: StepContext
-) -> ModelArtifact | None:
-    """The artifact of the benchmark's selected model (never a rejected one), or None."""
-    name = bench.targets.selected
-    pool = ([selected] if selected is not None else []) + list(candidates)
-    found = next((m for m in pool if m.name == name), None) if name else None
-    if found is None and selected is not None:
-        ctx.note(f"'{selected.name}' is not the benchmark's selected model ({name}): nothing registered")
-    return found
+) -> tuple[ModelArtifact | None, str]:
+    """The artifact of the benchmark's selected model (never a rejected one) and the line saying which."""
+    found, line = deploy.pick(bench, selected, candidates)
+    if found is None or found is not selected:  # not what the report is wired to: say so
+        ctx.note(line)
+    return found, line
 
 
 def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
@@ -255,7 +257,7 @@ def run(
     q = quality_key(bench)
     front = pareto_front(bench.candidates, {q: "max", "throughput_b256": "max"})
     front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
-    selected = _registered_model(bench, selected, candidates or [], ctx)
+    selected, reg_line = _registered_model(bench, selected, candidates or [], ctx)
     kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
     md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
     miss = budget_line(bench, cfg.max_acc_drop)
@@ -263,10 +265,12 @@ def run(
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
     files.update(kbit_files)
     models, registered = [], None
+    name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
     if selected is not None:
-        name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
+        onnx = _onnx_bytes(selected, ctx.trusted_targets)
+        beside = serving_files(onnx, bench.task, cfg.tokenizer, cfg.max_length)
         models, registered = (
-            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias, source=selected.name)],
+            [Registration(name, onnx, cfg.alias, source=selected.name, files=beside)],
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)
@@ -278,9 +282,11 @@ def run(
         files=dict(files),
         metrics=headline,
         description=f"**{miss}**\n\n{summary}" if miss else summary,
-        console=f"{md}\n{miss}" if miss else md,
+        console=(f"{md}\n{miss}" if miss else md) + f"\n{reg_line}\n",
         models=models,
         candidates=model_cards(bench),  # every candidate as a logged model (tasks.reporting.cards)
+        tags={deploy.REGISTRY_TAG: name} | ({} if selected is not None else {deploy.NOT_REGISTERED_TAG: reg_line}),
     )
     data = {"pareto_front": front, "pareto_front_size": front_size, "registered": registered, **kbit_data}
+    data["registration"] = reg_line
     return Report(data=data, files=files, publish=publish)
