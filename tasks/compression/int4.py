@@ -56,9 +56,8 @@ def int4_weights(
     model = onnx.load_from_string(fp32)
     if not linear_weights(model):
         raise ValueError("quantize.method: int4_weight, but the model has no MatMul on a weight (no linear layer)")
-    ops, axes = ("MatMul",), (("MatMul", 0),)
-    if embedding_bits == 4:
-        ops, axes = ("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))
+    ops: tuple[str, ...] = ("MatMul", "Gather") if embedding_bits == 4 else ("MatMul",)
+    axes = tuple((op, {"MatMul": 0, "Gather": 1}[op]) for op in ops)
     conf = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=symmetric,
