@@ -118,11 +118,11 @@ class RunRecorder:
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source))
+            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.runtime))
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None) -> str:
+    def _register(self, name: str, onnx_bytes: bytes, alias: str, source: str | None, runtime: str = "") -> str:
         """Register the model under ``name@alias`` as a version whose run is the parent run (the
         parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
         ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
@@ -145,6 +145,8 @@ class RunRecorder:
             if source:
                 self.client.set_tag(source, tag, info.model_id)
         self.client.set_registered_model_alias(name, alias, version)
+        if runtime:  # the runtime the benchmark selected it for
+            self.client.set_model_version_tag(name, version, "slimray.runtime", runtime)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
 

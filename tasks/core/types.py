@@ -92,6 +92,7 @@ class Registration:
     name: str
     onnx: bytes
     alias: str = "candidate"
+    runtime: str = "onnxruntime"  # the runtime it was selected for (model version tag slimray.runtime)
 
 
 @dataclass

@@ -46,6 +46,7 @@ from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifa
 from tasks.evaluation.selection import flag_no_speedup, mark_selected, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
+from tasks.runtime import openvino as runtimes
 from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_accuracy, ort_session
 from tasks.training.loop import accuracy
@@ -71,6 +72,7 @@ class BenchmarkConfig:
     min_cos_min: float = 0.97  # choose, embedding: validation worst-row cosine floor
     max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])  # + openvino: tasks/runtime/openvino.py
 
 
 def measure_row(
@@ -168,6 +170,17 @@ def _markdown(report: BenchmarkReport) -> str:
     return title + "\n\n" + "\n".join(lines) + "\n"
 
 
+def _measure_rows(
+    cands: list[ModelArtifact], data: Dataset, cfg: BenchmarkConfig, ctx: StepContext, ref: dict | None
+) -> list[tuple[BenchmarkRow, NewTimer | None]]:
+    """Every candidate's row on ONNX Runtime, then its rows on the other ``cfg.runtimes`` (untimed yet)."""
+    measured = []
+    for i, art in enumerate(cands):
+        ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
+        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref))
+    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx)  # <candidate>@openvino rows
+
+
 def run(
     models: list[ModelArtifact],
     data: Dataset,
@@ -188,14 +201,12 @@ def run(
     if cfg.rounds < 1:
         raise ValueError(f"benchmark.rounds must be >= 1, got {cfg.rounds}")
     ctx.seed_everything()
+    cands = runtimes.with_runtimes(cands, data, cfg, ctx.trusted_targets)  # exported once for every runtime
     teacher_art = next((m for m in cands if m.kind == "teacher"), None)
     ref = None
     if data.task == TaskKind.embedding and teacher_art is not None:
         ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
-    measured = []
-    for i, art in enumerate(cands):
-        ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref))
+    measured = _measure_rows(cands, data, cfg, ctx, ref)
     if cfg.torch_reference and teacher_art is not None:
         measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref))
     measure.time_rows(measured, cfg, ctx)

@@ -41,6 +41,7 @@ from tasks.models.build import load_model, sample_shape
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
 from tasks.runtime.onnx import to_onnx
+from tasks.runtime.openvino import candidate_of, runtime_of
 
 COLUMNS = [
     ("name", "model"),
@@ -212,12 +213,17 @@ def _registered_model(
     bench: BenchmarkReport, selected: ModelArtifact | None, candidates: list[ModelArtifact], ctx: StepContext
 ) -> ModelArtifact | None:
     """The artifact of the benchmark's selected model (never a rejected one), or None."""
-    name = bench.targets.selected
+    name = candidate_of(bench.targets.selected) if bench.targets.selected else None  # a row may be <name>@openvino
     pool = ([selected] if selected is not None else []) + list(candidates)
     found = next((m for m in pool if m.name == name), None) if name else None
     if found is None and selected is not None:
         ctx.note(f"'{selected.name}' is not the benchmark's selected model ({name}): nothing registered")
     return found
+
+
+def _runtime(bench: BenchmarkReport) -> str:
+    """The runtime the registered model was selected for (``onnxruntime`` or ``openvino``)."""
+    return runtime_of(bench.selected) if bench.selected is not None else "onnxruntime"
 
 
 def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
@@ -261,7 +267,7 @@ def run(
     if selected is not None:
         name = cfg.registry_name or f"{cfg.pipeline}-{bench.dataset}"
         models, registered = (
-            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias)],
+            [Registration(name, _onnx_bytes(selected, ctx.trusted_targets), cfg.alias, runtime=_runtime(bench))],
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)
