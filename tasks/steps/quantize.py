@@ -90,9 +90,9 @@ class QuantizeConfig:
     op_types: list[str] = field(default_factory=list)  # ORT op types to quantize ([] = all it supports)
     embedding_bits: int = 8  # 4: embedding tables (Gather on a weight) as 4-bit blocks (see module doc)
     embedding_block_size: int = 16  # values per 4-bit block (a power of 2, >= 16)
-    int4_block_size: int = 32  # int4_weight: values per 4-bit block along K (a power of 2 >= 16)
+    int4_block_size: int = 16  # int4_weight: values per 4-bit block along K (a power of 2 >= 16)
     int4_accuracy_level: int = 4  # int4_weight: MatMulNBits compute type (0 unset, 1 fp32, 4 int8)
-    int4_symmetric: bool = True  # int4_weight: no zero points (tasks/compression/int4.py)
+    int4_symmetric: bool = False  # int4_weight: True = no zero points (tasks/compression/int4.py)
     threads: int = 1  # ORT intra-op threads for the quality evaluation
     eval_batch_size: int = 1024
     gate: GateConfig = field(default_factory=GateConfig)  # parity of the ORT model with its reference
