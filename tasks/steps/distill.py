@@ -141,6 +141,16 @@ def _hint_setup(student: nn.Module, x: torch.Tensor, feats: torch.Tensor, cfg: D
     return store, make_regressor(store[cfg.hint_layer], feats[:2])
 
 
+def _student_arch(cfg: DistillConfig, data: Dataset, teacher: ModelArtifact | None) -> tuple[dict, dict | None]:
+    """(arch, initial weights or None) of a classification student: ``cfg.student``, or with
+    ``init_layers`` the teacher's layers ``init_layers`` (a transformer classifier, head included)."""
+    if not cfg.init_layers:
+        return complete_arch(cfg.student, data.input_shape, data.num_classes), None
+    if teacher is None:
+        raise ValueError("distill.init_layers: needs the teacher model (inputs: {teacher: <step>})")
+    return layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
+
+
 def run(
     data: Dataset,
     logits: Logits | None = None,
@@ -166,11 +176,13 @@ def run(
         return train_multitask(data, rows, "+".join(t.teacher for t in teachers), cfg, ctx)
     ensemble = average_logits([logits] + list(extra_logits or []))
     x, labels, t_logits = training_rows(data, ensemble, use_pool(data, cfg.use_transfer, ctx))
-    arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
+    arch, init = _student_arch(cfg, data, teacher)
     if cfg.method == DistillMethod.mutual:
         return train_mutual(data, x, labels, t_logits, arch, ensemble.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
     student = build_model(arch, ctx.trusted_targets)
+    if init is not None:  # a shallower copy of a transformer teacher (init_layers)
+        student.load_state_dict(init, strict=True)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
     extra: list[nn.Parameter] = []
     hint = None
