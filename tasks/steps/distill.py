@@ -44,7 +44,7 @@ from tasks.core.types import Dataset, Logits, ModelArtifact
 from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.models.hooks import capture
 from tasks.models.transformer import layer_student
-from tasks.training.embedding import embed, fit_embedding
+from tasks.training.embedding import embed, fit_embedding, trim_padding
 from tasks.training.loop import OptimConfig, fit
 from tasks.training.losses import kd_loss
 from tasks.training.multitask import MultitaskConfig, train_multitask
@@ -204,7 +204,15 @@ def run(
         return loss
 
     best = fit(
-        student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val), extra_params=extra
+        student,
+        x,
+        targets,
+        loss_fn=loss_fn,
+        cfg=cfg.optim,
+        ctx=ctx,
+        val=(data.x_val, data.y_val),
+        extra_params=extra,
+        inputs=trim_padding,  # token rows cut to their longest real row (any other input as is)
     )
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})

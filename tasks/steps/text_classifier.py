@@ -12,6 +12,7 @@ from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import count_params, make_artifact
 from tasks.models.text_classifier import TextClassifier, classifier_arch
 from tasks.models.transformer import load_pretrained
+from tasks.training.embedding import trim_padding
 from tasks.training.loop import OptimConfig, fit
 from tasks.training.losses import ce_loss
 
@@ -46,7 +47,8 @@ def run(data: Dataset, *, cfg: TextClassifierConfig, ctx: StepContext) -> ModelA
         raise ValueError(f"text_classifier: pretrained weights lack {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False)
     val = (data.x_val, data.y_val)
-    best = fit(model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx, val=val)
+    x, y = data.x_train, (data.y_train,)
+    best = fit(model, x, y, loss_fn=ce_loss, cfg=cfg.optim, ctx=ctx, val=val, inputs=trim_padding)  # no padding
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(model))}
     ctx.log_metrics({"params": metrics["params"]})
     return make_artifact(model, arch, name=ctx.step, kind=cfg.kind, metrics=metrics)
