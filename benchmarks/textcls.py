@@ -44,6 +44,7 @@ def variant(row: dict, n_test: int) -> dict:
     out.update(size_bytes=row.get("size_bytes"), test_acc=row.get("test_acc"), val_acc=row.get("val_acc"))
     out["test_acc_ci95"] = wilson(row.get("test_acc"), n_test)
     out.update({k: speed.get(k) for k in SPEED})
+    out.update({k: v for k, v in speed.items() if k not in out})  # another throughput batch (the tiny size: 8)
     out.update(selected=row.get("selected"), rejected=row.get("rejected"))
     if row.get("rejected"):
         out["rejected_reason"] = row.get("rejected_reason")
