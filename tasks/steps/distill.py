@@ -32,6 +32,7 @@ weights: a shallower copy of the teacher whose layer ``i`` starts as teacher lay
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -151,6 +152,14 @@ def _student_arch(cfg: DistillConfig, data: Dataset, teacher: ModelArtifact | No
     return layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
 
 
+def _build_student(arch: dict, init: dict | None, ctx: StepContext) -> nn.Module:
+    """The student's module, loaded with ``init`` when it is a copy of teacher layers (``init_layers``)."""
+    student = build_model(arch, ctx.trusted_targets)
+    if init is not None:
+        student.load_state_dict(init, strict=True)
+    return student
+
+
 def run(
     data: Dataset,
     logits: Logits | None = None,
@@ -180,9 +189,7 @@ def run(
     if cfg.method == DistillMethod.mutual:
         return train_mutual(data, x, labels, t_logits, arch, ensemble.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
-    student = build_model(arch, ctx.trusted_targets)
-    if init is not None:  # a shallower copy of a transformer teacher (init_layers)
-        student.load_state_dict(init, strict=True)
+    student = _build_student(arch, init, ctx)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
     extra: list[nn.Parameter] = []
     hint = None
@@ -203,17 +210,8 @@ def run(
             loss = loss + cfg.beta * F.mse_loss(hint[1](hint[0][cfg.hint_layer]), feat[0])
         return loss
 
-    best = fit(
-        student,
-        x,
-        targets,
-        loss_fn=loss_fn,
-        cfg=cfg.optim,
-        ctx=ctx,
-        val=(data.x_val, data.y_val),
-        extra_params=extra,
-        inputs=trim_padding,  # token rows cut to their longest real row (any other input as is)
-    )
+    train = partial(fit, extra_params=extra, inputs=trim_padding)  # token rows cut to their longest real row
+    best = train(student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val))
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
     return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=ensemble.teacher, metrics=metrics)

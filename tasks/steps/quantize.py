@@ -120,7 +120,8 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
     if cfg.embedding_bits not in (4, 8):
         raise ValueError(f"quantize.embedding_bits: {cfg.embedding_bits} (4 or 8)")
     if cfg.embedding_bits == 4 and cfg.method not in ("dynamic_int8", "static_int8", "int4_weight"):
-        raise ValueError(f"quantize.embedding_bits: 4 is for dynamic_int8, static_int8, int4_weight, not {cfg.method}")
+        method = cfg.method
+        raise ValueError(f"quantize.embedding_bits: 4 is for dynamic_int8 and static_int8 (+int4_weight), not {method}")
     check_int4(cfg.int4_block_size, cfg.int4_accuracy_level)
     bs = cfg.embedding_block_size
     if bs < 16 or bs & (bs - 1):
