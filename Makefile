@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-scale figures lock ui clean
+.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-textcls bench-scale figures lock ui clean
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ lock: install-nlp  ## refresh constraints.txt from the installed environment (af
 
 bench-minilm: install-nlp  ## experiment=minilm end to end, one JSON object of figures (~10-15 min on 2 cores)
 	$(PY) benchmarks/minilm.py
+
+bench-textcls: install-nlp  ## experiment=textcls end to end (a fine-tuned classifier compressed), one JSON object
+	$(PY) benchmarks/textcls.py
 
 bench-scale: install  ## parallel inference and the Serve load test into docs/figures.json (about 8 minutes)
 	$(PY) benchmarks/figures.py run parallel_inference serve_load

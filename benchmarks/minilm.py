@@ -8,6 +8,8 @@ and whether it was selected or rejected by the parity gate; then the selected mo
 against torch FP32 and the machine.
 
     .venv/bin/python benchmarks/minilm.py [overrides...]     # needs: pip install -e '.[nlp]'
+    .venv/bin/python benchmarks/minilm.py pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]
+    .venv/bin/python benchmarks/minilm.py experiment=minilm_large   # students on the package-docstring corpus
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ FIELDS = ("size_bytes", "cos_mean", "cos_min", "top1_agree", "selected", "reject
 def variant(row: dict) -> dict:
     """One variant of the printed JSON from a ``benchmark.json`` row."""
     speed = row.get("speed", {})
-    out = {"name": row["name"], "kind": row["kind"], "runtime": row.get("runtime")}
+    out = {"name": row["name"], "kind": row["kind"], "runtime": (row.get("runtime") or "onnxruntime").split()[0]}
     out.update({k: row.get(k) for k in FIELDS})
     for key in ("latency_ms_b1_t1", "latency_ms_b1_t2", "throughput_b32_t1", "throughput_b32_t2"):
         out[key] = speed.get(key)
@@ -51,7 +53,8 @@ def ratios(sel: dict | None, ref: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="slimray overrides after experiment=minilm")
-    overrides = ["experiment=minilm", *ap.parse_args().overrides]
+    given = ap.parse_args().overrides
+    overrides = given if any(o.startswith("experiment=") for o in given) else ["experiment=minilm", *given]
     wall, bench = run_fresh(overrides, prefix="slimray-minilm-")
     variants = [variant(r) for r in bench["candidates"]]
     ref = next(v for v in variants if v["name"] == "torch_fp32")
@@ -60,13 +63,13 @@ def main() -> None:
         json.dumps(
             {
                 "reference": "torch_fp32",
+                "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
                 "variants": variants,
                 "selected": sel["name"] if sel else None,
                 "selected_vs_reference": ratios(sel, ref),
                 "notes": bench.get("notes", []),
                 "overrides": overrides,
                 "wall_s": round(wall, 1),
-                "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
             }
         )
     )

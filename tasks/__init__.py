@@ -27,6 +27,8 @@ from tasks.steps import (
     quantize,
     relabel,
     report,
+    text_classifier,
+    text_corpus,
     text_data,
     train,
 )
@@ -48,6 +50,8 @@ TASKS: dict[str, Callable[..., Any]] = {
     "multitask_report": multitask_report.run,
     "text_data": text_data.run,
     "pretrained": pretrained.run,
+    "text_corpus": text_corpus.run,
+    "text_classifier": text_classifier.run,
 }
 
 EXTRA_TASKS_ENV = "SLIMRAY_TASKS"

@@ -140,7 +140,9 @@ class RunRecorder:
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
         for reg in pub.models:
-            self.registered.append(self._register(reg.name, reg.onnx, reg.alias, source, reg.source, reg.files))
+            self.registered.append(
+                self._register(reg.name, reg.onnx, reg.alias, source, reg.source, reg.files, reg.runtime)
+            )
         self._describe(pub, source)
         if pub.console:
             self.console.append(pub.console)
@@ -153,6 +155,7 @@ class RunRecorder:
         source: str | None,
         model: str = "",
         files: dict[str, bytes] | None = None,
+        runtime: str = "",
     ) -> str:
         """Register the model under ``name@alias`` as a version whose run is the parent run (the
         parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
@@ -185,6 +188,8 @@ class RunRecorder:
             if source:
                 self.client.set_tag(source, tag, info.model_id)
         self.client.set_registered_model_alias(name, alias, version)
+        if runtime:  # the runtime the benchmark selected it for
+            self.client.set_model_version_tag(name, version, "slimray.runtime", runtime)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
         return f"{name}@{alias} v{version}"
 

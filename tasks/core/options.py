@@ -79,6 +79,7 @@ class QuantMethod(StrEnum):
     dynamic_int8 = "dynamic_int8"
     static_int8 = "static_int8"
     qat = "qat"
+    int4_weight = "int4_weight"
 
 
 class ReduceRange(StrEnum):

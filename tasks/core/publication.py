@@ -14,6 +14,7 @@ class Registration:
     alias: str = "candidate"
     source: str = ""  # the registered model's own name (a benchmark row, a ModelCard): what the version is
     files: dict[str, bytes] = field(default_factory=dict)  # stored with the version (tasks.serving.model)
+    runtime: str = "onnxruntime"  # the runtime it was selected for (model version tag slimray.runtime)
 
 
 @dataclass

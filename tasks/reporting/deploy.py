@@ -10,6 +10,7 @@ nothing says so in one line and tags its run, so ``slimray serve`` can name that
 from __future__ import annotations
 
 from tasks.core.types import BenchmarkReport, ModelArtifact
+from tasks.runtime.openvino import candidate_of
 
 REGISTRY_TAG = "slimray.registry_name"  # the parent run's registered model name (set even when none)
 NOT_REGISTERED_TAG = "slimray.not_registered"  # why nothing was registered (one line)
@@ -28,6 +29,7 @@ def pick(
     name = bench.targets.selected
     if name is None:
         return None, "the benchmark selected no model (every candidate rejected or none deployable): nothing registered"
+    name = candidate_of(name)  # a row of another runtime: <candidate>@openvino
     pool = ([selected] if selected is not None else []) + list(candidates)
     found = next((m for m in pool if m.name == name), None)
     if found is None:

@@ -56,6 +56,7 @@ from tasks.evaluation.evidence import Evidence, interval_metrics, with_interval
 from tasks.evaluation.selection import check_confidence, flag_no_speedup, mark_selected, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
+from tasks.runtime import openvino as runtimes
 from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_session
 
@@ -83,6 +84,7 @@ class BenchmarkConfig:
     max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
     confidence: float = 0.0  # choose: 0.95 = quality floors must hold at the interval's bound (0 = point rule)
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])  # + openvino: tasks/runtime/openvino.py
 
     def __post_init__(self) -> None:
         check_confidence(self.confidence, "benchmark.confidence")
@@ -204,6 +206,18 @@ def _markdown(report: BenchmarkReport) -> str:
     return title + "\n\n" + "\n".join(lines) + "\n"
 
 
+def _measure_rows(
+    cands: list[ModelArtifact], data: Dataset, cfg: BenchmarkConfig, ctx: StepContext, ref: dict | None
+) -> tuple[list[tuple[BenchmarkRow, NewTimer | None]], Evidence]:
+    """Every candidate's row on ONNX Runtime, then its rows on the other ``cfg.runtimes`` (untimed
+    yet), and the per-row outcomes behind the ONNX Runtime rows' intervals."""
+    measured, evid = [], Evidence()
+    for i, art in enumerate(cands):
+        ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
+        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid))
+    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx), evid  # <candidate>@openvino
+
+
 def run(
     models: list[ModelArtifact],
     data: Dataset,
@@ -224,14 +238,12 @@ def run(
     if cfg.rounds < 1:
         raise ValueError(f"benchmark.rounds must be >= 1, got {cfg.rounds}")
     ctx.seed_everything()
+    cands = runtimes.with_runtimes(cands, data, cfg, ctx.trusted_targets)  # exported once for every runtime
     teacher_art = next((m for m in cands if m.kind == "teacher"), None)
     ref = None
     if data.task == TaskKind.embedding and teacher_art is not None:
         ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
-    measured, evid = [], Evidence()
-    for i, art in enumerate(cands):
-        ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid))
+    measured, evid = _measure_rows(cands, data, cfg, ctx, ref)
     if cfg.torch_reference and teacher_art is not None:
         measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref, evid))
     measure.time_rows(measured, cfg, ctx)

@@ -32,6 +32,7 @@ weights: a shallower copy of the teacher whose layer ``i`` starts as teacher lay
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,7 +45,7 @@ from tasks.core.types import Dataset, Logits, ModelArtifact
 from tasks.models.build import build_model, complete_arch, count_params, load_model, make_artifact
 from tasks.models.hooks import capture
 from tasks.models.transformer import layer_student
-from tasks.training.embedding import embed, fit_embedding
+from tasks.training.embedding import embed, fit_embedding, trim_padding
 from tasks.training.loop import OptimConfig, fit
 from tasks.training.losses import kd_loss
 from tasks.training.multitask import MultitaskConfig, train_multitask
@@ -141,6 +142,24 @@ def _hint_setup(student: nn.Module, x: torch.Tensor, feats: torch.Tensor, cfg: D
     return store, make_regressor(store[cfg.hint_layer], feats[:2])
 
 
+def _student_arch(cfg: DistillConfig, data: Dataset, teacher: ModelArtifact | None) -> tuple[dict, dict | None]:
+    """(arch, initial weights or None) of a classification student: ``cfg.student``, or with
+    ``init_layers`` the teacher's layers ``init_layers`` (a transformer classifier, head included)."""
+    if not cfg.init_layers:
+        return complete_arch(cfg.student, data.input_shape, data.num_classes), None
+    if teacher is None:
+        raise ValueError("distill.init_layers: needs the teacher model (inputs: {teacher: <step>})")
+    return layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
+
+
+def _build_student(arch: dict, init: dict | None, ctx: StepContext) -> nn.Module:
+    """The student's module, loaded with ``init`` when it is a copy of teacher layers (``init_layers``)."""
+    student = build_model(arch, ctx.trusted_targets)
+    if init is not None:
+        student.load_state_dict(init, strict=True)
+    return student
+
+
 def run(
     data: Dataset,
     logits: Logits | None = None,
@@ -166,11 +185,11 @@ def run(
         return train_multitask(data, rows, "+".join(t.teacher for t in teachers), cfg, ctx)
     ensemble = average_logits([logits] + list(extra_logits or []))
     x, labels, t_logits = training_rows(data, ensemble, use_pool(data, cfg.use_transfer, ctx))
-    arch = complete_arch(cfg.student, data.input_shape, data.num_classes)
+    arch, init = _student_arch(cfg, data, teacher)
     if cfg.method == DistillMethod.mutual:
         return train_mutual(data, x, labels, t_logits, arch, ensemble.teacher, cfg, ctx)
     ctx.seed_everything()  # seeded init: a scratch student with the same seed starts from the same weights
-    student = build_model(arch, ctx.trusted_targets)
+    student = _build_student(arch, init, ctx)
     targets: tuple[torch.Tensor, ...] = (labels, t_logits)
     extra: list[nn.Parameter] = []
     hint = None
@@ -191,9 +210,8 @@ def run(
             loss = loss + cfg.beta * F.mse_loss(hint[1](hint[0][cfg.hint_layer]), feat[0])
         return loss
 
-    best = fit(
-        student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val), extra_params=extra
-    )
+    train = partial(fit, extra_params=extra, inputs=trim_padding)  # token rows cut to their longest real row
+    best = train(student, x, targets, loss_fn=loss_fn, cfg=cfg.optim, ctx=ctx, val=(data.x_val, data.y_val))
     metrics = {"val_acc": best["val_acc"], "params": float(count_params(student)), "rows": float(len(x))}
     ctx.log_metrics({"params": metrics["params"], "rows": metrics["rows"]})
     return make_artifact(student, arch, name=ctx.step, kind=cfg.kind, parent=ensemble.teacher, metrics=metrics)

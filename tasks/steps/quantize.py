@@ -15,6 +15,9 @@ Methods (``cfg.method``):
   weights, activations quantized on the fly. Measured slower than FP32 for a small Conv1d net.
 * ``static_int8`` - ``quantize_static`` in QDQ format, activations calibrated on
   ``calib_batches`` training batches (after ``quant_pre_process``). The fast CPU path.
+* ``int4_weight`` - weight-only INT4 of every Linear weight (ORT ``MatMulNBits``, blocks of
+  ``int4_block_size`` along K, ``int4_accuracy_level``; ``tasks/compression/int4.py``); activations
+  stay FP32. Judged by the same parity gate as INT8.
 * ``qat`` - fine-tune (the shared loop ``fit``) with fake-quantized weights (per-channel,
   ``bits``; straight-through estimator, Bengio et al. 2013 / Jacob et al. 2018:
   ``tasks/compression/qat.py``) and optionally fake-quantized ReLU outputs, then bake the
@@ -56,6 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from tasks.compression.int4 import check_int4, int4_weights
 from tasks.compression.ort_int8 import ort_quantize, use_reduce_range
 from tasks.compression.qat import fake_quantized
 from tasks.compression.quantizers import simulate_kbit
@@ -70,7 +74,7 @@ from tasks.training.losses import ce_loss
 
 MEASURES = True  # INT8 accuracy and parity depend on the CPU's kernels: the cache key holds the hardware
 
-METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat")
+METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat", "int4_weight")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 
@@ -89,6 +93,9 @@ class QuantizeConfig:
     embedding_bits: int = 8  # 4: embedding tables (Gather on a weight) as 4-bit blocks (see module doc)
     embedding_block_size: int = 16  # values per 4-bit block (a power of 2, >= 16)
     reduce_range: ReduceRange = ReduceRange.auto  # ORT weights on 7 bits; auto: x86 without VNNI/AMX (ort_int8)
+    int4_block_size: int = 16  # int4_weight: values per 4-bit block along K (a power of 2 >= 16)
+    int4_accuracy_level: int = 4  # int4_weight: MatMulNBits compute type (0 unset, 1 fp32, 4 int8)
+    int4_symmetric: bool = False  # int4_weight: True = no zero points (tasks/compression/int4.py)
     threads: int = 1  # ORT intra-op threads for the quality evaluation
     eval_batch_size: int = 1024
     gate: GateConfig = field(default_factory=GateConfig)  # parity of the ORT model with its reference
@@ -115,8 +122,10 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
         )
     if cfg.embedding_bits not in (4, 8):
         raise ValueError(f"quantize.embedding_bits: {cfg.embedding_bits} (4 or 8)")
-    if cfg.embedding_bits == 4 and cfg.method not in ("dynamic_int8", "static_int8"):
-        raise ValueError(f"quantize.embedding_bits: 4 is for dynamic_int8 and static_int8, not {cfg.method}")
+    if cfg.embedding_bits == 4 and cfg.method not in ("dynamic_int8", "static_int8", "int4_weight"):
+        method = cfg.method
+        raise ValueError(f"quantize.embedding_bits: 4 is for dynamic_int8 and static_int8 (+int4_weight), not {method}")
+    check_int4(cfg.int4_block_size, cfg.int4_accuracy_level)
     bs = cfg.embedding_block_size
     if bs < 16 or bs & (bs - 1):
         raise ValueError(f"quantize.embedding_block_size: {bs} is not a power of 2 >= 16")
@@ -149,6 +158,14 @@ def _gate(data: Dataset, out: Tensor, ref: Tensor, cfg: QuantizeConfig, ctx: Ste
     return {**{f"parity_{k}": v for k, v in stats.items()}, "rejected": float(bool(failed))}
 
 
+def _deploy(fp32: bytes, calib: Tensor, cfg: QuantizeConfig, seed: int) -> bytes:
+    """The deployed ONNX: weight-only INT4 (``tasks/compression/int4.py``) or ORT INT8."""
+    if cfg.method == "int4_weight":
+        block, level = cfg.int4_block_size, cfg.int4_accuracy_level
+        return int4_weights(fp32, block, level, cfg.int4_symmetric, cfg.embedding_bits)
+    return ort_quantize(fp32, calib, cfg, seed, static=cfg.method != "dynamic_int8")
+
+
 def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepContext) -> ModelArtifact:
     """Quantize ``model`` with ``cfg.method``; returns a ``quantized`` artifact whose parent is ``model``."""
     _validate(model, data, cfg)
@@ -168,7 +185,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: QuantizeConfig, ctx: StepCo
         reference = fp32_out if cfg.method != "qat" else predict(net, data.x_val, cfg.eval_batch_size)
         fp32 = model.onnx if (model.onnx is not None and cfg.method != "qat") else data_onnx(net, data)
         calib = data.x_calib if data.x_calib is not None and len(data.x_calib) else data.x_train
-        onnx_bytes = ort_quantize(fp32, calib, cfg, ctx.seed, static=cfg.method != "dynamic_int8")
+        onnx_bytes = _deploy(fp32, calib, cfg, ctx.seed)
         out = torch.from_numpy(ort_predict(ort_session(onnx_bytes, cfg.threads), data.x_val, cfg.eval_batch_size))
         metrics.update(
             _quality(data, out, fp32_out), size_bytes=float(len(onnx_bytes)), fp32_size_bytes=float(len(fp32))

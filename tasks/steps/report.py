@@ -44,6 +44,7 @@ from tasks.reporting.cards import model_cards
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, quality_key
 from tasks.runtime.onnx import to_onnx
+from tasks.runtime.openvino import runtime_of
 from tasks.serving.model import serving_files
 
 COLUMNS = [
@@ -227,6 +228,11 @@ def _registered_model(
     return found, line
 
 
+def _runtime(bench: BenchmarkReport) -> str:
+    """The runtime the registered model was selected for (``onnxruntime`` or ``openvino``)."""
+    return runtime_of(bench.selected) if bench.selected is not None else "onnxruntime"
+
+
 def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
     """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
     teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
@@ -270,7 +276,7 @@ def run(
         onnx = _onnx_bytes(selected, ctx.trusted_targets)
         beside = serving_files(onnx, bench.task, cfg.tokenizer, cfg.max_length)
         models, registered = (
-            [Registration(name, onnx, cfg.alias, source=selected.name, files=beside)],
+            [Registration(name, onnx, cfg.alias, source=selected.name, files=beside, runtime=_runtime(bench))],
             f"{name}@{cfg.alias}",
         )
     headline = headline_metrics(bench)

@@ -1,16 +1,18 @@
-"""The ``text_data`` step: a sentence set built offline from the docstrings of Python's standard library,
-split and tokenized into an ``embedding`` ``Dataset`` (needs the nlp extra)."""
+"""The ``text_data`` step: a sentence set built offline from the docstrings of Python's standard library
+(or, with ``packages``, of installed packages, split by source file: ``tasks.datasets.corpus``), split
+and tokenized into an ``embedding`` ``Dataset`` (needs the nlp extra)."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import Dataset
+from tasks.datasets.corpus import sentence_splits
 from tasks.datasets.text import stdlib_sentences, tokenize
 from tasks.models.transformer import TEXT_INPUTS, tokenizer
 
@@ -26,6 +28,9 @@ class TextDataConfig:
     min_words: int = 6
     max_words: int = 40
     max_files: int = 0  # stdlib files read (sorted); 0 = all
+    # [] = the stdlib's docstrings (above); else these installed packages' docstrings and comments,
+    # split by source file (tasks.datasets.corpus; conf/task/text_data/packages.yaml: 60 packages)
+    packages: list[str] = field(default_factory=list)
 
 
 def _validate(cfg: TextDataConfig) -> None:
@@ -39,6 +44,8 @@ def _validate(cfg: TextDataConfig) -> None:
 def run(*, cfg: TextDataConfig, ctx: StepContext) -> Dataset:
     """Build, split and tokenize the stdlib sentence set (an ``embedding`` ``Dataset``)."""
     _validate(cfg)
+    if cfg.packages:
+        return _from_packages(cfg, ctx)
     corpus = stdlib_sentences(cfg)
     held = cfg.n_calib + cfg.n_val + cfg.n_eval
     if len(corpus) <= held:
@@ -46,16 +53,33 @@ def run(*, cfg: TextDataConfig, ctx: StepContext) -> Dataset:
     random.Random(ctx.seed).shuffle(corpus)
     calib, val = corpus[: cfg.n_calib], corpus[cfg.n_calib : cfg.n_calib + cfg.n_val]
     test, train = corpus[cfg.n_calib + cfg.n_val : held], corpus[held : held + cfg.max_train]
-    tok = tokenizer(cfg.tokenizer)
-    x = {name: tokenize(tok, texts, cfg.seq_len) for name, texts in (("calib", calib), ("val", val), ("test", test))}
-    x_train = tokenize(tok, train, cfg.seq_len)
-    no_label = lambda t: torch.full((len(t),), -1, dtype=torch.long)  # noqa: E731
     counts = {"sentences": len(corpus), "train": len(train), "val": len(val), "eval": len(test), "calib": len(calib)}
     ctx.log_metrics({f"{k}_rows": float(v) for k, v in counts.items()})
+    texts = {"train": train, "val": val, "test": test, "calib": calib}
+    return _dataset("stdlib-docstrings", tokenizer(cfg.tokenizer), texts, cfg, ctx)
+
+
+def _from_packages(cfg: TextDataConfig, ctx: StepContext) -> Dataset:
+    """The sentences of ``cfg.packages`` split by source file (no file in two sets), capped per set."""
+    splits = sentence_splits(list(cfg.packages), ctx.seed, cfg.min_words, cfg.max_words)
+    caps = {"train": cfg.max_train, "val": cfg.n_val, "test": cfg.n_eval, "calib": cfg.n_calib}
+    texts = {name: splits[name][: caps[name]] for name in caps}
+    short = [f"{n} {len(texts[n])}/{caps[n]}" for n in ("val", "test", "calib") if len(texts[n]) < caps[n]]
+    if short:
+        ctx.note(f"text_data: fewer held-out sentences than asked ({', '.join(short)})")
+    ctx.log_metrics({f"{k}_rows": float(len(v)) for k, v in texts.items()})
+    return _dataset("package-docstrings", tokenizer(cfg.tokenizer), texts, cfg, ctx)
+
+
+def _dataset(name: str, tok, texts: dict[str, list[str]], cfg: TextDataConfig, ctx: StepContext) -> Dataset:
+    """The tokenized sets as an ``embedding`` ``Dataset`` (no labels: ``y = -1``)."""
+    x = {k: tokenize(tok, v, cfg.seq_len) for k, v in texts.items()}
+    x_train = x["train"]
     truncated = float((x_train[:, 1].sum(1) >= cfg.seq_len).float().mean()) if len(x_train) else 0.0
     ctx.log_metrics({"truncated_fraction": truncated})
+    no_label = lambda t: torch.full((len(t),), -1, dtype=torch.long)  # noqa: E731
     return Dataset(
-        name="stdlib-docstrings",
+        name=name,
         x_train=x_train,
         y_train=no_label(x_train),
         x_val=x["val"],
