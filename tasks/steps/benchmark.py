@@ -58,6 +58,7 @@ from tasks.models.build import count_nonzero, count_params, flops_one_sample, lo
 from tasks.runtime import measure
 from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_session
+from tasks.serving.load import SERVE_FIELDS, ServingLoad, check_objective, serve_rows
 
 MEASURES = True  # timings: the cache key holds the hardware (tasks.runtime.hardware)
 
@@ -83,9 +84,12 @@ class BenchmarkConfig:
     max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
     confidence: float = 0.0  # choose: 0.95 = quality floors must hold at the interval's bound (0 = point rule)
+    objective: str = "throughput_b256"  # choose: what it maximises/minimises (selection.OBJECTIVES)
+    serving: ServingLoad = field(default_factory=ServingLoad)  # served figures (concurrency 0 = off)
 
     def __post_init__(self) -> None:
         check_confidence(self.confidence, "benchmark.confidence")
+        check_objective(self.objective, self.serving)
 
 
 def measure_row(
@@ -95,6 +99,7 @@ def measure_row(
     trusted: tuple[str, ...] = (),
     ref: dict | None = None,
     evid: Evidence | None = None,
+    blobs: dict[str, bytes] | None = None,
 ) -> tuple[BenchmarkRow, NewTimer | None]:
     """One candidate's row without its speed - quality (ORT), size, params, FLOPs - and a maker of
     its timer (None for a simulated model, whose speed is never claimed)."""
@@ -103,6 +108,8 @@ def measure_row(
     except Exception as e:  # noqa: BLE001 - a broken artifact is bad input, name it
         raise ValueError(f"benchmark: candidate '{art.name}' cannot be rebuilt from arch/state_dict: {e}") from None
     onnx_bytes = art.onnx if art.onnx is not None else data_onnx(net, data)
+    if blobs is not None:  # what benchmark.serving deploys
+        blobs[art.name] = onnx_bytes
     simulated = bool(art.metrics.get("simulated"))
     classify = data.task == TaskKind.classification
     sess = ort_session(onnx_bytes, cfg.threads) if classify else None
@@ -228,14 +235,14 @@ def run(
     ref = None
     if data.task == TaskKind.embedding and teacher_art is not None:
         ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
-    measured, evid = [], Evidence()
+    measured, evid, blobs = [], Evidence(), dict[str, bytes]()
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid))
+        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid, blobs))
     if cfg.torch_reference and teacher_art is not None:
         measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref, evid))
     measure.time_rows(measured, cfg, ctx)
-    rows = [row for row, _ in measured]
+    rows, serve_notes = serve_rows(measured, blobs, data.x_test, cfg.threads, cfg.serving, ctx)
     sel, notes = mark_selected(rows, selected, cfg, data.task, evid)
     for note in notes:
         ctx.note(note)
@@ -248,14 +255,14 @@ def run(
         candidates=rows,
         targets=targets(rows, reference, sel, cfg, evid),
         task=str(data.task),
-        notes=notes,
+        notes=notes + serve_notes,
     )
     for r in rows:
         ctx.log_metrics(
             {
                 metric_key(r.name, k): float(getattr(r, k))
                 for k in ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
-                + ("cos_mean", "cos_min", "top1_agree")
+                + ("cos_mean", "cos_min", "top1_agree", *SERVE_FIELDS)
                 if getattr(r, k) is not None
             }
             | {metric_key(r.name, k): v for k, v in r.speed.items()}

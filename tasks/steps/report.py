@@ -46,6 +46,8 @@ from tasks.reporting.plots import KINDS, MAX_LABELS, pareto_figure, png_bytes, q
 from tasks.runtime.onnx import to_onnx
 from tasks.serving.model import serving_files
 
+# benchmark.serving on: the served figures beside the model-only ones
+SERVED_COLUMNS = [("serve_p50_ms", "served p50 ms"), ("serve_p99_ms", "served p99 ms"), ("serve_rps", "served req/s")]
 COLUMNS = [
     ("name", "model"),
     ("kind", "kind"),
@@ -64,9 +66,10 @@ HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "late
 
 
 def columns(bench: BenchmarkReport) -> list[tuple[str, str]]:
+    served = SERVED_COLUMNS if any(r.serve_rps is not None for r in bench.candidates) else []
     if bench.task != "embedding":
-        return COLUMNS
-    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:]
+        return COLUMNS + served
+    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:] + served
 
 
 @dataclass
