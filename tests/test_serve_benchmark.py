@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config.compose import load_config
 from pipelines.run import session
-from tasks.core.types import BenchmarkRow
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Targets
 from tasks.models.zoo import MLP
 from tasks.runtime.onnx import to_onnx
 from tasks.serving.load import ServingLoad, fire, ranking_note, served_figures
@@ -108,3 +108,26 @@ def test_ranking_note_says_when_served_figures_order_candidates_differently():
     assert ranking_note([a, b]) == ""
     only_latency = ranking_note([a, _row("c", 100.0, 1.0, 1.0, 1.0)])  # c: slower model, lower served p99
     assert only_latency.endswith(": latency_ms_p50_b1 a, c vs serve_p99_ms c, a")
+
+
+def test_choose_takes_the_lowest_served_p99_and_a_served_objective_needs_the_measurement():
+    from tasks.evaluation.selection import choose
+    from tasks.steps.benchmark import BenchmarkConfig
+    from tasks.steps.report import columns
+
+    fast_model, fast_served = _row("a", 9000.0, 0.1, 200.0, 30.0), _row("b", 3000.0, 0.3, 250.0, 20.0)
+    on = ServingLoad(concurrency=2)
+    rule = BenchmarkConfig(choose=True, speed_tie=0.0, objective="serve_p99_ms", serving=on)
+    assert choose([fast_model, fast_served], rule, "classification")[0] is fast_served
+    assert choose([fast_model, fast_served], BenchmarkConfig(choose=True), "classification")[0] is fast_model
+    tied = BenchmarkConfig(choose=True, speed_tie=0.6, objective="serve_p99_ms", serving=on)
+    fast_model.size_bytes = 50  # within 60% of the best served p99: the smaller one wins
+    assert choose([fast_model, fast_served], tied, "classification")[0] is fast_model
+    with pytest.raises(ValueError, match="benchmark.objective: 'serve_p99_ms' needs benchmark.serving.concurrency"):
+        BenchmarkConfig(objective="serve_p99_ms")
+    with pytest.raises(ValueError, match="benchmark.objective: 'speed' is not one of"):
+        BenchmarkConfig(objective="speed")
+    bench = BenchmarkReport("d", 1, "ort", [fast_model], Targets(None, None, None), task="classification")
+    assert [k for k, _ in columns(bench)[-3:]] == ["serve_p50_ms", "serve_p99_ms", "serve_rps"]  # beside the model's
+    fast_model.serve_rps = None
+    assert "serve_rps" not in dict(columns(bench))
