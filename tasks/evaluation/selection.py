@@ -12,7 +12,9 @@ over ``paired_vs_teacher``) must be at least ``-max_acc_drop``; embedding, the l
 val ``cos_mean`` interval must meet ``min_cos_mean``. ``mark_selected`` keeps a ``selected`` input
 unless it was rejected. ``targets`` states the project's goals (selected vs teacher, each INT8
 model vs its FP32 parent) with ``Comparison.between``; ``flag_no_speedup`` marks a candidate with
-far fewer FLOPs than the reference but little more throughput.
+far fewer FLOPs than the reference but little more throughput. ``objective`` (``OBJECTIVES``) makes
+``choose`` take the best row by another figure instead, e.g. the served p99 latency of
+``benchmark.serving``; rows within ``speed_tie`` of the best count as tied and the smallest wins.
 """
 
 from __future__ import annotations

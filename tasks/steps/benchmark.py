@@ -23,7 +23,10 @@ pick and the report says so. With ``choose`` and no ``selected`` input, benchmar
 rejected and meet the quality floors on the validation split; candidates whose throughput
 spread over the timing rounds overlaps the fastest one's count as equally fast, and the smallest
 of them is taken (``speed_tie``, 10%, only for a row without a spread). ``confidence: 0.95``
-makes the quality floors hold at the interval's bound instead of the point value.
+makes the quality floors hold at the interval's bound instead of the point value. ``objective``
+names another figure to pick on (``selection.OBJECTIVES``); with ``serving.concurrency`` every
+deployable candidate is also measured through Ray Serve over HTTP (``tasks.serving.load``:
+``serve_p50_ms``, ``serve_p99_ms``, ``serve_rps``), which ``objective`` may name.
 
 Every quality figure carries its 95% interval (``<field>_ci95``, ``tasks.evaluation.evidence``:
 Wilson over the rows for accuracies, bootstrap for mean cosines; MLflow gets ``_ci95_low`` /
