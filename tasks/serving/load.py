@@ -128,7 +128,9 @@ def served_figures(onnx_bytes: bytes, x, threads: int, load: ServingLoad) -> dic
     pinned = {"name": name, "version": "", "run_id": "", "requested": "benchmark.serving"}
     port, owned = _serve_port()
     deployment = ModelServer.options(  # type: ignore[attr-defined]
-        max_ongoing_requests=max(load.max_batch_size, load.concurrency) * 2, ray_actor_options={"num_cpus": 0}
+        max_ongoing_requests=max(load.max_batch_size, load.concurrency) * 2,
+        ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False, "log_level": "WARNING"},  # no line per request
     )
     try:
         app = deployment.bind(cfg, partial(model_from_bytes, onnx_bytes), pinned)
