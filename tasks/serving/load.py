@@ -7,8 +7,9 @@ threads (each a keep-alive HTTP connection), deletes the application and returns
 ``serve_p50_ms``/``serve_p99_ms`` (per-request latency percentiles) and ``serve_rps`` (requests
 per second of the whole load) at that concurrency, and ``serve_errors`` (non-200 answers).
 
-Serve is started on a free loopback port when none runs on the Ray cluster (and shut down after);
-when one runs, the application is added to it under its own route prefix and deleted after. The
+Serve is started on a free loopback port when none runs on the Ray cluster (``serve_running``: once
+for all candidates of a benchmark, shut down after); when one runs, each application is added to
+it under its own route prefix and deleted after. The
 replica asks for no CPU (``num_cpus=0``): the benchmark task that waits on it holds one already.
 """
 
@@ -19,7 +20,9 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -98,17 +101,23 @@ def fire(port: int, path: str, body: bytes, load: ServingLoad) -> dict[str, floa
     }
 
 
-def _serve_port() -> tuple[int, bool]:
-    """(the HTTP port of Serve on this cluster, whether it was started here)."""
+@contextmanager
+def serve_running() -> Iterator[int]:
+    """The HTTP port of Serve on this Ray cluster: the running one's, or a free loopback port it is
+    started on here (and shut down on exit)."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is not None:
-        return int(client.http_config.port), False
+        yield int(client.http_config.port)
+        return
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port, True
+    try:
+        yield port
+    finally:
+        serve.shutdown()
 
 
 def served_figures(onnx_bytes: bytes, x, threads: int, load: ServingLoad) -> dict[str, float]:
@@ -126,20 +135,18 @@ def served_figures(onnx_bytes: bytes, x, threads: int, load: ServingLoad) -> dic
     cfg |= {"request_timeout_s": 60.0, "auth_token": ""}
     name = f"slimray-bench-{uuid.uuid4().hex[:8]}"
     pinned = {"name": name, "version": "", "run_id": "", "requested": "benchmark.serving"}
-    port, owned = _serve_port()
     deployment = ModelServer.options(  # type: ignore[attr-defined]
         max_ongoing_requests=max(load.max_batch_size, load.concurrency) * 2,
         ray_actor_options={"num_cpus": 0},
         logging_config={"enable_access_log": False, "log_level": "WARNING"},  # no line per request
     )
-    try:
-        app = deployment.bind(cfg, partial(model_from_bytes, onnx_bytes), pinned)
-        serve.run(app, name=name, route_prefix=f"/{name}")
-        return fire(port, f"/{name}/predict", body, load)
-    finally:
-        serve.delete(name)
-        if owned:
-            serve.shutdown()
+    with serve_running() as port:
+        try:
+            app = deployment.bind(cfg, partial(model_from_bytes, onnx_bytes), pinned)
+            serve.run(app, name=name, route_prefix=f"/{name}")
+            return fire(port, f"/{name}/predict", body, load)
+        finally:
+            serve.delete(name)
 
 
 def check_objective(objective: str, load: ServingLoad) -> None:
@@ -180,13 +187,15 @@ def serve_rows(
         return rows, []
     notes = []
     todo = [r for r in rows if r.name in blobs and not (r.simulated or r.rejected)]
-    for i, row in enumerate(todo):
-        ctx.progress(f"serving {row.name} ({i + 1}/{len(todo)}) at concurrency {load.concurrency}")
-        figures = served_figures(blobs[row.name], x, threads, load)
-        for key in SERVE_FIELDS:
-            setattr(row, key, figures[key])
-        if figures["serve_errors"]:
-            notes.append(f"'{row.name}' served with {figures['serve_errors']:.0f} error(s) in {load.requests} requests")
+    with serve_running():  # one Serve for all candidates, each its own application in turn
+        for i, row in enumerate(todo):
+            ctx.progress(f"serving {row.name} ({i + 1}/{len(todo)}) at concurrency {load.concurrency}")
+            figures = served_figures(blobs[row.name], x, threads, load)
+            for key in SERVE_FIELDS:
+                setattr(row, key, figures[key])
+            if figures["serve_errors"]:
+                errors = f"{figures['serve_errors']:.0f} error(s) in {load.requests} requests"
+                notes.append(f"'{row.name}' served with {errors}")
     notes += [n for n in [ranking_note(rows)] if n]
     for note in notes:
         ctx.note(note)
