@@ -52,6 +52,10 @@ BAD = [
     ),
     (["+pipeline.search.objectives.speed=max"], "pipeline.search.objectives.speed: unknown objective"),
     (["pipeline.search.objectives.throughput=up"], "pipeline.search.objectives.throughput: Invalid value 'up'"),
+    (
+        ["+pipeline.search.objectives.serve_p99_ms=min"],
+        "pipeline.search.objectives.serve_p99_ms: needs pipeline.search.measure.serving.concurrency >= 1",
+    ),
     (["pipeline.search.num_samples=0"], "pipeline.search.num_samples: must be >= 1"),
     (["pipeline.search.algorithm=grid"], "pipeline.search.algorithm: Invalid value 'grid'"),
     (
@@ -71,6 +75,14 @@ def test_search_config_error_is_one_line_exit_2(overrides, expected, workdir, ca
     assert err.startswith("error: ") and "\n" not in err, err
     assert expected in err, err
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_served_objectives_with_served_measurement_validate():
+    """The search may optimise the deployed model's served p99 and rate (``benchmark.serving``)."""
+    over = ["pipeline=search", "+pipeline.search.objectives.serve_p99_ms=min"]
+    over += ["+pipeline.search.objectives.serve_rps=max"]
+    plan = search.plan_of(load_config([*over, "+pipeline.search.measure.serving={concurrency: 4, requests: 50}"]))
+    assert plan is not None and list(plan.cfg.objectives) == ["throughput", "serve_p99_ms", "serve_rps"]
 
 
 def test_default_search_plan_splits_prefix_chain_final():

@@ -36,7 +36,7 @@ def _register_text_model(uri: str) -> SentenceEncoder:
     run = client.create_run(exp)
     recorder = RunRecorder(client, Context(uri, exp, run.info.run_id, 0, ""), "node")
     files = serving_files(onnx_bytes, "embedding", PACKAGE, 64)
-    recorder.publish(Publication(models=[Registration("tiny-text", onnx_bytes, "candidate", files)]))
+    recorder.publish(Publication(models=[Registration("tiny-text", onnx_bytes, "candidate", files=files)]))
     return model
 
 

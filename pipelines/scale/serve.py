@@ -71,7 +71,10 @@ def check_model(model_uri: str, tracking_uri: str) -> None:
 def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
     """The Serve application (FastAPI ingress + ONNX Runtime model) for ``cfg``, every replica on the
     ``pinned`` version (default: ``cfg.model`` resolved now)."""
-    from pipelines.scale.serve_app import ModelServer
+    from functools import partial
+
+    from pipelines.scale.serve_app import load_model
+    from tasks.serving.deployment import ModelServer
 
     scaling = (
         {"autoscaling_config": {k: v for k, v in asdict(cfg.autoscaling).items() if k != "enabled"}}
@@ -83,7 +86,8 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
         **scaling,
     )
-    return deployment.bind(asdict(cfg), tracking_uri, pinned or resolve(cfg.model, tracking_uri))
+    pinned = pinned or resolve(cfg.model, tracking_uri)
+    return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri), pinned)
 
 
 class _Plain:

@@ -42,6 +42,8 @@ MEASURES = {
     "size_bytes": "size_bytes",
     "flops": "flops",
     "val_acc": "val_acc",
+    "serve_p99_ms": "serve_p99_ms",  # benchmark.serving on: through Ray Serve over HTTP (tasks.serving.load)
+    "serve_rps": "serve_rps",
 }
 
 
@@ -225,7 +227,9 @@ def plan(pipeline: dict) -> SearchPlan | None:
     dims = _check_dims(cfg, steps)
     prefix, chain, final = _split(cfg, steps)
     _check_numbers(cfg, prefix)
-    typed_params("benchmark", cfg.measure or {}, "pipeline.search.measure")
+    measure = typed_params("benchmark", cfg.measure or {}, "pipeline.search.measure")
+    for name in [n for n in cfg.objectives if n.startswith("serve_") and not measure.serving.concurrency]:
+        raise SpecError(f"pipeline.search.objectives.{name}", "needs pipeline.search.measure.serving.concurrency >= 1")
     data = (steps[cfg.deployed].get("inputs") or {}).get("data")
     if not isinstance(data, str) or data not in prefix:
         raise SpecError(

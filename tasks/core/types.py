@@ -151,6 +151,10 @@ class BenchmarkRow(RowStats):
     rejected_reason: str = ""  # the measured figures that failed
     node: str = ""  # where it was measured (tasks.runtime.hardware.node), and on what hardware (.describe)
     hardware: str = ""
+    # benchmark.serving: through Ray Serve over HTTP on loopback at its concurrency (tasks.serving.load)
+    serve_p50_ms: float | None = None
+    serve_p99_ms: float | None = None
+    serve_rps: float | None = None
 
 
 @dataclass

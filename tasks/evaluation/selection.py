@@ -12,7 +12,9 @@ over ``paired_vs_teacher``) must be at least ``-max_acc_drop``; embedding, the l
 val ``cos_mean`` interval must meet ``min_cos_mean``. ``mark_selected`` keeps a ``selected`` input
 unless it was rejected. ``targets`` states the project's goals (selected vs teacher, each INT8
 model vs its FP32 parent) with ``Comparison.between``; ``flag_no_speedup`` marks a candidate with
-far fewer FLOPs than the reference but little more throughput.
+far fewer FLOPs than the reference but little more throughput. ``objective`` (``OBJECTIVES``) makes
+``choose`` take the best row by another figure instead, e.g. the served p99 latency of
+``benchmark.serving``; rows within ``speed_tie`` of the best count as tied and the smallest wins.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkRow, Comparison, ModelArtifact, Targets
 from tasks.evaluation import evidence, stats
 
+# what ``choose`` maximises (or minimises) among the candidates that meet the quality floors
+OBJECTIVES = {"throughput_b256": "max", "latency_ms_p50_b1": "min", "serve_p99_ms": "min", "serve_rps": "max"}
 CONFIDENCE_LEVELS = (0.0, 0.95)  # off (the point rule) or the level every stored interval is drawn at
 
 
@@ -48,6 +52,8 @@ class SelectionRule(Protocol):
     @property
     def confidence(self) -> float: ...
     @property
+    def objective(self) -> str: ...
+    @property
     def int8_min_speedup(self) -> float: ...
     @property
     def int8_max_acc_drop(self) -> float: ...
@@ -72,11 +78,26 @@ def _tied(row: BenchmarkRow, fastest: BenchmarkRow, tie: float) -> bool:
     return (row.throughput_b256 or 0.0) >= (1.0 - tie) * (fastest.throughput_b256 or 0.0)
 
 
-def _fastest_then_smallest(rows: list[BenchmarkRow], tie: float) -> BenchmarkRow:
-    """The fastest row by ``throughput_b256``; among rows tied with it (``_tied``), the smallest."""
+def _fastest_then_smallest(rows: list[BenchmarkRow], tie: float, objective: str = "throughput_b256") -> BenchmarkRow:
+    """The fastest row by ``throughput_b256``; among rows tied with it (``_tied``), the smallest.
+    Another ``objective`` (``OBJECTIVES``) is ``best_then_smallest``'s."""
+    if objective != "throughput_b256":
+        return best_then_smallest(rows, objective, tie)
     fastest = max(rows, key=lambda r: r.throughput_b256 or 0.0)
     tied = [r for r in rows if _tied(r, fastest, tie)]
     return min(tied, key=lambda r: (r.size_bytes, -(r.throughput_b256 or 0.0)))
+
+
+def best_then_smallest(rows: list[BenchmarkRow], objective: str, tie: float) -> BenchmarkRow:
+    """The best row by ``objective`` (a row without the figure is worst); among rows within ``tie``
+    (a fraction) of it, the smallest."""
+    low = OBJECTIVES[objective] == "min"
+    value = lambda r: getattr(r, objective)  # noqa: E731
+    known = [r for r in rows if value(r) is not None] or rows
+    best = (min if low else max)(known, key=lambda r: value(r) or 0.0)
+    bound = (1.0 + tie if low else 1.0 - tie) * (value(best) or 0.0)
+    tied = [r for r in known if value(r) is not None and (value(r) <= bound if low else value(r) >= bound)] or [best]
+    return min(tied, key=lambda r: r.size_bytes)
 
 
 def acc_margin(row: BenchmarkRow, teacher: BenchmarkRow, confidence: float) -> float:
@@ -116,14 +137,14 @@ def runner_up(rows: list[BenchmarkRow], sel: BenchmarkRow | None, cfg: Selection
         return None
     _, ok, _ = eligible(rows, cfg, task)
     rest = [r for r in ok if r is not sel]
-    return _fastest_then_smallest(rest, cfg.speed_tie) if rest else None
+    return _fastest_then_smallest(rest, cfg.speed_tie, cfg.objective) if rest else None
 
 
 def choose(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[BenchmarkRow | None, str]:
     """(the fastest candidate that is not rejected and meets the quality floors, note)."""
     pool, ok, rule = eligible(rows, cfg, task)
     if ok:
-        return _fastest_then_smallest(ok, cfg.speed_tie), ""
+        return _fastest_then_smallest(ok, cfg.speed_tie, cfg.objective), ""
     if not pool:
         return None, "no candidate passed the parity gate: nothing selected"
     quality = (lambda r: r.val_acc or 0.0) if task == TaskKind.classification else (lambda r: r.val_cos_mean or 0.0)

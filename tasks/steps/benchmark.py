@@ -23,7 +23,10 @@ pick and the report says so. With ``choose`` and no ``selected`` input, benchmar
 rejected and meet the quality floors on the validation split; candidates whose throughput
 spread over the timing rounds overlaps the fastest one's count as equally fast, and the smallest
 of them is taken (``speed_tie``, 10%, only for a row without a spread). ``confidence: 0.95``
-makes the quality floors hold at the interval's bound instead of the point value.
+makes the quality floors hold at the interval's bound instead of the point value. ``objective``
+names another figure to pick on (``selection.OBJECTIVES``); with ``serving.concurrency`` every
+deployable candidate is also measured through Ray Serve over HTTP (``tasks.serving.load``:
+``serve_p50_ms``, ``serve_p99_ms``, ``serve_rps``), which ``objective`` may name.
 
 Every quality figure carries its 95% interval (``<field>_ci95``, ``tasks.evaluation.evidence``:
 Wilson over the rows for accuracies, bootstrap for mean cosines; MLflow gets ``_ci95_low`` /
@@ -59,6 +62,7 @@ from tasks.runtime import measure
 from tasks.runtime import openvino as runtimes
 from tasks.runtime.measure import NewTimer
 from tasks.runtime.onnx import data_onnx, ort_session
+from tasks.serving.load import SERVE_FIELDS, ServingLoad, check_objective, serve_rows
 
 MEASURES = True  # timings: the cache key holds the hardware (tasks.runtime.hardware)
 
@@ -85,9 +89,12 @@ class BenchmarkConfig:
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
     confidence: float = 0.0  # choose: 0.95 = quality floors must hold at the interval's bound (0 = point rule)
     runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])  # + openvino: tasks/runtime/openvino.py
+    objective: str = "throughput_b256"  # choose: what it maximises/minimises (selection.OBJECTIVES)
+    serving: ServingLoad = field(default_factory=ServingLoad)  # served figures (concurrency 0 = off)
 
     def __post_init__(self) -> None:
         check_confidence(self.confidence, "benchmark.confidence")
+        check_objective(self.objective, self.serving)
 
 
 def measure_row(
@@ -97,6 +104,7 @@ def measure_row(
     trusted: tuple[str, ...] = (),
     ref: dict | None = None,
     evid: Evidence | None = None,
+    blobs: dict[str, bytes] | None = None,
 ) -> tuple[BenchmarkRow, NewTimer | None]:
     """One candidate's row without its speed - quality (ORT), size, params, FLOPs - and a maker of
     its timer (None for a simulated model, whose speed is never claimed)."""
@@ -105,6 +113,8 @@ def measure_row(
     except Exception as e:  # noqa: BLE001 - a broken artifact is bad input, name it
         raise ValueError(f"benchmark: candidate '{art.name}' cannot be rebuilt from arch/state_dict: {e}") from None
     onnx_bytes = art.onnx if art.onnx is not None else data_onnx(net, data)
+    if blobs is not None:  # what benchmark.serving deploys
+        blobs[art.name] = onnx_bytes
     simulated = bool(art.metrics.get("simulated"))
     classify = data.task == TaskKind.classification
     sess = ort_session(onnx_bytes, cfg.threads) if classify else None
@@ -208,14 +218,14 @@ def _markdown(report: BenchmarkReport) -> str:
 
 def _measure_rows(
     cands: list[ModelArtifact], data: Dataset, cfg: BenchmarkConfig, ctx: StepContext, ref: dict | None
-) -> tuple[list[tuple[BenchmarkRow, NewTimer | None]], Evidence]:
+) -> tuple[list[tuple[BenchmarkRow, NewTimer | None]], Evidence, dict[str, bytes]]:
     """Every candidate's row on ONNX Runtime, then its rows on the other ``cfg.runtimes`` (untimed
-    yet), and the per-row outcomes behind the ONNX Runtime rows' intervals."""
-    measured, evid = [], Evidence()
+    yet), the per-row outcomes behind the ONNX Runtime rows' intervals, and each candidate's ONNX."""
+    measured, evid, blobs = [], Evidence(), dict[str, bytes]()
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
-        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid))
-    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx), evid  # <candidate>@openvino
+        measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid, blobs))
+    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx), evid, blobs  # <name>@openvino
 
 
 def run(
@@ -243,11 +253,11 @@ def run(
     ref = None
     if data.task == TaskKind.embedding and teacher_art is not None:
         ref = measure.reference_outputs(load_model(teacher_art, ctx.trusted_targets), data)
-    measured, evid = _measure_rows(cands, data, cfg, ctx, ref)
+    measured, evid, blobs = _measure_rows(cands, data, cfg, ctx, ref)
     if cfg.torch_reference and teacher_art is not None:
         measured.insert(0, torch_reference_row(teacher_art, data, cfg, ctx.trusted_targets, ref, evid))
     measure.time_rows(measured, cfg, ctx)
-    rows = [row for row, _ in measured]
+    rows, serve_notes = serve_rows(measured, blobs, data.x_test, cfg.threads, cfg.serving, ctx)
     sel, notes = mark_selected(rows, selected, cfg, data.task, evid)
     for note in notes:
         ctx.note(note)
@@ -260,14 +270,14 @@ def run(
         candidates=rows,
         targets=targets(rows, reference, sel, cfg, evid),
         task=str(data.task),
-        notes=notes,
+        notes=notes + serve_notes,
     )
     for r in rows:
         ctx.log_metrics(
             {
                 metric_key(r.name, k): float(getattr(r, k))
                 for k in ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
-                + ("cos_mean", "cos_min", "top1_agree")
+                + ("cos_mean", "cos_min", "top1_agree", *SERVE_FIELDS)
                 if getattr(r, k) is not None
             }
             | {metric_key(r.name, k): v for k, v in r.speed.items()}

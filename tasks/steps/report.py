@@ -47,6 +47,8 @@ from tasks.runtime.onnx import to_onnx
 from tasks.runtime.openvino import runtime_of
 from tasks.serving.model import serving_files
 
+# benchmark.serving on: the served figures beside the model-only ones
+SERVED_COLUMNS = [("serve_p50_ms", "served p50 ms"), ("serve_p99_ms", "served p99 ms"), ("serve_rps", "served req/s")]
 COLUMNS = [
     ("name", "model"),
     ("kind", "kind"),
@@ -65,9 +67,10 @@ HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "late
 
 
 def columns(bench: BenchmarkReport) -> list[tuple[str, str]]:
+    served = SERVED_COLUMNS if any(r.serve_rps is not None for r in bench.candidates) else []
     if bench.task != "embedding":
-        return COLUMNS
-    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:]
+        return COLUMNS + served
+    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:] + served
 
 
 @dataclass
