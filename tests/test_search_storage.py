@@ -58,7 +58,8 @@ def test_search_on_shared_storage_exits_2_before_anything_starts(workdir, capsys
     was_running = ray.is_initialized()
     argv = ["experiment=search", f"tracking.uri=sqlite:///{workdir}/mlflow.db", f"pipeline.search.storage={storage}"]
     code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: search.storage: ") and "\n" not in err and "writable by other users" in err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    assert lines[0].startswith("MLflow store: ")  # the console's first line names the store
+    assert len(lines) == 2 and lines[1].startswith("error: search.storage: ") and "writable by other users" in lines[1]
     assert not (workdir / "mlflow.db").exists() and ray.is_initialized() == was_running

@@ -183,6 +183,7 @@ class RunRecorder:
                     pip_requirements=["onnxruntime"],
                     run_id=self.ctx.root_run,
                     extra_files=extra or None,
+                    save_as_external_data=False,  # model.onnx stays the publication's bytes (_reuse compares them)
                 )
             version = str(info.registered_model_version)
             if source:
