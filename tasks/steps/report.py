@@ -231,11 +231,6 @@ def _registered_model(
     return found, line
 
 
-def _runtime(bench: BenchmarkReport) -> str:
-    """The runtime the registered model was selected for (``onnxruntime`` or ``openvino``)."""
-    return runtime_of(bench.selected) if bench.selected is not None else "onnxruntime"
-
-
 def budget_line(bench: BenchmarkReport, max_acc_drop: float | None) -> str:
     """One line when the selected (deployed) model is more than ``max_acc_drop`` below the
     teacher in test accuracy, else "": a run that misses its budget must not finish silently."""
@@ -278,10 +273,9 @@ def run(
     if selected is not None:
         onnx = _onnx_bytes(selected, ctx.trusted_targets)
         beside = serving_files(onnx, bench.task, cfg.tokenizer, cfg.max_length)
-        models, registered = (
-            [Registration(name, onnx, cfg.alias, source=selected.name, files=beside, runtime=_runtime(bench))],
-            f"{name}@{cfg.alias}",
-        )
+        runtime = runtime_of(bench.selected) if bench.selected else "onnxruntime"  # what it was selected for
+        reg = Registration(name, onnx, cfg.alias, source=selected.name, files=beside, runtime=runtime)
+        models, registered = [reg], f"{name}@{cfg.alias}"
     headline = headline_metrics(bench)
     if cfg.max_acc_drop is not None and bench.targets.selected_vs_teacher is not None:
         headline["budget_met"] = float(not miss)
