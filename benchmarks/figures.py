@@ -50,10 +50,12 @@ FIGURES: dict[str, list[str]] = {
     "search_efficiency": [PY, "benchmarks/search_efficiency.py"],
     "byo": [PY, "benchmarks/byo.py"],  # your own model: `python -m examples.byo.prepare`, then experiment=byo
     "minilm": [PY, "benchmarks/minilm.py"],  # experiment=minilm (make install-nlp)
+    # experiment=textcls (make install-nlp), every candidate on ONNX Runtime and OpenVINO
+    "textcls": [PY, "benchmarks/textcls.py", "pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]"],
 }
 
 # not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
-LONG = {"search_efficiency", "minilm"}
+LONG = {"search_efficiency", "minilm", "textcls"}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -387,12 +389,12 @@ def load() -> dict:
 def run(names: list[str]) -> None:
     import launch  # beside this script (the tests load this module without benchmarks/ on the path)
 
-    figures = load()
     for name in names:
         cmd = FIGURES[name]
         print(f"[figures] {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         done = launch.run(cmd, ROOT, timeout=4 * 3600, echo_stderr=True).check()  # progress shows
         measured = last_json(done.stdout, name)
+        figures = load()  # re-read: another `run` may have stored its figure meanwhile
         figures[name] = {"command": cmd, "date": time.strftime("%Y-%m-%d"), "measured": measured}
         STORE.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")  # after each: keep what ran
 
