@@ -1,9 +1,11 @@
 """Load test of ``slimray serve`` on loopback: a bounded async client (a fixed number of requests
 and a time cap per level) at concurrency 1, 8 and 32, with and without dynamic batching, under one
-of Serve's ingress options (``ServeConfig.ingress``: proxy | throughput | haproxy).
+of Serve's ingress options (``ServeConfig.ingress``: proxy | throughput | haproxy | grpc; under
+grpc the clients call ``slimray.Model/Predict`` / ``Embed`` with the same JSON bodies). Every
+server asks for the bearer token (haproxy and grpc need one), so all ingresses do the same work.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 400] [--cap-s 20] [--models large,small,minilm]
-        [--ingress proxy] [--levels 1,8,32]
+        [--ingress <slimray serve's default>] [--levels 1,8,32]
 
 Models (registered as ONNX in a temporary MLflow registry, one sample per request):
 ``large`` is the zoo's deep MLP (conf/model/mlp_deep.yaml, ~34M parameters: compute dominates),
@@ -40,6 +42,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 LEVELS = (1, 8, 32)
+TOKEN = "serve-load"  # the bearer token of every server this script starts
 ARCHS = {
     "large": {"_target_": "tasks.models.zoo.MLP", "hidden": [2048] * 9},
     "small": {"_target_": "tasks.models.zoo.CNN1D", "channels": [32, 32, 32]},
@@ -80,24 +83,48 @@ async def level(url: str, concurrency: int, requests: int, cap_s: float, body: s
     errors, counter = 0, iter(range(requests))
     deadline = time.perf_counter() + cap_s
 
-    async def worker(session):
+    async def worker(send):
         nonlocal errors
         for _ in counter:
             if time.perf_counter() > deadline:
                 return
             t = time.perf_counter()
-            try:
-                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
-                    await r.read()
-                    ok = r.status == 200
-            except aiohttp.ClientError:
-                ok = False
+            ok = await send()
             latencies.append(time.perf_counter() - t) if ok else None
             errors += not ok
 
     start = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await asyncio.gather(*[worker(session) for _ in range(concurrency)])
+    if url.startswith("grpc://"):  # grpc://host:port/Method: one HTTP/2 channel, calls multiplexed on it
+        import grpc
+        from google.protobuf.wrappers_pb2 import BytesValue
+
+        from tasks.serving.grpc_ingress import metadata, stub
+
+        target, method = url.removeprefix("grpc://").split("/", 1)
+        async with grpc.aio.insecure_channel(target) as channel:
+            call, msg, md = stub(channel, method), BytesValue(value=body.encode()), metadata("bench", TOKEN)
+
+            async def send_grpc() -> bool:
+                try:
+                    await call(msg, metadata=md, timeout=60)
+                    return True
+                except grpc.RpcError:
+                    return False
+
+            await asyncio.gather(*[worker(send_grpc) for _ in range(concurrency)])
+    else:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+            async def send_http() -> bool:
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await asyncio.gather(*[worker(send_http) for _ in range(concurrency)])
     wall = time.perf_counter() - start
     lat = np.array(latencies or [np.nan]) * 1e3
     return {
@@ -148,7 +175,7 @@ def run_levels(serve, app, url: str, args, body: str = ONE_SAMPLE) -> list[dict]
     return levels
 
 
-def measure_model(name: str, serve, registry: str, port: int, args, res: dict, curves: dict) -> None:
+def measure_model(name: str, serve, registry: str, ports: tuple[int, int], args, res: dict, curves: dict) -> None:
     """One model with and without batching: its levels and its headline figures into ``res``."""
     from pipelines.scale.serve import ServeConfig, build_app
 
@@ -161,15 +188,18 @@ def measure_model(name: str, serve, registry: str, port: int, args, res: dict, c
         res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
     route = "/embed" if name == "minilm" else "/predict"
     body = serve_minilm.body() if name == "minilm" else ONE_SAMPLE
+    port, grpc_port = ports
     for batching in (True, False):
         key = f"{name}_{'batch' if batching else 'nobatch'}"
         cfg = ServeConfig(
-            model=f"models:/bench-{name}@bench", port=port, batching=batching, max_batch_size=64, ingress=args.ingress
-        )
-        url = f"http://127.0.0.1:{port}{route}"
+            model=f"models:/bench-{name}@bench", port=port, grpc_port=grpc_port, batching=batching, max_batch_size=64,
+            ingress=args.ingress, auth_token=TOKEN,
+        )  # fmt: skip
+        http_url = f"http://127.0.0.1:{port}{route}"
+        url = f"grpc://127.0.0.1:{grpc_port}/{route[1:].title()}" if args.ingress == "grpc" else http_url
         if name == "minilm" and batching:  # quality and the in-process ratio on the batching app
             serve.run(build_app(cfg, registry), name="bench", route_prefix="/")
-            res["minilm_cos_min_100"] = serve_minilm.cosine_min(url, onnx_bytes, cfg.threads)
+            res["minilm_cos_min_100"] = serve_minilm.cosine_min(http_url, onnx_bytes, cfg.threads, TOKEN)
             served = asyncio.run(level(url, 16, args.requests, args.cap_s, body))["req_per_s"]
             res["minilm_rps_c16"] = served
             res["minilm_rps_c16_vs_inprocess"] = served / serve_minilm.inprocess_rps(onnx_bytes, cfg.threads)
@@ -187,14 +217,21 @@ def measure_model(name: str, serve, registry: str, port: int, args, res: dict, c
         res[f"{name}_p50_c1_minus_direct_ms"] = by_c[f"{name}_nobatch"][1]["p50_ms"] - res[f"{name}_direct_p50_ms"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
+    from pipelines.scale.serve import ServeConfig, start_options
     from pipelines.scale.serve_config import INGRESS, ingress_env
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--cap-s", type=float, default=20.0)
     ap.add_argument("--models", default="large,small,minilm")
-    ap.add_argument("--ingress", default="proxy", choices=sorted(INGRESS))
+    ap.add_argument("--ingress", default=ServeConfig().ingress, choices=sorted(INGRESS))  # slimray serve's default
     ap.add_argument("--levels", type=lambda v: [int(c) for c in v.split(",")], default=list(LEVELS))
     args = ap.parse_args()
     os.environ.update(ingress_env(args.ingress))  # before Ray starts: Serve reads it in its actors
@@ -203,9 +240,7 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="serve_load_")
     registry = f"sqlite:///{tmp}/mlflow.db"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    ports = (free_port(), free_port())  # HTTP, gRPC
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     res: dict = {
         "cpu_model": next((ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if ln.startswith("Model name")), "?"),
@@ -216,11 +251,12 @@ def main() -> None:
         "cap_s": args.cap_s,
     }
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = ServeConfig(port=ports[0], grpc_port=ports[1], ingress=args.ingress, auth_token=TOKEN)
+    serve.start(**start_options(started))
     curves: dict = {}
     try:
         for name in args.models.split(","):
-            measure_model(name, serve, registry, port, args, res, curves)
+            measure_model(name, serve, registry, ports, args, res, curves)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -87,7 +87,7 @@ def inprocess_rps(data: bytes, threads: int, seconds: float = 10.0, batch_reques
     return calls * batch_requests / (time.perf_counter() - start)
 
 
-def cosine_min(url: str, data: bytes, threads: int, n: int = 100) -> float:
+def cosine_min(url: str, data: bytes, threads: int, token: str = "", n: int = 100) -> float:
     """The worst cosine of ``/embed`` to the in-process model over ``n`` sentences."""
     import urllib.request
 
@@ -95,7 +95,8 @@ def cosine_min(url: str, data: bytes, threads: int, n: int = 100) -> float:
     got = []
     for i in range(0, n, 25):
         body = json.dumps({"texts": texts[i : i + 25]}).encode()
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **auth})
         with urllib.request.urlopen(req, timeout=120) as r:
             got.append(np.asarray(json.loads(r.read())["embeddings"]))
     a, b = np.concatenate(got), _inprocess(data, threads)(texts)

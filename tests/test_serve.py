@@ -133,8 +133,10 @@ def test_config_errors_are_one_line_and_stop_before_ray(workdir, capsys):
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "no registered model models:/nope@candidate" in errors[0]
     assert load_config(["batching=false", "autoscaling.enabled=true"]).autoscaling.enabled
-    assert main(["ingress=grpc"]) == 2
-    assert "ingress: 'grpc' is not one of ['haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert main(["ingress=h3"]) == 2
+    assert "ingress: 'h3' is not one of ['grpc', 'haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert main(["ingress=haproxy"]) == 2  # it opens the replicas' ports on every interface
+    assert "ingress: 'haproxy' needs auth_token" in capsys.readouterr().err
     assert main(["request_timeout_s=0"]) == 2 and "request_timeout_s" in capsys.readouterr().err
     assert load_config(["host=0.0.0.0", "auth_token=t"]).host == "0.0.0.0"  # beyond loopback only with a token
 

@@ -90,6 +90,21 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
     return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri), pinned)
 
 
+def start_options(cfg: ServeConfig) -> dict:
+    """``serve.start``'s options for ``cfg``: the HTTP proxy and, under ``ingress=grpc``, the gRPC one."""
+    from tasks.serving.grpc_ingress import SERVICER
+
+    timeout = 2 * cfg.request_timeout_s  # the replica answers 504 first
+    options: dict = {"http_options": {"host": cfg.host, "port": cfg.port, "request_timeout_s": timeout}}
+    if cfg.ingress == "grpc":
+        options["grpc_options"] = {
+            "port": cfg.grpc_port,
+            "grpc_servicer_functions": [SERVICER],
+            "request_timeout_s": timeout,
+        }
+    return options
+
+
 class _Plain:
     """A text stream that drops ANSI colour codes (Ray colours its log lines unconditionally)."""
 
@@ -158,11 +173,14 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
     code = 0
     try:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 2 * cfg.request_timeout_s})
+        serve.start(**start_options(cfg))
         serve.run(build_app(cfg, uri, pinned), name=cfg.name, route_prefix="/")
+        grpc = (
+            f", gRPC slimray.Model on port {cfg.grpc_port} (application '{cfg.name}')" if cfg.ingress == "grpc" else ""
+        )
         print(
             f"serving {pinned['requested']} = {pinned['name']} version {pinned['version']} (run {pinned['run_id']}) "
-            f"on http://{cfg.host}:{cfg.port}{route} (ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
+            f"on http://{cfg.host}:{cfg.port}{route}{grpc} (ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
             flush=True,
         )
         while True:

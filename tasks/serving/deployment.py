@@ -8,7 +8,9 @@ task kind (``tasks.serving.model``): ``/predict`` for classifiers (arrays or tex
 embedding models. Every request is bounded before the work it would cause
 (``tasks.serving.limits``): body size while reading, JSON nesting and size, text lengths, a
 timeout; with ``auth_token`` set, a bearer token. With batching on, concurrent requests are
-concatenated by ``@serve.batch`` into one ORT call and split back.
+concatenated by ``@serve.batch`` into one ORT call and split back. Under ``ingress=grpc`` the same
+routes are the gRPC methods ``Predict`` and ``Embed`` (``tasks.serving.grpc_ingress``): the same
+JSON body in a ``BytesValue``, bounded and answered by the same code.
 
 ``cfg`` is a plain dict with the keys of ``slimray serve``'s config that a replica reads (threads,
 batching, max_batch_size, batch_wait_timeout_s, request_timeout_s, auth_token and the request
@@ -90,16 +92,20 @@ class ModelServer:
             "replica": self.replica,
         }
 
-    async def _answer(self, route: str, request: Request) -> dict:
-        if self.cfg.auth_token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.cfg.auth_token}".encode()):
-                raise BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <serve.auth_token>)")
-        self.model.check_route(route)
-        body = await read_body(request.stream(), request.headers.get("content-length"), self.limits.max_body_bytes)
+    def _authorize(self, given: str) -> None:
+        if self.cfg.auth_token and not hmac.compare_digest(given.encode(), f"Bearer {self.cfg.auth_token}".encode()):
+            raise BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <serve.auth_token>)")
+
+    async def _compute(self, body: bytes) -> dict:
         feed = self.model.feed(parse(body, self.limits), self.limits)
         out = await self.batched(feed) if self.cfg.batching else self.model.run(feed)
         return self.model.answer(out)
+
+    async def _answer(self, route: str, request: Request) -> dict:
+        self._authorize(request.headers.get("authorization", ""))
+        self.model.check_route(route)
+        body = await read_body(request.stream(), request.headers.get("content-length"), self.limits.max_body_bytes)
+        return await self._compute(body)
 
     async def _handle(self, route: str, request: Request):
         try:
@@ -108,6 +114,43 @@ class ModelServer:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         except asyncio.TimeoutError:
             return JSONResponse({"error": f"request took over request_timeout_s={self.cfg.request_timeout_s}"}, 504)
+
+    async def _grpc_answer(self, method: str, body: bytes, grpc_context) -> dict:
+        from tasks.serving.grpc_ingress import METHODS
+
+        self._authorize(dict(grpc_context.invocation_metadata()).get("authorization", ""))
+        if METHODS[method] != self.model.sig.route:
+            right = next(m for m, route in METHODS.items() if route == self.model.sig.route)
+            raise BadRequest(404, f"this model answers slimray.Model/{right}, not {method}")
+        if len(body) > self.limits.max_body_bytes:
+            raise BadRequest(413, f"body of {len(body)} bytes exceeds max_body_bytes={self.limits.max_body_bytes}")
+        return await self._compute(body)
+
+    async def _grpc(self, method: str, request, grpc_context):
+        """A gRPC call: the answer, or an empty reply with the error's status code and one-line details."""
+        from tasks.serving.grpc_ingress import STATUS, reply
+
+        try:
+            return reply(
+                await asyncio.wait_for(
+                    self._grpc_answer(method, request.value, grpc_context), self.cfg.request_timeout_s
+                )
+            )
+        except BadRequest as e:
+            grpc_context.set_code(STATUS[e.status])
+            grpc_context.set_details(str(e))
+        except asyncio.TimeoutError:
+            grpc_context.set_code(STATUS[504])
+            grpc_context.set_details(f"request took over request_timeout_s={self.cfg.request_timeout_s}")
+        return reply({})
+
+    async def Predict(self, request, grpc_context):  # noqa: N802 - the gRPC method's name
+        """``/predict`` over gRPC: ``slimray.Model/Predict`` with the JSON body in a ``BytesValue``."""
+        return await self._grpc("Predict", request, grpc_context)
+
+    async def Embed(self, request, grpc_context):  # noqa: N802 - the gRPC method's name
+        """``/embed`` over gRPC: ``slimray.Model/Embed``."""
+        return await self._grpc("Embed", request, grpc_context)
 
     @app.post("/predict", openapi_extra=BODY)
     async def predict(self, request: Request):
