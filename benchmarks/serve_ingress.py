@@ -97,6 +97,7 @@ def main() -> None:
         "machine": machine_info(threads=1),
         "network_namespace": bool(prefix),
         "ingress": results,
+        "table": table,
         "fastest": fastest,
     }
     print(json.dumps(report))

@@ -60,7 +60,15 @@ def resolve(model_uri: str, tracking_uri: str) -> dict:
         why = _nothing_registered(client, name)
         raise ValueError(f"model: no registered model {model_uri} in {tracking_uri}{why}") from None
     uri = f"models:/{name}/{mv.version}"
-    return {"name": name, "version": str(mv.version), "run_id": mv.run_id or "", "requested": model_uri, "uri": uri}
+    runtime = (mv.tags or {}).get("slimray.runtime", "onnxruntime")  # what the benchmark selected it on
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "run_id": mv.run_id or "",
+        "requested": model_uri,
+        "uri": uri,
+        "runtime": runtime,
+    }
 
 
 def check_model(model_uri: str, tracking_uri: str) -> None:
@@ -87,7 +95,8 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
         **scaling,
     )
     pinned = pinned or resolve(cfg.model, tracking_uri)
-    return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri), pinned)
+    runtime = cfg.runtime or pinned.get("runtime", "onnxruntime")
+    return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri, runtime=runtime), pinned)
 
 
 def start_options(cfg: ServeConfig) -> dict:
@@ -120,14 +129,14 @@ class _Plain:
         return getattr(self.stream, name)
 
 
-def _preload(uri: str, pinned: dict) -> str:
+def _preload(uri: str, pinned: dict, runtime: str) -> str:
     """Fetch and load the pinned version once here, so a model that cannot be fetched or loaded is
     one line before any replica starts (replicas would retry it and end in a traceback)."""
     from pipelines.scale.serve_app import load_model
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
     try:
-        return load_model(pinned["uri"], uri, 1).sig.route
+        return load_model(pinned["uri"], uri, 1, runtime=runtime).sig.route
     except Exception as e:  # noqa: BLE001 - any fetch/load failure is the same one line
         raise RuntimeError(f"model {pinned['uri']} (run {pinned['run_id']}) cannot be fetched or loaded: {e}") from None
 
@@ -152,7 +161,7 @@ def main(argv: list[str]) -> int:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         sys.stdout, sys.stderr = _Plain(sys.stdout), _Plain(sys.stderr)  # nor in Ray's "[repeated Nx]"
     try:
-        route = _preload(uri, pinned)
+        route = _preload(uri, pinned, cfg.runtime or pinned["runtime"])
     except RuntimeError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
@@ -180,7 +189,8 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
         )
         print(
             f"serving {pinned['requested']} = {pinned['name']} version {pinned['version']} (run {pinned['run_id']}) "
-            f"on http://{cfg.host}:{cfg.port}{route}{grpc} (ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
+            f"on http://{cfg.host}:{cfg.port}{route}{grpc} (runtime: {cfg.runtime or pinned['runtime']}; "
+            f"ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
             flush=True,
         )
         while True:

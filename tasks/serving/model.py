@@ -23,6 +23,7 @@ import numpy as np
 from tasks.serving.limits import BadRequest, Limits, texts_of
 
 SERVING_FILE = "serving.json"
+SERVING_RUNTIMES = ("onnxruntime", "openvino")  # what serves a version: the runtime it was selected for
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 _DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32"}
@@ -114,10 +115,25 @@ def _array(values, spec: dict, max_rows: int) -> np.ndarray:
 class ServedModel:
     """An ORT session with its signature and tokenizer; ``feed`` turns a request into graph inputs."""
 
-    def __init__(self, onnx_bytes: bytes, folder: Path | None, threads: int, providers: list[str] | None = None):
+    def __init__(
+        self,
+        onnx_bytes: bytes,
+        folder: Path | None,
+        threads: int,
+        providers: list[str] | None = None,
+        runtime: str = "onnxruntime",
+    ):
         from tasks.runtime.onnx import ort_session
 
-        self.session = ort_session(onnx_bytes, threads, providers=providers)
+        if runtime not in SERVING_RUNTIMES:
+            raise ValueError(f"runtime '{runtime}' is not one of {SERVING_RUNTIMES}")
+        if runtime == "openvino":  # the version was selected on OpenVINO (tag slimray.runtime)
+            from tasks.runtime.openvino import ServingSession
+
+            self.session = ServingSession(onnx_bytes, threads)
+        else:
+            self.session = ort_session(onnx_bytes, threads, providers=providers)
+        self.runtime = runtime
         self.sig = load_signature(folder, self.session)
         self.tokenizer = None
         if self.sig.text:
