@@ -59,14 +59,16 @@ figures: install  ## the figure tables in README.md and docs/*.md from docs/figu
 lock: install-nlp  ## refresh constraints.txt from the installed environment (after changing dependencies)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
 
-bench-minilm: install-nlp  ## experiment=minilm end to end, one JSON object of figures (~10-15 min on 2 cores)
-	$(PY) benchmarks/minilm.py
+bench-minilm: install-nlp  ## experiment=minilm end to end into docs/figures.json (~10-15 min on 2 cores)
+	$(PY) benchmarks/figures.py run minilm
+	$(PY) benchmarks/figures.py readme
 
-bench-textcls: install-nlp  ## experiment=textcls end to end (a fine-tuned classifier compressed), one JSON object
-	$(PY) benchmarks/textcls.py
+bench-textcls: install-nlp  ## experiment=textcls end to end (a fine-tuned classifier compressed) into docs/figures.json (about an hour)
+	$(PY) benchmarks/figures.py run textcls
+	$(PY) benchmarks/figures.py readme
 
-bench-scale: install  ## parallel inference and the Serve load test into docs/figures.json (about 8 minutes)
-	$(PY) benchmarks/figures.py run parallel_inference serve_load
+bench-scale: install-nlp  ## parallel inference, the four Serve ingresses and the Serve load test into docs/figures.json (~25 min)
+	$(PY) benchmarks/figures.py run parallel_inference serve_ingress serve_load
 	$(PY) benchmarks/figures.py readme
 
 ui: install

@@ -194,6 +194,19 @@ TABLES: dict[str, list[Row]] = {
         minilm | pipeline wall time | wall_s | {:.0f} s
         """
     ),
+    "textcls": rows(
+        """
+        textcls | selected variant | selected | {}
+        textcls | size vs the fine-tuned teacher (torch FP32) | selected_vs_reference.size_reduction | {:.2f}× | ≥ 4×
+        textcls | batch-1 latency vs the teacher, 2 threads | selected_vs_reference.latency_speedup_b1_t2 | {:.2f}× | ≥ 3×
+        textcls | batch-32 throughput vs the teacher, 2 threads | selected_vs_reference.throughput_speedup_b32_t2 | {:.2f}×
+        textcls | test accuracy vs the teacher, points [paired 95% interval], McNemar p | selected_vs_teacher_paired.test_acc_delta, selected_vs_teacher_paired.test_acc_delta_ci95, selected_vs_teacher_paired.test_acc_delta_p || selected_vs_reference.test_acc_delta | {:+.4f} [{:+.4f}, {:+.4f}], p = {:.2g} || {:+.4f} (point value; each variant's interval in the table above) | ≥ −0.01
+        textcls | vs the plain-script anchor (ORT dynamic INT8 of the teacher): batch-1 latency | selected_vs_anchor.latency_speedup_b1_t2 | {:.2f}× | > 1×
+        textcls | … test accuracy, points | selected_vs_anchor.test_acc_delta | {:+.4f} | ≥ the anchor's loss
+        textcls | test rows | test_rows | {:,}
+        textcls | pipeline wall time | wall_s | {:.0f} s
+        """
+    ),
 }
 
 
@@ -213,7 +226,27 @@ def _mark(item: dict) -> str:
 
 # list table -> (figure, dotted path of a list in its JSON, columns: (header, key in each item or "" for the
 # whole item, format string or function)): one row per item of the list, rendered like TABLES
+def _acc(item: dict) -> str:
+    acc, ci = item.get("test_acc"), item.get("test_acc_ci95")
+    return "–" if acc is None else f"{acc:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
 LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
+    "textcls_variants": (
+        "textcls",
+        "variants",
+        [
+            ("variant", "name", "{}"),
+            ("runtime", "runtime", "{}"),
+            ("size", "size_bytes", _mb),
+            ("b1 latency, 2 thr (ms)", "latency_ms_b1_t2", "{:.1f}"),
+            ("b32 throughput, 2 thr (/s)", "throughput_b32_t2", "{:.1f}"),
+            ("b1, 1 thr (ms)", "latency_ms_b1_t1", "{:.1f}"),
+            ("b32, 1 thr (/s)", "throughput_b32_t1", "{:.1f}"),
+            ("test accuracy [95% interval]", "", _acc),
+            ("verdict", "", _mark),
+        ],
+    ),
     "ingress": (
         "serve_ingress",
         "table",

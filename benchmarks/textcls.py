@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import launch  # benchmarks/ is the script's directory
 from default_run import benchmark_json
 from machine import machine_info
 
+from tasks.evaluation.stats import proportion_ci
+
 SPEED = ("latency_ms_b1_t1", "latency_ms_b1_t2", "throughput_b32_t1", "throughput_b32_t2")
 ANCHOR = "int8_dynamic"
-
-
-def wilson(acc: float | None, n: int) -> list[float] | None:
-    """The 95% Wilson score interval of an accuracy measured on ``n`` rows."""
-    if acc is None or n <= 0:
-        return None
-    z = 1.96
-    centre = (acc + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def variant(row: dict, n_test: int) -> dict:
@@ -42,7 +33,7 @@ def variant(row: dict, n_test: int) -> dict:
     speed = row.get("speed", {})
     out = {"name": row["name"], "kind": row["kind"], "runtime": (row.get("runtime") or "onnxruntime").split()[0]}
     out.update(size_bytes=row.get("size_bytes"), test_acc=row.get("test_acc"), val_acc=row.get("val_acc"))
-    out["test_acc_ci95"] = wilson(row.get("test_acc"), n_test)
+    out["test_acc_ci95"] = row.get("test_acc_ci95") or proportion_ci(row.get("test_acc"), n_test)  # Wilson
     out.update({k: speed.get(k) for k in SPEED})
     out.update({k: v for k, v in speed.items() if k not in out})  # another throughput batch (the tiny size: 8)
     out.update(selected=row.get("selected"), rejected=row.get("rejected"))
@@ -98,6 +89,8 @@ def main() -> None:
                 "selected": sel["name"] if sel else None,
                 "selected_vs_reference": versus(sel, by_name.get("torch_fp32")),
                 "selected_vs_anchor": versus(sel, by_name.get(ANCHOR)),
+                # the benchmark's paired comparison (same test rows): delta, its 95% interval, McNemar p
+                "selected_vs_teacher_paired": (bench.get("targets") or {}).get("selected_vs_teacher"),
                 "test_rows": n_test,
                 "notes": bench.get("notes", []),
                 "overrides": overrides,

@@ -67,10 +67,11 @@ class ServeConfig:
     max_text_chars: int = 2000  # characters per text: 413
     max_batch_chars: int = 100000  # characters in all texts of one request: 413
     request_timeout_s: float = 30.0  # a request still unanswered after this: 504
-    # proxy (Serve's HTTP proxy) | throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy
+    # throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED: the fastest loopback-only option, measured in
+    # docs/architecture.md#serve-ingress-measured) | proxy (Serve's HTTP proxy) | haproxy
     # (RAY_SERVE_ENABLE_HA_PROXY) | grpc (slimray.Model/Predict|Embed on grpc_port, HTTP stays up);
     # haproxy and grpc listen on every interface in Ray 2.60: they need auth_token
-    ingress: str = "proxy"
+    ingress: str = "throughput"
     grpc_port: int = 9000
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     runtime: str = ""  # "" = the runtime the version was selected for (tag slimray.runtime) | onnxruntime | openvino
