@@ -226,6 +226,18 @@ def _mark(item: dict) -> str:
 
 # list table -> (figure, dotted path of a list in its JSON, columns: (header, key in each item or "" for the
 # whole item, format string or function)): one row per item of the list, rendered like TABLES
+# the first columns of a transformer variant table (benchmarks/minilm.py, textcls.py): name, runtime, size, speed
+VARIANT_SPEED: list[tuple[str, str, object]] = [
+    ("variant", "name", "{}"),
+    ("runtime", "runtime", "{}"),
+    ("size", "size_bytes", _mb),
+    ("b1 latency, 2 thr (ms)", "latency_ms_b1_t2", "{:.1f}"),
+    ("b32 throughput, 2 thr (/s)", "throughput_b32_t2", "{:.1f}"),
+    ("b1, 1 thr (ms)", "latency_ms_b1_t1", "{:.1f}"),
+    ("b32, 1 thr (/s)", "throughput_b32_t1", "{:.1f}"),
+]
+
+
 def _acc(item: dict) -> str:
     acc, ci = item.get("test_acc"), item.get("test_acc_ci95")
     return "–" if acc is None else f"{acc:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
@@ -236,13 +248,7 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
         "textcls",
         "variants",
         [
-            ("variant", "name", "{}"),
-            ("runtime", "runtime", "{}"),
-            ("size", "size_bytes", _mb),
-            ("b1 latency, 2 thr (ms)", "latency_ms_b1_t2", "{:.1f}"),
-            ("b32 throughput, 2 thr (/s)", "throughput_b32_t2", "{:.1f}"),
-            ("b1, 1 thr (ms)", "latency_ms_b1_t1", "{:.1f}"),
-            ("b32, 1 thr (/s)", "throughput_b32_t1", "{:.1f}"),
+            *VARIANT_SPEED,
             ("test accuracy [95% interval]", "", _acc),
             ("verdict", "", _mark),
         ],
@@ -264,13 +270,7 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
         "minilm",
         "variants",
         [
-            ("variant", "name", "{}"),
-            ("runtime", "runtime", "{}"),
-            ("size", "size_bytes", _mb),
-            ("b1 latency, 2 thr (ms)", "latency_ms_b1_t2", "{:.1f}"),
-            ("b32 throughput, 2 thr (/s)", "throughput_b32_t2", "{:.1f}"),
-            ("b1, 1 thr (ms)", "latency_ms_b1_t1", "{:.1f}"),
-            ("b32, 1 thr (/s)", "throughput_b32_t1", "{:.1f}"),
+            *VARIANT_SPEED,
             ("cos mean", "cos_mean", "{:.4f}"),
             ("cos min", "cos_min", "{:.4f}"),
             ("top-1 agree", "top1_agree", "{:.3f}"),
