@@ -12,14 +12,15 @@ Models (registered as ONNX in a temporary MLflow registry, one sample per reques
 ``small`` the compress student architecture (conf/model/cnn1d_compact.yaml, ~14k parameters:
 the HTTP path dominates). One replica, one ORT thread.
 
-Prints ONE JSON object: per model and mode, per concurrency level p50/p99 latency (ms), req/s
-and errors; ``batching_speedup_c32`` (req/s with / without batching at concurrency 32) and
+Prints ONE JSON object: per model and mode, per concurrency level p50/p99 latency (ms), req/s and
+errors; ``batching_speedup_c32`` (req/s with / without batching at concurrency 32),
 ``p50_c1_minus_direct_ms`` (serve p50 at concurrency 1 minus an in-process ORT call on the same
-model). ``minilm`` (``benchmarks/serve_minilm.py``) is all-MiniLM-L6-v2 served on ``/embed`` from
-text, eight sentences a request: its levels, ``minilm_cos_min_100`` and ``minilm_rps_c16_vs_inprocess``.
-The results and a latency-vs-load plot are logged to MLflow (experiment ``serve-load``, store from
-MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup >= 3 (large), overhead <= 3 ms (small),
-MiniLM cosine >= 0.999 and >= 0.7x the in-process rate.
+model) and ``direct_batch_gain_b32`` (in-process ORT samples/s at batch 32 over batch 1: the most
+batching can gain on that model). ``minilm`` (``benchmarks/serve_minilm.py``) is all-MiniLM-L6-v2
+served on ``/embed`` from text, eight sentences a request: its levels, ``minilm_cos_min_100`` and
+``minilm_rps_c16_vs_inprocess``. The results and a latency-vs-load plot are logged to MLflow
+(experiment ``serve-load``, store from MLFLOW_TRACKING_URI, default ./mlflow.db). Targets: speedup
+>= 3 (large), overhead <= 3 ms (small), MiniLM cosine >= 0.999 and >= 0.7x the in-process rate.
 """
 
 from __future__ import annotations
@@ -137,11 +138,16 @@ async def level(url: str, concurrency: int, requests: int, cap_s: float, body: s
     }
 
 
-def direct_p50_ms(onnx_bytes: bytes) -> float:
+def direct(onnx_bytes: bytes, top: int) -> dict:
+    """In-process ORT on the same model and thread: the p50 of one sample, and the batching ceiling
+    (samples/s at a batch of ``top`` over samples/s one at a time: what batching can gain at most)."""
     from tasks.runtime.onnx import ort_session
     from tasks.runtime.timing import time_ort
 
-    return time_ort(ort_session(onnx_bytes, 1), np.zeros((1, 40), np.float32), 1, warmup=20, iters=200)["p50_ms"]
+    session, x = ort_session(onnx_bytes, 1), np.zeros((1, 40), np.float32)
+    one = time_ort(session, x, 1, warmup=20, iters=200)
+    batch = time_ort(session, x, top, warmup=5, iters=50)
+    return {"p50_ms": one["p50_ms"], "batch_gain": batch["throughput"] / one["throughput"]}
 
 
 def plot(results: dict) -> bytes:
@@ -185,7 +191,9 @@ def measure_model(name: str, serve, registry: str, ports: tuple[int, int], args,
         onnx_bytes = serve_minilm.register(registry)
     else:
         onnx_bytes = register(f"bench-{name}", ARCHS[name], registry)
-        res[f"{name}_direct_p50_ms"] = direct_p50_ms(onnx_bytes)
+        ort = direct(onnx_bytes, max(args.levels))
+        res[f"{name}_direct_p50_ms"] = ort["p50_ms"]
+        res[f"{name}_direct_batch_gain_b{max(args.levels)}"] = ort["batch_gain"]  # the ceiling of batching
     route = "/embed" if name == "minilm" else "/predict"
     body = serve_minilm.body() if name == "minilm" else ONE_SAMPLE
     port, grpc_port = ports
