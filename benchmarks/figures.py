@@ -40,7 +40,8 @@ FIGURES: dict[str, list[str]] = {
     "sweep_scaling": [PY, "benchmarks/sweep_scaling.py"],
     "ctrl_c": [PY, "benchmarks/ctrl_c.py", "--runs", "10"],
     "parallel_inference": [PY, "benchmarks/parallel_inference.py"],
-    "serve_load": [PY, "benchmarks/serve_load.py"],
+    # the fastest ingress (serve_ingress), slimray serve's default with auth_token; run in a private network namespace
+    "serve_load": [PY, "benchmarks/serve_load.py", "--ingress", "haproxy"],
     # proxy, throughput, haproxy and grpc on the same models and load (serve_load.py once each, in one command)
     "serve_ingress": [PY, "benchmarks/serve_ingress.py"],
     # reduced teacher epochs and transfer pool: measured on a shared, loaded 2-core machine
@@ -115,6 +116,7 @@ TABLES: dict[str, list[Row]] = {
         parallel_inference | rows duplicated, same run | rows_duplicated | {} | 0
         serve_load | serve ingress of this run (`ingress=`) | ingress | `{}`
         serve_load | serve, concurrency 32: batching vs not (large zoo model) | large_batching_speedup_c32 | {:.2f}× | ≥ 3×
+        serve_load | … ceiling: in-process ORT, batch 32 vs batch 1 samples/s (large) | large_direct_batch_gain_b32 | {:.2f}×
         serve_load | … same, small `compress`-size model | small_batching_speedup_c32 | {:.2f}×
         serve_load | serve p50 at concurrency 1 minus a direct ORT call (large) | large_p50_c1_minus_direct_ms | {:.1f} ms
         serve_load | … same, small model | small_p50_c1_minus_direct_ms | {:.1f} ms | ≤ 3 ms

