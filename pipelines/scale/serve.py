@@ -6,10 +6,12 @@ Classifiers: ``POST /predict`` ``{"inputs": [[...], ...]}`` (or ``{"texts": [...
 -> ``{"classes": [...], "logits": [[...], ...]}``; embedding models: ``POST /embed`` ``{"texts": [...]}``
 -> ``{"embeddings": [[...]], "dim": N}``; ``GET /health`` (name, version, run id); OpenAPI docs at
 ``/docs``. The alias is resolved once, here: every replica serves that one version. Requests are
-grouped by ``@serve.batch`` (dynamic batching) and run by ONNX Runtime inside each replica. Bad
-requests get a 4xx with a one-line message and never reach the model. Runs in the foreground
-until Ctrl-C, which deletes the application and shuts down the Ray it started. Config:
-``conf/serve/default.yaml`` (``ServeConfig``).
+grouped by ``@serve.batch`` (dynamic batching) and run inside each replica by the runtime the
+version was selected for (ONNX Runtime, or OpenVINO: ``runtime=``). Bad requests get a 4xx with a
+one-line message and never reach the model. ``ingress=auto`` (default): HAProxy with
+``auth_token=...``, Serve's proxy on loopback without; ``ingress=grpc``: ``slimray.Model/Predict``
+and ``Embed`` on ``grpc_port`` as well. Runs in the foreground until Ctrl-C, which deletes the
+application and shuts down the Ray it started. Config: ``conf/serve/default.yaml`` (``ServeConfig``).
 """
 
 from __future__ import annotations
