@@ -208,9 +208,9 @@ TABLES: dict[str, list[Row]] = {
         textcls | size vs the fine-tuned teacher (torch FP32) | selected_vs_reference.size_reduction | {:.2f}× | ≥ 4×
         textcls | batch-1 latency vs the teacher, 2 threads | selected_vs_reference.latency_speedup_b1_t2 | {:.2f}× | ≥ 3×
         textcls | batch-32 throughput vs the teacher, 2 threads | selected_vs_reference.throughput_speedup_b32_t2 | {:.2f}×
-        textcls | test accuracy vs the teacher, points [paired 95% interval], McNemar p | selected_vs_teacher_paired.test_acc_delta, selected_vs_teacher_paired.test_acc_delta_ci95, selected_vs_teacher_paired.test_acc_delta_p || selected_vs_reference.test_acc_delta | {:+.4f} [{:+.4f}, {:+.4f}], p = {:.2g} || {:+.4f} (point value; each variant's interval in the table above) | ≥ −0.01
+        textcls | test accuracy vs the teacher, difference [paired 95% interval], McNemar p | selected_vs_teacher_paired.test_acc_delta, selected_vs_teacher_paired.test_acc_delta_ci95, selected_vs_teacher_paired.test_acc_delta_p || selected_vs_reference.test_acc_delta | {:+.4f} [{:+.4f}, {:+.4f}], p = {:.2g} || {:+.4f} (point value; each variant's interval in the table above) | ≥ −0.01
         textcls | vs the plain-script anchor (ORT dynamic INT8 of the teacher): batch-1 latency | selected_vs_anchor.latency_speedup_b1_t2 | {:.2f}× | > 1×
-        textcls | … test accuracy, points | selected_vs_anchor.test_acc_delta | {:+.4f} | ≥ the anchor's loss
+        textcls | … test accuracy difference | selected_vs_anchor.test_acc_delta | {:+.4f} | ≥ the anchor's loss
         textcls | test rows | test_rows | {:,}
         textcls | pipeline wall time | wall_s | {:.0f} s
         """
