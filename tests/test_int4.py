@@ -6,10 +6,8 @@ import pytest
 from tasks.compression.int4 import int4_weights, linear_weights
 from tasks.core.context import StepContext
 from tasks.evaluation.quality import GateConfig
-from tasks.models.build import make_artifact
-from tasks.runtime.onnx import data_onnx
 from tasks.steps import quantize
-from tests.text_models import TRUSTED, text_dataset, tiny_encoder
+from tests.text_models import TRUSTED, encoder_artifact, text_dataset
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
 
@@ -21,10 +19,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def fp32(data):
-    model, arch = tiny_encoder()
-    art = make_artifact(model, arch, name="encoder", kind="teacher")
-    art.onnx = data_onnx(model, data)
-    return art
+    return encoder_artifact(data)
 
 
 def _ops(onnx_bytes: bytes) -> list[str]:

@@ -8,10 +8,8 @@ import torch
 
 from tasks.core.context import StepContext
 from tasks.evaluation.quality import GateConfig
-from tasks.models.build import make_artifact
-from tasks.runtime.onnx import data_onnx
 from tasks.steps import quantize
-from tests.text_models import TRUSTED, text_dataset, tiny_encoder
+from tests.text_models import TRUSTED, encoder_artifact, text_dataset, tiny_encoder
 
 pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
 
@@ -23,10 +21,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def fp32(data):
-    model, arch = tiny_encoder()
-    art = make_artifact(model, arch, name="encoder", kind="teacher")
-    art.onnx = data_onnx(model, data)  # exported once (as the export step would)
-    return art
+    return encoder_artifact(data)
 
 
 def _ctx():

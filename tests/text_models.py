@@ -56,3 +56,14 @@ def text_dataset(n_train: int = 64, seq_len: int = 16) -> Dataset:
         input_names=list(TEXT_INPUTS),
         x_calib=ca,
     )
+
+
+def encoder_artifact(data: Dataset):
+    """The tiny encoder as a teacher artifact with its ONNX exported once (as the export step would)."""
+    from tasks.models.build import make_artifact
+    from tasks.runtime.onnx import data_onnx
+
+    model, arch = tiny_encoder()
+    art = make_artifact(model, arch, name="encoder", kind="teacher")
+    art.onnx = data_onnx(model, data)
+    return art
