@@ -111,3 +111,24 @@ def interrupt_when_running(
             except ProcessLookupError:
                 pass
     return driver.returncode, exit_s, log_path.read_text(errors="replace")
+
+
+def selected_benchmark(workdir, overrides: list[str]):
+    """Run ``overrides`` (it must finish): the session's outcome and the benchmark step's ``BenchmarkReport``."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
+    from tasks.core.types import BenchmarkReport
+
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
+    st = out.states["benchmark"]
+    client = MlflowClient(tracking_uri=out.uri)
+    path = client.download_artifacts(st.trials[st.selected].meta.run_id, "benchmark.json", str(workdir / "dl"))
+    with open(path) as f:
+        return out, BenchmarkReport.from_dict(json.load(f))

