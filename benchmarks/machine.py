@@ -22,6 +22,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def variants_head(bench: dict, variants: list[dict], selected: dict | None) -> dict:
+    """The head of a transformer benchmark's JSON (minilm.py, textcls.py): the reference, the machine
+    (with the load it ran under), every variant and the selected one's name."""
+    return {
+        "reference": "torch_fp32",
+        "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
+        "variants": variants,
+        "selected": selected["name"] if selected else None,
+    }
+
+
 def machine_info(threads: int | None = None) -> dict:
     """CPU model, visible cores, the threads the measurement used, and the date."""
     info = {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from default_run import run_fresh  # benchmarks/ is the script's directory
-from machine import machine_info
+from machine import variants_head
 
 FIELDS = ("size_bytes", "cos_mean", "cos_min", "top1_agree", "selected", "rejected")
 
@@ -62,10 +61,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "reference": "torch_fp32",
-                "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
-                "variants": variants,
-                "selected": sel["name"] if sel else None,
+                **variants_head(bench, variants, sel),
                 "selected_vs_reference": ratios(sel, ref),
                 "notes": bench.get("notes", []),
                 "overrides": overrides,

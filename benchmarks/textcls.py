@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import launch  # benchmarks/ is the script's directory
 from default_run import benchmark_json
-from machine import machine_info
+from machine import variants_head
 
 from tasks.evaluation.stats import proportion_ci
 
@@ -83,10 +82,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "reference": "torch_fp32",
-                "machine": {**machine_info(threads=bench.get("threads")), "loadavg_1m": os.getloadavg()[0]},
-                "variants": variants,
-                "selected": sel["name"] if sel else None,
+                **variants_head(bench, variants, sel),
                 "selected_vs_reference": versus(sel, by_name.get("torch_fp32")),
                 "selected_vs_anchor": versus(sel, by_name.get(ANCHOR)),
                 # the benchmark's paired comparison (same test rows): delta, its 95% interval, McNemar p

@@ -78,6 +78,11 @@ def check_model(model_uri: str, tracking_uri: str) -> None:
     resolve(model_uri, tracking_uri)
 
 
+def served_runtime(cfg: ServeConfig, pinned: dict) -> str:
+    """``serve.runtime`` when set, else the runtime the version was selected for (its tag)."""
+    return cfg.runtime or pinned.get("runtime", "onnxruntime")
+
+
 def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
     """The Serve application (FastAPI ingress + ONNX Runtime model) for ``cfg``, every replica on the
     ``pinned`` version (default: ``cfg.model`` resolved now)."""
@@ -97,7 +102,7 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
         **scaling,
     )
     pinned = pinned or resolve(cfg.model, tracking_uri)
-    runtime = cfg.runtime or pinned.get("runtime", "onnxruntime")
+    runtime = served_runtime(cfg, pinned)
     return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri, runtime=runtime), pinned)
 
 
@@ -163,7 +168,7 @@ def main(argv: list[str]) -> int:
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         sys.stdout, sys.stderr = _Plain(sys.stdout), _Plain(sys.stderr)  # nor in Ray's "[repeated Nx]"
     try:
-        route = _preload(uri, pinned, cfg.runtime or pinned["runtime"])
+        route = _preload(uri, pinned, served_runtime(cfg, pinned))
     except RuntimeError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
@@ -191,7 +196,7 @@ def _serve(cfg: ServeConfig, uri: str, pinned: dict, route: str) -> int:
         )
         print(
             f"serving {pinned['requested']} = {pinned['name']} version {pinned['version']} (run {pinned['run_id']}) "
-            f"on http://{cfg.host}:{cfg.port}{route}{grpc} (runtime: {cfg.runtime or pinned['runtime']}; "
+            f"on http://{cfg.host}:{cfg.port}{route}{grpc} (runtime: {served_runtime(cfg, pinned)}; "
             f"ingress: {cfg.ingress}; docs: /docs); Ctrl-C stops",
             flush=True,
         )
