@@ -24,17 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from figures import last_json
 from machine import ISOLATED, isolated, machine_info  # benchmarks/ is the script's directory
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = ("proxy", "throughput", "haproxy", "grpc")
-
-
-def last_json(stdout: str) -> dict:
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise SystemExit("serve_load.py printed no JSON object")
 
 
 def summary(out: dict, top: int) -> dict:
@@ -73,7 +67,7 @@ def main() -> None:
         done = subprocess.run(prefix + cmd, stdout=subprocess.PIPE, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"error: serve_load.py --ingress {option} exited {done.returncode}")
-        out = last_json(done.stdout)
+        out = last_json(done.stdout, f"serve_load.py --ingress {option}")
         results[option] = {k: v for k, v in out.items() if k not in ("cpu_model", "cores", "mlflow_run_id")}
         results[option]["summary"] = summary(out, max(int(c) for c in args.levels.split(",")))
     best = lambda key, pick: pick(  # noqa: E731 - the option with the best value of a summary key
