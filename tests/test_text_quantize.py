@@ -108,3 +108,26 @@ def test_gate_on_classification_uses_top1_agreement():
     stats = parity("classification", out, ref)
     assert stats["agreement"] == 0.75
     assert gate_failures("classification", stats, GateConfig(min_agreement=0.97)) == ["agreement 0.7500 < 0.97"]
+
+
+def test_gate_on_accuracy_ignores_flips_between_wrong_classes():
+    """max_acc_drop gates on the held-out labels: top-1 flips that cost no accuracy pass, a drop
+    beyond the bound fails (hand-computed on 4 rows)."""
+    from tasks.evaluation.quality import gate_failures, parity
+
+    labels = torch.tensor([0, 1, 2, 3])
+    ref = torch.eye(4)[[0, 1, 0, 0]]  # right on rows 0, 1: accuracy 0.50
+    flipped = torch.eye(4)[[0, 1, 1, 2]]  # rows 2, 3 flip between wrong classes: still 0.50
+    worse = torch.eye(4)[[0, 2, 0, 0]]  # row 1 now wrong: 0.25
+    gate = GateConfig(max_acc_drop=0.01)
+    stats = parity("classification", flipped, ref, labels)
+    assert stats["agreement"] == 0.5 and stats["acc_drop"] == 0.0
+    assert gate_failures("classification", stats, GateConfig()) == ["agreement 0.5000 < 0.97"]
+    assert gate_failures("classification", stats, gate) == []
+    assert gate_failures("classification", parity("classification", worse, ref, labels), gate) == [
+        "acc_drop 0.2500 > 0.01"
+    ]
+    with pytest.raises(ValueError, match="needs the held-out labels"):
+        gate_failures("classification", parity("classification", flipped, ref), gate)
+    with pytest.raises(ValueError, match="gate.max_acc_drop must be in"):
+        GateConfig(max_acc_drop=1.5)

@@ -108,19 +108,29 @@ def quality(
 class GateConfig:
     """Parity gate thresholds: how close a deployed (ORT) model must stay to its reference.
 
-    Classification: top-1 ``agreement`` with the reference's predictions. Embedding: cosine to
-    the reference's vectors, mean and worst row. Measured on held-out rows (the validation split).
+    Classification: top-1 ``agreement`` with the reference's predictions; or, with
+    ``max_acc_drop`` set, accuracy on the held-out labels at most that far below the reference's
+    (``acc_drop``, Intel Neural Compressor's accuracy criterion) - for a low-margin classifier
+    whose top-1 flips between wrong classes under quantization without costing accuracy.
+    Embedding: cosine to the reference's vectors, mean and worst row. Measured on held-out rows
+    (the validation split).
     """
 
     enabled: bool = True
     min_agreement: float = 0.97
+    max_acc_drop: float | None = None  # classification: gate on accuracy instead of agreement
     min_cos_mean: float = 0.99
     min_cos_min: float = 0.9
 
+    def __post_init__(self) -> None:
+        if self.max_acc_drop is not None and not 0.0 <= self.max_acc_drop < 1.0:
+            raise ValueError(f"gate.max_acc_drop must be in [0, 1), got {self.max_acc_drop}")
 
-def parity(kind: TaskKind | str, outputs: Tensor, reference: Tensor) -> dict[str, float]:
+
+def parity(kind: TaskKind | str, outputs: Tensor, reference: Tensor, labels: Tensor | None = None) -> dict[str, float]:
     """Agreement of ``outputs`` with ``reference`` on the same rows: top-1 ``agreement`` and
-    ``max_abs_diff`` (classification) or ``EMBEDDING_METRICS`` + ``max_abs_diff`` (embedding)."""
+    ``max_abs_diff`` (classification; with ``labels`` also ``acc_drop``, the reference's accuracy
+    minus the outputs') or ``EMBEDDING_METRICS`` + ``max_abs_diff`` (embedding)."""
     outputs, reference = torch.as_tensor(outputs).float(), torch.as_tensor(reference).float()
     if outputs.shape != reference.shape:
         raise ValueError(f"parity: output shape {list(outputs.shape)} != reference shape {list(reference.shape)}")
@@ -128,15 +138,26 @@ def parity(kind: TaskKind | str, outputs: Tensor, reference: Tensor) -> dict[str
         raise ValueError("parity: no rows to compare")
     diff = {"max_abs_diff": float((outputs - reference).abs().max())}
     if primary_metric(kind) == PRIMARY_METRIC[TaskKind.classification]:
-        return {**diff, "agreement": float((outputs.argmax(1) == reference.argmax(1)).float().mean())}
+        top1, ref1 = outputs.argmax(1), reference.argmax(1)
+        stats = {**diff, "agreement": float((top1 == ref1).float().mean())}
+        if labels is not None:
+            y = torch.as_tensor(labels).view(-1)
+            stats["acc_drop"] = float((ref1 == y).float().mean() - (top1 == y).float().mean())
+        return stats
     return {**diff, **embedding_quality(outputs, reference)}
 
 
 def gate_failures(kind: TaskKind | str, stats: dict[str, float], cfg: GateConfig) -> list[str]:
-    """The gate's verdict on ``parity`` stats: one ``"<metric> <value> < <bound>"`` per failed bound."""
+    """The gate's verdict on ``parity`` stats: one ``"<metric> <value> < <bound>"`` (or ``>`` for
+    ``acc_drop``) per failed bound."""
     if not cfg.enabled:
         return []
     if primary_metric(kind) == PRIMARY_METRIC[TaskKind.classification]:
+        if cfg.max_acc_drop is not None:
+            if "acc_drop" not in stats:
+                raise ValueError("gate.max_acc_drop needs the held-out labels (parity(..., labels=))")
+            drop = stats["acc_drop"]
+            return [] if drop <= cfg.max_acc_drop else [f"acc_drop {drop:.4f} > {cfg.max_acc_drop}"]
         bounds = {"agreement": cfg.min_agreement}
     else:
         bounds = {"cos_mean": cfg.min_cos_mean, "cos_min": cfg.min_cos_min}

@@ -151,7 +151,8 @@ def _quality(data: Dataset, out: Tensor, ref: Tensor) -> dict[str, float]:
 
 def _gate(data: Dataset, out: Tensor, ref: Tensor, cfg: QuantizeConfig, ctx: StepContext) -> dict[str, float]:
     """``parity_*`` figures of the ORT outputs vs the reference, and ``rejected`` (1 if the gate fails)."""
-    stats = parity(data.task, out, ref)
+    labels = data.y_val if data.task == TaskKind.classification else None
+    stats = parity(data.task, out, ref, labels)
     failed = gate_failures(data.task, stats, cfg.gate)
     if failed:
         ctx.note(f"parity gate: rejected ({', '.join(failed)} on {len(ref)} held-out rows)")
