@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.context import StepContext
+from tasks.evaluation import stats
 from tasks.evaluation.quality import GateConfig
 from tasks.models.build import load_model, make_artifact
 from tasks.runtime import openvino as ovrt
@@ -43,7 +44,12 @@ def test_zoo_models_get_an_openvino_row_each_and_selection_spans_runtimes():
         assert ov_row.size_bytes == ort_row.size_bytes  # the same ONNX file, exported once
         assert ov_row.test_acc == pytest.approx(ort_row.test_acc, abs=0.021)
         assert ov_row.latency_ms_p50_b1 > 0 and ov_row.throughput_b256 > 0
+        # its interval is Wilson's over OpenVINO's own outcomes, not a copy of the ORT row's
+        n = ov_row.n_test
+        assert ov_row.test_acc_ci95 == pytest.approx(list(stats.wilson(round(ov_row.test_acc * n), n)))
     assert sum(r.selected for r in rep.candidates) == 1 and rep.selected.kind != "teacher"
+    # the paired comparison with the teacher exists whichever runtime's row was selected
+    assert rep.targets.selected_vs_teacher.test_acc_delta_ci95 is not None
     assert rep.to_dict()["candidates"][3]["runtime"].startswith("openvino ")
 
 
@@ -67,6 +73,8 @@ def test_tiny_bert_int8_and_int4_on_both_runtimes_and_the_registered_runtime():
     for name in q:  # ORT's dynamic INT8 and MatMulNBits graphs run on OpenVINO, with their own quality
         ov_row = rows[f"{name}@openvino"]
         assert ov_row.runtime.startswith("openvino") and abs(ov_row.cos_mean - rows[name].cos_mean) < 0.01
+        lo, hi = ov_row.cos_mean_ci95
+        assert lo <= ov_row.cos_mean <= hi
     sel = rep.selected
     assert sel is not None
     cands = [teacher, *q.values()]

@@ -127,27 +127,39 @@ def exported(cands: list[ModelArtifact], data: Dataset, trusted: tuple[str, ...]
     return out
 
 
-def _quality(row: BenchmarkRow, onnx_bytes: bytes, data: Dataset, batch_size: int, ref: dict | None) -> None:
-    """Set the OpenVINO row's quality from OpenVINO's own outputs (accuracy or cosines to ``ref``)."""
+def _quality(row: BenchmarkRow, onnx_bytes: bytes, data: Dataset, batch_size: int, ref: dict | None) -> dict | None:
+    """Set the OpenVINO row's quality and its intervals from OpenVINO's own outputs (accuracy, or
+    cosines to ``ref``); returns the per-row outcomes behind them (``tasks.evaluation.evidence``)."""
     from tasks.core.options import TaskKind
+    from tasks.evaluation import evidence
     from tasks.runtime import measure
     from tasks.training.embedding import embed
 
     run = predictor(compile_onnx(onnx_bytes, 1))
+    out = {"val": embed(run, data.x_val, batch_size), "test": embed(run, data.x_test, batch_size)}
     if data.task == TaskKind.classification:
-        acc = lambda x, y: float((embed(run, x, batch_size).argmax(1) == y).float().mean()) if len(x) else None  # noqa: E731
-        row.test_acc, row.val_acc = acc(data.x_test, data.y_test), acc(data.x_val, data.y_val)
-    elif ref is not None:
-        out = {"val": embed(run, data.x_val, batch_size), "test": embed(run, data.x_test, batch_size)}
-        for key, value in measure.embedding_fields(out, ref).items():
-            setattr(row, key, value)
+        per_row = {s: evidence.correct_rows(out[s].numpy(), y) for s, y in (("test", data.y_test), ("val", data.y_val))}
+        evidence.set_fields(row, evidence.classification_fields(per_row))
+        return per_row
+    if ref is None:
+        return None
+    evidence.set_fields(row, measure.embedding_fields(out, ref))
+    per_row = measure.cosine_splits(out, ref)
+    evidence.set_fields(row, evidence.embedding_fields(per_row, row.top1_agree))
+    return per_row
 
 
 def openvino_rows(
-    cands: list[ModelArtifact], measured: list[tuple[BenchmarkRow, Any]], data: Dataset, cfg: Any, ref: dict | None
+    cands: list[ModelArtifact],
+    measured: list[tuple[BenchmarkRow, Any]],
+    data: Dataset,
+    cfg: Any,
+    ref: dict | None,
+    evid: dict | None = None,
 ) -> tuple[list[tuple[BenchmarkRow, Any]], list[str]]:
     """``<candidate>@openvino`` rows (and their timers) for every timed ONNX Runtime row, and notes
-    for the candidates OpenVINO cannot run. ``cfg``: the benchmark's (``warmup``, ``eval_batch_size``)."""
+    for the candidates OpenVINO cannot run; each row's per-row outcomes go into ``evid`` (what the
+    paired comparisons read). ``cfg``: the benchmark's (``warmup``, ``eval_batch_size``)."""
     by_name = {a.name: a for a in cands}
     rows, notes = [], []
     tag = f"openvino {version()}"
@@ -157,10 +169,12 @@ def openvino_rows(
             continue
         ov_row = dataclasses.replace(row, name=f"{row.name}{SEP}openvino", runtime=tag, speed={})
         try:
-            _quality(ov_row, art.onnx, data, cfg.eval_batch_size, ref)
+            per_row = _quality(ov_row, art.onnx, data, cfg.eval_batch_size, ref)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises its own error types for unsupported ops
             notes.append(f"openvino cannot run '{row.name}': {str(e).splitlines()[0][:200]}")
             continue
+        if evid is not None and per_row is not None:
+            evid[ov_row.name] = per_row
         rows.append((ov_row, lambda b=art.onnx: timer(b, data.x_test, cfg.warmup)))
     return rows, notes
 
@@ -171,11 +185,13 @@ def with_runtimes(cands: list[ModelArtifact], data: Dataset, cfg: Any, trusted: 
     return exported(cands, data, trusted) if "openvino" in cfg.runtimes else cands
 
 
-def runtime_rows(cands, measured, data: Dataset, cfg: Any, ref: dict | None, ctx: Any) -> list:
+def runtime_rows(
+    cands, measured, data: Dataset, cfg: Any, ref: dict | None, ctx: Any, evid: dict | None = None
+) -> list:
     """The extra runtimes' rows for the benchmark (none unless ``cfg.runtimes`` holds openvino)."""
     if "openvino" not in cfg.runtimes:
         return []
-    rows, notes = openvino_rows(cands, measured, data, cfg, ref)
+    rows, notes = openvino_rows(cands, measured, data, cfg, ref, evid)
     for note in notes:
         ctx.note(note)
     return rows

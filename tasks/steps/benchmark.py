@@ -220,12 +220,12 @@ def _measure_rows(
     cands: list[ModelArtifact], data: Dataset, cfg: BenchmarkConfig, ctx: StepContext, ref: dict | None
 ) -> tuple[list[tuple[BenchmarkRow, NewTimer | None]], Evidence, dict[str, bytes]]:
     """Every candidate's row on ONNX Runtime, then its rows on the other ``cfg.runtimes`` (untimed
-    yet), the per-row outcomes behind the ONNX Runtime rows' intervals, and each candidate's ONNX."""
+    yet), the per-row outcomes behind every row's intervals, and each candidate's ONNX."""
     measured, evid, blobs = [], Evidence(), dict[str, bytes]()
     for i, art in enumerate(cands):
         ctx.progress(f"benchmarking {art.name} ({i + 1}/{len(cands)})")
         measured.append(measure_row(art, data, cfg, ctx.trusted_targets, ref, evid, blobs))
-    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx), evid, blobs  # <name>@openvino
+    return measured + runtimes.runtime_rows(cands, measured, data, cfg, ref, ctx, evid), evid, blobs  # <name>@openvino
 
 
 def run(
