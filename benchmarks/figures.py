@@ -53,6 +53,8 @@ FIGURES: dict[str, list[str]] = {
     "search_efficiency": [PY, "benchmarks/search_efficiency.py"],
     "byo": [PY, "benchmarks/byo.py"],  # your own model: `python -m examples.byo.prepare`, then experiment=byo
     "minilm": [PY, "benchmarks/minilm.py"],  # experiment=minilm (make install-nlp)
+    # the 4-layer MiniLM student's cosine to the teacher against the sentences it trained on (make install-nlp)
+    "minilm_curve": [PY, "benchmarks/minilm_curve.py", "--sizes", "1000", "4000", "16000"],
     # experiment=textcls (make install-nlp), every candidate on ONNX Runtime and OpenVINO, at 300 texts per
     # package and split: the full size (2,000) takes 2-3 h on 2 cores
     "textcls": [
@@ -64,7 +66,7 @@ FIGURES: dict[str, list[str]] = {
 }
 
 # not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
-LONG = {"search_efficiency", "minilm", "textcls"}
+LONG = {"search_efficiency", "minilm", "minilm_curve", "textcls"}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -169,11 +171,13 @@ TABLES: dict[str, list[Row]] = {
         search_efficiency | … grid, same number of trained candidates | methods.grid.best_feasible_throughput_mean, methods.grid.best_feasible_throughput_ci95 | {:,.0f} [{:,.0f}, {:,.0f}] samples/s
         search_efficiency | … random search, same budget | methods.random.best_feasible_throughput_mean, methods.random.best_feasible_throughput_ci95 | {:,.0f} [{:,.0f}, {:,.0f}] samples/s
         search_efficiency | search vs grid, best feasible throughput, paired by seed | comparisons.search_vs_grid.throughput_diff_ci95 | verdict
+        search_efficiency | search vs random, best feasible throughput, paired by seed | comparisons.search_vs_random.throughput_diff_ci95 | verdict
         search_efficiency | search: hypervolume of val_acc × log10 throughput | methods.search.hypervolume_mean, methods.search.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}] | > random's
         search_efficiency | … random search | methods.random.hypervolume_mean, methods.random.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}]
         search_efficiency | … grid | methods.grid.hypervolume_mean, methods.grid.hypervolume_ci95 | {:.4f} [{:.4f}, {:.4f}]
         search_efficiency | search vs random, hypervolume, paired by seed | comparisons.search_vs_random.hypervolume_diff_ci95 | verdict
         search_efficiency | trained candidates search needs to reach 95% of the grid's best (worst seed) | methods.search.candidates_to_95pct_of_grid_best.max, methods.search.candidates_to_95pct_of_grid_best.reached, seeds, methods.grid.trained_candidates | {} (reached in {} of {} seeds; the grid trains {}) | ≤ ½ of the grid's
+        search_efficiency | … random search (worst seed) | methods.random.candidates_to_95pct_of_grid_best.max, methods.random.candidates_to_95pct_of_grid_best.reached, seeds | {} (reached in {} of {} seeds)
         search_efficiency | trained candidates per method | methods.search.trained_candidates | {}
         search_efficiency | search wall time | methods.search.wall_s_mean | {:.0f} s
         search_efficiency | … grid | methods.grid.wall_s_mean | {:.0f} s
@@ -274,6 +278,18 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
             ("errors", "errors_total", "{}"),
         ],
     ),
+    "minilm_curve": (
+        "minilm_curve",
+        "points",
+        [
+            ("training sentences", "train_sentences", "{:,}"),
+            ("epochs", "epochs", "{}"),
+            ("training time (s)", "train_s", "{:.0f}"),
+            ("cos mean (held-out)", "cos_mean", "{:.4f}"),
+            ("cos min", "cos_min", "{:.4f}"),
+            ("top-1 agree", "top1_agree", "{:.3f}"),
+        ],
+    ),
     "minilm_variants": (
         "minilm",
         "variants",
@@ -346,10 +362,12 @@ def _values(measured: dict, paths: str) -> list:
 def verdict(ci: list) -> str:
     """A conclusion only where the 95% interval of a difference supports it."""
     low, high = ci
+    f = "{:+,.0f}" if max(abs(low), abs(high)) >= 1000 else "{:+.2f}"  # throughputs: whole samples/s
+    span = f"[{f.format(low)}, {f.format(high)}]"
     if low > 0 or high < 0:
         word = "higher" if low > 0 else "lower"
-        return f"{word}: 95% interval [{low:+.2f}, {high:+.2f}] excludes 0"
-    return f"not distinguishable: 95% interval [{low:+.2f}, {high:+.2f}] includes 0"
+        return f"{word}: 95% interval {span} excludes 0"
+    return f"not distinguishable: 95% interval {span} includes 0"
 
 
 def cell(entry: dict | None, path: str, fmt: str) -> str:
