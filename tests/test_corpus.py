@@ -84,3 +84,14 @@ def test_text_data_from_packages_is_an_embedding_set_with_disjoint_splits():
     assert not rows(data.x_train) & rows(data.x_test) and not rows(data.x_val) & rows(data.x_test)
     again = text_data.run(cfg=cfg, ctx=StepContext(seed=1))
     assert bool((again.x_test == data.x_test).all()) and bool((again.x_train == data.x_train).all())
+
+
+def test_a_one_module_distribution_is_read_as_one_file():
+    """threadpoolctl ships one ``threadpoolctl.py`` (no package directory): it is one source file."""
+    root = package_root("threadpoolctl")
+    assert root.is_file() and root.name == "threadpoolctl.py"
+    cfg = CorpusConfig(packages=["tqdm", "threadpoolctl"], seed=0, test_frac=0.0, val_frac=0.0, calib_frac=0.0)
+    c = build_corpus(cfg)
+    files = {f for f in c.splits["train"].files if f.startswith("threadpoolctl/")}
+    assert files == {"threadpoolctl/threadpoolctl.py"}
+    assert any(label == 1 for label in c.splits["train"].labels)

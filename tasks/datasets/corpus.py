@@ -74,14 +74,19 @@ class Corpus:
 
 
 def package_root(name: str) -> Path:
-    """The directory of an installed package, located without importing it."""
+    """The directory of an installed package, or the file of a one-module distribution
+    (``threadpoolctl.py``), located without importing it."""
     spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"corpus.packages: '{name}' is not an installed package (a directory in site-packages)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    if spec is not None and spec.origin and spec.origin.endswith(".py"):
+        return Path(spec.origin)
+    raise ValueError(f"corpus.packages: '{name}' is not an installed package or Python module in site-packages")
 
 
 def source_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
     return sorted(p for p in root.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(root).parts[:-1]))
 
 
@@ -187,7 +192,7 @@ def build_corpus(cfg: CorpusConfig) -> Corpus:
         root = package_root(package)
         per_file = {}
         for path in source_files(root):
-            rel = f"{package}/{path.relative_to(root).as_posix()}"
+            rel = f"{package}/{path.relative_to(root).as_posix() if root.is_dir() else path.name}"
             kept = []
             for text in file_texts(path, cfg):
                 if _key(text) not in seen:  # the first copy in (package, file) order is kept
