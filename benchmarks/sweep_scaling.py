@@ -52,7 +52,7 @@ def through_engine(spec_dict: dict, workdir: Path) -> tuple[float, object]:
     from pipelines.config.compose import load_config
     from pipelines.run import session
 
-    cfg = load_config(["pipeline=demo", f"tracking.uri=sqlite:///{workdir}/mlflow.db"])
+    cfg = load_config(["pipeline=compress", f"tracking.uri=sqlite:///{workdir}/mlflow.db"])  # its steps are replaced
     cfg.pipeline = OmegaConf.create(spec_dict)
     spec, ray_cfg, tracking = session.validate(cfg)
     # one Ray for both executions (as on a running cluster): the measured sweep runs on warm workers
