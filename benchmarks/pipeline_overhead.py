@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import launch  # benchmarks/ is the script's directory
+from machine import machine_info
 
 
 def plain(spec, seed: int, per_step: dict) -> float:
@@ -86,6 +87,7 @@ def main() -> None:
                 "ok": ratio <= 1.10 and code == 0,
                 "engine_steps_s": engine_steps,
                 "plain_steps_s": plain_steps,
+                **machine_info(threads=os.cpu_count()),  # both runs use the whole machine
             }
         )
     )
