@@ -15,18 +15,15 @@ candidate instead of every round of one.
 from __future__ import annotations
 
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import artifacts
-from pipelines.store.tracking import OUTPUT_DIR
+from pipelines.store.tracking import TAG, find_cached, load_output
 from tasks.core.context import StepContext
 from tasks.runtime.measure import time_rows
 from tasks.steps.benchmark import BenchmarkConfig, measure_row
 
-TAG = "slimray."
 # one thread as the benchmark step; batch 256; three rounds over all candidates
 TIMING = BenchmarkConfig(threads=1, warmup=5, iters_b1=10, iters_b256=30, rounds=3)
 
@@ -35,34 +32,21 @@ TIMING = BenchmarkConfig(threads=1, warmup=5, iters_b1=10, iters_b256=30, rounds
 class Candidate:
     method: str  # grid | search | random
     label: str  # e.g. "prune[amount=0.2,method=channel]" or a trial id
-    run_id: str  # a run that computed or reused the model (``stored_run`` finds the stored output)
+    run_id: str  # a run that computed or reused the model (``stored_output`` finds what it stored)
     order: int  # position in the method's sequence of trained candidates
 
 
-def stored_run(client: MlflowClient, experiment_id: str, run_id: str) -> str:
-    """The run whose ``output/`` holds this step run's value: itself, or a run with its cache key."""
-    tags = client.get_run(run_id).data.tags
-    if tags.get(f"{TAG}stored") == "true":
-        return run_id
-    key = tags.get(f"{TAG}cache_key", "")
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG}cache_key` = '{key}' and tags.`{TAG}stored` = 'true'",
-        max_results=1,
-    )
-    if not key or not found:
-        raise RuntimeError(f"no stored output for run {run_id} (cache key {key or 'missing'})")
-    return found[0].info.run_id
-
-
 def stored_output(client: MlflowClient, experiment_id: str, run_id: str):
-    """The step output behind ``run_id``, loaded (signature and checksums verified)."""
-    src = stored_run(client, experiment_id, run_id)
-    key = client.get_run(src).data.tags.get(f"{TAG}cache_key", "")
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(src, OUTPUT_DIR, tmp)
-        context = artifacts.entry_context(src, key, OUTPUT_DIR)
-        return artifacts.load(local, origin=f"output of run {src}", context=context)
+    """The step output behind ``run_id``: its own, or for a cache hit the one stored under its key
+    (``find_cached``), loaded and verified as the engine loads a cached output."""
+    tags = client.get_run(run_id).data.tags
+    if tags.get(f"{TAG}stored") != "true":
+        key = tags.get(f"{TAG}cache_key", "")
+        hit = find_cached(client, experiment_id, key) if key else None
+        if hit is None:
+            raise RuntimeError(f"no stored output for run {run_id} (cache key {key or 'missing'})")
+        run_id = hit.info.run_id
+    return load_output(client, run_id)
 
 
 def child_step_run(client: MlflowClient, experiment_id: str, parent: str, step: str) -> str | None:

@@ -150,6 +150,15 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str):
     return next((r for r in runs if artifacts.trusted_entry(client, r, key)), None)
 
 
+def load_output(client: MlflowClient, run_id: str):
+    """The output ``run_id`` stored under ``output/``, verified against its signed manifest."""
+    key = client.get_run(run_id).data.tags.get(f"{TAG}cache_key", "")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, OUTPUT_DIR, tmp)
+        context = artifacts.entry_context(run_id, key, OUTPUT_DIR)
+        return artifacts.load(local, origin=f"cached output of run {run_id}", context=context)
+
+
 def open_runs(client: MlflowClient, experiment_id: str, root: str) -> list[str]:
     runs = client.search_runs(
         [experiment_id],
@@ -223,10 +232,7 @@ class StepTracker:
         return self.client.get_run(run_id).data.tags.get(f"{TAG}cache_key", "")
 
     def load_output(self, run_id: str):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = self.client.download_artifacts(run_id, OUTPUT_DIR, tmp)
-            context = artifacts.entry_context(run_id, self._key_of(run_id), OUTPUT_DIR)
-            return artifacts.load(local, origin=f"cached output of run {run_id}", context=context)
+        return load_output(self.client, run_id)
 
     def finish(self, status: str) -> None:
         self.flush()
