@@ -13,7 +13,7 @@ the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
   it on exactly where the CPU the step runs on lacks VNNI/AMX; the step's cache key holds the CPU.
 * ``embedding_bits: 4``: every Gather on a weight (an embedding table) first becomes
   ``GatherBlockQuantized``: asymmetric 4-bit blocks along the hidden axis (ORT's
-  ``MatMulNBitsQuantizer``).
+  ``MatMulNBitsQuantizer``), block scales in FP32 or FP16 (``embedding_scale_dtype``).
 
 ``onnx`` and ``onnxruntime`` are imported inside the functions, never at import.
 """
@@ -53,6 +53,8 @@ class OrtQuantOptions(Protocol):
     def embedding_bits(self) -> int: ...
     @property
     def embedding_block_size(self) -> int: ...
+    @property
+    def embedding_scale_dtype(self) -> str: ...
     @property
     def reduce_range(self) -> str: ...
 
@@ -111,14 +113,37 @@ def _preprocess(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _embeddings_4bit(src: Path, dst: Path, block_size: int) -> Path:
+def _fp16_scales(model: Any) -> None:
+    """Each ``GatherBlockQuantized`` keeps its block scales in FP16 and casts the rows it looks up
+    back to FP32 (its output type is its scales' type): half the bytes of the scales."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        if node.op_type == "GatherBlockQuantized":
+            scales = inits[node.input[2]]
+            scales.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scales).astype(np.float16), scales.name))
+            out = node.output[0]
+            node.output[0] = f"{out}_fp16"
+            nodes.append(helper.make_node("Cast", [f"{out}_fp16"], [out], to=TensorProto.FLOAT, name=f"{node.name}_fp32"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def embeddings_4bit(src: Path, dst: Path, block_size: int, scale_dtype: str = "float32") -> Path:
     """Every Gather on a weight as ``GatherBlockQuantized``: asymmetric 4-bit blocks of
-    ``block_size`` along the hidden axis (ORT's ``MatMulNBitsQuantizer``, Gather only)."""
+    ``block_size`` along the hidden axis (ORT's ``MatMulNBitsQuantizer``, Gather only), scales in
+    ``scale_dtype`` (``float32`` or ``float16``). The graph keeps its ``ai.onnx`` opset: the
+    quantizer raises it to 21 for the int4 type (an IR-version matter), and at opset 21 ORT's
+    graph optimizer rebuilds a QDQ graph's ``QuantizeLinear`` nodes into ones it then refuses."""
     import onnx
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
+    opsets = {o.domain: o.version for o in model.opset_import}
     weights = {i.name for i in model.graph.initializer}
     if not any(n.op_type == "Gather" and n.input[0] in weights for n in model.graph.node):
         raise ValueError("quantize.embedding_bits: 4, but the model has no embedding table (a Gather on a weight)")
@@ -130,16 +155,20 @@ def _embeddings_4bit(src: Path, dst: Path, block_size: int) -> Path:
         quant_axes=(("Gather", 1),),
     )
     quantizer = MatMulNBitsQuantizer(model, algo_config=conf)
-    # it warns that it raises the opset to 21 for the int4 type: expected, and the gate checks the result
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.ERROR)  # it warns that it raises the opset (undone below)
     try:  # an all-zero block (a padding row) has scale 0: ORT divides by it before masking
         with np.errstate(divide="ignore", invalid="ignore"):
             quantizer.process()
     finally:
         logger.setLevel(level)
-    quantizer.model.save_model_to_file(str(dst), False)
+    out = quantizer.model.model
+    for opset in out.opset_import:
+        opset.version = opsets.get(opset.domain, opset.version)
+    if scale_dtype == "float16":
+        _fp16_scales(out)
+    onnx.save(out, str(dst))
     return dst
 
 
@@ -185,6 +214,6 @@ def ort_quantize(fp32: bytes, x_calib: Tensor, cfg: OrtQuantOptions, seed: int, 
         if cfg.preprocess:
             src = _preprocess(src, Path(tmp) / "pre.onnx")
         if cfg.embedding_bits == 4:
-            src = _embeddings_4bit(src, Path(tmp) / "emb4.onnx", cfg.embedding_block_size)
+            src = embeddings_4bit(src, Path(tmp) / "emb4.onnx", cfg.embedding_block_size, cfg.embedding_scale_dtype)
         _quantize_file(src, out, fp32, x_calib, cfg, seed, static)
         return out.read_bytes()

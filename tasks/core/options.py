@@ -80,6 +80,7 @@ class QuantMethod(StrEnum):
     static_int8 = "static_int8"
     qat = "qat"
     int4_weight = "int4_weight"
+    nncf_int8 = "nncf_int8"
 
 
 class ReduceRange(StrEnum):

@@ -18,6 +18,10 @@ Methods (``cfg.method``):
 * ``int4_weight`` - weight-only INT4 of every Linear weight (ORT ``MatMulNBits``, blocks of
   ``int4_block_size`` along K, ``int4_accuracy_level``; ``tasks/compression/int4.py``); activations
   stay FP32. Judged by the same parity gate as INT8.
+* ``nncf_int8`` - OpenVINO's own INT8: NNCF post-training quantization of the FP32 ONNX
+  (``tasks/compression/nncf_int8.py``; ``nncf_model_type: transformer`` for a transformer), an
+  INT8 QDQ ONNX that OpenVINO runs on its INT8 kernels; calibrated on ``calib_batches *
+  calib_batch_size`` rows. Needs the nlp extra.
 * ``qat`` - fine-tune (the shared loop ``fit``) with fake-quantized weights (per-channel,
   ``bits``; straight-through estimator, Bengio et al. 2013 / Jacob et al. 2018:
   ``tasks/compression/qat.py``) and optionally fake-quantized ReLU outputs, then bake the
@@ -29,7 +33,7 @@ Methods (``cfg.method``):
 Embedding tables (``cfg.embedding_bits: 4``, ORT methods): a ``Gather`` on a weight (a
 transformer's word/position embeddings - half of MiniLM's parameters) is stored as asymmetric
 4-bit blocks of ``embedding_block_size`` values along the hidden axis, each block with its own
-scale and zero point, by ORT's ``MatMulNBitsQuantizer`` (op ``GatherBlockQuantized``: the looked-up rows are
+scale (FP32, or FP16 with ``embedding_scale_dtype: float16``) and zero point, by ORT's ``MatMulNBitsQuantizer`` (op ``GatherBlockQuantized``: the looked-up rows are
 dequantized at run time, so the model is this small on disk and in memory, not simulated). The
 rest is then quantized to INT8 as usual. A lookup does no arithmetic, so the table's bits cost
 no speed. On MiniLM, asymmetric blocks of 16 keep the cosine to FP32 where plain dynamic INT8 has
@@ -60,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from tasks.compression.int4 import check_int4, int4_weights
+from tasks.compression.nncf_int8 import check_model_type, nncf_quantize
 from tasks.compression.ort_int8 import ort_quantize, use_reduce_range
 from tasks.compression.qat import fake_quantized
 from tasks.compression.quantizers import simulate_kbit
@@ -74,7 +79,8 @@ from tasks.training.losses import ce_loss
 
 MEASURES = True  # INT8 accuracy and parity depend on the CPU's kernels: the cache key holds the hardware
 
-METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat", "int4_weight")
+METHODS = ("fake_kbit", "dynamic_int8", "static_int8", "qat", "int4_weight", "nncf_int8")
+EMBEDDING_4BIT_METHODS = ("dynamic_int8", "static_int8", "int4_weight", "nncf_int8")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
 
@@ -92,6 +98,8 @@ class QuantizeConfig:
     op_types: list[str] = field(default_factory=list)  # ORT op types to quantize ([] = all it supports)
     embedding_bits: int = 8  # 4: embedding tables (Gather on a weight) as 4-bit blocks (see module doc)
     embedding_block_size: int = 16  # values per 4-bit block (a power of 2, >= 16)
+    embedding_scale_dtype: str = "float32"  # the 4-bit blocks' scales: float32 | float16 (half their bytes)
+    nncf_model_type: str = ""  # nncf_int8: '' or 'transformer' (NNCF's transformer preset, nncf_int8.py)
     reduce_range: ReduceRange = ReduceRange.auto  # ORT weights on 7 bits; auto: x86 without VNNI/AMX (ort_int8)
     int4_block_size: int = 16  # int4_weight: values per 4-bit block along K (a power of 2 >= 16)
     int4_accuracy_level: int = 4  # int4_weight: MatMulNBits compute type (0 unset, 1 fp32, 4 int8)
@@ -122,9 +130,11 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
         )
     if cfg.embedding_bits not in (4, 8):
         raise ValueError(f"quantize.embedding_bits: {cfg.embedding_bits} (4 or 8)")
-    if cfg.embedding_bits == 4 and cfg.method not in ("dynamic_int8", "static_int8", "int4_weight"):
-        method = cfg.method
-        raise ValueError(f"quantize.embedding_bits: 4 is for dynamic_int8 and static_int8 (+int4_weight), not {method}")
+    if cfg.embedding_bits == 4 and cfg.method not in EMBEDDING_4BIT_METHODS:
+        raise ValueError(f"quantize.embedding_bits: 4 is for {', '.join(EMBEDDING_4BIT_METHODS)}, not {cfg.method}")
+    if cfg.embedding_scale_dtype not in ("float32", "float16"):
+        raise ValueError(f"quantize.embedding_scale_dtype: '{cfg.embedding_scale_dtype}' (float32 or float16)")
+    check_model_type(cfg.nncf_model_type)
     check_int4(cfg.int4_block_size, cfg.int4_accuracy_level)
     bs = cfg.embedding_block_size
     if bs < 16 or bs & (bs - 1):
@@ -160,7 +170,9 @@ def _gate(data: Dataset, out: Tensor, ref: Tensor, cfg: QuantizeConfig, ctx: Ste
 
 
 def _deploy(fp32: bytes, calib: Tensor, cfg: QuantizeConfig, seed: int) -> bytes:
-    """The deployed ONNX: weight-only INT4 (``tasks/compression/int4.py``) or ORT INT8."""
+    """The deployed ONNX: weight-only INT4 (``tasks/compression/int4.py``), NNCF INT8 or ORT INT8."""
+    if cfg.method == "nncf_int8":
+        return nncf_quantize(fp32, calib, cfg, seed)
     if cfg.method == "int4_weight":
         block, level = cfg.int4_block_size, cfg.int4_accuracy_level
         return int4_weights(fp32, block, level, cfg.int4_symmetric, cfg.embedding_bits)
