@@ -59,7 +59,7 @@ figures: install  ## the figure tables in README.md and docs/*.md from docs/figu
 lock: install-nlp  ## refresh constraints.txt from the installed environment (after changing dependencies)
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(LOCK)
 
-bench-minilm: install-nlp  ## experiment=minilm end to end into docs/figures.json (~10-15 min on 2 cores)
+bench-minilm: install-nlp  ## experiment=minilm end to end (both runtimes) into docs/figures.json (~12 min on 2 cores)
 	$(PY) benchmarks/figures.py run minilm
 	$(PY) benchmarks/figures.py readme
 

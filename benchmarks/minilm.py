@@ -8,7 +8,7 @@ and whether it was selected or rejected by the parity gate; then the selected mo
 against torch FP32 and the machine.
 
     .venv/bin/python benchmarks/minilm.py [overrides...]     # needs: pip install -e '.[nlp]'
-    .venv/bin/python benchmarks/minilm.py pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]
+    .venv/bin/python benchmarks/minilm.py pipeline.steps.benchmark.params.runtimes=[onnxruntime]   # ORT only
     .venv/bin/python benchmarks/minilm.py experiment=minilm_large   # students on the package-docstring corpus
 """
 

@@ -35,6 +35,12 @@ def test_minilm_end_to_end_rejects_static_qdq_and_selects_a_faithful_model(workd
     assert dynamic.size_bytes * 3.5 < rows["torch_fp32"].size_bytes
     emb4 = rows["int8_emb4"]  # the same INT8 with its embedding tables in 4-bit blocks
     assert not emb4.rejected and emb4.cos_mean > 0.98 and emb4.size_bytes < 0.92 * dynamic.size_bytes
+    ref_size = rows["torch_fp32"].size_bytes
+    for name in ("nncf_int8", "nncf_int8_emb4"):  # OpenVINO's own INT8 (NNCF), on both runtimes
+        assert not rows[name].rejected and rows[name].cos_mean > 0.99
+        assert rows[f"{name}@openvino"].runtime.startswith("openvino")
+        assert rows[f"{name}@openvino"].cos_mean == pytest.approx(rows[name].cos_mean, abs=1e-3)
+    assert rows["nncf_int8_emb4"].size_bytes < 0.2 * ref_size  # 4-bit tables, FP16 block scales
     selected = bench.selected
     assert selected is not None and not selected.rejected and selected.val_cos_mean >= 0.99
     assert all(set(r.speed) >= {"latency_ms_b1_t2", "throughput_b32_t2"} for r in bench.candidates)

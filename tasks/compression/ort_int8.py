@@ -127,7 +127,9 @@ def _fp16_scales(model: Any) -> None:
             scales.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scales).astype(np.float16), scales.name))
             out = node.output[0]
             node.output[0] = f"{out}_fp16"
-            nodes.append(helper.make_node("Cast", [f"{out}_fp16"], [out], to=TensorProto.FLOAT, name=f"{node.name}_fp32"))
+            nodes.append(
+                helper.make_node("Cast", [f"{out}_fp16"], [out], to=TensorProto.FLOAT, name=f"{node.name}_fp32")
+            )
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 

@@ -30,10 +30,11 @@ Methods (``cfg.method``):
   export folds BatchNorm into Conv by scaling each output channel, and ORT's symmetric
   per-channel INT8 grid scales with the channel, 8-bit QAT weights stay exactly representable.
 
-Embedding tables (``cfg.embedding_bits: 4``, ORT methods): a ``Gather`` on a weight (a
+Embedding tables (``cfg.embedding_bits: 4``, ONNX methods): a ``Gather`` on a weight (a
 transformer's word/position embeddings - half of MiniLM's parameters) is stored as asymmetric
 4-bit blocks of ``embedding_block_size`` values along the hidden axis, each block with its own
-scale (FP32, or FP16 with ``embedding_scale_dtype: float16``) and zero point, by ORT's ``MatMulNBitsQuantizer`` (op ``GatherBlockQuantized``: the looked-up rows are
+scale (FP32, or FP16 with ``embedding_scale_dtype: float16``) and zero point, by ORT's
+``MatMulNBitsQuantizer`` (op ``GatherBlockQuantized``: the looked-up rows are
 dequantized at run time, so the model is this small on disk and in memory, not simulated). The
 rest is then quantized to INT8 as usual. A lookup does no arithmetic, so the table's bits cost
 no speed. On MiniLM, asymmetric blocks of 16 keep the cosine to FP32 where plain dynamic INT8 has
