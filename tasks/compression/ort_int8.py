@@ -146,9 +146,14 @@ def embeddings_4bit(src: Path, dst: Path, block_size: int, scale_dtype: str = "f
 
     model = onnx.load(str(src))
     opsets = {o.domain: o.version for o in model.opset_import}
-    weights = {i.name for i in model.graph.initializer}
-    if not any(n.op_type == "Gather" and n.input[0] in weights for n in model.graph.node):
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    tables = [n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in weights]
+    if not tables:
         raise ValueError("quantize.embedding_bits: 4, but the model has no embedding table (a Gather on a weight)")
+    for name in tables:  # OpenVINO refuses a table whose width is not a whole number of blocks
+        if weights[name][-1] % block_size:
+            width = weights[name][-1]
+            raise ValueError(f"quantize.embedding_block_size: {block_size} does not divide '{name}' (width {width})")
     conf = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=False,
