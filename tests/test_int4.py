@@ -52,9 +52,16 @@ def test_int4_step_deploys_passes_the_gate_and_a_strict_gate_rejects_it(data, fp
     assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] < 0.999999
 
 
-def test_int4_with_4bit_embeddings_quantizes_the_tables_too(fp32):
-    ops = _ops(int4_weights(fp32.onnx, block_size=16, embedding_bits=4))
+def test_int4_with_4bit_embeddings_quantizes_the_tables_too(data, fp32):
+    """The tables follow the embedding settings, as for the other ONNX methods (FP16 scales here)."""
+    cfg = quantize.QuantizeConfig(method="int4_weight", embedding_bits=4, embedding_scale_dtype="float16")
+    art = quantize.run(fp32, data, cfg=cfg, ctx=StepContext(trusted_targets=TRUSTED))
+    model = onnx.load_from_string(art.onnx)
+    ops = _ops(art.onnx)
     assert "GatherBlockQuantized" in ops and "MatMulNBits" in ops
+    scales = {i.name: i.data_type for i in model.graph.initializer}
+    gbq = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert all(scales[n.input[2]] == onnx.TensorProto.FLOAT16 for n in gbq)
 
 
 @pytest.mark.parametrize(

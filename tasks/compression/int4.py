@@ -12,8 +12,8 @@ products and is the fast path on x86). The quantizer is ORT's own
 ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (RTN, round to
 nearest), nothing hand-written.
 
-``embedding_bits: 4`` also turns the embedding tables (a ``Gather`` on a weight) into
-``GatherBlockQuantized`` blocks, as for dynamic INT8 (``tasks/compression/ort_int8.py``).
+The quantize step stores the embedding tables (``embedding_bits: 4``) as 4-bit blocks afterwards,
+as for every ONNX method (``tasks/compression/ort_int8.tables_4bit``).
 
 Defaults (``block_size`` 16, asymmetric, ``accuracy_level`` 4) were chosen by the measurement in
 ``docs/transformers.md`` (weight-only INT4 section, ``benchmarks/int4_settings.py``): on
@@ -47,9 +47,7 @@ def linear_weights(model) -> int:
     return sum(1 for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits)
 
 
-def int4_weights(
-    fp32: bytes, block_size: int = 16, accuracy_level: int = 4, symmetric: bool = False, embedding_bits: int = 8
-) -> bytes:
+def int4_weights(fp32: bytes, block_size: int = 16, accuracy_level: int = 4, symmetric: bool = False) -> bytes:
     """Weight-only INT4 (``MatMulNBits``) of every Linear weight of the FP32 ONNX ``fp32``."""
     import onnx
     from onnxruntime.quantization import QuantFormat
@@ -59,15 +57,13 @@ def int4_weights(
     model = onnx.load_from_string(fp32)
     if not linear_weights(model):
         raise ValueError("quantize.method: int4_weight, but the model has no MatMul on a weight (no linear layer)")
-    ops: tuple[str, ...] = ("MatMul", "Gather") if embedding_bits == 4 else ("MatMul",)
-    axes = tuple((op, {"MatMul": 0, "Gather": 1}[op]) for op in ops)
     conf = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=symmetric,
         accuracy_level=accuracy_level or None,
         quant_format=QuantFormat.QOperator,
-        op_types_to_quantize=ops,
-        quant_axes=axes,
+        op_types_to_quantize=("MatMul",),
+        quant_axes=(("MatMul", 0),),
     )
     quantizer = MatMulNBitsQuantizer(model, algo_config=conf)
     logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")

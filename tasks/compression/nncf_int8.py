@@ -13,10 +13,11 @@ Runtime runs the same file, more slowly; the benchmark measures both.
 and the patterns that must stay in floating point (softmax, layer norm, the attention's
 residual adds) left unquantized. ``embedding_bits: 4`` keeps NNCF off the embedding tables
 (``IgnoredScope`` on ``Gather``) and stores them as 4-bit blocks afterwards
-(``tasks/compression/ort_int8.embeddings_4bit``).
+(``tasks/compression/ort_int8.tables_4bit``).
 
-Calibration: ``calib_batches * calib_batch_size`` rows of ``x_calib`` drawn with the seed, fed one
-row at a time (every graph input, ``ort_feed``); NNCF uses all of them (``subset_size``).
+Calibration: ``calib_batches * calib_batch_size`` rows of ``x_calib`` drawn with the seed
+(``ort_int8.calib_rows``, as ORT's static INT8 draws them), fed one row at a time (every graph
+input, ``ort_feed``); NNCF uses all of them (``subset_size``).
 
 ``nncf`` and ``onnx`` are imported inside the functions, never at import (``nncf`` is in the nlp
 extra).
@@ -25,14 +26,11 @@ extra).
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from tasks.compression.ort_int8 import embeddings_4bit
+from tasks.compression.ort_int8 import calib_rows, tables_4bit
 from tasks.runtime.onnx import ort_feed, ort_session
 
 MODEL_TYPES = ("", "transformer")
@@ -57,24 +55,23 @@ def nncf_quantize(fp32: bytes, x_calib: Tensor, cfg: Any, seed: int) -> bytes:
 
     nncf = _nncf()
     check_model_type(cfg.nncf_model_type)
-    n = min(len(x_calib), cfg.calib_batches * cfg.calib_batch_size)
-    if n == 0:
+    rows = calib_rows(x_calib, cfg, seed)
+    if len(rows) == 0:
         raise ValueError("quantize.method: nncf_int8 needs calibration rows (the data set has none)")
-    rows = x_calib[torch.randperm(len(x_calib), generator=torch.Generator().manual_seed(seed))[:n]]
     session = ort_session(fp32, threads=1)
-    dataset = nncf.Dataset([rows[i : i + 1] for i in range(n)], lambda x: ort_feed(session, x))
+    dataset = nncf.Dataset([rows[i : i + 1] for i in range(len(rows))], lambda x: ort_feed(session, x))
     emb4 = cfg.embedding_bits == 4
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # it logs every node it leaves alone at INFO
-    quantized = nncf.quantize(
-        onnx.load_from_string(fp32),
-        dataset,
-        subset_size=n,
-        model_type=nncf.ModelType.TRANSFORMER if cfg.nncf_model_type == "transformer" else None,
-        ignored_scope=nncf.IgnoredScope(types=["Gather"], validate=False) if emb4 else None,
-    )
-    if not emb4:
-        return quantized.SerializeToString()
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "int8.onnx", Path(tmp) / "emb4.onnx"
-        onnx.save(quantized, str(src))
-        return embeddings_4bit(src, out, cfg.embedding_block_size, cfg.embedding_scale_dtype).read_bytes()
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # it logs every node it leaves alone at INFO
+    try:
+        quantized = nncf.quantize(
+            onnx.load_from_string(fp32),
+            dataset,
+            subset_size=len(rows),
+            model_type=nncf.ModelType.TRANSFORMER if cfg.nncf_model_type == "transformer" else None,
+            ignored_scope=nncf.IgnoredScope(types=["Gather"], validate=False) if emb4 else None,
+        )
+    finally:
+        logger.setLevel(level)
+    return tables_4bit(quantized.SerializeToString(), cfg) if emb4 else quantized.SerializeToString()

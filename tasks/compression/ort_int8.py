@@ -89,12 +89,17 @@ def _calib_reader(feeds: list[dict]) -> Any:
     return Reader()
 
 
+def calib_rows(x: Tensor, cfg: OrtQuantOptions, seed: int) -> Tensor:
+    """The calibration rows: ``calib_batches * calib_batch_size`` rows of ``x`` drawn with the seed."""
+    n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def _calib_feeds(fp32: bytes, x: Tensor, cfg: OrtQuantOptions, seed: int) -> list[dict]:
     """``calib_batches`` random batches of ``x`` (seeded) as feed dicts of the FP32 graph's inputs."""
-    n = min(len(x), cfg.calib_batches * cfg.calib_batch_size)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    rows, size = calib_rows(x, cfg, seed), cfg.calib_batch_size
     session = ort_session(fp32, threads=1)
-    return [ort_feed(session, x[idx[i : i + cfg.calib_batch_size]]) for i in range(0, n, cfg.calib_batch_size)]
+    return [ort_feed(session, rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
@@ -177,6 +182,15 @@ def embeddings_4bit(src: Path, dst: Path, block_size: int, scale_dtype: str = "f
         _fp16_scales(out)
     onnx.save(out, str(dst))
     return dst
+
+
+def tables_4bit(onnx_bytes: bytes, cfg: OrtQuantOptions) -> bytes:
+    """``embeddings_4bit`` of a quantized model's remaining FP32 tables (NNCF INT8, weight-only INT4)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model.onnx"
+        src.write_bytes(onnx_bytes)
+        dst = Path(tmp) / "emb4.onnx"
+        return embeddings_4bit(src, dst, cfg.embedding_block_size, cfg.embedding_scale_dtype).read_bytes()
 
 
 def _quantize_file(src: Path, out: Path, fp32: bytes, x_calib: Tensor, cfg: OrtQuantOptions, seed: int, static: bool):

@@ -66,7 +66,7 @@ from torch import Tensor, nn
 
 from tasks.compression.int4 import check_int4, int4_weights
 from tasks.compression.nncf_int8 import check_model_type, nncf_quantize
-from tasks.compression.ort_int8 import ort_quantize, use_reduce_range
+from tasks.compression.ort_int8 import ort_quantize, tables_4bit, use_reduce_range
 from tasks.compression.qat import fake_quantized
 from tasks.compression.quantizers import simulate_kbit
 from tasks.core.context import StepContext
@@ -175,8 +175,8 @@ def _deploy(fp32: bytes, calib: Tensor, cfg: QuantizeConfig, seed: int) -> bytes
     if cfg.method == "nncf_int8":
         return nncf_quantize(fp32, calib, cfg, seed)
     if cfg.method == "int4_weight":
-        block, level = cfg.int4_block_size, cfg.int4_accuracy_level
-        return int4_weights(fp32, block, level, cfg.int4_symmetric, cfg.embedding_bits)
+        int4 = int4_weights(fp32, cfg.int4_block_size, cfg.int4_accuracy_level, cfg.int4_symmetric)
+        return tables_4bit(int4, cfg) if cfg.embedding_bits == 4 else int4
     return ort_quantize(fp32, calib, cfg, seed, static=cfg.method != "dynamic_int8")
 
 
