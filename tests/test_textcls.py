@@ -40,3 +40,10 @@ def test_textcls_tiny_end_to_end_on_two_runtimes(workdir):
     assert sel is not None and not sel.rejected and sel.kind != "teacher"
     registered = client.search_model_versions("name='textcls-package-docstrings'")
     assert len(registered) == 1 and registered[0].tags["slimray.runtime"] == sel.runtime.split()[0]
+    # what MLflow records the version needs: the runtime it was selected for
+    import mlflow
+
+    mlflow.set_tracking_uri(out.uri)
+    location = client.get_logged_model(registered[0].source.removeprefix("models:/")).artifact_location
+    needs = mlflow.artifacts.load_text(f"{location}/requirements.txt").split()
+    assert "onnxruntime" in needs and ("openvino" in needs) == (sel.runtime.split()[0] == "openvino")

@@ -180,7 +180,7 @@ class RunRecorder:
                     model_id=self._logged_model_id(logged),
                     signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
                     registered_model_name=name,
-                    pip_requirements=["onnxruntime"],
+                    pip_requirements=["onnxruntime"] + (["openvino"] if runtime == "openvino" else []),
                     run_id=self.ctx.root_run,
                     extra_files=extra or None,
                     save_as_external_data=False,  # model.onnx stays the publication's bytes (_reuse compares them)
