@@ -59,6 +59,18 @@ def test_paired_difference_agresti_min_by_hand():
     assert out["p_value"] == pytest.approx(0.3017578125)
 
 
+def test_mcnemar_continuity_correction_stops_at_zero():
+    """Equal (or one apart) discordant counts on the chi-square path (>= 25 rows) are no evidence of
+    a difference: the Yates-corrected statistic max(0, |b - c| - 1)^2 / n is 0 and p is 1."""
+    from scipy.stats import chi2
+
+    for b, c in [(15, 15), (15, 16), (40, 39)]:
+        stat = max(0, abs(b - c) - 1) ** 2 / (b + c)
+        assert stats.mcnemar(b, c) == pytest.approx(float(chi2.sf(stat, 1))) == 1.0
+    # one more apart: (|12 - 14| - 1)^2 / 26 = 1/26, unchanged by the clamp
+    assert stats.mcnemar(12, 14) == pytest.approx(float(chi2.sf(1 / 26, 1)))
+
+
 def test_paired_counts_from_rows():
     ref = np.array([1, 1, 0, 0, 1], dtype=bool)
     cand = np.array([1, 0, 1, 0, 1], dtype=bool)
@@ -82,9 +94,35 @@ def test_paired_bootstrap_sees_a_shift_and_not_noise():
     a = rng.normal(0.99, 0.005, 400)
     shifted = stats.paired_bootstrap(a, a - 0.002)  # every row 0.002 better: no doubt
     assert shifted["delta"] == pytest.approx(0.002) and shifted["delta_ci95"] == pytest.approx([0.002, 0.002])
-    assert shifted["p_value"] == 0.0
+    assert shifted["p_value"] == pytest.approx(2 * 1 / 2001)  # no resample on the far side: (0 + 1) / (B + 1), twice
     noise = stats.paired_bootstrap(a, a + rng.normal(0, 0.005, 400))
     assert noise["delta_ci95"][0] < 0 < noise["delta_ci95"][1] and noise["p_value"] > 0.05
+
+
+def test_paired_bootstrap_p_value_is_never_zero():
+    """B resamples cannot show p = 0: the far side is counted as (k + 1) / (B + 1), so a clear shift
+    over 500 resamples gets p = 2 / 501, and p stays within (0, 1]."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.9, 0.01, 50)
+    out = stats.paired_bootstrap(a, a - 0.05, n_boot=500)
+    assert out["p_value"] == pytest.approx(2 / 501)
+    same = stats.paired_bootstrap(a, a, n_boot=500)  # every resample mean is 0: both sides, p capped at 1
+    assert same["p_value"] == 1.0
+
+
+def test_too_few_rows_for_a_bootstrap_give_the_whole_range():
+    """One row (or a handful, e.g. equal cosines) would give a percentile bootstrap interval of zero
+    width, so a 95% gate would add nothing: below MIN_BOOTSTRAP_ROWS the interval is the figure's
+    whole range and the paired p-value 1."""
+    assert stats.MIN_BOOTSTRAP_ROWS == 10
+    assert stats.bootstrap_mean([0.999], bounds=(-1.0, 1.0)) == [-1.0, 1.0]
+    assert stats.bootstrap_mean([0.999] * 9, bounds=(-1.0, 1.0)) == [-1.0, 1.0]
+    assert stats.bootstrap_mean([0.999]) == [-math.inf, math.inf]
+    out = stats.paired_bootstrap([0.99, 0.98], [0.97, 0.97], bounds=(-2.0, 2.0))
+    assert out["delta"] == pytest.approx(0.015) and out["delta_ci95"] == [-2.0, 2.0] and out["p_value"] == 1.0
+    # from MIN_BOOTSTRAP_ROWS rows on, the bootstrap: ten values 0.90, 0.91, ... 0.99 -> mean 0.945
+    low, high = stats.bootstrap_mean(np.arange(10) / 100 + 0.9, bounds=(-1.0, 1.0))
+    assert 0.92 < low < 0.945 < high < 0.97
 
 
 def test_unpaired_difference_newcombe_by_hand():

@@ -6,7 +6,12 @@
   each cell of the 2x2 table) and McNemar's p-value (``mcnemar``: exact binomial on the
   discordant rows when there are fewer than 25, chi-square with continuity correction otherwise).
 * ``bootstrap_mean`` / ``paired_bootstrap``: percentile bootstrap (seeded) of a mean, and of the
-  mean difference of two paired per-row figures (e.g. cosine to the reference).
+  mean difference of two paired per-row figures (e.g. cosine to the reference). Below
+  ``MIN_BOOTSTRAP_ROWS`` rows the bootstrap is not trusted: the interval is the figure's whole
+  range (``bounds``, e.g. [-1, 1] for a cosine), which no confidence gate can pass, and the paired
+  p-value is 1. A percentile bootstrap of a mean is too narrow on few rows (its variance is the
+  sample's times (n-1)/n, it sees few distinct resamples, and one row, or equal rows, give an
+  interval of zero width): a gate "at 95% confidence" would then add nothing to the point rule.
 * ``unpaired_difference``: Newcombe's interval of ``p1 - p2`` from each side's own interval
   (when the per-row outcomes are not at hand, e.g. two sweep trials' logged intervals).
 * ``spread``: median and interquartile range of timing rounds.
@@ -25,6 +30,8 @@ import numpy as np
 
 CONFIDENCE = 0.95
 EXACT_BELOW = 25  # McNemar: exact binomial test below this many discordant rows
+MIN_BOOTSTRAP_ROWS = 10  # fewer rows: no bootstrap interval, the figure's whole range instead
+UNBOUNDED = (-math.inf, math.inf)
 NAN2 = [math.nan, math.nan]
 
 
@@ -61,7 +68,7 @@ def mcnemar(b: int, c: int) -> float:
     if n < EXACT_BELOW:
         tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0**n
         return min(1.0, 2.0 * tail)
-    chi2 = (abs(b - c) - 1.0) ** 2 / n
+    chi2 = max(abs(b - c) - 1.0, 0.0) ** 2 / n  # continuity correction, never past 0 (b = c: p = 1)
     return math.erfc(math.sqrt(chi2 / 2.0))  # chi-square survival function with 1 degree of freedom
 
 
@@ -92,12 +99,19 @@ def _percentile_ci(stats: np.ndarray, confidence: float) -> list[float]:
 
 
 def bootstrap_mean(
-    values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE, n_boot: int = 2000, seed: int = 0
+    values: Sequence[float] | np.ndarray,
+    confidence: float = CONFIDENCE,
+    n_boot: int = 2000,
+    seed: int = 0,
+    bounds: tuple[float, float] = UNBOUNDED,
 ) -> list[float]:
-    """Percentile bootstrap interval of the mean of ``values`` (seeded: the same input, the same interval)."""
+    """Percentile bootstrap interval of the mean of ``values`` (seeded: the same input, the same
+    interval); ``bounds`` (the figure's whole range) with fewer than ``MIN_BOOTSTRAP_ROWS`` rows."""
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return list(NAN2)
+    if v.size < MIN_BOOTSTRAP_ROWS:
+        return list(bounds)
     idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
     return _percentile_ci(v[idx].mean(axis=1), confidence)
 
@@ -108,18 +122,24 @@ def paired_bootstrap(
     confidence: float = CONFIDENCE,
     n_boot: int = 2000,
     seed: int = 0,
+    bounds: tuple[float, float] = UNBOUNDED,
 ) -> dict:
     """Mean of ``a - b`` over the same rows: ``delta``, ``delta_ci95`` (rows resampled together) and a
-    two-sided bootstrap ``p_value`` (twice the share of resamples on the far side of 0)."""
+    two-sided bootstrap ``p_value``: twice the share of resamples on the far side of 0, counted as
+    (k + 1) / (B + 1) so that B resamples never claim p = 0 (the smallest is 2 / (B + 1)). With
+    fewer than ``MIN_BOOTSTRAP_ROWS`` rows: ``bounds`` (the difference's whole range) and p = 1."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired rows differ: {a.shape} vs {b.shape}")
     d = a - b
     if d.size == 0:
         return {"delta": math.nan, "delta_ci95": list(NAN2), "p_value": math.nan}
+    if d.size < MIN_BOOTSTRAP_ROWS:
+        return {"delta": float(d.mean()), "delta_ci95": list(bounds), "p_value": 1.0}
     idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))
     means = d[idx].mean(axis=1)
-    p = 2.0 * min(float((means <= 0).mean()), float((means >= 0).mean()))
+    far = min(int((means <= 0).sum()), int((means >= 0).sum()))
+    p = 2.0 * (far + 1) / (n_boot + 1)
     return {"delta": float(d.mean()), "delta_ci95": _percentile_ci(means, confidence), "p_value": min(1.0, p)}
 
 
