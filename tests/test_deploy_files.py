@@ -23,14 +23,21 @@ from pipelines.run import session
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "cluster" / "k8s"
 IMAGE = "slimray:0.1.0"
+TEMPLATE = "secrets.yaml.example"  # the Secret's shape, placeholders only: never applied
+KUBECTL_EXTENSIONS = (".json", ".yaml", ".yml")  # what `kubectl apply -f DIR` (and -R) reads
 
 
 def _docs(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
 
 
+def _applied() -> list[Path]:
+    """The files ``kubectl apply -R -f cluster/k8s/`` would send: kubectl skips other extensions."""
+    return sorted(f for f in K8S.rglob("*") if f.is_file() and f.suffix in KUBECTL_EXTENSIONS)
+
+
 def _by_kind(kind: str) -> dict:
-    found = [d for f in K8S.glob("*.yaml") for d in _docs(f.name) if d["kind"] == kind]
+    found = [d for f in _applied() for d in _docs(f.name) if d["kind"] == kind]
     assert len(found) == 1, (kind, found)
     return found[0]
 
@@ -68,14 +75,13 @@ def test_dockerfile_pins_the_stack_and_installs_the_project():
 
 def test_every_k8s_file_parses_with_required_fields():
     kinds = {}
-    for f in sorted(K8S.glob("*.yaml")):
+    for f in _applied():
         for d in _docs(f.name):
             assert {"apiVersion", "kind", "metadata"} <= set(d), f
             assert d["metadata"].get("name"), f
             kinds[d["kind"]] = d["apiVersion"]
     assert kinds == {
         "NetworkPolicy": "networking.k8s.io/v1",
-        "Secret": "v1",
         "Service": "v1",
         "StatefulSet": "apps/v1",
         "Deployment": "apps/v1",
@@ -109,7 +115,7 @@ def test_raycluster_runs_the_project_image_with_token_auth():
             assert Path(env["SLIMRAY_CACHE_KEY_FILE"]["value"]).parent.as_posix() in mounts
     w = spec["workerGroupSpecs"][0]
     assert w["minReplicas"] <= w["replicas"] <= w["maxReplicas"]
-    secret = _by_kind("Secret")
+    (secret,) = _docs(TEMPLATE)
     assert {"ray-auth-token", "postgres-password"} <= set(secret["stringData"])
 
 
@@ -190,9 +196,9 @@ def test_placeholder_secrets_are_refused_and_install_generates_sound_ones(tmp_pa
     import sys
 
     check = [sys.executable, str(K8S / "check_secrets.py")]
-    refused = subprocess.run([*check, str(K8S / "secrets.yaml")], capture_output=True, text=True)
+    refused = subprocess.run([*check, str(K8S / TEMPLATE)], capture_output=True, text=True)
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
-    assert "secrets.yaml: Secret slimray-secrets: ray-auth-token: placeholder value 'change-me'" in refused.stderr
+    assert f"{TEMPLATE}: Secret slimray-secrets: ray-auth-token: placeholder value 'change-me'" in refused.stderr
     weak = tmp_path / "weak.yaml"
     weak.write_text("kind: Secret\nmetadata: {name: s}\nstringData: {token: abc123}\n")
     assert subprocess.run([*check, str(weak)], capture_output=True).returncode == 1
@@ -206,7 +212,7 @@ def test_placeholder_secrets_are_refused_and_install_generates_sound_ones(tmp_pa
     done = subprocess.run([str(K8S / "install.sh"), "--dry-run", str(out)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     (secret,) = yaml.safe_load_all((out / "secret.yaml").read_text())
-    template = next(d for d in _docs("secrets.yaml") if d["kind"] == "Secret")
+    template = next(d for d in _docs(TEMPLATE) if d["kind"] == "Secret")
     assert set(secret["stringData"]) == set(template["stringData"])
     assert subprocess.run([*check, str(out / "secret.yaml")], capture_output=True).returncode == 0
     assert oct((out / "secret.yaml").stat().st_mode & 0o777) == "0o600"
@@ -216,6 +222,22 @@ def test_placeholder_secrets_are_refused_and_install_generates_sound_ones(tmp_pa
     assert all(secret["stringData"][k] != other["stringData"][k] for k in secret["stringData"])  # generated
     install = (K8S / "install.sh").read_text()
     assert "check_secrets.py" in install and "secrets.yaml" not in install.split("MANIFESTS=")[1]
+
+
+def test_kubectl_apply_on_the_folder_applies_no_placeholder_secret():
+    """``kubectl apply -f cluster/k8s/`` (with or without -R) reads only .json/.yaml/.yml files:
+    none of them may hold a placeholder Secret (check_secrets.py passes every one), and the
+    template of placeholders has a name kubectl skips."""
+    import subprocess
+    import sys
+
+    applied = _applied()
+    assert {f.name for f in applied} == {"postgres.yaml", "mlflow.yaml", "raycluster.yaml", "rayjob.yaml"}
+    check = subprocess.run(
+        [sys.executable, str(K8S / "check_secrets.py"), *map(str, applied)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    assert (K8S / TEMPLATE).is_file() and (K8S / TEMPLATE).suffix not in KUBECTL_EXTENSIONS
 
 
 def test_aws_setup_installs_slimray_and_fetches_its_secrets(tmp_path):

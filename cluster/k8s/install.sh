@@ -8,8 +8,9 @@
 # Secrets (Ray token, PostgreSQL password, MLflow admin password and session key, the MLflow
 # auth config, the cache signing key) are random, written to 0600 files in a private temp dir
 # and turned into the Secret manifest by Python: never a command-line argument (`ps`). The
-# committed cluster/k8s/secrets.yaml is a template of placeholders and is never applied;
-# cluster/k8s/check_secrets.py refuses it, and refuses any generated file that is not sound.
+# committed cluster/k8s/secrets.yaml.example is a template of placeholders, never applied (a
+# name `kubectl apply -f cluster/k8s/` skips); cluster/k8s/check_secrets.py refuses it, and
+# refuses any generated file that is not sound.
 set -euo pipefail
 umask 077
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
