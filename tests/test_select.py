@@ -3,13 +3,19 @@ point value and at 95% confidence."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 
 from pipelines.config.errors import SpecError
 from pipelines.config.select import choose, parse_select
+from pipelines.search.pareto import Row, best
 from tasks.core.types import BenchmarkRow
-from tasks.evaluation import selection
+from tasks.evaluation import evidence, selection
+from tasks.serving.load import ServingLoad
 from tasks.steps.benchmark import BenchmarkConfig
 
 TRIALS = {
@@ -85,6 +91,36 @@ def test_confidence_with_an_exact_reference_and_a_missed_budget():
     assert index == 1 and note.startswith("BUDGET MISSED") and "at 95% confidence" in note
 
 
+def test_missed_budget_takes_the_closest_as_judged_not_by_point_value():
+    """Budget 0.94 at 95%: A sits at 0.939 (short even at its point value, lower bound 0.925); B at
+    0.952 passes on its point value but its lower bound is 0.935. Against a constant bound the judged
+    value is the lower bound itself, so B is closer: 0.94 - 0.935 = 0.005 short (A: 0.015)."""
+    trials = {
+        0: {"val_acc": 0.939, "val_acc_ci95_low": 0.925, "val_acc_ci95_high": 0.951, "throughput": 500.0},
+        1: {"val_acc": 0.952, "val_acc_ci95_low": 0.935, "val_acc_ci95_high": 0.966, "throughput": 100.0},
+    }
+    rule = parse_select({"metric": "throughput", "where": "val_acc >= 0.94", "confidence": 0.95}, "s")
+    index, note = choose(rule, trials, {})
+    assert index == 1
+    assert note.startswith("BUDGET MISSED: no trial meets 'val_acc >= 0.94' at 95% confidence")
+    assert f"trial 1 (val_acc 0.952, 95% lower bound 0.935: {0.94 - 0.935:.4g} short)" in note and "\n" not in note
+
+
+def test_missed_upper_budget_takes_the_lowest_upper_bound():
+    """'<=' judges the upper bound: A at 10.05 ms (upper 11.5) is nearer 10 by its point value than
+    B at 10.5 (upper 10.8), but B's judged value misses by 0.8 and A's by 1.5."""
+    trials = {
+        0: {"lat": 10.05, "lat_ci95_low": 9.0, "lat_ci95_high": 11.5, "size": 1.0},
+        1: {"lat": 10.5, "lat_ci95_low": 10.2, "lat_ci95_high": 10.8, "size": 2.0},
+    }
+    rule = parse_select({"metric": "size", "mode": "min", "where": "lat <= 10", "confidence": 0.95}, "s")
+    index, note = choose(rule, trials, {})
+    assert index == 1 and f"95% upper bound 10.8: {10.8 - 10:.4g} short" in note
+    # the point rule judges point values: A (0.05 short) is the closest there
+    index, note = choose(parse_select({"metric": "size", "mode": "min", "where": "lat <= 10"}, "s"), trials, {})
+    assert index == 0 and f"trial 0 (lat 10.05: {10.05 - 10:.4g} short)" in note
+
+
 def test_confidence_without_logged_intervals_says_so():
     rule = parse_select({**BUDGET, "confidence": 0.95}, "s")
     index, note = choose(rule, {0: {"val_acc": 0.962, "throughput": 300.0}, 1: NOISY[1]}, TEACHER)
@@ -131,6 +167,48 @@ def test_benchmark_budget_at_95_uses_the_paired_difference():
     assert "at 95% confidence" in note
 
 
+def agresti_min_low(n: int, ref_only: int, cand_only: int) -> float:
+    """Lower end of the Agresti-Min 95% interval of cand - ref accuracy (0.5 added to every cell)."""
+    b, c, m = ref_only + 0.5, cand_only + 0.5, n + 2.0
+    se = math.sqrt((b + c) - (c - b) ** 2 / m) / m
+    return (c - b) / m - NormalDist().inv_cdf(0.975) * se
+
+
+def test_benchmark_missed_budget_takes_the_closest_lower_bound_and_says_by_how_much():
+    """Nothing meets val_acc >= 0.94 at 95%: 'a' has the higher point value (0.946) but many
+    discordant rows, so its lower bound is further below the floor than 'b''s (0.944, few)."""
+    teacher = row("teacher", "teacher", 0.95, 500.0, 400_000)
+    a = row(
+        "a", "pruned", 0.946, 900.0, 50_000, paired_vs_teacher={"val": {"n": 1000, "ref_only": 40, "cand_only": 36}}
+    )
+    b = row("b", "pruned", 0.944, 800.0, 60_000, paired_vs_teacher={"val": {"n": 1000, "ref_only": 8, "cand_only": 2}})
+    low_a, low_b = agresti_min_low(1000, 40, 36), agresti_min_low(1000, 8, 2)
+    assert low_a < low_b < -0.01  # both miss the 1-point budget, b by less
+    picked, note = selection.choose([teacher, a, b], bench_rule(confidence=0.95), "classification")
+    assert picked is b
+    short = (0.95 - 0.01) - (0.95 + low_b)
+    assert note == (
+        f"no candidate meets val_acc >= 0.9400 at 95% confidence: selected the closest, "
+        f"'b' (val_acc 0.9440, 95% lower bound {0.95 + low_b:.4f}: {short:.4f} short)"
+    )
+    # the point rule against a teacher at 0.97: both miss 0.96 on their point values, a (higher) is the closest
+    strong = row("teacher", "teacher", 0.97, 500.0, 400_000)
+    picked, note = selection.choose([strong, a, b], bench_rule(), "classification")
+    assert picked is a and note.endswith(f"'a' (val_acc 0.9460: {0.96 - 0.946:.4f} short)")
+
+
+def test_embedding_gate_at_95_is_not_passed_on_one_validation_row():
+    """One validation row: a bootstrap interval would be [c, c] and the 95% gate would take the point
+    value on faith; the interval is a cosine's whole range instead, so the gate is not met."""
+    fields = evidence.embedding_fields({"test": np.full(20, 0.999), "val": np.array([0.999])}, None)
+    assert fields["val_cos_mean_ci95"] == [-1.0, 1.0]
+    cand = row("int8", "quantized", 0.0, 900.0, 50_000, val_cos_mean=0.999, val_cos_min=0.999, **fields)
+    rule = bench_rule(min_cos_mean=0.99, min_cos_min=0.9)
+    assert selection.choose([cand], rule, "embedding") == (cand, "")  # the point rule: 0.999 >= 0.99
+    picked, note = selection.choose([cand], dataclasses.replace(rule, confidence=0.95), "embedding")
+    assert picked is cand and "no candidate meets val cos_mean >= 0.99 at 95% confidence" in note
+
+
 def test_speed_ties_come_from_the_measured_spread():
     teacher = row("teacher", "teacher", 0.95, 100.0, 400_000)
     timing = lambda lo, hi: {"throughput_b256": {"median": (lo + hi) / 2, "iqr": [lo, hi], "n": 3, "over": "rounds"}}  # noqa: E731
@@ -160,3 +238,54 @@ def test_runner_up_not_distinguishable_says_so_in_one_line():
     b.timing = {"throughput_b256": {"median": 500.0, "iqr": [480.0, 520.0], "n": 3, "over": "rounds"}}
     sel, notes = selection.mark_selected([teacher, a, b], None, bench_rule(max_acc_drop=0.05), "classification", evid)
     assert sel is a and a.runner_up["distinguishable"] is True and not any("NOT DISTINGUISHABLE" in n for n in notes)
+
+
+def spread(key: str, lo: float, hi: float) -> dict:
+    return {key: {"median": (lo + hi) / 2, "iqr": [lo, hi], "n": 3, "over": "rounds"}}
+
+
+def test_runner_up_line_judges_speed_by_the_objective():
+    """With objective latency (or served p99), the "not distinguishable" line asks whether *that*
+    figure tells the two apart, never throughput."""
+    truth = np.random.default_rng(1).random(400) < 0.9
+    evid = {"teacher": {"val": truth}, "a": {"val": truth.copy()}, "b": {"val": truth.copy()}}  # same quality
+    teacher = row("teacher", "teacher", float(truth.mean()), 100.0, 400_000)
+    a = row("a", "pruned", float(truth.mean()), 1000.0, 40_000)
+    b = row("b", "pruned", float(truth.mean()), 1000.0, 50_000)
+    rule = bench_rule(max_acc_drop=0.05, objective="latency_ms_p50_b1")
+    # latency spreads apart (a clearly quicker), throughput spreads overlap: distinguishable, no line
+    a.latency_ms_p50_b1, b.latency_ms_p50_b1 = 1.0, 2.0
+    a.timing = spread("latency_ms_p50_b1", 0.9, 1.1) | spread("throughput_b256", 950.0, 1050.0)
+    b.timing = spread("latency_ms_p50_b1", 1.9, 2.1) | spread("throughput_b256", 950.0, 1050.0)
+    sel, notes = selection.mark_selected([teacher, a, b], None, rule, "classification", evid)
+    assert sel is a and a.runner_up["distinguishable"] is True and not any("NOT DISTINGUISHABLE" in n for n in notes)
+    # latency spreads overlap, throughput spreads apart: not distinguishable on the objective
+    b.latency_ms_p50_b1 = 1.05
+    a.timing = spread("latency_ms_p50_b1", 0.8, 1.6) | spread("throughput_b256", 2000.0, 2100.0)
+    b.timing = spread("latency_ms_p50_b1", 0.9, 1.5) | spread("throughput_b256", 1000.0, 1100.0)
+    sel, notes = selection.mark_selected([teacher, a, b], None, rule, "classification", evid)
+    (line,) = [n for n in notes if n.startswith("NOT DISTINGUISHABLE")]
+    assert sel is a and "batch-1 latency p50 IQRs overlap (0.8–1.6 vs 0.9–1.5 ms)" in line and "throughput" not in line
+    # served p99 has no spread: within speed_tie (10%) of the better one counts as tied
+    a.serve_p99_ms, b.serve_p99_ms = 10.0, 10.5
+    served = bench_rule(max_acc_drop=0.05, objective="serve_p99_ms", serving=ServingLoad(concurrency=1))
+    sel, notes = selection.mark_selected([teacher, a, b], None, served, "classification", evid)
+    (line,) = [n for n in notes if n.startswith("NOT DISTINGUISHABLE")]
+    assert sel is a and "served p99 within 10% (10 vs 10.5 ms, no spread)" in line
+    b.serve_p99_ms = 20.0  # twice as slow served: distinguishable whatever throughput says
+    sel, notes = selection.mark_selected([teacher, a, b], None, served, "classification", evid)
+    assert sel is a and a.runner_up["distinguishable"] is True
+
+
+def test_search_fallback_never_takes_a_gate_rejected_trial_over_a_kept_one():
+    """The search's best attempt (no trial feasible) is the highest val_acc, its judged value, among
+    the trials whose parity gate passed: a rejected model is never deployed unless all were."""
+    rows = [
+        Row("kept", {}, {"val_acc": 0.90, "throughput": 100.0, "feasible": 0.0}),
+        Row("rejected", {}, {"val_acc": 0.93, "throughput": 900.0, "feasible": 0.0, "rejected": 1.0}),
+        Row("lower", {}, {"val_acc": 0.85, "throughput": 300.0, "feasible": 0.0}),
+    ]
+    chosen, feasible = best(rows, {"throughput": "max"})
+    assert not feasible and chosen is rows[0]
+    chosen, _ = best(rows[1:2], {"throughput": "max"})  # every finished trial rejected: the best of them
+    assert chosen is rows[1]

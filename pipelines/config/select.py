@@ -4,14 +4,18 @@
 
 ``where`` compares a trial metric with a number, or with an upstream step's metric plus or
 minus a number (an accuracy budget against the teacher: ``val_acc >= teacher.val_acc - 0.01``).
-If no trial meets it, the trial closest to meeting it is taken and the note says so in one line
-starting ``BUDGET MISSED``: the pipeline goes on, and the console and MLflow show why.
+If no trial meets it, the trial closest to meeting it *as judged* is taken (the value the rule
+compares, in the operator's direction: with ``>=`` the highest judged value, with ``<=`` the lowest)
+and the note says so in one line starting ``BUDGET MISSED``, naming that trial, its value and how
+far it fell short: the pipeline goes on, and the console and MLflow show why.
 
 ``confidence: 0.95`` evaluates ``where`` conservatively: the side of the 95% interval that is
 worst for the trial must meet it. A trial's interval is its ``<metric>_ci95_low`` / ``_high``
 (e.g. ``val_acc_ci95_low``, which ``prune`` logs); against an upstream metric the difference's
 interval is Newcombe's from both sides' intervals (an upstream metric without one counts as
-exact). A trial without an interval is judged on its point value, and the note names it.
+exact). A trial without an interval is judged on its point value, and the note names it. The
+fallback ranks by the same judged value: against 0.94, a trial at 0.952 with a lower bound of 0.935
+is closer than one at 0.939 with a lower bound of 0.925 (the point values would say the opposite).
 """
 
 from __future__ import annotations
@@ -72,13 +76,31 @@ def parse_select(node, path: str) -> Select:
     return Select(rule.metric, rule.mode.value, where, rule.confidence)
 
 
-def miss_note(w: Where, bound: float, got: float, at: str = "") -> str:
-    """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed."""
+def miss_note(w: Where, bound: float, index: int, point: float, judged: float, confidence: float) -> str:
+    """The one line saying a sweep's ``where`` (e.g. the accuracy budget) was missed: the bound, and
+    the trial that came closest as ``where`` judges it (``judged``: its interval's bound at
+    ``confidence``, else its point value) with how far it fell short."""
     ref = (
         f" ({w.ref_step}.{w.ref_metric} {'+' if w.constant >= 0 else '-'} {abs(w.constant):.4g})" if w.ref_step else ""
     )
-    took = f"took the closest ({w.metric} {got:.4g})"
+    at = f" at {confidence:.0%} confidence" if confidence else ""
+    end = {">=": "lower", ">": "lower", "<=": "upper", "<": "upper"}.get(w.op)
+    shown = f", {confidence:.0%} {end} bound {judged:.4g}" if end and judged != point and not math.isnan(judged) else ""
+    short = f": {shortfall(w.op, judged, bound):.4g} short" if not math.isnan(judged) else ""
+    took = f"took the closest, trial {index} ({w.metric} {point:.4g}{shown}{short})"
     return f"BUDGET MISSED: no trial meets '{w.metric} {w.op} {bound:.4g}'{ref}{at}; {took}"
+
+
+def shortfall(op: str, judged: float, bound: float) -> float:
+    """How far a judged value is from meeting ``op bound`` (<= 0: it meets it; NaN counts as +inf):
+    ``>=``/``>`` ``bound - judged``, ``<=``/``<`` ``judged - bound``, ``==`` the distance."""
+    if math.isnan(judged) or math.isnan(bound):
+        return math.inf
+    if op in (">=", ">"):
+        return bound - judged
+    if op in ("<=", "<"):
+        return judged - bound
+    return abs(judged - bound)
 
 
 def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, dict]) -> tuple[int, str]:
@@ -98,13 +120,10 @@ def choose(rule: Select | None, summaries: dict[int, dict], upstream: dict[str, 
         judged = {i: judged_value(w, summaries[i], upstream, rule.confidence) for i in eligible}
         passing = [i for i in eligible if OPS[w.op](judged[i][0], bound)]
         note = confidence_note(w, [i for i in eligible if not judged[i][1]], rule.confidence)
-        if not passing:
-            has = [i for i in ok if not math.isnan(value(i, w.metric))] or ok
-            closest = min(
-                has, key=lambda i: abs(value(i, w.metric) - bound) if not math.isnan(value(i, w.metric)) else math.inf
-            )
-            at = f" at {rule.confidence:.0%} confidence" if rule.confidence else ""
-            return closest, miss_note(w, bound, value(closest, w.metric), at)
+        if not passing:  # the closest as judged (the interval's bound at 95%), in the operator's direction
+            near = {i: judged_value(w, summaries[i], upstream, rule.confidence)[0] for i in ok}
+            closest = min(ok, key=lambda i: shortfall(w.op, near[i], bound))
+            return closest, miss_note(w, bound, closest, value(closest, w.metric), near[closest], rule.confidence)
         eligible = passing
     if not eligible:
         return ok[0], f"no trial reported '{rule.metric}': took the first"

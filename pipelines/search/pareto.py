@@ -38,12 +38,15 @@ def front(rows: list[Row], objectives: dict[str, str]) -> list[Row]:
 
 def best(rows: list[Row], objectives: dict[str, str]) -> tuple[Row | None, bool]:
     """(the best feasible row by the first objective — ties by the next ones — , True), or the
-    finished row closest to the bound (highest val_acc) and False; (None, False) if none finished."""
+    finished row closest to the bound and False; (None, False) if none finished. Feasibility judges
+    the point ``val_acc >= bound``, so the closest is the highest val_acc, among the rows their parity
+    gate did not reject (``rejected``) unless every row was: a rejected model is never deployed."""
     feasible = [r for r in rows if r.feasible]
     if feasible:
         keys = list(objectives.items())
         return max(feasible, key=lambda r: tuple(r.metrics[k] if m == "max" else -r.metrics[k] for k, m in keys)), True
     done = [r for r in rows if r.status == "finished" and "val_acc" in r.metrics]
+    done = [r for r in done if not r.metrics.get("rejected")] or done
     return (max(done, key=lambda r: r.metrics["val_acc"]) if done else None), False
 
 

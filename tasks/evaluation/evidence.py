@@ -8,7 +8,8 @@ candidates can carry its uncertainty (``tasks.evaluation.stats``):
   table (``paired_vs_teacher``), an Agresti-Min interval of the difference and McNemar's p-value;
 * embedding: each row has its cosine to the reference's vector (``cosine_rows``); ``cos_mean`` gets
   a bootstrap interval over the rows, ``top1_agree`` a Wilson one, and two models the paired
-  bootstrap of their per-row cosines.
+  bootstrap of their per-row cosines. On fewer rows than ``stats.MIN_BOOTSTRAP_ROWS`` the
+  interval is a cosine's whole range ([-1, 1], a difference's [-2, 2]): too few rows to say.
 
 ``Evidence`` (candidate name -> split -> per-row array) lives in memory during the benchmark; what
 is kept in ``benchmark.json`` is the intervals, the paired counts and ``runner_up``.
@@ -27,6 +28,8 @@ from tasks.core.types import BenchmarkReport, BenchmarkRow, Targets
 from tasks.evaluation import stats
 
 Evidence = dict[str, dict[str, np.ndarray]]
+COSINE_RANGE = (-1.0, 1.0)  # a cosine's whole range: its interval on too few rows for a bootstrap
+COSINE_DIFF_RANGE = (-2.0, 2.0)
 
 
 def correct_rows(logits: Tensor | np.ndarray, labels: Tensor) -> np.ndarray:
@@ -59,8 +62,8 @@ def embedding_fields(rows: dict[str, np.ndarray], top1_agree: float | None) -> d
     return {
         "n_test": n,
         "n_val": int(rows["val"].size),
-        "cos_mean_ci95": stats.bootstrap_mean(rows["test"]),
-        "val_cos_mean_ci95": stats.bootstrap_mean(rows["val"]),
+        "cos_mean_ci95": stats.bootstrap_mean(rows["test"], bounds=COSINE_RANGE),
+        "val_cos_mean_ci95": stats.bootstrap_mean(rows["val"], bounds=COSINE_RANGE),
         "top1_agree_ci95": top1,
     }
 
@@ -77,7 +80,7 @@ def compare(evidence: Evidence, cand: str, ref: str, split: str, task: str) -> d
         return None
     if task == "classification":
         return stats.paired_difference(stats.paired_counts(b, a))
-    return stats.paired_bootstrap(a, b)
+    return stats.paired_bootstrap(a, b, bounds=COSINE_DIFF_RANGE)
 
 
 def pair_with_teacher(rows: list[BenchmarkRow], evidence: Evidence, task: str) -> None:
@@ -105,19 +108,17 @@ def annotate_targets(targets: Targets, evidence: Evidence) -> None:
             c.test_acc_delta_ci95, c.test_acc_delta_p = d["delta_ci95"], d["p_value"]
 
 
-def _iqr(row: BenchmarkRow) -> list[float] | None:
-    return (row.timing.get("throughput_b256") or {}).get("iqr")
-
-
-def runner_up(sel: BenchmarkRow, other: BenchmarkRow, evidence: Evidence, task: str) -> tuple[dict, str]:
-    """The selected model against the runner-up: validation quality (paired) and throughput spread;
-    the line says so when neither tells them apart ("" when one does)."""
+def runner_up(
+    sel: BenchmarkRow, other: BenchmarkRow, evidence: Evidence, task: str, speed: tuple[bool | None, str]
+) -> tuple[dict, str]:
+    """The selected model against the runner-up: validation quality (paired) and ``speed``, the
+    selection objective's verdict (``selection.speed_tied``: tied or not, None when unknown, and its
+    words); the line says so when neither tells them apart ("" when one does)."""
     quality = compare(evidence, sel.name, other.name, "val", task)
-    a, b = _iqr(sel), _iqr(other)
-    speed_overlap = None if a is None or b is None else stats.overlaps(a, b)
+    tied, s = speed
     same_quality = quality is None or quality["delta_ci95"][0] <= 0 <= quality["delta_ci95"][1]
-    info = {"name": other.name, "val_quality": quality, "throughput_iqr_overlap": speed_overlap}
-    info["distinguishable"] = not (same_quality and speed_overlap is not False)
+    info = {"name": other.name, "val_quality": quality, "speed_tied": tied}
+    info["distinguishable"] = not (same_quality and tied is not False)
     if info["distinguishable"]:
         return info, ""
     what, scale = ("val accuracy (points)", 100.0) if task == "classification" else ("val cosine", 1.0)
@@ -127,7 +128,6 @@ def runner_up(sel: BenchmarkRow, other: BenchmarkRow, evidence: Evidence, task: 
         if quality
         else f"{what}: no paired rows"
     )
-    s = f"throughput IQRs overlap ({a[0]:,.0f}–{a[1]:,.0f} vs {b[0]:,.0f}–{b[1]:,.0f} /s)" if a and b else "no spread"
     size = (
         f"; taken as the smaller ({sel.size_bytes:,} vs {other.size_bytes:,} bytes)"
         if sel.size_bytes < other.size_bytes

@@ -9,7 +9,9 @@ the smallest of them is taken (``speed_tie``, a fixed fraction, only for rows wi
 With ``confidence`` (0.95; 0 = off, the point rule) a budget must hold at the interval's bound:
 classification, the lower bound of the paired val-accuracy difference to the teacher (Agresti-Min
 over ``paired_vs_teacher``) must be at least ``-max_acc_drop``; embedding, the lower bound of the
-val ``cos_mean`` interval must meet ``min_cos_mean``. ``mark_selected`` keeps a ``selected`` input
+val ``cos_mean`` interval must meet ``min_cos_mean``. When no candidate meets the floors, ``choose``
+takes the one whose judged value (``judged_quality``: the interval's bound at 95%, else the point)
+is highest and its note says by how much it missed. ``mark_selected`` keeps a ``selected`` input
 unless it was rejected. ``targets`` states the project's goals (selected vs teacher, each INT8
 model vs its FP32 parent) with ``Comparison.between``; ``flag_no_speedup`` marks a candidate with
 far fewer FLOPs than the reference but little more throughput. ``objective`` (``OBJECTIVES``) makes
@@ -19,6 +21,7 @@ far fewer FLOPs than the reference but little more throughput. ``objective`` (``
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from tasks.core.options import TaskKind
@@ -63,8 +66,18 @@ class SelectionRule(Protocol):
     def no_speedup_throughput_ratio(self) -> float: ...
 
 
-def _iqr(row: BenchmarkRow) -> list[float] | None:
-    return (row.timing.get("throughput_b256") or {}).get("iqr")
+# how the runner-up line names each objective, and its unit
+OBJECTIVE_WORDS = {
+    "throughput_b256": ("throughput", " /s"),
+    "latency_ms_p50_b1": ("batch-1 latency p50", " ms"),
+    "serve_p99_ms": ("served p99", " ms"),
+    "serve_rps": ("served throughput", " req/s"),
+}
+
+
+def _iqr(row: BenchmarkRow, key: str = "throughput_b256") -> list[float] | None:
+    """The spread (IQR over the timing rounds) of the row's figure ``key``; None without one."""
+    return (row.timing.get(key) or {}).get("iqr")
 
 
 def _tied(row: BenchmarkRow, fastest: BenchmarkRow, tie: float) -> bool:
@@ -98,6 +111,31 @@ def best_then_smallest(rows: list[BenchmarkRow], objective: str, tie: float) -> 
     bound = (1.0 + tie if low else 1.0 - tie) * (value(best) or 0.0)
     tied = [r for r in known if value(r) is not None and (value(r) <= bound if low else value(r) >= bound)] or [best]
     return min(tied, key=lambda r: r.size_bytes)
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def speed_tied(a: BenchmarkRow, b: BenchmarkRow, objective: str, tie: float) -> tuple[bool | None, str]:
+    """Can the selection ``objective`` (``OBJECTIVES``) not tell ``a`` and ``b`` apart, and the words
+    saying why: their spreads over the timing rounds (IQR) overlap; for figures without a spread
+    (the served ones), they are within ``tie`` of the better one, as ``choose`` ties them. None when
+    either row lacks the figure. Judged on the figure selection ranks by, never on another one."""
+    name, unit = OBJECTIVE_WORDS[objective]
+    sa, sb = _iqr(a, objective), _iqr(b, objective)
+    if sa is not None and sb is not None:
+        tied = stats.overlaps(sa, sb)
+        spans = f"{_num(sa[0])}–{_num(sa[1])} vs {_num(sb[0])}–{_num(sb[1])}{unit}"
+        return tied, f"{name} IQRs {'overlap' if tied else 'do not overlap'} ({spans})"
+    va, vb = getattr(a, objective), getattr(b, objective)
+    if va is None or vb is None:
+        return None, f"no {name} for both"
+    if OBJECTIVES[objective] == "min":
+        tied = max(va, vb) <= (1.0 + tie) * min(va, vb)
+    else:
+        tied = min(va, vb) >= (1.0 - tie) * max(va, vb)
+    return tied, f"{name} {'within' if tied else 'more than'} {tie:.0%} ({_num(va)} vs {_num(vb)}{unit}, no spread)"
 
 
 def acc_margin(row: BenchmarkRow, teacher: BenchmarkRow, confidence: float) -> float:
@@ -147,8 +185,39 @@ def choose(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[Ben
         return _fastest_then_smallest(ok, cfg.speed_tie, cfg.objective), ""
     if not pool:
         return None, "no candidate passed the parity gate: nothing selected"
-    quality = (lambda r: r.val_acc or 0.0) if task == TaskKind.classification else (lambda r: r.val_cos_mean or 0.0)
-    return max(pool, key=quality), f"no candidate meets {rule}: selected the closest"
+    teacher = next((r for r in rows if r.kind == "teacher"), None)
+    judged = {r.name: judged_quality(r, teacher, cfg, task)[0] for r in pool}
+    closest = max(pool, key=lambda r: -math.inf if math.isnan(judged[r.name]) else judged[r.name])
+    return closest, f"no candidate meets {rule}: selected the closest, {_shortfall(closest, teacher, cfg, task)}"
+
+
+def judged_quality(
+    row: BenchmarkRow, teacher: BenchmarkRow | None, cfg: SelectionRule, task: str
+) -> tuple[float, float, float]:
+    """(the row's quality as its floor judges it, that floor, its point value). Classification: the
+    teacher's val accuracy plus ``acc_margin`` (at 95% confidence the lower bound of the paired
+    difference) against the teacher's minus ``max_acc_drop``; embedding: val ``cos_mean`` (at 95%
+    its interval's lower bound) against ``min_cos_mean``. When nothing meets the floors, ``choose``
+    takes the highest judged value: the candidate nearest to meeting them as they are judged."""
+    if task == TaskKind.classification:
+        point = row.val_acc or 0.0
+        if teacher is None:
+            return point, -1.0, point
+        ref = teacher.val_acc or 0.0
+        return ref + acc_margin(row, teacher, cfg.confidence), ref - cfg.max_acc_drop, point
+    point = row.val_cos_mean or 0.0
+    ci = row.val_cos_mean_ci95
+    return (ci[0] if cfg.confidence and ci else point), cfg.min_cos_mean, point
+
+
+def _shortfall(row: BenchmarkRow, teacher: BenchmarkRow | None, cfg: SelectionRule, task: str) -> str:
+    """``'name' (val_acc 0.9450, 95% lower bound 0.9304: 0.0096 short)``: how far it missed."""
+    judged, floor, point = judged_quality(row, teacher, cfg, task)
+    name = "val_acc" if task == TaskKind.classification else "val cos_mean"
+    at = f", {cfg.confidence:.0%} lower bound {judged:.4f}" if abs(judged - point) > 1e-12 else ""
+    if judged < floor:
+        return f"'{row.name}' ({name} {point:.4f}{at}: {floor - judged:.4f} short)"
+    return f"'{row.name}' ({name} {point:.4f}{at}; cos_min {row.val_cos_min or 0.0:.4f} < {cfg.min_cos_min})"
 
 
 def targets(
@@ -219,6 +288,7 @@ def mark_selected(
         r.selected = r is sel
     other = runner_up(rows, sel, cfg, task) if evid is not None else None
     if sel is not None and other is not None:
-        sel.runner_up, line = evidence.runner_up(sel, other, evid or {}, task)
+        speed = speed_tied(sel, other, cfg.objective, cfg.speed_tie)
+        sel.runner_up, line = evidence.runner_up(sel, other, evid or {}, task, speed)
         notes += [line] if line else []
     return sel, notes
