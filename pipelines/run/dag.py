@@ -25,7 +25,7 @@ from pipelines.config.spec import PipelineSpec
 from pipelines.run.fit import alive_nodes, unfit
 from pipelines.run.interrupt import INTERRUPT
 from pipelines.run.state import EVENTS, Context, Listener, StepState, Trial, cached_meta
-from pipelines.run.worker import StepJob, StepMeta
+from pipelines.run.worker import Facts, StepJob, StepMeta
 
 __all__ = ["EVENTS", "Context", "Executor", "Listener", "StepMeta", "StepState", "Trial", "cached_meta"]
 
@@ -54,8 +54,12 @@ class Executor:
         hits: dict[str, list],
         listeners: list[Listener] | None = None,
         shared: dict | None = None,
+        facts: dict[str, list[Facts]] | None = None,
+        pins: dict[str, list[str]] | None = None,
     ):
         self.spec, self.ctx, self.listeners = spec, ctx, list(listeners or [])
+        self.facts = facts or {}  # per step and trial: what its key read on the driver (worker.check_facts)
+        self.pins = pins or {}  # measuring step -> the node ids its trials go to (pipelines.run.placement)
         self.states = {
             n: StepState(s, [Trial(k, t.label, t.params, h) for k, t, h in zip(keys[n], s.trials, hits[n])])
             for n, s in spec.steps.items()
@@ -163,6 +167,7 @@ class Executor:
             threads=max(1, int(s.resources.num_cpus)),
             trusted_targets=self.spec.trusted_targets,
             retries=s.retries,
+            facts=self.facts[s.name][i] if s.name in self.facts else None,
         )
         r = s.resources
         remote = _execute_remote().options(
@@ -174,6 +179,7 @@ class Executor:
             max_retries=s.retries,
             retry_exceptions=s.retries > 0,
             name=f"slimray:{run_name}",
+            **self._pinned(s.name, i),
         )
         t.output, meta_ref = remote.remote(job, *args)
         t.status = "running"
@@ -181,6 +187,17 @@ class Executor:
             self.shared[t.key] = (t.output, meta_ref)
         self.inflight.setdefault(meta_ref, []).append((s.name, i))
         self.emit("trial_submitted", st, t)
+
+    def _pinned(self, step: str, i: int) -> dict:
+        """Ray options pinning trial ``i`` of a measuring step to a node of the hardware its key
+        holds (round-robin over that node type); soft, so a retry after the node died goes
+        elsewhere, where the worker's check fails it if that node's hardware differs."""
+        nodes = self.pins.get(step)
+        if not nodes:
+            return {}
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)}
 
     # ---- results -----------------------------------------------------------------------
     def on_result(self, meta_ref) -> None:

@@ -3,6 +3,7 @@ Ray, Ctrl-C and closing the runs are the lifecycle's (``pipelines.run.lifecycle`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
@@ -15,6 +16,8 @@ from pipelines.run.console import Board, table
 from pipelines.run.dag import Context, Executor
 from pipelines.run.interrupt import INTERRUPT
 from pipelines.run.lifecycle import Lifecycle, Tracked, open_parent
+from pipelines.run.placement import place
+from pipelines.run.worker import Facts
 from pipelines.store.keys import step_keys
 from pipelines.store.recorder import RunRecorder
 from pipelines.store.tracking import ensure_experiment, find_cached, git_commit, resolve_uri
@@ -38,6 +41,25 @@ def validate(cfg: DictConfig) -> tuple[PipelineSpec, RayConfig, TrackingConfig]:
     return build_spec(root.pipeline, root.trusted_models), root.ray, root.tracking
 
 
+@dataclass
+class Keyed:
+    """The cache keys of an execution, what they read on the driver, and where measuring steps run."""
+
+    keys: dict[str, list[str]]
+    facts: dict[str, list[Facts]]  # per step and trial, for the worker's check (pipelines.run.worker)
+    pins: dict[str, list[str]]  # measuring step -> node ids (pipelines.run.placement)
+
+
+def plan_keys(spec: PipelineSpec, seed: int, join: Callable[[], None] | None = None) -> Keyed:
+    """Every trial's key, its measuring steps keyed on the hardware of the nodes they will run on
+    (``pipelines.run.placement``). ``join`` joins the configured Ray cluster (None: a local run,
+    unless this process is already connected to a Ray)."""
+    placement = place(spec, join)
+    raw: dict[str, list[dict]] = {}
+    keys = step_keys(spec, seed, hardware=placement.of, facts=raw)
+    return Keyed(keys, {n: [Facts(**f) for f in fs] for n, fs in raw.items()}, placement.pins)
+
+
 def lookup_cache(
     client: MlflowClient, experiment_id: str, spec: PipelineSpec, keys: dict[str, list[str]], use_cache: bool
 ) -> dict[str, list]:
@@ -56,11 +78,15 @@ class Execution:
     spec: PipelineSpec
     client: MlflowClient
     ctx: Context
-    keys: dict[str, list[str]]
+    keyed: Keyed
     hits: dict[str, list]
     run: Tracked  # the parent run, ended by the lifecycle
     executor: Executor | None = None
     recorder: RunRecorder | None = None
+
+    @property
+    def keys(self) -> dict[str, list[str]]:
+        return self.keyed.keys
 
     @property
     def must_run(self) -> bool:
@@ -81,14 +107,14 @@ def begin(
     uri = resolve_uri(tracking.uri)
     client = MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, tracking.experiment or spec.name)
-    keys = step_keys(spec, int(cfg.seed))
-    hits = lookup_cache(client, experiment_id, spec, keys, bool(cfg.cache))
+    keyed = plan_keys(spec, int(cfg.seed), life.start_ray if life.ray_cfg.address is not None else None)
+    hits = lookup_cache(client, experiment_id, spec, keyed.keys, bool(cfg.cache))
     commit = git_commit()
     root = life.track(
         client, experiment_id, open_parent(client, experiment_id, cfg, spec, overrides, commit, parent, tags)
     )
     ctx = Context(uri, experiment_id, root.run_id, int(cfg.seed), commit)
-    return Execution(cfg, spec, client, ctx, keys, hits, root)
+    return Execution(cfg, spec, client, ctx, keyed, hits, root)
 
 
 def make_executor(
@@ -100,18 +126,23 @@ def make_executor(
     node_id: str,
     listeners: list,
     shared: dict | None = None,
+    keyed: Keyed | None = None,
 ) -> tuple[Executor, RunRecorder]:
     """An executor with the MLflow recorder first among its listeners. ``shared`` is a
-    multirun's table of computing trials by cache key (``pipelines.run.dag``)."""
+    multirun's table of computing trials by cache key (``pipelines.run.dag``); ``keyed`` what
+    the keys read on the driver (the workers check it) and the measuring steps' nodes."""
     recorder = RunRecorder(client, ctx, node_id)
-    executor = Executor(spec, ctx, keys, hits, [recorder, *listeners], shared)
+    facts, pins = (keyed.facts, keyed.pins) if keyed is not None else (None, None)
+    executor = Executor(spec, ctx, keys, hits, [recorder, *listeners], shared, facts, pins)
     recorder.executor = executor
     return executor, recorder
 
 
 def attach(ex: Execution, node_id: str, listeners: list, shared: dict | None = None) -> Executor:
     """The execution's executor (``make_executor``)."""
-    ex.executor, ex.recorder = make_executor(ex.client, ex.ctx, ex.spec, ex.keys, ex.hits, node_id, listeners, shared)
+    ex.executor, ex.recorder = make_executor(
+        ex.client, ex.ctx, ex.spec, ex.keys, ex.hits, node_id, listeners, shared, ex.keyed
+    )
     return ex.executor
 
 

@@ -4,12 +4,20 @@ It opens the step's MLflow run, either loads a cached output or calls the task w
 ``StepContext`` whose tracker forwards to MLflow, stores the output as run artifacts, and
 returns ``(output, StepMeta)``: the output stays in Ray's object store for downstream steps,
 the small meta goes to the driver.
+
+Before a task computes, the worker checks what its cache key read on the driver against its own
+node (``check_facts``): the versions of the distributions the step's code reaches, the contents of
+the files its params name, and for a measuring step the hardware fingerprint. A mismatch fails the
+step in one line, so no output is stored under a key that does not describe how it was made.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +31,19 @@ from pipelines.store.lineage import record_output
 from pipelines.store.tracking import TAG, StepTracker, create_run, log_params
 from tasks import task_table
 from tasks.core.context import StepContext
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a trial's cache key read on the driver, for the worker to check on its node."""
+
+    libraries: dict[str, str]  # distribution (and "python") -> version
+    files: dict[str, str]  # dotted param path -> content hash of the file or directory it names
+    hardware: dict | None = None  # a measuring step: the fingerprint of the node it is placed on
+
+
+class FactError(RuntimeError):
+    """This node is not what the step's cache key says (hardware, a library, a file): one line."""
 
 
 @dataclass
@@ -45,6 +66,7 @@ class StepJob:
     threads: int = 1
     trusted_targets: tuple[str, ...] = ()  # model _target_s a stored arch may name, beyond the zoo
     retries: int = 0  # the step's max_retries: > 0 means an earlier attempt may have died
+    facts: Facts | None = None  # what the key holds that this node must match (check_facts)
 
 
 @dataclass
@@ -102,9 +124,60 @@ def fail_dead_attempts(client: MlflowClient, job: StepJob) -> None:
         client.set_terminated(run.info.run_id, "FAILED")
 
 
+def _compact(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _fingerprint_side(fp: dict, other: dict) -> str:
+    """One side of a fingerprint mismatch: its digest and the fields where it differs from ``other``."""
+    differ = {k: fp[k] for k in sorted(fp) if fp[k] != other.get(k)}
+    return f"fingerprint {hashlib.sha256(_compact(fp).encode()).hexdigest()[:12]} {_compact(differ)}"
+
+
+def check_facts(job: StepJob, node: str) -> None:
+    """Fail (``FactError``, one line) unless this node matches what the job's cache key read on the
+    driver: the hardware fingerprint of a measuring step, the version of every distribution in the
+    key, the content of every file a param names (hashed here again; remembered by path, so an
+    unchanged file costs a stat)."""
+    from pipelines.store.keys import FileHasher, file_hashes, library_versions
+    from tasks.runtime.hardware import fingerprint
+
+    facts = job.facts
+    if facts is None:
+        return
+    where = f"step {job.run_name}: node {node}"
+    here = fingerprint()
+    if facts.hardware is not None and here != facts.hardware:
+        raise FactError(
+            f"{where} has hardware {_fingerprint_side(here, facts.hardware)} but the cache key holds "
+            f"{_fingerprint_side(facts.hardware, here)}; a measurement is stored only under its hardware"
+        )
+    versions = library_versions()
+    for dist, keyed in sorted(facts.libraries.items()):
+        here = versions.get(dist, "absent")
+        if here != keyed:
+            raise FactError(
+                f"{where} has {dist} {here} but the cache key (the driver's) holds {dist} {keyed}; "
+                "install the same versions on the driver and every node"
+            )
+    hasher = FileHasher()
+    files = file_hashes(job.params, hasher)
+    hasher.save()
+    for param in sorted(set(files) | set(facts.files)):
+        keyed, here = facts.files.get(param, "absent"), files.get(param, "absent")
+        if here != keyed:
+            raise FactError(
+                f"{where}: params.{param} names a file whose content hash here is {here[:12]} but "
+                f"{keyed[:12]} on the driver, where the cache key was computed; give every node the same files"
+            )
+
+
 def _run_task(job: StepJob, args: tuple, client: MlflowClient, run_id: str, tracker: StepTracker):
     import torch
 
+    from tasks.runtime.hardware import keyed_on
+
+    check_facts(job, _node_name())
     log_params(client, run_id, job.params)
     device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
@@ -112,7 +185,8 @@ def _run_task(job: StepJob, args: tuple, client: MlflowClient, run_id: str, trac
         step=job.run_name, seed=job.seed, device=device, tracker=tracker, trusted_targets=job.trusted_targets
     )
     task: Callable[..., Any] = task_table()[job.task]
-    output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
+    with keyed_on(job.facts.hardware if job.facts else None):  # reduce_range: auto reads the key's CPU
+        output = task(**assemble(job.layout, args), cfg=build_config(job.task, job.params), ctx=ctx)
     publishes = tracker.save_output(output)
     record_output(client, run_id, output, job.params)  # a Dataset becomes an MLflow dataset (store.lineage)
     return output, dict(ctx.summary), publishes
@@ -134,6 +208,13 @@ def _load_cached(job: StepJob, args: tuple, client: MlflowClient, run_id: str, t
         tracker.set_tags({f"{TAG}cached": "false", f"{TAG}recomputed": str(e)[:500]})
         output, summary, publishes = _run_task(job, args, client, run_id, tracker)
         return output, summary, False, publishes
+
+
+def _node_name() -> str:
+    """This node, as the check's errors name it: its Ray node id and host name."""
+    import ray
+
+    return f"{ray.get_runtime_context().get_node_id()} ({socket.gethostname()})"
 
 
 def execute(job: StepJob, *args):

@@ -23,7 +23,6 @@ from pipelines.config.spec import PipelineSpec, build_spec
 from pipelines.run.dag import Context, StepState, Trial
 from pipelines.search.config import MEASURES, EarlyStop, SearchPlan
 from pipelines.search.space import decode, label
-from pipelines.store.keys import step_keys
 from pipelines.store.tracking import create_run, log_params
 
 MEASURE = "measure"
@@ -79,11 +78,11 @@ def run_spec(
 ) -> dict[str, StepState]:
     """Execute ``spec`` under ``ctx.root_run`` with the engine's cache, executor and recorder
     (``owns_ray``/``check_fit``/``before_cancel``: ``pipelines.run.lifecycle.Lifecycle.configure``)."""
-    from pipelines.run.session import lookup_cache, make_executor
+    from pipelines.run.session import lookup_cache, make_executor, plan_keys
 
-    keys = step_keys(spec, ctx.seed)
-    hits = lookup_cache(client, ctx.experiment_id, spec, keys, use_cache)
-    ex, _ = make_executor(client, ctx, spec, keys, hits, node_id, listeners)
+    keyed = plan_keys(spec, ctx.seed)  # measuring steps keyed on (and pinned to) the nodes they run on
+    hits = lookup_cache(client, ctx.experiment_id, spec, keyed.keys, use_cache)
+    ex, _ = make_executor(client, ctx, spec, keyed.keys, hits, node_id, listeners, keyed=keyed)
     ex.check_fit, ex.owns_ray, ex.before_cancel = check_fit, owns_ray, before_cancel
     try:
         return ex.run()

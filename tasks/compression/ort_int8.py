@@ -10,7 +10,8 @@ the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
   multiply u8 activations by s8 weights; without VNNI/AMX they use ``VPMADDUBSW``, which adds two
   u8 x s8 products into an int16 that saturates (255 * 127 * 2 > 32767), so the same model's
   outputs differ by CPU (ORT's quantization docs). With 7-bit weights the sum fits. ``auto`` turns
-  it on exactly where the CPU the step runs on lacks VNNI/AMX; the step's cache key holds the CPU.
+  it on exactly where the CPU of the step's cache key (the node it runs on, checked by the worker)
+  lacks VNNI/AMX.
 * ``embedding_bits: 4``: every Gather on a weight (an embedding table) first becomes
   ``GatherBlockQuantized``: asymmetric 4-bit blocks along the hidden axis (ORT's
   ``MatMulNBitsQuantizer``), block scales in FP32 or FP16 (``embedding_scale_dtype``).
@@ -21,7 +22,6 @@ the deployment of ``qat``): FP32 ONNX bytes in, INT8 ONNX bytes out.
 from __future__ import annotations
 
 import logging
-import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,14 +59,17 @@ class OrtQuantOptions(Protocol):
     def reduce_range(self) -> str: ...
 
 
-def use_reduce_range(setting: str) -> bool:
+def use_reduce_range(setting: str, fp: dict | None = None) -> bool:
     """``on``/``off``, or for ``auto``: on for an x86 CPU without VNNI/AMX-INT8 (its u8 x s8 kernels
-    can saturate), off elsewhere (VNNI/AMX x86 CPUs, Arm)."""
-    from tasks.runtime.hardware import has_vnni
+    can saturate), off elsewhere (VNNI/AMX x86 CPUs, Arm). The CPU is that of the hardware
+    fingerprint ``fp``, by default the one the running step's cache key holds
+    (``tasks.runtime.hardware.keyed``), never merely the CPU this code happens to run on."""
+    from tasks.runtime.hardware import has_vnni, is_x86, keyed
 
     if setting != "auto":
         return setting == "on"
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not has_vnni()
+    fp = fp or keyed()
+    return is_x86(fp) and not has_vnni(fp)
 
 
 def _calib_reader(feeds: list[dict]) -> Any:

@@ -101,7 +101,7 @@ class QuantizeConfig:
     embedding_block_size: int = 16  # values per 4-bit block (a power of 2, >= 16)
     embedding_scale_dtype: str = "float32"  # the 4-bit blocks' scales: float32 | float16 (half their bytes)
     nncf_model_type: str = ""  # nncf_int8: '' or 'transformer' (NNCF's transformer preset, nncf_int8.py)
-    reduce_range: ReduceRange = ReduceRange.auto  # ORT weights on 7 bits; auto: x86 without VNNI/AMX (ort_int8)
+    reduce_range: ReduceRange = ReduceRange.auto  # ORT weights on 7 bits; auto: the key's CPU is x86 without VNNI/AMX
     int4_block_size: int = 16  # int4_weight: values per 4-bit block along K (a power of 2 >= 16)
     int4_accuracy_level: int = 4  # int4_weight: MatMulNBits compute type (0 unset, 1 fp32, 4 int8)
     int4_symmetric: bool = False  # int4_weight: True = no zero points (tasks/compression/int4.py)
