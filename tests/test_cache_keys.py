@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config.compose import load_config
 from pipelines.run import session
+from pipelines.store import code
 from pipelines.store.keys import FileHasher, library_versions, step_keys, task_libraries
 
 
@@ -70,11 +71,16 @@ def test_a_library_version_invalidates_exactly_the_steps_whose_code_uses_it():
     assert _changed(base, step_keys(spec, 0, {**versions, "slimray": "0.0.0-other"})) == set(spec.steps)
 
 
-def test_file_hasher_streams_and_remembers(tmp_path):
+def test_file_hasher_streams_and_remembers(tmp_path, monkeypatch):
     f = tmp_path / "big.bin"
     f.write_bytes(b"x" * (3 << 20))
     hasher = FileHasher(tmp_path / "memo.json")
     h = hasher.path(f)
+    hasher.save()
+    assert not FileHasher(tmp_path / "memo.json").known  # written just now: its stamp could repeat
+    monkeypatch.setattr(code, "SETTLE_NS", 0)  # as if it had been written a while ago
+    hasher = FileHasher(tmp_path / "memo.json")
+    assert hasher.path(f) == h and hasher.dirty
     hasher.save()
     again = FileHasher(tmp_path / "memo.json")
     assert again.known and again.path(f) == h and not again.dirty  # served from the memo

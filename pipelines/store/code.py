@@ -4,31 +4,39 @@ distributions whose code they call.
 From a root module (the task's module, the module of a model ``_target_``) every ``import`` and
 ``from ... import`` statement anywhere in the file is followed: at the top, inside functions,
 under ``try`` or ``if`` (an AST walk, not the module's globals, so a lazy import inside a function
-counts). An imported module is one of three kinds, by where it lives:
+counts), and so is ``importlib.import_module("a.literal")`` / ``__import__("a.literal")`` (a
+computed name cannot be seen). An imported module is one of three kinds, by where it lives:
 
 - the standard library (``sys.stdlib_module_names``): covered by the Python version in the key;
-- a library: its top-level package lies in ``site-packages``/``dist-packages``; its distribution
-  (``importlib.metadata.packages_distributions``) and every distribution that one requires
+- a library: its top-level package lies in ``site-packages``/``dist-packages`` and comes from a
+  distribution installed from an index, a wheel or sdist, or a VCS; that distribution
+  (``importlib.metadata.packages_distributions``) and every distribution it requires
   (``Requires-Dist`` without extras, transitively: ``transformers`` brings ``tokenizers``) go into
-  the key by version;
-- project code: anything else (``tasks``, your package, a module beside your model file), whose
-  source is hashed and whose imports are followed in turn.
+  the key by version (plus the archive hash or commit that ``direct_url.json`` records, so a
+  rebuilt wheel of one version is another key);
+- project code: anything else (``tasks``, your package, a module beside your model file, and also
+  code in ``site-packages`` that no distribution provides or whose distribution was installed
+  from a local directory, ``pip install ./mypkg`` with or without ``-e``): its source is hashed
+  and its imports are followed in turn. A compiled extension of project code (``fast.*.so`` or
+  ``.pyd`` beside a module) is hashed by its bytes.
 
-Only the modules an import statement names are followed (and ``pkg.name`` when ``from pkg import
-name`` names a submodule), not every parent package's ``__init__``: ``tasks/__init__.py`` imports
-every step, and a step must not depend on the others. Dynamic imports (``importlib.import_module``
-of a computed name) are not seen; model ``_target_`` modules are added as roots by the caller.
+A project module's parent packages run on import, so their ``__init__.py`` are followed too, except
+``tasks/__init__.py``: it is the task table and imports every step, and a step must not depend on
+the others (the key holds its own table entry instead, ``pipelines.store.keys``).
 
-Costs are paid once: a file is parsed once per (path, mtime, size) per process; the map of
-import names to distributions, their versions and requirements is read once per process, or from
-``<SLIMRAY_CACHE_DIR>/environment.json`` while no ``sys.path`` directory has changed (an install
-or an uninstall changes its directory's mtime).
+Costs are paid once: a file is parsed (or an extension hashed) once per (path, mtime, size, inode,
+ctime) per process and remembered in ``<SLIMRAY_CACHE_DIR>/code-index.json`` (a file changed less
+than ``SETTLE_NS`` ago is parsed again next time: its stamp could still change within one clock
+tick); the map of import names to distributions, their versions and requirements is read once per
+process, or from ``<SLIMRAY_CACHE_DIR>/environment.json`` while no ``sys.path`` directory has
+changed (an install or an uninstall changes its directory's mtime).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.machinery
 import importlib.metadata as md
 import importlib.util
 import json
@@ -36,6 +44,7 @@ import os
 import re
 import sys
 import sysconfig
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +52,11 @@ from pathlib import Path
 
 LIBRARY_DIRS = ("site-packages", "dist-packages")
 OWN = ("tasks", "pipelines")  # slimray's packages: project code wherever they are installed
+TASK_TABLE = "tasks"  # the package whose ``__init__`` is the task table: keyed by entry, not followed
+ENV_FORMAT = 2  # of environment.json: a stored map of another format is read again
+INDEX_FORMAT = 2  # of code-index.json: entries of another format are not read
+SETTLE_NS = 1_000_000_000  # a file changed more recently than this is not remembered (racy stamps)
+DYNAMIC = {"import_module", "__import__"}  # calls whose literal first argument names a module
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ class Parsed:
     imports: tuple[tuple[int, str, tuple[str, ...]], ...]  # (level, module, imported names)
 
 
-_PARSED: dict[str, Parsed] = {}  # "path|mtime_ns|size" -> Parsed, in memory and in code-index.json
+_PARSED: dict[str, Parsed] = {}  # stamp(path) -> Parsed, in memory and in code-index.json
 _LOADED: list[bool] = []  # whether code-index.json was read in this process
 _NEW: list[bool] = []  # whether a file was parsed since
 
@@ -70,28 +84,73 @@ def _write(path: Path, obj) -> None:
         pass  # a read-only home: computed again next time, keys are unaffected
 
 
+def stamp(path: Path | str, st: os.stat_result | None = None) -> str:
+    """What identifies one version of a file without reading it: path, mtime, size, inode and
+    ctime (ns). ``cp -p`` and ``tar -x`` restore mtime and size but not ctime (``tar`` also makes a
+    new inode), so an edit that keeps both is still a new stamp."""
+    st = st or os.stat(path)
+    return f"{path}|{st.st_mtime_ns}|{st.st_size}|{st.st_ino}|{st.st_ctime_ns}"
+
+
+def settled(st: os.stat_result) -> bool:
+    """Whether a file's stamp can be trusted to change on its next edit: its last change is older
+    than ``SETTLE_NS`` (within one timestamp tick, a second same-size edit keeps the stamp)."""
+    return time.time_ns() - st.st_ctime_ns > SETTLE_NS
+
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The literal module name of ``importlib.import_module("x")`` / ``import_module("x")`` /
+    ``__import__("x")``, else None."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    if name not in DYNAMIC or not node.args:
+        return None
+    arg = node.args[0]
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value else None
+
+
+def _imports(src: bytes, path: Path) -> tuple[tuple[int, str, tuple[str, ...]], ...]:
+    """Every import statement, and every call importing a literal name, of a Python source."""
+    found: list[tuple[int, str, tuple[str, ...]]] = []
+    for node in ast.walk(ast.parse(src, filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(0, a.name, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", tuple(a.name for a in node.names)))
+        elif isinstance(node, ast.Call) and (name := _dynamic_import(node)):
+            module = name.lstrip(".")  # import_module(".x", package=__package__) is relative
+            found.append((len(name) - len(module), module, ()))
+    return tuple(found)
+
+
+def _load_index() -> None:
+    _LOADED.append(True)
+    try:
+        stored = json.loads((_cache_dir() / "code-index.json").read_text())
+        if stored["format"] != INDEX_FORMAT:
+            return
+        _PARSED.update(
+            {k: Parsed(v[0], tuple((i[0], i[1], tuple(i[2])) for i in v[1])) for k, v in stored["files"].items()}
+        )
+    except (OSError, ValueError, TypeError, IndexError, KeyError, AttributeError):
+        pass
+
+
 def parse(path: Path) -> Parsed:
-    """The source hash and every import statement of a Python file (memoized by path, mtime, size)."""
+    """The content hash and every import of a project file: a Python source's import statements,
+    none for a compiled extension (memoized by ``stamp``)."""
     if not _LOADED:
-        _LOADED.append(True)
-        try:
-            stored = json.loads((_cache_dir() / "code-index.json").read_text())
-            _PARSED.update({k: Parsed(v[0], tuple((i[0], i[1], tuple(i[2])) for i in v[1])) for k, v in stored.items()})
-        except (OSError, ValueError, TypeError, IndexError):
-            pass
+        _load_index()
     st = path.stat()
-    memo = f"{path}|{st.st_mtime_ns}|{st.st_size}"
+    memo = stamp(path, st)
     hit = _PARSED.get(memo)
     if hit is None:
         src = path.read_bytes()
-        found: list[tuple[int, str, tuple[str, ...]]] = []
-        for node in ast.walk(ast.parse(src, filename=str(path))):
-            if isinstance(node, ast.Import):
-                found += [(0, a.name, ()) for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                found.append((node.level, node.module or "", tuple(a.name for a in node.names)))
-        hit = _PARSED[memo] = Parsed(hashlib.sha256(src).hexdigest(), tuple(found))
-        _NEW.append(True)
+        imports = _imports(src, path) if path.suffix == ".py" else ()
+        hit = Parsed(hashlib.sha256(src).hexdigest(), imports)
+        if settled(st):
+            _PARSED[memo] = hit
+            _NEW.append(True)
     return hit
 
 
@@ -99,17 +158,17 @@ def save() -> None:
     """Write the parsed files to ``<SLIMRAY_CACHE_DIR>/code-index.json`` if any was new."""
     if _NEW:
         _NEW.clear()
-        _write(_cache_dir() / "code-index.json", {k: [v.sha, v.imports] for k, v in _PARSED.items() if _current(k)})
+        files = {k: [v.sha, v.imports] for k, v in _PARSED.items() if _current(k)}
+        _write(_cache_dir() / "code-index.json", {"format": INDEX_FORMAT, "files": files})
 
 
 def _current(memo: str) -> bool:
-    """Whether a ``path|mtime|size`` entry still describes its file (stale entries are dropped)."""
-    path, mtime, size = memo.rsplit("|", 2)
+    """Whether a ``stamp`` still describes its file (stale entries are dropped)."""
+    path = memo.rsplit("|", 4)[0]
     try:
-        st = os.stat(path)
+        return stamp(path) == memo
     except OSError:
         return False
-    return f"{st.st_mtime_ns}|{st.st_size}" == f"{mtime}|{size}"
 
 
 def _is_library_path(path: str) -> bool:
@@ -135,22 +194,40 @@ def top_kind(name: str) -> tuple[str, tuple[str, ...]]:
     locs = tuple(spec.submodule_search_locations or ()) or ((spec.origin,) if spec.origin else ())
     if not locs or spec.origin in ("built-in", "frozen"):
         return "stdlib", ()
-    library = name not in OWN and all(_is_library_path(p) for p in locs)
+    library = name not in OWN and all(_is_library_path(p) for p in locs) and _third_party(name)
     return ("library" if library else "project"), locs
 
 
+def _third_party(name: str) -> bool:
+    """Whether a top-level import name comes from a distribution installed from an index, an
+    archive or a VCS (keyed by version); code no distribution provides, or one installed from a
+    local directory (the user's own package, ``pip install .``), is hashed like project code."""
+    env = environment()
+    return any(d not in env["local"] for d in env["tops"].get(name, ()))
+
+
+def _module_files(target: Path) -> tuple[Path, ...]:
+    """Where module ``target`` (a path without suffix) may live: a package, a source file or a
+    compiled extension (``fast.cpython-311-x86_64-linux-gnu.so``, ``fast.pyd``)."""
+    return (
+        target / "__init__.py",
+        target.with_name(target.name + ".py"),
+        *(target.with_name(target.name + s) for s in importlib.machinery.EXTENSION_SUFFIXES),
+    )
+
+
 def module_file(name: str) -> Path | None:
-    """The source file of a project module (``pkg/__init__.py`` for a package), else None."""
+    """The file of a project module (``pkg/__init__.py`` for a package, a compiled extension), else None."""
     top, *rest = name.split(".")
     kind, locs = top_kind(top)
     if kind != "project":
         return None
     for loc in locs:
         base = Path(loc)
-        if base.is_file():  # a top-level module file: no submodules
-            return base if not rest and base.suffix == ".py" else None
+        if base.is_file():  # a top-level module file (source or extension): no submodules
+            return base if not rest and base.name.endswith((".py", *importlib.machinery.EXTENSION_SUFFIXES)) else None
         target = base.joinpath(*rest)
-        for candidate in (target / "__init__.py", target.with_name(target.name + ".py")):
+        for candidate in _module_files(target):
             if candidate.is_file():
                 return candidate
     return None
@@ -184,11 +261,20 @@ def reach(roots: Iterable[str]) -> tuple[dict[str, str], list[str]]:
             continue
         parsed = parse(path)
         code[name] = parsed.sha
+        todo += _parents(name)
         for level, mod, names in parsed.imports:
             base = _absolute(name, path, level, mod)
             todo.append(base)
             todo += [f"{base}.{n}" for n in names if n != "*" and module_file(f"{base}.{n}") is not None]
     return dict(sorted(code.items())), sorted(libraries)
+
+
+def _parents(name: str) -> list[str]:
+    """The parent packages of a module (Python runs their ``__init__`` on import), except the task
+    table's package."""
+    parts = name.split(".")
+    parents = [".".join(parts[:i]) for i in range(1, len(parts))]
+    return [p for p in parents if p != TASK_TABLE]
 
 
 # ---- the installed distributions -------------------------------------------------------------
@@ -228,22 +314,46 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _origin(dist: md.Distribution) -> str | None:
+    """Where a distribution was installed from (PEP 610 ``direct_url.json``): ``"local"`` for a
+    local directory (``pip install ./mypkg``, with or without ``-e``), the archive's hash or the
+    VCS commit when recorded, ``""`` otherwise (an index), None when unreadable."""
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    if "dir_info" in info:
+        return "local"
+    for section, field in (("archive_info", "hash"), ("vcs_info", "commit_id")):
+        value = info[section].get(field) if isinstance(info.get(section), dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def _read_environment() -> dict:
     versions: dict[str, str] = {}
     requires: dict[str, list[str]] = {}
+    local: list[str] = []
     for dist in md.distributions():
         name = norm(dist.metadata["Name"] or "")
         if name and name not in versions:
-            versions[name] = dist.version
+            origin = _origin(dist)
+            local += [name] if origin == "local" else []
+            versions[name] = f"{dist.version} ({origin})" if origin and origin != "local" else dist.version
             requires[name] = [norm(r) for r in _requires(dist)]
     tops = {top: sorted({norm(d) for d in dists}) for top, dists in md.packages_distributions().items()}
-    return {"versions": versions, "requires": requires, "tops": tops}
+    return {"versions": versions, "requires": requires, "tops": tops, "local": sorted(local)}
 
 
 @cache
 def environment() -> dict:
-    """``{"versions": {dist: version}, "requires": {dist: [dist]}, "tops": {import name: [dist]}}``."""
-    path, stamp = _cache_dir() / "environment.json", [sys.prefix, sys.version, _stamp()]
+    """``{"versions": {dist: version}, "requires": {dist: [dist]}, "tops": {import name: [dist]},
+    "local": [dists installed from a local directory]}``; a version carries the archive hash or
+    VCS commit the install recorded (``"1.0 (sha256=...)"``)."""
+    path, stamp = _cache_dir() / "environment.json", [ENV_FORMAT, sys.prefix, sys.version, _stamp()]
     try:
         stored = json.loads(path.read_text())
         if stored.get("stamp") == stamp:
@@ -274,3 +384,9 @@ def distributions(import_names: Iterable[str]) -> list[str]:
 def installed(name: str) -> bool:
     """Whether ``name`` is an installed distribution (a string param may name one: a model package)."""
     return norm(name) in environment()["versions"]
+
+
+def providers(import_name: str) -> list[str]:
+    """The distributions that provide a top-level import name (``sklearn`` -> ``scikit-learn``);
+    a string param may name one (the packages a text corpus reads)."""
+    return list(environment()["tops"].get(import_name, ()))
