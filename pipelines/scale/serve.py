@@ -7,7 +7,9 @@ Classifiers: ``POST /predict`` ``{"inputs": [[...], ...]}`` (or ``{"texts": [...
 -> ``{"embeddings": [[...]], "dim": N}``; ``GET /health`` (name, version, run id); OpenAPI docs at
 ``/docs``. The alias is resolved once, here: every replica serves that one version. Requests are
 grouped by ``@serve.batch`` (dynamic batching) and run inside each replica by the runtime the
-version was selected for (ONNX Runtime, or OpenVINO: ``runtime=``). Bad requests get a 4xx with a
+version was selected for (ONNX Runtime, or OpenVINO: ``runtime=``). The version's files must match
+the signed file list the pipeline recorded with it (``serve_app.verify_files``): else one line, exit 1,
+nothing served. Bad requests get a 4xx with a
 one-line message and never reach the model. ``ingress=auto`` (default): HAProxy with
 ``auth_token=...``, Serve's proxy on loopback without; ``ingress=grpc``: ``slimray.Model/Predict``
 and ``Embed`` on ``grpc_port`` as well. Runs in the foreground until Ctrl-C, which deletes the
@@ -137,15 +139,23 @@ class _Plain:
 
 
 def _preload(uri: str, pinned: dict, runtime: str) -> str:
-    """Fetch and load the pinned version once here, so a model that cannot be fetched or loaded is
-    one line before any replica starts (replicas would retry it and end in a traceback)."""
+    """Fetch, verify and load the pinned version once here, so a model that cannot be fetched or
+    loaded, or whose files do not match the signed file list recorded with it
+    (``serve_app.verify_files``), is one line before any replica starts (replicas would retry it
+    and end in a traceback). Every replica checks its own download again."""
     from pipelines.scale.serve_app import load_model
+    from pipelines.store.registry import ModelFilesError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
     try:
-        return load_model(pinned["uri"], uri, 1, runtime=runtime).sig.route
+        served = load_model(pinned["uri"], uri, 1, runtime=runtime)
+    except ModelFilesError as e:
+        raise RuntimeError(f"{e}: refusing to serve it (run {pinned['run_id']})") from None
     except Exception as e:  # noqa: BLE001 - any fetch/load failure is the same one line
         raise RuntimeError(f"model {pinned['uri']} (run {pinned['run_id']}) cannot be fetched or loaded: {e}") from None
+    if served.note:
+        print(f"warning: {served.note}", file=sys.stderr, flush=True)
+    return served.sig.route
 
 
 def main(argv: list[str]) -> int:

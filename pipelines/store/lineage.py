@@ -14,6 +14,9 @@ and the lineage view show which data each run saw.
   step downstream of the dataset step (context: the input's name for a direct consumer, else
   ``upstream``), the sweep runs, a cache-hit record of the dataset step itself (``output``), and
   the parent run (``pipeline``). A cache hit reads the dataset from the run that computed it.
+- **What a registered version says it was made from** (``Links.consumed``): only the datasets
+  upstream of the step that made the model, each by name and digest (two datasets that share a
+  name stay two).
 """
 
 from __future__ import annotations
@@ -125,10 +128,18 @@ class Links:
         self.below = {d: closure(graph, [d], down=True) - {d} for d in self.sources}
         self.datasets: dict[str, list[MlflowDataset]] = {}  # dataset step -> its datasets
 
-    @property
-    def digests(self) -> dict[str, str]:
-        """Dataset name -> digest, for the registry's version tags."""
-        return {d.name: d.digest for ds in self.datasets.values() for d in ds}
+    def consumed(self, step: str) -> list[tuple[str, str]]:
+        """(name, digest) of every dataset ``step`` was made from: those of the dataset steps
+        upstream of it (itself included), in pipeline order, for the registry's version tags.
+        Two datasets of one name stay two entries; the same data reached twice is one."""
+        graph = {n: s.upstream for n, s in self.spec.steps.items()}
+        upstream = closure(graph, [step])
+        found: list[tuple[str, str]] = []
+        for source in self.sources:
+            for d in self.datasets.get(source, []) if source in upstream else []:
+                if (d.name, d.digest) not in found:
+                    found.append((d.name, d.digest))
+        return found
 
     def _context(self, step: str, source: str) -> str:
         names = [p for p, refs in self.spec.steps[step].inputs.items() if any(r.step == source for r in refs)]

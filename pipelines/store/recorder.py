@@ -15,6 +15,7 @@ MLflow during execution.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from pipelines.run.dag import Context, Executor, StepState, Trial, cached_meta
 from pipelines.store import artifacts, registry
 from pipelines.store.lineage import Links
 from pipelines.store.tracking import PUBLISH_DIR, TAG, create_run, metric_name
-from tasks.core.types import Publication
+from tasks.core.types import Publication, Registration
+from tasks.runtime.openvino import candidate_of
 
 NOTE_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
 
@@ -139,103 +141,157 @@ class RunRecorder:
         tags += [RunTag(k, v) for k, v in pub.tags.items()]
         if metrics or tags:
             self.client.log_batch(root, metrics=metrics, tags=tags)
-        for reg in pub.models:
-            self.registered.append(
-                self._register(reg.name, reg.onnx, reg.alias, source, reg.source, reg.files, reg.runtime)
-            )
-        self._describe(pub, source)
+        versions = [(reg, *self._register(reg, source)) for reg in pub.models]
+        self.registered += [f"{reg.name}@{reg.alias} v{version}" for reg, _, version in versions]
+        self._describe(pub, source, versions)
         if pub.console:
             self.console.append(pub.console)
 
-    def _register(
-        self,
-        name: str,
-        onnx_bytes: bytes,
-        alias: str,
-        source: str | None,
-        model: str = "",
-        files: dict[str, bytes] | None = None,
-        runtime: str = "",
-    ) -> str:
-        """Register the model under ``name@alias`` as a version whose run is the parent run (the
-        parent links to it; ``models:/<name>@<alias>`` serves it). The first execution logs the
-        ONNX model to the parent run; later ones (cache hits) reuse that logged model."""
-        tag = f"{TAG}logged_model.{metric_name(name)}"
+    def _register(self, reg: Registration, source: str | None) -> tuple[str, str]:
+        """Register ``reg`` under ``name@alias`` as a version whose run is the parent run (the
+        parent links to it; ``models:/<name>@<alias>`` serves it); returns (logged model id,
+        version). The first execution logs the ONNX model to the parent run; later ones (cache
+        hits) reuse that logged model when every one of its files verifies (``_reuse``)."""
+        tag = f"{TAG}logged_model.{metric_name(reg.name)}"
         model_id = self.client.get_run(source).data.tags.get(tag) if source else None
-        version = self._reuse(name, model_id, onnx_bytes) if model_id else None
-        if version is None:
-            import mlflow
-            import onnx
-
-            mlflow.set_tracking_uri(self.ctx.uri)
-            proto = onnx.load_from_string(onnx_bytes)
-            logged = registry.logged_name(model) if model else "model"  # in this experiment, not MLflow's default
-            with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
-                extra = [str(Path(tmp, Path(k).name)) for k in files or {}]
-                for path, data in zip(extra, (files or {}).values()):
-                    Path(path).write_bytes(data)
-                info = mlflow.onnx.log_model(
-                    proto,
-                    name=logged,
-                    model_id=self._logged_model_id(logged),
-                    signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
-                    registered_model_name=name,
-                    pip_requirements=["onnxruntime"] + (["openvino"] if runtime == "openvino" else []),
-                    run_id=self.ctx.root_run,
-                    extra_files=extra or None,
-                    save_as_external_data=False,  # model.onnx stays the publication's bytes (_reuse compares them)
-                )
-            version = str(info.registered_model_version)
+        version = self._reuse(reg, model_id) if model_id else None
+        if model_id is None or version is None:
+            model_id, version = self._log(reg)
             if source:
-                self.client.set_tag(source, tag, info.model_id)
-        self.client.set_registered_model_alias(name, alias, version)
-        if runtime:  # the runtime the benchmark selected it for
-            self.client.set_model_version_tag(name, version, "slimray.runtime", runtime)
-        self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{name}@{alias} v{version}")
-        return f"{name}@{alias} v{version}"
+                self.client.set_tag(source, tag, model_id)
+        self.client.set_registered_model_alias(reg.name, reg.alias, version)
+        if reg.runtime:  # the runtime the benchmark selected it for
+            self.client.set_model_version_tag(reg.name, version, "slimray.runtime", reg.runtime)
+        self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{reg.name}@{reg.alias} v{version}")
+        return model_id, version
+
+    def _log(self, reg: Registration) -> tuple[str, str]:
+        """Log ``reg`` as a new ONNX logged model of the parent run, registered as a new version,
+        and record its signed file list (``_seal``); returns (model id, version)."""
+        import mlflow
+        import onnx
+
+        mlflow.set_tracking_uri(self.ctx.uri)
+        proto = onnx.load_from_string(reg.onnx)
+        logged = registry.logged_name(reg.source) if reg.source else "model"  # in this experiment, not the default
+        with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
+            extra = [str(Path(tmp, Path(k).name)) for k in reg.files]
+            for path, data in zip(extra, reg.files.values()):
+                Path(path).write_bytes(data)
+            info = mlflow.onnx.log_model(
+                proto,
+                name=logged,
+                model_id=self._logged_model_id(logged),
+                signature=registry.onnx_signature(proto),  # input/output names, dtypes, shapes
+                registered_model_name=reg.name,
+                pip_requirements=["onnxruntime"] + (["openvino"] if reg.runtime == "openvino" else []),
+                run_id=self.ctx.root_run,
+                extra_files=extra or None,
+                save_as_external_data=False,  # model.onnx stays the publication's bytes (_differs compares them)
+            )
+        version = str(info.registered_model_version)
+        self._seal(reg, info.model_id, version)
+        return info.model_id, version
 
     def _logged_model_id(self, logged: str) -> str:
         """A new logged model of the pipeline's experiment (not MLflow's default one)."""
         return self.client.create_logged_model(self.ctx.experiment_id, logged, self.ctx.root_run).model_id
 
-    def _describe(self, pub: Publication, source: str | None) -> None:
+    def _download(self, model_id: str, dst: str) -> Path:
+        """Every file of a logged model, downloaded into ``dst``."""
+        import mlflow
+
+        location = self.client.get_logged_model(model_id).artifact_location
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=dst, tracking_uri=self.ctx.uri))
+
+    def _seal(self, reg: Registration, model_id: str, version: str) -> None:
+        """Record the just logged model's files, signed (``registry.FILES_TAG``), on the logged
+        model (what ``_reuse`` verifies) and on the version (what ``slimray serve`` verifies).
+        They are read back and must be the publication's graph and files."""
+        with tempfile.TemporaryDirectory() as tmp:
+            files = registry.files_of(self._download(model_id, tmp))
+        wrong = _differs(files, reg)
+        if wrong:
+            raise registry.ModelFilesError(f"logged model {model_id}: {wrong} is not what was just logged")
+        value = registry.signed_files(files, model_id)
+        self.client.set_logged_model_tags(model_id, {registry.FILES_TAG: value})
+        self.client.set_model_version_tag(reg.name, version, registry.FILES_TAG, value)
+
+    def _reuse(self, reg: Registration, model_id: str) -> str | None:
+        """A new version of ``reg.name`` from the already logged model ``model_id`` (named by the
+        source run's unsigned tag), linked to this parent run, only when the logged model's signed
+        file list is the (signed, verified) publication's graph and files and every file of the
+        logged model matches it: no file missing, added or changed. Else None: log it again (a
+        tampered model is said on the console)."""
+        where = f"logged model {model_id}"
+        try:
+            model = self.client.get_logged_model(model_id)
+            self.client.get_registered_model(reg.name)
+        except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
+            return None
+        recorded = model.tags.get(registry.FILES_TAG)
+        try:
+            wrong = _differs(registry.read_files(recorded, model_id, where), reg)
+            if wrong:
+                raise registry.ModelFilesError(f"{where}: {wrong} is not the publication's")
+            with tempfile.TemporaryDirectory() as tmp:
+                registry.check_files(self._download(model_id, tmp), recorded, model_id, where)
+        except registry.ModelFilesError as e:
+            self.console.append(f"{e}: not reused, the verified model is logged again")
+            return None
+        except Exception:  # noqa: BLE001 - unreadable: log the model again
+            return None
+        mv = self.client.create_model_version(  # source as log_model writes it: the version names its model
+            reg.name, source=f"models:/{model_id}", run_id=self.ctx.root_run, model_id=model_id
+        )
+        self.client.set_model_version_tag(reg.name, str(mv.version), registry.FILES_TAG, str(recorded))
+        return str(mv.version)
+
+    def _describe(self, pub: Publication, source: str | None, versions: list[tuple[Registration, str, str]]) -> None:
         """Every card as a logged model; each registered version's tags and description
-        (``pipelines.store.registry``)."""
+        (``pipelines.store.registry``). ``versions``: each registration with the logged model
+        and the version ``_register`` made, never re-read through the alias (which another
+        driver may have moved since)."""
         if not pub.models and not pub.candidates:
             return
         states = self.executor.states if self.executor is not None else {}
-        versions = {
-            reg.source or reg.name: self.client.get_model_version_by_alias(reg.name, reg.alias) for reg in pub.models
-        }
-        registered = {model: registry.model_id_of(mv) for model, mv in versions.items()}
+        registered: dict[str, str | None] = {reg.source or reg.name: model_id for reg, model_id, _ in versions}
         runs = registry.model_runs(states)
         registry.log_cards(
             self.client, self.ctx.experiment_id, pub.candidates, runs, source, self.ctx.root_run, registered
         )
         cards = {c["name"]: c for c in pub.candidates}
-        digests = self.links.digests if self.links is not None else {}
-        for reg in pub.models:
+        for reg, _, version in versions:
             model = reg.source or reg.name
             chain = registry.recipe(self.executor.spec, states, model) if self.executor is not None else model
-            tags = registry.version_tags(cards.get(model), model, chain, digests, self.ctx.commit)
-            registry.describe_version(self.client, reg.name, versions[model].version, tags, pub.description)
+            datasets = self._datasets(model, source)
+            tags = registry.version_tags(cards.get(model), model, chain, datasets, self.ctx.commit)
+            registry.describe_version(self.client, reg.name, version, tags, pub.description)
 
-    def _reuse(self, name: str, model_id: str, onnx_bytes: bytes) -> str | None:
-        """A new version of ``name`` from an already logged model, linked to this parent run,
-        when that model's ONNX file is the (signed, verified) publication's byte for byte."""
-        import mlflow
+    def _datasets(self, model: str, source: str | None) -> list[tuple[str, str]]:
+        """(name, digest) of the datasets ``model`` was made from: those upstream of the step that
+        made it, else (a model that names no step) of the step that published it."""
+        if self.links is None or self.executor is None:
+            return []
+        steps = self.executor.spec.steps
+        step = candidate_of(model).split("[", 1)[0]
+        if step not in steps:
+            runs = registry.model_runs(self.executor.states)
+            step = next((name.split("[", 1)[0] for name, run in runs.items() if run == source), "")
+        return self.links.consumed(step) if step in steps else []
 
-        try:
-            model = self.client.get_logged_model(model_id)
-            self.client.get_registered_model(name)
-            with tempfile.TemporaryDirectory() as tmp:
-                uri = f"{model.artifact_location.rstrip('/')}/model.onnx"
-                path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=self.ctx.uri)
-                if Path(path).read_bytes() != onnx_bytes:
-                    return None  # the tag points at another model: log the verified one again
-        except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
-            return None
-        mv = self.client.create_model_version(
-            name, source=model.artifact_location, run_id=self.ctx.root_run, model_id=model_id
-        )
-        return str(mv.version)
+
+def _differs(files: dict[str, str], reg: Registration) -> str:
+    """The first file of a logged model's list that is not the registration's: its graph
+    (``model.onnx``) and the files beside it (``extra_files/``, none more); "" when all are."""
+    want = {"model.onnx": _sha256(reg.onnx)}
+    want |= {f"extra_files/{Path(name).name}": _sha256(data) for name, data in reg.files.items()}
+    for name, digest in want.items():
+        if files.get(name) != digest:
+            return name
+    extra = sorted(n for n in files if n.startswith("extra_files/") and n not in want)
+    return extra[0] if extra else ""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

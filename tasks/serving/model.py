@@ -134,6 +134,7 @@ class ServedModel:
         else:
             self.session = ort_session(onnx_bytes, threads, providers=providers)
         self.runtime = runtime
+        self.note = ""  # why its files were not verified, when they could not be (pipelines.scale.serve_app)
         self.sig = load_signature(folder, self.session)
         self.tokenizer = None
         if self.sig.text:

@@ -22,7 +22,9 @@ The selected model's ONNX is returned as a ``Registration`` under alias ``candid
 is a human's call. The selected model is the benchmark's (``bench.selected``): when that is not the
 ``selected`` input (which the benchmark rejected, or benchmark chose among ``candidates``), the
 candidate of that name is registered. A rejected candidate is listed with the parity figures it
-was rejected on and never registered.
+was rejected on and never registered. The registration names the selected benchmark *row*
+(``Registration.source``): for a row of another runtime (``X@openvino``) the version's tags, its
+runtime and its logged model's card are that row's, and the ONNX is its candidate ``X``'s.
 
 Embedding benchmarks (``bench.task == "embedding"``) have no accuracy: the quality axis is the
 evaluation split's ``cos_mean`` to the reference, and the table shows cosine mean/min and top-1
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.types import BenchmarkReport, BenchmarkRow, ModelArtifact, Publication, Registration, Report
 from tasks.evaluation.evidence import delta_interval, interval_metrics, spread_note, with_interval
@@ -82,6 +85,12 @@ class ReportConfig:
     max_acc_drop: float | None = None  # accuracy budget vs the teacher (0.01 = 1 point); None: not checked
     tokenizer: str = ""  # a text model's tokenizer (folder or package): its files are stored with the version
     max_length: int = 0  # tokens per text when served (0: the tokenizer's own limit)
+
+    def __post_init__(self) -> None:
+        at_least("dpi", self.dpi, 1)
+        if self.max_acc_drop is not None:
+            fraction("max_acc_drop", self.max_acc_drop, open_high=True)
+        at_least("max_length", self.max_length, 0)
 
 
 def pareto_front(points: list, objectives: dict[str, str]) -> list[str]:
@@ -273,8 +282,10 @@ def run(
     if selected is not None:
         onnx = _onnx_bytes(selected, ctx.trusted_targets)
         beside = serving_files(onnx, bench.task, cfg.tokenizer, cfg.max_length)
-        runtime = runtime_of(bench.selected) if bench.selected else "onnxruntime"  # what it was selected for
-        reg = Registration(name, onnx, cfg.alias, source=selected.name, files=beside, runtime=runtime)
+        row = bench.selected  # the selected ROW (``X@openvino``): the version's figures, runtime and card
+        runtime = runtime_of(row) if row else "onnxruntime"  # what it was selected for
+        source = row.name if row else selected.name
+        reg = Registration(name, onnx, cfg.alias, source=source, files=beside, runtime=runtime)
         models, registered = [reg], f"{name}@{cfg.alias}"
     headline = headline_metrics(bench)
     if cfg.max_acc_drop is not None and bench.targets.selected_vs_teacher is not None:
