@@ -11,6 +11,10 @@ subscribe, as Kedro's runner hooks and Ray Tune's callbacks do. Events, in order
 life: ``step_started``, then per trial ``trial_cached`` (a hit nobody needs to load),
 ``trial_submitted``, ``trial_finished`` or ``trial_failed``, then ``step_finished``.
 
+A measuring step's trials are pinned to the nodes whose hardware its key holds (``pins``,
+``pipelines.run.placement``), and every job carries what its key read on the driver (``facts``),
+which the worker checks against its node before computing.
+
 Executors of one multirun (``pipelines.run.multirun``) share a table of computing trials by cache
 key: a trial whose key another execution already submitted is not submitted again; it waits on
 the same ObjectRefs and ends with ``trial_shared`` instead of ``trial_finished``.

@@ -146,11 +146,11 @@ def check_facts(job: StepJob, node: str) -> None:
     if facts is None:
         return
     where = f"step {job.run_name}: node {node}"
-    here = fingerprint()
-    if facts.hardware is not None and here != facts.hardware:
+    node_fp = fingerprint()
+    if facts.hardware is not None and node_fp != facts.hardware:
         raise FactError(
-            f"{where} has hardware {_fingerprint_side(here, facts.hardware)} but the cache key holds "
-            f"{_fingerprint_side(facts.hardware, here)}; a measurement is stored only under its hardware"
+            f"{where} has hardware {_fingerprint_side(node_fp, facts.hardware)} but the cache key holds "
+            f"{_fingerprint_side(facts.hardware, node_fp)}; a measurement is stored only under its hardware"
         )
     versions = library_versions()
     for dist, keyed in sorted(facts.libraries.items()):

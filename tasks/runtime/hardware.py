@@ -151,7 +151,7 @@ def ort_providers() -> tuple[str, ...]:
 def fingerprint() -> dict:
     """What a timing or an INT8 parity figure depends on, as a cache key holds it: never the node
     name, nor this process's torch threads (a Ray worker's follow its ``num_cpus``, which the key
-    holds; a search trial computing keys in a worker must get the driver's keys)."""
+    holds). The same in every process of a node, so a worker can check it against its key."""
     model, flags = cpu()
     out = {
         "cpu": model,
