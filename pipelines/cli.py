@@ -3,6 +3,7 @@
     slimray [pipeline=compress] [experiment=smoke] [KEY=VALUE ...] [--cfg] [--dry-run]
     slimray -m|--multirun [--jobs=N] KEY=A,B KEY=range(..) ...   (Hydra sweeps, concurrent on one Ray)
     slimray submit [KEY=VALUE ...]    (a Ray Job on the cluster in RAY_API_SERVER_ADDRESS)
+    slimray key init [PATH] | key id  (create a store's cache signing key; show the key's id)
 
 Config errors print one line naming the config path and exit with code 2, before Ray starts
 or any MLflow run is created (with --multirun: in any execution). A failed step exits 1 (with
@@ -14,9 +15,10 @@ from __future__ import annotations
 import sys
 
 from pipelines import api
+from pipelines.store import signing
 
 USAGE = __doc__.strip().splitlines()[2]
-SUBCOMMANDS = {"serve": api.serve, "submit": api.submit}  # `slimray submit`: the same pipeline as a Ray Job
+SUBCOMMANDS = {"serve": api.serve, "submit": api.submit, "key": signing.main}  # `submit`: the pipeline as a Ray Job
 
 
 def main(argv: list[str] | None = None) -> int:

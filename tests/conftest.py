@@ -18,6 +18,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYT
 # the tests start and their Ray workers).
 os.environ["SLIMRAY_TASKS"] = "tests.toy_tasks"
 os.environ["SLIMRAY_CONF"] = os.path.join(REPO, "tests", "conf")
+# The tests are a local run on this machine: the laptop's default cache key (created as a local
+# run's driver creates it; Ray workers never create one) signs what they store, also in the
+# tests that save outputs without running a pipeline.
+from pipelines.store import signing  # noqa: E402
+
+signing.local_default(None)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -151,15 +152,76 @@ def test_swapped_artifact_in_an_honest_entry_is_recomputed(workdir, ray_local, s
 
 
 def test_cache_key_file_is_private_and_refused_when_shared(tmp_path, monkeypatch):
-    monkeypatch.setenv(signing.ENV, str(tmp_path / "cfg" / "cache.key"))
-    key = signing.load_key()
+    """Only the set-up command creates a key (0600); a key its group or others may read is
+    refused when this user owns it (a 0640 key was accepted), accepted root-owned and
+    group-readable (a Kubernetes secret volume with fsGroup), checked by the exact rule."""
     path = tmp_path / "cfg" / "cache.key"
+    monkeypatch.setenv(signing.ENV, str(path))
+    assert signing.main(["init"]) == 0 and signing.main(["init"]) == 0  # created once, then kept
+    key = signing.load_key()
     assert len(key) == 64 and oct(path.stat().st_mode & 0o777) == "0o600"
-    assert signing.load_key() == key  # created once, then read
-    os.chmod(path, 0o644)
-    with pytest.raises(signing.CacheKeyError) as err:
-        signing.load_key()
-    assert "\n" not in str(err.value) and str(path) in str(err.value) and "chmod 600" in str(err.value)
+    assert signing.load_key() == key
+    for mode in (0o644, 0o640, 0o660, 0o604, 0o610):
+        os.chmod(path, mode)
+        with pytest.raises(signing.CacheKeyError) as err:
+            signing.load_key()
+        assert "\n" not in str(err.value) and str(path) in str(err.value) and "chmod 600" in str(err.value), mode
+    os.chmod(path, 0o400)
+    assert signing.load_key() == key
+    st = path.stat()
+
+    def root_owned(mode: int) -> os.stat_result:
+        return os.stat_result((0o100000 | mode, *st[1:4], 0, *st[5:]))  # st_uid 0
+
+    signing.check_mode(path, root_owned(0o440), euid=1000)  # a secret volume read via fsGroup
+    for mode, euid in ((0o440, 0), (0o640, 0), (0o444, 1000), (0o460, 1000), (0o450, 1000)):
+        with pytest.raises(signing.CacheKeyError, match=f"mode {mode:o}"):
+            signing.check_mode(path, root_owned(mode), euid=euid)
+    with pytest.raises(signing.CacheKeyError, match="owned by uid 1234, not by this user or root"):
+        signing.check_mode(path, os.stat_result((0o100600, *st[1:4], 1234, *st[5:])), euid=1000)
     monkeypatch.delenv(signing.ENV)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     assert signing.key_path() == tmp_path / "xdg" / "slimray" / "cache.key"
+
+
+def test_no_process_creates_a_key_but_set_up_and_a_local_driver(tmp_path, monkeypatch):
+    """A missing key is one line naming the node and the path, and is never created, whether
+    ``SLIMRAY_CACHE_KEY_FILE`` names it or the default is missing; only ``slimray key init``
+    and the driver of a local run (ray.address unset, no SLIMRAY_CACHE_KEY_FILE) create one."""
+    named = tmp_path / "mounted" / "cache.key"
+    monkeypatch.setenv(signing.ENV, str(named))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    for ray_address in (None, "auto"):
+        signing.local_default(ray_address)  # a key named by the environment is never made
+        with pytest.raises(signing.CacheKeyError) as err:
+            signing.load_key()
+        line = str(err.value)
+        assert "\n" not in line and str(named) in line and socket.gethostname() in line and signing.ENV in line
+        assert not named.exists()
+    monkeypatch.delenv(signing.ENV)
+    default = tmp_path / "xdg" / "slimray" / "cache.key"
+    with pytest.raises(signing.CacheKeyError, match="a local run creates this default, a Ray worker or job never"):
+        signing.load_key()
+    signing.local_default("auto")  # a driver joining a cluster: no key made
+    assert not default.exists()
+    signing.local_default(None)  # a local run on a laptop
+    assert oct(default.stat().st_mode & 0o777) == "0o600" and len(signing.load_key()) == 64
+
+
+def test_a_ray_worker_without_the_key_fails_in_one_line_naming_its_node(tmp_path, ray_local):
+    """A Ray worker whose key file is missing (named by SLIMRAY_CACHE_KEY_FILE, or the default
+    on a node that has none) fails in one line naming its host, Ray node id and the path; it
+    never makes a key of its own (it used to, then signed with it)."""
+    named = tmp_path / "not-mounted" / "cache.key"
+    cases = {
+        str(named): {signing.ENV: str(named)},
+        str(tmp_path / "home" / "slimray" / "cache.key"): {signing.ENV: "", "XDG_CONFIG_HOME": str(tmp_path / "home")},
+    }
+    node_id = ray_local.get_runtime_context().get_node_id()
+    for path, env in cases.items():
+        task = ray_local.remote(signing.sign).options(runtime_env={"env_vars": env}, max_retries=0)
+        with pytest.raises(signing.CacheKeyError) as err:
+            ray_local.get(task.remote({}, "ctx"), timeout=120)
+        line = str(err.value).strip().splitlines()[-1]
+        assert f"Ray node {node_id}" in line and f"cache key {path} missing" in line, line
+        assert not Path(path).exists()

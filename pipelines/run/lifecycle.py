@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.schema import RayConfig
 from pipelines.run.interrupt import INTERRUPT
+from pipelines.store import signing
 from pipelines.store.tracking import create_run, log_params, open_runs
 
 if TYPE_CHECKING:
@@ -142,6 +143,7 @@ class Lifecycle:
 
     def __enter__(self) -> Lifecycle:
         INTERRUPT.install()
+        signing.local_default(self.ray_cfg.address)  # a laptop's local run: its key, before lookups and workers
         return self
 
     @property

@@ -26,7 +26,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import build_config
-from pipelines.store.artifacts import ArtifactError
+from pipelines.store.artifacts import ArtifactError, mark_corrupt
 from pipelines.store.lineage import record_output
 from pipelines.store.tracking import TAG, StepTracker, create_run, log_params
 from tasks import task_table
@@ -201,8 +201,8 @@ def _load_cached(job: StepJob, args: tuple, client: MlflowClient, run_id: str, t
     try:
         return tracker.load_output(job.cached_from), dict(job.cached_summary), True, job.cached_publishes
     except ArtifactError as e:
-        client.set_tag(job.cached_from, f"{TAG}stored", "corrupt")
-        client.set_tag(job.cached_from, f"{TAG}error", str(e)[:500])
+        if not mark_corrupt(client, job.cached_from, e):
+            raise  # signed with another key: this node's configuration, not the entry (nothing tagged)
         if any(a is None for a in args):
             raise ArtifactError(e.origin, e.file, e.reason + "; untagged, rerun to recompute") from None
         tracker.set_tags({f"{TAG}cached": "false", f"{TAG}recomputed": str(e)[:500]})

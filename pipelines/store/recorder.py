@@ -107,9 +107,9 @@ class RunRecorder:
             self._publish_trial(t)
         except artifacts.ArtifactError as e:
             source = t.hit.info.run_id if t.hit is not None else t.meta.run_id if t.meta else None
-            if source:
-                self.client.set_tag(source, f"{TAG}stored", "corrupt")
-                self.client.set_tag(source, f"{TAG}error", str(e)[:500])
+            if source and not artifacts.mark_corrupt(self.client, source, e):
+                st.status, st.note = "failed", f"{e}; nothing published"  # another key: configuration
+                return
             st.status, st.note = "failed", f"{e}; nothing published, untagged, rerun to recompute"
 
     def _publish_trial(self, t: Trial) -> None:

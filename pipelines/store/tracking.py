@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import artifacts
+from pipelines.store import artifacts, signing
 
 TAG = "slimray."
 OUTPUT_DIR = "output"
@@ -135,9 +135,14 @@ def create_run(client: MlflowClient, experiment_id: str, name: str, parent: str 
     return client.create_run(experiment_id, tags=all_tags, run_name=name).info.run_id
 
 
+MAX_CANDIDATES = 50  # runs planted with another key's id stay candidates: look past a few dozen
+
+
 def find_cached(client: MlflowClient, experiment_id: str, key: str):
     """The newest finished, non-cached run that stored the output for ``key`` under manifests
-    signed for it (``artifacts.trusted_entry``: others are tagged untrusted and skipped), or None."""
+    signed for it, or None. Candidates are tried newest first (``artifacts.trusted_entry``): a
+    malformed, forged or planted one is tagged untrusted and skipped, one signed with another
+    key is skipped untagged, and the lookup goes on to the next."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
@@ -145,7 +150,7 @@ def find_cached(client: MlflowClient, experiment_id: str, key: str):
             f"and tags.`{TAG}stored` = 'true' and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
-        max_results=10,
+        max_results=MAX_CANDIDATES,
     )
     return next((r for r in runs if artifacts.trusted_entry(client, r, key)), None)
 
@@ -214,7 +219,8 @@ class StepTracker:
         """Store the output under ``output/``; its ``publish`` part (if any) separately under
         ``publish/``, so the engine can publish it without loading the whole output. Returns
         whether there was something to publish. ``stored=true`` is set last: a run without it is
-        never trusted by a cache lookup."""
+        never trusted by a cache lookup. ``slimray.key_id`` names the key that signed it, so a
+        lookup by a driver with another key skips it without downloading anything."""
         pub = getattr(value, "publish", None)
         key = self._key_of(self.run_id)
         if pub is not None:
@@ -225,7 +231,8 @@ class StepTracker:
         with tempfile.TemporaryDirectory() as tmp:
             artifacts.save(value, tmp, artifacts.entry_context(self.run_id, key, OUTPUT_DIR))
             self.client.log_artifacts(self.run_id, tmp, OUTPUT_DIR)
-        self.set_tags({f"{TAG}stored": "true", **({f"{TAG}publishes": "true"} if pub is not None else {})})
+        done = {artifacts.KEY_ID_TAG: signing.key_id(), f"{TAG}stored": "true"}
+        self.set_tags({**done, **({f"{TAG}publishes": "true"} if pub is not None else {})})
         return pub is not None
 
     def _key_of(self, run_id: str) -> str:
