@@ -236,3 +236,20 @@ def test_a_worker_with_another_key_fails_in_one_line_and_tags_nothing(workdir, r
     assert "Ray node" in note and "configuration" in note, note
     tags = client.get_run(source.info.run_id).data.tags
     assert tags["slimray.stored"] == "true" and "slimray.error" not in tags
+
+
+def test_mark_corrupt_tags_damage_and_never_another_key(tmp_path):
+    """The one decision both call sites (a worker loading a hit, the recorder publishing) use:
+    damage or tampering tags the run corrupt; another key tags nothing."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("marks", artifact_location=str(tmp_path / "a"))
+    damaged, other_key = (client.create_run(experiment).info.run_id for _ in range(2))
+    for run_id in (damaged, other_key):
+        client.set_tag(run_id, "slimray.stored", "true")
+    assert artifacts.mark_corrupt(client, damaged, ArtifactError("run", "tensors.safetensors", "truncated"))
+    mismatch = KeyMismatch("run", "output/manifest.json", signing.key_id(OTHER_KEY), signing.key_id())
+    assert not artifacts.mark_corrupt(client, other_key, mismatch)
+    assert client.get_run(damaged).data.tags["slimray.stored"] == "corrupt"
+    assert "truncated" in client.get_run(damaged).data.tags["slimray.error"]
+    assert client.get_run(other_key).data.tags["slimray.stored"] == "true"
+    assert "slimray.error" not in client.get_run(other_key).data.tags
