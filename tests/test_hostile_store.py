@@ -108,7 +108,7 @@ MALFORMED = {
 }
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_planted_malformed_manifests_are_skipped_and_the_run_proceeds(workdir, ray_local, tmp_path):
     first = run_pipeline(workdir, pipeline=PIPELINE)
@@ -210,7 +210,7 @@ def _resign_in_place(run, key: bytes) -> None:
     (d / artifacts.MANIFEST).write_text(json.dumps(_signed_body(d, context, key)))
 
 
-@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_worker_with_another_key_fails_in_one_line_and_tags_nothing(workdir, ray_local, tmp_path, monkeypatch):
     """The driver holds the store's key, a worker another one (its node was started without
