@@ -141,6 +141,9 @@ def multirun(overrides: list[str], show: str | None = None, jobs: int = 4, conso
     err.print(store_line(uri, source), markup=False, highlight=False)
     try:
         return runs.run(found, err, jobs)
+    except preflight.PreflightError as e:  # e.g. the driver's cache key (pipelines.store.signing)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         err.print(INTERRUPTED, markup=False)
         return 130

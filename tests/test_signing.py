@@ -225,3 +225,22 @@ def test_a_ray_worker_without_the_key_fails_in_one_line_naming_its_node(tmp_path
         line = str(err.value).strip().splitlines()[-1]
         assert f"Ray node {node_id}" in line and f"cache key {path} missing" in line, line
         assert not Path(path).exists()
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_driver_without_the_key_fails_in_one_line_before_any_work(workdir, tmp_path, monkeypatch, capsys, multirun):
+    """``SLIMRAY_CACHE_KEY_FILE`` naming a missing file: the driver (single run or multirun)
+    exits 2 with one error line naming its host and the path, before Ray starts or any run is
+    created, and makes no key (it used to make one; a run without it computed its steps, then
+    failed to store them)."""
+    from pipelines.cli import main
+
+    missing = tmp_path / "not-mounted" / "cache.key"
+    monkeypatch.setenv(signing.ENV, str(missing))
+    args = ["pipeline=demo", f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+    code = main(["-m", *args, "pipeline.steps.left.params.amount=1,2"] if multirun else args)
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1, err
+    assert f"host {socket.gethostname()}: cache key {missing} missing" in errors[0], errors
+    assert not missing.exists() and not (workdir / "mlflow.db").exists()

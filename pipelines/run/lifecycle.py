@@ -142,8 +142,8 @@ class Lifecycle:
         self.runs: list[Tracked] = []  # open, in the order they were opened
 
     def __enter__(self) -> Lifecycle:
+        signing.driver_key(self.ray_cfg.address)  # a laptop's local run makes its key; none: one line, now
         INTERRUPT.install()
-        signing.local_default(self.ray_cfg.address)  # a laptop's local run: its key, before lookups and workers
         return self
 
     @property

@@ -99,6 +99,14 @@ def local_default(ray_address: str | None) -> None:
         create(key_path())
 
 
+def driver_key(ray_address: str | None) -> None:
+    """A driver's check before it does anything: the laptop's key created for a local run
+    (``local_default``), then the key must load, so that a driver without it fails in one line
+    (``CacheKeyError``) before any step computes, not after."""
+    local_default(ray_address)
+    load_key()
+
+
 def _missing(path: Path) -> str:
     if os.environ.get(ENV):
         how = f"{ENV} names it: give this node the store's key file there (cluster/up.sh and the cluster's secret do)"
