@@ -13,7 +13,8 @@ init [PATH]``) and, on a laptop, the driver of a local run (``ray.address`` unse
 ``SLIMRAY_CACHE_KEY_FILE`` is unset: it creates the default file, mode 0600, before any Ray
 worker starts (``local_default``). Nothing else does: a Ray worker or job, or any process whose
 ``SLIMRAY_CACHE_KEY_FILE`` names a missing file, fails in one line naming its node (hostname,
-Ray node id) and the path (``load_key``). A node that made its own key would sign with it, fail
+Ray node id) and the path (``load_key``); a driver checks this before anything starts
+(``driver_key``, from ``pipelines.run.lifecycle``). A node that made its own key would sign with it, fail
 to verify every good entry and look like tampering.
 
 Every entry carries the id of the key that signed it (``key_id``: the first 16 hex digits of
