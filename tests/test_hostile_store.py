@@ -210,7 +210,6 @@ def _resign_in_place(run, key: bytes) -> None:
     (d / artifacts.MANIFEST).write_text(json.dumps(_signed_body(d, context, key)))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_worker_with_another_key_fails_in_one_line_and_tags_nothing(workdir, ray_local, tmp_path, monkeypatch):
     """The driver holds the store's key, a worker another one (its node was started without
