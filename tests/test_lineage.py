@@ -171,3 +171,63 @@ def test_signature_and_dataset_schema_of_a_multi_input_model():
     assert features == [
         {"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1, 2, 8]}, "name": "input_ids,attention_mask"}
     ]
+
+
+TWO_DATASETS = {
+    "name": "two_datasets",
+    "steps": {
+        "data_a": {"task": "data", "params": {"source": "digits", "n_transfer": 0, "seed": 0}},
+        "data_b": {"task": "data", "params": {"source": "digits", "n_transfer": 0, "seed": 1}},
+        "data_c": {"task": "data", "params": {"source": "digits", "n_transfer": 0, "seed": 2}},  # not the model's
+        "teacher": {
+            "task": "train",
+            "inputs": {"data": "data_a"},
+            "params": {
+                "model": {"_target_": "tasks.models.zoo.MLP", "hidden": [16]},
+                "kind": "teacher",
+                "optim": {"epochs": 1},
+            },
+        },
+        "prune": {
+            "task": "prune",
+            "inputs": {"model": "teacher", "data": "data_b"},
+            "params": {"method": "channel", "amount": 0.25, "finetune": {"epochs": 1}},
+        },
+        "benchmark": {
+            "task": "benchmark",
+            "inputs": {"models": ["teacher", "prune"], "data": "data_b", "selected": "prune"},
+            "params": {"warmup": 1, "iters_b1": 3, "iters_b256": 2, "throughput_batch": 16},
+        },
+        "report": {
+            "task": "report",
+            "inputs": {"bench": "benchmark", "selected": "prune"},
+            "params": {"registry_name": "two-data"},
+        },
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_version_lists_the_datasets_its_model_was_made_from_each_by_digest(workdir):
+    """Three datasets of one name (digits, three seeds): the pruned model was made from the
+    teacher's data and its own fine-tuning data, not the third; two of one name stay two."""
+    from omegaconf import OmegaConf
+
+    from pipelines.config.compose import load_config
+
+    overrides = [f"tracking.uri=sqlite:///{workdir}/mlflow.db"]
+    cfg = load_config(overrides)
+    cfg.pipeline = OmegaConf.create(TWO_DATASETS)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
+    client = MlflowClient(tracking_uri=out.uri)
+    digest = {
+        step: client.get_run(out.states[step].trials[0].meta.run_id).data.tags["slimray.dataset_digest"]
+        for step in ("data_a", "data_b", "data_c")
+    }
+    assert len(set(digest.values())) == 3
+    tags = client.get_model_version_by_alias("two-data", "candidate").tags
+    assert tags["model"] == "prune"
+    assert (tags["dataset"], tags["dataset_digest"]) == ("digits,digits", f"{digest['data_a']},{digest['data_b']}")

@@ -154,14 +154,17 @@ def version_tags(
     card: ModelCard | None, model: str, recipe_text: str, datasets: list[tuple[str, str]], commit: str
 ) -> dict[str, str]:
     """The tags of a registered version (see the module docstring); ``datasets``: the (name,
-    digest) of each dataset the model was made from, in the same order in both tags."""
-    tags = {"model": model, "recipe": recipe_text, "git_commit": commit}
-    if datasets:
-        tags["dataset"] = ",".join(name for name, _ in datasets)
-        tags["dataset_digest"] = ",".join(digest for _, digest in datasets)
+    digest) of each dataset the model was made from, in the same order in both tags. These win
+    over the card's params of the same name (its ``dataset`` is what the figures were measured on,
+    kept on the logged model's card)."""
+    tags: dict[str, str] = {}
     if card is not None:
         tags.update({k: _figure(v) for k, v in card["metrics"].items()})
         tags.update({k: v for k, v in card["params"].items() if v != ""})
+    tags |= {"model": model, "recipe": recipe_text, "git_commit": commit}
+    if datasets:
+        tags["dataset"] = ",".join(name for name, _ in datasets)
+        tags["dataset_digest"] = ",".join(digest for _, digest in datasets)
     return {k: v[:5000] for k, v in tags.items()}
 
 
