@@ -209,3 +209,49 @@ def test_the_version_described_is_the_one_registered_not_the_alias(store):
     mine = rec.client.get_model_version(name, ours)
     assert mine.tags["model"] == "student" and mine.tags["test_acc"] == "0.9" and mine.description == "ours"
     assert "model" not in other.tags and not other.description
+
+
+@pytest.mark.slow  # ~15 s idle, a minute on 2 loaded cores: an ONNX export and two runtimes timed
+def test_the_version_says_what_was_selected_on_each_runtime(store):
+    """A real benchmark measures every candidate on ONNX Runtime and OpenVINO; whichever row is
+    selected (forced here: which runtime wins is the CPU's call), the version's tags
+    (``runtime``, the figures, ``selected``, ``model``) and its logged model's card are that row's."""
+    pytest.importorskip("openvino", reason="the nlp extra installs openvino")
+    from tasks.core.context import StepContext
+    from tasks.models.build import load_model
+    from tasks.runtime.onnx import data_onnx
+    from tasks.runtime.openvino import runtime_of
+    from tasks.steps import benchmark, report
+    from tests.test_benchmark import make_data, make_model
+
+    uri, _, _, name = store
+    data = make_data()
+    student = make_model(data, "student", "student_kd", [8])
+    student.onnx = data_onnx(load_model(student), data)  # exported once, for both runtimes and the report
+    cfg = benchmark.BenchmarkConfig(
+        warmup=1, iters_b1=3, iters_b256=2, throughput_batch=8, runtimes=["onnxruntime", "openvino"]
+    )
+    bench = benchmark.run([student], data, cfg=cfg, ctx=StepContext())
+    for chosen in ("student@openvino", "student"):
+        for r in bench.candidates:
+            r.selected = r.name == chosen
+        bench.targets.selected = chosen
+        row = bench.row(chosen)
+        assert (
+            row is not None
+            and row.throughput_b256
+            != bench.row("student@openvino" if chosen == "student" else "student").throughput_b256
+        )
+        out = report.run(bench, candidates=[student], cfg=report.ReportConfig(registry_name=name), ctx=StepContext())
+        rec = _recorder(uri)
+        rec.publish(out.publish)
+        mv = rec.client.get_model_version_by_alias(name, "candidate")
+        tags, runtime = mv.tags, runtime_of(row)
+        assert tags["slimray.runtime"] == runtime and tags["runtime"].split()[0] == runtime, (chosen, tags)
+        assert tags["model"] == chosen and tags["selected"] == "true"
+        assert float(tags["throughput_b256"]) == pytest.approx(row.throughput_b256, rel=1e-5)
+        assert float(tags["latency_ms_p50_b1"]) == pytest.approx(row.latency_ms_p50_b1, rel=1e-5)
+        card = rec.client.get_logged_model(registry.model_id_of(mv))
+        assert card.tags["slimray.candidate"] == chosen and card.params["runtime"].split()[0] == runtime
+        figures = {m.key: m.value for m in card.metrics or []}
+        assert figures["benchmark.throughput_b256"] == pytest.approx(row.throughput_b256)
