@@ -11,6 +11,8 @@ from pathlib import Path
 from engine_helpers import run_pipeline
 from mlflow.tracking import MlflowClient
 
+from pipelines.store import registry
+
 PIPELINE = {
     "name": "publishing",
     "steps": {
@@ -61,6 +63,11 @@ def test_computed_and_cached_executions_publish_the_same(workdir, ray_local):
     assert not ray_local.is_initialized()
     v2 = _check(client, again)
     assert int(v2) == int(v1) + 1
+    first_v, again_v = (client.get_model_version("pub-demo", v) for v in (v1, v2))
+    model_id = registry.model_id_of(first_v)
+    assert model_id and registry.model_id_of(again_v) == model_id  # the verified logged model, reused
+    for mv in (first_v, again_v):  # each version carries the signed list of that model's files
+        assert "MLmodel" in registry.read_files(mv.tags[registry.FILES_TAG], model_id, f"v{mv.version}")
     import mlflow.onnx  # the new version (reusing the logged model) serves like the first
 
     mlflow.set_tracking_uri(again.uri)
