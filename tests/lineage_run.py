@@ -34,7 +34,9 @@ PIPELINE = {
         "quantize": {
             "task": "quantize",
             "inputs": {"model": "export", "data": "data"},
-            "params": {"method": "static_int8", "calib_batches": 2},
+            # the gate passes on every CPU (a lineage test, not a gate test: the INT8 model must be
+            # the one selected and registered, however this CPU's kernels round a 2-epoch MLP)
+            "params": {"method": "static_int8", "calib_batches": 2, "gate": {"min_agreement": 0.5}},
         },
         "benchmark": {
             "task": "benchmark",

@@ -46,10 +46,12 @@ def test_int4_step_deploys_passes_the_gate_and_a_strict_gate_rejects_it(data, fp
     assert art.kind == "quantized" and "MatMulNBits" in _ops(art.onnx)
     assert art.metrics["rejected"] == 0.0 and 0.95 <= art.metrics["cos_mean"] <= 1.0
     assert art.metrics["size_bytes"] == len(art.onnx) < art.metrics["fp32_size_bytes"]
-    strict = GateConfig(min_cos_mean=0.999999, min_cos_min=0.999999)
+    # the rejected branch on every CPU: a floor above any cosine (INT4 here reaches 0.9999986 on
+    # an AVX2 EPYC; a floor of 0.999999 would be one CPU's rounding away from passing)
+    strict = GateConfig(min_cos_mean=1.01, min_cos_min=1.01)
     cfg = quantize.QuantizeConfig(method="int4_weight", int4_block_size=16, gate=strict)
     art = quantize.run(fp32, data, cfg=cfg, ctx=StepContext(trusted_targets=TRUSTED))
-    assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] < 0.999999
+    assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] <= 1.0 + 1e-6
 
 
 def test_int4_with_4bit_embeddings_quantizes_the_tables_too(data, fp32):

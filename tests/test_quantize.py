@@ -33,23 +33,29 @@ def data() -> Dataset:
     return make_data()
 
 
-@pytest.fixture(scope="module")
-def trained(data) -> ModelArtifact:
-    """A small CNN1D trained for a few epochs (~1 s): accurate enough that INT8 error shows."""
-    arch = complete_arch(
-        {"_target_": "tasks.models.zoo.CNN1D", "channels": [16, 16]}, data.input_shape, data.num_classes
-    )
+def trained_cnn(data: Dataset, channels: list[int], name: str = "teacher", epochs: int = 6) -> ModelArtifact:
+    """A CNN1D trained on ``data`` (``make_data``'s learnable signals) for a few epochs (~1 s): its
+    logits have margins, so a gate test measures quantization, not one CPU's rounding of ties."""
+    torch.manual_seed(0)
+    part = {"_target_": "tasks.models.zoo.CNN1D", "channels": channels}
+    arch = complete_arch(part, data.input_shape, data.num_classes)
     model = build_model(arch)
     fit(
         model,
         data.x_train,
         (data.y_train,),
         loss_fn=ce_loss,
-        cfg=OptimConfig(epochs=6, batch_size=64),
+        cfg=OptimConfig(epochs=epochs, batch_size=64),
         ctx=StepContext(),
         val=(data.x_val, data.y_val),
     )
-    return make_artifact(model, arch, name="teacher", kind="teacher")
+    return make_artifact(model, arch, name=name, kind="teacher")
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> ModelArtifact:
+    """A small CNN1D trained for a few epochs (~1 s): accurate enough that INT8 error shows."""
+    return trained_cnn(data, [16, 16])
 
 
 def test_quantize_weight_hand_example():

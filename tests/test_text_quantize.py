@@ -81,11 +81,13 @@ def test_static_int8_calibrates_on_the_calibration_rows(data, fp32):
 
 def test_gate_rejects_a_model_outside_the_tolerance_with_its_figure(data, fp32, caplog):
     ctx = _ctx()
-    strict = GateConfig(min_cos_mean=0.99999, min_cos_min=0.9999)
+    # a floor above any cosine rejects on every CPU (dynamic INT8 reaches 0.99997 here: a floor of
+    # 0.99999 would be one CPU's rounding away from passing)
+    strict = GateConfig(min_cos_mean=1.01)
     art = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="dynamic_int8", gate=strict), ctx=ctx)
-    assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] < 0.99999
+    assert art.metrics["rejected"] == 1.0 and art.metrics["parity_cos_mean"] <= 1.0 + 1e-6
     assert "parity gate: rejected (cos_mean" in caplog.text
-    off = GateConfig(enabled=False, min_cos_mean=0.99999)
+    off = GateConfig(enabled=False, min_cos_mean=1.01)
     art = quantize.run(fp32, data, cfg=quantize.QuantizeConfig(method="dynamic_int8", gate=off), ctx=_ctx())
     assert art.metrics["rejected"] == 0.0
 
