@@ -110,3 +110,54 @@ def test_every_option_value_in_conf_is_an_enum_member():
         prune_cfg = build_config("prune", dict(compose(config_name="task/prune/agp").task.prune))
         quant_cfg = build_config("quantize", dict(compose(config_name="task/quantize/qat").task.quantize))
     assert prune_cfg.method is PruneMethod.gradual and quant_cfg.method is QuantMethod.qat
+
+
+# every task config checks the ranges of its values when built (``tasks.core.checks``): the
+# validator builds each step's config, so each of these is a one-line error before Ray starts
+RANGES = [
+    ("prune", "amount", 1.5, "1.5 is not in [0, 1)"),
+    ("prune", "kd_alpha", -0.1, "-0.1 is not in [0, 1]"),
+    ("prune", "kd_temperature", 0.0, "0.0 is not > 0"),
+    ("prune", "steps", 0, "0 is not >= 1"),
+    ("prune", "finetune.epochs", -1, "-1 is not >= 0"),
+    ("train", "optim.lr", -1e-3, "-0.001 is not > 0"),
+    ("train", "optim.batch_size", 0, "0 is not >= 1"),
+    ("distill", "temperature", -1.0, "-1.0 is not > 0"),
+    ("distill", "alpha", 1.5, "1.5 is not in [0, 1]"),
+    ("benchmark", "rounds", 0, "0 is not >= 1"),
+    ("benchmark", "threads", 0, "0 is not >= 1"),
+    ("benchmark", "speed_threads", [1, 0], "0 is not >= 1"),
+    ("benchmark", "serving.concurrency", -1, "-1 is not >= 0"),
+    ("export", "min_agreement", 1.5, "1.5 is not in [0, 1]"),
+    ("infer", "batch_size", 0, "0 is not >= 1"),
+    ("inference", "micro_batch", 0, "0 is not >= 1"),
+    ("inference", "split", "tset", "'tset' is not one of"),
+    ("data", "test_fraction", 1.0, "1.0 is not in (0, 1)"),
+    ("prune_embedding", "amount", 1.0, "1.0 is not in (0, 1)"),
+    ("text_data", "seq_len", 0, "0 is not >= 1"),
+    ("text_corpus", "val_frac", 1.0, "1.0 is not in [0, 1)"),
+    ("text_classifier", "dropout", 1.0, "1.0 is not in [0, 1)"),
+    ("multitask_report", "eval_batch_size", 0, "0 is not >= 1"),
+    ("report", "dpi", 0, "0 is not >= 1"),
+    ("quantize", "eval_batch_size", 0, "0 is not >= 1"),
+]
+
+
+@pytest.mark.parametrize("task,key,value,message", RANGES, ids=[f"{t}.{k}" for t, k, _, _ in RANGES])
+def test_every_task_config_checks_its_ranges_when_built(task, key, value, message):
+    """``typed_params`` (what validation calls for every step and sweep trial) names the key and
+    the allowed range; before, it only merged types and the check waited for the Ray task."""
+    from pipelines.config.errors import SpecError
+    from pipelines.config.spec import typed_params
+
+    params: dict = {}
+    node = params
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    with pytest.raises(SpecError) as err:
+        typed_params(task, params, "pipeline.steps.x.params")
+    where = f"pipeline.steps.x.params.{key}" + ("[1]" if isinstance(value, list) else "")
+    assert str(err.value).startswith(f"{where}: {message}"), err.value
+    typed_params(task, {}, "pipeline.steps.x.params")  # the defaults pass their own checks

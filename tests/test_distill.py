@@ -175,7 +175,7 @@ def test_bad_input():
         run(data, Logits(train=logits.train), cfg=_cfg(), ctx=StepContext())
     with pytest.raises(ValueError, match="set hint_layer and teacher_feature together"):
         run(data, logits, cfg=_cfg(hint_layer="net.1"), ctx=StepContext())
-    with pytest.raises(ValueError, match="temperature > 0"):
+    with pytest.raises(ValueError, match=r"temperature: 0.0 is not > 0"):
         run(data, logits, cfg=_cfg(temperature=0.0), ctx=StepContext())
 
 

@@ -80,5 +80,5 @@ def test_parallel_path_gives_the_same_logits():
 def test_unknown_feature_and_bad_batch_size():
     with pytest.raises(ValueError, match=r"features: no module named \['head.x'\] in CNN1D"):
         run(_teacher(), _data(), cfg=InferConfig(features=["head.x"]), ctx=StepContext())
-    with pytest.raises(ValueError, match="infer.batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size: 0 is not >= 1"):
         run(_teacher(), _data(), cfg=InferConfig(batch_size=0), ctx=StepContext())

@@ -74,6 +74,6 @@ def test_int4_with_4bit_embeddings_quantizes_the_tables_too(data, fp32):
     ],
 )
 def test_bad_int4_settings_are_one_line_errors(data, fp32, key, value, message):
-    cfg = quantize.QuantizeConfig(method="int4_weight", **{key: value})
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message):  # when the settings are built, before any work
+        cfg = quantize.QuantizeConfig(method="int4_weight", **{key: value})
         quantize.run(fp32, data, cfg=cfg, ctx=StepContext(trusted_targets=TRUSTED))

@@ -109,9 +109,9 @@ def test_smoke_run_returns_the_better_student_and_both_as_a_sweep():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"mutual": MutualConfig(keep=2)}, "distill.mutual.keep"),
-        ({"mutual": MutualConfig(peer_weight=-1.0)}, "distill.mutual: peer_weight"),
-        ({"hint_layer": "net.0", "teacher_feature": "f"}, "distill.hint_layer: FitNets hints are for method hinton"),
+        ({"mutual": MutualConfig(keep=2)}, "mutual.keep: 2 is not one of"),
+        ({"mutual": MutualConfig(peer_weight=-1.0)}, "mutual.peer_weight: -1.0 is not >= 0"),
+        ({"hint_layer": "net.0", "teacher_feature": "f"}, "hint_layer: FitNets hints are for method hinton"),
     ],
 )
 def test_bad_mutual_config_names_the_key(kw, match):

@@ -171,10 +171,10 @@ def test_kd_finetune_without_transfer_pool_falls_back_to_labeled_rows(caplog):
     "bad, match",
     [
         ({"method": "svd"}, "prune.method"),
-        ({"amount": 1.5}, "prune.amount"),
+        ({"amount": 1.5}, r"amount: 1.5 is not in \[0, 1\)"),
         ({"importance": "taylorx"}, "prune.importance"),
         ({"scope": "all"}, "prune.scope"),
-        ({"initial_amount": 0.9}, "prune.initial_amount"),
+        ({"initial_amount": 0.9}, r"initial_amount: 0.9 is not in \[0, 0.5\]"),
     ],
 )
 def test_bad_config_raises_value_error(bad, match):

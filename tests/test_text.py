@@ -45,7 +45,7 @@ def test_text_data_splits_are_disjoint_tokenized_and_seeded():
 
 
 def test_text_data_bad_config_is_named():
-    with pytest.raises(ValueError, match="text_data.seq_len"):
+    with pytest.raises(ValueError, match="seq_len: 0 is not >= 1"):
         text_data(cfg=TextDataConfig(seq_len=0), ctx=StepContext())
 
 

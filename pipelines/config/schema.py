@@ -153,6 +153,25 @@ def typed(cls: type | DictConfig, node, path: str, as_object: bool = False):
     return OmegaConf.to_object(merged) if as_object else merged
 
 
+def checked_object(node: DictConfig, path: str):
+    """The dataclass object of a typed node, built field by field so that each config's own value
+    checks (``__post_init__``, ``tasks.core.checks``) run here: a value out of range is a
+    ``SpecError`` naming its path (``<path>.finetune.lr``). Nested configs are built first, so the
+    path names the innermost config whose check failed."""
+    from tasks.core.checks import BadValue
+
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and is_dataclass(OmegaConf.get_type(child)) and not child._is_none():
+            checked_object(child, f"{path}.{key!s}")
+    try:
+        return OmegaConf.to_object(node)
+    except BadValue as e:
+        raise SpecError(f"{path}.{e.key}", e.message) from None
+    except ValueError as e:  # a check written before tasks.core.checks: its message names the field
+        raise SpecError(path, str(e).splitlines()[0]) from None
+
+
 def typed_params_of(cls: type, params: dict, path: str, as_object: bool = False):
     """``params`` merged into dataclass ``cls`` (``SpecError`` naming the key on any problem)."""
     try:
@@ -181,7 +200,7 @@ WIRED = re.compile(r"^\$\{([A-Za-z_][\w.]*)\}$")  # params: ${data}
 def check_wired_params(cfg: DictConfig) -> None:
     """A root node that a pipeline hands whole to a step as its params (``data``, wired as
     ``params: ${data}``) is checked against that step's task config under its own name, so a
-    typo in ``data.*`` is a one-line error naming ``data.<key>``."""
+    typo or a value out of range in ``data.*`` is a one-line error naming ``data.<key>``."""
     from tasks import task_table  # the step table: imported when a config is checked
 
     steps = OmegaConf.select(cfg, "pipeline.steps")
@@ -195,7 +214,7 @@ def check_wired_params(cfg: DictConfig) -> None:
         if found and task in table:
             key = found.group(1)
             cls = typing.get_type_hints(table[task])["cfg"]
-            typed_params_of(cls, container(OmegaConf.select(cfg, key), key), key)
+            checked_object(typed_params_of(cls, container(OmegaConf.select(cfg, key), key), key), key)
 
 
 def check_root(cfg: DictConfig) -> RootConfig:

@@ -35,7 +35,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.errors import SpecError
 from pipelines.config.graph import Ref, ancestors, parse_refs, toposort
-from pipelines.config.schema import PipelineConfig, ResourcesConfig, StepConfig, container, typed, typed_params_of
+from pipelines.config.schema import (
+    PipelineConfig,
+    ResourcesConfig,
+    StepConfig,
+    checked_object,
+    container,
+    typed,
+    typed_params_of,
+)
 from pipelines.config.select import Select, parse_select
 from pipelines.config.targets import check_model_parts, model_targets, trusted_models
 from tasks import task_table
@@ -96,13 +104,17 @@ def task_signature(task: str) -> tuple[dict[str, typing.Any], set[str], type, ty
 
 
 def typed_params(task: str, params: dict, path: str) -> DictConfig:
-    """Merge params into the task's config dataclass: unknown keys and wrong types fail here."""
-    return typed_params_of(task_signature(task)[2], params, path)
+    """Merge params into the task's config dataclass and build it: unknown keys, wrong types and
+    values out of range (the dataclass's own checks, ``tasks.core.checks``) fail here, naming
+    the key under ``path``. Returns the typed node."""
+    node = typed_params_of(task_signature(task)[2], params, path)
+    checked_object(node, path)
+    return node
 
 
 def build_config(task: str, params: dict):
     """The task's config object (a dataclass instance) from validated params."""
-    return OmegaConf.to_object(typed_params(task, params, "params"))
+    return checked_object(typed_params_of(task_signature(task)[2], params, "params"), "params")
 
 
 def _strip_optional(ann):
@@ -202,6 +214,8 @@ def _parse_step(name: str, node: StepConfig) -> StepSpec:
         raise SpecError(f"{path}.select", "select needs a sweep")
     if node.retries < 0:
         raise SpecError(f"{path}.retries", f"must be a non-negative integer, got '{node.retries}'")
+    if node.max_concurrency < 0:
+        raise SpecError(f"{path}.max_concurrency", f"{node.max_concurrency} is not >= 0 (0 = as many as Ray can place)")
     return StepSpec(
         name=name,
         task=node.task,

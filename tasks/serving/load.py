@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.core.checks import at_least
 from tasks.evaluation.selection import OBJECTIVES
 
 if TYPE_CHECKING:
@@ -46,9 +47,12 @@ class ServingLoad:
     max_batch_size: int = 8  # @serve.batch: requests per model call
     batch_wait_timeout_s: float = 0.002
 
-    def check(self) -> None:
-        if self.concurrency < 0 or (self.concurrency and (self.requests < 1 or self.max_batch_size < 1)):
-            raise ValueError(f"benchmark.serving: concurrency >= 0, requests and max_batch_size >= 1, got {self}")
+    def __post_init__(self) -> None:
+        at_least("concurrency", self.concurrency, 0)
+        if self.concurrency:
+            at_least("requests", self.requests, 1)
+            at_least("max_batch_size", self.max_batch_size, 1)
+            at_least("batch_wait_timeout_s", self.batch_wait_timeout_s, 0)
 
 
 def _free_port() -> int:
@@ -151,7 +155,6 @@ def served_figures(onnx_bytes: bytes, x, threads: int, load: ServingLoad) -> dic
 
 def check_objective(objective: str, load: ServingLoad) -> None:
     """One line naming ``benchmark.objective`` unless it is known and, for a served figure, measured."""
-    load.check()
     if objective not in OBJECTIVES:
         raise ValueError(f"benchmark.objective: '{objective}' is not one of {sorted(OBJECTIVES)}")
     if objective in SERVE_FIELDS and not load.concurrency:

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.core.checks import at_least, each_at_least, fraction, positive
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifact
@@ -93,6 +94,15 @@ class BenchmarkConfig:
     serving: ServingLoad = field(default_factory=ServingLoad)  # served figures (concurrency 0 = off)
 
     def __post_init__(self) -> None:
+        for key in ("threads", "iters_b1", "iters_b256", "throughput_batch", "rounds", "eval_batch_size"):
+            at_least(key, getattr(self, key), 1)
+        at_least("warmup", self.warmup, 0)
+        each_at_least("speed_threads", self.speed_threads, 1)
+        for key in ("no_speedup_flops_ratio", "no_speedup_throughput_ratio", "int8_min_speedup"):
+            positive(key, getattr(self, key))
+        fraction("int8_max_acc_drop", self.int8_max_acc_drop)
+        fraction("max_acc_drop", self.max_acc_drop)  # 1: no accuracy floor (the cosine floors are left free)
+        fraction("speed_tie", self.speed_tie, open_high=True)
         check_confidence(self.confidence, "benchmark.confidence")
         check_objective(self.objective, self.serving)
 
@@ -243,10 +253,6 @@ def run(
     names = [m.name for m in cands]
     if not cands or len(set(names)) != len(names):
         raise ValueError(f"benchmark.models: need >= 1 candidates with unique names, got {names}")
-    if cfg.threads < 1 or cfg.throughput_batch < 1:
-        raise ValueError(f"benchmark.threads/throughput_batch must be >= 1, got {cfg.threads}/{cfg.throughput_batch}")
-    if cfg.rounds < 1:
-        raise ValueError(f"benchmark.rounds must be >= 1, got {cfg.rounds}")
     ctx.seed_everything()
     cands = runtimes.with_runtimes(cands, data, cfg, ctx.trusted_targets)  # exported once for every runtime
     teacher_art = next((m for m in cands if m.kind == "teacher"), None)

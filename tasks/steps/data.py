@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.options import DataSource, Normalize
 from tasks.core.types import Dataset
@@ -47,6 +48,12 @@ class DataConfig:
     normalize: Normalize = Normalize.channel  # channel (per channel; scalar for [N, L]) | feature | none
     mnist1d_seed: int = 42  # generator seed of the standard MNIST-1D split
     shift: int = 1  # digits/cifar10 transfer pool: max random shift in pixels
+
+    def __post_init__(self) -> None:
+        fraction("val_fraction", self.val_fraction, open_low=True, open_high=True)
+        fraction("test_fraction", self.test_fraction, open_low=True, open_high=True)
+        for key in ("n_transfer", "max_train", "num_classes", "shift"):
+            at_least(key, getattr(self, key), 0)
 
 
 @contextmanager
@@ -173,10 +180,6 @@ def _check_config(cfg: DataConfig) -> None:
         raise ValueError(f"data.source: unknown value '{cfg.source}' ({' | '.join(LOADERS)})")
     if cfg.normalize not in ("channel", "feature", "none"):
         raise ValueError(f"data.normalize: unknown value '{cfg.normalize}' (channel | feature | none)")
-    if not 0.0 < cfg.val_fraction < 1.0 or not 0.0 < cfg.test_fraction < 1.0:
-        raise ValueError(f"data.val_fraction/test_fraction must be in (0, 1): {cfg.val_fraction}, {cfg.test_fraction}")
-    if cfg.n_transfer < 0 or cfg.max_train < 0:
-        raise ValueError(f"data.n_transfer/max_train must be >= 0: {cfg.n_transfer}, {cfg.max_train}")
 
 
 def run(*, cfg: DataConfig, ctx: StepContext) -> Dataset:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.core.checks import at_least, fraction, positive, require
 from tasks.core.context import StepContext
 from tasks.core.options import DistillMethod, ModelKind, TaskKind
 from tasks.core.types import Dataset, Logits, ModelArtifact
@@ -48,8 +49,8 @@ from tasks.models.transformer import layer_student
 from tasks.training.embedding import embed, fit_embedding, trim_padding
 from tasks.training.loop import OptimConfig, fit
 from tasks.training.losses import kd_loss
-from tasks.training.multitask import MultitaskConfig, train_multitask
-from tasks.training.mutual import MutualConfig, train_mutual
+from tasks.training.multitask import MultitaskConfig, check_multitask, train_multitask
+from tasks.training.mutual import MutualConfig, check_mutual, train_mutual
 from tasks.training.transfer import training_rows, use_pool
 
 
@@ -70,6 +71,21 @@ class DistillConfig:
     method: DistillMethod = DistillMethod.hinton
     mutual: MutualConfig = field(default_factory=MutualConfig)  # method: mutual
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)  # method: multitask
+
+    def __post_init__(self) -> None:
+        positive("temperature", self.temperature)
+        fraction("alpha", self.alpha)
+        at_least("beta", self.beta, 0)
+        at_least("mse_weight", self.mse_weight, 0)
+        require(
+            "hint_layer",
+            bool(self.hint_layer) == bool(self.teacher_feature),
+            "set hint_layer and teacher_feature together (FitNets) or neither",
+        )
+        if self.method == DistillMethod.mutual:
+            check_mutual(self)
+        if self.method == DistillMethod.multitask:
+            check_multitask(self)
 
 
 def distill_embedding(
@@ -175,10 +191,6 @@ def run(
         return distill_embedding(data, logits, teacher, cfg, ctx)
     if logits is None:
         raise ValueError("distill: classification students need the teacher's logits (inputs: {logits: <step>})")
-    if cfg.temperature <= 0 or not 0.0 <= cfg.alpha <= 1.0:
-        raise ValueError(f"distill: need temperature > 0 and alpha in [0, 1], got {cfg.temperature}, {cfg.alpha}")
-    if bool(cfg.hint_layer) != bool(cfg.teacher_feature):
-        raise ValueError("distill: set hint_layer and teacher_feature together (FitNets) or neither")
     if cfg.method == DistillMethod.multitask:  # one teacher per task: no averaging
         pool, teachers = use_pool(data, cfg.use_transfer, ctx), [logits, *(extra_logits or [])]
         rows = [training_rows(data, t, pool) for t in teachers]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import Dataset, ModelArtifact
@@ -42,6 +43,12 @@ class ExportConfig:
     threads: int = 1  # ORT intra-op threads for the parity run
     dynamo: bool = True  # torch.export-based exporter (False: deprecated TorchScript exporter)
 
+    def __post_init__(self) -> None:
+        at_least("atol", self.atol, 0)
+        fraction("min_agreement", self.min_agreement)
+        at_least("batch_size", self.batch_size, 1)
+        at_least("threads", self.threads, 1)
+
 
 def parity(torch_out: torch.Tensor, onnx_out: np.ndarray, task: str = TaskKind.classification) -> dict[str, float]:
     """``max_abs_diff`` and ``agreement`` (top-1 agreement; for embeddings the worst row's cosine)."""
@@ -56,8 +63,6 @@ def parity(torch_out: torch.Tensor, onnx_out: np.ndarray, task: str = TaskKind.c
 
 def run(model: ModelArtifact, data: Dataset, *, cfg: ExportConfig, ctx: StepContext) -> ModelArtifact:
     """Export ``model`` to ONNX (one file, dynamic batch) and check it against torch on ``data.x_test``."""
-    if cfg.atol < 0 or not 0.0 <= cfg.min_agreement <= 1.0:
-        raise ValueError(f"export.atol must be >= 0 and min_agreement in [0, 1], got {cfg.atol}, {cfg.min_agreement}")
     net = load_model(model, ctx.trusted_targets)
     ref = predict(net, data.x_test, cfg.batch_size)
     if model.onnx is not None and model.kind == "quantized":

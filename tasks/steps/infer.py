@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.core.checks import at_least
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, Logits, ModelArtifact
 from tasks.models.build import load_model
@@ -28,6 +29,12 @@ class InferConfig:
     replicas: int = 1  # > 1: data-parallel replica actors (each loads the model once)
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0  # fractional: 0.5 puts two replicas on one GPU
+
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+        at_least("replicas", self.replicas, 1)
+        at_least("cpus_per_replica", self.cpus_per_replica, 0)
+        at_least("gpus_per_replica", self.gpus_per_replica, 0)
 
 
 class TeacherBatchFn:
@@ -66,12 +73,8 @@ def _feature_shapes(
 
 def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepContext) -> Logits:
     """Teacher logits over ``x_train`` (+ ``x_transfer``) and the features named in ``cfg.features``."""
-    if cfg.batch_size < 1:
-        raise ValueError(f"infer.batch_size must be >= 1, got {cfg.batch_size}")
     parts = [data.x_train] + ([data.x_transfer] if data.x_transfer is not None else [])
     x = torch.cat(parts)
-    if cfg.replicas < 1:
-        raise ValueError(f"infer.replicas must be >= 1, got {cfg.replicas}")
     parallel = cfg.replicas > 1
     device = ("cuda" if cfg.gpus_per_replica > 0 else "cpu") if parallel else ctx.device
     make_fn = TeacherBatchFn(model, cfg.features, device, ctx.trusted_targets)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tasks.core.checks import at_least, one_of, require
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact, Report
 from tasks.models.build import load_model, sample_shape
@@ -36,6 +37,9 @@ class Device(str, Enum):
     auto = "auto"  # cuda when the actor was given a GPU, else cpu
 
 
+SPLITS = ("train", "val", "test", "all")  # `split`: which inputs of the data set ("all": the three)
+
+
 @dataclass
 class InferenceConfig:
     replicas: int = 2  # data-parallel copies (each a chain of `stages` actors)
@@ -50,6 +54,18 @@ class InferenceConfig:
     gpus_per_actor: float = 0.0  # fractional GPUs per actor when GPUs exist (e.g. 0.5: 2 replicas on 1 GPU)
     rows: int = 0  # > 0: repeat the inputs up to this many rows (a large generated load)
     split: str = "test"  # which inputs of the data set: train | val | test | all
+
+    def __post_init__(self) -> None:
+        for key in ("replicas", "stages", "micro_batch", "threads"):
+            at_least(key, getattr(self, key), 1)
+        for key in ("window", "cpus_per_actor", "gpus_per_actor", "rows"):
+            at_least(key, getattr(self, key), 0)
+        one_of("split", self.split, SPLITS)
+        require(
+            "backend",
+            self.stages == 1 or self.backend == Backend.torch,
+            "pipeline stages need backend=torch (ONNX graphs are not split)",
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -230,9 +246,6 @@ def stage_factories(model: ModelArtifact, cfg: InferenceConfig, sample: torch.Te
 def run(model: ModelArtifact, data: Dataset, *, cfg: InferenceConfig, ctx: StepContext) -> Report:
     """``model`` over the data with ``replicas`` x ``stages`` actors; throughput, latency,
     utilisation and bubble fraction as metrics (and the report's data)."""
-    for key in ("replicas", "stages", "micro_batch", "threads"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"inference.{key} must be >= 1, got {getattr(cfg, key)}")
     x, y = _inputs(data, cfg)
     factories, spans = stage_factories(model, cfg, x[: cfg.micro_batch], ctx.trusted_targets)
     out, summary = ctx.parallel_predict(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tasks.core.checks import at_least
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact, Publication, Report
 from tasks.models.build import count_params, load_model
@@ -24,6 +25,9 @@ from tasks.training.loop import predict
 @dataclass
 class MultitaskReportConfig:
     eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        at_least("eval_batch_size", self.eval_batch_size, 1)
 
 
 def _acc(art: ModelArtifact, x: torch.Tensor, y: torch.Tensor, trusted: tuple[str, ...], bs: int) -> float:

@@ -34,6 +34,7 @@ from tasks.compression.sparsity import (
     mask_applier,
     weight_sparsity,
 )
+from tasks.core.checks import at_least, fraction, interval, positive
 from tasks.core.context import StepContext
 from tasks.core.options import GradualBase, Importance, PruneMethod, PruneScope
 from tasks.core.types import Dataset, Logits, ModelArtifact
@@ -69,6 +70,18 @@ class PruneConfig:
     use_transfer: bool = False  # KD: also fit the teacher logits on data.x_transfer
     throughput_batch: int = 256
     throughput_iters: int = 20
+
+    def __post_init__(self) -> None:
+        fraction("amount", self.amount, open_high=True)
+        fraction("max_layer_amount", self.max_layer_amount, open_low=True)
+        at_least("round_to", self.round_to, 0)
+        at_least("steps", self.steps, 1)
+        interval("initial_amount", self.initial_amount, 0, self.amount)
+        at_least("step_epochs", self.step_epochs, 0)
+        fraction("kd_alpha", self.kd_alpha)
+        positive("kd_temperature", self.kd_temperature)
+        at_least("throughput_batch", self.throughput_batch, 1)
+        at_least("throughput_iters", self.throughput_iters, 1)
 
 
 def model_metrics(model: nn.Module, data: Dataset, cfg: PruneConfig) -> dict[str, float]:
@@ -136,12 +149,6 @@ def _validate(model: ModelArtifact, data: Dataset, logits: Logits | None, cfg: P
         raise ValueError(f"prune.scope: unknown value '{cfg.scope}' ({' | '.join(SCOPES)})")
     if cfg.gradual_base not in ("magnitude", "channel"):
         raise ValueError(f"prune.gradual_base: unknown value '{cfg.gradual_base}' (magnitude | channel)")
-    if not 0.0 <= cfg.amount < 1.0:
-        raise ValueError(f"prune.amount: {cfg.amount} is not in [0, 1)")
-    if cfg.steps < 1:
-        raise ValueError(f"prune.steps: {cfg.steps} must be >= 1")
-    if not 0.0 <= cfg.initial_amount <= cfg.amount:
-        raise ValueError(f"prune.initial_amount: {cfg.initial_amount} is not in [0, amount={cfg.amount}]")
     if cfg.importance not in IMPORTANCES:
         raise ValueError(f"prune.importance: unknown value '{cfg.importance}' ({' | '.join(IMPORTANCES)})")
     if model.onnx is not None and not model.state_dict:

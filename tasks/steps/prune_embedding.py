@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tasks.compression.channels import ChannelSettings, channel_pruner, channel_step, pruned_arch
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.options import Importance, ModelKind, Scheduler
 from tasks.core.types import Dataset, ModelArtifact
@@ -36,11 +37,13 @@ class PruneEmbeddingConfig:
     mse_weight: float = 1.0
     kind: ModelKind = ModelKind.pruned
 
+    def __post_init__(self) -> None:
+        fraction("amount", self.amount, open_low=True, open_high=True)
+        at_least("mse_weight", self.mse_weight, 0)
+
 
 def run(model: ModelArtifact, data: Dataset, *, cfg: PruneEmbeddingConfig, ctx: StepContext) -> ModelArtifact:
     """Prune ``model``'s heads and FFN widths by ``cfg.amount``, fine-tune on its own vectors."""
-    if not 0.0 < cfg.amount < 1.0:
-        raise ValueError(f"prune_embedding.amount must be in (0, 1), got {cfg.amount}")
     if data.task != "embedding":
         raise ValueError(f"prune_embedding: needs embedding data, '{data.name}' is {data.task} (use prune)")
     ctx.seed_everything()

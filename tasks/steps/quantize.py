@@ -69,6 +69,7 @@ from tasks.compression.nncf_int8 import check_model_type, nncf_quantize
 from tasks.compression.ort_int8 import ort_quantize, tables_4bit, use_reduce_range
 from tasks.compression.qat import fake_quantized
 from tasks.compression.quantizers import simulate_kbit
+from tasks.core.checks import at_least, positive
 from tasks.core.context import StepContext
 from tasks.core.options import Calibration, Quantizer, QuantMethod, ReduceRange, Scheduler, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
@@ -113,8 +114,15 @@ class QuantizeConfig:
     symmetric: bool = True  # uniform only: grid symmetric around 0, or spanning [min, max]
     clip_std: float = 3.0  # mean only: clip at mean +- clip_std * std
 
+    def __post_init__(self) -> None:
+        _check_values(self)
+        at_least("threads", self.threads, 1)
+        at_least("eval_batch_size", self.eval_batch_size, 1)
+        positive("clip_std", self.clip_std)
 
-def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
+
+def _check_values(cfg: QuantizeConfig) -> None:
+    """The settings on their own (``QuantizeConfig.__post_init__``: checked at validation)."""
     if cfg.method not in METHODS:
         raise ValueError(f"quantize.method: unknown value '{cfg.method}' ({' | '.join(METHODS)})")
     if cfg.method in ("fake_kbit", "qat") and not 2 <= cfg.bits <= 8:
@@ -140,6 +148,10 @@ def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
     bs = cfg.embedding_block_size
     if bs < 16 or bs & (bs - 1):
         raise ValueError(f"quantize.embedding_block_size: {bs} is not a power of 2 >= 16")
+
+
+def _validate(model: ModelArtifact, data: Dataset, cfg: QuantizeConfig) -> None:
+    """The settings against the inputs (the settings alone were checked when ``cfg`` was built)."""
     if model.kind == "quantized":
         raise ValueError(f"model '{model.name}' is already quantized (kind=quantized); quantize its parent")
     if cfg.method == "qat" and data.task != TaskKind.classification:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.options import ModelKind, Scheduler, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
@@ -26,6 +27,10 @@ class TextClassifierConfig:
         default_factory=lambda: OptimConfig(epochs=2, batch_size=32, lr=5e-5, scheduler=Scheduler.cosine)
     )
     kind: ModelKind = ModelKind.teacher
+
+    def __post_init__(self) -> None:
+        at_least("layers", self.layers, 0)  # and at most the encoder's layers: checked when it is loaded
+        fraction("dropout", self.dropout, open_high=True)
 
 
 def run(data: Dataset, *, cfg: TextClassifierConfig, ctx: StepContext) -> ModelArtifact:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.core.checks import at_least, fraction, require
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import Dataset
@@ -32,11 +33,20 @@ class TextCorpusConfig:
     calib_frac: float = 0.05
     max_per_label: int = 2000  # texts per label and split at most (0 = all)
 
+    def __post_init__(self) -> None:
+        require("packages", len(set(self.packages)) == len(self.packages) > 0, "need >= 1 distinct package names")
+        at_least("seq_len", self.seq_len, 1)
+        at_least("min_words", self.min_words, 1)
+        at_least("max_words", self.max_words, self.min_words)
+        for key in ("test_frac", "val_frac", "calib_frac"):
+            fraction(key, getattr(self, key), open_high=True)
+        held = self.test_frac + self.val_frac + self.calib_frac
+        require("test_frac", held < 1, f"test_frac + val_frac + calib_frac must be < 1, got {held:g}")
+        at_least("max_per_label", self.max_per_label, 0)
+
 
 def run(*, cfg: TextCorpusConfig, ctx: StepContext) -> Dataset:
     """Build, split (by source file, seeded) and tokenize the package-docstring corpus."""
-    if cfg.seq_len < 1:
-        raise ValueError(f"text_corpus.seq_len must be >= 1, got {cfg.seq_len}")
     fields = {k: getattr(cfg, k) for k in ("min_words", "max_words", "test_frac", "val_frac", "calib_frac")}
     corpus = build_corpus(
         CorpusConfig(packages=list(cfg.packages), seed=ctx.seed, max_per_label=cfg.max_per_label, **fields)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.core.checks import at_least
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import Dataset
@@ -32,18 +33,15 @@ class TextDataConfig:
     # split by source file (tasks.datasets.corpus; conf/task/text_data/packages.yaml: 60 packages)
     packages: list[str] = field(default_factory=list)
 
-
-def _validate(cfg: TextDataConfig) -> None:
-    for key in ("seq_len", "n_calib", "n_val", "n_eval", "max_train", "min_words"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"text_data.{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.max_words < cfg.min_words:
-        raise ValueError(f"text_data.max_words ({cfg.max_words}) < min_words ({cfg.min_words})")
+    def __post_init__(self) -> None:
+        for key in ("seq_len", "n_calib", "n_val", "n_eval", "max_train", "min_words"):
+            at_least(key, getattr(self, key), 1)
+        at_least("max_words", self.max_words, self.min_words)
+        at_least("max_files", self.max_files, 0)
 
 
 def run(*, cfg: TextDataConfig, ctx: StepContext) -> Dataset:
     """Build, split and tokenize the stdlib sentence set (an ``embedding`` ``Dataset``)."""
-    _validate(cfg)
     if cfg.packages:
         return _from_packages(cfg, ctx)
     corpus = stdlib_sentences(cfg)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tasks.core.checks import at_least, fraction, positive
 from tasks.core.context import StepContext
 from tasks.core.options import Optimizer, Scheduler
 
@@ -38,6 +39,15 @@ class OptimConfig:
     scheduler: Scheduler = Scheduler.cosine
     patience: int = 0  # epochs without val improvement before stopping; 0 = never stop early
     eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        at_least("epochs", self.epochs, 0)  # 0: no training (a fine-tune that is off)
+        at_least("batch_size", self.batch_size, 1)
+        positive("lr", self.lr)
+        at_least("weight_decay", self.weight_decay, 0)
+        fraction("momentum", self.momentum)
+        at_least("patience", self.patience, 0)
+        at_least("eval_batch_size", self.eval_batch_size, 1)
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:

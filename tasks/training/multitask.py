@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tasks.core.checks import require
 from tasks.core.context import StepContext
 from tasks.core.options import LabelMap
 from tasks.core.types import Dataset, ModelArtifact
@@ -40,6 +41,25 @@ class MultitaskConfig:
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # loss weight w_k per task
 
 
+def check_multitask(cfg: Any) -> None:
+    """The values of a ``DistillConfig`` with ``method: multitask`` (its ``__post_init__`` calls
+    this); that there is one head per teacher is checked with the inputs (``_check``)."""
+    m = cfg.multitask
+    require(
+        "multitask.weights",
+        len(m.heads) == len(m.weights),
+        f"one weight per head, got heads={[str(h) for h in m.heads]} weights={list(m.weights)}",
+    )
+    require(
+        "multitask.heads[0]",
+        bool(m.heads) and str(m.heads[0]) == LabelMap.identity,
+        f"must be identity (the data's own labels), got {[str(h) for h in m.heads][:1]}",
+    )
+    ok = all(w >= 0 for w in m.weights) and sum(m.weights) > 0
+    require("multitask.weights", ok, f"must be >= 0 with a positive sum, got {list(m.weights)}")
+    require("hint_layer", not cfg.hint_layer, "FitNets hints are for method hinton, not multitask")
+
+
 def _check(data: Dataset, rows: list, cfg: Any) -> None:
     m = cfg.multitask
     if not len(m.heads) == len(m.weights) == len(rows):
@@ -47,12 +67,6 @@ def _check(data: Dataset, rows: list, cfg: Any) -> None:
             f"distill.multitask: {len(rows)} teacher(s) (logits + extra_logits) need as many heads and weights, "
             f"got heads={[str(h) for h in m.heads]} weights={list(m.weights)}"
         )
-    if str(m.heads[0]) != LabelMap.identity:
-        raise ValueError(f"distill.multitask.heads[0]: must be identity (the data's own labels), got {m.heads[0]}")
-    if any(w < 0 for w in m.weights) or not sum(m.weights) > 0:
-        raise ValueError(f"distill.multitask.weights: must be >= 0 with a positive sum, got {list(m.weights)}")
-    if cfg.hint_layer:
-        raise ValueError("distill.hint_layer: FitNets hints are for method hinton, not multitask")
     for k, (label, (_, _, t)) in enumerate(zip(m.heads, rows)):
         want = head_classes(str(label), data.num_classes)
         if t.shape[1] != want:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tasks.core.checks import at_least, one_of, require
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import build_model, complete_arch, count_params, make_artifact
@@ -56,16 +57,13 @@ class Pair(nn.Module):
         return torch.cat([a, b], dim=1) if self.training else (a + b) / 2
 
 
-def _check(cfg: Any) -> None:
+def check_mutual(cfg: Any) -> None:
+    """The values of a ``DistillConfig`` with ``method: mutual`` (its ``__post_init__`` calls this)."""
     m = cfg.mutual
-    if m.keep not in (-1, 0, 1):
-        raise ValueError(f"distill.mutual.keep: must be -1 (the better), 0 or 1, got {m.keep}")
-    if m.peer_weight < 0 or m.teacher_weight < 0:
-        raise ValueError(
-            f"distill.mutual: peer_weight/teacher_weight must be >= 0, got {m.peer_weight}/{m.teacher_weight}"
-        )
-    if cfg.hint_layer:
-        raise ValueError("distill.hint_layer: FitNets hints are for method hinton, not mutual")
+    one_of("mutual.keep", m.keep, (-1, 0, 1))  # -1: the better student on val
+    at_least("mutual.peer_weight", m.peer_weight, 0)
+    at_least("mutual.teacher_weight", m.teacher_weight, 0)
+    require("hint_layer", not cfg.hint_layer, "FitNets hints are for method hinton, not mutual")
 
 
 def train_mutual(
@@ -82,7 +80,6 @@ def train_mutual(
 
     ``cfg`` is the ``DistillConfig`` (``student``, ``optim``, ``temperature``, ``mutual``, ``kind``).
     """
-    _check(cfg)
     m = cfg.mutual
     peer_arch = arch if m.peer is None else complete_arch(m.peer, data.input_shape, data.num_classes)
     ctx.seed_everything()  # student 0 starts like a scratch/KD student of the same seed
