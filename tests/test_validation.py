@@ -249,3 +249,90 @@ def test_a_typo_in_data_names_the_data_key(workdir, capsys):
         ["+data.sourc=npz", "--dry-run"], "data.sourc: Key 'sourc' not in 'DataConfig'", workdir, capsys
     )
     assert_config_error(["data.val_fraction=lots", "--dry-run"], ["data.val_fraction", "'lots'"], workdir, capsys)
+
+
+# --- values out of range: every step's (and every sweep trial's) config is built at validation ---
+
+RANGE_CASES = [
+    (["pipeline.steps.prune.params.amount=1.5"], "pipeline.steps.prune.params.amount: 1.5 is not in [0, 1)"),
+    (
+        ["pipeline.steps.student_kd.params.temperature=-1"],
+        "pipeline.steps.student_kd.params.temperature: -1.0 is not > 0",
+    ),
+    (["pipeline.steps.benchmark.params.rounds=0"], "pipeline.steps.benchmark.params.rounds: 0 is not >= 1"),
+    (["pipeline.steps.student_kd.params.alpha=1.5"], "pipeline.steps.student_kd.params.alpha: 1.5 is not in [0, 1]"),
+    (["pipeline.steps.prune.params.finetune.lr=0"], "pipeline.steps.prune.params.finetune.lr: 0.0 is not > 0"),
+    (
+        ["pipeline.steps.teacher.params.optim.batch_size=0"],
+        "pipeline.steps.teacher.params.optim.batch_size: 0 is not >= 1",
+    ),
+    (
+        ["pipeline.steps.benchmark.params.serving.concurrency=-1"],
+        "pipeline.steps.benchmark.params.serving.concurrency: -1 is not >= 0",
+    ),
+    (["data.val_fraction=1.5"], "data.val_fraction: 1.5 is not in (0, 1)"),  # the data step's params: ${data}
+    (  # a sweep value: the trial and the key
+        ["pipeline.steps.prune.sweep={params.amount: [0.5, 1.5]}"],
+        "pipeline.steps.prune.sweep[amount=1.5,method=channel].params.amount: 1.5 is not in [0, 1)",
+    ),
+    (["pipeline.steps.quantize.params.calib_batches=0"], ["pipeline.steps.quantize.params", "must be >= 1"]),
+    (["pipeline.steps.prune.max_concurrency=-1"], "pipeline.steps.prune.max_concurrency: -1 is not >= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", RANGE_CASES, ids=[c[0][0][15:55] for c in RANGE_CASES])
+def test_a_value_out_of_range_fails_at_dry_run(overrides, expected, workdir, capsys):
+    """Before: exit 0 at --dry-run, the check ran only in the step's Ray task."""
+    assert_config_error(["experiment=smoke", *overrides, "--dry-run"], expected, workdir, capsys)
+
+
+def test_a_value_out_of_range_exits_2_before_any_run(workdir, capsys):
+    """Without --dry-run too: one line, exit 2, no MLflow store, Ray untouched."""
+    argv = ["experiment=smoke", "pipeline.steps.prune.params.amount=1.5"]
+    assert_config_error(argv, RANGE_CASES[0][1], workdir, capsys)
+
+
+def test_a_value_out_of_range_exits_2_through_the_console_command(workdir):
+    """`python -m pipelines experiment=smoke pipeline.steps.prune.params.amount=1.5 --dry-run` in a
+    fresh process: exit 2, one line naming the key and the range, no store."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = ["experiment=smoke", "pipeline.steps.prune.params.amount=1.5", "--dry-run"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines", *argv], cwd=workdir, env=env, capture_output=True, text=True, timeout=120
+    )
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err == f"error: {RANGE_CASES[0][1]}", err
+    assert not (workdir / "mlflow.db").exists() and not (workdir / "mlruns").exists()
+
+
+def test_a_value_out_of_range_in_one_multirun_execution(workdir, capsys):
+    """-m: every execution is built before anything starts; the bad one is named."""
+    argv = ["-m", "experiment=smoke", "pipeline.steps.prune.params.amount=0.5,1.5"]
+    expected = ["execution 1 (pipeline.steps.prune.params.amount=1.5): ", RANGE_CASES[0][1]]
+    assert_config_error(argv, expected, workdir, capsys)
+
+
+def test_a_search_space_out_of_range_fails_at_validation(workdir, capsys):
+    """A search draws from [low, high]: both ends are built as the step's config."""
+    argv = ["pipeline=search", "pipeline.search.space.prune.amount.high=1.5", "--dry-run"]
+    assert_config_error(argv, "pipeline.search.space.prune.amount: 1.5 is not in [0, 1)", workdir, capsys)
+
+
+def test_every_declared_select_field_is_overridable_without_plus(workdir, capsys):
+    """Before: `pipeline.steps.prune.select.confidence=0.95` was refused ("use +"): the select block
+    of the pipeline's YAML does not write confidence. Now every field SelectConfig declares can be
+    set as declared, its value is checked, and a step the pipeline lacks is named."""
+    from pipelines import api
+    from pipelines.config.compose import load_config
+
+    plan = api.validate(load_config(["experiment=smoke", "pipeline.steps.prune.select.confidence=0.95"]))
+    assert plan.spec.steps["prune"].select.confidence == 0.95
+    assert plan.spec.steps["prune"].select.mode == "max"  # the YAML's other fields are kept
+    assert main(["experiment=smoke", "pipeline.steps.prune.select.confidence=0.95", "--dry-run"]) == 0
+    assert main(["-m", "experiment=smoke", "pipeline.steps.prune.select.confidence=0,0.95", "--dry-run"]) == 0
+    assert "2 executions" in capsys.readouterr().err
+    bad = ["experiment=smoke", "pipeline.steps.prune.select.confidence=0.9", "--dry-run"]
+    assert_config_error(bad, "pipeline.steps.prune.select.confidence: must be 0", workdir, capsys)
+    typo = ["experiment=smoke", "pipeline.steps.prnue.select.confidence=0.95", "--dry-run"]
+    assert_config_error(typo, "pipeline.steps.prnue: no such step in the pipeline", workdir, capsys)
+    assert not (workdir / "mlflow.db").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -69,13 +70,39 @@ def load_config(
     search = [f"file://{d}" for d in user_conf_dirs()] if config_dir is None else []
     extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
     if config_name == "config":
-        overrides = [select_model(o) for o in overrides]
+        overrides = [select_field(select_model(o)) for o in overrides]
     with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=[*extra, *overrides])
     if config_name == "config":
         check_models(cfg)
+        check_select_steps(cfg, overrides)
         pin_swept(cfg, overrides)
     return cfg
+
+
+SELECT_FIELD = re.compile(
+    rf"^(?:\+\+)?pipeline\.steps\.([^.=]+)\.select\.(?:{'|'.join(f.name for f in fields(schema.SelectConfig))})="
+)
+
+
+def select_field(override: str) -> str:
+    """``pipeline.steps.<step>.select.<field>=v`` for a field ``SelectConfig`` declares sets it
+    whether or not the pipeline's YAML wrote it (Hydra's ``++``): a step's ``select`` block is a
+    plain mapping until validation types it against ``SelectConfig`` (the root schema stays out of
+    the defaults list so ``~key`` deletion keeps working), so a field left at its default
+    (``confidence``) would otherwise need ``+``. Any other key is left to Hydra and the schema."""
+    return f"++{override}" if SELECT_FIELD.match(override) and not override.startswith("++") else override
+
+
+def check_select_steps(cfg, overrides: list[str]) -> None:
+    """A ``select`` field set on a step the pipeline does not have is an error naming the step
+    (``++`` would otherwise add a step holding nothing but that field)."""
+    steps = OmegaConf.select(cfg, "pipeline.steps")
+    for o in overrides:
+        found = SELECT_FIELD.match(o)
+        if found and OmegaConf.select(cfg, f"pipeline.steps.{found.group(1)}.task") is None:
+            names = sorted(n for n in steps if OmegaConf.select(steps, f"{n}.task") is not None)
+            raise SpecError(f"pipeline.steps.{found.group(1)}", f"no such step in the pipeline (steps: {names})")
 
 
 MODEL_OVERRIDE = re.compile(rf"^({'|'.join(schema.MODEL_KEYS)})=([\w.-]+)$")
