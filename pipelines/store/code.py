@@ -206,30 +206,42 @@ def _third_party(name: str) -> bool:
     return any(d not in env["local"] for d in env["tops"].get(name, ()))
 
 
-def _module_files(target: Path) -> tuple[Path, ...]:
-    """Where module ``target`` (a path without suffix) may live: a package, a source file or a
-    compiled extension (``fast.cpython-311-x86_64-linux-gnu.so``, ``fast.pyd``)."""
-    return (
-        target / "__init__.py",
-        target.with_name(target.name + ".py"),
-        *(target.with_name(target.name + s) for s in importlib.machinery.EXTENSION_SUFFIXES),
-    )
+def _listing(folder: str, listings: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The names in a directory (empty if it is none), listed once per ``listings``."""
+    hit = listings.get(folder)
+    if hit is None:
+        try:
+            hit = frozenset(os.listdir(folder))
+        except OSError:
+            hit = frozenset()
+        listings[folder] = hit
+    return hit
 
 
-def module_file(name: str) -> Path | None:
-    """The file of a project module (``pkg/__init__.py`` for a package, a compiled extension), else None."""
+def module_file(name: str, listings: dict[str, frozenset[str]] | None = None) -> Path | None:
+    """The file of a project module (``pkg/__init__.py`` for a package, ``mod.py``, or a compiled
+    extension ``mod.cpython-311-x86_64-linux-gnu.so`` / ``mod.pyd``), else None. ``listings``
+    remembers the directories read (one ``reach``: a key is computed from one moment's files)."""
+    listings = {} if listings is None else listings
     top, *rest = name.split(".")
     kind, locs = top_kind(top)
     if kind != "project":
         return None
+    suffixes = (".py", *importlib.machinery.EXTENSION_SUFFIXES)
     for loc in locs:
-        base = Path(loc)
-        if base.is_file():  # a top-level module file (source or extension): no submodules
-            return base if not rest and base.name.endswith((".py", *importlib.machinery.EXTENSION_SUFFIXES)) else None
-        target = base.joinpath(*rest)
-        for candidate in _module_files(target):
-            if candidate.is_file():
-                return candidate
+        folder, leaf = os.path.split(loc)
+        if loc.endswith(suffixes) and leaf in _listing(folder, listings):  # a top-level module file
+            return Path(loc) if not rest else None
+        folder = os.path.join(loc, *rest[:-1])
+        leaf = rest[-1] if rest else ""
+        if not leaf or leaf in _listing(folder, listings):  # a package
+            package = os.path.join(folder, leaf) if leaf else folder
+            if "__init__.py" in _listing(package, listings):
+                return Path(package, "__init__.py")
+        names = _listing(folder, listings) if leaf else frozenset()
+        for suffix in suffixes:
+            if leaf + suffix in names:
+                return Path(folder, leaf + suffix)
     return None
 
 
@@ -247,6 +259,7 @@ def reach(roots: Iterable[str]) -> tuple[dict[str, str], list[str]]:
     of everything reachable from ``roots`` through import statements."""
     code: dict[str, str] = {}
     libraries: set[str] = set()
+    listings: dict[str, frozenset[str]] = {}
     todo = list(roots)
     while todo:
         name = todo.pop()
@@ -256,7 +269,7 @@ def reach(roots: Iterable[str]) -> tuple[dict[str, str], list[str]]:
         if kind in ("library", "missing"):
             libraries.add(name.split(".")[0])
             continue
-        path = module_file(name) if kind == "project" else None
+        path = module_file(name, listings) if kind == "project" else None
         if path is None:
             continue
         parsed = parse(path)
@@ -265,7 +278,7 @@ def reach(roots: Iterable[str]) -> tuple[dict[str, str], list[str]]:
         for level, mod, names in parsed.imports:
             base = _absolute(name, path, level, mod)
             todo.append(base)
-            todo += [f"{base}.{n}" for n in names if n != "*" and module_file(f"{base}.{n}") is not None]
+            todo += [f"{base}.{n}" for n in names if n != "*" and module_file(f"{base}.{n}", listings) is not None]
     return dict(sorted(code.items())), sorted(libraries)
 
 

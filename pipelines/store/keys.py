@@ -103,12 +103,17 @@ def _files_under(root: Path) -> list[tuple[str, Path]]:
         here = (st.st_dev, st.st_ino)
         if here in above:
             return
-        with os.scandir(folder) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_dir():  # follows links
-                    walk(Path(entry.path), f"{rel}{entry.name}/", above | {here})
-                elif entry.is_file():
-                    found.append((f"{rel}{entry.name}", Path(entry.path)))
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except PermissionError:  # the step cannot read it either; listed so access granted later counts
+            found.append((f"{rel}<unreadable>", folder))
+            return
+        for entry in entries:
+            if entry.is_dir():  # follows links
+                walk(Path(entry.path), f"{rel}{entry.name}/", above | {here})
+            elif entry.is_file():  # regular files (a FIFO or a device is never read)
+                found.append((f"{rel}{entry.name}", Path(entry.path)))
 
     walk(root, "", frozenset())
     return found
@@ -149,7 +154,7 @@ class FileHasher:
 
     def path(self, path: Path) -> str:
         if path.is_dir():
-            return _sha({rel: self.file(p) for rel, p in _files_under(path)})
+            return _sha({rel: "unreadable" if p.is_dir() else self.file(p) for rel, p in _files_under(path)})
         return self.file(path)
 
     def save(self) -> None:
@@ -178,9 +183,10 @@ def _strings(node, prefix: str = ""):
 
 
 def file_hashes(params, hasher: FileHasher) -> dict[str, str]:
-    """``{dotted param path: content hash}`` for every string param naming an existing file or dir,
-    with or without a separator or a suffix (``data.path=cifar-10-batches-py``, ``tokenizer: my_tok``)."""
-    return {k: hasher.path(Path(v)) for k, v in _strings(params) if os.path.exists(v)}
+    """``{dotted param path: content hash}`` for every string param naming an existing regular file or
+    directory, with or without a separator or a suffix (``data.path=cifar-10-batches-py``,
+    ``tokenizer: my_tok``)."""
+    return {k: hasher.path(Path(v)) for k, v in _strings(params) if os.path.isfile(v) or os.path.isdir(v)}
 
 
 def _arch_target(value: str) -> list[str]:
