@@ -31,10 +31,7 @@ so a stored output can be reused.
 - Hardware: a task whose module sets ``MEASURES = True`` (benchmark, prune's timed trials,
   quantize's parity gate) keys its output on ``tasks.runtime.hardware.fingerprint()`` (CPU model
   and ISA flags, usable cores, GPU and driver, ONNX Runtime providers; not the node
-  name) of the node that will run it (``hardware=``, from ``pipelines.run.placement``; by default
-  this machine's) and on its Ray resources: on other hardware those steps measure again, the
-  others are reused. The worker checks the libraries, files and hardware a key read here
-  against its own node (``facts=``, ``pipelines.run.worker.check_facts``).
+  name) and on its Ray resources: on other hardware those steps measure again, the others are reused.
 """
 
 from __future__ import annotations
@@ -46,6 +43,7 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.config.spec import PipelineSpec, StepSpec
@@ -251,6 +249,7 @@ def trial_key(
     hasher: FileHasher,
     hardware: dict | None = None,
     memo: dict | None = None,
+    facts: list[dict] | None = None,
 ) -> str:
     sources, dists = _code_and_libraries(step, params, {} if memo is None else memo)
     dists = sorted({*dists, *named_packages(params), PYTHON, PROJECT})
@@ -266,14 +265,23 @@ def trial_key(
     }
     if hardware is not None:  # a measuring step: where, and with what share of it
         blob["hardware"] = {**hardware, "resources": repr(step.resources)}
+    if facts is not None:  # what the worker checks against its own (pipelines.run.worker.Facts)
+        facts.append({"libraries": blob["libraries"], "files": blob["files"], "hardware": hardware})
     return _sha(blob)
 
 
 def step_keys(
-    spec: PipelineSpec, seed: int, versions: dict[str, str] | None = None, hardware: dict | None = None
+    spec: PipelineSpec,
+    seed: int,
+    versions: dict[str, str] | None = None,
+    hardware: dict | Callable[[StepSpec], dict] | None = None,
+    facts: dict[str, list[dict]] | None = None,
 ) -> dict[str, list[str]]:
     """Cache key of every trial of every step (a plain step has one trial). ``versions`` and
-    ``hardware`` default to this machine's (``library_versions()``, the hardware fingerprint)."""
+    ``hardware`` default to this machine's (``library_versions()``, the hardware fingerprint);
+    ``hardware`` may be a function of the measuring step (the fingerprint of the node it will run
+    on, ``pipelines.run.placement``). ``facts``, when given, receives per step and trial what the
+    key read on this machine (libraries, file hashes, hardware), for the worker to check."""
     versions = versions or library_versions()
     hasher, memo = FileHasher(), dict[tuple, tuple]()
     keys: dict[str, list[str]] = {}
@@ -282,8 +290,9 @@ def step_keys(
         input_keys = {
             p: [summary[r.step] + ("[*]" if r.all_trials else "") for r in refs] for p, refs in s.inputs.items()
         }
-        hw = _hardware(hardware) if measures(s.task) else None
-        keys[s.name] = [trial_key(s, t.params, input_keys, seed, versions, hasher, hw, memo) for t in s.trials]
+        hw = _hardware(hardware, s) if measures(s.task) else None
+        got = None if facts is None else facts.setdefault(s.name, [])
+        keys[s.name] = [trial_key(s, t.params, input_keys, seed, versions, hasher, hw, memo, got) for t in s.trials]
         select = None if s.select is None else repr(s.select)
         summary[s.name] = keys[s.name][0] if not s.is_sweep else _sha({"trials": keys[s.name], "select": select})
     hasher.save()
@@ -291,7 +300,9 @@ def step_keys(
     return keys
 
 
-def _hardware(given: dict | None) -> dict:
+def _hardware(given: dict | Callable[[StepSpec], dict] | None, step: StepSpec) -> dict:
+    if callable(given):
+        return given(step)
     if given is not None:
         return given
     from tasks.runtime.hardware import fingerprint
