@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config.compose import load_config
 from pipelines.run import session
-from pipelines.store import code
+from pipelines.store import code, dists
 from pipelines.store.keys import library_versions, step_keys
 
 FILES = {
@@ -291,10 +291,10 @@ def _site_packages(tmp: Path, name: str, direct_url: dict | None, replace: bool 
 @pytest.fixture
 def fresh_environment():
     """Forget this process's map of installed distributions before and after the test."""
-    code.environment.cache_clear()
+    dists.environment.cache_clear()
     code.top_kind.cache_clear()
     yield
-    code.environment.cache_clear()
+    dists.environment.cache_clear()
     code.top_kind.cache_clear()
 
 
@@ -333,7 +333,7 @@ def test_a_wheel_reinstalled_under_the_same_version_is_another_key(project, monk
     shutil.rmtree(site / f"{name}-1.0.dist-info")  # reinstalled from a rebuilt wheel of 1.0
     wheel["archive_info"] = {"hash": "sha256=" + "b" * 64}
     _site_packages(tmp, name, wheel, replace=True)
-    code.environment.cache_clear()  # as a new process after the reinstall reads it
+    dists.environment.cache_clear()  # as a new process after the reinstall reads it
     assert changed(before, keys(pipe)) == {"user", "user_logits"}
     for mod in [m for m in sys.modules if m.startswith(name)]:
         del sys.modules[mod]

@@ -28,8 +28,7 @@ Costs are paid once: a file is parsed (or an extension hashed) once per (path, m
 ctime) per process and remembered in ``<SLIMRAY_CACHE_DIR>/code-index.json`` (a file changed less
 than ``SETTLE_NS`` ago is parsed again next time: its stamp could still change within one clock
 tick); the map of import names to distributions, their versions and requirements is read once per
-process, or from ``<SLIMRAY_CACHE_DIR>/environment.json`` while no ``sys.path`` directory has
-changed (an install or an uninstall changes its directory's mtime).
+process, or from ``<SLIMRAY_CACHE_DIR>/environment.json`` (``pipelines.store.dists``).
 """
 
 from __future__ import annotations
@@ -37,23 +36,20 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.machinery
-import importlib.metadata as md
 import importlib.util
 import json
 import os
-import re
 import sys
-import sysconfig
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-LIBRARY_DIRS = ("site-packages", "dist-packages")
+from pipelines.store.dists import cache_dir, environment, is_library_path, write_json
+
 OWN = ("tasks", "pipelines")  # slimray's packages: project code wherever they are installed
 TASK_TABLE = "tasks"  # the package whose ``__init__`` is the task table: keyed by entry, not followed
-ENV_FORMAT = 2  # of environment.json: a stored map of another format is read again
 INDEX_FORMAT = 2  # of code-index.json: entries of another format are not read
 SETTLE_NS = 1_000_000_000  # a file changed more recently than this is not remembered (racy stamps)
 DYNAMIC = {"import_module", "__import__"}  # calls whose literal first argument names a module
@@ -68,20 +64,6 @@ class Parsed:
 _PARSED: dict[str, Parsed] = {}  # stamp(path) -> Parsed, in memory and in code-index.json
 _LOADED: list[bool] = []  # whether code-index.json was read in this process
 _NEW: list[bool] = []  # whether a file was parsed since
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SLIMRAY_CACHE_DIR") or Path.home() / ".cache" / "slimray")
-
-
-def _write(path: Path, obj) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(obj))
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
-    except OSError:
-        pass  # a read-only home: computed again next time, keys are unaffected
 
 
 def stamp(path: Path | str, st: os.stat_result | None = None) -> str:
@@ -126,7 +108,7 @@ def _imports(src: bytes, path: Path) -> tuple[tuple[int, str, tuple[str, ...]], 
 def _load_index() -> None:
     _LOADED.append(True)
     try:
-        stored = json.loads((_cache_dir() / "code-index.json").read_text())
+        stored = json.loads((cache_dir() / "code-index.json").read_text())
         if stored["format"] != INDEX_FORMAT:
             return
         _PARSED.update(
@@ -159,7 +141,7 @@ def save() -> None:
     if _NEW:
         _NEW.clear()
         files = {k: [v.sha, v.imports] for k, v in _PARSED.items() if _current(k)}
-        _write(_cache_dir() / "code-index.json", {"format": INDEX_FORMAT, "files": files})
+        write_json(cache_dir() / "code-index.json", {"format": INDEX_FORMAT, "files": files})
 
 
 def _current(memo: str) -> bool:
@@ -169,14 +151,6 @@ def _current(memo: str) -> bool:
         return stamp(path) == memo
     except OSError:
         return False
-
-
-def _is_library_path(path: str) -> bool:
-    parts = Path(path).parts
-    if any(p in LIBRARY_DIRS for p in parts):
-        return True
-    stdlib = [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")]
-    return any(path.startswith(s + os.sep) for s in stdlib)
 
 
 @cache
@@ -194,7 +168,7 @@ def top_kind(name: str) -> tuple[str, tuple[str, ...]]:
     locs = tuple(spec.submodule_search_locations or ()) or ((spec.origin,) if spec.origin else ())
     if not locs or spec.origin in ("built-in", "frozen"):
         return "stdlib", ()
-    library = name not in OWN and all(_is_library_path(p) for p in locs) and _third_party(name)
+    library = name not in OWN and all(is_library_path(p) for p in locs) and _third_party(name)
     return ("library" if library else "project"), locs
 
 
@@ -288,118 +262,3 @@ def _parents(name: str) -> list[str]:
     parts = name.split(".")
     parents = [".".join(parts[:i]) for i in range(1, len(parts))]
     return [p for p in parents if p != TASK_TABLE]
-
-
-# ---- the installed distributions -------------------------------------------------------------
-
-
-def _stamp() -> list:
-    """What changes when a distribution is installed or removed: the mtimes of sys.path's library
-    directories (where installs write their ``.dist-info``)."""
-    out = []
-    for p in sys.path:
-        if not p or not _is_library_path(p + os.sep):
-            continue
-        try:
-            out.append([p, os.stat(p).st_mtime_ns])
-        except OSError:
-            continue
-    return out
-
-
-def _requires(dist: md.Distribution) -> list[str]:
-    """The distributions ``dist`` always requires (requirements under an ``extra`` marker are not)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    out = []
-    for text in dist.requires or []:
-        try:
-            req = Requirement(text)
-        except InvalidRequirement:
-            continue
-        if req.marker is None or req.marker.evaluate({"extra": ""}):
-            out.append(req.name)
-    return out
-
-
-def norm(name: str) -> str:
-    """A distribution's normalized name (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _origin(dist: md.Distribution) -> str | None:
-    """Where a distribution was installed from (PEP 610 ``direct_url.json``): ``"local"`` for a
-    local directory (``pip install ./mypkg``, with or without ``-e``), the archive's hash or the
-    VCS commit when recorded, ``""`` otherwise (an index), None when unreadable."""
-    try:
-        info = json.loads(dist.read_text("direct_url.json") or "{}")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict):
-        return None
-    if "dir_info" in info:
-        return "local"
-    for section, field in (("archive_info", "hash"), ("vcs_info", "commit_id")):
-        value = info[section].get(field) if isinstance(info.get(section), dict) else None
-        if isinstance(value, str) and value:
-            return value
-    return ""
-
-
-def _read_environment() -> dict:
-    versions: dict[str, str] = {}
-    requires: dict[str, list[str]] = {}
-    local: list[str] = []
-    for dist in md.distributions():
-        name = norm(dist.metadata["Name"] or "")
-        if name and name not in versions:
-            origin = _origin(dist)
-            local += [name] if origin == "local" else []
-            versions[name] = f"{dist.version} ({origin})" if origin and origin != "local" else dist.version
-            requires[name] = [norm(r) for r in _requires(dist)]
-    tops = {top: sorted({norm(d) for d in dists}) for top, dists in md.packages_distributions().items()}
-    return {"versions": versions, "requires": requires, "tops": tops, "local": sorted(local)}
-
-
-@cache
-def environment() -> dict:
-    """``{"versions": {dist: version}, "requires": {dist: [dist]}, "tops": {import name: [dist]},
-    "local": [dists installed from a local directory]}``; a version carries the archive hash or
-    VCS commit the install recorded (``"1.0 (sha256=...)"``)."""
-    path, stamp = _cache_dir() / "environment.json", [ENV_FORMAT, sys.prefix, sys.version, _stamp()]
-    try:
-        stored = json.loads(path.read_text())
-        if stored.get("stamp") == stamp:
-            return stored["environment"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    env = _read_environment()
-    _write(path, {"stamp": stamp, "environment": env})
-    return env
-
-
-def distributions(import_names: Iterable[str]) -> list[str]:
-    """The distributions that provide ``import_names``, with everything they require (transitively);
-    an import name no distribution provides stays as ``import:<name>`` (its version: absent)."""
-    env = environment()
-    todo: list[str] = []
-    for name in import_names:
-        todo += env["tops"].get(name) or [f"import:{name}"]
-    seen: set[str] = set()
-    while todo:
-        dist = todo.pop()
-        if dist not in seen:
-            seen.add(dist)
-            todo += env["requires"].get(dist, [])
-    return sorted(seen)
-
-
-def installed(name: str) -> bool:
-    """Whether ``name`` is an installed distribution (a string param may name one: a model package)."""
-    return norm(name) in environment()["versions"]
-
-
-def providers(import_name: str) -> list[str]:
-    """The distributions that provide a top-level import name (``sklearn`` -> ``scikit-learn``);
-    a string param may name one (the packages a text corpus reads)."""
-    return list(environment()["tops"].get(import_name, ()))

