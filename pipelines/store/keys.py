@@ -31,7 +31,10 @@ so a stored output can be reused.
 - Hardware: a task whose module sets ``MEASURES = True`` (benchmark, prune's timed trials,
   quantize's parity gate) keys its output on ``tasks.runtime.hardware.fingerprint()`` (CPU model
   and ISA flags, usable cores, GPU and driver, ONNX Runtime providers; not the node
-  name) and on its Ray resources: on other hardware those steps measure again, the others are reused.
+  name) of the node that will run it (``hardware=``, from ``pipelines.run.placement``; by default
+  this machine's) and on its Ray resources: on other hardware those steps measure again, the
+  others are reused. The worker checks the libraries, files and hardware a key read here
+  against its own node (``facts=``, ``pipelines.run.worker.check_facts``).
 """
 
 from __future__ import annotations
