@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import artifacts, signing
-from pipelines.store.artifacts import ArtifactError
+from pipelines.store import artifacts, manifest, signing
+from pipelines.store.manifest import ArtifactError
 from tasks.core.types import Value
 from tests.engine_helpers import all_runs, run_pipeline
 
@@ -88,7 +88,7 @@ def test_any_truncated_or_corrupt_file_is_one_line_naming_it(tmp_path_factory, w
 def _resign(d: Path, context: str = "", key: bytes | None = None) -> None:
     """Rewrite the manifest of ``d`` for its current files, as a key holder would."""
     paths = [p for p in sorted(d.rglob("*")) if p.is_file() and p.name != "manifest.json"]
-    files = {str(p.relative_to(d)): artifacts._digest(p) for p in paths}
+    files = {str(p.relative_to(d)): manifest.digest(p) for p in paths}
     sig = signing.sign(files, context, key)
     (d / "manifest.json").write_text(json.dumps({"files": files, "context": context, "signature": sig}))
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import artifacts, signing
-from pipelines.store.artifacts import ArtifactError, KeyMismatch
+from pipelines.store import artifacts, manifest, signing
+from pipelines.store.manifest import ArtifactError, KeyMismatch
 from pipelines.store.tracking import OUTPUT_DIR
 from tests.engine_helpers import all_runs, run_pipeline
 
@@ -39,7 +39,7 @@ OTHER_KEY = b"0123456789abcdef" * 4  # another store's key
 def _signed_body(value_dir: Path, context: str, key: bytes | None = None, **changes) -> dict:
     """The manifest of the files in ``value_dir`` signed for ``context`` (with ``key``, default
     this machine's), with ``changes`` applied to its file list before signing."""
-    body = json.loads((value_dir / artifacts.MANIFEST).read_text())
+    body = json.loads((value_dir / manifest.MANIFEST).read_text())
     files = {**body["files"], **changes}
     key = key or signing.load_key()
     return {
@@ -61,7 +61,7 @@ def _malformed(how: str, value_dir: Path, context: str) -> bytes:
     elif how == "truncated":
         return json.dumps(body).encode()[:100]
     elif how == "huge":
-        body["padding"] = "x" * (artifacts.MAX_MANIFEST_BYTES + 10)
+        body["padding"] = "x" * (manifest.MAX_MANIFEST_BYTES + 10)
     elif how == "not UTF-8":
         return b"\xff\xfe" + os.urandom(64)
     elif how == "nested past the parser's depth":
@@ -87,9 +87,9 @@ def _plant(client: MlflowClient, honest, how: str, tmp: Path, key_id: str | None
     client.download_artifacts(honest.info.run_id, OUTPUT_DIR, str(tmp / run_id))
     context = artifacts.entry_context(run_id, honest.data.tags["slimray.cache_key"], OUTPUT_DIR)
     if how == "signed with another key":
-        (d / artifacts.MANIFEST).write_text(json.dumps(_signed_body(d, context, OTHER_KEY)))
+        (d / manifest.MANIFEST).write_text(json.dumps(_signed_body(d, context, OTHER_KEY)))
     else:
-        (d / artifacts.MANIFEST).write_bytes(_malformed(how, d, context))
+        (d / manifest.MANIFEST).write_bytes(_malformed(how, d, context))
     client.log_artifacts(run_id, str(d), OUTPUT_DIR)
     client.set_terminated(run_id, "FINISHED", end_time=start + 1000)
     return run_id
@@ -173,10 +173,10 @@ manifests = (
 def test_any_manifest_is_an_artifact_error_or_trusted(tmp_path_factory, data):
     """Whatever bytes a manifest holds, checking it raises ``ArtifactError`` (or returns a
     signed listing), never another exception that would stop the lookup."""
-    path = tmp_path_factory.mktemp("m") / artifacts.MANIFEST
+    path = tmp_path_factory.mktemp("m") / manifest.MANIFEST
     path.write_bytes(data)
     try:
-        artifacts.check_manifest(path, None, "planted")
+        manifest.check_manifest(path, None, "planted")
     except ArtifactError as e:
         assert "\n" not in str(e)
 
@@ -188,7 +188,7 @@ def test_another_key_is_told_apart_from_tampering(tmp_path):
 
     d = artifacts.save(Value(1.0, {}), tmp_path / "v", "ctx")
     body = _signed_body(d, "ctx", OTHER_KEY)
-    (d / artifacts.MANIFEST).write_text(json.dumps(body))
+    (d / manifest.MANIFEST).write_text(json.dumps(body))
     with pytest.raises(KeyMismatch) as err:
         artifacts.load(d, context="ctx")
     theirs, ours = signing.key_id(OTHER_KEY), signing.key_id()
@@ -196,7 +196,7 @@ def test_another_key_is_told_apart_from_tampering(tmp_path):
     assert "configuration" in str(err.value) and "\n" not in str(err.value)
     for forged_id in (ours, None):
         body["key_id"] = forged_id
-        (d / artifacts.MANIFEST).write_text(json.dumps(body))
+        (d / manifest.MANIFEST).write_text(json.dumps(body))
         with pytest.raises(ArtifactError, match="signature does not verify") as err:
             artifacts.load(d, context="ctx")
         assert not isinstance(err.value, KeyMismatch)
@@ -207,7 +207,7 @@ def _resign_in_place(run, key: bytes) -> None:
     a node holding ``key`` would have stored it."""
     d = Path(run.info.artifact_uri.removeprefix("file://")) / OUTPUT_DIR
     context = artifacts.entry_context(run.info.run_id, run.data.tags["slimray.cache_key"], OUTPUT_DIR)
-    (d / artifacts.MANIFEST).write_text(json.dumps(_signed_body(d, context, key)))
+    (d / manifest.MANIFEST).write_text(json.dumps(_signed_body(d, context, key)))
 
 
 @pytest.mark.timeout(400)

@@ -26,7 +26,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import build_config
-from pipelines.store.artifacts import ArtifactError, mark_corrupt
+from pipelines.store.artifacts import mark_corrupt
+from pipelines.store.manifest import ArtifactError
 from pipelines.store.lineage import record_output
 from pipelines.store.tracking import TAG, StepTracker, create_run, log_params
 from tasks import task_table

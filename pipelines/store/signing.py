@@ -1,5 +1,5 @@
 """The cache key that signs stored step outputs (HMAC-SHA256 over their manifest; the manifests
-themselves and the cache look-up's check are in ``pipelines.store.artifacts``).
+themselves are checked in ``pipelines.store.manifest``, the cache look-up in ``pipelines.store.artifacts``).
 
 Whoever can write to the tracking server can plant a run with the right ``slimray.cache_key``
 tag; only whoever holds this key can sign its manifest. The key is a file:
