@@ -11,7 +11,7 @@ from pathlib import Path
 from engine_helpers import run_pipeline
 from mlflow.tracking import MlflowClient
 
-from pipelines.store import registry
+from pipelines.store import modelfiles, registry
 
 PIPELINE = {
     "name": "publishing",
@@ -67,7 +67,7 @@ def test_computed_and_cached_executions_publish_the_same(workdir, ray_local):
     model_id = registry.model_id_of(first_v)
     assert model_id and registry.model_id_of(again_v) == model_id  # the verified logged model, reused
     for mv in (first_v, again_v):  # each version carries the signed list of that model's files
-        assert "MLmodel" in registry.read_files(mv.tags[registry.FILES_TAG], model_id, f"v{mv.version}")
+        assert "MLmodel" in modelfiles.read_files(mv.tags[modelfiles.FILES_TAG], model_id, f"v{mv.version}")
     import mlflow.onnx  # the new version (reusing the logged model) serves like the first
 
     mlflow.set_tracking_uri(again.uri)

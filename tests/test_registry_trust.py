@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 
 from pipelines.run.state import Context
 from pipelines.scale import serve, serve_app
-from pipelines.store import registry
+from pipelines.store import modelfiles, registry
 from pipelines.store.recorder import RunRecorder
 from tasks.core.types import Publication, Registration
 
@@ -98,7 +98,7 @@ def test_an_untampered_cached_registration_reuses_the_logged_model_and_serves_ve
     v1 = _publish(first, source, name)
     v2 = _publish(_recorder(uri), source, name)
     assert int(v2.version) == int(v1.version) + 1 and v2.model_id == v1.model_id  # reused, not logged again
-    signed = registry.read_files(v2.tags[registry.FILES_TAG], v2.model_id, "test")
+    signed = modelfiles.read_files(v2.tags[modelfiles.FILES_TAG], v2.model_id, "test")
     assert {"MLmodel", "model.onnx", "extra_files/serving.json", "extra_files/tokenizer_config.json"} <= set(signed)
     served = serve_app.load_model(f"models:/{name}/{v2.version}", uri, 1)
     assert served.note == "" and served.sig.task == "classification"
@@ -123,7 +123,7 @@ def test_a_tampered_logged_model_is_never_registered_again_nor_served(store, tar
     served = serve_app.load_model(f"models:/{name}/{v2.version}", uri, 1)  # the fresh one verifies
     assert served.note == ""
 
-    with pytest.raises(registry.ModelFilesError) as info:  # the tampered version itself is refused
+    with pytest.raises(modelfiles.ModelFilesError) as info:  # the tampered version itself is refused
         serve_app.load_model(f"models:/{name}/{v1.version}", uri, 1)
     changed = path.relative_to(folder).as_posix()
     assert changed in str(info.value) and "\n" not in str(info.value)
@@ -153,7 +153,7 @@ def test_the_unsigned_logged_model_tag_alone_is_not_trusted(store):
     first.client.set_tag(source, tag, planted)
     v2 = _publish(_recorder(uri), source, name)
     assert v2.model_id not in (planted, None) and v2.model_id != v1.model_id
-    registry.read_files(v2.tags[registry.FILES_TAG], v2.model_id, "test")  # signed for what it is
+    modelfiles.read_files(v2.tags[modelfiles.FILES_TAG], v2.model_id, "test")  # signed for what it is
 
 
 def test_a_version_without_a_signed_list_or_with_a_forged_one(store):
@@ -163,17 +163,17 @@ def test_a_version_without_a_signed_list_or_with_a_forged_one(store):
     v1 = _publish(first, source, name)
     v2 = _publish(_recorder(uri), source, name)  # the same logged model
     client = first.client
-    client.delete_model_version_tag(name, v2.version, registry.FILES_TAG)
+    client.delete_model_version_tag(name, v2.version, modelfiles.FILES_TAG)
     note = serve_app.load_model(f"models:/{name}/{v2.version}", uri, 1).note
-    assert "files not verified" in note and registry.FILES_TAG in note
-    body = json.loads(v1.tags[registry.FILES_TAG])
+    assert "files not verified" in note and modelfiles.FILES_TAG in note
+    body = json.loads(v1.tags[modelfiles.FILES_TAG])
     body["files"]["MLmodel"] = "0" * 64
-    client.set_model_version_tag(name, v2.version, registry.FILES_TAG, json.dumps(body))
-    with pytest.raises(registry.ModelFilesError, match="does not verify"):
+    client.set_model_version_tag(name, v2.version, modelfiles.FILES_TAG, json.dumps(body))
+    with pytest.raises(modelfiles.ModelFilesError, match="does not verify"):
         serve_app.load_model(f"models:/{name}/{v2.version}", uri, 1)
     for bad in ("{", "[]", '{"files": {}, "signature": "é"}'):
-        client.set_model_version_tag(name, v2.version, registry.FILES_TAG, bad)
-        with pytest.raises(registry.ModelFilesError):
+        client.set_model_version_tag(name, v2.version, modelfiles.FILES_TAG, bad)
+        with pytest.raises(modelfiles.ModelFilesError):
             serve_app.load_model(f"models:/{name}/{v2.version}", uri, 1)
 
 

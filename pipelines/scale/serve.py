@@ -144,7 +144,7 @@ def _preload(uri: str, pinned: dict, runtime: str) -> str:
     (``serve_app.verify_files``), is one line before any replica starts (replicas would retry it
     and end in a traceback). Every replica checks its own download again."""
     from pipelines.scale.serve_app import load_model
-    from pipelines.store.registry import ModelFilesError
+    from pipelines.store.modelfiles import ModelFilesError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
     try:

@@ -8,7 +8,7 @@ restart) serves the same version even after the alias moved, on the runtime it w
 
 Before anything of the download is read (``MLmodel`` names the file ``mlflow.onnx`` opens), every
 file is checked against the signed file list the pipeline recorded with the version
-(``pipelines.store.registry.FILES_TAG``, signed with the cache key for the version's logged
+(``pipelines.store.modelfiles.FILES_TAG``, signed with the cache key for the version's logged
 model): a file missing, added or changed is a one-line ``ModelFilesError`` and nothing is
 served. Where that cannot be checked - no cache key on this node, or a version registered
 outside a slimray pipeline (no list) - the model is served and ``ServedModel.note`` says its
@@ -21,7 +21,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from pipelines.store import registry, signing
+from pipelines.store import modelfiles, registry, signing
 from tasks.serving.model import ServedModel
 
 
@@ -35,12 +35,12 @@ def verify_files(model_uri: str, tracking_uri: str, folder: Path) -> str:
     if not found:
         raise ValueError(f"model: '{model_uri}' is not a pinned models:/<name>/<version>")
     mv = MlflowClient(tracking_uri=tracking_uri).get_model_version(*found.groups())
-    recorded = (mv.tags or {}).get(registry.FILES_TAG)
+    recorded = (mv.tags or {}).get(modelfiles.FILES_TAG)
     if recorded is None:
-        return f"{model_uri}: files not verified (no signed file list {registry.FILES_TAG}: not a pipeline's version)"
+        return f"{model_uri}: files not verified (no signed file list {modelfiles.FILES_TAG}: not a pipeline's version)"
     if not signing.key_path().exists():
         return f"{model_uri}: files not verified (no cache key at {signing.key_path()} on this node)"
-    registry.check_files(folder, recorded, registry.model_id_of(mv) or "", f"model {model_uri}")
+    modelfiles.check_files(folder, recorded, registry.model_id_of(mv) or "", f"model {model_uri}")
     return ""
 
 

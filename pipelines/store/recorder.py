@@ -24,7 +24,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipelines.run.dag import Context, Executor, StepState, Trial, cached_meta
-from pipelines.store import artifacts, registry
+from pipelines.store import artifacts, modelfiles, registry
 from pipelines.store.lineage import Links
 from pipelines.store.tracking import PUBLISH_DIR, TAG, create_run, metric_name
 from tasks.core.types import Publication, Registration
@@ -205,17 +205,17 @@ class RunRecorder:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=dst, tracking_uri=self.ctx.uri))
 
     def _seal(self, reg: Registration, model_id: str, version: str) -> None:
-        """Record the just logged model's files, signed (``registry.FILES_TAG``), on the logged
+        """Record the just logged model's files, signed (``modelfiles.FILES_TAG``), on the logged
         model (what ``_reuse`` verifies) and on the version (what ``slimray serve`` verifies).
         They are read back and must be the publication's graph and files."""
         with tempfile.TemporaryDirectory() as tmp:
-            files = registry.files_of(self._download(model_id, tmp))
+            files = modelfiles.files_of(self._download(model_id, tmp))
         wrong = _differs(files, reg)
         if wrong:
-            raise registry.ModelFilesError(f"logged model {model_id}: {wrong} is not what was just logged")
-        value = registry.signed_files(files, model_id)
-        self.client.set_logged_model_tags(model_id, {registry.FILES_TAG: value})
-        self.client.set_model_version_tag(reg.name, version, registry.FILES_TAG, value)
+            raise modelfiles.ModelFilesError(f"logged model {model_id}: {wrong} is not what was just logged")
+        value = modelfiles.signed_files(files, model_id)
+        self.client.set_logged_model_tags(model_id, {modelfiles.FILES_TAG: value})
+        self.client.set_model_version_tag(reg.name, version, modelfiles.FILES_TAG, value)
 
     def _reuse(self, reg: Registration, model_id: str) -> str | None:
         """A new version of ``reg.name`` from the already logged model ``model_id`` (named by the
@@ -229,14 +229,14 @@ class RunRecorder:
             self.client.get_registered_model(reg.name)
         except Exception:  # noqa: BLE001 - deleted or unreadable: log the model again
             return None
-        recorded = model.tags.get(registry.FILES_TAG)
+        recorded = model.tags.get(modelfiles.FILES_TAG)
         try:
-            wrong = _differs(registry.read_files(recorded, model_id, where), reg)
+            wrong = _differs(modelfiles.read_files(recorded, model_id, where), reg)
             if wrong:
-                raise registry.ModelFilesError(f"{where}: {wrong} is not the publication's")
+                raise modelfiles.ModelFilesError(f"{where}: {wrong} is not the publication's")
             with tempfile.TemporaryDirectory() as tmp:
-                registry.check_files(self._download(model_id, tmp), recorded, model_id, where)
-        except registry.ModelFilesError as e:
+                modelfiles.check_files(self._download(model_id, tmp), recorded, model_id, where)
+        except modelfiles.ModelFilesError as e:
             self.console.append(f"{e}: not reused, the verified model is logged again")
             return None
         except Exception:  # noqa: BLE001 - unreadable: log the model again
@@ -244,7 +244,7 @@ class RunRecorder:
         mv = self.client.create_model_version(  # source as log_model writes it: the version names its model
             reg.name, source=f"models:/{model_id}", run_id=self.ctx.root_run, model_id=model_id
         )
-        self.client.set_model_version_tag(reg.name, str(mv.version), registry.FILES_TAG, str(recorded))
+        self.client.set_model_version_tag(reg.name, str(mv.version), modelfiles.FILES_TAG, str(recorded))
         return str(mv.version)
 
     def _describe(self, pub: Publication, source: str | None, versions: list[tuple[Registration, str, str]]) -> None:

@@ -20,29 +20,22 @@ the ONNX and calls these functions, which add:
   step run (the torch reference row) goes through the publishing step's run. The registered
   model's card is put on its own (ONNX) logged model. The model ids are remembered on the
   publishing run (``slimray.logged_models``), so a cached rerun reuses them;
-- its **signed file list** (``FILES_TAG``, on the registered version and on its logged model):
-  the sha256 of every file of the logged model (``MLmodel``, ``model.onnx``, ``extra_files/``
-  with ``serving.json`` and a tokenizer, the environment files), taken when the model is logged
-  and signed with the cache key (``pipelines.store.signing``) for that logged model's id. A cached
-  run registers an existing logged model again only when every file matches it (and the list
-  matches the signed publication), and ``slimray serve`` refuses a version whose files do not
-  (``check_files``).
+- its **signed file list** (``pipelines.store.modelfiles.FILES_TAG``, on the registered version
+  and on its logged model): the sha256 of every file of the logged model, signed with the cache
+  key for that logged model's id, which a cached registration and ``slimray serve`` check.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import PipelineSpec, task_signature
-from pipelines.store import signing
 
 if TYPE_CHECKING:
     from pipelines.run.state import StepState
@@ -53,8 +46,6 @@ from tasks.runtime.openvino import candidate_of
 ModelCard = dict  # {"name", "metrics", "params"}: a measured model (tasks.reporting.cards)
 
 MODELS_TAG = "slimray.logged_models"  # JSON {card name: model id} on the publishing step's run
-FILES_TAG = "slimray.files"  # signed JSON {"files": {path: sha256}, "signature"}: a logged model's files
-DOWNLOAD_ONLY = frozenset({"registered_model_meta"})  # MLflow writes it into every models:/ download
 CANDIDATE_TAG = "slimray.candidate"
 MAX_DESCRIPTION = 5000  # MLflow's model version description column
 ARROW = " → "
@@ -240,62 +231,3 @@ def log_cards(
     if publisher and ids and len(text) <= 8000:
         client.set_tag(publisher, MODELS_TAG, text)
     return ids
-
-
-# ---- signed file list ----------------------------------------------------------------------
-class ModelFilesError(ValueError):
-    """A registered model whose files do not match its signed file list; one line."""
-
-
-def files_of(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (a downloaded logged model) -> its sha256, by relative path;
-    MLflow's own ``registered_model_meta`` (written by the download, not stored) left out."""
-    files = {}
-    for path in sorted(folder.rglob("*")):
-        name = path.relative_to(folder).as_posix()
-        if path.is_file() and name not in DOWNLOAD_ONLY:
-            files[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return files
-
-
-def files_context(model_id: str) -> str:
-    """What a file list's signature is bound to: the logged model it lists."""
-    return f"logged-model/{model_id}/files"
-
-
-def signed_files(files: dict[str, str], model_id: str) -> str:
-    """The ``FILES_TAG`` value: the file list and its signature for ``model_id``."""
-    signature = signing.sign(files, files_context(model_id))
-    return json.dumps({"files": files, "signature": signature}, sort_keys=True, separators=(",", ":"))
-
-
-def read_files(recorded: str | None, model_id: str, where: str) -> dict[str, str]:
-    """The file list of a ``FILES_TAG`` value once its signature verifies for ``model_id``; a
-    ``ModelFilesError`` when it is missing, malformed or not signed with this key for it."""
-    if not recorded:
-        raise ModelFilesError(f"{where}: no signed file list (tag {FILES_TAG})")
-    try:
-        body = json.loads(recorded)
-        files, signature = body["files"], body["signature"]
-        ok = isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
-    except (ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ModelFilesError(f"{where}: tag {FILES_TAG} is malformed")
-    plain = isinstance(signature, str) and signature.isascii()  # hmac refuses non-ASCII text
-    if not (plain and signing.valid(files, files_context(model_id), signature)):
-        raise ModelFilesError(f"{where}: tag {FILES_TAG} does not verify with the cache key ({signing.key_path()})")
-    return files
-
-
-def check_files(folder: Path, recorded: str | None, model_id: str, where: str) -> None:
-    """Every file of the downloaded model ``folder`` is in the signed list ``recorded`` with its
-    sha256, and every listed file is there; else a one-line ``ModelFilesError`` naming the file."""
-    want, got = read_files(recorded, model_id, where), files_of(folder)
-    for name in sorted(set(want) | set(got)):
-        if name not in got:
-            raise ModelFilesError(f"{where}: {name} is missing (listed in the signed tag {FILES_TAG})")
-        if name not in want:
-            raise ModelFilesError(f"{where}: {name} is not in the signed file list (tag {FILES_TAG})")
-        if got[name] != want[name]:
-            raise ModelFilesError(f"{where}: {name} differs from the signed file list (tag {FILES_TAG})")
