@@ -13,7 +13,8 @@ life: ``step_started``, then per trial ``trial_cached`` (a hit nobody needs to l
 
 A measuring step's trials are pinned to the nodes whose hardware its key holds (``pins``,
 ``pipelines.run.placement``), and every job carries what its key read on the driver (``facts``),
-which the worker checks against its node before computing.
+which the worker checks against its node before computing. A task's Ray options (resources,
+retries, that pin) and the remote function are ``pipelines.run.remote``'s.
 
 Executors of one multirun (``pipelines.run.multirun``) share a table of computing trials by cache
 key: a trial whose key another execution already submitted is not submitted again; it waits on
@@ -28,25 +29,11 @@ from pipelines.config.select import choose
 from pipelines.config.spec import PipelineSpec
 from pipelines.run.fit import alive_nodes, unfit
 from pipelines.run.interrupt import INTERRUPT
+from pipelines.run.remote import execute_remote, first_line, task_options
 from pipelines.run.state import EVENTS, Context, Listener, StepState, Trial, cached_meta
 from pipelines.run.worker import Facts, StepJob, StepMeta
 
 __all__ = ["EVENTS", "Context", "Executor", "Listener", "StepMeta", "StepState", "Trial", "cached_meta"]
-
-_remote = None
-
-
-def _execute_remote():
-    """The remote step function, defined once (Ray exports a remote function to the cluster once).
-    Created on first use so that a fully cached run never imports or starts Ray."""
-    global _remote
-    if _remote is None:
-        import ray
-
-        from pipelines.run.worker import execute
-
-        _remote = ray.remote(execute)
-    return _remote
 
 
 class Executor:
@@ -173,35 +160,13 @@ class Executor:
             retries=s.retries,
             facts=self.facts[s.name][i] if s.name in self.facts else None,
         )
-        r = s.resources
-        remote = _execute_remote().options(
-            num_returns=2,
-            num_cpus=r.num_cpus,
-            num_gpus=r.num_gpus,
-            memory=r.memory,
-            resources=r.custom or None,
-            max_retries=s.retries,
-            retry_exceptions=s.retries > 0,
-            name=f"slimray:{run_name}",
-            **self._pinned(s.name, i),
-        )
+        remote = execute_remote().options(**task_options(s, run_name, self.pins.get(s.name), i))
         t.output, meta_ref = remote.remote(job, *args)
         t.status = "running"
         if self.shared is not None and s.cache and t.hit is None:
             self.shared[t.key] = (t.output, meta_ref)
         self.inflight.setdefault(meta_ref, []).append((s.name, i))
         self.emit("trial_submitted", st, t)
-
-    def _pinned(self, step: str, i: int) -> dict:
-        """Ray options pinning trial ``i`` of a measuring step to a node of the hardware its key
-        holds (round-robin over that node type); soft, so a retry after the node died goes
-        elsewhere, where the worker's check fails it if that node's hardware differs."""
-        nodes = self.pins.get(step)
-        if not nodes:
-            return {}
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)}
 
     # ---- results -----------------------------------------------------------------------
     def on_result(self, meta_ref) -> None:
@@ -223,7 +188,7 @@ class Executor:
                 t.status = "cached" if t.meta.cached else "done"
                 self.emit("trial_finished", st, t)
         except Exception as e:  # the task's error (a RayError), after its retries
-            t.status, t.error = "failed", _first_line(e)
+            t.status, t.error = "failed", first_line(e)
             self.emit("trial_failed", st, t)
         self._submit_trials(st)
         self._maybe_finish(st)
@@ -312,10 +277,3 @@ class Executor:
         for st in self.states.values():
             if st.status in ("pending", "running"):
                 st.status, st.note = "skipped", "cancelled"
-
-
-def _first_line(e: BaseException) -> str:
-    cause = getattr(e, "cause", None) or e
-    text = f"{type(cause).__name__}: {cause}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(e).__name__
