@@ -16,7 +16,7 @@ from tasks.core.types import BenchmarkReport, BenchmarkRow, Comparison, Publicat
 from tasks.evaluation import selection
 from tasks.models.build import make_artifact
 from tasks.models.zoo import MLP
-from tasks.reporting import plots
+from tasks.reporting import plots, tables
 from tasks.runtime import measure
 from tasks.steps import benchmark, report
 
@@ -269,7 +269,7 @@ def test_labels_are_capped_when_everything_is_on_the_frontier():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert len(texts) == plots.MAX_LABELS and {"m20", "teacher", "m0", "m34"} <= set(texts)
     plots.png_bytes(fig, 50)  # closes the figure
-    description = report.summary_markdown(b, front)
+    description = tables.summary_markdown(b, front)
     assert len(description) < 8000 and "24 more candidate(s)" in description  # 36 rows, 12 kept
 
 
