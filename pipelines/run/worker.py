@@ -27,8 +27,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import build_config
 from pipelines.store.artifacts import mark_corrupt
-from pipelines.store.manifest import ArtifactError
 from pipelines.store.lineage import record_output
+from pipelines.store.manifest import ArtifactError
 from pipelines.store.tracking import TAG, StepTracker, create_run, log_params
 from tasks import task_table
 from tasks.core.context import StepContext
