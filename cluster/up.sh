@@ -171,10 +171,13 @@ start_group ray-head "$RAY_TMP" ray start --head --block --node-ip-address=127.0
 wait_for "Ray head" ray-head 90 ray status --address="127.0.0.1:$RAY_PORT"
 nodes_up() { [[ $(ray status --address="127.0.0.1:$RAY_PORT" 2>/dev/null | grep -c ' node_') -ge $1 ]]; }
 for i in $(seq 1 "$WORKERS"); do  # one at a time: a loaded machine times out nodes started together
+    # each node its own temp dir: a node's runtime-env agent unpacks a job's working_dir package
+    # there on first use, deleting what it finds; in a shared one it deleted the directory the
+    # job's driver on the head was running in (docs/reliability.md, "Submitted jobs")
     # shellcheck disable=SC2046
     start_group "ray-worker-$i" "$RAY_TMP" ray start --block --address="127.0.0.1:$RAY_PORT" --node-ip-address=127.0.0.1 \
         --num-cpus="$WORKER_CPUS" --resources="{\"worker_$i\": 1}" --object-store-memory=200000000 \
-        --temp-dir="$RAY_TMP" --disable-usage-stats $(node_ports)
+        --temp-dir="$RAY_TMP/w$i" --disable-usage-stats $(node_ports)
     echo "$i" > "$STATE/workers"
     wait_for "Ray worker node $i" "ray-worker-$i" 180 nodes_up $((i + 1))
 done

@@ -19,10 +19,11 @@ import pytest
 
 from tests.servers import private_dir
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PACKAGES = "session_*/runtime_resources/working_dir_files/_ray_pkg_*/pipelines"  # a node's unpacked jobs
 
 
 def _env_file(state: Path) -> dict:
@@ -97,6 +98,22 @@ def _job_log(env: dict, submit_log: Path) -> str:
         return text[-2000:]
     cmd = [str(BIN / "ray"), "job", "logs", job, "--address", env["RAY_API_SERVER_ADDRESS"]]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60).stdout[-3000:]
+
+
+def _five_submissions_in_a_row(env: dict, ray_tmp: Path) -> None:
+    """Five Ray Jobs in a row, first thing after ``up.sh``, each computing on both worker nodes,
+    then registering a model in its driver (MLflow's ``log_model`` calls ``os.getcwd()``, as
+    experiment=smoke's report does): every one finishes. The first one's package is new to every
+    node, the case where a worker node's runtime-env agent used to unpack it again over the
+    directory the driver was running in (docs/reliability.md): each node has its own copy."""
+    start = time.monotonic()
+    for i in range(5):
+        out = _submit(env, "pipeline=nodes_publish", f"pipeline.steps.source.params.value={i}")
+        assert out.returncode == 0, f"submission {i + 1} of 5: " + out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"demo total: {4.0 * i}" in out.stdout and "working dir: gcs://_ray_pkg_" in out.stderr, out.stdout
+    print(f"five submissions in a row: {time.monotonic() - start:.0f} s")
+    copies = [list((ray_tmp / node).glob(PACKAGES)) for node in ("", "w1", "w2")]  # head, worker nodes
+    assert all(copies), copies  # each node unpacked the package into its own temp dir
 
 
 def _ctrl_c_of_a_submitted_job(env: dict, pg_uri: str, tmp: Path) -> None:
@@ -186,6 +203,9 @@ def test_up_submit_postgres_down():
         assert {a.rsplit(":", 1)[1] for a in served} == ports, (served, ports)
         assert all(a.startswith("127.0.0.1:") for a in served), served
 
+        # before anything else reaches the worker nodes: five submissions in a row finish
+        _five_submissions_in_a_row(env, Path(ray_tmp))
+
         # a pipeline as a Ray Job, tracked on the server (PostgreSQL behind it)
         first = _submit(env, "pipeline=demo")
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -197,13 +217,20 @@ def test_up_submit_postgres_down():
                 "WHERE e.name = 'demo' GROUP BY r.status"
             )
             assert dict(cur.fetchall()) == {"FINISHED": 1 + 5 + 6}  # parent, 5 step runs, 6 sweep trials
-            cur.execute("SELECT count(DISTINCT value) FROM tags WHERE key = 'slimray.node_id'")
+            cur.execute(
+                "SELECT count(DISTINCT t.value) FROM tags t JOIN runs r ON t.run_uuid = r.run_uuid JOIN experiments e "
+                "ON r.experiment_id = e.experiment_id WHERE t.key = 'slimray.node_id' AND e.name = 'demo'"
+            )
             assert cur.fetchone()[0] >= 2  # steps ran on more than one node
         # resubmission: served from the cache through the server
         second = _submit(env, "pipeline=demo")
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         with pg, pg.cursor() as cur:
-            cur.execute("SELECT value, count(*) FROM tags WHERE key = 'slimray.cached' GROUP BY value")
+            cur.execute(
+                "SELECT t.value, count(*) FROM tags t JOIN runs r ON t.run_uuid = r.run_uuid JOIN experiments e "
+                "ON r.experiment_id = e.experiment_id WHERE t.key = 'slimray.cached' AND e.name = 'demo' "
+                "GROUP BY t.value"
+            )
             assert dict(cur.fetchall()) == {"false": 11, "true": 11}
         pg.close()
         # the job ends with the pipeline's exit code: 2 for a config error, 1 for a failed step

@@ -9,6 +9,11 @@ table lands in the job's logs (``ray job logs``) and the runs on the tracking se
 cache therefore works across submissions. This command follows the logs until the job ends
 and exits with the pipeline's exit code (Ctrl-C stops the job and exits 130).
 
+Each node unpacks the package into its own temp dir; nodes on one machine need one each
+(``cluster/up.sh`` gives them that): Ray's runtime-env agent of a node that has not seen a package
+unpacks it over any directory of that name, and in a shared temp dir that was the directory a
+running job's driver worked in (docs/reliability.md, "Submitted jobs").
+
 Environment: ``RAY_API_SERVER_ADDRESS`` (the dashboard's ``http://host:port``; else an
 ``http`` ``RAY_ADDRESS``), ``RAY_AUTH_MODE=token`` + ``RAY_AUTH_TOKEN``, ``MLFLOW_TRACKING_URI``.
 """
@@ -126,8 +131,10 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"Submitted Ray job {job_id} to {address} (logs: ray job logs {job_id})", file=sys.stderr)
     try:
+        where = (client.get_job_info(job_id).runtime_env or {}).get("working_dir", "")  # the package's URI
+        print(f"Submitted Ray job {job_id} to {address} (working dir: {where})", file=sys.stderr)
+        print(f"logs: ray job logs {job_id}", file=sys.stderr)
         asyncio.run(_follow(client, job_id))
         info = client.get_job_info(job_id)
         while info.status not in TERMINAL:  # the log stream can end a moment before the status
