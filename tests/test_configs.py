@@ -120,7 +120,7 @@ RANGES = [
     ("prune", "kd_temperature", 0.0, "0.0 is not > 0"),
     ("prune", "steps", 0, "0 is not >= 1"),
     ("prune", "finetune.epochs", -1, "-1 is not >= 0"),
-    ("train", "optim.lr", -1e-3, "-0.001 is not > 0"),
+    ("train", "optim.lr", -1e-3, "-0.001 is not >= 0"),
     ("train", "optim.batch_size", 0, "0 is not >= 1"),
     ("distill", "temperature", -1.0, "-1.0 is not > 0"),
     ("distill", "alpha", 1.5, "1.5 is not in [0, 1]"),

@@ -62,8 +62,8 @@ def test_fire_counts_errors_and_checks_the_config():
         server.shutdown()
         server.server_close()
         thread.join()
-    with pytest.raises(ValueError, match="benchmark.serving"):
-        ServingLoad(concurrency=2, requests=0).check()
+    with pytest.raises(ValueError, match="requests: 0 is not >= 1"):  # checked when the config is built
+        ServingLoad(concurrency=2, requests=0)
 
 
 @pytest.mark.slow

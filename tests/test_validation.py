@@ -261,7 +261,7 @@ RANGE_CASES = [
     ),
     (["pipeline.steps.benchmark.params.rounds=0"], "pipeline.steps.benchmark.params.rounds: 0 is not >= 1"),
     (["pipeline.steps.student_kd.params.alpha=1.5"], "pipeline.steps.student_kd.params.alpha: 1.5 is not in [0, 1]"),
-    (["pipeline.steps.prune.params.finetune.lr=0"], "pipeline.steps.prune.params.finetune.lr: 0.0 is not > 0"),
+    (["pipeline.steps.prune.params.finetune.lr=-0.1"], "pipeline.steps.prune.params.finetune.lr: -0.1 is not >= 0"),
     (
         ["pipeline.steps.teacher.params.optim.batch_size=0"],
         "pipeline.steps.teacher.params.optim.batch_size: 0 is not >= 1",

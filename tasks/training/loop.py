@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.core.checks import at_least, fraction, positive
+from tasks.core.checks import at_least, fraction
 from tasks.core.context import StepContext
 from tasks.core.options import Optimizer, Scheduler
 
@@ -43,7 +43,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         at_least("epochs", self.epochs, 0)  # 0: no training (a fine-tune that is off)
         at_least("batch_size", self.batch_size, 1)
-        positive("lr", self.lr)
+        at_least("lr", self.lr, 0)  # 0 trains nothing: the weights stay as given
         at_least("weight_decay", self.weight_decay, 0)
         fraction("momentum", self.momentum)
         at_least("patience", self.patience, 0)
