@@ -112,8 +112,8 @@ def test_ranking_note_says_when_served_figures_order_candidates_differently():
 
 def test_choose_takes_the_lowest_served_p99_and_a_served_objective_needs_the_measurement():
     from tasks.evaluation.selection import choose
+    from tasks.reporting.tables import columns
     from tasks.steps.benchmark import BenchmarkConfig
-    from tasks.steps.report import columns
 
     fast_model, fast_served = _row("a", 9000.0, 0.1, 200.0, 30.0), _row("b", 3000.0, 0.3, 250.0, 20.0)
     on = ServingLoad(concurrency=2)
