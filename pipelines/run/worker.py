@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from pipelines.config.spec import build_config
+from pipelines.store import signing
 from pipelines.store.artifacts import mark_corrupt
 from pipelines.store.lineage import record_output
 from pipelines.store.manifest import ArtifactError
@@ -147,8 +147,7 @@ def check_facts(job: StepJob, node: str) -> None:
     if facts is None:
         return
     where = f"step {job.run_name}: node {node}"
-    node_fp = fingerprint()
-    if facts.hardware is not None and node_fp != facts.hardware:
+    if facts.hardware is not None and (node_fp := fingerprint()) != facts.hardware:
         raise FactError(
             f"{where} has hardware {_fingerprint_side(node_fp, facts.hardware)} but the cache key holds "
             f"{_fingerprint_side(facts.hardware, node_fp)}; a measurement is stored only under its hardware"
@@ -178,7 +177,7 @@ def _run_task(job: StepJob, args: tuple, client: MlflowClient, run_id: str, trac
 
     from tasks.runtime.hardware import keyed_on
 
-    check_facts(job, _node_name())
+    check_facts(job, signing.node())
     log_params(client, run_id, job.params)
     device = "cuda" if job.use_gpu and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(job.threads)  # as many intra-op threads as CPUs the step declared
@@ -209,13 +208,6 @@ def _load_cached(job: StepJob, args: tuple, client: MlflowClient, run_id: str, t
         tracker.set_tags({f"{TAG}cached": "false", f"{TAG}recomputed": str(e)[:500]})
         output, summary, publishes = _run_task(job, args, client, run_id, tracker)
         return output, summary, False, publishes
-
-
-def _node_name() -> str:
-    """This node, as the check's errors name it: its Ray node id and host name."""
-    import ray
-
-    return f"{ray.get_runtime_context().get_node_id()} ({socket.gethostname()})"
 
 
 def execute(job: StepJob, *args):
