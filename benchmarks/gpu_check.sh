@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU paths, for a machine with CUDA: device per actor, two replicas on one GPU (num_gpus=0.5),
+# The GPU paths, for a machine with CUDA: one model copy per Ray Data GPU actor, two replicas on one GPU (num_gpus=0.5),
 # pipeline stages on their own CUDA streams, ORT's CUDA execution provider, bf16 training.
 # Prints where every actor ran (-s) and one line per test (-rA). About 1-2 minutes.
 set -euo pipefail

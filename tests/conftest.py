@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -13,6 +14,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # user-style models in examples/ and tests/ load there by `_target_`.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+if REPO not in sys.path:  # and in this process, also after a test changes directory
+    sys.path.insert(0, REPO)
 # The engine tests' toy tasks and their configs (the `demo` pipeline) live here, not in the product:
 # SLIMRAY_TASKS adds their step table, SLIMRAY_CONF their config folder (in this process, the CLIs
 # the tests start and their Ray workers).

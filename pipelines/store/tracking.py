@@ -211,7 +211,7 @@ class StepTracker:
             self.client.log_artifact(self.run_id, str(path))
 
     def map_batches(self, stage_fns, x, **options):
-        from pipelines.scale.pool import map_batches
+        from pipelines.scale.batch import map_batches
 
         return map_batches(stage_fns, x, **options)
 

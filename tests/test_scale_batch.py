@@ -1,5 +1,5 @@
-"""Replica pools and stage chains on real Ray actors: order, equality with the unsplit model,
-recovery from a SIGKILLed replica (no row lost, none twice) and a bounded in-flight window."""
+"""Batch inference on Ray Data (pipelines/scale/batch.py) with real actors: order, equality with
+the unsplit model, a SIGKILLed actor (no row lost, none twice), bounded restarts."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.scale.pool import ChainPool, map_batches
+from pipelines.scale import batch
+from pipelines.scale.batch import map_batches
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset
 from tasks.models.build import build_model, complete_arch, load_model, make_artifact
 from tasks.steps.inference import InferenceConfig, Predictor, plan_stages, run, stage_factories
 
 
-class PoolEngine:
-    """The engine's side of ``ctx.parallel_predict`` without MLflow: the real actor pool."""
+class DataEngine:
+    """The engine's side of ``ctx.parallel_predict`` without MLflow: real Ray Data actors."""
 
     def map_batches(self, stage_fns, x, **options):
         return map_batches(stage_fns, x, **options)
@@ -57,7 +58,7 @@ def test_replicas_keep_order_and_match_the_model(ray_local):
 def test_pipeline_stages_equal_the_unsplit_model_and_report_bubbles(ray_local):
     art, data = _mlp(), _data()
     cfg = InferenceConfig(replicas=1, stages=2, micro_batch=50, split="test")
-    rep = run(art, data, cfg=cfg, ctx=StepContext(tracker=PoolEngine()))
+    rep = run(art, data, cfg=cfg, ctx=StepContext(tracker=DataEngine()))
     spans = rep.data["spans"]
     assert len(spans) == 2 and spans[0][0] == 0 and spans[0][1] == spans[1][0]
     x = data.x_test
@@ -74,9 +75,16 @@ def test_pipeline_stages_equal_the_unsplit_model_and_report_bubbles(ray_local):
     assert torch.equal(hybrid, out) and summary["util_replica1_stage1"] > 0
 
 
-def test_a_killed_replica_loses_no_row_and_duplicates_none(ray_local):
-    class SlowIdentity:  # defined here: cloudpickle ships it to the actors by value
+def test_a_killed_actor_loses_no_row_and_duplicates_none(ray_local, tmp_path):
+    class SlowIdentity:
+        """A stage that takes 40 ms a block and leaves its actor's pid in ``pid_dir`` (picklable by value)."""
+
+        def __init__(self, pid_dir):
+            self.pid_dir = pid_dir
+
         def __call__(self):
+            (self.pid_dir / str(os.getpid())).touch()
+
             def apply(xb):
                 time.sleep(0.04)
                 return xb.clone()
@@ -84,46 +92,46 @@ def test_a_killed_replica_loses_no_row_and_duplicates_none(ray_local):
             return apply
 
     x = torch.arange(4000, dtype=torch.float32).reshape(-1, 1)
-    pool = ChainPool([SlowIdentity()], replicas=2, num_cpus=0.5, window=3)
-    try:
-        victim = pool.pids()[1][0]
-        result = {}
-        worker = threading.Thread(target=lambda: result.update(zip(("out", "stats"), pool.map(x.numpy(), 50))))
-        worker.start()
-        time.sleep(0.8)  # ~20 of 80 batches done: the victim holds batches in flight
-        os.kill(victim, signal.SIGKILL)
-        worker.join(timeout=60)
-        assert not worker.is_alive()
-        assert victim not in [p for chain in pool.pids() for p in chain]  # replaced by a fresh actor
-    finally:
-        pool.shutdown()
-    out, stats = result["out"], result["stats"]
-    assert np.array_equal(out[:, 0], np.arange(4000))  # every row once, in order
-    assert stats.restarts == 1 and stats.resubmitted >= 1 and stats.duplicates_dropped == 0
+    result: dict = {}
+
+    def work():
+        result["r"] = batch.run([SlowIdentity(tmp_path)], x, batch_size=50, replicas=2, num_cpus=0.5)
+
+    runner = threading.Thread(target=work)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # some of the 80 blocks are done; the victim holds blocks in flight
+    victim = int(sorted(tmp_path.iterdir())[0].name)
+    os.kill(victim, signal.SIGKILL)
+    runner.join(timeout=180)
+    assert not runner.is_alive()
+    r = result["r"]
+    assert np.array_equal(r.out[:, 0], np.arange(4000))  # every row once, in order
+    assert r.summary["restarts"] >= 1 and r.summary["duplicates_dropped"] == 0
+    assert victim in [p["pid"] for p in r.placement]  # it did work before it was killed
 
 
-def test_in_flight_window_bounds_memory_for_10x_the_rows(ray_local):
-    make = functools.partial(functools.partial, torch.mul, other=2.0)
-    pool = ChainPool([make], replicas=2, num_cpus=0.5, window=2)
-    try:
-        small = torch.randn(2_000, 256).numpy()
-        out1, s1 = pool.map(small, 100)
-        out10, s10 = pool.map(np.concatenate([small] * 10), 100)
-    finally:
-        pool.shutdown()
-    assert np.array_equal(out10[-2000:], out1) and s10.batches == 10 * s1.batches
-    batch_bytes = 100 * 256 * 4
-    assert s10.peak_in_flight <= 4 and s10.peak_in_flight_bytes <= 4 * batch_bytes
-    assert s10.peak_in_flight_bytes == s1.peak_in_flight_bytes  # flat: does not grow with the input
+def test_a_collector_drops_duplicates_and_names_missing_rows():
+    got = batch.Collector(6)
+    got.add(np.array([3, 4, 5]), np.arange(3.0).reshape(-1, 1))
+    got.add(np.array([0, 1, 2]), np.arange(3.0, 6.0).reshape(-1, 1))
+    got.add(np.array([3]), np.array([[9.0]]))  # a retried block delivered twice
+    assert got.duplicates == 1 and got.result()[:, 0].tolist() == [3.0, 4.0, 5.0, 0.0, 1.0, 2.0]
+    short = batch.Collector(4)
+    short.add(np.array([0, 1]), np.zeros((2, 1)))
+    with pytest.raises(RuntimeError, match="2 of 4 rows came back without an output"):
+        short.result()
 
 
-def test_infer_uses_the_replica_pool_when_replicas_exceed_one(ray_local):
+def test_infer_uses_ray_data_when_replicas_exceed_one(ray_local):
     from tasks.steps.infer import InferConfig
     from tasks.steps.infer import run as infer
 
     data = _data(300)
     art = _mlp()
-    ctx = StepContext(tracker=PoolEngine())
+    ctx = StepContext(tracker=DataEngine())
     par = infer(art, data, cfg=InferConfig(replicas=2, batch_size=32), ctx=ctx)
     local = infer(art, data, cfg=InferConfig(), ctx=StepContext())
     assert ctx.summary["parallel"] == 1.0 and torch.allclose(par.train, local.train, atol=1e-6)
@@ -196,22 +204,14 @@ def test_inference_options_are_enums_checked_at_compose():
         session.validate(load_config(["pipeline=inference", "pipeline.steps.inference.params.device=tpu"]))
 
 
-def test_a_replica_that_always_dies_fails_after_bounded_restarts(ray_local):
-    class DiesOnSecondBatch:
+@pytest.mark.slow
+def test_a_stage_that_always_dies_fails_after_bounded_restarts(ray_local):
+    class DiesOnEveryBlock:
         def __call__(self):
-            calls = []
-
             def apply(xb):
-                calls.append(1)
-                if len(calls) > 1:
-                    os._exit(1)  # a crash (segfault, OOM kill) on every replica, every time
-                return xb
+                os._exit(1)  # a crash (segfault, OOM kill) on every actor, every time
 
             return apply
 
-    pool = ChainPool([DiesOnSecondBatch()], replicas=1, num_cpus=0.5, window=1)
-    try:
-        with pytest.raises(RuntimeError, match="replicas died 3 times"):
-            pool.map(np.zeros((40, 1), np.float32), 4)
-    finally:
-        pool.shutdown()
+    with pytest.raises(RuntimeError, match=r"inference: .*restarted at most 3 times"):
+        map_batches([DiesOnEveryBlock()], torch.zeros(40, 1), batch_size=4, replicas=1, num_cpus=0.5)
