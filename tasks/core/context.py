@@ -31,7 +31,7 @@ class StepContext:
     # the engine fills it with the targets the config names plus its trusted_models list
     trusted_targets: tuple[str, ...] = ()
     # engine side: log_metrics(d, step), log_file(name, data), map_batches(...)
-    # (map_batches(stage_fns, x, ...) runs chains of stage actors: pipelines.scale.pool)
+    # (map_batches(stage_fns, x, ...) runs stages on Ray Data actor pools: pipelines.scale.batch)
     tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
     history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
@@ -66,6 +66,8 @@ class StepContext:
         replicas: int = 1,
         cpus_per_replica: float = 1.0,
         gpus_per_replica: float = 0.0,
+        window: int = 0,
+        min_replicas: int = 0,
     ) -> torch.Tensor:
         """Apply ``make_fn()`` (built once per replica, e.g. a loaded model) to ``x`` batch-wise.
 
@@ -79,6 +81,8 @@ class StepContext:
             replicas=replicas,
             cpus_per_actor=cpus_per_replica,
             gpus_per_actor=gpus_per_replica,
+            window=window,
+            min_replicas=min_replicas,
         )[0]
 
     def parallel_predict(
@@ -91,12 +95,15 @@ class StepContext:
         cpus_per_actor: float = 1.0,
         gpus_per_actor: float = 0.0,
         window: int = 0,
+        min_replicas: int = 0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``x`` through ``replicas`` chains of pipeline stages (``stage_fns[i]()`` builds stage i):
         (outputs in input order, summary of throughput/latency/utilisation/bubble fraction).
 
-        The engine runs one actor per stage and replica (data x pipeline parallel); without an
-        engine (or with a single replica and stage) the chain runs here, batch after batch.
+        The engine runs each stage as a Ray Data operator with a pool of ``replicas`` actors (data x
+        pipeline parallel; ``min_replicas`` > 0 lets the pool grow from that size on demand,
+        ``window`` caps the blocks in flight per actor); without an engine (or with a single
+        replica and stage) the chain runs here, batch after batch.
         """
         if self.tracker is not None and (replicas > 1 or len(stage_fns) > 1):
             return self.tracker.map_batches(
@@ -107,6 +114,7 @@ class StepContext:
                 num_cpus=cpus_per_actor,
                 num_gpus=gpus_per_actor,
                 window=window,
+                min_replicas=min_replicas,
             )
         fns = [make() for make in stage_fns]
         start, outs, lat, busy = time.perf_counter(), [], [], [0.0] * len(fns)

@@ -2,10 +2,10 @@
 inputs and the transfer pool, computed once so that distillation runs never rerun the teacher.
 
 With ``replicas: 1`` it runs in-process on ``ctx.device``; with ``replicas > 1`` the batches go
-through ``ctx.map_batches``, which the engine runs on a pool of replica actors (each loads the
-model once, ``TeacherBatchFn``) with a bounded number of batches in flight and recovery from a
-dead replica (pipelines/scale/pool.py). An actor call costs ~1 ms, so the pool pays off at any
-size where a batch takes longer than that.
+through ``ctx.map_batches``, which the engine runs on Ray Data: an actor pool (each actor loads
+the model once, ``TeacherBatchFn``) with backpressure, ``window`` blocks in flight per actor and
+restarts of a dead actor (pipelines/scale/batch.py). Ray Data's start-up costs seconds, so a
+replica pool pays off for inputs whose inference takes longer than that.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tasks.core.checks import at_least
+from tasks.core.checks import at_least, require
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, Logits, ModelArtifact
 from tasks.models.build import load_model
@@ -29,12 +29,16 @@ class InferConfig:
     replicas: int = 1  # > 1: data-parallel replica actors (each loads the model once)
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0  # fractional: 0.5 puts two replicas on one GPU
+    min_replicas: int = 0  # > 0: the pool grows from this many actors to `replicas` on demand
+    window: int = 0  # blocks in flight per actor (0: Ray Data's default)
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)
         at_least("replicas", self.replicas, 1)
         at_least("cpus_per_replica", self.cpus_per_replica, 0)
         at_least("gpus_per_replica", self.gpus_per_replica, 0)
+        at_least("window", self.window, 0)
+        require("min_replicas", 0 <= self.min_replicas <= self.replicas, "must be between 0 and replicas")
 
 
 class TeacherBatchFn:
@@ -85,6 +89,8 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferConfig, ctx: StepConte
         replicas=cfg.replicas,
         cpus_per_replica=cfg.cpus_per_replica,
         gpus_per_replica=cfg.gpus_per_replica,
+        window=cfg.window,
+        min_replicas=cfg.min_replicas,
     )
     shapes = _feature_shapes(model, cfg.features, x, ctx.trusted_targets) if cfg.features else {}
     sizes = [out.shape[1] - sum(math.prod(s) for s in shapes.values())] + [math.prod(s) for s in shapes.values()]

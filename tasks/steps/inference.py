@@ -1,10 +1,11 @@
 """The ``inference`` task and its pure pieces: a ``Predictor`` (a model loaded once, called on a
 batch, torch or ONNX Runtime) and ``plan_stages`` (a model cut into ``K`` pipeline stages).
 
-The task runs a model over a data set with ``replicas`` data-parallel copies of a chain of
+The task runs a model over a data set with ``replicas`` data-parallel copies of each of
 ``stages`` pipeline stages (hybrid when both are > 1) through ``ctx.parallel_predict``: the engine
-runs the chains on Ray actors, a plain context runs them in-process. It logs throughput, latency
-per batch, per-replica and per-stage utilisation and the pipeline bubble fraction.
+runs each stage as a Ray Data operator with its own actor pool, a plain context runs them
+in-process. It logs throughput, latency per batch, per-replica and per-stage utilisation and
+the pipeline bubble fraction.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class InferenceConfig:
     stages: int = 1  # pipeline (model-parallel) stages per replica
     split_points: list[str] = field(default_factory=list)  # module names starting stages 2..K; [] = balance by time
     micro_batch: int = 256  # rows per (micro-)batch
-    window: int = 0  # batches in flight per replica (0: stages + 1)
+    window: int = 0  # blocks in flight per actor (0: Ray Data's default)
+    min_replicas: int = 0  # > 0: each stage's pool grows from this many actors to `replicas` on demand
     backend: Backend = Backend.torch
     device: Device = Device.auto
     threads: int = 1  # intra-op threads per actor (CPU)
@@ -61,6 +63,7 @@ class InferenceConfig:
         for key in ("window", "cpus_per_actor", "gpus_per_actor", "rows"):
             at_least(key, getattr(self, key), 0)
         one_of("split", self.split, SPLITS)
+        require("min_replicas", 0 <= self.min_replicas <= self.replicas, "must be between 0 and replicas")
         require(
             "backend",
             self.stages == 1 or self.backend == Backend.torch,
@@ -256,6 +259,7 @@ def run(model: ModelArtifact, data: Dataset, *, cfg: InferenceConfig, ctx: StepC
         cpus_per_actor=cfg.cpus_per_actor or float(cfg.threads),
         gpus_per_actor=cfg.gpus_per_actor,
         window=cfg.window,
+        min_replicas=cfg.min_replicas,
     )
     if out.shape[0] != len(x):
         raise RuntimeError(f"inference: {out.shape[0]} outputs for {len(x)} rows")
