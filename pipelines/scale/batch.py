@@ -22,7 +22,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,9 @@ class Tally:
 class StageActor:
     """A Ray Data callable class: ``make_fn()`` once per actor, then ``x`` of each block through it."""
 
-    def __init__(self, make_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]], stage: int, tally: Any):
+    def __init__(self, make_fn: Any, stage: int, tally: Any):
+        if isinstance(make_fn, ray.ObjectRef):
+            make_fn = ray.get(make_fn)
         self.fn, self.stage, self.tally = make_fn(), stage, tally
         ctx = ray.get_runtime_context()
         self.pid, self.node = os.getpid(), ctx.get_node_id()
@@ -108,17 +110,23 @@ def add_stages(
         pool["max_tasks_in_flight_per_actor"] = window
     gpu: dict[str, Any] = {"num_gpus": num_gpus} if num_gpus else {}
     for k, make_fn in enumerate(stage_fns):
-        ds = ds.map_batches(
-            StageActor,
-            fn_constructor_args=(make_fn, k, tally),
-            compute=ray.data.ActorPoolStrategy(**pool),
-            batch_size=batch_size,
-            batch_format="numpy",
-            zero_copy_batch=True,
-            num_cpus=num_cpus,
-            max_restarts=MAX_RESTARTS,
-            **gpu,
-        )
+        with warnings.catch_warnings():
+            # max_restarts has no named parameter in Ray 2.60: it goes through ray_remote_args,
+            # which warns that it is deprecated (a named parameter is planned before its removal)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = ds.map_batches(
+                StageActor,
+                # the factory (it holds the model's weights) is put once; every actor, restarted
+                # ones included, reads it from the object store
+                fn_constructor_args=(ray.put(make_fn), k, tally),
+                compute=ray.data.ActorPoolStrategy(**pool),
+                batch_size=batch_size,
+                batch_format="numpy",
+                zero_copy_batch=True,
+                num_cpus=num_cpus,
+                max_restarts=MAX_RESTARTS,
+                **gpu,
+            )
     return ds
 
 
