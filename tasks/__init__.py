@@ -17,6 +17,7 @@ from tasks.steps import (
     data,
     distill,
     export,
+    hf_text_data,
     infer,
     inference,
     load_model,
@@ -52,6 +53,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "pretrained": pretrained.run,
     "text_corpus": text_corpus.run,
     "text_classifier": text_classifier.run,
+    "hf_text_data": hf_text_data.run,
 }
 
 EXTRA_TASKS_ENV = "SLIMRAY_TASKS"
