@@ -109,8 +109,10 @@ def test_a_killed_actor_loses_no_row_and_duplicates_none(ray_local, tmp_path):
     assert not runner.is_alive()
     r = result["r"]
     assert np.array_equal(r.out[:, 0], np.arange(4000))  # every row once, in order
-    assert r.summary["restarts"] >= 1 and r.summary["duplicates_dropped"] == 0
+    assert r.summary["duplicates_dropped"] == 0
     assert victim in [p["pid"] for p in r.placement]  # it did work before it was killed
+    # its restart counts once it is up (the survivor may have drained the queue before that)
+    assert r.summary["restarts"] == r.summary["actors_started"] - 2
 
 
 def test_a_collector_drops_duplicates_and_names_missing_rows():

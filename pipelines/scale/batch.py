@@ -41,16 +41,29 @@ MAX_RESTARTS = 3  # per actor: a model that kills every actor fails instead of r
 
 @ray.remote(num_cpus=0)
 class Tally:
-    """Per-block records ``(stage, pid, node, first row, rows, start, end)`` sent by stage actors."""
+    """Per-block records ``(stage, pid, node, gpus, device, first row, rows, start, end)`` and
+    the ``(stage, pid)`` of every actor started (restarted ones too), sent by stage actors."""
 
     def __init__(self) -> None:
         self.records: list[tuple] = []
+        self.started: set[tuple[int, int]] = set()
 
     def add(self, record: tuple) -> None:
         self.records.append(record)
 
-    def all(self) -> list[tuple]:
-        return self.records
+    def start(self, stage: int, pid: int) -> None:
+        self.started.add((stage, pid))
+
+    def all(self) -> tuple[list[tuple], int]:
+        return self.records, len(self.started)
+
+
+def new_tally() -> Any:
+    """A ``Tally`` on the driver's own node: it outlives any worker node removed mid-run."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Tally.options(scheduling_strategy=here).remote()  # type: ignore[attr-defined]
 
 
 class StageActor:
@@ -63,6 +76,8 @@ class StageActor:
         ctx = ray.get_runtime_context()
         self.pid, self.node = os.getpid(), ctx.get_node_id()
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+        if tally is not None:
+            tally.start.remote(stage, self.pid)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.time()
@@ -195,7 +210,7 @@ def summarize(
         for r in range(replicas):
             out[f"util_replica{r}_stage{k}"] = slots[r] / max(wall_s, 1e-9)
         busy_by_stage.append(sum(slots.values()))
-    out["actors_started"] = float(sum(actors))
+    out["actors_used"] = float(sum(actors))  # actors that mapped at least one block
     out["busy_span_s"] = span  # first block started .. last block finished, over all stages
     out["steady_rows_per_s"] = rows / span if span > 0 else 0.0
     # share of the actors' time over the busy span spent idle (fill, drain, waits between blocks)
@@ -238,7 +253,7 @@ def run(
     """``x`` through ``replicas`` x ``len(stage_fns)`` actors on Ray Data."""
     configure()
     arr = np.ascontiguousarray(x.detach().cpu().numpy())
-    tally: Any = Tally.remote()  # type: ignore[attr-defined]
+    tally = new_tally()
     start = time.perf_counter()
     ds = add_stages(
         from_array(arr, batch_size),
@@ -265,10 +280,11 @@ def run(
         ) from None
     wall = time.perf_counter() - start
     out = got.result()
-    records = ray.get(tally.all.remote())
+    records, started = ray.get(tally.all.remote())
     ray.kill(tally)
     summary = summarize(records, len(stage_fns), replicas, len(arr), wall, got.duplicates)
-    summary["restarts"] = float(max(0, summary["actors_started"] - replicas * len(stage_fns)))
+    summary["actors_started"] = float(started)  # every actor built, a restart that got no block too
+    summary["restarts"] = float(max(0, started - replicas * len(stage_fns)))
     return BatchResult(out, summary, placement(records))
 
 
