@@ -17,6 +17,7 @@ from tasks.steps import (
     data,
     distill,
     export,
+    hf_teacher,
     hf_text_data,
     infer,
     inference,
@@ -54,6 +55,7 @@ TASKS: dict[str, Callable[..., Any]] = {
     "text_corpus": text_corpus.run,
     "text_classifier": text_classifier.run,
     "hf_text_data": hf_text_data.run,
+    "hf_teacher": hf_teacher.run,
 }
 
 EXTRA_TASKS_ENV = "SLIMRAY_TASKS"

@@ -1,0 +1,94 @@
+"""The ``hf_teacher`` step: the user's own fine-tuned Hugging Face classifier folder as the teacher
+(needs the nlp extra).
+
+The folder is read offline and checked (``tasks.models.hf_folder.load_classifier``: safetensors or a
+``weights_only`` pickle, no custom code); the classifier is used as it is (not trained) and stored as
+an ``HFSequenceClassifier`` (``tasks.models.hf_model``): a JSON arch (the folder's config, its
+``id2label`` included, and input names) + the weights, so later steps rebuild it without the folder.
+Loading the weights strictly into the rebuilt model here proves the artifact reloads.
+
+The data must come from the same folder (``hf_text_data`` with ``model=<the folder>``): the same
+input names in the same order, labels numbered by its ``id2label``, token ids inside its vocabulary.
+A folder without a classification head (an encoder) is refused: fine-tuning one is not supported yet.
+Pipelines that load the artifact later list the class in ``trusted_models``
+(``tasks.models.hf_model.HFSequenceClassifier``), as ``experiment=textcls`` does for ``TextClassifier``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.core.checks import at_least, require
+from tasks.core.context import StepContext
+from tasks.core.options import ModelKind, TaskKind
+from tasks.core.types import Dataset, ModelArtifact
+from tasks.models.build import count_params, make_artifact
+from tasks.models.hf_folder import ModelFolderError, inspect_folder, load_classifier, position_limit
+from tasks.models.hf_model import HFSequenceClassifier, hf_classifier_arch
+from tasks.training.loop import accuracy
+
+
+@dataclass
+class HfTeacherConfig:
+    path: str = ""  # the model folder (save_pretrained output of a ...ForSequenceClassification); required
+    batch_size: int = 64  # rows per forward pass for the validation accuracy
+
+    def __post_init__(self) -> None:
+        at_least("batch_size", self.batch_size, 1)
+
+
+def _check_data(data: Dataset, folder: Path, input_names: list[str], num_labels: int, config) -> None:
+    """The data was made for this folder: its inputs, its labels, its vocabulary and positions."""
+    if data.task != TaskKind.classification:
+        raise ValueError(f"hf_teacher: needs labeled (classification) data, '{data.name}' is {data.task}")
+    if list(data.input_names) != list(input_names):
+        raise ValueError(
+            f"hf_teacher: data '{data.name}' stacks inputs {list(data.input_names)}, {folder} takes {input_names}; "
+            f"make the data with hf_text_data model={folder}"
+        )
+    if data.num_classes != num_labels:
+        raise ValueError(
+            f"hf_teacher: data '{data.name}' has {data.num_classes} classes, {folder} has {num_labels} labels; "
+            f"make the data with hf_text_data model={folder}"
+        )
+    ids = data.x_train[:, input_names.index("input_ids")]
+    if len(ids) and int(ids.max()) >= int(config.vocab_size):
+        raise ValueError(
+            f"hf_teacher: data '{data.name}' has token id {int(ids.max())}, {folder}'s vocabulary has "
+            f"{config.vocab_size}; make the data with hf_text_data model={folder}"
+        )
+    if data.x_train.shape[-1] > position_limit(config):
+        raise ValueError(
+            f"hf_teacher: data '{data.name}' rows are {data.x_train.shape[-1]} tokens, {folder} takes at most "
+            f"{position_limit(config)}"
+        )
+
+
+def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifact:
+    """The folder's classifier as a ``teacher`` artifact, with its validation accuracy on ``data``."""
+    require("path", bool(cfg.path), "a Hugging Face model folder is required (a fine-tuned classifier)")
+    folder = Path(cfg.path)
+    info = inspect_folder(folder)
+    if info.task != "classification":
+        raise ModelFolderError(
+            f"{folder}: no sequence-classification head (architectures {info.architectures}); fine-tuning such a "
+            "folder is not supported yet: give a fine-tuned ...ForSequenceClassification folder"
+        )
+    loaded, _ = load_classifier(folder)
+    _check_data(data, folder, info.input_names, info.num_labels, loaded.config)
+    arch = hf_classifier_arch(loaded.config.to_dict(), info.input_names)
+    model = HFSequenceClassifier(arch["config"], arch["input_names"])
+    try:
+        model.model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[0]
+        raise ModelFolderError(f"{folder}: the weights do not fit the model rebuilt from its config ({why})") from None
+    del loaded
+    model.eval()
+    metrics = {
+        "val_acc": accuracy(model, data.x_val, data.y_val, cfg.batch_size),
+        "params": float(count_params(model)),
+    }
+    ctx.log_metrics(metrics)
+    return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
