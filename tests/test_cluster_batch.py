@@ -132,7 +132,7 @@ def _start_run(root: Path) -> tuple[threading.Thread, dict]:
 
 
 def _tally_node() -> str:
-    """The node of the running ``batch.Tally`` actor."""
+    """The node of the running ``Tally`` actor (pipelines/scale/tally.py)."""
     from ray.util.state import list_actors
 
     alive = list_actors(filters=[("class_name", "=", "Tally"), ("state", "=", "ALIVE")])

@@ -1,4 +1,9 @@
-"""A pool of actor chains: ``R`` replicas (data parallel) x ``K`` stages (pipeline parallel).
+"""Pipeline-parallel batch inference on a pool of actor chains: ``R`` replicas x ``K`` stages.
+
+Batch inference runs on Ray Data (``batch.py``) except for an in-memory input split into ``K >= 2``
+stages: there this pool measured clearly faster on the same work (``benchmarks/parallel_inference.py``,
+``ray_data_vs_pool_pp2`` in docs/figures.json): each stage call is one actor method call whose
+ObjectRef feeds the next stage directly, with no streaming executor between the stages.
 
 Each actor builds its function once in ``__init__`` (``make_fn()``: a loaded model or one
 pipeline stage of it) and applies it in ``run``. A batch goes to a replica by chaining the
@@ -102,6 +107,10 @@ class PoolStats:
             "batch_latency_p50_ms": float(np.percentile(lat, 50) * 1e3),
             "batch_latency_p99_ms": float(np.percentile(lat, 99) * 1e3),
             "restarts": self.restarts,
+            "actors_started": float(len(self.actor_stats[0]) * (len(self.actor_stats) + self.restarts))
+            if self.actor_stats
+            else 0.0,
+            "duplicates_dropped": self.duplicates_dropped,
             "resubmitted": self.resubmitted,
             "peak_in_flight": self.peak_in_flight,
             "peak_in_flight_bytes": self.peak_in_flight_bytes,
@@ -243,7 +252,8 @@ def map_batches(
     num_gpus: float = 0.0,
     window: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Run ``x`` through ``replicas`` chains of ``stage_fns`` actors; (outputs in order, summary)."""
+    """``x`` through ``replicas`` chains of ``stage_fns`` actors: (outputs in input order, summary).
+    The pool has a fixed size: there is no ``min_replicas`` here."""
     pool = ChainPool(stage_fns, replicas, num_cpus=num_cpus, num_gpus=num_gpus, window=window)
     try:
         out, stats = pool.map(np.ascontiguousarray(x.detach().cpu().numpy()), batch_size)
