@@ -1,5 +1,7 @@
-"""Batch inference on Ray Data (pipelines/scale/batch.py) against the actor pool it replaced
-(benchmarks/actor_pool.py, ``ChainPool``), a plain in-process loop and the two-process ceiling.
+"""Batch inference on Ray Data (pipelines/scale/batch.py) against the actor-chain pool
+(pipelines/scale/pool.py, ``ChainPool``), a plain in-process loop and the two-process ceiling.
+The engine runs one stage on Ray Data and ``K >= 2`` stages on the pool (``pp2_engine``), the
+choice these figures back.
 
     .venv/bin/python benchmarks/parallel_inference.py [--rows 400000] [--pp-rows 8192] [--rounds 3]
 
@@ -42,7 +44,8 @@ How each figure is measured:
   ``dp2_vs_ceiling_heavy`` (those as a share of the ceiling on the same model),
   ``one_replica_vs_plain`` (= ``ratio_single_vs_plain``), ``ray_data_vs_pool_{single,dp2,pp2}``,
   ``ratio_pp2_vs_unsplit`` (2 stages balanced by measured module time vs the whole heavy model on
-  one actor, both Ray Data) with ``max_abs_diff`` between their outputs.
+  one actor, both on the pool: the engine's pipeline-parallel path) with ``max_abs_diff`` between
+  their outputs, and ``ray_data_pp2_vs_unsplit`` (the same on Ray Data).
 - Priority: Ray starts its workers (the actors of both engines) at niceness 15, so the plain loops
   (the in-process one, in a thread of its own, and the ceiling's processes) run at that niceness
   too (``--niceness``): other load on the machine then takes the same share from every measured
@@ -85,10 +88,10 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from actor_pool import ChainPool  # noqa: E402  (beside this file)
 from plain_procs import inputs, lower_priority, mlp, plain_processes  # noqa: E402
 
 from pipelines.scale import batch as ray_batch  # noqa: E402
+from pipelines.scale.pool import ChainPool  # noqa: E402
 from tasks.models.build import load_model  # noqa: E402
 from tasks.steps.inference import Predictor, plan_stages  # noqa: E402
 
@@ -338,8 +341,12 @@ def main() -> None:
         figs, piped = on_ray_data(stages, xp, mb, 1, th)
         keep_ray("pp2", figs)
         pp2_diff = max(pp2_diff, float(np.abs(piped - unsplit).max()))
-        figs, _ = on_pool(stages, xp.numpy(), mb, 1, th)
+        figs, pooled = on_pool(stages, xp.numpy(), mb, 1, th)
         keep("pool_pp2", figs["steady"])
+        pp2_diff = max(pp2_diff, float(np.abs(pooled - unsplit).max()))
+        figs, _ = on_pool(whole, xp.numpy(), mb, 1, th)
+        keep("pool_pp2_unsplit", figs["steady"])
+        keep("pool_pp2_unsplit_startup_s", figs["startup"], extra)
         keep("pool_pp2_startup_s", figs["startup"], extra)
 
     med = {k: statistics.median(v) for k, v in {**samples, **extra}.items()}
@@ -349,7 +356,7 @@ def main() -> None:
         res[f"{name}_wall_rows_per_s"] = med[f"{name}_wall"]
         res[f"{name}_startup_s"] = med[f"{name}_startup_s"]
     res["pp2_bubble_fraction"] = med["pp2_bubble"]
-    for name in ("pool_single", "pool_dp2", "pool_pp2"):
+    for name in ("pool_single", "pool_dp2", "pool_pp2", "pool_pp2_unsplit"):
         res[f"{name}_rows_per_s"] = med[name]
         res[f"{name}_startup_s"] = med[f"{name}_startup_s"]
     for size in ("small", "heavy"):
@@ -363,7 +370,9 @@ def main() -> None:
     res["dp2_vs_ceiling"] = res["ratio_dp2_vs_single"] / res["ceiling_two_procs_small"]
     res["ceiling_two_actors_vs_one_pp_model"] = res["pp_model_dp2_rows_per_s"] / res["pp2_unsplit_rows_per_s"]
     res["dp2_vs_ceiling_heavy"] = res["ceiling_two_actors_vs_one_pp_model"] / res["ceiling_two_procs_heavy"]
-    res["ratio_pp2_vs_unsplit"] = res["pp2_rows_per_s"] / res["pp2_unsplit_rows_per_s"]
+    res["pp2_engine"] = "pool"
+    res["ratio_pp2_vs_unsplit"] = res["pool_pp2_rows_per_s"] / res["pool_pp2_unsplit_rows_per_s"]
+    res["ray_data_pp2_vs_unsplit"] = res["pp2_rows_per_s"] / res["pp2_unsplit_rows_per_s"]
     res["ray_data_vs_pool_single"] = res["single_rows_per_s"] / res["pool_single_rows_per_s"]
     res["ray_data_vs_pool_dp2"] = res["dp2_rows_per_s"] / res["pool_dp2_rows_per_s"]
     res["ray_data_vs_pool_pp2"] = res["pp2_rows_per_s"] / res["pool_pp2_rows_per_s"]
