@@ -19,17 +19,9 @@ pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp
 
 import onnx  # noqa: E402
 
-from tasks.models.hf_folder import (  # noqa: E402
-    TESTED_EXPORTS,
-    Classifier,
-    Embedder,
-    ExportUnsupported,
-    ModelFolderError,
-    export_onnx,
-    inspect_folder,
-    load_classifier,
-    load_encoder,
-)
+from tasks.models.hf_export import TESTED_EXPORTS, ExportUnsupported, export_onnx  # noqa: E402
+from tasks.models.hf_folder import ModelFolderError, inspect_folder  # noqa: E402
+from tasks.models.hf_load import Classifier, Embedder, load_classifier, load_encoder  # noqa: E402
 from tasks.runtime.onnx import ort_feed, ort_session  # noqa: E402
 from tests.hf_models import ARCHS, LABELS, SENTENCES, encode, tokenizer, write_folder  # noqa: E402
 
@@ -351,8 +343,14 @@ def test_export_refusals_name_the_architecture_and_the_tested_list():
         export_onnx(fnet, ["input_ids", "token_type_ids"], seq_len=65)
 
 
+# the three most distinct for torch.export: token_type_ids in the middle and absolute positions (BERT),
+# no token_type_ids and positions counted from the padding index (RoBERTa), token_type_ids listed last
+# but unread and relative attention only (DeBERTa-v3); every architecture's export is proven above
+TORCH_EXPORT_ARCHS = ("bert", "roberta", "deberta-v2")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", TORCH_EXPORT_ARCHS)
 def test_torch_export_onnx_matches_torch(tmp_path, arch, caplog):
     """The default exporter (``torch.export``, ~10 s a model here) gives the same graph inputs and logits."""
     folder = write_folder(tmp_path, arch)

@@ -21,7 +21,8 @@ from tasks.core.checks import BadValue  # noqa: E402
 from tasks.core.context import StepContext  # noqa: E402
 from tasks.core.types import Dataset  # noqa: E402
 from tasks.models.build import UntrustedModelError, load_model  # noqa: E402
-from tasks.models.hf_folder import Classifier, ModelFolderError, load_classifier  # noqa: E402
+from tasks.models.hf_folder import ModelFolderError  # noqa: E402
+from tasks.models.hf_load import Classifier, load_classifier  # noqa: E402
 from tasks.models.hf_model import TARGET, HFSequenceClassifier, hf_classifier_arch  # noqa: E402
 from tasks.runtime.onnx import ort_predict, ort_session  # noqa: E402
 from tasks.steps import export, hf_teacher, hf_text_data, infer, quantize  # noqa: E402

@@ -18,7 +18,8 @@ from pipelines.config.errors import SpecError  # noqa: E402
 from pipelines.config.spec import build_config  # noqa: E402
 from tasks.core.checks import BadValue  # noqa: E402
 from tasks.core.context import StepContext  # noqa: E402
-from tasks.datasets.text_files import DataFileError, read_text_files  # noqa: E402
+from tasks.datasets.text_files import read_text_files  # noqa: E402
+from tasks.datasets.text_splits import DataFileError  # noqa: E402
 from tasks.models.hf_folder import ModelFolderError  # noqa: E402
 from tasks.steps.hf_text_data import HfTextDataConfig, run  # noqa: E402
 from tests.hf_models import LABELS, SENTENCES, encode, tokenizer, write_folder  # noqa: E402

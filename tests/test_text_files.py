@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.core.checks import BadValue
-from tasks.datasets.text_files import DataFileError, TextFilesConfig, TextSplits, read_text_files
+from tasks.datasets.text_files import TextFilesConfig, read_text_files
+from tasks.datasets.text_splits import DataFileError, TextSplits
 
 NAMES = ["negative", "neutral", "positive"]
 

@@ -1,19 +1,11 @@
-"""A user's Hugging Face model folder (what ``save_pretrained`` writes) as a teacher: checked, loaded
-offline, wrapped for the repo's stacked inputs and exported to ONNX with the model's own input names.
+"""A user's Hugging Face model folder (what ``save_pretrained`` writes), checked offline before any
+weights load, so a folder that cannot be used fails in one line naming the file and the fix.
 
-- ``inspect_folder`` reads the folder without running anything from it: ``config.json``, the
-  tokenizer, the weights (``model.safetensors`` or sharded safetensors; a pickle-only folder only
-  through ``torch.load(weights_only=True)``), a sentence-transformers pooling config, and says what
-  the model is (classification or embedding, labels, input names, max length, pooling).
-- ``load_classifier`` / ``load_encoder`` load it with ``local_files_only=True`` and
-  ``trust_remote_code=False`` in float32 eval mode, eager attention (exports to plain ONNX ops).
-- ``Classifier`` / ``Embedder`` take ONE stacked tensor ``[B, len(input_names), T]`` (the
-  ``Dataset.input_names`` convention of ``tasks.core.types``) or the separate tensors, in the
-  folder's input order, so the rest of the repo batches them like any model.
-- ``export_onnx`` writes one ONNX file with one graph input per tokenizer input (``input_ids``,
-  ``attention_mask``, ``token_type_ids`` only when the tokenizer makes it), dynamic batch and
-  sequence axes, and checks it against torch with ONNX Runtime before returning it.
-
+``inspect_folder`` runs nothing from the folder: it reads ``config.json``, the tokenizer, the
+weight file names (``model.safetensors`` or sharded safetensors; a pickle-only folder only through
+``torch.load(weights_only=True)``) and a sentence-transformers pooling config, and says what the
+model is (classification or embedding, labels, input names, max length, pooling). Loading and
+wrapping the model is ``tasks.models.hf_load``, its ONNX export ``tasks.models.hf_export``.
 ``transformers`` is imported lazily (the ``[nlp]`` extra), like ``tasks.models.transformer``.
 """
 
@@ -21,24 +13,16 @@ from __future__ import annotations
 
 import inspect
 import json
-import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from tasks.models.transformer import _hf
-from tasks.runtime.onnx import ort_feed, ort_session, output_name, to_onnx
 
 SUPPORTED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 POOLING_MODES = ("cls", "mean", "max")
-TESTED_EXPORTS = ("bert", "distilbert", "roberta", "xlm-roberta", "deberta-v2", "mpnet")
-"""Architectures whose export tests/test_hf_folder.py proves (torch vs ONNX Runtime)."""
 
 # sentence-transformers modules that change nothing beyond pooling + optional L2 normalization
 _ST_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -59,10 +43,6 @@ _HEAD_KEYS = ("classifier.", "score.")
 
 class ModelFolderError(ValueError):
     """A model folder that cannot be used as it is: the one-line message names the file and the fix."""
-
-
-class ExportUnsupported(ValueError):
-    """An architecture that does not export to ONNX (or whose ONNX disagrees with torch)."""
 
 
 @dataclass
@@ -95,7 +75,8 @@ class FolderInfo:
         return f"sentence-transformers config {self.pooling}" if self.pooling_source != "default" else self.pooling
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """``Type: the message's first line``: an error from a library, fit for a one-line refusal."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -105,7 +86,7 @@ def _read_json(path: Path, folder: Path, kind: type = dict) -> Any:
     try:
         body = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFolderError(f"{folder}: {path.name} is not readable JSON ({_first_line(e)})") from None
+        raise ModelFolderError(f"{folder}: {path.name} is not readable JSON ({first_line(e)})") from None
     if not isinstance(body, kind):
         raise ModelFolderError(f"{folder}: {path.name} holds a {type(body).__name__}, not a JSON {kind.__name__}")
     return body
@@ -169,7 +150,7 @@ def _load_tokenizer(folder: Path):
     try:
         return _hf().AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
-        raise ModelFolderError(f"{folder}: the tokenizer does not load ({_first_line(e)})") from None
+        raise ModelFolderError(f"{folder}: the tokenizer does not load ({first_line(e)})") from None
 
 
 def _pooling(folder: Path) -> tuple[str, str, bool]:
@@ -264,7 +245,7 @@ def inspect_folder(path: str | Path) -> FolderInfo:
     except (ValueError, KeyError, OSError) as e:
         raise ModelFolderError(
             f"{folder}: model_type '{model_type}' does not load with transformers {hf.__version__} "
-            f"(custom model code is never run) ({_first_line(e)})"
+            f"(custom model code is never run) ({first_line(e)})"
         ) from None
     _tokenizer_files(folder)
     files, safe = _weights(folder)
@@ -296,200 +277,3 @@ def inspect_folder(path: str | Path) -> FolderInfo:
         normalize=normalize,
         weights=files,
     )
-
-
-def _from_pretrained(auto_cls, folder: Path, info: FolderInfo):
-    """``auto_cls.from_pretrained`` offline, float32, eager attention; safetensors only when present,
-    else the pickle through ``torch.load(weights_only=True)``; refusals and failures in one line."""
-    safe = info.weights[0].endswith(".safetensors")
-    try:
-        model, loading = auto_cls.from_pretrained(
-            str(folder),
-            local_files_only=True,
-            trust_remote_code=False,
-            use_safetensors=safe,
-            weights_only=True,
-            dtype=torch.float32,
-            attn_implementation="eager",
-            output_loading_info=True,
-        )
-    except pickle.UnpicklingError as e:  # torch's own advice (load with weights_only=False) is not repeated
-        what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "not only tensors")
-        raise ModelFolderError(
-            f"{folder}: {info.weights[0]} was refused by torch.load(weights_only=True) ({what}); "
-            "convert the folder to safetensors"
-        ) from None
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise ModelFolderError(f"{folder}: the model does not load ({_first_line(e)})") from None
-    return model.eval(), loading
-
-
-def load_classifier(path: str | Path):
-    """(model, tokenizer) of a sequence-classification folder, eval mode, its ``id2label`` kept."""
-    folder = Path(path)
-    info = inspect_folder(folder)
-    if info.task != "classification":
-        raise ModelFolderError(
-            f"{folder}: no sequence-classification head (architectures {info.architectures}); load it as an encoder"
-        )
-    model, loading = _from_pretrained(_hf().AutoModelForSequenceClassification, folder, info)
-    missing = sorted(loading["missing_keys"])
-    if missing:
-        raise ModelFolderError(
-            f"{folder}: the weights lack {len(missing)} tensor(s) of the classifier, e.g. {missing[0]}"
-        )
-    return model, _load_tokenizer(folder)
-
-
-def load_encoder(path: str | Path):
-    """(model, tokenizer, pooling) of the folder's encoder (``AutoModel``, eval mode) for embeddings;
-    ``pooling`` is the folder's sentence-transformers mode or ``mean``."""
-    folder = Path(path)
-    info = inspect_folder(folder)
-    model, loading = _from_pretrained(_hf().AutoModel, folder, info)
-    missing = sorted(k for k in loading["missing_keys"] if not k.startswith("pooler."))  # pooler: unused here
-    if missing:
-        raise ModelFolderError(f"{folder}: the weights lack {len(missing)} tensor(s) of the encoder, e.g. {missing[0]}")
-    return model, _load_tokenizer(folder), info.pooling
-
-
-class _Stacked(nn.Module):
-    """Takes the inputs as one stacked ``[B, k, T]`` tensor or as ``k`` tensors, in ``input_names`` order."""
-
-    task = "classification"
-
-    def __init__(self, model: nn.Module, input_names: list[str]):
-        super().__init__()
-        if not 1 <= len(input_names) <= 3 or len(set(input_names)) != len(input_names):
-            raise ValueError(f"input_names {input_names}: expected 1 to 3 distinct names of {list(SUPPORTED_INPUTS)}")
-        self.model = model
-        self.input_names = list(input_names)
-
-    @property
-    def config(self) -> Any:
-        """The Hugging Face config of the wrapped model."""
-        return self.model.config
-
-    def _inputs(self, first: Tensor, second: Tensor | None, third: Tensor | None) -> dict[str, Tensor]:
-        if second is None and first.dim() == 3:  # one stacked [B, k, T] tensor (the Dataset convention)
-            if first.shape[1] != len(self.input_names):
-                raise ValueError(
-                    f"inputs {self.input_names}: expected [B, {len(self.input_names)}, T], got {list(first.shape)}"
-                )
-            parts = list(first.unbind(1))
-        else:
-            parts = [t for t in (first, second, third) if t is not None]
-        return dict(zip(self.input_names, parts))
-
-
-class Classifier(_Stacked):
-    """A sequence-classification model whose forward returns logits ``[B, num_labels]``."""
-
-    def forward(self, inputs: Tensor, second: Tensor | None = None, third: Tensor | None = None) -> Tensor:
-        return self.model(**self._inputs(inputs, second, third)).logits
-
-
-class Embedder(_Stacked):
-    """An encoder + pooling (``cls``: first token; ``mean`` / ``max``: over the real tokens), optionally
-    L2-normalized: the sentence-transformers Transformer -> Pooling -> (Normalize) recipe."""
-
-    task = "embedding"
-
-    def __init__(self, model: nn.Module, pooling: str, normalize: bool, input_names: list[str]):
-        super().__init__(model, input_names)
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling '{pooling}' is not one of {list(POOLING_MODES)}")
-        self.pooling, self.normalize = pooling, normalize
-
-    def forward(self, inputs: Tensor, second: Tensor | None = None, third: Tensor | None = None) -> Tensor:
-        feed = self._inputs(inputs, second, third)
-        hidden = self.model(**feed).last_hidden_state
-        mask = feed["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":  # the tokenizers of these encoders pad on the right: token 0 is [CLS]/<s>
-            emb = hidden[:, 0]
-        elif self.pooling == "max":
-            emb = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-        else:
-            emb = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-        return F.normalize(emb, dim=-1) if self.normalize else emb
-
-
-def check_rows(wrapper: _Stacked, batch: int, seq_len: int, seed: int = 0) -> Tensor:
-    """``[batch, k, seq_len]`` stacked token rows for ``wrapper``: random ids, right padding with the
-    model's pad id, random real lengths (the first row full), zero token types."""
-    cfg = wrapper.config
-    g = torch.Generator().manual_seed(seed)
-    vocab = int(cfg.vocab_size)
-    ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq_len), generator=g)
-    lengths = torch.randint(1, seq_len + 1, (batch,), generator=g)
-    lengths[0] = seq_len
-    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).long()
-    pad = int(getattr(cfg, "pad_token_id", 0) or 0)
-    parts = {
-        "input_ids": ids * mask + pad * (1 - mask),
-        "attention_mask": mask,
-        "token_type_ids": torch.zeros_like(ids),
-    }
-    return torch.stack([parts[n] for n in wrapper.input_names], dim=1)
-
-
-def _restore_inputs(data: bytes, names: list[str]) -> bytes:
-    """Give the graph every input in ``names`` order: the TorchScript exporter drops inputs the model
-    ignores (DeBERTa-v3 reads no ``token_type_ids``), but a stacked batch feeds all of them."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    proto = onnx.load_from_string(data)
-    have = {i.name: i for i in proto.graph.input}
-    if [i.name for i in proto.graph.input] == names:
-        return data
-    ordered = [have.get(n) or helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in names]
-    extra = [i for i in proto.graph.input if i.name not in names]  # never expected: keep them last
-    del proto.graph.input[:]
-    proto.graph.input.extend(ordered + extra)
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
-
-
-def export_onnx(
-    wrapper: _Stacked, input_names: list[str], seq_len: int, dynamo: bool = True, atol: float = 1e-4
-) -> bytes:
-    """ONNX of ``wrapper`` (``Classifier`` -> ``logits``, ``Embedder`` -> ``sentence_embedding``) with the
-    model's own input names and dynamic batch and sequence axes, traced at ``seq_len``.
-
-    Checked before it is returned: ONNX Runtime and torch agree within ``atol`` (relative to the
-    outputs' scale) on a batch of 3 at ``seq_len`` and a padded batch of 5 at a shorter length.
-    ``dynamo=False`` uses the TorchScript exporter only (fast, deprecated); with ``dynamo=True``
-    ``tasks.runtime.onnx.to_onnx`` falls back to it when ``torch.export`` cannot trace the model.
-    """
-    if list(input_names) != wrapper.input_names:
-        raise ValueError(f"input_names {list(input_names)} differ from the wrapper's {wrapper.input_names}")
-    cfg = wrapper.config
-    limit = position_limit(cfg)
-    if not 2 <= seq_len <= limit:
-        raise ValueError(f"seq_len {seq_len}: must be in [2, {limit}] (the model's positions)")
-    wrapper = wrapper.cpu().eval()
-    unsupported = f"{cfg.model_type}: does not export to ONNX; tested: {', '.join(TESTED_EXPORTS)}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # tracer warnings about transformers' shape checks: the ORT check below decides
-            data = to_onnx(
-                wrapper, check_rows(wrapper, 2, seq_len), dynamo, list(input_names), output_name(wrapper.task)
-            )
-        data = _restore_inputs(data, list(input_names))
-    except Exception as e:  # noqa: BLE001 - any exporter failure is this architecture's: say which
-        raise ExportUnsupported(f"{unsupported} ({_first_line(e)})") from None
-    session = ort_session(data, threads=1)
-    for batch, length, seed in ((3, seq_len, 1), (5, max(1, seq_len // 2), 2)):
-        rows = check_rows(wrapper, batch, length, seed)
-        with torch.no_grad():
-            ref = wrapper(rows).numpy()
-        out = session.run(None, ort_feed(session, rows))[0]
-        diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
-        if not diff <= atol * max(1.0, float(np.abs(ref).max())):
-            raise ExportUnsupported(
-                f"{unsupported} (ONNX Runtime differs from torch by {diff:.3g} at batch {batch}, length {length})"
-            )
-    return data

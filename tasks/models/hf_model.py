@@ -1,6 +1,6 @@
 """A user's Hugging Face sequence classifier as a model the pipeline can store and rebuild.
 
-``HFSequenceClassifier`` is ``tasks.models.hf_folder.Classifier`` (one stacked ``[B, k, T]`` tensor
+``HFSequenceClassifier`` is ``tasks.models.hf_load.Classifier`` (one stacked ``[B, k, T]`` tensor
 or ``k`` tensors in the folder's input order -> logits) around a model that it builds itself from a
 config dict, so its ``arch`` is plain JSON (``hf_classifier_arch``) and ``tasks.models.build``
 rebuilds it from a ``ModelArtifact`` without the user's folder. The state dict keys are the
@@ -17,7 +17,7 @@ import json
 
 import torch
 
-from tasks.models.hf_folder import Classifier
+from tasks.models.hf_load import Classifier
 from tasks.models.transformer import _hf
 
 # config keys that describe where and how the folder was written, not the model (dropped from arch)

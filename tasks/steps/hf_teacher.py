@@ -1,7 +1,7 @@
 """The ``hf_teacher`` step: the user's own fine-tuned Hugging Face classifier folder as the teacher
 (needs the nlp extra).
 
-The folder is read offline and checked (``tasks.models.hf_folder.load_classifier``: safetensors or a
+The folder is read offline and checked (``tasks.models.hf_load.load_classifier``: safetensors or a
 ``weights_only`` pickle, no custom code); the classifier is used as it is (not trained) and stored as
 an ``HFSequenceClassifier`` (``tasks.models.hf_model``): a JSON arch (the folder's config, its
 ``id2label`` included, and input names) + the weights, so later steps rebuild it without the folder.
@@ -24,7 +24,8 @@ from tasks.core.context import StepContext
 from tasks.core.options import ModelKind, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import count_params, make_artifact
-from tasks.models.hf_folder import ModelFolderError, inspect_folder, load_classifier, position_limit
+from tasks.models.hf_folder import ModelFolderError, inspect_folder, position_limit
+from tasks.models.hf_load import load_classifier
 from tasks.models.hf_model import HFSequenceClassifier, hf_classifier_arch
 from tasks.training.loop import accuracy
 

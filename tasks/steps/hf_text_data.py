@@ -29,7 +29,8 @@ from tasks.core.checks import BadValue, at_least, require
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import Dataset
-from tasks.datasets.text_files import TextFilesConfig, TextSplit, read_text_files
+from tasks.datasets.text_files import TextFilesConfig, read_text_files
+from tasks.datasets.text_splits import TextSplit
 from tasks.models.hf_folder import _load_tokenizer, inspect_folder
 
 DEFAULT_MAX_LEN = 128  # seq_len 0: the folder's max_length, capped here (CPU benchmarks)
