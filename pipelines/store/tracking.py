@@ -215,6 +215,11 @@ class StepTracker:
 
         return map_batches(stage_fns, x, **options)
 
+    def map_files(self, stage_fns, path, **options):
+        from pipelines.scale.files import map_files
+
+        return map_files(stage_fns, path, **options)
+
     def save_output(self, value) -> bool:
         """Store the output under ``output/``; its ``publish`` part (if any) separately under
         ``publish/``, so the engine can publish it without loading the whole output. Returns

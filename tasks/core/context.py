@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from tasks.datasets.feature_files import Blocks, run_in_process
+
 log = logging.getLogger("slimray")
 
 
@@ -30,8 +32,9 @@ class StepContext:
     # model _target_s beyond the zoo that may be loaded from artifacts (tasks.models.build.load_model):
     # the engine fills it with the targets the config names plus its trusted_models list
     trusted_targets: tuple[str, ...] = ()
-    # engine side: log_metrics(d, step), log_file(name, data), map_batches(...)
-    # (map_batches(stage_fns, x, ...) runs stages on Ray Data actor pools: pipelines.scale.batch)
+    # engine side: log_metrics(d, step), log_file(name, data), map_batches(...), map_files(...)
+    # (map_batches(stage_fns, x, ...) runs stages on Ray Data actor pools: pipelines.scale.batch;
+    # map_files(stage_fns, path, ...) the rows of feature files through them: pipelines.scale.files)
     tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
     history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
@@ -136,6 +139,47 @@ class StepContext:
         }
         summary.update({f"util_replica0_stage{k}": b / wall for k, b in enumerate(busy)})
         return (torch.cat(outs) if outs else x[:0]), summary
+
+    def map_files(
+        self,
+        stage_fns: list[Callable[[], Callable[[torch.Tensor], torch.Tensor]]],
+        path: str,
+        *,
+        format: str = "auto",
+        columns: list[str] | None = None,
+        id_column: str = "",
+        batch_size: int,
+        replicas: int = 1,
+        cpus_per_actor: float = 1.0,
+        gpus_per_actor: float = 0.0,
+        window: int = 0,
+        min_replicas: int = 0,
+    ) -> Blocks:
+        """The rows of the feature files at ``path`` (a file, glob or folder of Parquet / CSV /
+        JSON lines: ``tasks.datasets.feature_files``) through the stages, streamed: an iterator of
+        output blocks ``{"__row": ids, "x": outputs}`` whose ``summary`` is filled at the end.
+
+        The engine reads the files with Ray Data's readers on the cluster (an input larger than
+        memory streams with bounded object-store use); without an engine they run here, chunk
+        after chunk. Either way a bad path or column is refused before any work starts.
+        """
+        if self.tracker is None:
+            return run_in_process(
+                stage_fns, path, format=format, columns=columns, id_column=id_column, batch_size=batch_size
+            )
+        return self.tracker.map_files(
+            stage_fns,
+            path,
+            format=format,
+            columns=columns,
+            id_column=id_column,
+            batch_size=batch_size,
+            replicas=replicas,
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor,
+            window=window,
+            min_replicas=min_replicas,
+        )
 
     def progress(self, message: str, every_s: float = 2.0) -> None:
         """Rate-limited progress line for long work (shown in the worker log)."""

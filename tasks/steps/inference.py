@@ -5,7 +5,8 @@ The task runs a model over a data set with ``replicas`` data-parallel copies of 
 ``stages`` pipeline stages (hybrid when both are > 1) through ``ctx.parallel_predict``: the engine
 runs each stage as a Ray Data operator with its own actor pool, a plain context runs them
 in-process. It logs throughput, latency per batch, per-replica and per-stage utilisation and
-the pipeline bubble fraction.
+the pipeline bubble fraction. With ``input_path`` the rows of feature files stream through the
+same stages (``ctx.map_files``) into safetensors shards (``tasks.datasets.feature_shards``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ from torch import nn
 from tasks.core.checks import at_least, one_of, require
 from tasks.core.context import StepContext
 from tasks.core.types import Dataset, ModelArtifact, Report
+from tasks.datasets.feature_files import FORMATS
+from tasks.datasets.feature_shards import write_shards
 from tasks.models.build import load_model, sample_shape
 from tasks.runtime.onnx import ort_session, providers_for, to_onnx
 
@@ -56,6 +60,10 @@ class InferenceConfig:
     gpus_per_actor: float = 0.0  # fractional GPUs per actor when GPUs exist (e.g. 0.5: 2 replicas on 1 GPU)
     rows: int = 0  # > 0: repeat the inputs up to this many rows (a large generated load)
     split: str = "test"  # which inputs of the data set: train | val | test | all
+    input_path: str = ""  # feature files instead of the data set (split, rows unused): file, glob or folder
+    input_format: str = "auto"  # auto (by extension) | parquet | csv | json
+    input_columns: list[str] | None = None  # feature columns (or one list column); null: every numeric one
+    id_column: str = ""  # integer row ids kept with the predictions ("": the row's position)
 
     def __post_init__(self) -> None:
         for key in ("replicas", "stages", "micro_batch", "threads"):
@@ -69,6 +77,9 @@ class InferenceConfig:
             self.stages == 1 or self.backend == Backend.torch,
             "pipeline stages need backend=torch (ONNX graphs are not split)",
         )
+        one_of("input_format", self.input_format, FORMATS)
+        for key in ("input_format", "input_columns", "id_column"):
+            require(key, getattr(self, key) in ("auto", None, "") or bool(self.input_path), "needs input_path")
 
 
 def resolve_device(device: str) -> str:
@@ -246,33 +257,43 @@ def stage_factories(model: ModelArtifact, cfg: InferenceConfig, sample: torch.Te
     return [functools.partial(Predictor, model, backend, device, cfg.threads, span, trusted) for span in spans], spans
 
 
+def _engine(cfg: InferenceConfig) -> dict[str, Any]:
+    """The actor-pool options of ``ctx.parallel_predict`` / ``ctx.map_files``."""
+    pool = {"batch_size": cfg.micro_batch, "replicas": cfg.replicas, "window": cfg.window}
+    cpus = cfg.cpus_per_actor or float(cfg.threads)
+    return {**pool, "min_replicas": cfg.min_replicas, "cpus_per_actor": cpus, "gpus_per_actor": cfg.gpus_per_actor}
+
+
+def _report(model: ModelArtifact, cfg: InferenceConfig, spans: list, summary: dict, **more) -> Report:
+    info = {"model": model.name, "replicas": cfg.replicas, "stages": cfg.stages, "spans": [list(s) for s in spans]}
+    backend = getattr(cfg.backend, "value", cfg.backend)
+    return Report(data={**info, "micro_batch": cfg.micro_batch, "backend": backend, **summary, **more})
+
+
+def run_files(model: ModelArtifact, cfg: InferenceConfig, ctx: StepContext) -> Report:
+    """The rows of ``cfg.input_path`` through the stages, streamed into safetensors shards (files
+    of the step's run, their index in the report): no array of all predictions is ever held."""
+    sample = torch.zeros(cfg.micro_batch, *sample_shape(model.arch))  # only times modules (stages > 1)
+    factories, spans = stage_factories(model, cfg, sample, ctx.trusted_targets)
+    files: dict[str, Any] = {"format": cfg.input_format, "columns": cfg.input_columns, "id_column": cfg.id_column}
+    blocks = ctx.map_files(factories, cfg.input_path, **files, **_engine(cfg))
+    index = write_shards(blocks, ctx.log_file, features=blocks.columns, id_column=cfg.id_column)
+    shards = {"prediction_rows": index["rows"], "prediction_shards": len(index["shards"])}
+    summary = {**blocks.summary, **shards, "prediction_bytes": index["bytes"]}
+    ctx.log_metrics(summary)
+    return _report(model, cfg, spans, summary, predictions=index)
+
+
 def run(model: ModelArtifact, data: Dataset, *, cfg: InferenceConfig, ctx: StepContext) -> Report:
-    """``model`` over the data with ``replicas`` x ``stages`` actors; throughput, latency,
-    utilisation and bubble fraction as metrics (and the report's data)."""
+    """``model`` over the data (or ``cfg.input_path``'s files) with ``replicas`` x ``stages``
+    actors; throughput, latency, utilisation and bubble fraction as metrics (and the report's data)."""
+    if cfg.input_path:
+        return run_files(model, cfg, ctx)
     x, y = _inputs(data, cfg)
     factories, spans = stage_factories(model, cfg, x[: cfg.micro_batch], ctx.trusted_targets)
-    out, summary = ctx.parallel_predict(
-        factories,
-        x,
-        batch_size=cfg.micro_batch,
-        replicas=cfg.replicas,
-        cpus_per_actor=cfg.cpus_per_actor or float(cfg.threads),
-        gpus_per_actor=cfg.gpus_per_actor,
-        window=cfg.window,
-        min_replicas=cfg.min_replicas,
-    )
+    out, summary = ctx.parallel_predict(factories, x, **_engine(cfg))
     if out.shape[0] != len(x):
         raise RuntimeError(f"inference: {out.shape[0]} outputs for {len(x)} rows")
     summary = {**summary, "accuracy": float((out.argmax(1) == y).float().mean())}
     ctx.log_metrics(summary)
-    return Report(
-        data={
-            "model": model.name,
-            "replicas": cfg.replicas,
-            "stages": cfg.stages,
-            "spans": [list(s) for s in spans],
-            "micro_batch": cfg.micro_batch,
-            "backend": getattr(cfg.backend, "value", cfg.backend),
-            **summary,
-        }
-    )
+    return _report(model, cfg, spans, summary)
