@@ -336,3 +336,24 @@ def test_every_declared_select_field_is_overridable_without_plus(workdir, capsys
     typo = ["experiment=smoke", "pipeline.steps.prnue.select.confidence=0.95", "--dry-run"]
     assert_config_error(typo, "pipeline.steps.prnue: no such step in the pipeline", workdir, capsys)
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_bad_value_raised_on_a_ray_worker_reaches_the_driver_as_itself(ray_local):
+    import pickle
+
+    import ray
+
+    from tasks.core.checks import BadValue
+
+    again = pickle.loads(pickle.dumps(BadValue("data.model", "a folder is required")))
+    assert (again.key, str(again)) == ("data.model", "data.model: a folder is required")
+
+    @ray.remote(num_cpus=0)
+    def step():
+        raise BadValue("data.model", "a folder is required")
+
+    with pytest.raises(BadValue, match=r"^data\.model: a folder is required$"):
+        try:
+            ray.get(step.remote())
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause().cause from None

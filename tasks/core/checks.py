@@ -21,6 +21,10 @@ class BadValue(ValueError):
         super().__init__(f"{key}: {message}")
         self.key, self.message = key, message
 
+    def __reduce__(self) -> tuple:
+        # rebuilt from (key, message): raised in a Ray worker, it must unpickle on the driver
+        return (type(self), (self.key, self.message))
+
 
 def _bounds(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:
     if low is not None and high is not None:
