@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -126,15 +127,23 @@ def tokenizer(name: str):
 def layer_student(teacher_arch: dict, teacher_state: dict[str, Tensor], layers: list[int]) -> tuple[dict, dict]:
     """(arch, state_dict) of a shallower student whose layer ``i`` starts as teacher layer ``layers[i]``.
 
-    Embeddings (and any pooler) are copied as they are; this is the layer-selection
-    initialisation of DistilBERT (Sanh et al. 2019) and of the MiniLM/TinyBERT family.
+    Embeddings, pooler and head are copied as they are; this is the layer-selection
+    initialisation of DistilBERT (Sanh et al. 2019) and of the MiniLM/TinyBERT family. Works for
+    any arch with a Hugging Face ``config`` (our ``TextClassifier`` and a user's folder as an
+    ``HFSequenceClassifier``): the layer stack is the state-dict prefix ``...layer.<i>.`` with the
+    most keys (``encoder.layer`` in BERT, RoBERTa, DeBERTa-v2, MPNet; ``transformer.layer`` in
+    DistilBERT), the depth is ``num_hidden_layers`` (``n_layers`` in DistilBERT's config).
     """
-    n = int(teacher_arch["config"]["num_hidden_layers"])
+    config = teacher_arch.get("config", {})
+    depth_key = "num_hidden_layers" if "num_hidden_layers" in config else "n_layers"
+    if depth_key not in config:
+        raise ValueError("student layers: the teacher's config has no num_hidden_layers (not a transformer)")
+    n = int(config[depth_key])
     if not layers or any(not 0 <= i < n for i in layers):
         raise ValueError(f"student layers {layers}: each must be a teacher layer index in 0..{n - 1}")
+    prefix = _layer_prefix(teacher_state)
     arch = copy.deepcopy(teacher_arch)
-    arch["config"]["num_hidden_layers"] = len(layers)
-    prefix = "encoder.encoder.layer."
+    arch["config"][depth_key] = len(layers)
     state = {}
     for key, value in teacher_state.items():
         if not key.startswith(prefix):
@@ -145,3 +154,15 @@ def layer_student(teacher_arch: dict, teacher_state: dict[str, Tensor], layers: 
             if int(idx) == old:
                 state[f"{prefix}{new}.{rest}"] = value.clone()
     return arch, state
+
+
+def _layer_prefix(state: dict[str, Tensor]) -> str:
+    """The state-dict prefix of the transformer's layer stack, e.g. ``model.bert.encoder.layer.``."""
+    counts: dict[str, int] = {}
+    for key in state:
+        m = re.match(r"^(.*\.layers?\.)\d+\.", key)
+        if m:
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    if not counts:
+        raise ValueError("student layers: the teacher's weights have no '<...>.layer.<i>.' stack")
+    return max(counts, key=lambda k: counts[k])

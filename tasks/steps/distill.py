@@ -66,7 +66,8 @@ class DistillConfig:
     teacher_feature: str = ""  # ... onto this key of Logits.features
     beta: float = 1.0  # weight of the FitNets hint loss
     kind: ModelKind = ModelKind.student_kd
-    init_layers: list[int] = field(default_factory=list)  # embedding: student = these teacher layers
+    init_layers: list[int] = field(default_factory=list)  # transformer: student = these teacher layers
+    layer_fraction: float = 0.0  # transformer: student = this share of the teacher's layers, evenly spaced
     mse_weight: float = 1.0  # embedding: weight of the MSE term of the loss
     method: DistillMethod = DistillMethod.hinton
     mutual: MutualConfig = field(default_factory=MutualConfig)  # method: mutual
@@ -77,6 +78,8 @@ class DistillConfig:
         fraction("alpha", self.alpha)
         at_least("beta", self.beta, 0)
         at_least("mse_weight", self.mse_weight, 0)
+        fraction("layer_fraction", self.layer_fraction, open_high=True)
+        require("layer_fraction", not (self.layer_fraction and self.init_layers), "set it or init_layers, not both")
         require(
             "hint_layer",
             bool(self.hint_layer) == bool(self.teacher_feature),
@@ -96,8 +99,8 @@ def distill_embedding(
         raise ValueError("distill: embedding students need the teacher model (inputs: {teacher: <step>})")
     net = load_model(teacher, ctx.trusted_targets).to(ctx.device)
     ctx.seed_everything()
-    if cfg.init_layers:
-        arch, state = layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
+    if cfg.init_layers or cfg.layer_fraction:
+        arch, state = layer_student(teacher.arch, teacher.state_dict, student_layers(cfg, teacher))
         student = build_model(arch, ctx.trusted_targets)
         student.load_state_dict(state, strict=True)
     else:
@@ -161,11 +164,26 @@ def _hint_setup(student: nn.Module, x: torch.Tensor, feats: torch.Tensor, cfg: D
 def _student_arch(cfg: DistillConfig, data: Dataset, teacher: ModelArtifact | None) -> tuple[dict, dict | None]:
     """(arch, initial weights or None) of a classification student: ``cfg.student``, or with
     ``init_layers`` the teacher's layers ``init_layers`` (a transformer classifier, head included)."""
-    if not cfg.init_layers:
+    if not cfg.init_layers and not cfg.layer_fraction:
         return complete_arch(cfg.student, data.input_shape, data.num_classes), None
     if teacher is None:
         raise ValueError("distill.init_layers: needs the teacher model (inputs: {teacher: <step>})")
-    return layer_student(teacher.arch, teacher.state_dict, list(cfg.init_layers))
+    return layer_student(teacher.arch, teacher.state_dict, student_layers(cfg, teacher))
+
+
+def student_layers(cfg: DistillConfig, teacher: ModelArtifact) -> list[int]:
+    """``init_layers``, or ``layer_fraction`` of the teacher's layers (at least one) evenly spaced,
+    first and last included: one setting fits a user's 6- or 12-layer model alike."""
+    if cfg.init_layers:
+        return list(cfg.init_layers)
+    config = teacher.arch.get("config", {})
+    depth = int(config.get("num_hidden_layers", config.get("n_layers", 0)))
+    keep = max(1, round(cfg.layer_fraction * depth))
+    if depth < 2 or keep >= depth:
+        raise ValueError(f"distill.layer_fraction: {cfg.layer_fraction} of the teacher's {depth} layers drops none")
+    if keep == 1:
+        return [0]
+    return sorted({round(i * (depth - 1) / (keep - 1)) for i in range(keep)})
 
 
 def _build_student(arch: dict, init: dict | None, ctx: StepContext) -> nn.Module:
