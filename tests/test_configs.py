@@ -24,9 +24,21 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# pipelines whose data step takes another data option than the default (mnist1d) -> that option,
+# with the keys it requires
+DATA_OF = {"hf_textcls": "hf_text"}
+REQUIRED = {"hf_text": ["data.path=train.csv", "+teacher.path=my-model"]}
+EXPERIMENT_REQUIRED = {"hf_textcls": ["data.path=train.csv", "teacher.path=my-model"]}  # its ??? keys
+
+
+def _with_data(pipeline: str) -> list[str]:
+    data = DATA_OF.get(pipeline)
+    return [f"pipeline={pipeline}"] + ([f"data={data}", *REQUIRED[data]] if data else [])
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [[f"pipeline={p}"] for p in _options("pipeline")] + [[f"experiment={e}"] for e in _options("experiment")],
+    [_with_data(p) for p in _options("pipeline")] + [[f"experiment={e}", *EXPERIMENT_REQUIRED.get(e, [])] for e in _options("experiment")],
 )
 def test_every_pipeline_and_experiment_validates(overrides):
     cfg = load_config(overrides)
@@ -40,7 +52,8 @@ def test_every_pipeline_and_experiment_validates(overrides):
 @pytest.mark.parametrize("group", ["data", "ray", "tracking"])
 def test_every_group_option_composes(group):
     for option in _options(group):
-        cfg = load_config([f"{group}={option}"])
+        paired = [p for p, d in DATA_OF.items() if group == "data" and d == option]
+        cfg = load_config(_with_data(paired[0]) if paired else [f"{group}={option}"])
         session.validate(cfg)
 
 

@@ -93,6 +93,9 @@ class RootConfig:
     # the dataset (conf/data): untyped here, checked against the task config of the step that
     # takes it as params (``params: ${data}``, see ``check_wired_params``)
     data: Any = field(default_factory=dict)
+    # a user's model folder and its options (experiment=hf_textcls: ``params: ${teacher}`` of the
+    # hf_teacher step), checked like ``data``
+    teacher: Any = field(default_factory=dict)
     teacher_model: Any = None  # model parts (_target_ + kwargs), referenced by pipelines
     student_model: Any = None
     ray: RayConfig = field(default_factory=RayConfig)
@@ -127,9 +130,11 @@ def container(node, path: str) -> dict:
         return cast(dict, OmegaConf.to_container(node, resolve=True, throw_on_missing=True, enum_to_str=True))
     except OmegaConfBaseException as e:
         missing = "Missing mandatory value" in str(e)
-        raise SpecError(
-            _join(path, getattr(e, "full_key", None)), "missing required value (???)" if missing else omega_message(e)
-        ) from None
+        key = _join(path, getattr(e, "full_key", None))
+        via = re.search(r"while resolving interpolation: Missing mandatory value: ([\w.]+)", str(e))
+        if via:  # data.model: ${teacher.path}, and teacher.path is ??? -> name teacher.path
+            key = via.group(1)
+        raise SpecError(key, "missing required value (???)" if missing else omega_message(e)) from None
 
 
 @functools.cache

@@ -1,0 +1,109 @@
+"""``experiment=hf_textcls``: a user's own classifier folder and CSV through the compression pipeline.
+Layer-dropped students of the user's architecture (BERT's ``encoder.layer``, DistilBERT's
+``transformer.layer``) start as copies of the teacher's layers; the experiment runs end to end on a
+tiny BERT folder; its required keys fail in one line before anything runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="the nlp extra (pip install -e '.[nlp]')")
+
+from pipelines.config.compose import load_config  # noqa: E402
+from pipelines.config.schema import SpecError  # noqa: E402
+from pipelines.run import session  # noqa: E402
+from tasks.core.context import StepContext  # noqa: E402
+from tasks.models.build import build_model  # noqa: E402
+from tasks.models.hf_model import TARGET  # noqa: E402
+from tasks.models.transformer import layer_student  # noqa: E402
+from tasks.steps import distill, hf_teacher, hf_text_data, infer  # noqa: E402
+from tests.engine_helpers import selected_benchmark  # noqa: E402
+from tests.hf_models import LABELS, SENTENCES, write_folder  # noqa: E402
+
+
+def _csv(path, rows=60):
+    texts = [f"{SENTENCES[i % 4]} {'cat ' * (i % 7)}row {i}".strip() for i in range(rows)]
+    pd.DataFrame({"text": texts, "label": [LABELS[i % 3] for i in range(rows)]}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {a: write_folder(root, a) for a in ("bert", "distilbert")}
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_layer_student_of_a_user_folder_starts_as_the_teachers_layers(folders, tmp_path, arch):
+    cfg = hf_text_data.HfTextDataConfig(model=str(folders[arch]), path=str(_csv(tmp_path / "t.csv")), seq_len=16)
+    data = hf_text_data.run(cfg=cfg, ctx=StepContext())
+    teacher = hf_teacher.run(data, cfg=hf_teacher.HfTeacherConfig(path=str(folders[arch])), ctx=StepContext())
+    arch_, state = layer_student(teacher.arch, teacher.state_dict, [1])
+    depth = "n_layers" if arch == "distilbert" else "num_hidden_layers"
+    assert arch_["config"][depth] == 1 and teacher.arch["config"][depth] == 2
+    stack = "model.distilbert.transformer.layer." if arch == "distilbert" else "model.bert.encoder.layer."
+    layer1 = {k[len(stack) + 2 :]: v for k, v in teacher.state_dict.items() if k.startswith(stack + "1.")}
+    assert layer1 and all(torch.equal(state[stack + "0." + k], v) for k, v in layer1.items())
+    assert not any(k.startswith(stack + "1.") for k in state)
+    student = build_model(arch_, (TARGET,))
+    student.load_state_dict(state, strict=True)  # the student's own keys, nothing missing or left over
+    with torch.no_grad():
+        assert student(data.x_val).shape == (len(data.x_val), 3)
+
+    # the distill step builds and trains it from the teacher's logits (layer_fraction: half of 2 layers)
+    ctx = StepContext(trusted_targets=(TARGET,))
+    logits = infer.run(teacher, data, cfg=infer.InferConfig(batch_size=16), ctx=ctx)
+    cfg_d = distill.DistillConfig(layer_fraction=0.5, use_transfer=False, alpha=1.0)
+    cfg_d.optim.epochs, cfg_d.optim.batch_size = 1, 8
+    art = distill.run(data, logits, teacher=teacher, cfg=cfg_d, ctx=ctx)
+    assert art.arch["config"][depth] == 1 and art.metrics["params"] < teacher.metrics["params"]
+
+
+def test_layer_fraction_spaces_layers_evenly_and_refuses_to_drop_none():
+    art = type("Art", (), {"arch": {"config": {"num_hidden_layers": 12}}})()
+    pick = distill.student_layers
+    assert pick(distill.DistillConfig(layer_fraction=0.5), art) == [0, 2, 4, 7, 9, 11]
+    assert pick(distill.DistillConfig(layer_fraction=0.25), art) == [0, 6, 11]
+    two = type("Art", (), {"arch": {"config": {"n_layers": 2}}})()  # DistilBERT's name for the depth
+    assert pick(distill.DistillConfig(layer_fraction=0.5), two) == [0]
+    with pytest.raises(ValueError, match="layer_fraction: 0.99 of the teacher's 12 layers drops none"):
+        pick(distill.DistillConfig(layer_fraction=0.99), art)
+    with pytest.raises(ValueError, match="layer_fraction"):
+        distill.DistillConfig(layer_fraction=0.5, init_layers=[0])
+
+
+def test_missing_required_keys_fail_in_one_line_before_anything_runs():
+    with pytest.raises(SpecError, match=r"^teacher\.path: missing required value"):
+        session.validate(load_config(["experiment=hf_textcls"]))
+    with pytest.raises(SpecError, match=r"^data\.path: missing required value"):
+        session.validate(load_config(["experiment=hf_textcls", "teacher.path=./m"]))
+
+
+@pytest.mark.slow
+def test_hf_textcls_end_to_end_on_a_users_bert_folder_and_csv(folders, workdir, ray_local):
+    csv = _csv(workdir / "train.csv", rows=90)
+    fast = "pipeline.steps.benchmark.params"
+    overrides = [
+        "experiment=hf_textcls",
+        f"teacher.path={folders['bert']}",
+        f"data.path={csv}",
+        "data.seq_len=16",
+        "data.n_calib=8",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "pipeline.steps.student.params.optim.epochs=1",
+        f"{fast}.warmup=1",
+        f"{fast}.iters_b1=3",
+        f"{fast}.iters_b256=2",
+        f"{fast}.rounds=1",
+        f"{fast}.speed_threads=[2]",
+        f"{fast}.throughput_batch=8",
+    ]
+    out, bench = selected_benchmark(workdir, overrides)
+    assert bench.task == "classification"
+    rows = {r.name: r for r in bench.candidates}
+    assert set(rows) == {"teacher", "int8_dynamic", "int4", "student", "student_int8", "student_int4"}
+    assert rows["student"].params < rows["teacher"].params
+    assert rows["int8_dynamic"].size_bytes < rows["teacher"].size_bytes
+    assert all(0.0 <= r.test_acc <= 1.0 for r in rows.values())
