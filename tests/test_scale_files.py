@@ -144,8 +144,9 @@ class FilesEngine:
         self.files[name] = data
 
 
-def _read_back(index: dict, stored: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(feature_shards.read_shards(index, stored.__getitem__))
+def _read_back(index: dict, stored) -> tuple[np.ndarray, np.ndarray]:
+    read = stored.__getitem__ if isinstance(stored, dict) else stored
+    parts = list(feature_shards.read_shards(index, read))
     rows, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     order = np.argsort(rows)
     return rows[order], y[order]
@@ -261,3 +262,39 @@ def test_an_input_five_times_the_object_store_streams_with_bounded_store_use(tmp
     assert n_files * rows * width * 4 >= 5 * got["capacity"]
     assert got["once"] == got["rows"] == n_files * rows == got["summary_rows"]
     assert 0 < got["peak"] <= got["capacity"]
+
+
+@pytest.mark.slow
+def test_the_inference_pipeline_logs_the_shards_to_its_step_run(ray_local, workdir):
+    """``slimray pipeline=inference`` with ``input_path``: the engine's ``StepTracker.map_files``
+    streams the file rows, the shards and their index land in the step's MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
+
+    width, n = 40, 700  # the default data's (MNIST-1D) input width
+    x = np.random.default_rng(3).standard_normal((n, width)).astype(np.float32)
+    (workdir / "feats").mkdir()
+    pq.write_table(pa.table({"key": np.arange(n)[::-1] * 2, "x": list(x)}), workdir / "feats" / "a.parquet")
+    p = "pipeline.steps.inference.params"
+    overrides = [
+        "pipeline=inference",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "pipeline.steps.model.params.model.hidden=[32,32,32]",
+        *[f"{p}.{k}" for k in ("stages=2", "micro_batch=100", "cpus_per_actor=0.5", "id_column=key")],
+        f"{p}.input_path={workdir / 'feats'}",
+    ]
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    outcome = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert outcome.exit_code == 0
+    client = MlflowClient(outcome.uri)
+    run_ = client.search_runs([outcome.experiment_id], filter_string="tags.mlflow.runName = 'inference'")[0]
+    assert run_.data.metrics["prediction_rows"] == n and run_.data.metrics["prediction_shards"] == 1
+    local = Path(client.download_artifacts(run_.info.run_id, "", str(workdir / "got")))
+    index = json.loads((local / "predictions.json").read_text())
+    assert index["features"] == ["x"] and index["id_column"] == "key"
+    rows, y = _read_back(index, lambda name: (local / name).read_bytes())
+    np.testing.assert_array_equal(rows, np.arange(n) * 2)
+    assert y.shape == (n, 10) and np.isfinite(y).all()
