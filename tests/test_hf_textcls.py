@@ -74,6 +74,31 @@ def test_layer_fraction_spaces_layers_evenly_and_refuses_to_drop_none():
         distill.DistillConfig(layer_fraction=0.5, init_layers=[0])
 
 
+def test_the_served_classifier_answers_texts_with_its_folders_label_names(folders, tmp_path):
+    import numpy as np
+
+    from tasks.serving.limits import Limits
+    from tasks.serving.model import ServedModel, serving_files
+    from tasks.steps import export
+
+    folder = folders["bert"]
+    cfg = hf_text_data.HfTextDataConfig(model=str(folder), path=str(_csv(tmp_path / "t.csv")), seq_len=16)
+    data = hf_text_data.run(cfg=cfg, ctx=StepContext())
+    teacher = hf_teacher.run(data, cfg=hf_teacher.HfTeacherConfig(path=str(folder)), ctx=StepContext())
+    onnx = export.run(teacher, data, cfg=export.ExportConfig(), ctx=StepContext(trusted_targets=(TARGET,))).onnx
+    beside = tmp_path / "version"
+    beside.mkdir()
+    for name, blob in serving_files(onnx, "classification", str(folder), 16).items():
+        (beside / name).write_bytes(blob)
+    served = ServedModel(onnx, beside, 1)
+    assert served.sig.labels == [LABELS[i] for i in range(3)]
+    out = served.answer(served.run(served.feed({"texts": ["a cat sat", "the dog ran far"]}, Limits())))
+    assert out["labels"] == [LABELS[c] for c in out["classes"]]
+    probs = np.array(out["probabilities"])
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (probs.argmax(1) == np.array(out["classes"])).all()
+
+
 def test_missing_required_keys_fail_in_one_line_before_anything_runs():
     with pytest.raises(SpecError, match=r"^teacher\.path: missing required value"):
         session.validate(load_config(["experiment=hf_textcls"]))

@@ -7,7 +7,8 @@ serving never fetches anything from a hub. A version
 without ``serving.json`` (registered before it existed) is an array classifier.
 
 Routes follow the task kind: a classifier answers ``POST /predict`` (``{"inputs": ...}`` for an array
-model, ``{"texts": [...]}`` for a text model), an embedding model ``POST /embed``. A request to the
+model, ``{"texts": [...]}`` for a text model) with class ids and logits, and with label names and
+probabilities when its folder's ``id2label`` names the classes; an embedding model ``POST /embed``. A request to the
 other route gets a 404 naming the right one. Multi-input graphs are fed by name:
 ``{"inputs": {"input_ids": [[...]], "attention_mask": [[...]], ...}}``.
 """
@@ -15,7 +16,7 @@ other route gets a 404 naming the right one. Multi-input graphs are fed by name:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,10 @@ from tasks.serving.limits import BadRequest, Limits, texts_of
 
 SERVING_FILE = "serving.json"
 SERVING_RUNTIMES = ("onnxruntime", "openvino")  # what serves a version: the runtime it was selected for
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    *("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"),
+    *("vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model"),  # BPE and SentencePiece vocabularies
+)
 _DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 _ONNX_DTYPES = {1: "float32", 7: "int64", 6: "int32"}
 
@@ -46,8 +50,10 @@ def graph_inputs(onnx_bytes: bytes) -> list[dict]:
 
 
 def serving_files(onnx_bytes: bytes, task: str, tokenizer: str = "", max_length: int = 0) -> dict[str, bytes]:
-    """``serving.json`` and, when ``tokenizer`` names a model folder or package, its tokenizer files."""
+    """``serving.json`` and, when ``tokenizer`` names a model folder or package, its tokenizer files
+    (and the label names of its ``config.json`` ``id2label``, when it is a classifier's folder)."""
     files: dict[str, bytes] = {}
+    labels: list[str] = []
     if tokenizer:
         from tasks.models.transformer import package_dir
 
@@ -57,9 +63,24 @@ def serving_files(onnx_bytes: bytes, task: str, tokenizer: str = "", max_length:
                 files[name] = (folder / name).read_bytes()
         if "tokenizer_config.json" not in files:
             raise ValueError(f"tokenizer '{tokenizer}': {folder} has no tokenizer_config.json")
+        labels = label_names(folder) if task == "classification" else []
     sig = {"task": task, "inputs": graph_inputs(onnx_bytes), "text": bool(tokenizer), "max_length": max_length}
+    sig["labels"] = labels
     files[SERVING_FILE] = json.dumps(sig, indent=2).encode()
     return files
+
+
+def label_names(folder: Path) -> list[str]:
+    """A classifier folder's ``id2label`` as a list by class id; [] without one (or with the
+    ``LABEL_<i>`` names ``transformers`` makes up when a config has none)."""
+    path = folder / "config.json"
+    id2label = json.loads(path.read_text()).get("id2label") if path.is_file() else None
+    if not isinstance(id2label, dict) or not id2label:
+        return []
+    names = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(names) != list(range(len(names))) or all(v == f"LABEL_{k}" for k, v in names.items()):
+        return []
+    return [names[i] for i in range(len(names))]
 
 
 @dataclass
@@ -68,6 +89,7 @@ class Signature:
     inputs: list[dict]
     text: bool
     max_length: int
+    labels: list[str] = field(default_factory=list)  # class names by id, when the model has them
 
     @property
     def route(self) -> str:
@@ -175,7 +197,12 @@ class ServedModel:
     def answer(self, out: np.ndarray) -> dict:
         if self.sig.task == "embedding":
             return {"embeddings": out.tolist(), "dim": int(out.shape[1])}
-        return {"classes": out.argmax(1).tolist(), "logits": out.tolist()}
+        answer = {"classes": out.argmax(1).tolist(), "logits": out.tolist()}
+        if self.sig.labels and out.shape[1] == len(self.sig.labels):
+            z = np.exp(out - out.max(1, keepdims=True))
+            answer["labels"] = [self.sig.labels[i] for i in answer["classes"]]
+            answer["probabilities"] = (z / z.sum(1, keepdims=True)).round(6).tolist()
+        return answer
 
 
 def concat(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
