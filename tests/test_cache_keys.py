@@ -91,3 +91,19 @@ def test_file_hasher_streams_and_remembers(tmp_path, monkeypatch):
     first = hasher.path(d)
     (d / "b").write_text("2")
     assert hasher.path(d) != first
+
+
+def test_a_glob_param_hashes_the_files_it_matches(tmp_path):
+    from pipelines.store.files import file_hashes
+
+    for i in range(2):
+        (tmp_path / f"part-{i}.csv").write_text(f"x\n{i}\n")
+    params = {"input_path": str(tmp_path / "part-*.csv"), "split_points": ["net.[0]"]}
+    hasher = FileHasher(tmp_path / "memo.json")
+    first = file_hashes(params, hasher)
+    assert set(first) == {"input_path"}  # a string that matches nothing is not a file
+    (tmp_path / "part-1.csv").write_text("x\n9\n")
+    changed = file_hashes(params, hasher)
+    (tmp_path / "part-2.csv").write_text("x\n2\n")
+    added = file_hashes(params, hasher)
+    assert len({first["input_path"], changed["input_path"], added["input_path"]}) == 3

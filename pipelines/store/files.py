@@ -6,6 +6,7 @@ subdirectories."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -117,5 +118,14 @@ def param_strings(node, prefix: str = ""):
 def file_hashes(params, hasher: FileHasher) -> dict[str, str]:
     """``{dotted param path: content hash}`` for every string param naming an existing regular file or
     directory, with or without a separator or a suffix (``data.path=cifar-10-batches-py``,
-    ``tokenizer: my_tok``)."""
-    return {k: hasher.path(Path(v)) for k, v in param_strings(params) if os.path.isfile(v) or os.path.isdir(v)}
+    ``tokenizer: my_tok``), or a glob that matches files (``input_path: data/part-*.parquet``: the
+    matched paths and their contents, so a file added, removed or changed changes the key)."""
+    out = {}
+    for k, v in param_strings(params):
+        if os.path.isfile(v) or os.path.isdir(v):
+            out[k] = hasher.path(Path(v))
+        elif any(c in v for c in "*?["):
+            matched = sorted(glob.glob(v, recursive=True))
+            if matched:
+                out[k] = _sha({m: hasher.path(Path(m)) for m in matched})
+    return out
