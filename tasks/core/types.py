@@ -155,6 +155,14 @@ class BenchmarkRow(RowStats):
     serve_p50_ms: float | None = None
     serve_p99_ms: float | None = None
     serve_rps: float | None = None
+    # classification: macro-F1 over the classes in each split's labels (a class never predicted: F1 0) and its
+    # seeded bootstrap 95% interval over the rows; per_class: the test split's {class id: precision, recall, f1,
+    # support} (tasks.evaluation.evidence.macro_f1_fields)
+    test_macro_f1: float | None = None
+    val_macro_f1: float | None = None
+    test_macro_f1_ci95: list[float] | None = None
+    val_macro_f1_ci95: list[float] | None = None
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

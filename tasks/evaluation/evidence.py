@@ -5,37 +5,85 @@ candidates can carry its uncertainty (``tasks.evaluation.stats``):
 
 * classification: each row is right or wrong (``correct_rows``); accuracy gets a Wilson interval
   over the rows (``test_acc_ci95``, ``val_acc_ci95``), and two models on the same rows the paired
-  table (``paired_vs_teacher``), an Agresti-Min interval of the difference and McNemar's p-value;
+  table (``paired_vs_teacher``), an Agresti-Min interval of the difference and McNemar's p-value.
+  Each row's top-1 class id is kept too (``<split>_pred`` beside ``<split>``, never the logits):
+  macro-F1 (``sklearn.metrics``, over the classes present in the split's labels; a class never
+  predicted has F1 0) with a seeded bootstrap interval over the rows (``stats.bootstrap_macro_f1``),
+  and the test split's precision, recall, F1 and support per class (``per_class``);
 * embedding: each row has its cosine to the reference's vector (``cosine_rows``); ``cos_mean`` gets
   a bootstrap interval over the rows, ``top1_agree`` a Wilson one, and two models the paired
   bootstrap of their per-row cosines. On fewer rows than ``stats.MIN_BOOTSTRAP_ROWS`` the
   interval is a cosine's whole range ([-1, 1], a difference's [-2, 2]): too few rows to say.
 
-``Evidence`` (candidate name -> split -> per-row array) lives in memory during the benchmark; what
-is kept in ``benchmark.json`` is the intervals, the paired counts and ``runner_up``.
+``Evidence`` (candidate name -> split, or ``<split>_pred`` -> per-row array) lives in memory during
+the benchmark; what is kept in ``benchmark.json`` is the figures, the intervals, the paired counts,
+``per_class`` and ``runner_up``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks.core.types import BenchmarkReport, BenchmarkRow, Targets
+from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, Targets
 from tasks.evaluation import stats
 
 Evidence = dict[str, dict[str, np.ndarray]]
 COSINE_RANGE = (-1.0, 1.0)  # a cosine's whole range: its interval on too few rows for a bootstrap
 COSINE_DIFF_RANGE = (-2.0, 2.0)
+SPLITS = ("test", "val")
+
+
+def predicted_rows(logits: Tensor | np.ndarray) -> np.ndarray:
+    """Per row: the top-1 class id (int64)."""
+    out = np.asarray(logits)
+    return out.argmax(1).astype(np.int64) if len(out) else np.zeros(0, dtype=np.int64)
 
 
 def correct_rows(logits: Tensor | np.ndarray, labels: Tensor) -> np.ndarray:
     """Per row: is the top-1 prediction the label (bool)."""
-    pred = np.asarray(logits).argmax(1) if len(labels) else np.zeros(0, dtype=int)
+    pred = predicted_rows(logits) if len(labels) else np.zeros(0, dtype=int)
     return pred == torch.as_tensor(labels).cpu().numpy()
+
+
+def labels_of(data: Dataset) -> dict[str, np.ndarray]:
+    """The labels of the evaluation (``test``) and validation (``val``) splits."""
+    return {"test": data.y_test.cpu().numpy(), "val": data.y_val.cpu().numpy()}
+
+
+def class_splits(logits: Mapping[str, Tensor | np.ndarray], labels: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per split of ``logits``: each row right or wrong (``<split>``) and its top-1 class id
+    (``<split>_pred``): what every classification figure is drawn from, without the logits."""
+    out: dict[str, np.ndarray] = {}
+    for split, z in logits.items():
+        out[f"{split}_pred"] = predicted_rows(z)
+        out[split] = out[f"{split}_pred"] == np.asarray(labels[split])
+    return out
+
+
+def macro_f1_fields(split: str, labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """``<split>_macro_f1`` and its bootstrap ``_ci95``; for ``test`` also ``per_class``:
+    {class id (str, as in JSON): precision, recall, f1, support}, over the classes in ``labels``."""
+    from sklearn.metrics import precision_recall_fscore_support  # scipy-heavy: only where it is measured
+
+    y, p = np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if y.size == 0:
+        return {f"{split}_macro_f1": math.nan, f"{split}_macro_f1_ci95": list(stats.NAN2)}
+    classes = np.unique(y)
+    prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=classes, zero_division=0.0)
+    out = {f"{split}_macro_f1": float(np.mean(f1)), f"{split}_macro_f1_ci95": stats.bootstrap_macro_f1(y, p)}
+    if split == "test":
+        figures = zip(classes, prec, rec, f1, support)
+        out["per_class"] = {
+            str(c): {"precision": float(a), "recall": float(b), "f1": float(f), "support": int(n)}
+            for c, a, b, f, n in figures
+        }
+    return out
 
 
 def cosine_rows(out: Tensor, ref: Tensor) -> np.ndarray:
@@ -45,13 +93,16 @@ def cosine_rows(out: Tensor, ref: Tensor) -> np.ndarray:
     return F.cosine_similarity(torch.as_tensor(out).float(), torch.as_tensor(ref).float(), dim=1).numpy()
 
 
-def classification_fields(rows: dict[str, np.ndarray]) -> dict:
-    """``test_acc``/``val_acc`` with their rows and Wilson intervals, from per-split ``correct_rows``."""
+def classification_fields(rows: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None = None) -> dict:
+    """``test_acc``/``val_acc`` with their rows and Wilson intervals, from per-split ``correct_rows``;
+    with the ``labels`` and the rows' class ids (``class_splits``), macro-F1 too (``macro_f1_fields``)."""
     out: dict = {}
-    for split in ("test", "val"):
+    for split in SPLITS:
         v = rows[split]
         acc = float(v.mean()) if v.size else math.nan
         out |= {f"{split}_acc": acc, f"n_{split}": int(v.size), f"{split}_acc_ci95": stats.wilson(int(v.sum()), v.size)}
+        if labels is not None and f"{split}_pred" in rows:
+            out |= macro_f1_fields(split, labels[split], rows[f"{split}_pred"])
     return out
 
 
@@ -91,7 +142,9 @@ def pair_with_teacher(rows: list[BenchmarkRow], evidence: Evidence, task: str) -
     for r in rows:
         if r.name in evidence and r.name != teacher:
             r.paired_vs_teacher = {
-                s: stats.paired_counts(evidence[teacher][s], evidence[r.name][s]) for s in evidence[r.name]
+                s: stats.paired_counts(evidence[teacher][s], evidence[r.name][s])
+                for s in SPLITS
+                if s in evidence[r.name]
             }
 
 
@@ -136,7 +189,7 @@ def runner_up(
     return info, f"NOT DISTINGUISHABLE: selected '{sel.name}' vs runner-up '{other.name}': {q}; {s}{size}"
 
 
-CI_FIELDS = ("test_acc", "val_acc", "cos_mean", "val_cos_mean", "top1_agree")
+CI_FIELDS = ("test_acc", "val_acc", "test_macro_f1", "val_macro_f1", "cos_mean", "val_cos_mean", "top1_agree")
 
 
 def interval_metrics(row: BenchmarkRow) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""How benchmark picks: the selected candidate among the measured rows, and the target ratios.
+"""How benchmark picks: the selected candidate among the measured rows.
 
 ``choose`` takes the highest ``throughput_b256`` among candidates that are not rejected (parity
 gate) or simulated and meet the quality floors on the validation split (classification: val
@@ -9,12 +9,15 @@ the smallest of them is taken (``speed_tie``, a fixed fraction, only for rows wi
 With ``confidence`` (0.95; 0 = off, the point rule) a budget must hold at the interval's bound:
 classification, the lower bound of the paired val-accuracy difference to the teacher (Agresti-Min
 over ``paired_vs_teacher``) must be at least ``-max_acc_drop``; embedding, the lower bound of the
-val ``cos_mean`` interval must meet ``min_cos_mean``. When no candidate meets the floors, ``choose``
-takes the one whose judged value (``judged_quality``: the interval's bound at 95%, else the point)
-is highest and its note says by how much it missed. ``mark_selected`` keeps a ``selected`` input
-unless it was rejected. ``targets`` states the project's goals (selected vs teacher, each INT8
-model vs its FP32 parent) with ``Comparison.between``; ``flag_no_speedup`` marks a candidate with
-far fewer FLOPs than the reference but little more throughput. ``objective`` (``OBJECTIVES``) makes
+val ``cos_mean`` interval must meet ``min_cos_mean``. ``quality_metric: macro_f1`` (classification)
+puts the budget on val macro-F1 instead: at most ``max_acc_drop`` (0.01 = 1 point of macro-F1 x 100)
+below the teacher's, always by the point rule: macro-F1 has no paired interval (its bootstrap
+interval is the row's own, not of the difference), so ``confidence`` then applies to nothing and the
+rule says so; the runner-up's paired comparison stays on accuracy. When no candidate meets the
+floors, ``choose`` takes the one whose judged value (``judged_quality``: the interval's bound at
+95%, else the point) is highest and its note says by how much it missed. ``mark_selected`` keeps a ``selected`` input
+unless it was rejected. ``targets`` and ``flag_no_speedup`` (the goals' ratios) live in
+``tasks.evaluation.targets`` and are named here too. ``objective`` (``OBJECTIVES``) makes
 ``choose`` take the best row by another figure instead, e.g. the served p99 latency of
 ``benchmark.serving``; rows within ``speed_tie`` of the best count as tied and the smallest wins.
 """
@@ -25,12 +28,15 @@ import math
 from typing import Protocol
 
 from tasks.core.options import TaskKind
-from tasks.core.types import BenchmarkRow, Comparison, ModelArtifact, Targets
+from tasks.core.types import BenchmarkRow, ModelArtifact
 from tasks.evaluation import evidence, stats
+from tasks.evaluation.targets import flag_no_speedup as flag_no_speedup  # named here too (re-exported)
+from tasks.evaluation.targets import targets as targets
 
 # what ``choose`` maximises (or minimises) among the candidates that meet the quality floors
 OBJECTIVES = {"throughput_b256": "max", "latency_ms_p50_b1": "min", "serve_p99_ms": "min", "serve_rps": "max"}
 CONFIDENCE_LEVELS = (0.0, 0.95)  # off (the point rule) or the level every stored interval is drawn at
+QUALITY_FIELDS = {"accuracy": "val_acc", "macro_f1": "val_macro_f1"}  # classification: what the budget is on
 
 
 def check_confidence(value: float, key: str) -> None:
@@ -57,13 +63,7 @@ class SelectionRule(Protocol):
     @property
     def objective(self) -> str: ...
     @property
-    def int8_min_speedup(self) -> float: ...
-    @property
-    def int8_max_acc_drop(self) -> float: ...
-    @property
-    def no_speedup_flops_ratio(self) -> float: ...
-    @property
-    def no_speedup_throughput_ratio(self) -> float: ...
+    def quality_metric(self) -> str: ...
 
 
 # how the runner-up line names each objective, and its unit
@@ -138,11 +138,13 @@ def speed_tied(a: BenchmarkRow, b: BenchmarkRow, objective: str, tie: float) -> 
     return tied, f"{name} {'within' if tied else 'more than'} {tie:.0%} ({_num(va)} vs {_num(vb)}{unit}, no spread)"
 
 
-def acc_margin(row: BenchmarkRow, teacher: BenchmarkRow, confidence: float) -> float:
+def acc_margin(row: BenchmarkRow, teacher: BenchmarkRow, confidence: float, metric: str = "accuracy") -> float:
     """Val accuracy minus the teacher's: the point value, or with ``confidence`` the lower bound of
-    the paired difference (Newcombe's from the two Wilson intervals when there is no paired table)."""
-    point = (row.val_acc or 0.0) - (teacher.val_acc or 0.0)
-    if not confidence:
+    the paired difference (Newcombe's from the two Wilson intervals when there is no paired table).
+    ``metric`` macro_f1: val macro-F1 minus the teacher's, the point value at any ``confidence``."""
+    key = QUALITY_FIELDS[metric]
+    point = (getattr(row, key) or 0.0) - (getattr(teacher, key) or 0.0)
+    if not confidence or metric != "accuracy":
         return point
     counts = row.paired_vs_teacher.get("val")
     if counts:
@@ -160,10 +162,12 @@ def eligible(rows: list[BenchmarkRow], cfg: SelectionRule, task: str) -> tuple[l
     conf = cfg.confidence
     at = f" at {conf:.0%} confidence" if conf else ""
     if task == TaskKind.classification:
+        key, metric = QUALITY_FIELDS[cfg.quality_metric], cfg.quality_metric
         if teacher is None:
-            return pool, list(pool), "val_acc >= -1 (no teacher)"
-        ok = [r for r in pool if acc_margin(r, teacher, conf) >= -cfg.max_acc_drop]
-        return pool, ok, f"val_acc >= {(teacher.val_acc or 0.0) - cfg.max_acc_drop:.4f}{at}"
+            return pool, list(pool), f"{key} >= -1 (no teacher)"
+        ok = [r for r in pool if acc_margin(r, teacher, conf, metric) >= -cfg.max_acc_drop]
+        at = " (point rule: macro-F1 has no paired interval)" if conf and metric != "accuracy" else at
+        return pool, ok, f"{key} >= {(getattr(teacher, key) or 0.0) - cfg.max_acc_drop:.4f}{at}"
     low = lambda r: (r.val_cos_mean_ci95[0] if conf and r.val_cos_mean_ci95 else r.val_cos_mean) or 0  # noqa: E731
     ok = [r for r in pool if low(r) >= cfg.min_cos_mean and (r.val_cos_min or 0) >= cfg.min_cos_min]
     return pool, ok, f"val cos_mean >= {cfg.min_cos_mean}{at} and cos_min >= {cfg.min_cos_min}"
@@ -195,16 +199,18 @@ def judged_quality(
     row: BenchmarkRow, teacher: BenchmarkRow | None, cfg: SelectionRule, task: str
 ) -> tuple[float, float, float]:
     """(the row's quality as its floor judges it, that floor, its point value). Classification: the
-    teacher's val accuracy plus ``acc_margin`` (at 95% confidence the lower bound of the paired
-    difference) against the teacher's minus ``max_acc_drop``; embedding: val ``cos_mean`` (at 95%
-    its interval's lower bound) against ``min_cos_mean``. When nothing meets the floors, ``choose``
-    takes the highest judged value: the candidate nearest to meeting them as they are judged."""
+    teacher's val accuracy (or macro-F1, ``quality_metric``) plus ``acc_margin`` (accuracy at 95%
+    confidence: the lower bound of the paired difference) against the teacher's minus
+    ``max_acc_drop``; embedding: val ``cos_mean`` (at 95% its interval's lower bound) against
+    ``min_cos_mean``. When nothing meets the floors, ``choose`` takes the highest judged value: the
+    candidate nearest to meeting them as they are judged."""
     if task == TaskKind.classification:
-        point = row.val_acc or 0.0
+        key = QUALITY_FIELDS[cfg.quality_metric]
+        point = getattr(row, key) or 0.0
         if teacher is None:
             return point, -1.0, point
-        ref = teacher.val_acc or 0.0
-        return ref + acc_margin(row, teacher, cfg.confidence), ref - cfg.max_acc_drop, point
+        ref = getattr(teacher, key) or 0.0
+        return ref + acc_margin(row, teacher, cfg.confidence, cfg.quality_metric), ref - cfg.max_acc_drop, point
     point = row.val_cos_mean or 0.0
     ci = row.val_cos_mean_ci95
     return (ci[0] if cfg.confidence and ci else point), cfg.min_cos_mean, point
@@ -213,55 +219,11 @@ def judged_quality(
 def _shortfall(row: BenchmarkRow, teacher: BenchmarkRow | None, cfg: SelectionRule, task: str) -> str:
     """``'name' (val_acc 0.9450, 95% lower bound 0.9304: 0.0096 short)``: how far it missed."""
     judged, floor, point = judged_quality(row, teacher, cfg, task)
-    name = "val_acc" if task == TaskKind.classification else "val cos_mean"
+    name = QUALITY_FIELDS[cfg.quality_metric] if task == TaskKind.classification else "val cos_mean"
     at = f", {cfg.confidence:.0%} lower bound {judged:.4f}" if abs(judged - point) > 1e-12 else ""
     if judged < floor:
         return f"'{row.name}' ({name} {point:.4f}{at}: {floor - judged:.4f} short)"
     return f"'{row.name}' ({name} {point:.4f}{at}; cos_min {row.val_cos_min or 0.0:.4f} < {cfg.min_cos_min})"
-
-
-def targets(
-    rows: list[BenchmarkRow],
-    teacher: BenchmarkRow | None,
-    selected: BenchmarkRow | None,
-    cfg: SelectionRule,
-    evid: evidence.Evidence | None = None,
-) -> Targets:
-    """Selected-vs-teacher ratios (None without either) and INT8-vs-FP32-parent checks; with the
-    per-row outcomes ``evid``, each accuracy delta's paired interval and McNemar p-value."""
-    by_name = {r.name: r for r in rows}
-    int8 = []
-    for r in rows:
-        parent = by_name.get(r.parent) if r.int8_onnx and r.parent else None
-        if parent is not None:
-            c = Comparison.between(r, parent)
-            c.meets_target = bool(
-                (c.throughput_speedup or 0.0) >= cfg.int8_min_speedup
-                and (c.test_acc_delta is None or c.test_acc_delta >= -cfg.int8_max_acc_drop)
-            )
-            int8.append(c)
-    out = Targets(
-        teacher=teacher.name if teacher else None,
-        selected=selected.name if selected else None,
-        selected_vs_teacher=Comparison.between(selected, teacher) if teacher and selected else None,
-        int8_vs_fp32=int8,
-        int8_target={"min_speedup": cfg.int8_min_speedup, "max_acc_drop": cfg.int8_max_acc_drop},
-    )
-    if evid is not None:
-        evidence.annotate_targets(out, evid)
-    return out
-
-
-def flag_no_speedup(rows: list[BenchmarkRow], teacher: BenchmarkRow | None, cfg: SelectionRule) -> None:
-    for r in rows:
-        if teacher is None or r is teacher or r.simulated:
-            r.no_speedup = None if teacher is None or r.simulated else False
-            continue
-        c = Comparison.between(r, teacher)
-        r.no_speedup = bool(
-            (c.flops_reduction or 0.0) >= cfg.no_speedup_flops_ratio
-            and (c.throughput_speedup or 0.0) < cfg.no_speedup_throughput_ratio
-        )
 
 
 def mark_selected(

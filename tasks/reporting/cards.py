@@ -25,6 +25,8 @@ ModelCard = dict  # {"name": str, "metrics": {figure: float}, "params": {key: st
 CARD_METRICS = (
     "test_acc",
     "val_acc",
+    "test_macro_f1",
+    "val_macro_f1",
     "cos_mean",
     "cos_min",
     "top1_agree",

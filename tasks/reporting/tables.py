@@ -2,7 +2,8 @@
 quality/throughput frontier, a rejected one with the reason it was rejected), the selected
 model's ratios against the teacher, and a shorter summary for the run's description (the
 teacher, the selected model and the frontier only, bounded: MLflow caps a description at 8000
-characters). Embedding benchmarks show cosine mean/min and top-1 agreement instead of accuracy.
+characters). Embedding benchmarks show cosine mean/min and top-1 agreement instead of accuracy;
+classification benchmarks measured with macro-F1 show it beside each accuracy, with its interval.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ COLUMNS = [
     ("latency_ms_p95_b1", "p95 ms (b1)"),
     ("throughput_b256", "samples/s (b256)"),
 ]
+F1_COLUMNS = [("test_macro_f1", "test macro-F1"), ("val_macro_f1", "val macro-F1")]
 EMBEDDING_COLUMNS = [("cos_mean", "cos mean"), ("cos_min", "cos min"), ("top1_agree", "top-1 agree")]
 
 
 def columns(bench: BenchmarkReport) -> list[tuple[str, str]]:
     served = SERVED_COLUMNS if any(r.serve_rps is not None for r in bench.candidates) else []
-    if bench.task != "embedding":
+    if bench.task == "embedding":
+        return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:] + served
+    if all(r.test_macro_f1 is None for r in bench.candidates):  # measured before macro-F1 was
         return COLUMNS + served
-    return COLUMNS[:2] + EMBEDDING_COLUMNS + COLUMNS[4:] + served
+    (test_acc, val_acc), (test_f1, val_f1) = COLUMNS[2:4], F1_COLUMNS
+    return COLUMNS[:2] + [test_acc, test_f1, val_acc, val_f1] + COLUMNS[4:] + served
 
 
 def _fmt(key: str, v) -> str:
@@ -41,7 +46,7 @@ def _fmt(key: str, v) -> str:
         return "–"
     if key in ("test_acc", "val_acc"):
         return f"{100 * float(v):.2f}%"
-    if key in ("cos_mean", "cos_min", "top1_agree"):
+    if key in ("cos_mean", "cos_min", "top1_agree", "test_macro_f1", "val_macro_f1"):
         return f"{float(v):.4f}"
     if key == "size_bytes":
         return f"{float(v) / 1024:.1f} KiB"

@@ -14,8 +14,9 @@ FP32 reference row, agreement with a reference model's outputs, and the parity-g
 * Quality of embedding models (``embedding_fields``): cosine / retrieval agreement of the
   candidate's ORT outputs with the reference's torch outputs on the evaluation split (reported)
   and the validation split (what selection reads).
-* Per-row outcomes (``correct_splits``, ``cosine_splits``): what the quality intervals and the
-  paired comparisons of ``tasks.evaluation.evidence`` are drawn from.
+* Per-row outcomes (``correct_splits``: right or wrong and the top-1 class id; ``cosine_splits``):
+  what the quality figures' intervals and the paired comparisons of ``tasks.evaluation.evidence``
+  are drawn from.
 * ``rejection``: a candidate whose quantize step failed the parity gate (``metrics.rejected``)
   is rejected, with the figures it was rejected on.
 """
@@ -187,19 +188,16 @@ def time_rows(measured: list[tuple[BenchmarkRow, NewTimer | None]], plan: Timing
 
 
 def correct_splits(sess: ort.InferenceSession, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
-    """Per row of the evaluation and validation splits: is the ORT model's top-1 the label."""
-    return {
-        "test": evidence.correct_rows(ort_predict(sess, data.x_test, batch_size), data.y_test),
-        "val": evidence.correct_rows(ort_predict(sess, data.x_val, batch_size), data.y_val),
-    }
+    """Per row of the evaluation and validation splits: is the ORT model's top-1 the label, and
+    its top-1 class id (``evidence.class_splits``)."""
+    logits = {"test": ort_predict(sess, data.x_test, batch_size), "val": ort_predict(sess, data.x_val, batch_size)}
+    return evidence.class_splits(logits, evidence.labels_of(data))
 
 
 def torch_correct_splits(model: nn.Module, data: Dataset) -> dict[str, np.ndarray]:
     """``correct_splits`` of a torch model (the torch FP32 reference row)."""
-    return {
-        "test": evidence.correct_rows(predict(model, data.x_test).numpy(), data.y_test),
-        "val": evidence.correct_rows(predict(model, data.x_val).numpy(), data.y_val),
-    }
+    logits = {"test": predict(model, data.x_test).numpy(), "val": predict(model, data.x_val).numpy()}
+    return evidence.class_splits(logits, evidence.labels_of(data))
 
 
 def cosine_splits(out: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, np.ndarray]:

@@ -138,8 +138,9 @@ def _quality(row: BenchmarkRow, onnx_bytes: bytes, data: Dataset, batch_size: in
     run = predictor(compile_onnx(onnx_bytes, 1))
     out = {"val": embed(run, data.x_val, batch_size), "test": embed(run, data.x_test, batch_size)}
     if data.task == TaskKind.classification:
-        per_row = {s: evidence.correct_rows(out[s].numpy(), y) for s, y in (("test", data.y_test), ("val", data.y_val))}
-        evidence.set_fields(row, evidence.classification_fields(per_row))
+        labels = evidence.labels_of(data)
+        per_row = evidence.class_splits({s: out[s].numpy() for s in evidence.SPLITS}, labels)
+        evidence.set_fields(row, evidence.classification_fields(per_row, labels))
         return per_row
     if ref is None:
         return None

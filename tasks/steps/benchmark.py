@@ -29,10 +29,12 @@ deployable candidate is also measured through Ray Serve over HTTP (``tasks.servi
 ``serve_p50_ms``, ``serve_p99_ms``, ``serve_rps``), which ``objective`` may name.
 
 Every quality figure carries its 95% interval (``<field>_ci95``, ``tasks.evaluation.evidence``:
-Wilson over the rows for accuracies, bootstrap for mean cosines; MLflow gets ``_ci95_low`` /
-``_ci95_high``), each accuracy delta in ``targets`` its paired interval and McNemar p-value, and
-``runner_up`` compares the selected model with the next eligible one (a note says when the two
-cannot be told apart). Every timed figure has its median and spread in ``row.timing``.
+Wilson over the rows for accuracies, bootstrap for macro-F1 and mean cosines; MLflow gets
+``_ci95_low`` / ``_ci95_high``), each accuracy delta in ``targets`` its paired interval and McNemar
+p-value, and ``runner_up`` compares the selected model with the next eligible one (a note says
+when the two cannot be told apart). Classification rows carry the test split's ``per_class``
+figures; ``quality_metric: macro_f1`` puts ``choose``'s budget on val macro-F1 (point rule).
+Every timed figure has its median and spread in ``row.timing``.
 
 The result is a typed ``BenchmarkReport`` (rows are ``BenchmarkRow``, see ``tasks/core/types.py``):
 ``report`` reads it as is, and ``benchmark.json`` on the step's run is its ``to_dict()``.
@@ -51,13 +53,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tasks.core.checks import at_least, each_at_least, fraction, positive
+from tasks.core.checks import at_least, each_at_least, fraction, one_of, positive
 from tasks.core.context import StepContext
 from tasks.core.options import TaskKind
 from tasks.core.types import BenchmarkReport, BenchmarkRow, Dataset, ModelArtifact
 from tasks.evaluation import evidence
 from tasks.evaluation.evidence import Evidence, interval_metrics, with_interval
-from tasks.evaluation.selection import check_confidence, flag_no_speedup, mark_selected, targets
+from tasks.evaluation.selection import QUALITY_FIELDS, check_confidence, mark_selected
+from tasks.evaluation.targets import flag_no_speedup, targets
 from tasks.models.build import count_nonzero, count_params, flops_one_sample, load_model
 from tasks.runtime import measure
 from tasks.runtime import openvino as runtimes
@@ -86,7 +89,8 @@ class BenchmarkConfig:
     choose: bool = False  # without a `selected` input, pick the selected model here (see module doc)
     min_cos_mean: float = 0.99  # choose, embedding: validation cos_mean floor vs the reference
     min_cos_min: float = 0.97  # choose, embedding: validation worst-row cosine floor
-    max_acc_drop: float = 0.01  # choose, classification: val accuracy floor below the teacher's
+    max_acc_drop: float = 0.01  # choose, classification: val accuracy (or macro-F1) floor below the teacher's
+    quality_metric: str = "accuracy"  # choose, classification: what max_acc_drop is on: accuracy | macro_f1
     speed_tie: float = 0.1  # choose: within this fraction of the fastest counts as as fast; the smallest wins
     confidence: float = 0.0  # choose: 0.95 = quality floors must hold at the interval's bound (0 = point rule)
     runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])  # + openvino: tasks/runtime/openvino.py
@@ -102,6 +106,7 @@ class BenchmarkConfig:
             positive(key, getattr(self, key))
         fraction("int8_max_acc_drop", self.int8_max_acc_drop)
         fraction("max_acc_drop", self.max_acc_drop)  # 1: no accuracy floor (the cosine floors are left free)
+        one_of("quality_metric", self.quality_metric, QUALITY_FIELDS)
         fraction("speed_tie", self.speed_tie, open_high=True)
         check_confidence(self.confidence, "benchmark.confidence")
         check_objective(self.objective, self.serving)
@@ -149,7 +154,7 @@ def measure_row(
         rejected_reason=reason,
     )
     if per_row is not None:
-        evidence.set_fields(row, evidence.classification_fields(per_row))
+        evidence.set_fields(row, evidence.classification_fields(per_row, evidence.labels_of(data)))
     if ref is not None:
         out = measure.ort_outputs(onnx_bytes, data, cfg.eval_batch_size)
         fields = measure.embedding_fields(out, ref)
@@ -189,7 +194,7 @@ def torch_reference_row(
     )
     if data.task == TaskKind.classification:
         per_row = measure.torch_correct_splits(net, data)
-        evidence.set_fields(row, evidence.classification_fields(per_row))
+        evidence.set_fields(row, evidence.classification_fields(per_row, evidence.labels_of(data)))
         if evid is not None:
             evid[row.name] = per_row
     elif ref is not None:
@@ -214,7 +219,8 @@ def _cell(v) -> str:
 
 
 def _markdown(report: BenchmarkReport) -> str:
-    quality = ["test_acc"] if report.task == TaskKind.classification else ["cos_mean", "cos_min", "top1_agree"]
+    classify = report.task == TaskKind.classification
+    quality = ["test_acc", "test_macro_f1"] if classify else ["cos_mean", "cos_min", "top1_agree"]
     cols = ["name", "kind", *quality, "params", "flops", "size_bytes", "latency_ms_p50_b1", "throughput_b256"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in report.candidates:
@@ -282,8 +288,8 @@ def run(
         ctx.log_metrics(
             {
                 metric_key(r.name, k): float(getattr(r, k))
-                for k in ("test_acc", "val_acc", "size_bytes", "flops", "latency_ms_p50_b1", "throughput_b256")
-                + ("cos_mean", "cos_min", "top1_agree", *SERVE_FIELDS)
+                for k in ("test_acc", "val_acc", "test_macro_f1", "val_macro_f1", "size_bytes", "flops")
+                + ("latency_ms_p50_b1", "throughput_b256", "cos_mean", "cos_min", "top1_agree", *SERVE_FIELDS)
                 if getattr(r, k) is not None
             }
             | {metric_key(r.name, k): v for k, v in r.speed.items()}

@@ -11,8 +11,8 @@ kind's colour (legend) and listed in the table (``tasks.reporting.tables``).
 Headline metrics (``Publication.metrics``, shown in MLflow's runs table so executions compare at a
 glance; a metric is left out when its value is unknown):
 
-* ``selected.<field>`` and ``teacher.<field>`` for ``test_acc``, ``val_acc``, ``size_bytes``,
-  ``throughput_b256`` and ``latency_ms_p50_b1`` of the selected model and of the teacher;
+* ``selected.<field>`` and ``teacher.<field>`` for ``test_acc``, ``val_acc`` (and their macro-F1),
+  ``size_bytes``, ``throughput_b256`` and ``latency_ms_p50_b1`` of the selected model and of the teacher;
 * ``selected_vs_teacher.<ratio>`` for every ratio of ``tasks.core.types.Comparison``
   (``test_acc_delta``, ``throughput_speedup``, ``latency_speedup_b1``, ``size_reduction``,
   ``params_reduction``, ``nonzero_params_reduction``, ``flops_reduction``; > 1 is better), the
@@ -25,6 +25,10 @@ candidate of that name is registered. A rejected candidate is listed with the pa
 was rejected on and never registered. The registration names the selected benchmark *row*
 (``Registration.source``): for a row of another runtime (``X@openvino``) the version's tags, its
 runtime and its logged model's card are that row's, and the ONNX is its candidate ``X``'s.
+
+Classification benchmarks add a per-class table of the selected model and the teacher
+(``tasks.reporting.classes``: precision, recall, F1 and support on the test split, the classes
+named by the models' ``id2label`` when they name them).
 
 Embedding benchmarks (``bench.task == "embedding"``) have no accuracy: the quality axis is the
 evaluation split's ``cos_mean`` to the reference, and the table shows cosine mean/min and top-1
@@ -44,6 +48,7 @@ from tasks.evaluation.evidence import interval_metrics
 from tasks.models.build import load_model, sample_shape
 from tasks.reporting import deploy
 from tasks.reporting.cards import model_cards
+from tasks.reporting.classes import class_names, per_class_markdown
 from tasks.reporting.kbit import kbit_section
 from tasks.reporting.plots import pareto_figure, png_bytes, quality_key
 from tasks.reporting.tables import markdown, summary_markdown
@@ -51,7 +56,17 @@ from tasks.runtime.onnx import to_onnx
 from tasks.runtime.openvino import runtime_of
 from tasks.serving.model import serving_files
 
-HEADLINE_FIELDS = ("test_acc", "val_acc", "size_bytes", "throughput_b256", "latency_ms_p50_b1", "cos_mean", "cos_min")
+HEADLINE_FIELDS = (
+    "test_acc",
+    "val_acc",
+    "test_macro_f1",
+    "val_macro_f1",
+    "size_bytes",
+    "throughput_b256",
+    "latency_ms_p50_b1",
+    "cos_mean",
+    "cos_min",
+)
 
 
 @dataclass
@@ -154,7 +169,8 @@ def run(
     front_size = pareto_front(bench.candidates, {q: "max", "size_bytes": "min"})
     selected, reg_line = _registered_model(bench, selected, candidates or [], ctx)
     kbit_files, kbit_md, kbit_data = kbit_section(bench, list(kbit or []), cfg.dpi)
-    md = markdown(bench, front) + ("\n" + kbit_md if kbit_md else "")
+    per_class = per_class_markdown(bench, class_names([selected, *(candidates or [])]))
+    md = markdown(bench, front) + "".join("\n" + part for part in (per_class, kbit_md) if part)
     miss = budget_line(bench, cfg.max_acc_drop)
     md = f"**{miss}**\n\n{md}" if miss else md
     files = {"pareto.png": png_bytes(pareto_figure(bench, front, front_size), cfg.dpi), "report.md": md.encode()}
