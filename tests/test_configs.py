@@ -26,9 +26,9 @@ def _options(group: str) -> list[str]:
 
 # pipelines whose data step takes another data option than the default (mnist1d) -> that option,
 # with the keys it requires
-DATA_OF = {"hf_textcls": "hf_text"}
+DATA_OF = {"hf_textcls": "hf_text", "hf_embed": "hf_text"}
 REQUIRED = {"hf_text": ["data.path=train.csv", "+teacher.path=my-model"]}
-EXPERIMENT_REQUIRED = {"hf_textcls": ["data.path=train.csv", "teacher.path=my-model"]}  # its ??? keys
+EXPERIMENT_REQUIRED = {e: ["data.path=train.csv", "teacher.path=my-model"] for e in ("hf_textcls", "hf_embed")}
 
 
 def _with_data(pipeline: str) -> list[str]:

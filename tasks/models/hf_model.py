@@ -1,4 +1,5 @@
-"""A user's Hugging Face sequence classifier as a model the pipeline can store and rebuild.
+"""A user's Hugging Face sequence classifier (or embedding model) as a model the pipeline can store
+and rebuild.
 
 ``HFSequenceClassifier`` is ``tasks.models.hf_load.Classifier`` (one stacked ``[B, k, T]`` tensor
 or ``k`` tensors in the folder's input order -> logits) around a model that it builds itself from a
@@ -17,7 +18,7 @@ import json
 
 import torch
 
-from tasks.models.hf_load import Classifier
+from tasks.models.hf_load import Classifier, Embedder
 from tasks.models.transformer import _hf
 
 # config keys that describe where and how the folder was written, not the model (dropped from arch)
@@ -35,7 +36,20 @@ class HFSequenceClassifier(Classifier):
         super().__init__(model, list(input_names))
 
 
+class HFEmbedder(Embedder):
+    """``AutoModel.from_config`` of ``config`` (random weights) + the folder's pooling (and L2
+    normalization), wrapped as an ``Embedder`` taking ``input_names``: a user's embedding model."""
+
+    def __init__(self, config: dict, input_names: list[str], pooling: str = "mean", normalize: bool = False):
+        hf = _hf()
+        cfg = hf.AutoConfig.for_model(**{k: v for k, v in config.items() if k not in _PROVENANCE})
+        model = hf.AutoModel.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+        super().__init__(model, pooling, normalize, list(input_names))
+
+
 TARGET = f"{HFSequenceClassifier.__module__}.{HFSequenceClassifier.__qualname__}"
+EMBEDDER_TARGET = f"{HFEmbedder.__module__}.{HFEmbedder.__qualname__}"
+TRUSTED = (TARGET, EMBEDDER_TARGET)  # what a config's trusted_models lists for a user's folder
 
 
 def hf_classifier_arch(config: dict, input_names: list[str]) -> dict:
@@ -47,3 +61,9 @@ def hf_classifier_arch(config: dict, input_names: list[str]) -> dict:
         raise ValueError(f"hf_classifier_arch: config has no model_type (keys {sorted(config)[:8]}...)")
     clean = json.loads(json.dumps({k: v for k, v in config.items() if k not in _PROVENANCE}))  # JSON values only
     return {"_target_": TARGET, "config": clean, "input_names": [str(n) for n in input_names]}
+
+
+def hf_embedder_arch(config: dict, input_names: list[str], pooling: str, normalize: bool) -> dict:
+    """The JSON ``arch`` of an ``HFEmbedder`` (see ``hf_classifier_arch``)."""
+    arch = hf_classifier_arch(config, input_names)
+    return {**arch, "_target_": EMBEDDER_TARGET, "pooling": pooling, "normalize": bool(normalize)}

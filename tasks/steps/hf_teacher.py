@@ -9,7 +9,9 @@ Loading the weights strictly into the rebuilt model here proves the artifact rel
 
 The data must come from the same folder (``hf_text_data`` with ``model=<the folder>``): the same
 input names in the same order, labels numbered by its ``id2label``, token ids inside its vocabulary.
-A folder without a classification head (an encoder) is refused: fine-tuning one is not supported yet.
+A folder without a classification head (an encoder) is refused for labeled data (fine-tuning one is
+not supported yet); with unlabeled data (``hf_text_data label_column=""``) the folder's encoder,
+pooling and normalization become an ``HFEmbedder`` teacher (``experiment=hf_embed``).
 Pipelines that load the artifact later list the class in ``trusted_models``
 (``tasks.models.hf_model.HFSequenceClassifier``), as ``experiment=textcls`` does for ``TextClassifier``.
 """
@@ -25,8 +27,8 @@ from tasks.core.options import ModelKind, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import count_params, make_artifact
 from tasks.models.hf_folder import ModelFolderError, inspect_folder, position_limit
-from tasks.models.hf_load import load_classifier
-from tasks.models.hf_model import HFSequenceClassifier, hf_classifier_arch
+from tasks.models.hf_load import load_classifier, load_encoder
+from tasks.models.hf_model import HFEmbedder, HFSequenceClassifier, hf_classifier_arch, hf_embedder_arch
 from tasks.training.loop import accuracy
 
 
@@ -41,14 +43,12 @@ class HfTeacherConfig:
 
 def _check_data(data: Dataset, folder: Path, input_names: list[str], num_labels: int, config) -> None:
     """The data was made for this folder: its inputs, its labels, its vocabulary and positions."""
-    if data.task != TaskKind.classification:
-        raise ValueError(f"hf_teacher: needs labeled (classification) data, '{data.name}' is {data.task}")
     if list(data.input_names) != list(input_names):
         raise ValueError(
             f"hf_teacher: data '{data.name}' stacks inputs {list(data.input_names)}, {folder} takes {input_names}; "
             f"make the data with hf_text_data model={folder}"
         )
-    if data.num_classes != num_labels:
+    if data.task == TaskKind.classification and data.num_classes != num_labels:
         raise ValueError(
             f"hf_teacher: data '{data.name}' has {data.num_classes} classes, {folder} has {num_labels} labels; "
             f"make the data with hf_text_data model={folder}"
@@ -71,6 +71,8 @@ def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifa
     require("path", bool(cfg.path), "a Hugging Face model folder is required (a fine-tuned classifier)")
     folder = Path(cfg.path)
     info = inspect_folder(folder)
+    if data.task == TaskKind.embedding:
+        return _embedder(data, folder, info, ctx)
     if info.task != "classification":
         raise ModelFolderError(
             f"{folder}: no sequence-classification head (architectures {info.architectures}); fine-tuning such a "
@@ -92,4 +94,24 @@ def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifa
         "params": float(count_params(model)),
     }
     ctx.log_metrics(metrics)
+    return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
+
+
+def _embedder(data: Dataset, folder: Path, info, ctx: StepContext) -> ModelArtifact:
+    """Unlabeled data: the folder's encoder with its pooling (sentence-transformers config, else mean)
+    and normalization as an ``HFEmbedder`` teacher (a classifier folder's encoder too, head dropped)."""
+    loaded, _, pooling = load_encoder(folder)
+    _check_data(data, folder, info.input_names, 0, loaded.config)
+    arch = hf_embedder_arch(loaded.config.to_dict(), info.input_names, pooling, info.normalize)
+    model = HFEmbedder(arch["config"], arch["input_names"], pooling, info.normalize)
+    try:
+        model.model.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[0]
+        raise ModelFolderError(f"{folder}: the weights do not fit the encoder rebuilt from its config ({why})") from e
+    del loaded
+    metrics = {"params": float(count_params(model.eval()))}
+    ctx.log_metrics(metrics)
+    normalized = ", normalized" if info.normalize else ""
+    ctx.note(f"hf_teacher: {folder} as an embedding model ({pooling} pooling{normalized})")
     return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
