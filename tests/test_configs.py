@@ -38,7 +38,8 @@ def _with_data(pipeline: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "overrides",
-    [_with_data(p) for p in _options("pipeline")] + [[f"experiment={e}", *EXPERIMENT_REQUIRED.get(e, [])] for e in _options("experiment")],
+    [_with_data(p) for p in _options("pipeline")]
+    + [[f"experiment={e}", *EXPERIMENT_REQUIRED.get(e, [])] for e in _options("experiment")],
 )
 def test_every_pipeline_and_experiment_validates(overrides):
     cfg = load_config(overrides)
