@@ -23,16 +23,43 @@ from tests.engine_helpers import selected_benchmark  # noqa: E402
 from tests.hf_models import LABELS, SENTENCES, write_folder  # noqa: E402
 
 
-def _csv(path, rows=60):
+def _frame(rows: int) -> pd.DataFrame:
     texts = [f"{SENTENCES[i % 4]} {'cat ' * (i % 7)}row {i}".strip() for i in range(rows)]
-    pd.DataFrame({"text": texts, "label": [LABELS[i % 3] for i in range(rows)]}).to_csv(path, index=False)
+    return pd.DataFrame({"text": texts, "label": [LABELS[i % 3] for i in range(rows)]})
+
+
+def _csv(path, rows=60):
+    _frame(rows).to_csv(path, index=False)
     return path
+
+
+# each architecture's end-to-end run reads its text in another of the formats a user may have
+FORMAT_OF = {"bert": "csv", "distilbert": "jsonl", "roberta": "parquet", "deberta-v2": "disk"}
+
+
+def _data_file(folder, fmt: str, rows: int):
+    df = _frame(rows)
+    if fmt == "csv":
+        return _csv(folder / "train.csv", rows)
+    if fmt == "jsonl":
+        df.to_json(folder / "train.jsonl", orient="records", lines=True)
+        return folder / "train.jsonl"
+    if fmt == "parquet":
+        df.to_parquet(folder / "train.parquet")
+        return folder / "train.parquet"
+    import datasets
+
+    datasets.Dataset.from_pandas(df).save_to_disk(str(folder / "train"))
+    return folder / "train"
+
+
+ARCHS = ("bert", "distilbert", "roberta", "deberta-v2")  # token_type_ids or not; absolute or relative positions
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {a: write_folder(root, a) for a in ("bert", "distilbert")}
+    return {a: write_folder(root, a) for a in ARCHS}
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
@@ -107,13 +134,14 @@ def test_missing_required_keys_fail_in_one_line_before_anything_runs():
 
 
 @pytest.mark.slow
-def test_hf_textcls_end_to_end_on_a_users_bert_folder_and_csv(folders, workdir, ray_local):
-    csv = _csv(workdir / "train.csv", rows=90)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hf_textcls_end_to_end_on_a_users_folder_and_csv(folders, workdir, ray_local, arch):
+    path = _data_file(workdir, FORMAT_OF[arch], rows=90)
     fast = "pipeline.steps.benchmark.params"
     overrides = [
         "experiment=hf_textcls",
-        f"teacher.path={folders['bert']}",
-        f"data.path={csv}",
+        f"teacher.path={folders[arch]}",
+        f"data.path={path}",
         "data.seq_len=16",
         "data.n_calib=8",
         f"tracking.uri=sqlite:///{workdir}/mlflow.db",

@@ -236,6 +236,15 @@ def flops_one_sample(model: torch.nn.Module, x: torch.Tensor) -> int:
     The project's one FLOP counter: ``prune`` reports its ``flops`` with it too.
     """
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.cpu().eval()(x[:1].cpu())
+    # parameters that require grad fail FlopCounterMode's module tracker when a model feeds one to a
+    # submodule as an input (DeBERTa-v2's relative embeddings): counted frozen, restored after
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with counter, torch.no_grad():
+            model.cpu().eval()(x[:1].cpu())
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return int(counter.get_total_flops())
