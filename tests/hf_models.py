@@ -155,3 +155,21 @@ def encode(tok, input_names: list[str], sentences: list[str] = SENTENCES, length
     """``[N, len(input_names), length]``: the tokenizer's rows stacked in the folder's input order."""
     enc = tok(sentences, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
     return torch.stack([enc[n] for n in input_names], dim=1)
+
+
+def tiny_run(experiment: str, folder, data_path, workdir, *extra: str) -> list[str]:
+    """The overrides of an ``hf_*`` experiment at test size: the folder and file given, 16 tokens a
+    row, one distillation epoch, a benchmark of single timing rounds, a private MLflow store."""
+    fast = "pipeline.steps.benchmark.params"
+    return [
+        f"experiment={experiment}",
+        f"teacher.path={folder}",
+        f"data.path={data_path}",
+        "data.seq_len=16",
+        "data.n_calib=8",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        "pipeline.steps.student.params.optim.epochs=1",
+        *(f"{fast}.{k}" for k in ("warmup=1", "iters_b1=3", "iters_b256=2", "rounds=1", "speed_threads=[2]")),
+        f"{fast}.throughput_batch=8",
+        *extra,
+    ]

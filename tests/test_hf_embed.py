@@ -17,7 +17,7 @@ from tasks.models.hf_load import Embedder, load_encoder  # noqa: E402
 from tasks.models.hf_model import EMBEDDER_TARGET  # noqa: E402
 from tasks.steps import hf_teacher, hf_text_data  # noqa: E402
 from tests.engine_helpers import selected_benchmark  # noqa: E402
-from tests.hf_models import SENTENCES, write_folder  # noqa: E402
+from tests.hf_models import SENTENCES, tiny_run, write_folder  # noqa: E402
 
 
 def _csv(path, rows=80):
@@ -48,23 +48,8 @@ def test_an_embedding_folder_is_a_teacher_with_its_own_pooling(folder, tmp_path)
 
 @pytest.mark.slow
 def test_hf_embed_end_to_end_on_a_users_encoder_and_sentences(folder, workdir, ray_local):
-    fast = "pipeline.steps.benchmark.params"
-    overrides = [
-        "experiment=hf_embed",
-        f"teacher.path={folder}",
-        f"data.path={_csv(workdir / 'sentences.csv')}",
-        "data.text_column=sentence",
-        "data.seq_len=16",
-        "data.n_calib=8",
-        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
-        "pipeline.steps.student.params.optim.epochs=1",
-        f"{fast}.warmup=1",
-        f"{fast}.iters_b1=3",
-        f"{fast}.iters_b256=2",
-        f"{fast}.rounds=1",
-        f"{fast}.speed_threads=[2]",
-        f"{fast}.throughput_batch=8",
-    ]
+    path = _csv(workdir / "sentences.csv")
+    overrides = tiny_run("hf_embed", folder, path, workdir, "data.text_column=sentence")
     out, bench = selected_benchmark(workdir, overrides)
     assert bench.task == "embedding"
     rows = {r.name: r for r in bench.candidates}

@@ -20,7 +20,7 @@ from tasks.models.hf_model import TARGET  # noqa: E402
 from tasks.models.transformer import layer_student  # noqa: E402
 from tasks.steps import distill, hf_teacher, hf_text_data, infer  # noqa: E402
 from tests.engine_helpers import selected_benchmark  # noqa: E402
-from tests.hf_models import LABELS, SENTENCES, write_folder  # noqa: E402
+from tests.hf_models import LABELS, SENTENCES, tiny_run, write_folder  # noqa: E402
 
 
 def _frame(rows: int) -> pd.DataFrame:
@@ -137,22 +137,7 @@ def test_missing_required_keys_fail_in_one_line_before_anything_runs():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hf_textcls_end_to_end_on_a_users_folder_and_csv(folders, workdir, ray_local, arch):
     path = _data_file(workdir, FORMAT_OF[arch], rows=90)
-    fast = "pipeline.steps.benchmark.params"
-    overrides = [
-        "experiment=hf_textcls",
-        f"teacher.path={folders[arch]}",
-        f"data.path={path}",
-        "data.seq_len=16",
-        "data.n_calib=8",
-        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
-        "pipeline.steps.student.params.optim.epochs=1",
-        f"{fast}.warmup=1",
-        f"{fast}.iters_b1=3",
-        f"{fast}.iters_b256=2",
-        f"{fast}.rounds=1",
-        f"{fast}.speed_threads=[2]",
-        f"{fast}.throughput_batch=8",
-    ]
+    overrides = tiny_run("hf_textcls", folders[arch], path, workdir)
     out, bench = selected_benchmark(workdir, overrides)
     assert bench.task == "classification"
     rows = {r.name: r for r in bench.candidates}

@@ -82,11 +82,7 @@ def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifa
     _check_data(data, folder, info.input_names, info.num_labels, loaded.config)
     arch = hf_classifier_arch(loaded.config.to_dict(), info.input_names)
     model = HFSequenceClassifier(arch["config"], arch["input_names"])
-    try:
-        model.model.load_state_dict(loaded.state_dict(), strict=True)
-    except RuntimeError as e:
-        why = str(e).strip().splitlines()[0]
-        raise ModelFolderError(f"{folder}: the weights do not fit the model rebuilt from its config ({why})") from None
+    _load_strict(model.model, loaded, folder)
     del loaded
     model.eval()
     metrics = {
@@ -104,14 +100,20 @@ def _embedder(data: Dataset, folder: Path, info, ctx: StepContext) -> ModelArtif
     _check_data(data, folder, info.input_names, 0, loaded.config)
     arch = hf_embedder_arch(loaded.config.to_dict(), info.input_names, pooling, info.normalize)
     model = HFEmbedder(arch["config"], arch["input_names"], pooling, info.normalize)
-    try:
-        model.model.load_state_dict(loaded.state_dict(), strict=True)
-    except RuntimeError as e:
-        why = str(e).strip().splitlines()[0]
-        raise ModelFolderError(f"{folder}: the weights do not fit the encoder rebuilt from its config ({why})") from e
+    _load_strict(model.model, loaded, folder)
     del loaded
     metrics = {"params": float(count_params(model.eval()))}
     ctx.log_metrics(metrics)
     normalized = ", normalized" if info.normalize else ""
     ctx.note(f"hf_teacher: {folder} as an embedding model ({pooling} pooling{normalized})")
     return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
+
+
+def _load_strict(rebuilt, loaded, folder: Path) -> None:
+    """The folder's weights into the model rebuilt from its config, every tensor or one line: the
+    proof that the stored artifact (config + weights) reloads without the folder."""
+    try:
+        rebuilt.load_state_dict(loaded.state_dict(), strict=True)
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[0]
+        raise ModelFolderError(f"{folder}: the weights do not fit the model rebuilt from its config ({why})") from None
