@@ -33,7 +33,8 @@ class StepContext:
     # the engine fills it with the targets the config names plus its trusted_models list
     trusted_targets: tuple[str, ...] = ()
     # engine side: log_metrics(d, step), log_file(name, data), map_batches(...), map_files(...)
-    # (map_batches(stage_fns, x, ...) runs stages on Ray Data actor pools: pipelines.scale.batch;
+    # (map_batches(stage_fns, x, ...) runs one stage on a Ray Data actor pool, K >= 2 stages on
+    # chains of actors: pipelines.scale.batch / pool;
     # map_files(stage_fns, path, ...) the rows of feature files through them: pipelines.scale.files)
     tracker: Any = None
     files: dict[str, bytes] = field(default_factory=dict)  # kept when no tracker
@@ -103,10 +104,11 @@ class StepContext:
         """``x`` through ``replicas`` chains of pipeline stages (``stage_fns[i]()`` builds stage i):
         (outputs in input order, summary of throughput/latency/utilisation/bubble fraction).
 
-        The engine runs each stage as a Ray Data operator with a pool of ``replicas`` actors (data x
-        pipeline parallel; ``min_replicas`` > 0 lets the pool grow from that size on demand,
-        ``window`` caps the blocks in flight per actor); without an engine (or with a single
-        replica and stage) the chain runs here, batch after batch.
+        The engine runs one stage as a Ray Data operator with a pool of ``replicas`` actors
+        (``min_replicas`` > 0 lets the pool grow from that size on demand, ``window`` caps the
+        blocks in flight per actor), and ``K >= 2`` stages on ``replicas`` chains of ``K`` actors
+        (``pipelines.scale.pool``, measured faster for stages; fixed size); without an engine (or
+        with a single replica and stage) the chain runs here, batch after batch.
         """
         if self.tracker is not None and (replicas > 1 or len(stage_fns) > 1):
             return self.tracker.map_batches(

@@ -3,10 +3,10 @@ batch, torch or ONNX Runtime) and ``plan_stages`` (a model cut into ``K`` pipeli
 
 The task runs a model over a data set with ``replicas`` data-parallel copies of each of
 ``stages`` pipeline stages (hybrid when both are > 1) through ``ctx.parallel_predict``: the engine
-runs each stage as a Ray Data operator with its own actor pool, a plain context runs them
-in-process. It logs throughput, latency per batch, per-replica and per-stage utilisation and
-the pipeline bubble fraction. With ``input_path`` the rows of feature files stream through the
-same stages (``ctx.map_files``) into safetensors shards (``tasks.datasets.feature_shards``).
+runs one stage on a Ray Data actor pool, ``K >= 2`` stages on chains of actors (``pipelines.scale.
+pool``, faster there), a plain context in-process. It logs throughput, per-batch latency, per-actor
+utilisation and the bubble fraction. With ``input_path`` feature files stream through the same
+stages on Ray Data (``ctx.map_files``) into safetensors shards (``tasks.datasets.feature_shards``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class InferenceConfig:
     split_points: list[str] = field(default_factory=list)  # module names starting stages 2..K; [] = balance by time
     micro_batch: int = 256  # rows per (micro-)batch
     window: int = 0  # blocks in flight per actor (0: Ray Data's default)
-    min_replicas: int = 0  # > 0: each stage's pool grows from this many actors to `replicas` on demand
+    min_replicas: int = 0  # > 0: a Ray Data pool grows from this many actors to `replicas` on demand
     backend: Backend = Backend.torch
     device: Device = Device.auto
     threads: int = 1  # intra-op threads per actor (CPU)
