@@ -5,6 +5,8 @@ tiny BERT folder; its required keys fail in one line before anything runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -124,6 +126,20 @@ def test_the_served_classifier_answers_texts_with_its_folders_label_names(folder
     probs = np.array(out["probabilities"])
     assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert (probs.argmax(1) == np.array(out["classes"])).all()
+
+
+def test_every_data_key_can_be_set_from_the_command_line():
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    keys = {f.name for f in dataclasses.fields(hf_text_data.HfTextDataConfig)}
+    listed = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "hf_text.yaml")
+    assert set(listed) == keys  # a key missing from the option file could not be overridden
+    base = ["teacher.path=./m", "data.path=train.csv"]
+    extra = ["data.val_path=val.csv", "data.text_pair_column=second", "data.drop_duplicates=true"]
+    for experiment in ("hf_textcls", "hf_embed"):
+        session.validate(load_config([f"experiment={experiment}", *base, *extra]))
 
 
 def test_missing_required_keys_fail_in_one_line_before_anything_runs():
