@@ -38,7 +38,7 @@ from pipelines.config.spec import PipelineSpec, task_signature
 if TYPE_CHECKING:
     from pipelines.run.state import StepState, Trial
 
-from tasks.core.types import Dataset
+from tasks.core.types import Dataset, TokenSet
 
 CONTEXT = "mlflow.data.context"
 DIGEST_TAG = "slimray.dataset_digest"
@@ -52,11 +52,14 @@ def content_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:DIGEST_LEN]
 
 
-def _schema(data: Dataset) -> str:
+def _schema(data: Dataset | TokenSet) -> str:
     import numpy as np
     from mlflow.data.schema import TensorDatasetSchema
     from mlflow.types.schema import Schema, TensorSpec
 
+    if isinstance(data, TokenSet):  # next-token prediction: the ids are both the inputs and the targets
+        ids = Schema([TensorSpec(np.dtype("int64"), (-1,), "input_ids")])
+        return json.dumps(TensorDatasetSchema(features=ids).to_dict())
     x, y = data.x_train, data.y_train
     name = ",".join(data.input_names) or "x"
     features = Schema([TensorSpec(np.dtype(str(x.dtype).removeprefix("torch.")), (-1, *x.shape[1:]), name)])
@@ -64,7 +67,18 @@ def _schema(data: Dataset) -> str:
     return json.dumps(TensorDatasetSchema(features=features, targets=targets).to_dict())
 
 
-def _profile(data: Dataset) -> str:
+def _profile(data: Dataset | TokenSet) -> str:
+    if isinstance(data, TokenSet):
+        return json.dumps(
+            {
+                "eval_docs": len(data.eval_offsets) - 1,
+                "eval_tokens": len(data.eval_ids),
+                "calib_rows": len(data.calib),
+                "distill_rows": len(data.distill),
+                "prompts": len(data.prompt_offsets) - 1,
+                "task": "causal_lm",
+            }
+        )
     rows = {s: len(v) for s in SPLITS if (v := getattr(data, f"x_{s}")) is not None}
     return json.dumps(
         {"rows": rows, "num_classes": data.num_classes, "task": data.task, "input_names": data.input_names}
@@ -82,14 +96,15 @@ def _source(run_id: str, params: dict) -> tuple[str, str]:
     return "slimray", json.dumps({"uri": f"runs:/{run_id}/output"})
 
 
-def dataset_entity(data: Dataset, digest: str, source_type: str, source: str) -> MlflowDataset:
+def dataset_entity(data: Dataset | TokenSet, digest: str, source_type: str, source: str) -> MlflowDataset:
     return MlflowDataset(data.name, digest, source_type, source, _schema(data), _profile(data))
 
 
 def record_output(client: MlflowClient, run_id: str, value, params: dict) -> None:
-    """Worker side: a ``Dataset`` output just stored under ``output/`` becomes an MLflow dataset
-    input of its own run (context ``output``); its digest is read from the stored manifest."""
-    if not isinstance(value, Dataset):
+    """Worker side: a ``Dataset`` (or a causal LM's ``TokenSet``) output just stored under ``output/``
+    becomes an MLflow dataset input of its own run (context ``output``); its digest is read from the
+    stored manifest."""
+    if not isinstance(value, (Dataset, TokenSet)):
         return
     with tempfile.TemporaryDirectory() as tmp:
         manifest = json.loads(Path(client.download_artifacts(run_id, "output/manifest.json", tmp)).read_text())
@@ -115,7 +130,7 @@ def link(client: MlflowClient, run_id: str, datasets: list[MlflowDataset], conte
 
 
 def dataset_steps(spec: PipelineSpec) -> list[str]:
-    return [n for n, s in spec.steps.items() if task_signature(s.task)[3] is Dataset]
+    return [n for n, s in spec.steps.items() if task_signature(s.task)[3] in (Dataset, TokenSet)]
 
 
 class Links:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from tasks.core.publication import Publication, Registration
 from tasks.core.row_stats import RowStats
+from tasks.llm.types import CausalLM, TokenSet  # the causal-LM steps' artifacts (experiment=llm)
 
 
 @dataclass
@@ -284,5 +285,7 @@ ARTIFACT_TYPES: dict[str, type] = {
         Comparison,
         Targets,
         BenchmarkReport,
+        TokenSet,
+        CausalLM,
     )
 }
