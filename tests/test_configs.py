@@ -26,8 +26,8 @@ def _options(group: str) -> list[str]:
 
 # pipelines whose data step takes another data option than the default (mnist1d) -> that option,
 # with the keys it requires
-DATA_OF = {"hf_textcls": "hf_text", "hf_embed": "hf_text"}
-REQUIRED = {"hf_text": ["data.path=train.csv", "+teacher.path=my-model"]}
+DATA_OF = {"hf_textcls": "hf_text", "hf_embed": "hf_text", "llm": "lm_text"}
+REQUIRED = {"hf_text": ["data.path=train.csv", "+teacher.path=my-model"], "lm_text": ["+teacher.path=smollm2"]}
 EXPERIMENT_REQUIRED = {e: ["data.path=train.csv", "teacher.path=my-model"] for e in ("hf_textcls", "hf_embed")}
 
 
