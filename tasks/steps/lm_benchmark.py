@@ -77,6 +77,7 @@ def _row(model: CausalLM, runtime: str, ref: Any, data: TokenSet, cfg, bandwidth
         "format": model.format,
         "parent": model.parent,
         "size_bytes": size_of(model),
+        "compression": model.metrics.get("compression", {}),  # weights per precision (lm_quantize)
         **quality(decoder, ref),
     }
     for t in sorted(cfg.threads):

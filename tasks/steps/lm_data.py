@@ -19,10 +19,12 @@ from tasks.core.checks import at_least, require
 from tasks.core.context import StepContext
 from tasks.llm.types import CausalLM, TokenSet
 
+PACKAGES = "email http logging unittest asyncio xml importlib multiprocessing urllib concurrent json wsgiref".split()
+
 
 @dataclass
 class LmDataConfig:
-    packages: list[str] = field(default_factory=lambda: ["email", "http", "logging", "unittest", "xml"])
+    packages: list[str] = field(default_factory=lambda: list(PACKAGES))  # standard-library packages: offline
     seed: int = 0
     eval_files: int = 24  # held-out documents (one per source file)
     calib_files: int = 16
@@ -55,8 +57,9 @@ def run(teacher: CausalLM, *, cfg: LmDataConfig, ctx: StepContext) -> TokenSet:
     tokenizer = tokenizer_from_files(teacher.tokenizer)
     texts = lm_texts(cfg.packages, cfg.seed, cfg.eval_files, cfg.calib_files, cfg.distill_files)
     docs = tokenize_docs(tokenizer, texts["eval"], cfg.max_doc_tokens)
-    calib = pack(tokenize_docs(tokenizer, texts["calib"], 1 << 30), cfg.seq_len, cfg.calib_rows)
-    distill = pack(tokenize_docs(tokenizer, texts["distill"], 1 << 30), cfg.seq_len, cfg.distill_rows)
+    eos = tokenizer.eos_token_id or 0  # separates packed documents
+    calib = pack(tokenize_docs(tokenizer, texts["calib"], 1 << 30), cfg.seq_len, cfg.calib_rows, eos)
+    distill = pack(tokenize_docs(tokenizer, texts["distill"], 1 << 30), cfg.seq_len, cfg.distill_rows, eos)
     prompts = [render_chat(tokenizer, p) for p in CHAT_PROMPTS[: cfg.prompts]]
     eval_ids, eval_offsets = _flat(docs)
     prompt_ids, prompt_offsets = _flat(prompts)

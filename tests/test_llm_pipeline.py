@@ -1,0 +1,93 @@
+"""``experiment=llm`` end to end on a tiny random Llama written with ``save_pretrained``: the teacher
+folder, its text logged as an MLflow dataset, a depth-pruned student healed on the cached top-k
+log-probabilities, ONNX with a KV cache, NNCF and MatMulNBits weight-only variants, and the benchmark
+that measures every variant on every runtime against the torch teacher and selects one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers", reason="the nlp extra")
+pytest.importorskip("nncf", reason="the nlp extra")
+
+from tests.lm_models import tiny_llama  # noqa: E402
+
+BENCH = "pipeline.steps.benchmark.params"
+
+
+def tiny_llm(folder, workdir, *extra: str) -> list[str]:
+    """experiment=llm at test size: a few documents and rows, short prompts, one timing round."""
+    return [
+        "experiment=llm",
+        f"teacher.path={folder}",
+        f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+        *(f"data.{k}" for k in ("eval_files=4", "calib_files=2", "distill_files=4", "max_doc_tokens=64")),
+        *(f"data.{k}" for k in ("seq_len=32", "calib_rows=4", "distill_rows=8", "prompts=3")),
+        "pipeline.steps.depth.params.layers=3",
+        "pipeline.steps.teacher_topk.params.k=16",
+        "pipeline.steps.healed.params.max_steps=2",
+        *(f"{BENCH}.{k}" for k in ("prompt_tokens=48", "new_tokens=6", "batch=2", "rounds=1", "window=64")),
+        *(f"{BENCH}.{k}" for k in ("agree_prompts=2", "agree_tokens=6")),
+        *extra,
+    ]
+
+
+def _run(overrides):
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
+
+    cfg = load_config(overrides)
+    spec, ray_cfg, tracking = session.validate(cfg)
+    out = session.execute(cfg, spec, ray_cfg, tracking, overrides)
+    assert out.exit_code == 0, {n: (s.status, s.note) for n, s in out.states.items()}
+    return out
+
+
+def _run_id(out, step: str) -> str:
+    st = out.states[step]
+    return st.trials[st.selected].meta.run_id
+
+
+@pytest.mark.slow
+def test_llm_end_to_end_on_a_tiny_llama(workdir, ray_local):
+    from mlflow.tracking import MlflowClient
+
+    folder = tiny_llama(workdir / "tiny-llama")
+    out = _run(tiny_llm(folder, workdir))
+    client = MlflowClient(tracking_uri=out.uri)
+    report = json.loads(open(client.download_artifacts(_run_id(out, "benchmark"), "llm.json", str(workdir))).read())
+    rows = {(r["name"], r["runtime"]): r for r in report["variants"]}
+    expected = {("teacher", "torch"), ("teacher_onnx", "onnxruntime"), ("teacher_onnx", "openvino")}
+    expected |= {(n, "openvino") for n in ("int8", "int4", "int4_awq", "healed_int8")}
+    expected |= {("ort_int4", "onnxruntime"), ("ort_int4", "openvino"), ("healed_onnx", "onnxruntime")}
+    assert expected <= set(rows)
+    ref = rows[("teacher", "torch")]
+    assert report["reference"] == "teacher_torch_fp32" and ref["ppl_rel"] == 0 and ref["next_token_agree"] == 1
+    # the exported graph with its KV cache is the same model on both runtimes
+    for runtime in ("onnxruntime", "openvino"):
+        row = rows[("teacher_onnx", runtime)]
+        assert row["next_token_agree"] >= 0.99 and row["greedy_agree"] == 1.0
+        assert abs(row["ppl_rel"]) < 1e-3
+    # (on a model this small the graph's XML outweighs its weights: the weights' precision says what changed)
+    assert set(rows[("int8", "openvino")]["compression"]["weights"]) == {"u8"}
+    assert "u4" in rows[("int4", "openvino")]["compression"]["weights"]
+    assert rows[("int4", "openvino")]["size_bytes"] < rows[("int8", "openvino")]["size_bytes"]
+    assert rows[("int8", "openvino")]["size_bytes"] < rows[("teacher_onnx", "openvino")]["size_bytes"]
+    assert rows[("healed_onnx", "onnxruntime")]["size_bytes"] < rows[("teacher_onnx", "onnxruntime")]["size_bytes"]
+    selected = [r for r in report["variants"] if r["selected"]]
+    assert len(selected) == 1 and not selected[0]["rejected"]
+    for r in report["variants"]:
+        assert r["decode_tok_s_b1_t2"] > 0 and r["ttft_ms_p48_t2"] > 0 and 0 < r["bandwidth_share"]
+        assert r["ppl_ci95"][0] <= r["ppl"] <= r["ppl_ci95"][1]
+        if r["rejected"]:  # the gate names what failed
+            assert "agreement" in r["rejected"] or "perplexity" in r["rejected"]
+    # the text is an MLflow dataset with its digest, linked to the steps that read it
+    data_run = client.get_run(_run_id(out, "data"))
+    (dataset,) = [d.dataset for d in data_run.inputs.dataset_inputs]
+    assert dataset.name.startswith("lm_text-") and len(dataset.digest) == 32
+    assert json.loads(dataset.profile)["eval_docs"] == 4
+    # the healed student has the 3 layers the depth step kept and a learning curve
+    healed = client.get_run(_run_id(out, "healed"))
+    assert "kd_loss" in healed.data.metrics and "ppl" in healed.data.metrics
