@@ -157,3 +157,13 @@ def test_distill_lowers_the_loss_deterministically_and_resumes(model, calib):
                    optimizer_state=opt.state_dict())
     assert [r["step"] for r in rest] == list(range(8, 21)) and rest == history[7:]
     torch.testing.assert_close(_logits(resumed, calib), _logits(again, calib))
+
+
+def test_width_prune_refuses_a_model_without_llama_projections(calib):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2, n_positions=64)).eval()
+    with pytest.raises(ValueError, match="mlp.gate_proj"):
+        width_prune(gpt2, calib, ffn_keep=0.5)
+    assert len(block_importance(gpt2, calib)) == 2
+    assert drop_layers(gpt2, [1]).config.n_layer == 1

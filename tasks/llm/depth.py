@@ -119,8 +119,9 @@ def depth_prune(model: nn.Module, calib: torch.LongTensor, layers: int) -> tuple
     """Keep ``layers`` decoder layers: drop the (L - layers) with the lowest Block Influence, as
     ShortGPT does, without protecting the first or last layer. Their BI is measured on the same
     footing as the others and is high in practice (the first block rewrites the embeddings, the
-    last prepares the logits), so the score alone keeps them; forcing them would override the
-    measurement. Scores come from one pass on the full model (ShortGPT's one-shot removal).
+    last prepares the logits), so the score alone keeps them (SmolLM2-135M-Instruct on torch
+    source: BI 0.98 for block 0, 0.49 for block 29, 0.03-0.16 in between); forcing them would
+    override the measurement. Scores come from one pass on the full model (ShortGPT's one-shot removal).
     Returns (new model, {"kept", "dropped", "importance"})."""
     total = len(decoder_layers(model))
     if not 1 <= int(layers) <= total:

@@ -90,6 +90,19 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
     return new
 
 
+def _check_llama(model: nn.Module) -> None:
+    """One-line ValueError unless the decoder layers have the Llama-family Linear projections sliced here."""
+    first = decoder_layers(model)[0]
+    for name in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "self_attn.q_proj", "self_attn.k_proj",
+                 "self_attn.v_proj", "self_attn.o_proj"):
+        try:
+            found = isinstance(first.get_submodule(name), nn.Linear)
+        except AttributeError:
+            found = False
+        if not found:
+            raise ValueError(f"model: {type(model).__name__}: no Linear {name} (width pruning is Llama-family only)")
+
+
 def _keep_size(total: int, share: float) -> int:
     """``share`` of ``total`` channels rounded to a multiple of 8 (SIMD/GEMM friendly), in 8..total."""
     if share >= 1.0:
@@ -132,6 +145,7 @@ def width_prune(
     so ``from_config`` rebuilds the same architecture and the KV cache is sized right.
     Returns (model, info) with the new sizes, kept groups per layer and parameter counts."""
     heads, kv, head_dim = _sizes(model.config)
+    _check_llama(model)
     if not 0.0 < float(ffn_keep) <= 1.0:
         raise ValueError(f"ffn_keep: must be in (0, 1], got {ffn_keep}")
     kv_keep = kv if kv_groups_keep is None else int(kv_groups_keep)
