@@ -70,6 +70,8 @@ def quality(decoder: Any, ref: Reference) -> dict:
     agree = next_token_agreement(ref.decoder.logits, decoder.logits, ref.docs, ref.window)
     greedy = ref.greedy if decoder is ref.decoder else greedy_tokens(decoder, ref.prompts, ref.tokens)
     return {
+        "doc_nll": [round(float(v), 4) for v in nll[0]],  # per document: the paired comparisons of other tools
+        "doc_tokens": [int(v) for v in nll[1]],
         "ppl": ppl["ppl"],
         "ppl_ci95": ppl["ci95"],
         "ppl_rel": rel["rel"],

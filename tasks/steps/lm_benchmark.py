@@ -142,4 +142,6 @@ def run(models: list[CausalLM], data: TokenSet, *, cfg: LmBenchmarkConfig, ctx: 
     table = _table(rows, top).encode()
     ctx.log_file("llm.json", json.dumps(data_out, indent=1).encode())
     ctx.log_file("llm.md", table)
+    held_out = {"docs": data.docs(), "prompt": _prompt(data, cfg.prompt_tokens)[0].tolist()}
+    ctx.log_file("eval_tokens.json", json.dumps(held_out).encode())  # what the rows were scored on
     return Report(data=data_out, files={"llm.md": table})
