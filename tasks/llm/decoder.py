@@ -1,0 +1,217 @@
+"""One decoding API over torch, ONNX Runtime and OpenVINO, so the benchmark and the evaluation treat
+the runtimes alike.
+
+A ``Decoder`` has ``logits(ids [1,T]) -> [T,V]`` (one full forward, no cache: perplexity),
+``generate(ids [B,T], max_new_tokens, eos_id) -> [B, max_new_tokens]`` (greedy with the KV cache) and
+the two halves of generation for timing: ``prefill(ids) -> State`` (the prompt in one call; the state
+holds the cache and the first new token: time to first token) and ``step(State) -> State`` (one
+token per row through the cache: decode speed).
+
+Greedy decoding is ``argmax`` of the last position's logits, as Hugging Face's ``generate`` with
+``do_sample=False``. A batch is B prompts of equal length (no padding, all-ones mask). Generation
+stops early only once every row has produced ``eos_id``; a row that is done is padded with ``eos_id``
+(``generate``'s ``pad_token_id``), so the result is always [B, max_new_tokens].
+
+``TorchDecoder`` (the reference) generates with Hugging Face ``generate`` and its ``DynamicCache``;
+``OrtDecoder`` and ``OpenVinoDecoder`` run the ONNX of ``tasks.llm.export.export_decoder`` (or its
+weight-compressed variants from ``tasks.llm.weights``) with the cache as numpy arrays fed back each
+step. OpenVINO keeps the cache outside the graph too (no stateful model): one code path for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from transformers import DynamicCache, GenerationConfig
+
+from tasks.llm.export import ONNX_FILE, empty_past, io_names
+
+
+@dataclasses.dataclass
+class State:
+    """Generation state after a call: ``token`` [B,1] is the next input, ``length`` the cached tokens."""
+
+    cache: Any
+    token: np.ndarray
+    length: int
+
+
+class Decoder(Protocol):
+    def logits(self, ids: np.ndarray) -> np.ndarray: ...
+    def generate(self, ids: np.ndarray, max_new_tokens: int, eos_id: int | None = None) -> np.ndarray: ...
+    def prefill(self, ids: np.ndarray) -> State: ...
+    def step(self, state: State) -> State: ...
+
+
+def _check_ids(ids: np.ndarray, rows: int | None = None) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu" or (rows and ids.shape[0] != rows):
+        raise ValueError(f"ids: expected int64 [{rows or 'B'},T>0] token ids, got {ids.dtype} {list(ids.shape)}")
+    return ids.astype(np.int64)
+
+
+def greedy(decoder: Decoder, ids: np.ndarray, max_new_tokens: int, eos_id: int | None) -> np.ndarray:
+    """Greedy tokens [B, max_new_tokens] through ``prefill`` / ``step`` (the module doc's stopping rule)."""
+    ids = _check_ids(ids)
+    out = np.full((ids.shape[0], max_new_tokens), -1 if eos_id is None else eos_id, np.int64)
+    if max_new_tokens <= 0:
+        return out
+    done = np.zeros(ids.shape[0], bool)
+    state = decoder.prefill(ids)
+    for t in range(max_new_tokens):
+        token = state.token[:, 0]
+        out[:, t] = np.where(done, out[:, t], token)
+        if eos_id is not None:
+            done |= token == eos_id
+            if done.all():
+                break
+        if t + 1 < max_new_tokens:
+            state = decoder.step(state)
+    return out
+
+
+class TorchDecoder:
+    """The PyTorch model itself (FP32, ``torch.no_grad``): the reference tokens and timings."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    def _forward(self, ids: np.ndarray, cache: DynamicCache | None, past: int) -> tuple[torch.Tensor, Any]:
+        x = torch.from_numpy(ids)
+        mask = torch.ones(x.shape[0], past + x.shape[1], dtype=torch.long)
+        with torch.no_grad():
+            out = self.model(input_ids=x, attention_mask=mask, cache=cache, use_cache=cache is not None)
+        return out.logits, out.cache
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self._forward(_check_ids(ids, 1), None, 0)[0][0].numpy()
+
+    def prefill(self, ids: np.ndarray) -> State:
+        ids = _check_ids(ids)
+        logits, cache = self._forward(ids, DynamicCache(), 0)
+        return State(cache, logits[:, -1:].argmax(-1).numpy(), ids.shape[1])
+
+    def step(self, state: State) -> State:
+        logits, cache = self._forward(state.token, state.cache, state.length)
+        return State(cache, logits[:, -1:].argmax(-1).numpy(), state.length + 1)
+
+    def generate(self, ids: np.ndarray, max_new_tokens: int, eos_id: int | None = None) -> np.ndarray:
+        """Hugging Face ``generate`` (greedy, its own KV cache); rows padded with ``eos_id`` to full length."""
+        ids = _check_ids(ids)
+        x = torch.from_numpy(ids)
+        pad = -1 if eos_id is None else eos_id
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, eos_token_id=eos_id, pad_token_id=eos_id
+        )
+        with torch.no_grad():
+            seq = self.model.generate(x, attention_mask=torch.ones_like(x), generation_config=config)
+        new = seq[:, ids.shape[1] :].numpy()
+        out = np.full((ids.shape[0], max_new_tokens), pad, np.int64)
+        out[:, : new.shape[1]] = new
+        return out
+
+
+class _GraphDecoder:
+    """Prefill / step / logits over a ``run(feed) -> [logits, *presents]`` graph (ORT or OpenVINO)."""
+
+    io: dict
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def _call(self, ids: np.ndarray, past: dict[str, np.ndarray], length: int) -> tuple[np.ndarray, dict]:
+        batch, seq = ids.shape
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones((batch, length + seq), np.int64),
+            "position_ids": np.broadcast_to(np.arange(length, length + seq, dtype=np.int64), (batch, seq)).copy(),
+            **past,
+        }
+        logits, *presents = self.run(feed)
+        return logits, dict(zip(self.io["past"], presents))
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        return self._call(_check_ids(ids, 1), empty_past(self.io, 1), 0)[0][0]
+
+    def prefill(self, ids: np.ndarray) -> State:
+        ids = _check_ids(ids)
+        logits, past = self._call(ids, empty_past(self.io, ids.shape[0]), 0)
+        return State(past, logits[:, -1:].argmax(-1), ids.shape[1])
+
+    def step(self, state: State) -> State:
+        logits, past = self._call(state.token, state.cache, state.length)
+        return State(past, logits[:, -1:].argmax(-1), state.length + 1)
+
+    def generate(self, ids: np.ndarray, max_new_tokens: int, eos_id: int | None = None) -> np.ndarray:
+        return greedy(self, ids, max_new_tokens, eos_id)
+
+
+def _io_of(inputs: dict[str, list]) -> dict:
+    """``decoder_io`` rebuilt from a graph's inputs (name -> shape): layers counted, KV geometry read."""
+    layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
+    if layers == 0 or "input_ids" not in inputs:
+        raise ValueError(f"decoder graph: inputs {list(inputs)[:4]}... are not export_decoder's (no past_key_values)")
+    shape = inputs["past_key_values.0.key"]
+    return io_names(layers, int(shape[1]), int(shape[3]))
+
+
+class OrtDecoder(_GraphDecoder):
+    """ONNX Runtime ``InferenceSession`` on ``files["model.onnx"]`` (``intra_op_num_threads=threads``)."""
+
+    def __init__(self, files: dict[str, bytes], threads: int = 1):
+        import onnxruntime as ort
+
+        if ONNX_FILE not in files:
+            raise ValueError(f"OrtDecoder: files {sorted(files)} have no {ONNX_FILE}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(files[ONNX_FILE], opts, providers=["CPUExecutionProvider"])
+        self.io = _io_of({i.name: i.shape for i in self.session.get_inputs()})
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.io["outputs"], feed)
+
+
+def read_openvino(files: dict[str, bytes]) -> Any:
+    """An ``openvino.Model`` from ``{"model.onnx"}`` (ONNX front end) or ``{"model.xml", "model.bin"}`` (IR)."""
+    import openvino as ov
+
+    core = ov.Core()
+    if "model.xml" in files and "model.bin" in files:
+        return core.read_model(files["model.xml"].decode(), ov.Tensor(np.frombuffer(files["model.bin"], np.uint8)))
+    if ONNX_FILE not in files:
+        raise ValueError(f"OpenVinoDecoder: files {sorted(files)} hold neither model.onnx nor model.xml + model.bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ONNX_FILE
+        path.write_bytes(files[ONNX_FILE])
+        return core.read_model(str(path))
+
+
+def _dims(shape: Any) -> list:
+    """An OpenVINO partial shape as a list (-1 for a dynamic axis)."""
+    return [d.get_length() if d.is_static else -1 for d in shape]
+
+
+class OpenVinoDecoder(_GraphDecoder):
+    """OpenVINO on the CPU (``INFERENCE_NUM_THREADS=threads``, FP32 activations, latency hint)."""
+
+    def __init__(self, files: dict[str, bytes], threads: int = 1):
+        import openvino as ov
+
+        model = read_openvino(files)
+        config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        # an input port may carry several tensor names (OpenVINO fuses): index it under each of them
+        self.io = _io_of({n: _dims(i.get_partial_shape()) for i in self.compiled.inputs for n in i.get_names()})
+        self.outputs = [next(o for o in self.compiled.outputs if n in o.get_names()) for n in self.io["outputs"]]
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(feed)
+        return [np.array(result[o]) for o in self.outputs]
