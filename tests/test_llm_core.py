@@ -136,6 +136,10 @@ def test_tokenizer_files_round_trip(tiny):
     assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert render_chat(again, text) == render_chat(tokenizer, text)
     assert again.pad_token_id == tokenizer.pad_token_id
+    config = json.loads(files["tokenizer_config.json"])
+    config.pop("pad_token")
+    no_pad = tokenizer_from_files({**files, "tokenizer_config.json": json.dumps(config).encode()})
+    assert no_pad.pad_token == no_pad.eos_token == "<|endoftext|>"  # pad = eos when missing
     with pytest.raises(ValueError) as e:
         tokenizer_from_files({"../tokenizer.json": b"{}"})
     _one_line(e, "../tokenizer.json")

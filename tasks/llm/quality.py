@@ -49,7 +49,7 @@ def _windows(doc: list[int], window: int) -> Iterator[np.ndarray]:
 
 
 def _logits(fn: LogitsFn, ids: np.ndarray) -> np.ndarray:
-    logits = np.asarray(fn(ids[None, :]), dtype=np.float64)
+    logits = np.asarray(fn(ids[None, :]), dtype=np.float32)
     if logits.ndim != 2 or logits.shape[0] != len(ids):
         raise ValueError(f"LogitsFn: returned shape {logits.shape} for {len(ids)} tokens, [T, V] expected")
     return logits
@@ -61,8 +61,8 @@ def doc_nll(fn: LogitsFn, docs: list[list[int]], window: int) -> tuple[np.ndarra
     for i, doc in enumerate(docs):
         for ids in _windows(doc, window):
             logits = _logits(fn, ids)[:-1]
-            top = logits.max(axis=1, keepdims=True)
-            logz = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+            top = logits.max(axis=1, keepdims=True)  # log-sum-exp shifted by the max, summed in float64
+            logz = np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64)) + top[:, 0]
             sums[i] += float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
             counts[i] += len(ids) - 1
     return sums, counts
