@@ -22,10 +22,12 @@ from tasks.llm.model import (
 )
 from tasks.llm.quality import (
     doc_nll,
+    doc_scores,
     greedy_agreement,
     next_token_agreement,
     perplexity,
     relative_increase,
+    top_agreement,
     torch_logits,
 )
 from tasks.llm.text import CHAT_PROMPTS, lm_texts, pack, render_chat, tokenize_docs
@@ -225,6 +227,21 @@ def test_relative_increase_and_agreement(tmp_path, tiny):
     assert greedy_agreement([[1, 2, 3, 4], [5]], [[1, 9, 3], [5]], n=4) == pytest.approx((2 / 4 + 1) / 2)
     with pytest.raises(ValueError):
         greedy_agreement([[1]], [])
+
+
+def test_one_pass_scores_give_the_same_nll_and_agreement(tmp_path, tiny):
+    model, tokenizer = tiny
+    other = load_causal_lm(str(tiny_llama(tmp_path, layers=2)))[0]
+    docs = tokenize_docs(tokenizer, [f"{w} walks along the river at dawn with a dog" for w in "a b c".split()], 32)
+    ref, cand = torch_logits(model), torch_logits(other)
+    s0, c0, t0 = doc_scores(ref, docs, 12)  # windows of 12: several per document
+    np.testing.assert_allclose(s0, doc_nll(ref, docs, 12)[0])
+    assert [len(t) for t in t0] == c0.tolist()
+    t1 = doc_scores(cand, docs, 12)[2]
+    assert top_agreement(t0, t1)["agree"] == next_token_agreement(ref, cand, docs, 12)["agree"]
+    assert top_agreement(t0, t0)["agree"] == 1
+    with pytest.raises(ValueError, match="same documents"):
+        top_agreement(t0, t1[:-1])
 
 
 @pytest.mark.slow

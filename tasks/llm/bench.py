@@ -20,7 +20,7 @@ import numpy as np
 
 from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder
 from tasks.llm.model import build_causal_lm, load_lm_state
-from tasks.llm.quality import doc_nll, greedy_agreement, next_token_agreement, perplexity, relative_increase
+from tasks.llm.quality import doc_scores, greedy_agreement, perplexity, relative_increase, top_agreement
 from tasks.llm.timing import time_generation
 from tasks.llm.types import CausalLM
 from tasks.llm.weights import files_size
@@ -54,7 +54,7 @@ class Reference:
 
     def __init__(self, decoder: Any, docs: list[list[int]], prompts: list[list[int]], window: int, tokens: int):
         self.decoder, self.docs, self.prompts, self.window, self.tokens = decoder, docs, prompts, window, tokens
-        self.nll = doc_nll(decoder.logits, docs, window)
+        *self.nll, self.tops = doc_scores(decoder.logits, docs, window)
         self.greedy = greedy_tokens(decoder, prompts, tokens)
 
 
@@ -64,10 +64,13 @@ def greedy_tokens(decoder: Any, prompts: list[list[int]], tokens: int) -> list[l
 
 def quality(decoder: Any, ref: Reference) -> dict:
     """Perplexity (and interval), its paired relative increase over the teacher, agreements."""
-    nll = ref.nll if decoder is ref.decoder else doc_nll(decoder.logits, ref.docs, ref.window)
+    if decoder is ref.decoder:
+        nll, tops = ref.nll, ref.tops
+    else:
+        *nll, tops = doc_scores(decoder.logits, ref.docs, ref.window)
     ppl = perplexity(*nll)
     rel = relative_increase(*ref.nll, *nll)
-    agree = next_token_agreement(ref.decoder.logits, decoder.logits, ref.docs, ref.window)
+    agree = top_agreement(ref.tops, tops)
     greedy = ref.greedy if decoder is ref.decoder else greedy_tokens(decoder, ref.prompts, ref.tokens)
     return {
         "doc_nll": [round(float(v), 4) for v in nll[0]],  # per document: the paired comparisons of other tools

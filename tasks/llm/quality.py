@@ -55,17 +55,37 @@ def _logits(fn: LogitsFn, ids: np.ndarray) -> np.ndarray:
     return logits
 
 
-def doc_nll(fn: LogitsFn, docs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray]:
-    """(total NLL in nats, predicted tokens) of each document, float64 / int64 arrays."""
-    sums, counts = np.zeros(len(docs)), np.zeros(len(docs), dtype=np.int64)
+def doc_scores(fn: LogitsFn, docs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """One pass of ``fn`` over ``docs``: (total NLL in nats, predicted tokens, the top-1 token at every
+    predicted position) of each document, so perplexity and agreement cost one forward pass per window."""
+    sums, counts, tops = np.zeros(len(docs)), np.zeros(len(docs), dtype=np.int64), []
     for i, doc in enumerate(docs):
+        best = []
         for ids in _windows(doc, window):
             logits = _logits(fn, ids)[:-1]
             top = logits.max(axis=1, keepdims=True)  # log-sum-exp shifted by the max, summed in float64
             logz = np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64)) + top[:, 0]
             sums[i] += float((logz - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
             counts[i] += len(ids) - 1
+            best.append(logits.argmax(axis=1))
+        tops.append(np.concatenate(best))
+    return sums, counts, tops
+
+
+def doc_nll(fn: LogitsFn, docs: list[list[int]], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(total NLL in nats, predicted tokens) of each document, float64 / int64 arrays."""
+    sums, counts, _ = doc_scores(fn, docs, window)
     return sums, counts
+
+
+def top_agreement(ref_tops: list[np.ndarray], tops: list[np.ndarray], rounds: int = 1000, seed: int = 0) -> dict:
+    """{"agree", "ci95", "positions"} from two models' per-document top-1 tokens (``doc_scores``)."""
+    if not ref_tops or len(ref_tops) != len(tops) or any(len(a) != len(b) for a, b in zip(ref_tops, tops)):
+        raise ValueError("tops: the two models were not scored on the same documents")
+    same = np.array([float((a == b).sum()) for a, b in zip(ref_tops, tops)])
+    total = np.array([float(len(a)) for a in ref_tops])
+    boot = _ratio(same, total, _resample(len(same), rounds, seed))
+    return {"agree": float(same.sum() / total.sum()), "ci95": _ci(boot), "positions": int(total.sum())}
 
 
 def _check(sums, counts) -> tuple[np.ndarray, np.ndarray]:
@@ -123,16 +143,7 @@ def next_token_agreement(
     both models' top token is the same, with a document bootstrap of that share."""
     if not docs:
         raise ValueError("docs: no documents to compare on")
-    same, total = np.zeros(len(docs)), np.zeros(len(docs))
-    for i, doc in enumerate(docs):
-        for ids in _windows(doc, window):
-            a = _logits(ref_fn, ids)[:-1].argmax(axis=1)
-            b = _logits(fn, ids)[:-1].argmax(axis=1)
-            same[i] += float((a == b).sum())
-            total[i] += len(ids) - 1
-    agree = float(same.sum() / total.sum())
-    boot = _ratio(same, total, _resample(len(docs), rounds, seed))
-    return {"agree": agree, "ci95": _ci(boot), "positions": int(total.sum())}
+    return top_agreement(doc_scores(ref_fn, docs, window)[2], doc_scores(fn, docs, window)[2], rounds, seed)
 
 
 def greedy_agreement(ref: list[list[int]], cand: list[list[int]], n: int = 32) -> float:
