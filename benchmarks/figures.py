@@ -65,10 +65,12 @@ FIGURES: dict[str, list[str]] = {
         "pipeline.steps.data.params.max_per_label=300",
         "pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]",
     ],
+    # experiment=llm on SmolLM2-135M-Instruct (llm extra) with the optimum-intel anchor (make bench-llm-anchor)
+    "llm": [PY, "benchmarks/llm.py", "--anchor"],
 }
 
 # not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
-LONG = {"search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls"}
+LONG = {"search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls", "llm"}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -214,6 +216,20 @@ TABLES: dict[str, list[Row]] = {
         minilm | pipeline wall time | wall_s | {:.0f} s
         """
     ),
+    "llm": rows(
+        """
+        llm | selected variant | selected | {}
+        llm | size vs the teacher (torch FP32) | selected_vs_reference.size_reduction | {:.2f}× smaller | ≥ 4×
+        llm | decode tokens/s at batch 1 vs the teacher, 2 threads | selected_vs_reference.decode_speedup_b1 | {:.2f}× | ≥ 5×
+        llm | time to first token (512-token prompt) vs the teacher, 2 threads | selected_vs_reference.ttft_speedup | {:.2f}× | ≥ 2×
+        llm | perplexity on held-out text vs the teacher [paired 95% interval] | selected_vs_reference.ppl_change.rel, selected_vs_reference.ppl_change.ci95 | {:+.1%} [{:+.1%}, {:+.1%}] | ≤ +5%
+        llm | memory bandwidth of this machine (numpy copy, read + write) | bandwidth_gbs | {:.1f} GB/s
+        llm | vs optimum-intel's default INT4 (the plain-script anchor): decode tokens/s at batch 1 | selected_vs_anchor.decode_speedup_b1 | {:.2f}× | faster at no higher perplexity
+        llm | … perplexity change vs the anchor [paired 95% interval] | selected_vs_anchor.ppl_change.rel, selected_vs_anchor.ppl_change.ci95 | {:+.1%} [{:+.1%}, {:+.1%}] | ≤ 0, or lower at no lower speed
+        llm | … the anchor's perplexity vs the teacher [paired 95% interval] | anchor.ppl_vs_reference.rel, anchor.ppl_vs_reference.ci95 | {:+.1%} [{:+.1%}, {:+.1%}]
+        llm | pipeline wall time | wall_s | {:.0f} s
+        """
+    ),
     "textcls": rows(
         """
         textcls | selected variant | selected | {}
@@ -263,7 +279,33 @@ def _acc(item: dict) -> str:
     return "–" if acc is None else f"{acc:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
 
+def _ppl(item: dict) -> str:
+    ci = item.get("ppl_ci95")
+    return f"{item['ppl']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _verdict(item: dict) -> str:
+    return "**selected**" if item.get("selected") else f"rejected: {item['rejected']}" if item.get("rejected") else ""
+
+
 LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
+    "llm_variants": (
+        "llm",
+        "variants",
+        [
+            ("variant", "name", "{}"),
+            ("runtime", "runtime", "{}"),
+            ("size", "size_bytes", _mb),
+            ("first token, 512 (ms)", "ttft_ms_p512_t2", "{:.0f}"),
+            ("decode b1 (tok/s)", "decode_tok_s_b1_t2", "{:.1f}"),
+            ("decode b8 (tok/s)", "decode_tok_s_b8_t2", "{:.1f}"),
+            ("decode b1, 1 thr", "decode_tok_s_b1_t1", "{:.1f}"),
+            ("share of bandwidth bound", "bandwidth_share", "{:.0%}"),
+            ("perplexity [95% interval]", "", _ppl),
+            ("next-token agree", "next_token_agree", "{:.3f}"),
+            ("verdict", "", _verdict),
+        ],
+    ),
     "textcls_variants": (
         "textcls",
         "variants",
