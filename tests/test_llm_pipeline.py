@@ -91,3 +91,39 @@ def test_llm_end_to_end_on_a_tiny_llama(workdir, ray_local):
     # the healed student has the 3 layers the depth step kept and a learning curve
     healed = client.get_run(_run_id(out, "healed"))
     assert "kd_loss" in healed.data.metrics and "ppl" in healed.data.metrics
+
+
+def test_a_folder_that_is_not_a_causal_lm_fails_the_teacher_step_in_one_line(workdir, ray_local):
+    from pipelines.config.compose import load_config
+    from pipelines.run import session
+
+    for path, says in ((workdir / "nowhere", "nowhere"), (_classifier_folder(workdir), "ForCausalLM")):
+        overrides = tiny_llm(path, workdir)
+        cfg = load_config(overrides)
+        out = session.execute(cfg, *session.validate(cfg), overrides)
+        teacher = out.states["teacher"]
+        assert out.exit_code == 1 and teacher.status == "failed"
+        assert says in teacher.note and "\n" not in teacher.note.strip()
+        assert all(out.states[s].status != "done" for s in ("data", "benchmark"))  # nothing downstream ran
+
+
+def _classifier_folder(workdir):
+    """A folder holding a (tiny, random) sequence classifier: not a causal LM."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from tests.lm_models import tiny_tokenizer
+
+    folder = workdir / "classifier"
+    cfg = LlamaConfig(
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    LlamaForSequenceClassification(cfg).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
