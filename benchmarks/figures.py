@@ -289,6 +289,14 @@ def _verdict(item: dict) -> str:
 
 
 LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
+    "llm_curve": (
+        "llm",
+        "learning_curve",
+        [
+            ("distillation tokens", "tokens", "{:,}"),
+            ("held-out perplexity of the depth-pruned student", "ppl", "{:.2f}"),
+        ],
+    ),
     "llm_variants": (
         "llm",
         "variants",

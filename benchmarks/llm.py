@@ -68,6 +68,22 @@ def step_file(uri: str, step: str, name: str) -> Path:
     return Path(client.download_artifacts(runs[0].info.run_id, name, tempfile.mkdtemp()))
 
 
+def learning_curve(uri: str, step: str = "healed") -> list[dict]:
+    """Held-out perplexity of the healed student against the distillation tokens it has seen
+    (the ``ppl`` metric its step logs with the tokens as the MLflow step)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`slimray.step` = '{step}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    history = client.get_metric_history(runs[0].info.run_id, "ppl") if runs else []
+    return [{"tokens": m.step, "ppl": m.value} for m in sorted(history, key=lambda m: m.step)]
+
+
 def anchor(held_out: Path, threads: int, wd: Path) -> dict:
     """The optimum-intel INT4 anchor's JSON, measured in its own virtualenv on the same tokens."""
     if not ANCHOR_ENV.exists():
@@ -116,11 +132,17 @@ def main() -> None:
     ap.add_argument("--anchor", action="store_true", help="also measure optimum-intel's default INT4 (.venv-anchor)")
     ap.add_argument("overrides", nargs="*", help="slimray overrides after experiment=llm")
     args = ap.parse_args()
-    overrides = ["experiment=llm", "pipeline.steps.benchmark.params.threads=[1,2]", *args.overrides]
+    overrides = [
+        "experiment=llm",
+        "pipeline.steps.benchmark.params.threads=[1,2]",
+        "pipeline.steps.healed.params.eval_every=4",  # the learning curve: perplexity every 4 steps
+        *args.overrides,
+    ]
     with launch.fresh_dir("slimray-llm-") as wd:
         done = launch.slimray(overrides, wd, timeout=4 * 3600, echo_stderr=True).check()
         report = json.loads(step_file(done.store, "benchmark", "llm.json").read_text())
         rows = report["variants"]
+        curve = learning_curve(done.store)
         extra = anchor(step_file(done.store, "benchmark", "eval_tokens.json"), 2, wd) if args.anchor else None
     ref, sel = rows[0], next(r for r in rows if r["selected"])
     out = {
@@ -130,6 +152,7 @@ def main() -> None:
         "variants": [{k: r.get(k) for k in KEYS} for r in rows],
         "selected": f"{sel['name']} ({sel['runtime']})",
         "selected_vs_reference": versus(sel, ref),
+        "learning_curve": curve,  # the depth-pruned student's held-out perplexity against distillation tokens
     }
     if extra is not None:
         extra["ppl_vs_reference"] = paired(ref, extra)
