@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-textcls bench-scale figures lock ui clean
+.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-textcls bench-scale bench-llm-anchor figures lock ui clean
 
 install: $(STAMP)
 
@@ -71,6 +71,11 @@ bench-textcls: install-nlp  ## experiment=textcls end to end (a fine-tuned class
 bench-scale: install-nlp  ## parallel inference, the four Serve ingresses and the Serve load test into docs/figures.json (~25 min)
 	$(PY) benchmarks/figures.py run parallel_inference serve_ingress serve_load
 	$(PY) benchmarks/figures.py readme
+
+bench-llm-anchor: install-nlp  ## the plain optimum-intel INT4 anchor of SmolLM2 in its own venv (.venv-anchor) into outputs/llm_anchor/anchor.json (~10 min)
+	bash benchmarks/anchor_env.sh
+	$(PY) benchmarks/llm_anchor.py --write-inputs outputs/llm_anchor
+	.venv-anchor/bin/python benchmarks/llm_anchor.py --docs outputs/llm_anchor/docs.json --prompt outputs/llm_anchor/prompt.json --threads 2 --new-tokens 128 --rounds 3 --out outputs/llm_anchor/anchor.json
 
 ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
