@@ -220,6 +220,11 @@ class StepTracker:
 
         return map_files(stage_fns, path, **options)
 
+    def train_workers(self, loop_fn, config, **options):
+        from pipelines.scale.train import train_workers
+
+        return train_workers(loop_fn, config, name=self.run_id, **options)
+
     def save_output(self, value) -> bool:
         """Store the output under ``output/``; its ``publish`` part (if any) separately under
         ``publish/``, so the engine can publish it without loading the whole output. Returns

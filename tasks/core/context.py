@@ -183,6 +183,44 @@ class StepContext:
             min_replicas=min_replicas,
         )
 
+    def train_workers(
+        self,
+        loop_fn: Callable[..., Any],
+        config: dict,
+        *,
+        workers: int = 0,
+        use_gpu: bool = False,
+        cpus_per_worker: float = 1.0,
+        max_failures: int = 2,
+        storage: str = "",
+    ) -> tuple[dict | None, list[dict]]:
+        """``loop_fn(session, config)`` (a top-level function: ``tasks.core.train_session``) on
+        ``workers`` data-parallel workers: (the state of its last checkpoint, its metric rows up to it).
+
+        The engine runs it on Ray Train (``pipelines.scale.train``: DDP over ``workers``, a GPU each
+        with ``use_gpu``, checkpoints under ``storage`` or a temporary folder, restarted from the last
+        checkpoint up to ``max_failures`` times when a worker dies); without an engine, or with
+        ``workers`` 0, it runs here as rank 0 of 1; with ``storage`` it checkpoints to
+        ``storage/<step>`` and resumes from there (a killed process, rerun, goes on where it stopped).
+        """
+        if self.tracker is not None and workers > 0:
+            return self.tracker.train_workers(
+                loop_fn,
+                config,
+                workers=workers,
+                use_gpu=use_gpu,
+                cpus_per_worker=cpus_per_worker,
+                max_failures=max_failures,
+                storage=storage,
+            )
+        from tasks.core.train_session import run_local
+
+        def on_report(row: dict) -> None:
+            self.progress(f"{self.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+
+        folder = f"{storage.rstrip('/')}/{self.step}" if storage else None
+        return run_local(loop_fn, config, folder=folder, device=self.device, on_report=on_report)
+
     def progress(self, message: str, every_s: float = 2.0) -> None:
         """Rate-limited progress line for long work (shown in the worker log)."""
         now = time.monotonic()
