@@ -307,7 +307,6 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
             ("first token, 512 (ms)", "ttft_ms_p512_t2", "{:.0f}"),
             ("decode b1 (tok/s)", "decode_tok_s_b1_t2", "{:.1f}"),
             ("decode b8 (tok/s)", "decode_tok_s_b8_t2", "{:.1f}"),
-            ("decode b1, 1 thr", "decode_tok_s_b1_t1", "{:.1f}"),
             ("share of bandwidth bound", "bandwidth_share", "{:.0%}"),
             ("perplexity [95% interval]", "", _ppl),
             ("next-token agree", "next_token_agree", "{:.3f}"),
