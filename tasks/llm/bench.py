@@ -54,7 +54,8 @@ class Reference:
 
     def __init__(self, decoder: Any, docs: list[list[int]], prompts: list[list[int]], window: int, tokens: int):
         self.decoder, self.docs, self.prompts, self.window, self.tokens = decoder, docs, prompts, window, tokens
-        *self.nll, self.tops = doc_scores(decoder.logits, docs, window)
+        sums, counts, self.tops = doc_scores(decoder.logits, docs, window)
+        self.nll = (sums, counts)
         self.greedy = greedy_tokens(decoder, prompts, tokens)
 
 
@@ -67,7 +68,8 @@ def quality(decoder: Any, ref: Reference) -> dict:
     if decoder is ref.decoder:
         nll, tops = ref.nll, ref.tops
     else:
-        *nll, tops = doc_scores(decoder.logits, ref.docs, ref.window)
+        sums, counts, tops = doc_scores(decoder.logits, ref.docs, ref.window)
+        nll = (sums, counts)
     ppl = perplexity(*nll)
     rel = relative_increase(*ref.nll, *nll)
     agree = top_agreement(ref.tops, tops)

@@ -82,7 +82,7 @@ class TorchDecoder:
     """The PyTorch model itself (FP32, ``torch.no_grad``): the reference tokens and timings."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
+        self.model: Any = model.eval()
 
     def _forward(self, ids: np.ndarray, cache: DynamicCache | None, past: int) -> tuple[torch.Tensor, Any]:
         x = torch.from_numpy(ids)

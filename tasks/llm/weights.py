@@ -174,7 +174,7 @@ def _ir_weights(files: dict[str, bytes]) -> list[tuple[str, str, int, str]]:
     heads = [r for r in rows if r[0] == "linear"]
     if heads:
         heads[-1][0] = "lm_head"
-    return [tuple(r) for r in rows]
+    return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
 
 
 def _onnx_weights(onnx_bytes: bytes) -> list[tuple[str, str, int, str]]:
@@ -196,14 +196,16 @@ def _onnx_weights(onnx_bytes: bytes) -> list[tuple[str, str, int, str]]:
         parts = [inits[n] for n in node.input[1:] if n in inits] if node.op_type == "MatMulNBits" else [inits[name]]
         size = sum(len(p.raw_data) or onnx.numpy_helper.to_array(p).nbytes for p in parts)
         bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
-        precision = f"int{bits}" if node.op_type == "MatMulNBits" else onnx.helper.tensor_dtype_to_np_dtype(
-            inits[name].data_type
-        ).name
+        precision = (
+            f"int{bits}"
+            if node.op_type == "MatMulNBits"
+            else onnx.helper.tensor_dtype_to_np_dtype(inits[name].data_type).name
+        )
         rows.append(["embedding" if node.op_type == "Gather" else "linear", precision, size, name])
     heads = [r for r in rows if r[0] == "linear"]
     if heads:
         heads[-1][0] = "lm_head"
-    return [tuple(r) for r in rows]
+    return [(str(r[0]), str(r[1]), int(r[2]), str(r[3])) for r in rows]
 
 
 def describe_compression(files: dict[str, bytes]) -> dict:

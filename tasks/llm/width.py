@@ -21,6 +21,7 @@ must stay a stock ``from_config`` architecture, which explicit slicing guarantee
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,12 +37,12 @@ def _sizes(config) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def width_importance(model: nn.Module, calib: torch.LongTensor, batch: int = 4) -> tuple[list, list]:
+def width_importance(model: Any, calib: torch.Tensor, batch: int = 4) -> tuple[list, list]:
     """Per layer: FFN channel scores [intermediate] and KV-group scores [num_key_value_heads],
     both as mean over calibration tokens (see the module docstring for the formulas)."""
     check_calib(calib, batch)
     heads, kv, head_dim = _sizes(model.config)
-    layers = decoder_layers(model)
+    layers: list[Any] = list(decoder_layers(model))
     ffn = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
     groups = [torch.zeros(kv, dtype=torch.float64) for _ in layers]
     handles = []
@@ -90,11 +91,18 @@ def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear
     return new
 
 
-def _check_llama(model: nn.Module) -> None:
+def _check_llama(model: Any) -> None:
     """One-line ValueError unless the decoder layers have the Llama-family Linear projections sliced here."""
     first = decoder_layers(model)[0]
-    for name in ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "self_attn.q_proj", "self_attn.k_proj",
-                 "self_attn.v_proj", "self_attn.o_proj"):
+    for name in (
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+    ):
         try:
             found = isinstance(first.get_submodule(name), nn.Linear)
         except AttributeError:
@@ -115,7 +123,7 @@ def _group_rows(groups: torch.Tensor, width: int) -> torch.Tensor:
     return (groups[:, None] * width + torch.arange(width)[None, :]).reshape(-1)
 
 
-def _prune_layer(layer: nn.Module, ffn_idx: torch.Tensor, kv_idx: torch.Tensor, sizes: tuple[int, int, int]) -> None:
+def _prune_layer(layer: Any, ffn_idx: torch.Tensor, kv_idx: torch.Tensor, sizes: tuple[int, int, int]) -> None:
     """Slice one decoder layer in place to the kept FFN channels and KV groups."""
     heads, kv, head_dim = sizes
     mlp = layer.mlp
@@ -136,7 +144,7 @@ def _prune_layer(layer: nn.Module, ffn_idx: torch.Tensor, kv_idx: torch.Tensor, 
 
 
 def width_prune(
-    model: nn.Module, calib: torch.LongTensor, ffn_keep: float = 1.0, kv_groups_keep: int | None = None
+    model: Any, calib: torch.Tensor, ffn_keep: float = 1.0, kv_groups_keep: int | None = None
 ) -> tuple[nn.Module, dict]:
     """A new, narrower model (deep copy): every layer keeps its top ``ffn_keep`` share of FFN
     channels (rounded to a multiple of 8) and its top ``kv_groups_keep`` KV groups (None: all),

@@ -109,7 +109,8 @@ def run(models: list[CausalLM], data: TokenSet, *, cfg: LmBenchmarkConfig, ctx: 
     from tasks.llm.timing import memory_bandwidth_gbs
 
     require("models", bool(models) and models[0].format == "torch", "list the torch teacher first (the reference)")
-    bandwidth, top, ref, rows = memory_bandwidth_gbs(), max(cfg.threads), None, []
+    bandwidth, top, ref = memory_bandwidth_gbs(), max(cfg.threads), None
+    rows: list[dict] = []
     for model in models:
         for runtime in (r for r in RUNTIMES_OF[model.format] if r in cfg.runtimes):
             row, ref = _row(model, runtime, ref, data, cfg, bandwidth, ctx)
