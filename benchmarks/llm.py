@@ -52,8 +52,8 @@ KEYS = (
 ANCHOR_ENV = launch.ROOT / ".venv-anchor" / "bin" / "python"
 
 
-def step_file(uri: str, step: str, name: str) -> Path:
-    """A file logged by the newest run of ``step`` (downloaded to a temporary folder)."""
+def newest_run(uri: str, step: str):
+    """(client, the id of the newest run of ``step`` in the store)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -65,22 +65,20 @@ def step_file(uri: str, step: str, name: str) -> Path:
     )
     if not runs:
         raise SystemExit(f"no {step} step run found")
-    return Path(client.download_artifacts(runs[0].info.run_id, name, tempfile.mkdtemp()))
+    return client, runs[0].info.run_id
+
+
+def step_file(uri: str, step: str, name: str) -> Path:
+    """A file logged by the newest run of ``step`` (downloaded to a temporary folder)."""
+    client, run_id = newest_run(uri, step)
+    return Path(client.download_artifacts(run_id, name, tempfile.mkdtemp()))
 
 
 def learning_curve(uri: str, step: str = "healed") -> list[dict]:
     """Held-out perplexity of the healed student against the distillation tokens it has seen
     (the ``ppl`` metric its step logs with the tokens as the MLflow step)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string=f"tags.`slimray.step` = '{step}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    history = client.get_metric_history(runs[0].info.run_id, "ppl") if runs else []
+    client, run_id = newest_run(uri, step)
+    history = client.get_metric_history(run_id, "ppl")
     return [{"tokens": m.step, "ppl": m.value} for m in sorted(history, key=lambda m: m.step)]
 
 

@@ -183,21 +183,28 @@ def _validate(cfg: CorpusConfig) -> None:
         raise ValueError("corpus.test_frac + val_frac + calib_frac must be in [0, 1), each >= 0")
 
 
+def package_files(package: str, cfg: CorpusConfig, seen: set[str]) -> Iterator[tuple[str, list[str]]]:
+    """("<package>/<path>", the file's prose not seen before) for every source file of ``package``;
+    ``seen`` collects the texts' keys, so the first copy in (package, file) order is kept."""
+    root = package_root(package)
+    for path in source_files(root):
+        rel = f"{package}/{path.relative_to(root).as_posix() if root.is_dir() else path.name}"
+        kept = []
+        for text in file_texts(path, cfg):
+            if _key(text) not in seen:
+                seen.add(_key(text))
+                kept.append(text)
+        yield rel, kept
+
+
 def build_corpus(cfg: CorpusConfig) -> Corpus:
     """The corpus of ``cfg.packages`` (see the module docstring): deterministic for a seed."""
     _validate(cfg)
     seen: set[str] = set()
     splits = {name: Split() for name in SPLITS}
     for label, package in enumerate(cfg.packages):
-        root = package_root(package)
         per_file = {}
-        for path in source_files(root):
-            rel = f"{package}/{path.relative_to(root).as_posix() if root.is_dir() else path.name}"
-            kept = []
-            for text in file_texts(path, cfg):
-                if _key(text) not in seen:  # the first copy in (package, file) order is kept
-                    seen.add(_key(text))
-                    kept.append(text)
+        for rel, kept in package_files(package, cfg, seen):
             if kept:
                 per_file[rel] = kept
         where = _file_split(list(per_file), cfg, package)

@@ -55,6 +55,21 @@ def check_calib(calib: torch.Tensor, batch: int) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def run_calibration(model: Any, calib: torch.Tensor, batch: int, handles: list) -> None:
+    """``calib`` through ``model`` in eval mode, ``batch`` rows at a time and without the KV cache, for
+    the forward hooks in ``handles`` to record; the hooks are removed and the mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, calib.shape[0], batch):
+            model(input_ids=calib[start : start + batch], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def block_importance(model: Any, calib: torch.Tensor, batch: int = 4) -> list[float]:
     """ShortGPT Block Influence per decoder layer, BI_i = 1 - mean over calibration tokens of
     cos(x_i, x_{i+1}) (Men et al. 2024, eq. 2). One score per layer, in layer order; higher means
@@ -75,15 +90,7 @@ def block_importance(model: Any, calib: torch.Tensor, batch: int = 4) -> list[fl
 
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(hook(i), with_kwargs=True))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, calib.shape[0], batch):
-            model(input_ids=calib[start : start + batch], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_calibration(model, calib, batch, handles)
     return [float(1.0 - s / calib.numel()) for s in sums]
 
 

@@ -23,7 +23,7 @@ import hashlib
 
 import torch
 
-from tasks.datasets.corpus import CorpusConfig, file_texts, package_root, source_files
+from tasks.datasets.corpus import CorpusConfig, package_files
 
 DEFAULT_PACKAGES = (
     "email http logging unittest asyncio xml importlib multiprocessing urllib concurrent json wsgiref"
@@ -58,24 +58,13 @@ CHAT_PROMPTS: list[str] = [
 ]
 
 
-def _key(text: str) -> str:
-    return "".join(c for c in text.lower() if c.isalnum())
-
-
 def _documents(packages: list[str], min_words: int) -> dict[str, str]:
     """{"<package>/<path>": document} of every source file with >= ``min_words`` words of new prose."""
     cfg = CorpusConfig(packages=list(packages))
     seen: set[str] = set()
     docs = {}
     for package in packages:
-        root = package_root(package)
-        for path in source_files(root):
-            rel = f"{package}/{path.relative_to(root).as_posix() if root.is_dir() else path.name}"
-            kept = []
-            for text in file_texts(path, cfg):
-                if _key(text) not in seen:  # the first copy in (package, file) order is kept
-                    seen.add(_key(text))
-                    kept.append(text)
+        for rel, kept in package_files(package, cfg, seen):
             text = "\n\n".join(kept)
             if len(text.split()) >= min_words:
                 docs[rel] = text

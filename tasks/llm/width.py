@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasks.llm.depth import check_calib, decoder_layers
+from tasks.llm.depth import check_calib, decoder_layers, run_calibration
 
 
 def _sizes(config) -> tuple[int, int, int]:
@@ -66,15 +66,7 @@ def width_importance(model: Any, calib: torch.Tensor, batch: int = 4) -> tuple[l
     for i, layer in enumerate(layers):
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(ffn_hook(i)))
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attn_hook(i)))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, calib.shape[0], batch):
-            model(input_ids=calib[start : start + batch], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    run_calibration(model, calib, batch, handles)
     n = calib.numel()
     return [f / n for f in ffn], [g / n for g in groups]
 
