@@ -19,6 +19,13 @@ step. OpenVINO keeps the cache outside the graph too (no stateful model): one co
 Its outputs are copied out of the infer request each call; a zero-copy variant (two requests in turn,
 ``share_inputs`` / ``share_outputs``) was measured on SmolLM2-135M FP32 and INT8 (2 threads, prompt
 128) and gained nothing beyond the noise of a shared 2-CPU host, so the simple path stays.
+
+For batching sequences of different lengths (``tasks.llm.engine``) every decoder also has
+``forward(ids [B,S], attention_mask [B,P+S], position_ids [B,S], past) -> (logits [B,V], past)``: the
+last position's logits, the cache as a flat list ``[key0, value0, key1, ...]`` of float32 numpy
+arrays [B, kv_heads, P, head_dim] (``past=None``: empty). Rows are left-padded (mask 0 on padding,
+position ids the true positions); ``pad_past`` / ``select_past`` / ``trim_past`` reshape the batch.
+The exported ONNX honours a mask with zeros (tests/test_llm_engine.py checks it against torch).
 """
 
 from __future__ import annotations
@@ -44,7 +51,13 @@ class State:
     length: int
 
 
+Past = list[np.ndarray]
+
+
 class Decoder(Protocol):
+    def forward(
+        self, ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Past | None
+    ) -> tuple[np.ndarray, Past]: ...
     def logits(self, ids: np.ndarray) -> np.ndarray: ...
     def generate(self, ids: np.ndarray, max_new_tokens: int, eos_id: int | None = None) -> np.ndarray: ...
     def prefill(self, ids: np.ndarray) -> State: ...
@@ -56,6 +69,26 @@ def _check_ids(ids: np.ndarray, rows: int | None = None) -> np.ndarray:
     if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu" or (rows and ids.shape[0] != rows):
         raise ValueError(f"ids: expected int64 [{rows or 'B'},T>0] token ids, got {ids.dtype} {list(ids.shape)}")
     return ids.astype(np.int64)
+
+
+def pad_past(past: Past, length: int) -> Past:
+    """``past`` left-padded with zero columns to ``length`` cached positions."""
+    extra = length - past[0].shape[2]
+    if extra <= 0:
+        return past
+    return [np.concatenate([np.zeros((*x.shape[:2], extra, x.shape[3]), x.dtype), x], axis=2) for x in past]
+
+
+def select_past(past: Past, rows: np.ndarray | list[int], drop: int = 0) -> Past:
+    """The cache of ``rows`` only, without its first ``drop`` (padding) columns, contiguous."""
+    return [np.ascontiguousarray(x[rows, :, drop:]) for x in past]
+
+
+def concat_past(parts: list[Past]) -> Past:
+    """Caches of several row groups as one batch, each left-padded to the longest."""
+    length = max(p[0].shape[2] for p in parts)
+    padded = [pad_past(p, length) for p in parts]
+    return [np.concatenate(layer, axis=0) for layer in zip(*padded)]
 
 
 def greedy(decoder: Decoder, ids: np.ndarray, max_new_tokens: int, eos_id: int | None) -> np.ndarray:
@@ -93,6 +126,27 @@ class TorchDecoder:
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self._forward(_check_ids(ids, 1), None, 0)[0][0].numpy()
+
+    def forward(
+        self, ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Past | None
+    ) -> tuple[np.ndarray, Past]:
+        """Last-position logits [B,V] and the extended cache (module doc); numpy shared, not copied."""
+        pairs = (
+            [] if past is None else [(torch.from_numpy(k), torch.from_numpy(v)) for k, v in zip(past[::2], past[1::2])]
+        )
+        cache = DynamicCache(ddp_cache_data=pairs) if pairs else DynamicCache()
+        with torch.no_grad():
+            out = self.model(
+                input_ids=torch.from_numpy(ids),
+                attention_mask=torch.from_numpy(attention_mask),
+                position_ids=torch.from_numpy(position_ids),
+                cache=cache,
+                use_cache=True,
+            )
+        flat: Past = []
+        for layer in out.cache.layers:
+            flat += [layer.keys.numpy(), layer.values.numpy()]
+        return out.logits[:, -1].numpy(), flat
 
     def prefill(self, ids: np.ndarray) -> State:
         ids = _check_ids(ids)
@@ -140,6 +194,16 @@ class _GraphDecoder:
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         return self._call(_check_ids(ids, 1), empty_past(self.io, 1), 0)[0][0]
+
+    def forward(
+        self, ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Past | None
+    ) -> tuple[np.ndarray, Past]:
+        """Last-position logits [B,V] and the presents as the next past (module doc)."""
+        feeds = empty_past(self.io, ids.shape[0]) if past is None else dict(zip(self.io["past"], past))
+        logits, *presents = self.run(
+            {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids, **feeds}
+        )
+        return logits[:, -1], presents
 
     def prefill(self, ids: np.ndarray) -> State:
         ids = _check_ids(ids)
