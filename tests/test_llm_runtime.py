@@ -121,11 +121,20 @@ def test_nncf_int8_and_int4_shrink_and_keep_torch_tokens_close(model, files):
     assert err8 < err4 and err8 < 0.05 * np.abs(want).max()
 
 
-def test_nncf_data_aware_int4_runs_on_calibration_rows(files):
+def test_nncf_data_aware_int4_is_as_close_to_torch_as_data_free(tmp_path):
+    """AWQ + scale estimation on the calibration rows: no worse than round-to-nearest INT4. (On a
+    transpose_b=False MatMul NNCF's scale estimation fit the wrong axis: at hidden 128, group 32 it
+    took this model's next-token agreement from 0.97 to 0.0, as on SmolLM2.)"""
+    net = AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path, hidden_size=128, intermediate_size=256)).eval()
+    files = export_decoder(net)
     calib = [ids_of(1, 12, seed=s) for s in range(3)]
-    out = nncf_weights(files, "int4", group_size=16, awq=True, scale_estimation=True, calib=calib)
-    assert describe_compression(out)["weights"]["u4"] > 0
-    assert OpenVinoDecoder(out, 1).generate(ids_of(1, 5), 4).shape == (1, 4)
+    out = nncf_weights(files, "int4", group_size=32, awq=True, scale_estimation=True, calib=calib)
+    plain = nncf_weights(files, "int4", group_size=32)
+    assert describe_compression(out)["weights"]["u4"] == describe_compression(plain)["weights"]["u4"] > 0
+    ids = ids_of(1, 32, seed=7)
+    want = TorchDecoder(net).logits(ids)
+    err = {k: np.abs(OpenVinoDecoder(f, 1).logits(ids) - want).mean() for k, f in (("aware", out), ("free", plain))}
+    assert err["aware"] < 1.5 * err["free"], err
 
 
 @pytest.mark.parametrize(
