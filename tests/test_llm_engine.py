@@ -208,6 +208,7 @@ def test_finish_stop_on_eos_and_length_on_max_tokens(decoders):
         ([1, 2], Sampling(3, seed=-1), ["seed", "-1"]),
         ([], Sampling(3), ["prompt"]),
         ([1, -4], Sampling(3), ["prompt", "-4"]),
+        ([1, 5000], Sampling(3), ["prompt", "5000"]),
     ],
 )
 def test_bad_requests_are_one_line_value_errors_and_the_engine_keeps_serving(decoders, prompt, sampling, words):

@@ -115,7 +115,9 @@ class TorchDecoder:
     """The PyTorch model itself (FP32, ``torch.no_grad``): the reference tokens and timings."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model: Any = model.eval()
+        net: Any = model.eval()
+        self.model = net
+        self.vocab_size = int(net.config.vocab_size)
 
     def _forward(self, ids: np.ndarray, cache: DynamicCache | None, past: int) -> tuple[torch.Tensor, Any]:
         x = torch.from_numpy(ids)
@@ -240,6 +242,7 @@ class OrtDecoder(_GraphDecoder):
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(files[ONNX_FILE], opts, providers=["CPUExecutionProvider"])
         self.io = _io_of({i.name: i.shape for i in self.session.get_inputs()})
+        self.vocab_size = _static(self.session.get_outputs()[0].shape[-1])
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.io["outputs"], feed)
@@ -260,6 +263,11 @@ def read_openvino(files: dict[str, bytes]) -> Any:
         return core.read_model(str(path))
 
 
+def _static(dim: Any) -> int:
+    """A graph dimension as an int, 0 when it is dynamic (a name or -1): the vocabulary, when known."""
+    return dim if isinstance(dim, int) and dim > 0 else 0
+
+
 def _dims(shape: Any) -> list:
     """An OpenVINO partial shape as a list (-1 for a dynamic axis)."""
     return [d.get_length() if d.is_static else -1 for d in shape]
@@ -278,6 +286,7 @@ class OpenVinoDecoder(_GraphDecoder):
         # an input port may carry several tensor names (OpenVINO fuses): index it under each of them
         self.io = _io_of({n: _dims(i.get_partial_shape()) for i in self.compiled.inputs for n in i.get_names()})
         self.outputs = [next(o for o in self.compiled.outputs if n in o.get_names()) for n in self.io["outputs"]]
+        self.vocab_size = _static(_dims(self.outputs[0].get_partial_shape())[-1])
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = self.request.infer(feed)

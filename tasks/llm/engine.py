@@ -117,6 +117,7 @@ class Engine:
             raise ValueError(f"context: expected an integer >= 2, got {context!r}")
         self.eos_ids = frozenset(int(i) for i in eos_ids)
         self.max_batch, self.context = max_batch, context
+        self.vocab_size: int = getattr(decoder, "vocab_size", 0)
         self._batch = _Batch(decoder)
         self._waiting: deque[_Request] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-engine")
@@ -130,9 +131,10 @@ class Engine:
         check_sampling(sampling)
         if not isinstance(prompt, (list, tuple)) or not prompt:
             raise ValueError(f"prompt: expected a non-empty list of token ids, got {type(prompt).__name__}")
-        if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) and t >= 0 for t in prompt):
-            bad = next(t for t in prompt if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or t < 0)
-            raise ValueError(f"prompt: token ids must be integers >= 0, got {bad!r}")
+        vocab = self.vocab_size or float("inf")
+        bad = [t for t in prompt if not isinstance(t, (int, np.integer)) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt: token ids must be integers in [0, {vocab}), got {bad[0]!r}")
         if len(prompt) + sampling.max_tokens > self.context:
             raise ValueError(
                 f"prompt of {len(prompt)} tokens + max_tokens {sampling.max_tokens} > context {self.context}"
@@ -207,7 +209,8 @@ class Engine:
     async def _iterate(self) -> None:
         """One iteration (module doc): leave, join + first tokens, one decode step."""
         batch = self._batch
-        await self._compute(batch.drop_stopped)
+        if any(r.stopped for r in batch.rows):
+            await self._compute(batch.drop_stopped)
         room = self.max_batch - len(batch.rows)
         joining: list[_Request] = []
         while self._waiting and len(joining) < room:
@@ -215,11 +218,12 @@ class Engine:
         if joining:
             try:
                 tokens = await self._compute(batch.admit, joining)
-            except Exception as error:
+            except Exception as error:  # the prefill failed before the batch changed: only these fail
                 self._fail(joining, error)
-                raise
+                return
             self._deliver(joining, tokens)
-            await self._compute(batch.drop_stopped)
+            if any(r.stopped for r in joining):
+                await self._compute(batch.drop_stopped)
         if batch.rows:
             self._counts["max_batch_seen"] = max(self._counts["max_batch_seen"], len(batch.rows))
             tokens = await self._compute(batch.step)
