@@ -58,12 +58,12 @@ class Sampler:
         if self.temperature == 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / self.temperature
-        order = np.argsort(-z, kind="stable")
-        probs = np.exp(z[order] - z[order[0]])
-        probs /= probs.sum()
-        cumulative = np.cumsum(probs)
+        # the nucleus needs the tokens by probability; without one (top_p 1) vocabulary order will do
+        order = np.argsort(-z, kind="stable") if self.top_p < 1 else np.arange(len(z))
+        probs = np.exp(z[order] - z.max())
+        cumulative = np.cumsum(probs / probs.sum())
         # the nucleus: the fewest most-likely tokens whose mass reaches top_p (at least one)
-        keep = int(np.searchsorted(cumulative, self.top_p - 1e-12)) + 1
+        keep = int(np.searchsorted(cumulative, self.top_p - 1e-12)) + 1 if self.top_p < 1 else len(z)
         cumulative = cumulative[:keep] / cumulative[keep - 1]
         draw = self.rng.random()
         return int(order[min(int(np.searchsorted(cumulative, draw, side="right")), keep - 1)])
