@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder
+from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder, read_openvino
 from tasks.llm.export import FlatCacheLM, decoder_io, export_decoder, untie_lm_head
+from tasks.llm.stateful import StatefulOpenVinoDecoder, make_stateful
 from tasks.llm.timing import memory_bandwidth_gbs, peak_rss_mb, time_generation
 from tasks.llm.weights import describe_compression, files_size, nncf_weights, ort_int4
 from tests.lm_models import tiny_llama
@@ -78,11 +79,29 @@ def test_greedy_tokens_identical_on_torch_ort_openvino(model, files):
     ids = ids_of(3, 9)
     want = TorchDecoder(model).generate(ids, 16)
     assert want.shape == (3, 16) and len(np.unique(want)) > 4  # a sequence that varies, not one repeated token
-    for decoder in (OrtDecoder(files, 1), OpenVinoDecoder(files, 1)):
+    stateful = StatefulOpenVinoDecoder(files, 1)
+    for decoder in (OrtDecoder(files, 1), OpenVinoDecoder(files, 1), stateful):
         np.testing.assert_array_equal(decoder.generate(ids, 16), want)
         logits = decoder.logits(ids[:1])
         assert logits.shape == (9, model.config.vocab_size)
         np.testing.assert_allclose(logits, TorchDecoder(model).logits(ids[:1]), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(stateful.generate(ids[1:], 16), want[1:])  # a new batch resets the cache
+
+
+def test_stateful_openvino_takes_only_tokens_and_needs_a_cache_graph(files):
+    names = {n for i in StatefulOpenVinoDecoder(files, 1).compiled.inputs for n in i.get_names()}
+    assert names == {"input_ids", "attention_mask", "position_ids"}
+    with pytest.raises(ValueError, match="no past_key_values"):
+        make_stateful(read_openvino({"model.onnx": _plain_matmul()}))
+
+
+def _plain_matmul() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def test_generation_stops_when_every_row_hit_eos_and_pads_with_it(model, files):

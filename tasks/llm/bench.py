@@ -35,8 +35,9 @@ def size_of(model: CausalLM) -> int:
     return files_size(model.files)
 
 
-def open_decoder(model: CausalLM, runtime: str, threads: int) -> Any:
-    """A ``tasks.llm.decoder`` Decoder for ``model`` on ``runtime`` with ``threads`` threads."""
+def open_decoder(model: CausalLM, runtime: str, threads: int, stateful: bool = False) -> Any:
+    """A ``tasks.llm.decoder`` Decoder for ``model`` on ``runtime`` with ``threads`` threads; on OpenVINO
+    with ``stateful`` the cache stays inside the plugin (``tasks.llm.stateful``: one batch at a time)."""
     if runtime not in RUNTIMES_OF[model.format]:
         raise ValueError(f"runtimes: {model.format} model '{model.name}' does not run on {runtime}")
     if runtime == "torch":
@@ -46,7 +47,13 @@ def open_decoder(model: CausalLM, runtime: str, threads: int) -> Any:
         net = build_causal_lm(model.config)
         load_lm_state(net, model.state_dict)
         return TorchDecoder(net)
-    return OrtDecoder(model.files, threads) if runtime == "onnxruntime" else OpenVinoDecoder(model.files, threads)
+    if runtime == "onnxruntime":
+        return OrtDecoder(model.files, threads)
+    if stateful:
+        from tasks.llm.stateful import StatefulOpenVinoDecoder
+
+        return StatefulOpenVinoDecoder(model.files, threads)
+    return OpenVinoDecoder(model.files, threads)
 
 
 class Reference:
