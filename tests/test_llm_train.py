@@ -89,6 +89,30 @@ def test_local_checkpoints_resume_without_gap_or_duplicate(parts, tmp_path):
     assert _losses(history) == pytest.approx(_losses(reference), rel=1e-5)
 
 
+def test_a_checkpoint_is_safetensors_and_json_and_restores_an_optimizer(tmp_path):
+    import torch
+
+    from tasks.core.train_session import save_checkpoint
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    tied = torch.arange(4.0)
+    state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": 7, "pair": (tied, tied[:2]), "x": None}
+    save_checkpoint(tmp_path, state, [{"loss": 1.0}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json", "state.json", "state.safetensors"]
+    back, history = load_checkpoint(tmp_path)
+    assert history == [{"loss": 1.0}] and back["step"] == 7 and back["x"] is None
+    assert list(back["optimizer"]["state"]) == [0, 1]  # integer parameter ids stay integers
+    assert torch.equal(back["pair"][1], tied[:2]) and torch.equal(back["model"]["weight"], net.weight)
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(back["optimizer"])
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(ValueError, match="^state: /step is a set"):
+        save_checkpoint(tmp_path, {"step": {1}}, [])
+
+
 def test_bad_input_is_refused_in_one_line(parts, tmp_path):
     from pipelines.scale.train import train_workers
 
@@ -96,7 +120,7 @@ def test_bad_input_is_refused_in_one_line(parts, tmp_path):
         _config(parts, lrr=1.0)
     with pytest.raises(ValueError, match="^values: shape"):
         loop_config(*parts[:3], parts[3][:, :4], parts[4])
-    with pytest.raises(ValueError, match="state.pt is missing"):
+    with pytest.raises(ValueError, match="state.safetensors is missing"):
         load_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="^workers: must be >= 1"):
         train_workers(distill_loop, {}, workers=0)

@@ -11,7 +11,9 @@ with it and reported again on replay.
 
 The engine runs the loop on Ray Train (``pipelines.scale.train``); here ``LocalSession`` runs it in
 this process (rank 0 of 1), optionally checkpointing to a folder it resumes from. Both write the same
-checkpoint: ``state.pt`` (``torch.save``, read back with ``weights_only=True``) and ``history.json``.
+checkpoint, with no pickle in it: the state's tensors in ``state.safetensors`` (named by their path in
+the state, e.g. ``optimizer/state/3/exp_avg``), the rest of the state (numbers, strings, the nesting,
+integer keys such as an optimizer's parameter ids) in ``state.json``, and ``history.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"
+LAYOUT_FILE = "state.json"
 HISTORY_FILE = "history.json"
 
 
@@ -45,27 +48,66 @@ class TrainSession(Protocol):
 LoopFn = Callable[[TrainSession, dict], Any]
 
 
+def _split(obj: Any, path: str, tensors: dict[str, torch.Tensor], storages: set[int]) -> Any:
+    """``obj`` as JSON with every tensor replaced by ``{"tensor": name}`` and put in ``tensors``; a dict
+    as ``{"dict": [[key, value], ...]}`` so integer keys stay integers."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        tensors[path] = t.clone() if ptr in storages and t.numel() else t  # safetensors refuses shared memory
+        storages.add(ptr)
+        return {"tensor": path}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise ValueError(f"state: {path or '/'} has a key that is neither a string nor an integer")
+        return {"dict": [[k, _split(v, f"{path}/{k}", tensors, storages)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_split(v, f"{path}/{i}", tensors, storages) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise ValueError(f"state: {path or '/'} is a {type(obj).__name__} (tensors, numbers, strings, lists, dicts)")
+
+
+def _join(layout: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of ``_split``."""
+    if isinstance(layout, dict) and set(layout) == {"tensor"}:
+        return tensors[layout["tensor"]]
+    if isinstance(layout, dict):
+        return {k: _join(v, tensors) for k, v in layout["dict"]}
+    if isinstance(layout, list):
+        return [_join(v, tensors) for v in layout]
+    return layout
+
+
 def save_checkpoint(folder: str | Path, state: dict, history: list[dict]) -> None:
     """``state`` (tensors, numbers, strings, lists, dicts) and the metric rows so far into ``folder``."""
+    from safetensors.torch import save_file
+
     if not isinstance(state, dict):
         raise ValueError(f"state: a checkpoint needs a dict, got {type(state).__name__}")
+    tensors: dict[str, torch.Tensor] = {}
+    layout = _split(state, "", tensors, set())
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(state, folder / STATE_FILE)
+    save_file(tensors, str(folder / STATE_FILE))
+    (folder / LAYOUT_FILE).write_text(json.dumps(layout))
     (folder / HISTORY_FILE).write_text(json.dumps(history))
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict, list[dict]]:
-    """(state, history) written by ``save_checkpoint``; tensors load on the CPU, no pickled objects."""
+    """(state, history) written by ``save_checkpoint``; tensors load on the CPU, nothing is unpickled."""
+    from safetensors.torch import load_file
+
     folder = Path(folder)
-    for name in (STATE_FILE, HISTORY_FILE):
+    for name in (STATE_FILE, LAYOUT_FILE, HISTORY_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"checkpoint {folder}: {name} is missing")
     try:
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        tensors = load_file(str(folder / STATE_FILE))
+        state = _join(json.loads((folder / LAYOUT_FILE).read_text()), tensors)
         history = json.loads((folder / HISTORY_FILE).read_text())
-    except (RuntimeError, OSError, ValueError, EOFError) as e:
-        raise ValueError(f"checkpoint {folder}: unreadable ({str(e).splitlines()[0] if str(e) else e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint, whatever the library says: one line
+        raise ValueError(f"checkpoint {folder}: unreadable ({str(e).splitlines()[0] if str(e) else e!r})") from None
     if not isinstance(state, dict) or not isinstance(history, list):
         raise ValueError(f"checkpoint {folder}: state must be a dict and history a list")
     return state, history
