@@ -40,6 +40,7 @@ class ServedLM:
     eos_ids: list[int]
     context: int
     chat_template: str | None
+    note: str = ""  # why its files were not verified, when they could not be (pipelines.scale.serve_app)
 
 
 def _context_of(config: dict) -> int:
