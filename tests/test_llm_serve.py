@@ -257,6 +257,8 @@ def test_bad_requests_are_openai_errors_and_the_replica_lives(client, url):
         assert got == status and words in error["message"] and "\n" not in error["message"], (words, answer)
         assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
     assert _post(f"{url}/v1/completions", json.dumps(good).encode())[0] == 401
+    status, answer = _post(f"{url}/v1/embeddings", json.dumps(good).encode(), auth)
+    assert status == 404 and "/v1/embeddings: Not Found" in answer["error"]["message"]
     with pytest.raises(
         openai.BadRequestError, match=r"prompt of \d+ tokens plus max_tokens=1400 exceeds the context of 2048"
     ):
@@ -279,5 +281,4 @@ def test_closing_a_stream_early_frees_its_slot(client, url):
         time.sleep(0.05)
     engine = _health(url)["engine"]
     assert engine["active"] == 0 and engine["waiting"] == 0
-    print("tokens after an early close:", engine["tokens"] - before)
     assert engine["tokens"] - before < 1400  # it stopped well before its max_tokens

@@ -31,6 +31,7 @@ from typing import cast
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.llm.engine import Engine, Sampling
 from tasks.llm.served import ServedLM
@@ -50,6 +51,12 @@ from tasks.serving.openai_api import (
 )
 
 app = FastAPI(title="slimray LLM", description="A causal language model from the slimray registry (OpenAI API).")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    """An unknown route or method, in OpenAI's error shape too (clients read ``error.message``)."""
+    return _error(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
 
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -73,6 +80,11 @@ def parse_json(body: bytes, limits: Limits) -> dict:
     if not isinstance(doc, dict):
         raise ApiError(400, "body must be a JSON object")
     return doc
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _error(e: BadRequest) -> JSONResponse:
@@ -134,18 +146,24 @@ class LLMServer:
         return self.api.parse(kind, parse_json(body, self.limits))
 
     async def _handle(self, kind: str, request: Request):
+        """The answer, or the refusal in OpenAI's shape; ``request_timeout_s`` bounds the body, the checks and the
+        answer (a stream: its first text)."""
         timeout = self.cfg.request_timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             req = await asyncio.wait_for(self._request(kind, request), timeout)
-            if req.stream:
-                return await self._stream(req, timeout)
-            return await asyncio.wait_for(self._whole(req), timeout)
+            left = max(deadline - asyncio.get_running_loop().time(), 0.001)
+            return await (self._stream(req, left) if req.stream else asyncio.wait_for(self._whole(req), left))
         except BadRequest as e:
             return _error(e)
         except asyncio.TimeoutError:
             return _error(ApiError(504, f"request took over request_timeout_s={timeout}"))
         except ValueError as e:  # the engine's refusal of a request the protocol let through
-            return _error(ApiError(400, str(e).splitlines()[0]))
+            return _error(ApiError(400, _first_line(e)))
+        except (
+            Exception
+        ) as e:  # the engine failed (closed, a forward raised): this request fails, the replica serves on
+            return _error(ApiError(500, f"generation failed: {_first_line(e)}"))
 
     def _generate(self, req: GenRequest) -> tuple[AsyncGenerator, AsyncGenerator[Piece, None]]:
         """The engine's token stream for ``req`` and the text pieces made of it (both to be closed)."""
@@ -185,8 +203,8 @@ class LLMServer:
             try:
                 async for last in pieces:
                     yield reply.chunk(last)
-            except (ValueError, RuntimeError) as e:  # the engine failed mid-stream: the client is told, not cut off
-                yield sse(error_body(ApiError(500, str(e).splitlines()[0] if str(e) else type(e).__name__)))
+            except Exception as e:  # the engine failed mid-stream: the client is told, not cut off
+                yield sse(error_body(ApiError(500, f"generation failed: {_first_line(e)}")))
                 return
             if reply.req.include_usage:
                 yield reply.usage_chunk(last.tokens)
