@@ -91,6 +91,30 @@ def test_llm_end_to_end_on_a_tiny_llama(workdir, ray_local):
     # the healed student has the 3 layers the depth step kept and a learning curve
     healed = client.get_run(_run_id(out, "healed"))
     assert "kd_loss" in healed.data.metrics and "ppl" in healed.data.metrics
+    _check_registered(client, out.uri, selected[0])
+
+
+def _check_registered(client, uri: str, row: dict) -> None:
+    """The selected variant is llm@candidate with what serving needs, and serves the tokens it was measured with."""
+    import asyncio
+
+    import numpy as np
+
+    from pipelines.scale.serve import resolve
+    from pipelines.scale.serve_app import load_lm
+    from tasks.llm.engine import Engine, Sampling
+
+    pinned = resolve("models:/llm@candidate", uri)
+    assert pinned["kind"] == "causal_lm" and pinned["runtime"] == row["runtime"]
+    mv = client.get_model_version("llm", pinned["version"])
+    assert mv.tags["model"] == row["name"] and "dataset" in mv.tags  # what it is, what it was made from
+    served = load_lm(pinned["uri"], uri, 1, runtime=row["runtime"])
+    assert served.note == "" and served.chat_template and served.eos_ids  # files verified; chat and stop known
+    prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}], tokenize=False)
+    ids = served.tokenizer(prompt)["input_ids"]
+    want = served.decoder.generate(np.array([ids]), 5)[0].tolist()
+    got = asyncio.run(Engine(served.decoder, []).generate(ids, Sampling(max_tokens=5, temperature=0)))
+    assert [t.id for t in got] == want
 
 
 def test_a_folder_that_is_not_a_causal_lm_fails_the_teacher_step_in_one_line(workdir, ray_local):

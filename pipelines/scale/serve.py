@@ -1,11 +1,13 @@
-"""``slimray serve``: a registered ONNX model from the MLflow registry as a Ray Serve application.
+"""``slimray serve``: a registered model from the MLflow registry as a Ray Serve application.
 
     slimray serve [model=models:/compress-mnist1d@candidate] [port=8000] [batching=false] [KEY=VALUE ...]
 
 Classifiers: ``POST /predict`` ``{"inputs": [[...], ...]}`` (or ``{"texts": [...]}`` for a text model)
 -> ``{"classes": [...], "logits": [[...], ...]}``; embedding models: ``POST /embed`` ``{"texts": [...]}``
--> ``{"embeddings": [[...]], "dim": N}``; ``GET /health`` (name, version, run id); OpenAPI docs at
-``/docs``. The alias is resolved once, here: every replica serves that one version. Requests are
+-> ``{"embeddings": [[...]], "dim": N}``; causal language models (version tag ``slimray.kind=causal_lm``,
+``experiment=llm``): the OpenAI routes ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``
+(streaming, continuous batching: ``tasks.serving.llm_deployment``); ``GET /health`` (name, version, run
+id); OpenAPI docs at ``/docs``. The alias is resolved once, here: every replica serves that one version. Requests are
 grouped by ``@serve.batch`` (dynamic batching) and run inside each replica by the runtime the
 version was selected for (ONNX Runtime, or OpenVINO: ``runtime=``). The version's files must match
 the signed file list the pipeline recorded with it (``serve_app.verify_files``): else one line, exit 1,
@@ -72,6 +74,7 @@ def resolve(model_uri: str, tracking_uri: str) -> dict:
         "requested": model_uri,
         "uri": uri,
         "runtime": runtime,
+        "kind": (mv.tags or {}).get("slimray.kind", ""),  # causal_lm: the OpenAI-compatible routes
     }
 
 
@@ -105,7 +108,22 @@ def build_app(cfg: ServeConfig, tracking_uri: str, pinned: dict | None = None):
     )
     pinned = pinned or resolve(cfg.model, tracking_uri)
     runtime = served_runtime(cfg, pinned)
+    if pinned.get("kind") == "causal_lm":
+        from pipelines.scale.serve_app import load_lm
+        from tasks.serving.llm_deployment import LLMServer
+
+        lm = LLMServer.options(  # type: ignore[attr-defined]
+            max_ongoing_requests=cfg.max_ongoing_requests,
+            ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+            **scaling,
+        )
+        return lm.bind(llm_settings(cfg), partial(load_lm, pinned["uri"], tracking_uri, runtime=runtime), pinned)
     return deployment.bind(asdict(cfg), partial(load_model, pinned["uri"], tracking_uri, runtime=runtime), pinned)
+
+
+def llm_settings(cfg: ServeConfig) -> dict:
+    """What an ``LLMServer`` replica reads of ``cfg``: sequences per decode step are ``max_batch_size``."""
+    return {**asdict(cfg), "max_batch": cfg.max_batch_size}
 
 
 def start_options(cfg: ServeConfig) -> dict:
@@ -143,19 +161,20 @@ def _preload(uri: str, pinned: dict, runtime: str) -> str:
     loaded, or whose files do not match the signed file list recorded with it
     (``serve_app.verify_files``), is one line before any replica starts (replicas would retry it
     and end in a traceback). Every replica checks its own download again."""
-    from pipelines.scale.serve_app import load_model
+    from pipelines.scale.serve_app import load_lm, load_model
     from pipelines.store.modelfiles import ModelFilesError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its INFO lines would make the error two
+    lm = pinned.get("kind") == "causal_lm"
     try:
-        served = load_model(pinned["uri"], uri, 1, runtime=runtime)
+        served = (load_lm if lm else load_model)(pinned["uri"], uri, 1, runtime=runtime)
     except ModelFilesError as e:
         raise RuntimeError(f"{e}: refusing to serve it (run {pinned['run_id']})") from None
     except Exception as e:  # noqa: BLE001 - any fetch/load failure is the same one line
         raise RuntimeError(f"model {pinned['uri']} (run {pinned['run_id']}) cannot be fetched or loaded: {e}") from None
     if served.note:
         print(f"warning: {served.note}", file=sys.stderr, flush=True)
-    return served.sig.route
+    return "/v1" if lm else served.sig.route
 
 
 def main(argv: list[str]) -> int:

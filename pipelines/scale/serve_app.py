@@ -65,3 +65,19 @@ def load_model(
         served = ServedModel(onnx_bytes, folder if folder.is_dir() else None, threads, providers, runtime)
     served.note = note
     return served
+
+
+def load_lm(model_uri: str, tracking_uri: str, threads: int, runtime: str = "onnxruntime"):
+    """The served causal LM (``tasks.llm.served.ServedLM``) of a pinned version registered as files
+    (``slimray.kind=causal_lm``): downloaded, checked against its signed file list, then loaded."""
+    import mlflow
+
+    from tasks.llm.served import load_served
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+        note = verify_files(model_uri, tracking_uri, local)
+        served = load_served(local, runtime, threads)
+    served.note = note
+    return served

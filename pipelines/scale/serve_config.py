@@ -57,7 +57,8 @@ class ServeConfig:
     replicas: int = 1  # fixed replica count (when autoscaling is off)
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     batching: bool = True  # @serve.batch dynamic batching of concurrent requests
-    max_batch_size: int = 32  # requests per model call
+    max_batch_size: int = 32  # requests per model call (a causal LM: sequences per decode step)
+    max_tokens_cap: int = 1024  # a causal LM: the highest max_tokens a request may ask for (more: 400)
     batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 128  # per replica; >= max_batch_size or batches never fill
     max_request_rows: int = 1024  # samples or texts per request; more get 413

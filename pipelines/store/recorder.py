@@ -162,18 +162,23 @@ class RunRecorder:
         self.client.set_registered_model_alias(reg.name, reg.alias, version)
         if reg.runtime:  # the runtime the benchmark selected it for
             self.client.set_model_version_tag(reg.name, version, "slimray.runtime", reg.runtime)
+        if reg.kind:  # how slimray serve serves it (pipelines.scale.serve)
+            self.client.set_model_version_tag(reg.name, version, "slimray.kind", reg.kind)
         self.client.set_tag(self.ctx.root_run, "slimray.registered", f"{reg.name}@{reg.alias} v{version}")
         return model_id, version
 
     def _log(self, reg: Registration) -> tuple[str, str]:
-        """Log ``reg`` as a new ONNX logged model of the parent run, registered as a new version,
-        and record its signed file list (``_seal``); returns (model id, version)."""
+        """Log ``reg`` as a new ONNX logged model of the parent run (a files-only one when it has no
+        ONNX bytes: ``_log_files``), registered as a new version, and record its signed file list
+        (``_seal``); returns (model id, version)."""
         import mlflow
         import onnx
 
+        logged = registry.logged_name(reg.source) if reg.source else "model"  # in this experiment, not the default
+        if not reg.onnx:
+            return self._log_files(reg, logged)
         mlflow.set_tracking_uri(self.ctx.uri)
         proto = onnx.load_from_string(reg.onnx)
-        logged = registry.logged_name(reg.source) if reg.source else "model"  # in this experiment, not the default
         with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
             extra = [str(Path(tmp, Path(k).name)) for k in reg.files]
             for path, data in zip(extra, reg.files.values()):
@@ -192,6 +197,25 @@ class RunRecorder:
         version = str(info.registered_model_version)
         self._seal(reg, info.model_id, version)
         return info.model_id, version
+
+    def _log_files(self, reg: Registration, logged: str) -> tuple[str, str]:
+        """A logged model holding ``reg.files`` as they are (a causal LM: its graph or weights, tokenizer,
+        generation config; ``tasks.llm.served``), registered as a new version; returns (model id, version)."""
+        model_id = self._logged_model_id(logged)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in reg.files.items():
+                Path(tmp, Path(name).name).write_bytes(data)
+            self.client.log_model_artifacts(model_id, tmp)
+        self.client.finalize_logged_model(model_id, "READY")
+        try:
+            self.client.get_registered_model(reg.name)
+        except Exception:  # noqa: BLE001 - not registered yet
+            self.client.create_registered_model(reg.name)
+        mv = self.client.create_model_version(
+            reg.name, source=f"models:/{model_id}", run_id=self.ctx.root_run, model_id=model_id
+        )
+        self._seal(reg, model_id, str(mv.version))
+        return model_id, str(mv.version)
 
     def _logged_model_id(self, logged: str) -> str:
         """A new logged model of the pipeline's experiment (not MLflow's default one)."""
@@ -283,13 +307,17 @@ class RunRecorder:
 
 def _differs(files: dict[str, str], reg: Registration) -> str:
     """The first file of a logged model's list that is not the registration's: its graph
-    (``model.onnx``) and the files beside it (``extra_files/``, none more); "" when all are."""
-    want = {"model.onnx": _sha256(reg.onnx)}
-    want |= {f"extra_files/{Path(name).name}": _sha256(data) for name, data in reg.files.items()}
+    (``model.onnx``) and the files beside it (``extra_files/``, none more), or for a files-only
+    registration its files (none more); "" when all are."""
+    if not reg.onnx:  # files only (``RunRecorder._log_files``): exactly these, nothing more
+        want = {Path(name).name: _sha256(data) for name, data in reg.files.items()}
+    else:
+        want = {"model.onnx": _sha256(reg.onnx)}
+        want |= {f"extra_files/{Path(name).name}": _sha256(data) for name, data in reg.files.items()}
     for name, digest in want.items():
         if files.get(name) != digest:
             return name
-    extra = sorted(n for n in files if n.startswith("extra_files/") and n not in want)
+    extra = sorted(n for n in files if (n.startswith("extra_files/") or not reg.onnx) and n not in want)
     return extra[0] if extra else ""
 
 

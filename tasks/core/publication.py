@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Registration:
-    """A model a step wants in the model registry: ``name@alias`` pointing at these ONNX bytes."""
+    """A model a step wants in the model registry: ``name@alias`` pointing at these ONNX bytes, or
+    (``onnx`` empty) at ``files`` alone: a causal LM's graph or weights with its tokenizer and
+    generation config (``tasks.llm.served.lm_files``)."""
 
     name: str
     onnx: bytes
@@ -15,6 +17,7 @@ class Registration:
     source: str = ""  # the registered model's own name (a benchmark row, a ModelCard): what the version is
     files: dict[str, bytes] = field(default_factory=dict)  # stored with the version (tasks.serving.model)
     runtime: str = "onnxruntime"  # the runtime it was selected for (model version tag slimray.runtime)
+    kind: str = ""  # what serves it (model version tag slimray.kind): "" a classifier/embedder, "causal_lm"
 
 
 @dataclass

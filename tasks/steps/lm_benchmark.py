@@ -21,6 +21,7 @@ import psutil
 
 from tasks.core.checks import at_least, require
 from tasks.core.context import StepContext
+from tasks.core.publication import Publication, Registration
 from tasks.core.types import Report
 from tasks.llm.types import CausalLM, TokenSet
 from tasks.runtime.hardware import describe
@@ -39,6 +40,8 @@ class LmBenchmarkConfig:
     agree_tokens: int = 32
     ppl_budget: float = 0.05  # highest relative perplexity increase (upper end of its 95% interval)
     min_next_token_agree: float = 0.9  # the parity gate
+    registry_name: str = "llm"  # the selected variant is registered as <registry_name>@<alias> ("" : not at all)
+    alias: str = "candidate"
 
     def __post_init__(self) -> None:
         require("runtimes", set(self.runtimes) <= {"torch", "onnxruntime", "openvino"}, "torch|onnxruntime|openvino")
@@ -68,7 +71,7 @@ def _row(model: CausalLM, runtime: str, ref: Any, data: TokenSet, cfg, bandwidth
     from tasks.llm.bench import Reference, open_decoder, quality, size_of, speed
 
     top = max(cfg.threads)
-    decoder = open_decoder(model, runtime, top)
+    decoder = open_decoder(model, runtime, top, stateful=True)
     if ref is None:
         ref = Reference(decoder, data.docs(), data.prompts()[: cfg.agree_prompts], cfg.window, cfg.agree_tokens)
     row = {
@@ -82,7 +85,7 @@ def _row(model: CausalLM, runtime: str, ref: Any, data: TokenSet, cfg, bandwidth
     }
     for t in sorted(cfg.threads):
         ctx.progress(f"lm_benchmark: {model.name} on {runtime}, {t} thread(s)")
-        dec = decoder if t == top else open_decoder(model, runtime, t)
+        dec = decoder if t == top else open_decoder(model, runtime, t, stateful=True)
         row.update(speed(dec, _prompt(data, cfg.prompt_tokens), cfg.new_tokens, cfg.batch, cfg.rounds, t))
     row["rss_mb"] = psutil.Process().memory_info().rss / 2**20
     row["bandwidth_share"] = row["size_bytes"] * row[f"decode_tok_s_b1_t{top}"] / (bandwidth * 1e9)
@@ -145,4 +148,20 @@ def run(models: list[CausalLM], data: TokenSet, *, cfg: LmBenchmarkConfig, ctx: 
     ctx.log_file("llm.md", table)
     held_out = {"docs": data.docs(), "prompt": _prompt(data, cfg.prompt_tokens)[0].tolist()}
     ctx.log_file("eval_tokens.json", json.dumps(held_out).encode())  # what the rows were scored on
-    return Report(data=data_out, files={"llm.md": table})
+    selected = next(m for m in models if m.name == best["name"])
+    return Report(data=data_out, files={"llm.md": table}, publish=_publication(selected, best, table, cfg))
+
+
+def _publication(model: CausalLM, row: dict, table: bytes, cfg: LmBenchmarkConfig) -> Publication:
+    """The table on the parent run and the selected variant in the registry with everything serving
+    needs: graph or weights, tokenizer and chat template, generation config (``tasks.llm.served``)."""
+    from tasks.llm.served import lm_files
+
+    models = []
+    if cfg.registry_name:
+        files = lm_files(model)
+        models.append(
+            Registration(cfg.registry_name, b"", cfg.alias, model.name, files, row["runtime"], kind="causal_lm")
+        )
+    summary = f"Selected **{row['name']}** on {row['runtime']} (the fastest within the budget).\n\n"
+    return Publication(files={"llm.md": table}, description=summary + table.decode(), models=models)
