@@ -14,13 +14,15 @@ import time
 import urllib.error
 import urllib.request
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.llm.model import config_dict, lm_state, tokenizer_files
+from tasks.llm.export import export_decoder
+from tasks.llm.model import build_causal_lm, config_dict, lm_state, load_lm_state, tokenizer_files
 from tasks.llm.served import GENERATION_FILE, lm_files, load_served
 from tasks.llm.types import CausalLM
 from tasks.serving.limits import Limits
@@ -32,22 +34,28 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A registered version's files: the tiny Llama (weights scaled up so greedy tokens vary)."""
-    net = AutoModelForCausalLM.from_pretrained(
-        tiny_llama(tmp_path_factory.mktemp("src"), max_position_embeddings=CONTEXT)
-    )
+def model(tmp_path_factory) -> CausalLM:
+    """The tiny Llama as a registered variant (weights scaled up so greedy tokens vary)."""
+    source = tiny_llama(tmp_path_factory.mktemp("src"), max_position_embeddings=CONTEXT)
+    net = AutoModelForCausalLM.from_pretrained(source)
     with torch.no_grad():
         for p in net.parameters():
             if p.dim() == 2:
                 p.mul_(10.0)
-    model = CausalLM(
-        name=NAME, config=config_dict(net), state_dict=lm_state(net), tokenizer=tokenizer_files(tiny_tokenizer())
-    )
-    out = tmp_path_factory.mktemp("registered")
-    for name, body in lm_files(model).items():
+    return CausalLM(NAME, config_dict(net), state_dict=lm_state(net), tokenizer=tokenizer_files(tiny_tokenizer()))
+
+
+def write(files: dict[str, bytes], out: Path) -> Path:
+    out.mkdir(exist_ok=True)
+    for name, body in files.items():
         (out / name).write_bytes(body)
     return out
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    """A registered version's files."""
+    return write(lm_files(model), tmp_path_factory.mktemp("registered"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def chat_ids(served, messages) -> list[int]:
     return Api(NAME, served.tokenizer, CONTEXT, CAP).prompt_ids("chat", {"messages": messages})
 
 
-def test_registered_files_load_back(folder, served, tmp_path):
+def test_registered_files_load_back(model, folder, served, tmp_path):
     names = {p.name for p in folder.iterdir()}
     assert {"model.safetensors", "config.json", "slimray_lm.json", GENERATION_FILE, "tokenizer.json"} <= names
     assert served.name == NAME and served.context == CONTEXT and served.chat_template and served.eos_ids == [0]
@@ -78,6 +86,11 @@ def test_registered_files_load_back(folder, served, tmp_path):
                 (tmp_path / missing / p.name).write_bytes(p.read_bytes())
         with pytest.raises(ValueError, match=missing):
             load_served(tmp_path / missing, "torch", 1)
+    net = load_lm_state(build_causal_lm(model.config), model.state_dict)
+    graph = CausalLM(NAME, model.config, format="onnx", files=export_decoder(net), tokenizer=model.tokenizer)
+    ort = load_served(write(lm_files(graph), tmp_path / "onnx"), "onnxruntime", 1)  # an exported variant's runtime
+    ids = np.array([served.tokenizer("The cat sat on")["input_ids"]])
+    assert ort.decoder.generate(ids, 12, 0).tolist() == served.decoder.generate(ids, 12, 0).tolist()
 
 
 def test_protocol_refuses_bad_fields(served):
@@ -202,8 +215,9 @@ def test_openai_client_completion_chat_stop_and_usage(client, served):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 10 and chunks[-1].usage.prompt_tokens == len(chat_ids(served, CHAT))
-    whole = client.chat.completions.create(model=NAME, messages=CHAT, max_tokens=10, temperature=0)
+    whole = client.chat.completions.create(model=NAME, messages=CHAT, max_completion_tokens=10, temperature=0)
     assert whole.choices[0].message.content == want and whole.object == "chat.completion"
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 10
 
 
 def test_seeds_reproduce(client):
