@@ -95,7 +95,9 @@ def test_registered_files_load_back(model, folder, served, tmp_path):
 
 def test_protocol_refuses_bad_fields(served):
     api = Api(NAME, served.tokenizer, CONTEXT, CAP)
-    ok = api.parse("completion", {"model": NAME, "prompt": ["The cat"], "max_tokens": 4, "stop": "x", "seed": 1})
+    ok = api.parse(
+        "completion", {"model": NAME, "prompt": ["The cat"], "max_tokens": 4, "stop": "x", "seed": 1, "n": 1}
+    )
     assert ok.max_tokens == 4 and ok.stop == ["x"] and ok.prompt_ids == served.tokenizer("The cat")["input_ids"]
     base = {"model": NAME, "messages": CHAT}
     for body, status, words in [
@@ -104,6 +106,7 @@ def test_protocol_refuses_bad_fields(served):
         ({**base, "max_tokens": True}, 400, "max_tokens: true"),
         ({**base, "temperature": 3}, 400, "temperature: 3 is not in [0, 2]"),
         ({**base, "n": 2}, 400, "n: 2"),
+        ({**base, "presence_penalty": 0.5}, 400, "presence_penalty: 0.5 is not supported"),
         ({**base, "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
         ({**base, "logit_bias": {}}, 400, "logit_bias: unknown field"),
         ({**base, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),

@@ -29,7 +29,7 @@ _NUMBER = (int, float)
 COMMON: dict[str, tuple] = {
     **dict.fromkeys(("model", "user"), (str,)),
     **dict.fromkeys(("max_tokens", "seed", "n"), (int,)),
-    **dict.fromkeys(("temperature", "top_p"), _NUMBER),
+    **dict.fromkeys(("temperature", "top_p", "presence_penalty", "frequency_penalty"), _NUMBER),
     **{"stop": (str, list), "stream": (bool,), "stream_options": (dict,)},
 }
 FIELDS = {
@@ -43,6 +43,7 @@ RANGES = {  # field -> (accepts the value, what it must be)
     "seed": (lambda v: -(2**63) <= v < 2**63, "is not a 64-bit integer"),
     "max_tokens": (lambda v: v >= 1, "is not a positive number of tokens"),
     "max_completion_tokens": (lambda v: v >= 1, "is not a positive number of tokens"),
+    **dict.fromkeys(("presence_penalty", "frequency_penalty"), (lambda v: v == 0, "is not supported (only 0)")),
 }
 ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 504: "timeout_error"}
 ROLES = ("system", "developer", "user", "assistant")
