@@ -25,7 +25,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,8 +84,12 @@ class StageActor:
         self.stage.free(seq_ids)
         return self.stage.cached()
 
-    def stats(self) -> dict:
-        return {"busy_s": self.busy_s, "calls": self.calls, "first": self.first or 0.0, "last": self.last}
+    def stats(self, reset: bool = False) -> dict:
+        """Busy seconds, calls and the first / last call's times since the last reset."""
+        out = {"busy_s": self.busy_s, "calls": self.calls, "first": self.first or 0.0, "last": self.last}
+        if reset:
+            self.busy_s, self.calls, self.last, self.first = 0.0, 0, 0.0, None
+        return out
 
 
 @dataclass(eq=False)
@@ -102,12 +105,12 @@ class _Job:
 
 class GenerationPool(ChainPool):
     """``replicas`` chains of ``stages`` stage actors of the model at ``source`` (a ``load_causal_lm``
-    path, or ``{"config.json", "model.safetensors"}`` bytes). ``num_cpus`` per actor; ``stage_options``
-    are extra Ray actor options per stage (e.g. ``{"resources": {"node_a": 0.01}}`` to place it)."""
+    path, ``{"config.json", "model.safetensors"}`` bytes, or an ObjectRef of those bytes). ``num_cpus``
+    per actor; ``stage_options``: extra Ray actor options per stage (``{"resources": {...}}`` places it)."""
 
     def __init__(
         self,
-        source: str | Path | dict,
+        source: Any,
         *,
         stages: int = 1,
         replicas: int = 1,
@@ -119,7 +122,9 @@ class GenerationPool(ChainPool):
             raise ValueError(f"stage_options: {len(stage_options)} entries for {stages} stages")
         self.stage_options = stage_options or [{} for _ in range(stages)]
         self.steps_done = 0  # decode steps answered so far, all calls together (progress, for watchers)
-        ref = ray.put(source) if isinstance(source, dict) else str(source)  # big files: put once
+        if isinstance(source, dict):
+            source = ray.put(source)  # the model's bytes: put once, read by every actor
+        ref = source if isinstance(source, ray.ObjectRef) else str(source)
         specs = [StageSpec(ref, k, stages, threads) for k in range(stages)]
         super().__init__(specs, replicas, num_cpus=num_cpus)
 
@@ -172,6 +177,7 @@ class GenerationPool(ChainPool):
         pending, active = collections.deque(units), dict[Any, _Job]()
         answers: list[list[int] | None] = [None] * len(prompts)
         stats, duplicated = PoolStats(batches=len(units), rows=len(prompts)), 0
+        ray.get([a.stats.remote(reset=True) for c in self.chains for a in c.actors])  # this call's figures only
         began = time.perf_counter()
         while pending or active:
             active.update((j.ref, j) for j in self._start(pending, prompts, max_new_tokens, eos_id))
@@ -205,7 +211,7 @@ class GenerationPool(ChainPool):
 
 
 def batch_generate(
-    source: str | Path | dict,
+    source: Any,
     prompts: list[list[int]],
     *,
     stages: int = 1,
@@ -228,7 +234,7 @@ def batch_generate(
 
 
 def pipeline_generate(
-    source: str | Path | dict,
+    source: Any,
     prompts: list[list[int]],
     *,
     stages: int = 2,
