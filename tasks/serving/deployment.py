@@ -46,6 +46,12 @@ def limits_of(cfg) -> Limits:
     return Limits(*(getattr(cfg, k) for k in LIMIT_KEYS))
 
 
+def authorize(token: str, given: str) -> None:
+    """With ``token`` set, the ``Authorization`` header ``given`` must be ``Bearer <token>`` (401)."""
+    if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <serve.auth_token>)")
+
+
 def model_from_bytes(onnx_bytes: bytes, threads: int, providers: list[str] | None = None) -> ServedModel:
     """A served array model from its ONNX bytes alone (no ``serving.json``: its graph's inputs)."""
     return ServedModel(onnx_bytes, None, threads, providers)
@@ -94,8 +100,7 @@ class ModelServer:
         }
 
     def _authorize(self, given: str) -> None:
-        if self.cfg.auth_token and not hmac.compare_digest(given.encode(), f"Bearer {self.cfg.auth_token}".encode()):
-            raise BadRequest(401, "missing or wrong bearer token (Authorization: Bearer <serve.auth_token>)")
+        authorize(self.cfg.auth_token, given)
 
     async def _compute(self, body: bytes) -> dict:
         feed = self.model.feed(parse(body, self.limits), self.limits)

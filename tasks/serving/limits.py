@@ -57,10 +57,11 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, li
     return b"".join(parts)
 
 
-def scan(body: bytes, limits: Limits) -> None:
-    """Depth, element count and literal checks on the raw JSON text (strings blanked out first)."""
+def scan(body: bytes, limits: Limits, literals: bool = False) -> None:
+    """Depth, element count and literal checks on the raw JSON text (strings blanked out first);
+    ``literals``: ``true`` / ``false`` / ``null`` are values (the OpenAI routes' ``"stream": true``)."""
     bare = _STRING.sub(b'""', body)
-    word = _WORDS.search(bare)
+    word = None if literals else _WORDS.search(bare)
     if word:
         raise BadRequest(422, f"'{word.group(1).decode()}' is not allowed (values must be numbers or strings)")
     raw = np.frombuffer(bare, dtype=np.uint8)

@@ -22,7 +22,6 @@ max_body_bytes); ``load(threads)`` returns the ``tasks.llm.served.ServedLM``.
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from types import SimpleNamespace
@@ -35,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.llm.engine import Engine, Sampling
 from tasks.llm.served import ServedLM
-from tasks.serving.deployment import BODY, ModelServer
+from tasks.serving.deployment import BODY, authorize
 from tasks.serving.limits import BadRequest, Limits, read_body, scan
 from tasks.serving.openai_api import (
     DONE,
@@ -59,10 +58,6 @@ async def _http_error(request: Request, e: StarletteHTTPException) -> JSONRespon
     return _error(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_LITERAL = re.compile(rb"\b(true|false|null)\b")
-
-
 def _constant(name: str):
     raise ApiError(400, f"'{name}' is not allowed (numbers must be finite)")
 
@@ -70,7 +65,7 @@ def _constant(name: str):
 def parse_json(body: bytes, limits: Limits) -> dict:
     """The body as a JSON object within ``limits``' nesting and size (``tasks.serving.limits.scan``); unlike
     ``/predict`` bodies, ``true`` / ``false`` / ``null`` are values here (``"stream": true``)."""
-    scan(_LITERAL.sub(b"0", _STRING.sub(b'""', body)), limits)
+    scan(body, limits, literals=True)
     try:
         doc = json.loads(body, parse_constant=_constant)
     except BadRequest:
@@ -94,7 +89,8 @@ def _error(e: BadRequest) -> JSONResponse:
 @serve.deployment
 @serve.ingress(app)
 class LLMServer:
-    _authorize = ModelServer.func_or_class._authorize  # type: ignore[attr-defined]  # one bearer-token rule
+    def _authorize(self, given: str) -> None:
+        authorize(self.cfg.auth_token, given)  # the one bearer-token rule of every slimray deployment
 
     def __init__(self, cfg: dict, load: Callable[[int], ServedLM], pinned: dict):
         self.cfg = SimpleNamespace(**cfg)
