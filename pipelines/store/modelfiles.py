@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from pipelines.store import signing
+from tasks.core.publication import Registration
 
 FILES_TAG = "slimray.files"  # signed JSON {"files": {path: sha256}, "signature"}: a logged model's files
 DOWNLOAD_ONLY = frozenset({"registered_model_meta"})  # MLflow writes it into every models:/ download
@@ -76,3 +77,23 @@ def check_files(folder: Path, recorded: str | None, model_id: str, where: str) -
             raise ModelFilesError(f"{where}: {name} is not in the signed file list (tag {FILES_TAG})")
         if got[name] != want[name]:
             raise ModelFilesError(f"{where}: {name} differs from the signed file list (tag {FILES_TAG})")
+
+
+def differs(files: dict[str, str], reg: Registration) -> str:
+    """The first file of a logged model's list that is not the registration's: its graph
+    (``model.onnx``) and the files beside it (``extra_files/``, none more), or for a files-only
+    registration its files (none more); "" when all are."""
+    if not reg.onnx:  # files only (``registry.log_files_model``): exactly these, nothing more
+        want = {Path(name).name: sha256(data) for name, data in reg.files.items()}
+    else:
+        want = {"model.onnx": sha256(reg.onnx)}
+        want |= {f"extra_files/{Path(name).name}": sha256(data) for name, data in reg.files.items()}
+    for name, digest in want.items():
+        if files.get(name) != digest:
+            return name
+    extra = sorted(n for n in files if (n.startswith("extra_files/") or not reg.onnx) and n not in want)
+    return extra[0] if extra else ""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -15,7 +15,6 @@ MLflow during execution.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from pathlib import Path
@@ -192,30 +191,19 @@ class RunRecorder:
                 pip_requirements=["onnxruntime"] + (["openvino"] if reg.runtime == "openvino" else []),
                 run_id=self.ctx.root_run,
                 extra_files=extra or None,
-                save_as_external_data=False,  # model.onnx stays the publication's bytes (_differs compares them)
+                save_as_external_data=False,  # model.onnx stays the publication's bytes (modelfiles.differs)
             )
         version = str(info.registered_model_version)
         self._seal(reg, info.model_id, version)
         return info.model_id, version
 
     def _log_files(self, reg: Registration, logged: str) -> tuple[str, str]:
-        """A logged model holding ``reg.files`` as they are (a causal LM: its graph or weights, tokenizer,
-        generation config; ``tasks.llm.served``), registered as a new version; returns (model id, version)."""
-        model_id = self._logged_model_id(logged)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, data in reg.files.items():
-                Path(tmp, Path(name).name).write_bytes(data)
-            self.client.log_model_artifacts(model_id, tmp)
-        self.client.finalize_logged_model(model_id, "READY")
-        try:
-            self.client.get_registered_model(reg.name)
-        except Exception:  # noqa: BLE001 - not registered yet
-            self.client.create_registered_model(reg.name)
-        mv = self.client.create_model_version(
-            reg.name, source=f"models:/{model_id}", run_id=self.ctx.root_run, model_id=model_id
+        """A files-only logged model (``registry.log_files_model``), sealed; returns (model id, version)."""
+        model_id, version = registry.log_files_model(
+            self.client, self._logged_model_id(logged), reg.name, reg.files, self.ctx.root_run
         )
-        self._seal(reg, model_id, str(mv.version))
-        return model_id, str(mv.version)
+        self._seal(reg, model_id, version)
+        return model_id, version
 
     def _logged_model_id(self, logged: str) -> str:
         """A new logged model of the pipeline's experiment (not MLflow's default one)."""
@@ -234,7 +222,7 @@ class RunRecorder:
         They are read back and must be the publication's graph and files."""
         with tempfile.TemporaryDirectory() as tmp:
             files = modelfiles.files_of(self._download(model_id, tmp))
-        wrong = _differs(files, reg)
+        wrong = modelfiles.differs(files, reg)
         if wrong:
             raise modelfiles.ModelFilesError(f"logged model {model_id}: {wrong} is not what was just logged")
         value = modelfiles.signed_files(files, model_id)
@@ -255,7 +243,7 @@ class RunRecorder:
             return None
         recorded = model.tags.get(modelfiles.FILES_TAG)
         try:
-            wrong = _differs(modelfiles.read_files(recorded, model_id, where), reg)
+            wrong = modelfiles.differs(modelfiles.read_files(recorded, model_id, where), reg)
             if wrong:
                 raise modelfiles.ModelFilesError(f"{where}: {wrong} is not the publication's")
             with tempfile.TemporaryDirectory() as tmp:
@@ -303,23 +291,3 @@ class RunRecorder:
             runs = registry.model_runs(self.executor.states)
             step = next((name.split("[", 1)[0] for name, run in runs.items() if run == source), "")
         return self.links.consumed(step) if step in steps else []
-
-
-def _differs(files: dict[str, str], reg: Registration) -> str:
-    """The first file of a logged model's list that is not the registration's: its graph
-    (``model.onnx``) and the files beside it (``extra_files/``, none more), or for a files-only
-    registration its files (none more); "" when all are."""
-    if not reg.onnx:  # files only (``RunRecorder._log_files``): exactly these, nothing more
-        want = {Path(name).name: _sha256(data) for name, data in reg.files.items()}
-    else:
-        want = {"model.onnx": _sha256(reg.onnx)}
-        want |= {f"extra_files/{Path(name).name}": _sha256(data) for name, data in reg.files.items()}
-    for name, digest in want.items():
-        if files.get(name) != digest:
-            return name
-    extra = sorted(n for n in files if (n.startswith("extra_files/") or not reg.onnx) and n not in want)
-    return extra[0] if extra else ""
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

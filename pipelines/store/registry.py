@@ -231,3 +231,23 @@ def log_cards(
     if publisher and ids and len(text) <= 8000:
         client.set_tag(publisher, MODELS_TAG, text)
     return ids
+
+
+def log_files_model(client: MlflowClient, model_id: str, name: str, files: dict[str, bytes], run_id: str):
+    """``files`` as they are into the new logged model ``model_id`` (a causal LM: its graph or weights,
+    tokenizer, generation config; ``tasks.llm.served``), registered as a new version of ``name`` made
+    by ``run_id``; returns (model id, version)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for file, data in files.items():
+            Path(tmp, Path(file).name).write_bytes(data)
+        client.log_model_artifacts(model_id, tmp)
+    client.finalize_logged_model(model_id, "READY")
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - not registered yet
+        client.create_registered_model(name)
+    mv = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    return model_id, str(mv.version)
