@@ -67,10 +67,14 @@ FIGURES: dict[str, list[str]] = {
     ],
     # experiment=llm on SmolLM2-135M-Instruct (llm extra) with the optimum-intel anchor (make bench-llm-anchor)
     "llm": [PY, "benchmarks/llm.py", "--anchor"],
+    # SmolLM2-135M on every decoding path: torch, ONNX Runtime, OpenVINO with the cache outside / inside the plugin
+    "llm_decoders": [PY, "benchmarks/llm_decoders.py"],
+    # SmolLM2-135M served the OpenAI way vs in process; model- and data-parallel generation vs the ceiling
+    "serve_llm": [PY, "benchmarks/serve_llm.py"],
 }
 
 # not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
-LONG = {"search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls", "llm"}
+LONG = {"search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls", "llm", "llm_decoders", "serve_llm"}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -230,6 +234,21 @@ TABLES: dict[str, list[Row]] = {
         llm | pipeline wall time | wall_s | {:.0f} s
         """
     ),
+    "serve_llm": rows(
+        """
+        serve_llm | `openai` client: streamed completions at concurrency 1, 4, 16: errors | errors_total | {} | 0
+        serve_llm | time to first token at concurrency 1, p50: served / in process | ttft_ms_p50_c1_served, ttft_ms_p50_c1_inprocess | {:.0f} ms / {:.0f} ms
+        serve_llm | … served minus in process | ttft_overhead_ms_c1 | {:+.1f} ms | ≤ 5 ms
+        serve_llm | time to first token p99, served, at concurrency 1 / 16 | ttft_ms_p99_c1_served, ttft_ms_p99_c16_served | {:.0f} ms / {:.0f} ms
+        serve_llm | aggregate decode tokens/s, served, at concurrency 1 / 4 / 16 | decode_tok_s_c1, decode_tok_s_c4, decode_tok_s_c16 | {:.1f} / {:.1f} / {:.1f}
+        serve_llm | … concurrency 16 vs 1 | decode_c16_vs_c1 | {:.2f}× | ≥ 4×
+        serve_llm | K=2 pipeline stages (actors): greedy tokens vs unsplit | pp2_identical | {} | identical
+        serve_llm | K=2 throughput vs the two-process ceiling | pp2_vs_ceiling | {:.0%} | ≥ 90%
+        serve_llm | R=2 actors throughput vs the two-process ceiling | dp2_vs_ceiling | {:.0%} | ≥ 90%
+        serve_llm | … the ceiling: two plain processes vs one | two_process_speedup | {:.2f}×
+        serve_llm | an actor SIGKILLed during batch generation: prompts lost / duplicated | rows_lost, rows_duplicated | {} / {} | 0 / 0
+        """
+    ),
     "textcls": rows(
         """
         textcls | selected variant | selected | {}
@@ -295,6 +314,20 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
         [
             ("distillation tokens", "tokens", "{:,}"),
             ("held-out perplexity of the depth-pruned student", "ppl", "{:.2f}"),
+        ],
+    ),
+    "llm_decoders": (
+        "llm_decoders",
+        "rows",
+        [
+            ("runtime", "runtime", "{}"),
+            ("weights", "weights", "{}"),
+            ("size", "size_bytes", _mb),
+            ("first token (ms)", "ttft_ms", "{:.0f}"),
+            ("decode b1 (tok/s)", "decode_tok_s_b1", "{:.1f}"),
+            ("vs torch", "decode_vs_torch", "{:.2f}×"),
+            ("share of bandwidth bound", "bandwidth_share", "{:.0%}"),
+            ("next-token agree", "next_token_agree", "{:.3f}"),
         ],
     ),
     "llm_variants": (

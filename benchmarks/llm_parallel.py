@@ -189,7 +189,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4, help="prompts per micro-batch")
     ap.add_argument("--length", type=int, default=32, help="tokens per prompt")
     ap.add_argument("--niceness", type=int, default=RAY_WORKER_NICENESS)
-    args = ap.parse_args()
+    print(json.dumps(measure(ap.parse_args()), indent=2))
+
+
+def measure(args: argparse.Namespace | None = None) -> dict:
+    """The figures of the module doc (``args``: main's options; None: their defaults)."""
+    if args is None:
+        args = argparse.Namespace(prompts=16, new=32, rows=4, length=32, niceness=RAY_WORKER_NICENESS)
     import ray
 
     from tasks.runtime.hardware import describe
@@ -242,7 +248,7 @@ def main() -> None:
         "machine": describe(),
         "load_average_1m": [load_before, os.getloadavg()[0]],
     }
-    print(json.dumps(figures, indent=2))
+    return figures
 
 
 if __name__ == "__main__":
