@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tasks.llm.decoder import OrtDecoder, TorchDecoder
+from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder
 from tasks.llm.engine import Engine, Sampling
 from tasks.llm.export import export_decoder
 from tasks.llm.sampling import Sampler
@@ -36,7 +36,8 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoders(model):
-    return {"torch": TorchDecoder(model), "ort": OrtDecoder(export_decoder(model))}
+    files = export_decoder(model)
+    return {"torch": TorchDecoder(model), "ort": OrtDecoder(files), "openvino": OpenVinoDecoder(files)}
 
 
 def prompts() -> list[list[int]]:
@@ -58,7 +59,7 @@ async def staggered(engine: Engine, items: list[list[int]], sampling: Sampling) 
     return list(await asyncio.gather(*(one(i) for i in range(len(items)))))
 
 
-@pytest.mark.parametrize("runtime", ["torch", "ort"])
+@pytest.mark.parametrize("runtime", ["torch", "ort", "openvino"])
 def test_padded_batch_forward_matches_each_row_alone(decoders, runtime):
     """Left padding with mask 0 (prefill, then a cached step): the ONNX export honours the mask like torch."""
     dec = decoders[runtime]
@@ -80,7 +81,7 @@ def test_padded_batch_forward_matches_each_row_alone(decoders, runtime):
         np.testing.assert_allclose(step[row], want[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("runtime", ["torch", "ort"])
+@pytest.mark.parametrize("runtime", ["torch", "ort", "openvino"])
 def test_concurrent_greedy_streams_match_each_prompt_alone_and_share_steps(decoders, runtime):
     dec = decoders[runtime]
     items = prompts()
