@@ -31,6 +31,8 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
+from tasks.core.partition import balanced_cuts
+
 
 def load_model(source: str | Path | dict) -> Any:
     """The causal LM of ``source``: a ``load_causal_lm`` path (a folder, a GGUF, ``"smollm2"``) or the
@@ -70,22 +72,8 @@ def split_stages(model: Any, stages: int) -> list[tuple[int, int]]:
         raise ValueError(f"stages: {stages!r} is not between 1 and the model's {n} layers")
     cost = [float(_params(layer)) for layer in layers]
     cost[-1] += _params(model.lm_head)
-    prefix = np.concatenate([[0.0], np.cumsum(cost)])
-    # best[k][i]: the smallest largest-stage cost of layers [0, i) in k stages; cut[k][i] its last cut
-    best = np.full((stages + 1, n + 1), np.inf)
-    cut = np.zeros((stages + 1, n + 1), int)
-    best[0][0] = 0.0
-    for k in range(1, stages + 1):
-        for i in range(k, n + 1):
-            for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
-    bounds, stop = [], n
-    for k in range(stages, 0, -1):
-        bounds.append((int(cut[k][stop]), stop))
-        stop = int(cut[k][stop])
-    return bounds[::-1]
+    edges = [0, *balanced_cuts(cost, stages), n]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 class Stage:
