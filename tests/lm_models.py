@@ -93,3 +93,16 @@ def tiny_llama(folder: Path, layers: int = 4, tie: bool = True, **config) -> Pat
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def varied_llama(folder: Path, scale: float = 10.0):
+    """The tiny Llama (``tiny_llama(folder)``) loaded, with its matrices scaled up so greedy tokens vary
+    (at init scale 0.02 it repeats one token)."""
+    from transformers import AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_pretrained(tiny_llama(folder)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return net

@@ -10,14 +10,12 @@ import contextlib
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder
 from tasks.llm.engine import Engine, Sampling
 from tasks.llm.export import export_decoder
 from tasks.llm.sampling import Sampler
-from tests.lm_models import tiny_llama
+from tests.lm_models import varied_llama
 
 LENGTHS = (3, 11, 5, 17, 1, 8)
 NEW = 12
@@ -25,13 +23,7 @@ NEW = 12
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """The tiny Llama with weights scaled up, so greedy tokens vary (at init scale it repeats one)."""
-    net = AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path_factory.mktemp("lm"))).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 2:
-                p.mul_(10.0)
-    return net
+    return varied_llama(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="module")

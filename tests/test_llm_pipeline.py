@@ -107,7 +107,7 @@ def _check_registered(client, uri: str, row: dict) -> None:
     pinned = resolve("models:/llm@candidate", uri)
     assert pinned["kind"] == "causal_lm" and pinned["runtime"] == row["runtime"]
     mv = client.get_model_version("llm", pinned["version"])
-    assert mv.tags["model"] == row["name"] and "dataset" in mv.tags  # what it is, what it was made from
+    assert mv.tags["model"] == row["name"] and row["name"] in mv.tags["recipe"]  # what it is, how it was made
     served = load_lm(pinned["uri"], uri, 1, runtime=row["runtime"])
     assert served.note == "" and served.chat_template and served.eos_ids  # files verified; chat and stop known
     prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}], tokenize=False)

@@ -15,20 +15,14 @@ from tasks.llm.export import FlatCacheLM, decoder_io, export_decoder, untie_lm_h
 from tasks.llm.stateful import StatefulOpenVinoDecoder, make_stateful
 from tasks.llm.timing import memory_bandwidth_gbs, peak_rss_mb, time_generation
 from tasks.llm.weights import describe_compression, files_size, nncf_weights, ort_int4
-from tests.lm_models import tiny_llama
+from tests.lm_models import tiny_llama, varied_llama
 
 VOCAB_IN_USE = 300
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """The tiny Llama with weights scaled up, so greedy tokens vary (at init scale 0.02 it repeats one)."""
-    net = AutoModelForCausalLM.from_pretrained(tiny_llama(tmp_path_factory.mktemp("lm"))).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() == 2:
-                p.mul_(10.0)
-    return net
+    return varied_llama(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="module")

@@ -174,9 +174,9 @@ class RunRecorder:
         import onnx
 
         logged = registry.logged_name(reg.source) if reg.source else "model"  # in this experiment, not the default
+        mlflow.set_tracking_uri(self.ctx.uri)  # MLflow's registry looks the logged model up in the global store
         if not reg.onnx:
             return self._log_files(reg, logged)
-        mlflow.set_tracking_uri(self.ctx.uri)
         proto = onnx.load_from_string(reg.onnx)
         with tempfile.TemporaryDirectory() as tmp:  # serving.json, tokenizer: beside the graph
             extra = [str(Path(tmp, Path(k).name)) for k in reg.files]
