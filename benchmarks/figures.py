@@ -491,7 +491,10 @@ def cell(entry: dict | None, path: str, fmt: str) -> str:
 
 
 def _where(entry: dict) -> str:
-    m = {**entry["measured"].get("machine", {}), **entry["measured"]}
+    machine = entry["measured"].get("machine", {})
+    if isinstance(machine, str):  # tasks.runtime.hardware.describe(): CPU, cores and threads in one line
+        return f"{machine}, {entry['measured'].get('threads', '?')} thread(s), {entry.get('date', '?')}"
+    m = {**machine, **entry["measured"]}
     threads = f", {m['threads']} thread(s)" if m.get("threads") is not None else ""
     cores = m.get("cpus", m.get("cores", "?"))
     return f"{m.get('cpu_model', '?')}, {cores} cores{threads}, {m.get('date', entry.get('date', '?'))}"
