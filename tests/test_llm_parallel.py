@@ -89,6 +89,40 @@ def test_pipelines_of_2_and_3_stage_actors_give_the_unsplit_tokens(ray_local, ti
     assert pipeline_generate(str(folder), prompts, stages=3, max_new_tokens=NEW, eos_id=EOS, num_cpus=0.5) == reference
 
 
+def test_a_prompt_file_is_answered_in_order_by_two_pipelines_of_two_stages(ray_local, tiny, tmp_path):
+    """R x K = 2 x 2 from a JSON-lines file; the answers are the unsplit model's, one line per prompt."""
+    import json
+
+    from pipelines.scale.generate import generate_file
+    from tasks.llm.model import load_tokenizer
+
+    folder, model, _, _ = tiny
+    texts = ["The cat sat on", "Rivers flow from the mountains", "A list holds items", "The dog ran"]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": t}) + "\n\n" for t in texts))
+    out = tmp_path / "answers.jsonl"
+    summary = generate_file(
+        str(folder), tmp_path / "prompts.jsonl", out, stages=2, replicas=2, max_new_tokens=6, num_cpus=0.5
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tokenizer, decoder = load_tokenizer(str(folder)), TorchDecoder(model)
+    eos = tokenizer.eos_token_id
+    for i, (row, text) in enumerate(zip(rows, texts, strict=True)):
+        want = decoder.generate(np.array([tokenizer(text)["input_ids"]]), 6, eos)[0].tolist()
+        want = want[: want.index(eos)] if eos in want else want
+        assert row == {
+            "index": i,
+            "prompt": text,
+            "completion": tokenizer.decode(want, skip_special_tokens=True),
+            "tokens": want,
+        }
+    assert summary["rows_lost"] == summary["rows_duplicated"] == 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected"):
+        generate_file(str(folder), bad, tmp_path / "never.jsonl")
+    assert not (tmp_path / "never.jsonl").exists()
+
+
 def test_a_killed_replica_actor_loses_no_prompt_and_duplicates_none(ray_local, tiny):
     from pipelines.scale.generate import GenerationPool
 

@@ -25,6 +25,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,3 +257,32 @@ def pipeline_generate(
         stage_options=stage_options,
     )
     return out
+
+
+def generate_file(
+    source: str, prompts_path: str | Path, out_path: str | Path, *, chat: bool = False, **options
+) -> dict:
+    """Greedy completions of every prompt of ``prompts_path`` (``tasks.llm.text.read_prompts``; ``chat``:
+    rendered with the tokenizer's chat template) by the causal LM at ``source`` on R x K actors
+    (``options``: ``batch_generate``'s), written to ``out_path`` as JSON lines ``{"index", "prompt",
+    "completion", "tokens"}`` in the file's order, all or nothing (a temporary file renamed at the end).
+    Returns the run's summary."""
+    import json
+
+    from tasks.llm.model import load_tokenizer
+    from tasks.llm.text import read_prompts, render_chat
+
+    texts = read_prompts(prompts_path)
+    tokenizer = load_tokenizer(source)
+    ids = [render_chat(tokenizer, t) if chat else tokenizer(t)["input_ids"] for t in texts]
+    options.setdefault("eos_id", tokenizer.eos_token_id)
+    tokens, summary = batch_generate(source, ids, **options)
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for i, (text, row) in enumerate(zip(texts, tokens, strict=True)):
+            row = row[: row.index(options["eos_id"])] if options["eos_id"] in row else row  # eos, then padding
+            done = {"index": i, "prompt": text, "completion": tokenizer.decode(row, skip_special_tokens=True)}
+            f.write(json.dumps({**done, "tokens": row}) + "\n")
+    tmp.replace(out)
+    return summary

@@ -88,6 +88,21 @@ def _with_pad(tokenizer):
     return tokenizer
 
 
+def _tokenizer(folder: Path, opts: dict, where: Path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **opts)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: no usable tokenizer ({_first_line(e)})") from None
+    return _with_pad(tokenizer)
+
+
+def load_tokenizer(path: str, gguf_file: str = ""):
+    """The tokenizer of a ``load_causal_lm`` path alone (a pad token set), without loading the weights."""
+    folder, gguf = _resolve(path, gguf_file)
+    opts: dict = {"local_files_only": True, "trust_remote_code": False, **({"gguf_file": gguf} if gguf else {})}
+    return _tokenizer(folder, opts, folder / gguf if gguf else folder)
+
+
 def load_causal_lm(path: str, gguf_file: str = ""):
     """(model, tokenizer) of ``path`` (see the module docstring): float32, eval mode, offline, no remote code."""
     folder, gguf = _resolve(path, gguf_file)
@@ -110,11 +125,7 @@ def load_causal_lm(path: str, gguf_file: str = ""):
     quantizer = getattr(model, "hf_quantizer", None)
     if gguf and quantizer is not None:  # GGUF tensors are dequantized to float32: a plain model from here on
         quantizer.remove_quantization_config(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **opts)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{where}: no usable tokenizer ({_first_line(e)})") from None
-    tokenizer = _with_pad(tokenizer)
+    tokenizer = _tokenizer(folder, opts, where)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer

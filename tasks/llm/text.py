@@ -20,6 +20,7 @@ documents with an end-of-text separator and cuts rows for calibration / distilla
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 
@@ -145,3 +146,32 @@ def pack(docs_ids: list[list[int]], seq_len: int, rows: int, eos_id: int = 0) ->
     if len(flat) < need:
         raise ValueError(f"pack: {len(flat)} tokens in {len(docs_ids)} documents, {rows} x {seq_len} = {need} needed")
     return torch.tensor(flat[:need], dtype=torch.long).view(rows, seq_len)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """The prompts of a file: ``.jsonl`` lines of ``{"prompt": "..."}`` (blank lines skipped) or any other
+    text file, one prompt a line. A line that is not such a prompt is a one-line error naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"prompts {path}: not a readable UTF-8 text file ({type(e).__name__})") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(line)
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"prompts {path}:{number}: not JSON ({e.msg})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("prompt"), str) or not doc["prompt"]:
+            raise ValueError(f'prompts {path}:{number}: expected {{"prompt": "<non-empty text>"}}')
+        prompts.append(doc["prompt"])
+    if not prompts:
+        raise ValueError(f"prompts {path}: no prompts")
+    return prompts
