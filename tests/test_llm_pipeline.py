@@ -28,6 +28,7 @@ def tiny_llm(folder, workdir, *extra: str) -> list[str]:
         "pipeline.steps.depth.params.layers=3",
         "pipeline.steps.teacher_topk.params.k=16",
         "pipeline.steps.healed.params.max_steps=2",
+        "pipeline.steps.width_healed.params.max_steps=2",
         *(f"{BENCH}.{k}" for k in ("prompt_tokens=48", "new_tokens=6", "batch=2", "rounds=1", "window=64")),
         *(f"{BENCH}.{k}" for k in ("agree_prompts=2", "agree_tokens=6")),
         *extra,
@@ -62,6 +63,7 @@ def test_llm_end_to_end_on_a_tiny_llama(workdir, ray_local):
     expected = {("teacher", "torch"), ("teacher_onnx", "onnxruntime"), ("teacher_onnx", "openvino")}
     expected |= {(n, "openvino") for n in ("int8", "int4", "int4_awq", "healed_int8")}
     expected |= {("ort_int4", "onnxruntime"), ("ort_int4", "openvino"), ("healed_onnx", "onnxruntime")}
+    expected |= {("width_onnx", "onnxruntime")}
     assert expected <= set(rows)
     ref = rows[("teacher", "torch")]
     assert report["reference"] == "teacher_torch_fp32" and ref["ppl_rel"] == 0 and ref["next_token_agree"] == 1
@@ -76,6 +78,7 @@ def test_llm_end_to_end_on_a_tiny_llama(workdir, ray_local):
     assert rows[("int4", "openvino")]["size_bytes"] < rows[("int8", "openvino")]["size_bytes"]
     assert rows[("int8", "openvino")]["size_bytes"] < rows[("teacher_onnx", "openvino")]["size_bytes"]
     assert rows[("healed_onnx", "onnxruntime")]["size_bytes"] < rows[("teacher_onnx", "onnxruntime")]["size_bytes"]
+    assert rows[("width_onnx", "onnxruntime")]["size_bytes"] < rows[("teacher_onnx", "onnxruntime")]["size_bytes"]
     selected = [r for r in report["variants"] if r["selected"]]
     assert len(selected) == 1 and not selected[0]["rejected"]
     for r in report["variants"]:
@@ -110,11 +113,46 @@ def _check_registered(client, uri: str, row: dict) -> None:
     assert mv.tags["model"] == row["name"] and row["name"] in mv.tags["recipe"]  # what it is, how it was made
     served = load_lm(pinned["uri"], uri, 1, runtime=row["runtime"])
     assert served.note == "" and served.chat_template and served.eos_ids  # files verified; chat and stop known
-    prompt = served.tokenizer.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}], tokenize=False)
-    ids = served.tokenizer(prompt)["input_ids"]
+    from tasks.llm.text import render_chat
+
+    ids = render_chat(served.tokenizer, "Why is the sky blue?")  # as the chat route renders it
     want = served.decoder.generate(np.array([ids]), 5)[0].tolist()
     got = asyncio.run(Engine(served.decoder, []).generate(ids, Sampling(max_tokens=5, temperature=0)))
     assert [t.id for t in got] == want
+    cut = next((i for i, t in enumerate(want) if t in served.eos_ids), len(want))  # the server stops at eos
+    _check_served(uri, served.tokenizer.decode(want[:cut], skip_special_tokens=True))
+
+
+def _check_served(uri: str, want: str) -> None:
+    """``slimray serve``'s app for llm@candidate answers the official openai client: a streamed chat."""
+    import socket
+
+    import openai
+    from ray import serve
+
+    from pipelines.scale.serve import ServeConfig, build_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = ServeConfig(model="models:/llm@candidate", port=port, cpus_per_replica=0.5, max_tokens_cap=64)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(cfg, uri), name="test-llm", route_prefix="/")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        chunks = client.chat.completions.create(
+            model="llm",
+            messages=[{"role": "user", "content": "Why is the sky blue?"}],
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == want
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model="llm", prompt="hi", max_tokens=65)
+    finally:
+        serve.shutdown()
 
 
 def test_a_folder_that_is_not_a_causal_lm_fails_the_teacher_step_in_one_line(workdir, ray_local):
