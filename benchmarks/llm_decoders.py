@@ -44,6 +44,8 @@ def main() -> None:
     from tasks.llm.text import lm_texts
     from tasks.llm.timing import memory_bandwidth_gbs
     from tasks.llm.weights import files_size, nncf_weights
+    from machine import machine_info
+
     from tasks.runtime.hardware import describe
 
     torch.set_num_threads(args.threads)
@@ -85,7 +87,7 @@ def main() -> None:
                 "new_tokens": args.new,
                 "bandwidth_gbs": bandwidth,
                 "rows": rows,
-                "machine": describe(),
+                "machine": {**machine_info(threads=args.threads), "describe": describe()},
                 "load_average_1m": [load_before, os.getloadavg()[0]],
             },
             indent=2,

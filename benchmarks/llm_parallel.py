@@ -198,6 +198,8 @@ def measure(args: argparse.Namespace | None = None) -> dict:
         args = argparse.Namespace(prompts=16, new=32, rows=4, length=32, niceness=RAY_WORKER_NICENESS)
     import ray
 
+    from machine import machine_info
+
     from tasks.runtime.hardware import describe
 
     torch.set_num_threads(1)
@@ -245,7 +247,7 @@ def measure(args: argparse.Namespace | None = None) -> dict:
         "killed_restarts": killed["restarts"],
         "rows_lost": killed["rows_lost"],
         "rows_duplicated": killed["rows_duplicated"],
-        "machine": describe(),
+        "machine": {**machine_info(threads=1), "describe": describe()},
         "load_average_1m": [load_before, os.getloadavg()[0]],
     }
     return figures

@@ -234,6 +234,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="requests at concurrency 1 (fewer rounds at 4 and 16)")
     ap.add_argument("--no-parallel", action="store_true", help="skip the model-/data-parallel figures")
     args = ap.parse_args()
+    from machine import machine_info
+
     from tasks.runtime.hardware import describe
 
     load_before = os.getloadavg()[0]
@@ -242,7 +244,9 @@ def main() -> None:
     if not args.no_parallel:
         parallel = llm_parallel.measure()
         figures.update({f"parallel_{k}" if k in figures else k: v for k, v in parallel.items() if k != "machine"})
-    figures.update(machine=describe(), load_average_1m=[load_before, os.getloadavg()[0]])
+    figures.update(
+        machine={**machine_info(threads=2), "describe": describe()}, load_average_1m=[load_before, os.getloadavg()[0]]
+    )
     print(json.dumps(figures, indent=2))
 
 
