@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     import torch
+    from machine import machine_info
 
     from tasks.llm.decoder import OpenVinoDecoder, OrtDecoder, TorchDecoder
     from tasks.llm.export import export_decoder
@@ -44,8 +45,6 @@ def main() -> None:
     from tasks.llm.text import lm_texts
     from tasks.llm.timing import memory_bandwidth_gbs
     from tasks.llm.weights import files_size, nncf_weights
-    from machine import machine_info
-
     from tasks.runtime.hardware import describe
 
     torch.set_num_threads(args.threads)

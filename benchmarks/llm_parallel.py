@@ -197,7 +197,6 @@ def measure(args: argparse.Namespace | None = None) -> dict:
     if args is None:
         args = argparse.Namespace(prompts=16, new=32, rows=4, length=32, niceness=RAY_WORKER_NICENESS)
     import ray
-
     from machine import machine_info
 
     from tasks.runtime.hardware import describe
