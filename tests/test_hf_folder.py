@@ -25,9 +25,9 @@ from tasks.models.hf_load import Classifier, Embedder, load_classifier, load_enc
 from tasks.runtime.onnx import ort_feed, ort_session  # noqa: E402
 from tests.hf_models import ARCHS, LABELS, SENTENCES, encode, tokenizer, write_folder  # noqa: E402
 
-# each tokenizer class's own model_input_names, in its order
+# each tokenizer class's own model_input_names, in the stacking order (input_ids, attention_mask, token_type_ids)
 INPUTS = {
-    "bert": ["input_ids", "token_type_ids", "attention_mask"],
+    "bert": ["input_ids", "attention_mask", "token_type_ids"],
     "distilbert": ["input_ids", "attention_mask"],
     "roberta": ["input_ids", "attention_mask"],
     "xlm-roberta": ["input_ids", "attention_mask"],
@@ -139,12 +139,13 @@ def test_embeddings_match_sentence_transformers(tmp_path, pooling, normalize):
     st = pytest.importorskip("sentence_transformers")
     folder = write_folder(tmp_path, "bert", task="embedding", pooling=pooling, normalize=normalize)
     model, tok, pool = load_encoder(folder)
-    wrapper = Embedder(model, pool, normalize, inspect_folder(folder).input_names)
+    names = inspect_folder(folder).input_names
+    wrapper = Embedder(model, pool, normalize, names)
     reference = st.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     expected = reference.encode(SENTENCES, convert_to_tensor=True)
     enc = tok(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
-        emb = wrapper(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+        emb = wrapper(*(enc[n] for n in names))  # separate tensors, in the folder's input order
     torch.testing.assert_close(emb, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -22,6 +22,7 @@ from tasks.datasets.text_files import read_text_files  # noqa: E402
 from tasks.datasets.text_splits import DataFileError  # noqa: E402
 from tasks.models.hf_folder import ModelFolderError  # noqa: E402
 from tasks.steps.hf_text_data import HfTextDataConfig, run  # noqa: E402
+from tasks.training.embedding import trim_padding  # noqa: E402
 from tests.hf_models import LABELS, SENTENCES, encode, tokenizer, write_folder  # noqa: E402
 
 NAMES = list(LABELS.values())  # negative, neutral, positive
@@ -69,8 +70,11 @@ def test_classifier_folder_numbers_labels_by_its_id2label_in_its_input_order(fol
     data = run(cfg=cfg, ctx=ctx)
 
     tok = tokenizer("bert")
-    names = ["input_ids", "token_type_ids", "attention_mask"]  # BertTokenizer's order
+    names = ["input_ids", "attention_mask", "token_type_ids"]  # BertTokenizer lists the mask last
     assert data.input_names == names
+    # the mask is the row that padding trimming reads: a batch is cut to its longest real row, no shorter
+    longest = int(data.x_train[:, 1].sum(1).max())
+    assert trim_padding(data.x_train).shape[-1] == longest and int((data.x_train[:, 2] != 0).sum()) == 0
     assert data.task == "classification" and data.num_classes == 3 and data.name == "reviews.csv"
     assert data.x_train.shape == (24, 3, 64) and data.x_train.dtype == torch.int64  # seq_len 0: max_length 64
     assert data.x_calib is not None and data.x_calib.shape == (6, 3, 64)
@@ -96,7 +100,7 @@ def test_pairs_follow_each_folders_input_names(folders, tmp_path):
         )
     )
     for arch, names in (
-        ("bert", ["input_ids", "token_type_ids", "attention_mask"]),
+        ("bert", ["input_ids", "attention_mask", "token_type_ids"]),
         ("distilbert", ["input_ids", "attention_mask"]),
     ):
         cfg = HfTextDataConfig(
@@ -144,7 +148,7 @@ def test_an_encoder_folder_takes_the_files_label_names(folders, tmp_path):
     path = csv(tmp_path / "topics.csv", text=texts(30), label=["sport", "art", "news"] * 10)
     data = run(cfg=HfTextDataConfig(model=str(folders["encoder"]), path=path, n_calib=0), ctx=StepContext())
     assert data.task == "classification" and data.num_classes == 3
-    assert data.input_names == ["input_ids", "token_type_ids", "attention_mask"]
+    assert data.input_names == ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def test_refusals_are_one_line_and_come_before_the_work(folders, tmp_path):

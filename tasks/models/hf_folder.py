@@ -51,7 +51,8 @@ class FolderInfo:
 
     ``task`` is ``classification`` (a sequence-classification head, ``id2label`` kept) or
     ``embedding`` (``id2label`` None, ``num_labels`` 0). ``input_names`` are the tokenizer's
-    ``model_input_names`` in its order: the stacking order of the data and the ONNX inputs.
+    ``model_input_names`` in the order input_ids, attention_mask, token_type_ids: the stacking order
+    of the data and the ONNX inputs (the mask second, as ``tasks.training.embedding`` reads it).
     ``pooling`` is the mode an embedding is pooled with (``cls`` / ``mean`` / ``max``) and
     ``pooling_source`` where it came from (the sentence-transformers config, or the default).
     """
@@ -257,6 +258,9 @@ def inspect_folder(path: str | Path) -> FolderInfo:
             f"{folder}: the tokenizer's model_input_names {names}: need input_ids and attention_mask, "
             f"and only {', '.join(SUPPORTED_INPUTS)}"
         )
+    # stacked rows keep one order whatever the tokenizer lists (BERT's lists token_type_ids second):
+    # attention_mask is always row 1, where padding trimming and length sorting read it
+    names = [n for n in SUPPORTED_INPUTS if n in names]
     pooling, source, normalize = _pooling(folder)
     architectures = list(raw.get("architectures") or [])
     id2label = {int(k): str(v) for k, v in config.id2label.items()}
