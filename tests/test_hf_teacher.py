@@ -21,11 +21,11 @@ from tasks.core.checks import BadValue  # noqa: E402
 from tasks.core.context import StepContext  # noqa: E402
 from tasks.core.types import Dataset  # noqa: E402
 from tasks.models.build import UntrustedModelError, load_model  # noqa: E402
-from tasks.models.hf_folder import ModelFolderError  # noqa: E402
-from tasks.models.hf_load import Classifier, load_classifier  # noqa: E402
+from tasks.models.hf_load import Classifier, load_classifier, load_for_fine_tuning  # noqa: E402
 from tasks.models.hf_model import TARGET, HFSequenceClassifier, hf_classifier_arch  # noqa: E402
 from tasks.runtime.onnx import ort_predict, ort_session  # noqa: E402
 from tasks.steps import export, hf_teacher, hf_text_data, infer, quantize  # noqa: E402
+from tasks.training.loop import OptimConfig  # noqa: E402
 from tests.hf_models import LABELS, SENTENCES, write_folder  # noqa: E402
 
 ARCHS = ["bert", "distilbert", "roberta", "deberta-v2"]
@@ -126,8 +126,11 @@ def test_refusals_are_one_line(folders, tmp_path):
     _one_line(BadValue, "^path: a Hugging Face model folder is required", hf_teacher.run, bert, cfg=cfg(), ctx=ctx)
 
     encoder = write_folder(tmp_path, "bert", task="embedding")
-    msg = _one_line(ModelFolderError, "not supported yet", hf_teacher.run, bert, cfg=cfg(path=str(encoder)), ctx=ctx)
-    assert str(encoder) in msg and "BertModel" in msg
+    untrained = cfg(path=str(encoder), fine_tune=OptimConfig(epochs=0))
+    msg = _one_line(
+        BadValue, "^fine_tune.epochs: 0 leaves", hf_teacher.run, _data(encoder, tmp_path), cfg=untrained, ctx=ctx
+    )
+    assert str(encoder) in msg
 
     # data made with another folder: BERT stacks token_type_ids, DistilBERT takes none
     distil = str(folders["distilbert"])
@@ -137,3 +140,37 @@ def test_refusals_are_one_line(folders, tmp_path):
     fewer = Dataset(**{**bert.__dict__, "num_classes": 2})
     _one_line(ValueError, "has 2 classes", hf_teacher.run, fewer, cfg=cfg(path=str(folders["bert"])), ctx=ctx)
     _one_line(BadValue, "batch_size", cfg, batch_size=0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_an_encoder_folder_is_fine_tuned_with_a_new_head_for_the_files_labels(tmp_path, caplog, arch):
+    encoder = write_folder(tmp_path, arch, task="embedding")
+    # the label follows the sentence: learnable by a tiny encoder in a few epochs
+    texts = [f"{SENTENCES[i % 4]} {'cat ' * (i % 3)}".strip() for i in range(60)]
+    names = ["animal", "animal", "tech", "tech"]
+    path = tmp_path / "topics.jsonl"
+    pd.DataFrame({"text": texts, "label": [names[i % 4] for i in range(60)]}).to_json(
+        path, orient="records", lines=True
+    )
+    data = hf_text_data.run(
+        cfg=hf_text_data.HfTextDataConfig(model=str(encoder), path=str(path), seq_len=16, n_calib=0), ctx=StepContext()
+    )
+    assert data.class_names == ["animal", "tech"]
+    tune = OptimConfig(epochs=8, batch_size=8, lr=2e-3, weight_decay=0.0, eval_batch_size=64)
+    ctx = StepContext(step="teacher", seed=0)
+    art = hf_teacher.run(data, cfg=hf_teacher.HfTeacherConfig(path=str(encoder), fine_tune=tune), ctx=ctx)
+
+    assert art.kind == "teacher" and art.arch["_target_"] == TARGET
+    assert {int(k): v for k, v in art.arch["config"]["id2label"].items()} == {0: "animal", 1: "tech"}
+    assert "no classification head: fine-tuning it with a new head for 2 labels" in caplog.text
+    model = load_model(art, (TARGET,))
+    with torch.no_grad():
+        predicted = model(data.x_val).argmax(1)
+    assert art.metrics["val_acc"] == pytest.approx(float((predicted == data.y_val).float().mean()))
+    assert art.metrics["val_acc"] >= 0.9  # learned: chance is 0.5
+    # the encoder started from the folder's weights and was trained (not a random re-initialization)
+    start = load_for_fine_tuning(encoder, {0: "animal", 1: "tech"}).state_dict()
+    tuned = model.model.state_dict()
+    emb = next(k for k in start if k.endswith("word_embeddings.weight"))
+    drift = (tuned[emb] - start[emb]).abs().max()
+    assert 0 < drift < 0.5 * start[emb].abs().max()

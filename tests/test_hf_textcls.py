@@ -56,6 +56,7 @@ def _data_file(folder, fmt: str, rows: int):
 
 
 ARCHS = ("bert", "distilbert", "roberta", "deberta-v2")  # token_type_ids or not; absolute or relative positions
+ENCODER_ONLY = {"distilbert"}  # end to end from an encoder folder (fine-tuned first) rather than a classifier
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,8 @@ def test_every_data_key_can_be_set_from_the_command_line():
     extra = ["data.val_path=val.csv", "data.text_pair_column=second", "data.drop_duplicates=true"]
     for experiment in ("hf_textcls", "hf_embed"):
         session.validate(load_config([f"experiment={experiment}", *base, *extra]))
+    tune = ["teacher.fine_tune.epochs=1", "teacher.fine_tune.lr=1e-4", "teacher.batch_size=16"]  # an encoder folder
+    session.validate(load_config(["experiment=hf_textcls", *base, *tune]))
 
 
 def test_missing_required_keys_fail_in_one_line_before_anything_runs():
@@ -153,7 +156,11 @@ def test_missing_required_keys_fail_in_one_line_before_anything_runs():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_hf_textcls_end_to_end_on_a_users_folder_and_csv(folders, workdir, ray_local, arch):
     path = _data_file(workdir, FORMAT_OF[arch], rows=90)
-    overrides = tiny_run("hf_textcls", folders[arch], path, workdir)
+    if arch in ENCODER_ONLY:  # no classification head: the teacher step fine-tunes one for the file's labels
+        overrides = tiny_run("hf_textcls", write_folder(workdir, arch, task="embedding"), path, workdir)
+        overrides.append("teacher.fine_tune.epochs=1")
+    else:
+        overrides = tiny_run("hf_textcls", folders[arch], path, workdir)
     out, bench = selected_benchmark(workdir, overrides)
     assert bench.task == "classification"
     rows = {r.name: r for r in bench.candidates}

@@ -55,6 +55,7 @@ class Dataset:
     task: str = "classification"  # tasks.core.options.TaskKind
     input_names: list[str] = field(default_factory=list)  # stacked model inputs (dim 1 of x_*)
     x_calib: Tensor | None = None  # held out for quantization calibration
+    class_names: list[str] = field(default_factory=list)  # label names by class id, when the data has them
 
     @property
     def input_shape(self) -> list[int]:

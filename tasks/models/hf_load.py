@@ -30,13 +30,14 @@ from tasks.models.hf_folder import (
 from tasks.models.transformer import _hf
 
 
-def _from_pretrained(auto_cls, folder: Path, info: FolderInfo):
+def _from_pretrained(auto_cls, folder: Path, info: FolderInfo, **config_overrides):
     """``auto_cls.from_pretrained`` offline, float32, eager attention; safetensors only when present,
     else the pickle through ``torch.load(weights_only=True)``; refusals and failures in one line."""
     safe = info.weights[0].endswith(".safetensors")
     try:
         model, loading = auto_cls.from_pretrained(
             str(folder),
+            **config_overrides,
             local_files_only=True,
             trust_remote_code=False,
             use_safetensors=safe,
@@ -71,6 +72,28 @@ def load_classifier(path: str | Path):
             f"{folder}: the weights lack {len(missing)} tensor(s) of the classifier, e.g. {missing[0]}"
         )
     return model, _load_tokenizer(folder)
+
+
+def load_for_fine_tuning(path: str | Path, id2label: dict[int, str]):
+    """An encoder folder (no classification head) as a sequence classifier for ``id2label``: the
+    folder's encoder under a new head initialized as ``transformers`` does (the caller seeds it), eval
+    mode. Only head tensors (outside the base model) and an unused pooler may be missing."""
+    folder = Path(path)
+    info = inspect_folder(folder)
+    labels = {int(k): str(v) for k, v in id2label.items()}
+    model, loading = _from_pretrained(
+        _hf().AutoModelForSequenceClassification,
+        folder,
+        info,
+        num_labels=len(labels),
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    prefix = f"{model.base_model_prefix}."
+    missing = sorted(k for k in loading["missing_keys"] if k.startswith(prefix) and ".pooler." not in k)
+    if missing:
+        raise ModelFolderError(f"{folder}: the weights lack {len(missing)} tensor(s) of the encoder, e.g. {missing[0]}")
+    return model.eval()
 
 
 def load_encoder(path: str | Path):

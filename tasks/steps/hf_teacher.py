@@ -9,33 +9,46 @@ Loading the weights strictly into the rebuilt model here proves the artifact rel
 
 The data must come from the same folder (``hf_text_data`` with ``model=<the folder>``): the same
 input names in the same order, labels numbered by its ``id2label``, token ids inside its vocabulary.
-A folder without a classification head (an encoder) is refused for labeled data (fine-tuning one is
-not supported yet); with unlabeled data (``hf_text_data label_column=""``) the folder's encoder,
-pooling and normalization become an ``HFEmbedder`` teacher (``experiment=hf_embed``).
+A folder without a classification head (an encoder) and labeled data: the encoder gets a new head
+for the data's label names (``id2label``) and both are fine-tuned with cross-entropy (``fine_tune``:
+epochs, lr, ...; kept at the best validation accuracy), as ``AutoModelForSequenceClassification``
+fine-tuning does; a classifier folder is never trained. With unlabeled data (``hf_text_data
+label_column=""``) the folder's encoder, pooling and normalization become an ``HFEmbedder`` teacher
+(``experiment=hf_embed``).
 Pipelines that load the artifact later list the class in ``trusted_models``
 (``tasks.models.hf_model.HFSequenceClassifier``), as ``experiment=textcls`` does for ``TextClassifier``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.core.checks import at_least, require
+from tasks.core.checks import BadValue, at_least, require
 from tasks.core.context import StepContext
-from tasks.core.options import ModelKind, TaskKind
+from tasks.core.options import ModelKind, Scheduler, TaskKind
 from tasks.core.types import Dataset, ModelArtifact
 from tasks.models.build import count_params, make_artifact
 from tasks.models.hf_folder import ModelFolderError, inspect_folder, position_limit
-from tasks.models.hf_load import load_classifier, load_encoder
+from tasks.models.hf_load import load_classifier, load_encoder, load_for_fine_tuning
 from tasks.models.hf_model import HFEmbedder, HFSequenceClassifier, hf_classifier_arch, hf_embedder_arch
-from tasks.training.loop import accuracy
+from tasks.training.embedding import trim_padding
+from tasks.training.loop import OptimConfig, accuracy, fit
+from tasks.training.losses import ce_loss
+
+
+def _fine_tune_defaults() -> OptimConfig:
+    """The usual recipe for fine-tuning a BERT-size encoder on a classification set."""
+    return OptimConfig(
+        epochs=3, batch_size=32, lr=5e-5, weight_decay=0.01, scheduler=Scheduler.cosine, eval_batch_size=64
+    )
 
 
 @dataclass
 class HfTeacherConfig:
-    path: str = ""  # the model folder (save_pretrained output of a ...ForSequenceClassification); required
+    path: str = ""  # the model folder (save_pretrained output of a classifier, or of an encoder to fine-tune); required
     batch_size: int = 64  # rows per forward pass for the validation accuracy
+    fine_tune: OptimConfig = field(default_factory=_fine_tune_defaults)  # only for a folder without a head
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)
@@ -74,10 +87,7 @@ def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifa
     if data.task == TaskKind.embedding:
         return _embedder(data, folder, info, ctx)
     if info.task != "classification":
-        raise ModelFolderError(
-            f"{folder}: no sequence-classification head (architectures {info.architectures}); fine-tuning such a "
-            "folder is not supported yet: give a fine-tuned ...ForSequenceClassification folder"
-        )
+        return _fine_tuned(data, folder, info, cfg, ctx)
     loaded, _ = load_classifier(folder)
     _check_data(data, folder, info.input_names, info.num_labels, loaded.config)
     arch = hf_classifier_arch(loaded.config.to_dict(), info.input_names)
@@ -90,6 +100,31 @@ def run(data: Dataset, *, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifa
         "params": float(count_params(model)),
     }
     ctx.log_metrics(metrics)
+    return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
+
+
+def _fine_tuned(data: Dataset, folder: Path, info, cfg: HfTeacherConfig, ctx: StepContext) -> ModelArtifact:
+    """An encoder folder and labeled data: a new head for the data's labels, fine-tuned with the encoder."""
+    if cfg.fine_tune.epochs < 1:
+        raise BadValue("fine_tune.epochs", f"0 leaves the new classification head of {folder} untrained (>= 1)")
+    names = data.class_names or [str(i) for i in range(data.num_classes)]
+    ctx.seed_everything()  # the new head's initial weights
+    loaded = load_for_fine_tuning(folder, dict(enumerate(names)))
+    _check_data(data, folder, info.input_names, data.num_classes, loaded.config)
+    arch = hf_classifier_arch(loaded.config.to_dict(), info.input_names)
+    model = HFSequenceClassifier(arch["config"], arch["input_names"])
+    _load_strict(model.model, loaded, folder)
+    del loaded
+    ctx.note(
+        f"hf_teacher: {folder} has no classification head: fine-tuning it with a new head for "
+        f"{len(names)} labels ({cfg.fine_tune.epochs} epochs on {len(data.x_train)} rows)"
+    )
+    val = (data.x_val, data.y_val)
+    best = fit(
+        model, data.x_train, (data.y_train,), loss_fn=ce_loss, cfg=cfg.fine_tune, ctx=ctx, val=val, inputs=trim_padding
+    )
+    metrics = {"val_acc": best["val_acc"], "params": float(count_params(model))}
+    ctx.log_metrics({"params": metrics["params"]})
     return make_artifact(model, arch, name=ctx.step, kind=ModelKind.teacher, metrics=metrics)
 
 

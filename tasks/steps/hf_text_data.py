@@ -109,6 +109,7 @@ def run(*, cfg: HfTextDataConfig, ctx: StepContext) -> Dataset:
         task=(TaskKind.classification if labeled else TaskKind.embedding).value,
         input_names=list(info.input_names),
         x_calib=encode(tok, calib, info.input_names, seq_len) if len(calib) else None,
+        class_names=[str(n) for n in text.label_names],
     )
 
 
