@@ -169,6 +169,7 @@ def tiny_run(experiment: str, folder, data_path, workdir, *extra: str) -> list[s
         "data.n_calib=8",
         f"tracking.uri=sqlite:///{workdir}/mlflow.db",
         "pipeline.steps.student.params.optim.epochs=1",
+        *(["pipeline.steps.pruned.params.finetune.epochs=1"] if experiment == "hf_textcls" else []),
         *(f"{fast}.{k}" for k in ("warmup=1", "iters_b1=3", "iters_b256=2", "rounds=1", "speed_threads=[2]")),
         f"{fast}.throughput_batch=8",
         *extra,

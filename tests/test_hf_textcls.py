@@ -165,8 +165,9 @@ def test_hf_textcls_end_to_end_on_a_users_folder_and_csv(folders, workdir, ray_l
     assert bench.task == "classification"
     rows = {r.name: r for r in bench.candidates}
     names = {"teacher", "int8_dynamic", "int4", "nncf_int8", "student", "student_int8", "student_int4"}
+    names |= {"pruned", "pruned_int8"}  # half the heads and FFN channels, healed by KD
     assert set(rows) == names | {f"{n}@openvino" for n in names}
     assert rows["teacher"].test_macro_f1 is not None and rows["teacher"].per_class  # macro-F1 and per-class figures
-    assert rows["student"].params < rows["teacher"].params
+    assert rows["student"].params < rows["teacher"].params and rows["pruned"].params < rows["teacher"].params
     assert rows["int8_dynamic"].size_bytes < rows["teacher"].size_bytes
     assert all(0.0 <= r.test_acc <= 1.0 for r in rows.values())

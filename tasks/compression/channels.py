@@ -8,6 +8,7 @@ so the result reloads as ``build_model(arch)`` + strict safetensors weights (nev
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,6 +22,7 @@ from tasks.models.build import PRUNED, build_model, structure_of
 if TYPE_CHECKING:
     import torch_pruning as tp
 
+log = logging.getLogger(__name__)
 # Torch-Pruning is imported when a pruner is built, never at import (the step table stays light)
 IMPORTANCES: dict[str, Callable[[Any], Any]] = {
     "l1": lambda tp: tp.importance.MagnitudeImportance(p=1),
@@ -76,12 +78,18 @@ def pruned_arch(model: nn.Module, arch: dict, trusted: Iterable[str] = ()) -> di
 
 
 def ignored_layers(model: nn.Module, example: torch.Tensor, names: Sequence[str]) -> list[nn.Module]:
-    """The output layer plus the modules ``prune.ignore`` names (each must exist)."""
+    """The output layer plus the modules ``prune.ignore`` names (each must exist). A name is a full
+    module path, or its last parts when they name one module only (``embeddings`` is
+    ``model.bert.embeddings`` in a BERT classifier, ``model.distilbert.embeddings`` in DistilBERT)."""
     modules = dict(model.named_modules())
+    chosen = []
     for n in names:
-        if n not in modules:
-            raise ValueError(f"prune.ignore: the model has no module '{n}' (e.g. {sorted(modules)[1:6]})")
-    return output_layers(model, example) + [modules[n] for n in names]
+        found = [n] if n in modules else [k for k in modules if k.endswith("." + n)]
+        if len(found) != 1:
+            why = "no module" if not found else f"{len(found)} modules ({found[:3]}): give the full path of"
+            raise ValueError(f"prune.ignore: the model has {why} '{n}' (e.g. {sorted(modules)[1:6]})")
+        chosen.append(modules[found[0]])
+    return output_layers(model, example) + chosen
 
 
 def channel_pruner(
@@ -98,7 +106,13 @@ def channel_pruner(
     """
     import torch_pruning as tp
 
-    heads = {p: getattr(m, attr) for m, attr, projs, _ in attention_modules(model) for p in projs}
+    blocks = attention_modules(model)
+    ignored = ignored_layers(model, example, list(cfg.ignore))
+    if _shared_head_bias(model):  # MPNet: one position bias per head for all layers; heads stay, FFNs shrink
+        log.warning("prune: %s shares a per-head position bias across layers: its heads are kept", type(model).__name__)
+        ignored += [p for _, _, projs, _ in blocks for p in projs]
+        blocks = []
+    heads = {p: getattr(m, attr) for m, attr, projs, _ in blocks for p in projs}
     return tp.pruner.MetaPruner(
         model,
         example,
@@ -108,13 +122,19 @@ def channel_pruner(
         max_pruning_ratio=cfg.max_layer_amount if cfg.scope == "global" else 1.0,
         iterative_steps=steps,
         iterative_pruning_ratio_scheduler=lambda r, n: agp_schedule(r, n, initial),
-        ignored_layers=ignored_layers(model, example, list(cfg.ignore)),
+        ignored_layers=ignored,
         round_to=cfg.round_to or None,
         num_heads=heads,
         prune_num_heads=bool(heads),
         prune_head_dims=not heads,
         head_pruning_ratio=amount if heads else 0.0,
     )
+
+
+def _shared_head_bias(model: nn.Module) -> bool:
+    """Whether attention scores get a learned per-head bias from one table for every layer (MPNet's
+    ``relative_attention_bias``): pruning a layer's heads would have to cut that shared table."""
+    return any(isinstance(getattr(m, "relative_attention_bias", None), nn.Embedding) for m in model.modules())
 
 
 def channel_step(pruner: tp.pruner.MetaPruner, model: nn.Module, example: torch.Tensor) -> None:

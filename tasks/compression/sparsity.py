@@ -91,10 +91,16 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
 
 ATTENTION_LAYOUTS = (
     # (heads attribute, projections whose outputs are split into heads, fused qkv?)
-    ("num_attention_heads", ("query", "key", "value"), False),  # Hugging Face BERT-style
+    ("num_attention_heads", ("query", "key", "value"), False),  # Hugging Face BERT, RoBERTa, XLM-R, MiniLM
+    ("num_attention_heads", ("query_proj", "key_proj", "value_proj"), False),  # DeBERTa-v2/v3
+    ("num_attention_heads", ("q", "k", "v"), False),  # MPNet
+    ("n_heads", ("q_lin", "k_lin", "v_lin"), False),  # DistilBERT
     ("num_heads", ("q_proj", "k_proj", "v_proj"), False),
     ("num_heads", ("qkv",), True),  # timm-style fused projection
 )
+# projections also split into the same heads when a block has them (DeBERTa's relative positions
+# without share_att_key): pruned with the heads they belong to
+HEAD_SPLIT_EXTRAS = ("pos_key_proj", "pos_query_proj")
 
 
 def attention_modules(model: nn.Module) -> list[tuple[nn.Module, str, tuple[nn.Linear, ...], bool]]:
@@ -104,7 +110,8 @@ def attention_modules(model: nn.Module) -> list[tuple[nn.Module, str, tuple[nn.L
         for attr, names, fused in ATTENTION_LAYOUTS:
             projs = tuple(p for n in names if isinstance(p := getattr(m, n, None), nn.Linear))
             if isinstance(getattr(m, attr, None), int) and len(projs) == len(names):
-                found.append((m, attr, projs, fused))
+                extras = tuple(p for n in HEAD_SPLIT_EXTRAS if isinstance(p := getattr(m, n, None), nn.Linear))
+                found.append((m, attr, projs + extras, fused))
                 break
     return found
 
