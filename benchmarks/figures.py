@@ -65,6 +65,9 @@ FIGURES: dict[str, list[str]] = {
         "pipeline.steps.data.params.max_per_label=300",
         "pipeline.steps.benchmark.params.runtimes=[onnxruntime,openvino]",
     ],
+    # experiment=hf_textcls as a user runs it: all-MiniLM-L6-v2's folder (fine-tuned first: it has no head) and the
+    # textcls corpus written to CSV files, 300 texts per package and split (make install-nlp)
+    "hf_textcls": [PY, "benchmarks/hf_textcls.py", "--per-label", "300"],
     # experiment=llm on SmolLM2-135M-Instruct (llm extra) with the optimum-intel anchor (make bench-llm-anchor)
     "llm": [PY, "benchmarks/llm.py", "--anchor"],
     # SmolLM2-135M on every decoding path: torch, ONNX Runtime, OpenVINO with the cache outside / inside the plugin
@@ -74,7 +77,10 @@ FIGURES: dict[str, list[str]] = {
 }
 
 # not run by `run --all` (make bench): hours on 2 cores, or an extra to install; `run --all --long` includes them
-LONG = {"search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls", "llm", "llm_decoders", "serve_llm"}
+LONG = {
+    *("search_efficiency", "minilm", "minilm_curve", "nncf_settings", "textcls", "hf_textcls"),
+    *("llm", "llm_decoders", "serve_llm"),
+}
 
 Row = tuple[str, str, str, str, str]  # (measure, figure, dotted path in its JSON, format, target)
 
@@ -262,6 +268,16 @@ TABLES: dict[str, list[Row]] = {
         textcls | pipeline wall time | wall_s | {:.0f} s
         """
     ),
+    "hf_textcls": rows(
+        """
+        hf_textcls | selected variant | selected | {}
+        hf_textcls | size vs the fine-tuned teacher (torch FP32) | selected_vs_reference.size_reduction | {:.2f}× | ≥ 4×
+        hf_textcls | batch-1 latency vs the teacher, 2 threads | selected_vs_reference.latency_speedup_b1_t2 | {:.2f}× | ≥ 3×
+        hf_textcls | test accuracy vs the teacher, difference [paired 95% interval], McNemar p | selected_vs_teacher_paired.test_acc_delta, selected_vs_teacher_paired.test_acc_delta_ci95, selected_vs_teacher_paired.test_acc_delta_p || selected_vs_reference.test_acc_delta | {:+.4f} [{:+.4f}, {:+.4f}], p = {:.2g} || {:+.4f} (point value) | ≥ −0.01
+        hf_textcls | test rows | test_rows | {:,}
+        hf_textcls | pipeline wall time | wall_s | {:.0f} s
+        """
+    ),
 }
 
 
@@ -348,6 +364,15 @@ LISTS: dict[str, tuple[str, str, list[tuple[str, str, object]]]] = {
     ),
     "textcls_variants": (
         "textcls",
+        "variants",
+        [
+            *VARIANT_SPEED,
+            ("test accuracy [95% interval]", "", _acc),
+            ("verdict", "", _mark),
+        ],
+    ),
+    "hf_textcls_variants": (
+        "hf_textcls",
         "variants",
         [
             *VARIANT_SPEED,
