@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-nlp install-browser run serve test test-fast lint bench bench-minilm bench-textcls bench-scale bench-llm-anchor figures lock ui clean
+.PHONY: install install-nlp install-browser run serve test test-all test-slow test-fast lint bench bench-minilm bench-textcls bench-scale bench-llm-anchor figures lock ui clean
 
 install: $(STAMP)
 
@@ -36,7 +36,18 @@ run: install
 serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
 	$(VENV)/bin/slimray serve $(ARGS)
 
+# the tiers: `make test` (what CI runs, ~25 min on 2 cores) leaves out the tests marked slow: the
+# end-to-end experiments, multi-node clusters, fault injection and load tests (~60 min more), which
+# `make test-slow` runs alone and `make test-all` with the rest
+FAST_TIER := not slow and not minilm
+
 test: install-nlp install-browser lint
+	$(PY) -m pytest -m "$(FAST_TIER)" $(PYTEST_ARGS)
+
+test-slow: install-nlp install-browser  ## only the tests marked slow (end to end, clusters, faults, load)
+	$(PY) -m pytest -m "slow and not minilm" $(PYTEST_ARGS)
+
+test-all: install-nlp install-browser lint  ## every test but the opt-in MiniLM one: make test + make test-slow
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 install-browser:  ## Debian's chromium for tests/test_browser.py (Playwright drives it; no browser download)
@@ -47,7 +58,7 @@ lint: install  ## ruff (lint + format check) and mypy on the two packages
 	$(VENV)/bin/ruff format --check pipelines tasks
 	$(VENV)/bin/mypy pipelines tasks
 
-test-fast: install-nlp
+test-fast: install-nlp  ## make test without lint and without the integration tests (external processes)
 	$(PY) -m pytest -m "not slow and not integration and not minilm" $(PYTEST_ARGS)
 
 bench: install  ## measure every figure into docs/figures.json, then rewrite the figure tables in README.md and docs/*.md (over an hour: 5 seeds per method)

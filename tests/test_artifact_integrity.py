@@ -140,6 +140,7 @@ def _output_dir(run) -> Path:
     return Path(run.info.artifact_uri.removeprefix("file://")) / "output"
 
 
+@pytest.mark.slow
 def test_corrupt_cache_entry_is_untagged_and_recomputed(workdir, ray_local):
     """Truncate a stored output the next run must load: it is recomputed (and marked so), the
     bad run is no longer a cache source, and the values are right."""

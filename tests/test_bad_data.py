@@ -115,6 +115,7 @@ def test_what_the_model_sees_is_checked(tmp_path, case):
         _assert_one_line(err, path, *words)
 
 
+@pytest.mark.slow
 def test_bad_files_through_slimray_exit_1_with_one_line_before_training(workdir, ray_local, capsys):
     """Each model-view case through ``slimray data=npz data.path=...`` (the default pipeline):
     exit 1, the data step's one line names the file, no later step runs."""

@@ -14,7 +14,7 @@ from pipelines.run import session
 from pipelines.store import artifacts
 from tasks.core.types import BenchmarkReport, Publication, Report
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 HEADLINE = {
     "selected.test_acc",
@@ -63,7 +63,7 @@ def check_report(client: MlflowClient, out, dst) -> tuple[BenchmarkReport, Repor
     return bench, rep
 
 
-def test_compress_smoke(workdir):
+def test_compress_smoke(workdir):  # the one pipeline run end to end in make test: the path of `make run`
     out, client = run_compress(workdir)
     path = client.download_artifacts(selected_run(out, "benchmark"), "benchmark.json", str(workdir / "dl"))
     bench = json.loads(open(path).read())
@@ -118,6 +118,7 @@ def labeled_only_npz(path, n_train: int = 1200, n_test: int = 300, dim: int = 40
     np.savez(path, x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
 
 
+@pytest.mark.slow
 def test_compress_on_an_npz_without_transfer_pool(workdir):
     """The README's own-data path with the optional pool left out: every step runs, none fails."""
     labeled_only_npz(workdir / "mine.npz")

@@ -62,7 +62,9 @@ def _kill_one_head_and_half_the_ffn(model: torch.nn.Module, arch: str) -> None:
         ffn_out.weight[:, dead] = 0
 
 
-@pytest.mark.parametrize("arch", list(LAYOUT))
+@pytest.mark.parametrize(
+    "arch", [a if a in ("bert", "distilbert") else pytest.param(a, marks=pytest.mark.slow) for a in LAYOUT]
+)
 def test_heads_and_ffn_channels_are_pruned_whole_and_exactly(tmp_path, arch):
     folder = write_folder(tmp_path, arch)
     texts = [f"{SENTENCES[i % 4]} {'cat ' * (i % 5)}".strip() for i in range(24)]

@@ -155,6 +155,7 @@ def _edit(path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+@pytest.mark.slow
 def test_editing_user_code_reruns_exactly_the_steps_that_run_it(project):
     pkg, src, tmp = project
     pipe = pipeline(pkg, tmp / "d.npz")
@@ -175,6 +176,7 @@ def test_editing_user_code_reruns_exactly_the_steps_that_run_it(project):
     assert _run(tmp, pipe)[0] == set()  # code no step reaches
 
 
+@pytest.mark.slow
 def test_another_hardware_fingerprint_remeasures_only_what_measures(project, monkeypatch):
     pkg, _, tmp = project
     pipe = pipeline(pkg, tmp / "d.npz")

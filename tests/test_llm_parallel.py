@@ -73,6 +73,7 @@ def test_a_stage_keeps_its_cache_per_micro_batch_and_refuses_bad_input(tiny):
     assert plan([[1], [2, 3], [4], [5], [6, 7]], 2) == [[0, 2, 3], [1, 4]]
 
 
+@pytest.mark.slow
 def test_pipelines_of_2_and_3_stage_actors_give_the_unsplit_tokens(ray_local, tiny):
     from pipelines.scale.generate import GenerationPool, pipeline_generate
 
@@ -89,6 +90,7 @@ def test_pipelines_of_2_and_3_stage_actors_give_the_unsplit_tokens(ray_local, ti
     assert pipeline_generate(str(folder), prompts, stages=3, max_new_tokens=NEW, eos_id=EOS, num_cpus=0.5) == reference
 
 
+@pytest.mark.slow
 def test_a_prompt_file_is_answered_in_order_by_two_pipelines_of_two_stages(ray_local, tiny, tmp_path):
     """R x K = 2 x 2 from a JSON-lines file; the answers are the unsplit model's, one line per prompt."""
     import json
@@ -123,6 +125,7 @@ def test_a_prompt_file_is_answered_in_order_by_two_pipelines_of_two_stages(ray_l
     assert not (tmp_path / "never.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_replica_actor_loses_no_prompt_and_duplicates_none(ray_local, tiny):
     from pipelines.scale.generate import GenerationPool
 
@@ -151,6 +154,7 @@ def test_a_killed_replica_actor_loses_no_prompt_and_duplicates_none(ray_local, t
     assert summary["restarts"] == 1 and summary["resubmitted"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_stages_on_different_nodes_of_a_local_cluster_give_the_unsplit_tokens(tiny):

@@ -155,6 +155,7 @@ def _check_served(uri: str, want: str) -> None:
         serve.shutdown()
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_causal_lm_fails_the_teacher_step_in_one_line(workdir, ray_local):
     from pipelines.config.compose import load_config
     from pipelines.run import session

@@ -153,8 +153,9 @@ def test_distill_lowers_the_loss_deterministically_and_resumes(model, calib):
     state = {k: v.clone() for k, v in part.state_dict().items()}
     resumed = drop_layers(teacher, [0, 3])
     resumed.load_state_dict(state)
-    rest = distill(resumed, calib, values, indices, epochs=10, batch=3, lr=3e-3, start_step=7,
-                   optimizer_state=opt.state_dict())
+    rest = distill(
+        resumed, calib, values, indices, epochs=10, batch=3, lr=3e-3, start_step=7, optimizer_state=opt.state_dict()
+    )
     assert [r["step"] for r in rest] == list(range(8, 21)) and rest == history[7:]
     torch.testing.assert_close(_logits(resumed, calib), _logits(again, calib))
 

@@ -119,6 +119,7 @@ def test_bad_ids_name_the_problem(files):
         OrtDecoder({"model.xml": b""}, 1)
 
 
+@pytest.mark.slow
 def test_nncf_int8_and_int4_shrink_and_keep_torch_tokens_close(model, files):
     ids = ids_of(1, 10)
     want = TorchDecoder(model).logits(ids)
@@ -134,6 +135,7 @@ def test_nncf_int8_and_int4_shrink_and_keep_torch_tokens_close(model, files):
     assert err8 < err4 and err8 < 0.05 * np.abs(want).max()
 
 
+@pytest.mark.slow
 def test_nncf_data_aware_int4_is_as_close_to_torch_as_data_free(tmp_path):
     """AWQ + scale estimation on the calibration rows: no worse than round-to-nearest INT4. (On a
     transpose_b=False MatMul NNCF's scale estimation fit the wrong axis: at hidden 128, group 32 it

@@ -156,6 +156,7 @@ def _step_inputs(parts):
     return student, Logits(train=values, features={"indices": indices}), data
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_step_on_two_ray_train_workers_follows_the_in_process_curve(parts, ray_local):
     from tasks.steps.lm_distill import LmDistillConfig, run
@@ -252,6 +253,7 @@ def _killed_run(parts, tmp_path, node=None):
     return killed
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigkilled_worker_resumes_from_the_last_checkpoint(parts, tmp_path, ray_local):
     killed = _killed_run(parts, tmp_path)

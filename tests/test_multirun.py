@@ -134,6 +134,7 @@ def test_shared_trials_run_once_in_flight_and_runs_nest(workdir, ray_local, caps
     assert len(_lines(err, "[0] execution finished")) == 1
 
 
+@pytest.mark.slow
 def test_a_failing_execution_exits_1_and_the_others_finish(workdir, ray_local, capsys):
     uri = f"sqlite:///{workdir}/mlflow.db"
     steps = "+pipeline.steps.x={task: toy_fail, inputs: {x: source}},{task: toy_add, inputs: {x: source}}"

@@ -56,6 +56,7 @@ def test_zoo_model_nncf_int8_runs_on_both_runtimes_and_selection_can_take_it():
     assert rep.selected.name in ("nncf", "nncf@openvino")  # the teacher's rows are never candidates
 
 
+@pytest.mark.slow
 def test_tiny_bert_nncf_int8_with_4bit_fp16_scaled_tables():
     """The transformer preset leaves softmax/layer norm in FP32; embedding_bits 4 keeps NNCF off the
     tables and stores them as GatherBlockQuantized with FP16 scales; both runtimes agree."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.engine_helpers import demo_runs, interrupt_when_running, run_pipeline
@@ -27,6 +28,7 @@ def _finished_steps(uri: str) -> set[str]:
         return set()
 
 
+@pytest.mark.slow
 def test_sigkill_driver_then_resume(workdir, ray_local):
     uri = f"sqlite:///{workdir}/mlflow.db"
     address = ray_local.get_runtime_context().gcs_address
@@ -64,6 +66,7 @@ def test_sigkill_driver_then_resume(workdir, ray_local):
     }
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_tasks_and_marks_runs_killed(workdir, ray_local):
     uri = f"sqlite:///{workdir}/mlflow.db"
     MlflowClient(tracking_uri=uri).search_experiments()

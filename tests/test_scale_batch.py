@@ -44,6 +44,7 @@ def _data(n=600):
     return Dataset(name="d", x_train=x, y_train=y, x_val=x[:10], y_val=y[:10], x_test=x, y_test=y, num_classes=10)
 
 
+@pytest.mark.slow
 def test_replicas_keep_order_and_match_the_model(ray_local):
     art = _mlp()
     x = torch.randn(3000, 40)
@@ -75,6 +76,7 @@ def test_pipeline_stages_equal_the_unsplit_model_and_report_bubbles(ray_local):
     assert torch.equal(hybrid, out) and summary["util_replica1_stage1"] > 0
 
 
+@pytest.mark.slow
 def test_a_killed_actor_loses_no_row_and_duplicates_none(ray_local, tmp_path):
     class SlowIdentity:
         """A stage that takes 40 ms a block and leaves its actor's pid in ``pid_dir`` (picklable by value)."""

@@ -83,6 +83,7 @@ def _expected(art, table: pa.Table) -> np.ndarray:
     [("parquet", "", ""), ("csv", "", "id"), ("jsonl", "part-*.jsonl", "")],
     ids=["parquet-folder-positions", "csv-folder-ids", "jsonl-glob-positions"],
 )
+@pytest.mark.slow
 def test_engine_and_in_process_paths_agree_row_for_row(ray_local, tmp_path, ext, pattern, id_column):
     art = _mlp()
     folder, table = _inputs(tmp_path, ext)
@@ -152,6 +153,7 @@ def _read_back(index: dict, stored) -> tuple[np.ndarray, np.ndarray]:
     return rows[order], y[order]
 
 
+@pytest.mark.slow
 def test_inference_step_streams_predictions_into_safetensors_shards(ray_local, tmp_path, monkeypatch):
     monkeypatch.setattr(feature_shards, "SHARD_BYTES", 4096)  # several shards from 900 rows
     art = _mlp()

@@ -11,12 +11,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from pipelines.scale.batch import map_batches
 from pipelines.scale.pool import ChainPool
 
 
+@pytest.mark.slow
 def test_a_killed_stage_actor_loses_no_row_and_duplicates_none(ray_local):
     class SlowIdentity:  # defined here: cloudpickle ships it to the actors by value
         def __call__(self):
@@ -58,6 +60,7 @@ def test_in_flight_window_bounds_memory_for_10x_the_rows(ray_local):
     assert s10.peak_in_flight <= 2 and s10.peak_in_flight_bytes == s1.peak_in_flight_bytes  # flat
 
 
+@pytest.mark.slow
 def test_the_engine_sends_stages_to_the_pool_and_one_stage_to_ray_data(ray_local):
     make = functools.partial(functools.partial, torch.add, other=1.0)
     x = torch.randn(400, 8)

@@ -86,6 +86,7 @@ def _plant(client: MlflowClient, honest, folder: str, value, how: str, tmp: Path
     return run_id
 
 
+@pytest.mark.slow
 def test_planted_and_tampered_entries_are_never_served_or_registered(workdir, ray_local, server, tmp_path):
     first = _pipeline(workdir, server.url)
     assert first.exit_code == 0
@@ -132,6 +133,7 @@ def test_planted_and_tampered_entries_are_never_served_or_registered(workdir, ra
     assert not served & set(planted.values())
 
 
+@pytest.mark.slow
 def test_swapped_artifact_in_an_honest_entry_is_recomputed(workdir, ray_local, server, tmp_path):
     """The server's artifact store itself altered under a signed manifest: the output that must
     be loaded fails its check, is recomputed, and the run is tagged corrupt."""

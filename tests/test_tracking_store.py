@@ -4,6 +4,7 @@ console's first line names the store."""
 
 from __future__ import annotations
 
+import pytest
 from engine_helpers import demo_runs
 
 from pipelines.cli import main
@@ -13,6 +14,7 @@ def _first_line(capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_an_explicit_tracking_uri_wins_over_the_environment(workdir, ray_local, capsys, monkeypatch):
     env_uri = f"sqlite:///{workdir}/env.db"
     mine = f"sqlite:///{workdir}/mine.db"
