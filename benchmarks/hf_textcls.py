@@ -21,8 +21,7 @@ from pathlib import Path
 
 import launch  # benchmarks/ is the script's directory
 from default_run import benchmark_json
-from machine import variants_head
-from textcls import ANCHOR, test_rows, variant, versus
+from textcls import summary, test_rows
 
 from tasks.datasets.corpus import CorpusConfig, build_corpus
 from tasks.models.transformer import package_dir
@@ -64,25 +63,8 @@ def main() -> None:
         ]
         done = launch.slimray(overrides, wd).check()
         bench, n_test = benchmark_json(done.store), test_rows(done.store)
-    variants = [variant(r, n_test) for r in bench["candidates"]]
-    by_name = {v["name"]: v for v in variants}
-    sel = next((v for v in variants if v["selected"]), None)
     shown = [o.replace(str(wd), "<workdir>") for o in overrides]
-    print(
-        json.dumps(
-            {
-                **variants_head(bench, variants, sel),
-                "selected_vs_reference": versus(sel, by_name.get("torch_fp32")),
-                "selected_vs_anchor": versus(sel, by_name.get(ANCHOR)),
-                "selected_vs_teacher_paired": (bench.get("targets") or {}).get("selected_vs_teacher"),
-                "csv_rows": rows,
-                "test_rows": n_test,
-                "notes": bench.get("notes", []),
-                "overrides": shown,
-                "wall_s": round(done.seconds, 1),
-            }
-        )
-    )
+    print(json.dumps(summary(bench, n_test, csv_rows=rows, overrides=shown, wall_s=round(done.seconds, 1))))
 
 
 if __name__ == "__main__":

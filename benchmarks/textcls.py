@@ -67,6 +67,24 @@ def test_rows(store: str) -> int:
     return int(runs[0].data.metrics.get("test_rows", 0)) if runs else 0
 
 
+def summary(bench: dict, n_test: int, **extra) -> dict:
+    """The printed JSON of a text classifier's run: every variant, the selected one against the
+    torch FP32 reference and the anchor, the paired comparison with the teacher, then ``extra``."""
+    variants = [variant(r, n_test) for r in bench["candidates"]]
+    by_name = {v["name"]: v for v in variants}
+    sel = next((v for v in variants if v["selected"]), None)
+    return {
+        **variants_head(bench, variants, sel),
+        "selected_vs_reference": versus(sel, by_name.get("torch_fp32")),
+        "selected_vs_anchor": versus(sel, by_name.get(ANCHOR)),
+        # the benchmark's paired comparison (same test rows): delta, its 95% interval, McNemar p
+        "selected_vs_teacher_paired": (bench.get("targets") or {}).get("selected_vs_teacher"),
+        "test_rows": n_test,
+        "notes": bench.get("notes", []),
+        **extra,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="experiment=textcls_tiny: a smoke run (minutes)")
@@ -76,24 +94,7 @@ def main() -> None:
     with launch.fresh_dir("slimray-textcls-") as wd:
         done = launch.slimray(overrides, wd).check()
         bench, n_test = benchmark_json(done.store), test_rows(done.store)
-    variants = [variant(r, n_test) for r in bench["candidates"]]
-    by_name = {v["name"]: v for v in variants}
-    sel = next((v for v in variants if v["selected"]), None)
-    print(
-        json.dumps(
-            {
-                **variants_head(bench, variants, sel),
-                "selected_vs_reference": versus(sel, by_name.get("torch_fp32")),
-                "selected_vs_anchor": versus(sel, by_name.get(ANCHOR)),
-                # the benchmark's paired comparison (same test rows): delta, its 95% interval, McNemar p
-                "selected_vs_teacher_paired": (bench.get("targets") or {}).get("selected_vs_teacher"),
-                "test_rows": n_test,
-                "notes": bench.get("notes", []),
-                "overrides": overrides,
-                "wall_s": round(done.seconds, 1),
-            }
-        )
-    )
+    print(json.dumps(summary(bench, n_test, overrides=overrides, wall_s=round(done.seconds, 1))))
 
 
 if __name__ == "__main__":
