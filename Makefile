@@ -12,7 +12,7 @@ LOCK := constraints.txt
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-nlp install-browser run serve test test-all test-slow test-fast lint bench bench-minilm bench-textcls bench-scale bench-llm-anchor figures lock ui clean
+.PHONY: install install-nlp install-browser run serve test test-all test-slow test-fast lint bench bench-minilm bench-textcls bench-hf-textcls bench-scale bench-llm-anchor figures lock ui clean
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-minilm: install-nlp  ## experiment=minilm end to end (both runtimes) into 
 
 bench-textcls: install-nlp  ## experiment=textcls end to end (a fine-tuned classifier compressed) into docs/figures.json (about an hour)
 	$(PY) benchmarks/figures.py run textcls
+	$(PY) benchmarks/figures.py readme
+
+bench-hf-textcls: install-nlp  ## experiment=hf_textcls from all-MiniLM-L6-v2's folder and CSV files into docs/figures.json (about an hour)
+	$(PY) benchmarks/figures.py run hf_textcls
 	$(PY) benchmarks/figures.py readme
 
 bench-scale: install-nlp  ## parallel inference, the four Serve ingresses and the Serve load test into docs/figures.json (~25 min)
