@@ -36,7 +36,7 @@ run: install
 serve: install  ## the registered model as a Ray Serve app on 127.0.0.1:8000 (ARGS: port=8001 ...)
 	$(VENV)/bin/slimray serve $(ARGS)
 
-# the tiers: `make test` (what CI runs, ~25 min on 2 cores) leaves out the tests marked slow: the
+# the tiers: `make test` (what CI runs, 17 min from a fresh clone on 2 cores) leaves out the tests marked slow: the
 # end-to-end experiments, multi-node clusters, fault injection and load tests (~60 min more), which
 # `make test-slow` runs alone and `make test-all` with the rest
 FAST_TIER := not slow and not minilm
