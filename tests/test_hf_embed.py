@@ -56,4 +56,4 @@ def test_hf_embed_end_to_end_on_a_users_encoder_and_sentences(folder, workdir, r
     assert set(rows) == {"teacher", "int8_dynamic", "student", "student_int8"}
     assert rows["teacher"].cos_mean == pytest.approx(1.0, abs=1e-4)  # the reference is the teacher itself
     assert rows["student"].params < rows["teacher"].params
-    assert all(-1.0 <= r.cos_mean <= 1.0 for r in rows.values())
+    assert all(-1.0 - 1e-6 <= r.cos_mean <= 1.0 + 1e-6 for r in rows.values())  # float32 rounding of a cosine
